@@ -1,0 +1,27 @@
+//! The wire contract of noetl-dispatch, shared by every process (SPEC §3).
+//!
+//! This crate does no IO and knows nothing of tokio, sqlx, axum or NATS clients; it is the only
+//! place that computes a shard.
+//!
+//! - [`id`]: snowflake execution ids, their generator and decoder.
+//! - [`routing`]: `shard_of` and the shard newtypes.
+//! - [`topology`]: epochs and routing by the epoch in force at an id's timestamp.
+//! - [`shards`]: parsing `NOETL_SHARDS`.
+//! - [`subject`]: NATS subject builders.
+//! - [`message`]: request and reply bodies between gateway and servers.
+//! - [`playbook`]: the playbook model and its validation.
+
+pub mod id;
+pub mod message;
+pub mod playbook;
+pub mod routing;
+pub mod shards;
+pub mod subject;
+pub mod topology;
+
+#[cfg(test)]
+mod test_vectors;
+
+pub use id::{ExecutionId, IdGenerator, NodeId};
+pub use routing::{shard_of, ShardCount, ShardId};
+pub use topology::{Route, Topology};

@@ -1,0 +1,167 @@
+//! Messages exchanged between gateway and shard servers over NATS (JSON bodies).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ExecutionId;
+use crate::playbook::Playbook;
+use crate::routing::ShardId;
+
+/// Labels attached to an execution: small string pairs for selection.
+pub type Labels = BTreeMap<String, String>;
+
+/// Ask the owning shard to commit a new execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitCommand {
+    pub execution_id: ExecutionId,
+    pub playbook: Playbook,
+    pub input: serde_json::Value,
+    pub labels: Labels,
+}
+
+/// Lifecycle state of an execution (SPEC §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+}
+
+/// Reply to a submit once the execution is committed in its shard database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitReceipt {
+    pub execution_id: ExecutionId,
+    pub shard: ShardId,
+    pub status: ExecutionStatus,
+    /// RFC 3339 commit time.
+    pub created_at: String,
+    /// `false` when the id was already committed (a retried submit).
+    pub created: bool,
+}
+
+/// An execution as stored in its shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionView {
+    pub execution_id: ExecutionId,
+    pub shard: ShardId,
+    pub status: ExecutionStatus,
+    pub playbook_name: String,
+    pub input: serde_json::Value,
+    pub labels: Labels,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Stable machine-readable codes a shard server answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireErrorCode {
+    /// The execution id does not route to the shard the request was sent to.
+    Misrouted,
+    /// No execution with that id in this shard.
+    NotFound,
+    /// The request body could not be understood.
+    BadRequest,
+    /// The shard's database is unreachable or failing.
+    ShardUnavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub code: WireErrorCode,
+    pub message: String,
+}
+
+/// Envelope of every shard reply: `{"ok": …}` or `{"error": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply<T> {
+    Ok(T),
+    Error(WireError),
+}
+
+impl<T> From<Result<T, WireError>> for Reply<T> {
+    fn from(result: Result<T, WireError>) -> Self {
+        match result {
+            Ok(value) => Reply::Ok(value),
+            Err(error) => Reply::Error(error),
+        }
+    }
+}
+
+impl<T> From<Reply<T>> for Result<T, WireError> {
+    fn from(reply: Reply<T>) -> Self {
+        match reply {
+            Reply::Ok(value) => Ok(value),
+            Reply::Error(error) => Err(error),
+        }
+    }
+}
+
+/// Reply to a shard ping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReply {
+    pub shard: ShardId,
+    /// Whether the shard's database answered.
+    pub database_ok: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_envelope_shape_is_stable() {
+        let error: Reply<()> = Reply::Error(WireError {
+            code: WireErrorCode::Misrouted,
+            message: "wrong shard".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&error).expect("serialize"),
+            serde_json::json!({"error": {"code": "misrouted", "message": "wrong shard"}})
+        );
+        let ok: Reply<u32> = serde_json::from_str(r#"{"ok": 7}"#).expect("parse");
+        assert_eq!(Result::from(ok), Ok(7));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for name in ["pending", "running", "succeeded", "failed", "cancelled"] {
+            let status = ExecutionStatus::parse(name).expect("known status");
+            assert_eq!(status.as_str(), name);
+            assert_eq!(
+                serde_json::to_value(status).expect("serialize"),
+                serde_json::json!(name)
+            );
+        }
+        assert_eq!(ExecutionStatus::parse("done"), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! The playbook model (SPEC §4.1) and its validation, done before anything is persisted.
+//!
+//! This is the shape every process agrees on. Running steps (templates, retries, timeouts in
+//! action) belongs to the server and worker; here we only check that a playbook is well formed.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Labels;
+
+pub const MAX_STEPS: usize = 1_000;
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+/// Actions built into the worker.
+pub const BUILTIN_ACTIONS: [&str; 5] = ["noop", "sleep", "http", "shell", "fail"];
+
+/// A small DAG of steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Playbook {
+    pub name: String,
+    /// Default input, overridden key by key by the execution's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Map<String, serde_json::Value>>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    pub action: String,
+    /// Action arguments; strings are templates over `{input, steps.<name>.result}`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub with: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Upper bound on one attempt, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles on each further attempt.
+    #[serde(default)]
+    pub backoff_ms: u64,
+}
+
+/// What is wrong with a playbook, and where (a JSON-path-like location such as `steps[2].needs[0]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct Error {
+    pub path: String,
+    pub message: String,
+}
+
+fn error(path: impl Into<String>, message: impl Into<String>) -> Error {
+    Error {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Names: ASCII letters, digits, `_`, `-`, `.`; so they are safe in logs, URLs and labels.
+fn check_name(path: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(error(
+            path,
+            format!("must be 1 to {MAX_NAME_LEN} characters"),
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(error(
+            path,
+            format!("{name:?} may only contain letters, digits, '_', '-' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+impl Playbook {
+    /// Checks names, actions, references, retry bounds and that `needs` form a DAG.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_name("name", &self.name)?;
+        if self.steps.is_empty() {
+            return Err(error("steps", "a playbook needs at least one step"));
+        }
+        if self.steps.len() > MAX_STEPS {
+            return Err(error(
+                "steps",
+                format!(
+                    "{} steps is over the limit of {MAX_STEPS}",
+                    self.steps.len()
+                ),
+            ));
+        }
+        let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(self.steps.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            check_name(&format!("steps[{i}].name"), &step.name)?;
+            if let Some(first) = index_of.insert(&step.name, i) {
+                return Err(error(
+                    format!("steps[{i}].name"),
+                    format!("duplicate step name {:?} (also steps[{first}])", step.name),
+                ));
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            if !BUILTIN_ACTIONS.contains(&step.action.as_str()) {
+                return Err(error(
+                    format!("steps[{i}].action"),
+                    format!(
+                        "unknown action {:?} (known: {})",
+                        step.action,
+                        BUILTIN_ACTIONS.join(", ")
+                    ),
+                ));
+            }
+            if let Some(pool) = &step.pool {
+                check_name(&format!("steps[{i}].pool"), pool)?;
+            }
+            if let Some(retry) = step.retry {
+                if !(1..=MAX_RETRY_ATTEMPTS).contains(&retry.max_attempts) {
+                    return Err(error(
+                        format!("steps[{i}].retry.max_attempts"),
+                        format!("must be between 1 and {MAX_RETRY_ATTEMPTS}"),
+                    ));
+                }
+            }
+            if step.timeout_ms == Some(0) {
+                return Err(error(format!("steps[{i}].timeout_ms"), "must be positive"));
+            }
+            for (j, need) in step.needs.iter().enumerate() {
+                let path = format!("steps[{i}].needs[{j}]");
+                match index_of.get(need.as_str()) {
+                    None => return Err(error(path, format!("unknown step {need:?}"))),
+                    Some(&k) if k == i => {
+                        return Err(error(path, "a step cannot need itself"));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        self.check_acyclic(&index_of)
+    }
+
+    /// Kahn's algorithm: if some steps never become ready, they sit on a cycle.
+    fn check_acyclic(&self, index_of: &HashMap<&str, usize>) -> Result<(), Error> {
+        let mut waiting_on: Vec<usize> = self.steps.iter().map(|s| s.needs.len()).collect();
+        let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); self.steps.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for need in &step.needs {
+                dependants[index_of[need.as_str()]].push(i);
+            }
+        }
+        let mut ready: Vec<usize> = (0..self.steps.len())
+            .filter(|&i| waiting_on[i] == 0)
+            .collect();
+        let mut done = 0;
+        while let Some(i) = ready.pop() {
+            done += 1;
+            for &d in &dependants[i] {
+                waiting_on[d] -= 1;
+                if waiting_on[d] == 0 {
+                    ready.push(d);
+                }
+            }
+        }
+        if done == self.steps.len() {
+            return Ok(());
+        }
+        let on_cycle: Vec<&str> = (0..self.steps.len())
+            .filter(|&i| waiting_on[i] > 0)
+            .map(|i| self.steps[i].name.as_str())
+            .collect();
+        Err(error(
+            "steps",
+            format!("the needs form a cycle through {}", on_cycle.join(", ")),
+        ))
+    }
+}
+
+/// Checks label keys and values (`labels.<key>` in errors).
+pub fn validate_labels(labels: &Labels) -> Result<(), Error> {
+    if labels.len() > MAX_LABELS {
+        return Err(error(
+            "labels",
+            format!("{} labels is over the limit of {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        check_name(&format!("labels.{key}"), key)?;
+        if value.len() > MAX_LABEL_VALUE_LEN {
+            return Err(error(
+                format!("labels.{key}"),
+                format!("value is over {MAX_LABEL_VALUE_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn playbook(steps: serde_json::Value) -> Playbook {
+        serde_json::from_value(json!({"name": "demo", "steps": steps})).expect("well-typed")
+    }
+
+    fn rejection(steps: serde_json::Value) -> Error {
+        playbook(steps).validate().expect_err("should be invalid")
+    }
+
+    #[test]
+    fn a_diamond_is_valid() {
+        let p = playbook(json!([
+            {"name": "a", "action": "noop"},
+            {"name": "b", "action": "noop", "needs": ["a"]},
+            {"name": "c", "action": "sleep", "needs": ["a"], "with": {"ms": 5}},
+            {"name": "d", "action": "noop", "needs": ["b", "c"], "retry": {"max_attempts": 3}}
+        ]));
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn cycles_are_rejected_naming_the_steps() {
+        let e = rejection(json!([
+            {"name": "a", "action": "noop", "needs": ["c"]},
+            {"name": "b", "action": "noop", "needs": ["a"]},
+            {"name": "c", "action": "noop", "needs": ["b"]},
+            {"name": "free", "action": "noop"}
+        ]));
+        assert_eq!(e.path, "steps");
+        assert!(e.message.contains("cycle through a, b, c"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_step_and_field() {
+        let cases = [
+            (
+                json!([{"name": "a", "action": "teleport"}]),
+                "steps[0].action",
+            ),
+            (
+                json!([{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]),
+                "steps[1].name",
+            ),
+            (
+                json!([{"name": "a", "action": "noop", "needs": ["ghost"]}]),
+                "steps[0].needs[0]",
+            ),
+            (
+                json!([{"name": "a", "action": "noop", "needs": ["a"]}]),
+                "steps[0].needs[0]",
+            ),
+            (json!([{"name": "a b", "action": "noop"}]), "steps[0].name"),
+            (
+                json!([{"name": "a", "action": "noop", "retry": {"max_attempts": 0}}]),
+                "steps[0].retry.max_attempts",
+            ),
+            (
+                json!([{"name": "a", "action": "noop", "pool": "x.>"}]),
+                "steps[0].pool",
+            ),
+            (json!([]), "steps"),
+        ];
+        for (steps, path) in cases {
+            assert_eq!(rejection(steps).path, path);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_type_errors() {
+        let parsed = serde_json::from_value::<Playbook>(
+            json!({"name": "x", "steps": [{"name": "a", "action": "noop", "neds": []}]}),
+        );
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn too_many_steps_is_rejected() {
+        let steps: Vec<_> = (0..=MAX_STEPS)
+            .map(|i| json!({"name": format!("s{i}"), "action": "noop"}))
+            .collect();
+        assert_eq!(rejection(json!(steps)).path, "steps");
+    }
+
+    #[test]
+    fn label_keys_are_checked() {
+        let mut labels = Labels::new();
+        labels.insert("team".into(), "data".into());
+        assert_eq!(validate_labels(&labels), Ok(()));
+        labels.insert("bad key".into(), "x".into());
+        assert_eq!(
+            validate_labels(&labels).map_err(|e| e.path),
+            Err("labels.bad key".into())
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! NATS subjects (SPEC §3.5). Every subject is built here; they carry the shard and, where
+//! there is one, the execution id: `noetl.v1.shard.{shard}.{kind}[.{execution_id}]`.
+//! Only numbers become tokens, so no user-supplied string can inject tokens or wildcards.
+
+use crate::id::ExecutionId;
+use crate::routing::ShardId;
+
+const PREFIX: &str = "noetl.v1.shard";
+
+/// The JetStream key-value bucket holding the topology document, and its key.
+pub const TOPOLOGY_BUCKET: &str = "noetl_topology";
+pub const TOPOLOGY_KEY: &str = "topology";
+
+/// What a request to a shard asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShardRequest {
+    /// Commit a new execution (reply: `SubmitReceipt`).
+    Submit,
+    /// Read an execution (reply: `ExecutionView`).
+    Get,
+}
+
+impl ShardRequest {
+    pub const ALL: [ShardRequest; 2] = [ShardRequest::Submit, ShardRequest::Get];
+
+    fn token(self) -> &'static str {
+        match self {
+            ShardRequest::Submit => "submit",
+            ShardRequest::Get => "get",
+        }
+    }
+}
+
+/// `noetl.v1.shard.{shard}.{kind}.{execution_id}`
+pub fn shard_request(kind: ShardRequest, shard: ShardId, id: ExecutionId) -> String {
+    format!("{PREFIX}.{shard}.{}.{id}", kind.token())
+}
+
+/// The filter a shard server subscribes to for one kind of request.
+pub fn shard_request_filter(kind: ShardRequest, shard: ShardId) -> String {
+    format!("{PREFIX}.{shard}.{}.*", kind.token())
+}
+
+/// Liveness probe of a shard: answered by any server serving it.
+pub fn shard_ping(shard: ShardId) -> String {
+    format!("{PREFIX}.{shard}.ping")
+}
+
+/// Queue group shared by every server replica of one shard, so each request is handled once.
+pub fn shard_queue_group(shard: ShardId) -> String {
+    format!("noetl-server-shard-{shard}")
+}
+
+/// Reads the execution id back out of a request subject built by [`shard_request`].
+pub fn execution_id_of(subject: &str) -> Option<ExecutionId> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_subjects_carry_shard_and_id() {
+        let id = ExecutionId::new(320_816_801_799_737_344).expect("valid");
+        let subject = shard_request(ShardRequest::Submit, ShardId::new(14), id);
+        assert_eq!(subject, "noetl.v1.shard.14.submit.320816801799737344");
+        assert_eq!(execution_id_of(&subject), Some(id));
+        assert_eq!(
+            shard_request_filter(ShardRequest::Get, ShardId::new(3)),
+            "noetl.v1.shard.3.get.*"
+        );
+    }
+
+    #[test]
+    fn every_kind_has_a_distinct_token() {
+        let id = ExecutionId::new(1).expect("valid");
+        let a = shard_request(ShardRequest::Submit, ShardId::new(0), id);
+        let b = shard_request(ShardRequest::Get, ShardId::new(0), id);
+        assert_ne!(a, b);
+        assert_eq!(ShardRequest::ALL.len(), 2);
+    }
+
+    #[test]
+    fn subjects_without_an_id_yield_none() {
+        assert_eq!(execution_id_of(&shard_ping(ShardId::new(0))), None);
+    }
+}
