@@ -1,1 +1,131 @@
-//! placeholder
+//! The one place that talks to NATS, shared by every process.
+//!
+//! - [`connect`]: a client that retries the initial connection and reconnects forever.
+//! - [`request`] / [`respond`]: typed request/reply with the [`Reply`] envelope of the contract.
+//! - [`topology`]: the topology document in its JetStream key-value bucket.
+//!
+//! Subjects come from `noetl_contract::subject`; nothing here builds one by hand.
+
+pub mod topology;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use noetl_contract::message::{Reply, WireError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use async_nats::{Client, Message, Subscriber};
+
+/// Failures of NATS plumbing that callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to connect to NATS: {0}")]
+    Connect(String),
+    #[error("no server is subscribed to {subject}")]
+    NoResponders { subject: String },
+    #[error("no reply on {subject} within {timeout:?}")]
+    TimedOut { subject: String, timeout: Duration },
+    #[error("the shard answered {}: {}", serde_json::to_string(&.0.code).unwrap_or_default(), .0.message)]
+    Remote(WireError),
+    #[error("malformed message on {subject}: {reason}")]
+    Decode { subject: String, reason: String },
+    #[error("NATS: {0}")]
+    Transport(String),
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Shown in NATS monitoring (`noetl-gateway`, `noetl-server`, …).
+    pub client_name: String,
+}
+
+/// Connects, retrying the initial connection, so processes may start before NATS does.
+pub async fn connect(config: &NatsConfig) -> Result<Client, Error> {
+    async_nats::ConnectOptions::new()
+        .name(&config.client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))
+}
+
+pub fn is_connected(client: &Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Sends `body` to `subject` and decodes the [`Reply`] envelope; a remote error becomes
+/// [`Error::Remote`].
+pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+    client: &Client,
+    subject: String,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Resp, Error> {
+    let payload = serde_json::to_vec(body).map_err(|e| Error::Decode {
+        subject: subject.clone(),
+        reason: e.to_string(),
+    })?;
+    let request = async_nats::Request::new()
+        .payload(Bytes::from(payload))
+        .timeout(Some(timeout));
+    let message = client
+        .send_request(subject.clone(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => Error::NoResponders {
+                subject: subject.clone(),
+            },
+            async_nats::RequestErrorKind::TimedOut => Error::TimedOut {
+                subject: subject.clone(),
+                timeout,
+            },
+            async_nats::RequestErrorKind::Other => Error::Transport(e.to_string()),
+        })?;
+    let reply: Reply<Resp> = decode(&subject, &message.payload)?;
+    Result::from(reply).map_err(Error::Remote)
+}
+
+/// Answers a request with the [`Reply`] envelope. A request without a reply subject is
+/// answered by nobody (it was a plain publish).
+pub async fn respond<T: Serialize>(
+    client: &Client,
+    message: &Message,
+    reply: &Reply<T>,
+) -> Result<(), Error> {
+    let Some(reply_to) = message.reply.clone() else {
+        return Ok(());
+    };
+    let payload = serde_json::to_vec(reply).map_err(|e| Error::Decode {
+        subject: message.subject.to_string(),
+        reason: e.to_string(),
+    })?;
+    client
+        .publish(reply_to, Bytes::from(payload))
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))
+}
+
+/// Decodes a JSON body, naming the subject in the error.
+pub fn decode<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(payload).map_err(|e| Error::Decode {
+        subject: subject.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Subscribes `filter` in queue group `group`: each message goes to one member of the group.
+pub async fn queue_subscribe(
+    client: &Client,
+    filter: String,
+    group: String,
+) -> Result<Subscriber, Error> {
+    client
+        .queue_subscribe(filter, group)
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))
+}

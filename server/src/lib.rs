@@ -1,1 +1,144 @@
-//! placeholder
+//! The shard server: owns shard databases, commits executions, answers over NATS.
+//!
+//! - [`configuration`]: settings and their validation.
+//! - [`persistence`]: every query against a shard database.
+//! - [`commit`]: group commit of submits, many executions per transaction.
+//! - [`shard`]: a shard's subscriptions and request handling (route check first).
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! [`run`] wires them together; `main.rs` only parses arguments and calls it.
+
+pub mod commit;
+pub mod configuration;
+pub mod http;
+pub mod persistence;
+pub mod shard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use noetl_contract::Topology;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use configuration::ServerConfig;
+
+const DATABASE_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the server until `cancel`, then drains: stops taking requests, finishes those in
+/// flight, commits what is queued.
+pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let metrics = noetl_service::install_metrics();
+    let client = noetl_bus::connect(&config.nats).await?;
+
+    let configured = Topology::bootstrap(config.shards.count());
+    let topology = noetl_bus::topology::ensure(&client, &configured)
+        .await
+        .context("failed to read or create the cluster topology")?;
+    if topology.latest().shard_count != config.shards.count() {
+        bail!(
+            "the cluster topology has {} shards but NOETL_SHARDS lists {}; \
+             shard counts change through a topology epoch, not by editing NOETL_SHARDS",
+            topology.latest().shard_count,
+            config.shards.count()
+        );
+    }
+    let mut topology = noetl_bus::topology::watch(client.clone(), cancel.child_token());
+    topology
+        .wait_for(Option::is_some)
+        .await
+        .context("the topology watch stopped")?;
+
+    let mut pools = Vec::with_capacity(config.serve.len());
+    for &shard in &config.serve {
+        let dsn = config
+            .shards
+            .get(shard)
+            .context("serve only lists shards of NOETL_SHARDS")?;
+        let pool = persistence::pool(dsn, config.pool_size)?;
+        prepare_database(&pool, shard, dsn, &cancel).await?;
+        pools.push((shard, pool));
+    }
+
+    let health = Arc::new(http::Health {
+        client: client.clone(),
+        shards: pools.clone(),
+        metrics,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "health and metrics endpoint");
+    let http_cancel = cancel.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, http::router(health))
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await
+    });
+
+    let committers = TaskTracker::new();
+    let mut shards = Vec::with_capacity(pools.len());
+    for (shard, pool) in pools {
+        let committer = commit::Committer::spawn(
+            shard,
+            pool.clone(),
+            config.max_batch,
+            config.committers_per_shard,
+            &committers,
+        );
+        let state = Arc::new(shard::Shard {
+            id: shard,
+            client: client.clone(),
+            pool,
+            committer,
+            topology: topology.clone(),
+        });
+        shards.push(tokio::spawn(shard::serve(
+            state,
+            config.max_in_flight,
+            cancel.clone(),
+        )));
+    }
+    committers.close();
+    for served in futures::future::join_all(shards).await {
+        served.context("a shard task panicked")??;
+    }
+    // Every handler (and so every Committer clone) is gone: committers drain their queue and stop.
+    committers.wait().await;
+    client.flush().await.ok();
+    http.await.context("the HTTP task panicked")??;
+    Ok(())
+}
+
+/// Waits for the database, migrates it and checks it is the shard NOETL_SHARDS says it is.
+/// An unreachable database is retried (it may still be starting); a wrong one is fatal.
+async fn prepare_database(
+    pool: &sqlx::PgPool,
+    shard: noetl_contract::ShardId,
+    dsn: &noetl_contract::shards::ShardDsn,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        match persistence::migrate(pool).await {
+            Ok(()) => break,
+            Err(persistence::Error::Migrate(sqlx::migrate::MigrateError::Execute(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut,
+            ))) => {
+                tracing::warn!(%shard, database = %dsn, "shard database unreachable; retrying");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to migrate shard {shard} ({dsn})"))
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => bail!("cancelled while waiting for shard {shard}'s database"),
+            () = tokio::time::sleep(DATABASE_RETRY) => {}
+        }
+    }
+    persistence::claim_shard(pool, shard)
+        .await
+        .with_context(|| format!("shard {shard} ({dsn})"))?;
+    tracing::info!(%shard, database = %dsn, "shard database ready");
+    Ok(())
+}

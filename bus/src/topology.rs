@@ -1,0 +1,112 @@
+//! The topology document in the `noetl_topology` JetStream key-value bucket.
+//!
+//! The first server to start creates it (create-if-absent, so racing servers agree on one
+//! document); gateways and servers watch it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use noetl_contract::subject::{TOPOLOGY_BUCKET, TOPOLOGY_KEY};
+use noetl_contract::Topology;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Client, Error};
+
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+async fn bucket(client: &Client) -> Result<kv::Store, Error> {
+    let js = jetstream::new(client.clone());
+    if let Ok(store) = js.get_key_value(TOPOLOGY_BUCKET).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: TOPOLOGY_BUCKET.to_owned(),
+            description: "noetl-dispatch cluster topology (epochs)".to_owned(),
+            history: 64,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Someone else created it between our get and create.
+        Err(_) => js
+            .get_key_value(TOPOLOGY_BUCKET)
+            .await
+            .map_err(|e| Error::Transport(format!("topology bucket: {e}"))),
+    }
+}
+
+/// Returns the cluster's topology, creating it from `bootstrap` when there is none yet.
+pub async fn ensure(client: &Client, bootstrap: &Topology) -> Result<Topology, Error> {
+    let store = bucket(client).await?;
+    let body = serde_json::to_vec(bootstrap).map_err(|e| Error::Transport(e.to_string()))?;
+    match store.create(TOPOLOGY_KEY, Bytes::from(body)).await {
+        Ok(_) => Ok(bootstrap.clone()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let entry = store
+                .get(TOPOLOGY_KEY)
+                .await
+                .map_err(|e| Error::Transport(format!("reading the topology: {e}")))?
+                .ok_or_else(|| Error::Transport("the topology was deleted".to_owned()))?;
+            crate::decode(TOPOLOGY_KEY, &entry)
+        }
+        Err(e) => Err(Error::Transport(format!("creating the topology: {e}"))),
+    }
+}
+
+/// Keeps a watch channel holding the latest valid topology (`None` until one is seen).
+/// Malformed documents are logged and skipped; a broken watch is re-established.
+pub fn watch(client: Client, cancel: CancellationToken) -> watch::Receiver<Option<Topology>> {
+    let (sender, receiver) = watch::channel(None);
+    tokio::spawn(async move {
+        while !cancel.is_cancelled() {
+            if let Err(e) = follow(&client, &sender, &cancel).await {
+                tracing::warn!(error = %e, "topology watch interrupted; retrying");
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(RETRY_DELAY) => {}
+            }
+        }
+    });
+    receiver
+}
+
+async fn follow(
+    client: &Client,
+    sender: &watch::Sender<Option<Topology>>,
+    cancel: &CancellationToken,
+) -> Result<(), Error> {
+    let store = bucket(client).await?;
+    let mut updates = store
+        .watch_with_history(TOPOLOGY_KEY)
+        .await
+        .map_err(|e| Error::Transport(format!("watching the topology: {e}")))?;
+    loop {
+        let entry = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            entry = updates.next() => entry,
+        };
+        let Some(entry) = entry else {
+            return Err(Error::Transport("topology watch ended".to_owned()));
+        };
+        let entry = entry.map_err(|e| Error::Transport(e.to_string()))?;
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        match crate::decode::<Topology>(TOPOLOGY_KEY, &entry.value) {
+            Ok(topology) => {
+                tracing::info!(revision = entry.revision, epochs = topology.epochs().len(), shard_count = %topology.latest().shard_count, "topology updated");
+                sender.send_replace(Some(topology));
+            }
+            Err(e) => {
+                tracing::error!(revision = entry.revision, error = %e, "ignoring malformed topology document");
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Server settings: defaults < file < `NOETL_*` environment < command-line flags, validated once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use noetl_bus::NatsConfig;
+use noetl_contract::shards::ShardMap;
+use noetl_contract::ShardId;
+use noetl_service::LogFormat;
+use serde::Deserialize;
+
+/// Command-line flags of `noetl-server`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "noetl-server",
+    version,
+    about = "Shard server of noetl-dispatch"
+)]
+pub struct Args {
+    /// Settings file (TOML); `NOETL_*` environment variables override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Serve only these shards (comma-separated positions in NOETL_SHARDS); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub shards: Option<Vec<u32>>,
+}
+
+/// Raw settings as read from file and environment.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub nats_url: String,
+    /// `NOETL_SHARDS`: one database per shard, comma-separated.
+    pub shards: Option<String>,
+    /// Health, readiness and metrics endpoint.
+    pub listen: SocketAddr,
+    /// Most executions committed in one transaction.
+    pub max_batch: usize,
+    /// Transactions per shard that may be committing at once.
+    pub committers_per_shard: usize,
+    /// Database connections per shard.
+    pub pool_size: u32,
+    /// Requests per shard being handled at once; more wait in NATS.
+    pub max_in_flight: usize,
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            shards: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            max_batch: 1_000,
+            committers_per_shard: 2,
+            pool_size: 4,
+            max_in_flight: 4_096,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Validated configuration of one server process.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub nats: NatsConfig,
+    pub shards: ShardMap,
+    /// The shards this process serves, a subset of `shards`.
+    pub serve: Vec<ShardId>,
+    pub listen: SocketAddr,
+    pub max_batch: usize,
+    pub committers_per_shard: usize,
+    pub pool_size: u32,
+    pub max_in_flight: usize,
+}
+
+impl ServerConfig {
+    pub fn from_settings(settings: Settings, only: Option<Vec<u32>>) -> anyhow::Result<Self> {
+        let raw = settings
+            .shards
+            .context("NOETL_SHARDS is not set: list one PostgreSQL database per shard")?;
+        let shards = ShardMap::parse(&raw)?;
+        let serve: Vec<ShardId> = match only {
+            None => shards.count().shards().collect(),
+            Some(list) => {
+                let mut serve = Vec::with_capacity(list.len());
+                for index in list {
+                    let shard = ShardId::new(index);
+                    if !shards.count().contains(shard) {
+                        bail!(
+                            "--shards names shard {index}, but NOETL_SHARDS lists only {} shards (0..{})",
+                            shards.count(),
+                            shards.count().get() - 1
+                        );
+                    }
+                    if !serve.contains(&shard) {
+                        serve.push(shard);
+                    }
+                }
+                serve
+            }
+        };
+        if serve.is_empty() {
+            bail!("--shards is empty: name at least one shard to serve");
+        }
+        for (name, value) in [
+            ("max_batch", settings.max_batch),
+            ("committers_per_shard", settings.committers_per_shard),
+            ("max_in_flight", settings.max_in_flight),
+            ("pool_size", settings.pool_size as usize),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        Ok(Self {
+            nats: NatsConfig {
+                url: settings.nats_url,
+                client_name: "noetl-server".to_owned(),
+            },
+            shards,
+            serve,
+            listen: settings.listen,
+            max_batch: settings.max_batch,
+            committers_per_shard: settings.committers_per_shard,
+            pool_size: settings.pool_size,
+            max_in_flight: settings.max_in_flight,
+        })
+    }
+}

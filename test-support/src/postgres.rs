@@ -1,0 +1,274 @@
+//! A private PostgreSQL cluster.
+//!
+//! `initdb` runs once per machine into a template directory that later instances copy, so a
+//! new instance costs a copy and a start-up, not a full initdb. PostgreSQL refuses to run as
+//! root; as root, the cluster runs as the `postgres` OS user.
+
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::Process;
+use crate::{free_port, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SUPERUSER: &str = "postgres";
+
+/// How the instance trades durability for speed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostgresOptions {
+    /// `fsync` and `synchronous_commit` on, as in production (benchmarks). Tests leave it off.
+    pub durable: bool,
+}
+
+/// A running PostgreSQL on a free loopback port, with trust authentication.
+#[derive(Debug)]
+pub struct Postgres {
+    // Field order is drop order: the server stops before its directory is removed.
+    _process: Process,
+    port: u16,
+    bin: PathBuf,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        Self::start_with(PostgresOptions::default())
+    }
+
+    pub fn start_with(options: PostgresOptions) -> Self {
+        let bin = bin_dir();
+        let run_as = postgres_user_if_root();
+        let template = template_dir(&bin, run_as);
+        let dir = tempfile::Builder::new()
+            .prefix("noetl-pg-")
+            .tempdir()
+            .expect("creating a temp dir for PostgreSQL");
+        let data = dir.path().join("data");
+        run(Command::new("cp").arg("-a").arg(&template).arg(&data));
+        chown_tree(dir.path(), run_as);
+        // A port can be taken between choosing it and binding it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut process = Process::spawn(server_command(&bin, &data, port, options, run_as));
+            let ready = wait_for("PostgreSQL to accept connections", TIMEOUT, || {
+                if !process.is_running() {
+                    return Some(false);
+                }
+                is_ready(&bin, port).then_some(true)
+            });
+            if ready {
+                return Self {
+                    _process: process,
+                    port,
+                    bin,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!(
+            "PostgreSQL did not start; see {}",
+            data.join("postgres.log").display()
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn create_database(&self, name: &str) {
+        run(Command::new(self.bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-U", SUPERUSER, "-p"])
+            .arg(self.port.to_string())
+            .arg(name));
+    }
+
+    /// Creates `<prefix>_0 … <prefix>_{count-1}` and returns the matching `NOETL_SHARDS` value
+    /// (URL form for even shards, key/value form for odd ones, so both forms are exercised).
+    pub fn create_shards(&self, prefix: &str, count: u32) -> String {
+        (0..count)
+            .map(|i| {
+                let name = format!("{prefix}_{i}");
+                self.create_database(&name);
+                if i % 2 == 0 {
+                    self.url(&name)
+                } else {
+                    format!(
+                        "host=127.0.0.1;port={};user={SUPERUSER};database={name}",
+                        self.port
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn server_command(
+    bin: &Path,
+    data: &Path,
+    port: u16,
+    options: PostgresOptions,
+    run_as: Option<(u32, u32)>,
+) -> Command {
+    let durability = if options.durable { "on" } else { "off" };
+    let mut command = Command::new(bin.join("postgres"));
+    command
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", data.display()))
+        .args(["-c", &format!("fsync={durability}")])
+        .args(["-c", &format!("synchronous_commit={durability}")])
+        .args(["-c", &format!("full_page_writes={durability}")])
+        .args(["-c", "max_connections=300"])
+        .args(["-c", "logging_collector=off"])
+        .stdout(Stdio::null())
+        .stderr(log_file(&data.join("postgres.log")));
+    if let Some((uid, gid)) = run_as {
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+fn log_file(path: &Path) -> Stdio {
+    std::fs::File::create(path)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+fn is_ready(bin: &Path, port: u16) -> bool {
+    Command::new(bin.join("pg_isready"))
+        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The newest PostgreSQL server binaries: `NOETL_PG_BIN`, else `/usr/lib/postgresql/<v>/bin`,
+/// else whatever `initdb` on `PATH` belongs to.
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("NOETL_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .max_by_key(|(version, _)| *version);
+    if let Some((_, bin)) = newest {
+        return bin;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path).find(|dir| dir.join("initdb").exists() && dir.join("postgres").exists())
+        })
+        .expect("PostgreSQL server binaries not found: install postgresql (`make test` does) or set NOETL_PG_BIN")
+}
+
+fn postgres_user_if_root() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let output = Command::new("id")
+        .args(["-u", SUPERUSER])
+        .output()
+        .expect("running id");
+    let uid: u32 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("running as root needs a `postgres` OS user (the postgresql package creates it)");
+    let output = Command::new("id")
+        .args(["-g", SUPERUSER])
+        .output()
+        .expect("running id");
+    let gid: u32 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("postgres OS user has a group");
+    Some((uid, gid))
+}
+
+/// The initdb'd template, made once per PostgreSQL version and user and then only copied.
+fn template_dir(bin: &Path, run_as: Option<(u32, u32)>) -> PathBuf {
+    let version = bin
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(OsStr::to_str)
+        .unwrap_or("path");
+    let owner = run_as.map_or_else(|| "self".to_owned(), |(uid, _)| uid.to_string());
+    let root = std::env::temp_dir().join(format!("noetl-pg-template-{version}-{owner}"));
+    if root.join("PG_VERSION").exists() {
+        return root;
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("noetl-pg-template-staging-")
+        .tempdir()
+        .expect("creating a staging dir for initdb");
+    chown_tree(staging.path(), run_as);
+    let data = staging.path().join("data");
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null());
+    if let Some((uid, gid)) = run_as {
+        initdb.uid(uid).gid(gid);
+    }
+    run(&mut initdb);
+    // Another test may have won the race; its template is as good as ours.
+    if std::fs::rename(&data, &root).is_err() && !root.join("PG_VERSION").exists() {
+        panic!(
+            "could not install the PostgreSQL template at {}",
+            root.display()
+        );
+    }
+    root
+}
+
+fn chown_tree(path: &Path, run_as: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = run_as {
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(path));
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {:?}: {e}", command.get_program()));
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}",
+        command,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
