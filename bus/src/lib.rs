@@ -118,6 +118,46 @@ pub fn decode<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, E
     })
 }
 
+/// Opens a JetStream key-value bucket, creating it when missing.
+///
+/// The bucket's stream is created here with the key-value layout (ADR-8) rather than with
+/// `create_key_value`, which first asks for account information in a shape nats-server 2.9
+/// (Debian 12's) does not send. Concurrent creators converge: creating an identical stream
+/// that already exists succeeds.
+pub async fn kv_bucket(
+    client: &Client,
+    bucket: &str,
+    description: &str,
+    history: i64,
+) -> Result<async_nats::jetstream::kv::Store, Error> {
+    use async_nats::jetstream::{self, stream};
+    let js = jetstream::new(client.clone());
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        return Err(Error::Transport(format!("creating bucket {bucket}: {e}")));
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| Error::Transport(format!("opening bucket {bucket}: {e}")))
+}
+
 /// Subscribes `filter` in queue group `group`: each message goes to one member of the group.
 pub async fn queue_subscribe(
     client: &Client,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
 use noetl_contract::subject::{TOPOLOGY_BUCKET, TOPOLOGY_KEY};
@@ -18,27 +18,13 @@ use crate::{Client, Error};
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 async fn bucket(client: &Client) -> Result<kv::Store, Error> {
-    let js = jetstream::new(client.clone());
-    if let Ok(store) = js.get_key_value(TOPOLOGY_BUCKET).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: TOPOLOGY_BUCKET.to_owned(),
-            description: "noetl-dispatch cluster topology (epochs)".to_owned(),
-            history: 64,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Someone else created it between our get and create.
-        Err(_) => js
-            .get_key_value(TOPOLOGY_BUCKET)
-            .await
-            .map_err(|e| Error::Transport(format!("topology bucket: {e}"))),
-    }
+    crate::kv_bucket(
+        client,
+        TOPOLOGY_BUCKET,
+        "noetl-dispatch cluster topology (epochs)",
+        64,
+    )
+    .await
 }
 
 /// Returns the cluster's topology, creating it from `bootstrap` when there is none yet.

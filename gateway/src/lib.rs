@@ -1,1 +1,133 @@
-//! placeholder
+//! The stateless HTTP gateway: mints execution ids, routes each to its shard over NATS, and
+//! answers only once the shard has committed. It never touches a shard database.
+//!
+//! - [`configuration`]: settings and their validation.
+//! - [`routes`]: the HTTP handlers.
+//! - [`extract`]: body and path extractors that reject with problem documents.
+//! - [`problem`]: the error codes and problem documents.
+//! - [`dispatch`]: the only module that talks to NATS.
+//! - [`state`]: the topology view and the id generator.
+
+pub mod configuration;
+pub mod dispatch;
+pub mod extract;
+pub mod problem;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use noetl_contract::IdGenerator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use configuration::GatewayConfig;
+use problem::{Code, Problem};
+use state::AppState;
+
+/// A gateway bound to its address and connected to NATS, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Gateway {
+    pub async fn bind(config: GatewayConfig, cancel: &CancellationToken) -> anyhow::Result<Self> {
+        let metrics = noetl_service::install_metrics();
+        let client = noetl_bus::connect(&config.nats).await?;
+        let topology = noetl_bus::topology::watch(client.clone(), cancel.child_token());
+        let state = Arc::new(AppState {
+            dispatcher: dispatch::Dispatcher {
+                client,
+                timeout: config.request_timeout,
+            },
+            topology,
+            ids: Mutex::new(IdGenerator::new(config.node_id)),
+        });
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router: router(state, metrics, config.body_limit_bytes),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `cancel`, then lets in-flight requests finish.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(address = %self.local_addr(), "gateway listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+            .context("the HTTP server failed")
+    }
+}
+
+fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) -> Router {
+    let api = Router::new()
+        .route("/executions", post(routes::executions::submit))
+        .route("/executions/{id}", get(routes::executions::get))
+        .route("/route/{id}", get(routes::route::route));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .with_state(state)
+        .route(
+            "/metrics",
+            get(|State(m): State<PrometheusHandle>| async move { m.render() }).with_state(metrics),
+        )
+        .fallback(|| async {
+            Problem::new(
+                Code::RouteNotFound,
+                "no such route; the API lives under /api/v1",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                Code::MethodNotAllowed,
+                "this route does not accept that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(TraceLayer::new_for_http().on_failure(()))
+        .layer(CatchPanicLayer::custom(|_| {
+            Problem::new(Code::Internal, "internal error").into_response()
+        }))
+}
+
+/// Per-route request counts and latency.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("noetl_gateway_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("noetl_gateway_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,75 @@
+# Developer entry points for noetl-dispatch. `make` alone lists them.
+# The local cluster lives in scripts/cluster.sh; this file only names the commands.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Debian puts nats-server in /usr/sbin, which is not on a non-root user's PATH; the test harness
+# starts it by name.
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
+
+# Cluster settings (SHARDS, NATS_PORT, PG_PORT, GATEWAY_PORT, SERVER_PORT, STATE_DIR, READY_TIMEOUT,
+# RUST_LOG) are read by scripts/cluster.sh from the environment; make passes command-line ones on.
+# Left unset, each keeps what .state was last started with, else its default (see `make help`).
+
+# Passed to the benchmark binary as is, e.g. make bench BENCH_ARGS="--shards 4 --concurrency 64 --seconds 30"
+BENCH_ARGS ?=
+
+CLUSTER := scripts/cluster.sh
+
+.PHONY: help up infra down status env logs clean-state deps build lint test bench
+
+help: ## list the targets and settings
+	@echo "usage: make <target> [SETTING=value ...]"
+	@echo
+	@echo "targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@echo
+	@echo "settings (up, infra):"
+	@echo "  SHARDS=2            shard databases noetl_shard_0 … (fixed once .state exists)"
+	@echo "  NATS_PORT=14222     PG_PORT=15432     GATEWAY_PORT=18080     SERVER_PORT=19090"
+	@echo "  STATE_DIR=.state    READY_TIMEOUT=60  RUST_LOG=info"
+	@echo "  BENCH_ARGS=         passed to the benchmark (--shards, --concurrency, --seconds)"
+
+up: ## install deps, build, start NATS, PostgreSQL, server and gateway; run examples/hello.json
+	@$(CLUSTER) up
+
+infra: ## start only NATS and PostgreSQL with the shard databases
+	@$(CLUSTER) infra
+
+down: ## stop everything `up` started (data stays in .state)
+	@$(CLUSTER) down
+
+status: ## show what runs
+	@$(CLUSTER) status
+
+env: ## print export lines for the running cluster: eval "$(make -s env)"
+	@$(CLUSTER) env
+
+logs: ## show the tail of every log in .state/logs
+	@$(CLUSTER) logs
+
+clean-state: ## stop the cluster and delete .state (all local data)
+	@$(CLUSTER) clean-state
+
+deps: ## install nats-server, PostgreSQL and curl if missing
+	@scripts/ensure-deps.sh
+
+build: ## build every binary (debug)
+	cargo build --workspace --bins
+
+lint: ## rustfmt check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# The end-to-end tests spawn the server binary, so the binaries are built before the tests run.
+test: lint deps build ## lint, then the whole test suite (nextest when installed)
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		echo "cargo nextest run --workspace"; cargo nextest run --workspace; \
+	else \
+		echo "cargo-nextest not installed; cargo test --workspace"; cargo test --workspace; \
+	fi
+
+bench: deps ## run the benchmark (release build) with BENCH_ARGS
+	cargo run --release -p noetl-bench -- $(BENCH_ARGS)

@@ -1,0 +1,221 @@
+//! A whole cluster for one test: its own NATS and PostgreSQL, the server and the gateway.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use noetl_contract::{ExecutionId, ShardCount, ShardId};
+use noetl_gateway::configuration::{GatewayConfig, Settings as GatewaySettings};
+use noetl_gateway::Gateway;
+use noetl_server::configuration::{ServerConfig, Settings as ServerSettings};
+use noetl_test_support::{NatsServer, Postgres};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Cluster {
+    pub nats: NatsServer,
+    pub pg: Postgres,
+    pub shards: String,
+    pub shard_count: ShardCount,
+    pub gateway_url: String,
+    pub http: reqwest::Client,
+    cancel: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    gateway: JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn server_config(nats_url: &str, shards: &str, serve: Option<Vec<u32>>) -> ServerConfig {
+    let settings = ServerSettings {
+        nats_url: nats_url.to_owned(),
+        shards: Some(shards.to_owned()),
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        ..ServerSettings::default()
+    };
+    ServerConfig::from_settings(settings, serve).expect("valid server config")
+}
+
+pub async fn start_gateway(
+    nats_url: &str,
+    cancel: &CancellationToken,
+) -> (String, JoinHandle<anyhow::Result<()>>) {
+    let settings = GatewaySettings {
+        nats_url: nats_url.to_owned(),
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        request_timeout_ms: 2_000,
+        ..GatewaySettings::default()
+    };
+    let gateway = Gateway::bind(
+        GatewayConfig::from_settings(settings).expect("valid gateway config"),
+        cancel,
+    )
+    .await
+    .expect("gateway binds");
+    let url = format!("http://{}", gateway.local_addr());
+    (url, tokio::spawn(gateway.run(cancel.clone())))
+}
+
+impl Cluster {
+    /// A cluster with `shards` shard databases, served by one in-process server.
+    pub async fn start(shards: u32) -> Self {
+        Self::start_serving(shards, None).await
+    }
+
+    /// Like [`Cluster::start`], but the server serves only `serve` (when given).
+    pub async fn start_serving(shards: u32, serve: Option<Vec<u32>>) -> Self {
+        noetl_service::init_tracing(noetl_service::LogFormat::Text);
+        let nats = NatsServer::start();
+        let pg = Postgres::start();
+        let shard_dsns = pg.create_shards("noetl_shard", shards);
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(noetl_server::run(
+            server_config(nats.url(), &shard_dsns, serve.clone()),
+            cancel.clone(),
+        ));
+        let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
+        let cluster = Self {
+            nats,
+            pg,
+            shards: shard_dsns,
+            shard_count: ShardCount::new(shards).expect("at least one shard"),
+            gateway_url,
+            http: reqwest::Client::new(),
+            cancel,
+            server: Some(server),
+            gateway,
+        };
+        if serve.is_none() {
+            cluster.wait_ready().await;
+        } else {
+            cluster.wait_for_topology().await;
+        }
+        cluster
+    }
+
+    /// Polls `/readyz` until every shard answers.
+    pub async fn wait_ready(&self) {
+        self.poll("the gateway to be ready", |status, _| status == 200)
+            .await;
+    }
+
+    /// Polls `/readyz` until the gateway has read the topology.
+    pub async fn wait_for_topology(&self) {
+        self.poll("the gateway to read the topology", |_, body| {
+            body["topology"] == json!(true)
+        })
+        .await;
+    }
+
+    async fn poll(&self, what: &str, done: impl Fn(u16, &Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Ok(response) = self.http.get(self.url("/readyz")).send().await {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                if done(status, &body) {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway_url)
+    }
+
+    /// Submits a body, returning status and JSON response.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("the gateway answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the gateway answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn pool(&self, shard: u32) -> PgPool {
+        PgPool::connect(&self.pg.url(&format!("noetl_shard_{shard}")))
+            .await
+            .expect("connect to a shard database")
+    }
+
+    /// Every execution id stored in each shard database.
+    pub async fn stored_ids(&self) -> HashMap<ShardId, Vec<ExecutionId>> {
+        let mut stored = HashMap::new();
+        for shard in self.shard_count.shards() {
+            let pool = self.pool(shard.get()).await;
+            let ids: Vec<i64> = sqlx::query_scalar("SELECT execution_id FROM executions")
+                .fetch_all(&pool)
+                .await
+                .expect("read executions");
+            stored.insert(
+                shard,
+                ids.into_iter()
+                    .map(|id| ExecutionId::new(id).expect("stored ids are valid"))
+                    .collect(),
+            );
+            pool.close().await;
+        }
+        stored
+    }
+
+    /// Stops gateway and server, failing if either returned an error.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+        (&mut self.gateway)
+            .await
+            .expect("gateway task")
+            .expect("gateway stopped cleanly");
+    }
+}
+
+pub fn hello_request() -> Value {
+    json!({
+        "playbook": {
+            "name": "hello",
+            "steps": [
+                {"name": "greet", "action": "noop"},
+                {"name": "wait", "action": "sleep", "with": {"ms": 10}, "needs": ["greet"]}
+            ]
+        },
+        "input": {"who": "world"},
+        "labels": {"suite": "e2e"}
+    })
+}
+
+pub fn id_of(body: &Value) -> ExecutionId {
+    body["execution_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("execution_id is a string in {body}"))
+        .parse()
+        .expect("execution_id is decimal")
+}

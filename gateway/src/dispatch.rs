@@ -1,0 +1,88 @@
+//! The gateway's only contact with NATS: requests to the shard that owns an execution.
+
+use std::time::Duration;
+
+use noetl_bus::Client;
+use noetl_contract::message::{
+    ExecutionView, PingReply, SubmitCommand, SubmitReceipt, WireErrorCode,
+};
+use noetl_contract::subject::{self, ShardRequest};
+use noetl_contract::{ExecutionId, Route, ShardId};
+
+use crate::problem::{Code, Problem};
+
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    pub client: Client,
+    pub timeout: Duration,
+}
+
+impl Dispatcher {
+    pub async fn submit(
+        &self,
+        route: Route,
+        command: &SubmitCommand,
+    ) -> Result<SubmitReceipt, Problem> {
+        let id = command.execution_id;
+        let subject = subject::shard_request(ShardRequest::Submit, route.shard, id);
+        noetl_bus::request(&self.client, subject, command, self.timeout)
+            .await
+            .map_err(|e| to_problem(route.shard, e).with_execution_id(id))
+    }
+
+    pub async fn get(&self, route: Route, id: ExecutionId) -> Result<ExecutionView, Problem> {
+        let subject = subject::shard_request(ShardRequest::Get, route.shard, id);
+        noetl_bus::request(&self.client, subject, &(), self.timeout)
+            .await
+            .map_err(|e| to_problem(route.shard, e))
+    }
+
+    /// Whether the shard has a server whose database answers.
+    pub async fn ping(&self, shard: ShardId, timeout: Duration) -> bool {
+        noetl_bus::request::<_, PingReply>(&self.client, subject::shard_ping(shard), &(), timeout)
+            .await
+            .map(|reply| reply.database_ok)
+            .unwrap_or(false)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        noetl_bus::is_connected(&self.client)
+    }
+}
+
+fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
+    use noetl_bus::Error;
+    match error {
+        Error::Remote(remote) => match remote.code {
+            WireErrorCode::NotFound => Problem::new(Code::ExecutionNotFound, remote.message),
+            WireErrorCode::BadRequest => Problem::new(Code::InvalidRequest, remote.message),
+            WireErrorCode::ShardUnavailable => Problem::new(
+                Code::ShardUnavailable,
+                format!("shard {shard}: {}", remote.message),
+            ),
+            WireErrorCode::Misrouted => {
+                // Gateway and server disagree on the topology: transient while it propagates.
+                tracing::error!(%shard, message = %remote.message, "shard refused a request as misrouted");
+                Problem::new(
+                    Code::ShardUnavailable,
+                    format!("shard {shard} is not serving this execution yet; retry shortly"),
+                )
+            }
+        },
+        Error::NoResponders { .. } => Problem::new(
+            Code::ShardUnavailable,
+            format!("no server is serving shard {shard}"),
+        ),
+        Error::TimedOut { timeout, .. } => Problem::new(
+            Code::ShardUnavailable,
+            format!("shard {shard} did not answer within {timeout:?}"),
+        ),
+        other => {
+            tracing::error!(%shard, error = %other, "request to shard failed");
+            Problem::new(
+                Code::ShardUnavailable,
+                format!("shard {shard} is unreachable"),
+            )
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `GET /api/v1/route/{id}`: which shard and epoch an id belongs to, and what it encodes.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use noetl_contract::{ExecutionId, ShardCount, ShardId};
+use serde::Serialize;
+
+use crate::extract::IdParam;
+use crate::problem::Problem;
+use crate::state::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct RouteResponse {
+    pub execution_id: ExecutionId,
+    pub shard: ShardId,
+    pub shard_count: ShardCount,
+    pub epoch: u64,
+    /// Decoded from the id: Unix milliseconds, gateway node, sequence.
+    pub minted_at_ms: i64,
+    pub node: u16,
+    pub sequence: u16,
+}
+
+pub async fn route(
+    State(state): State<Arc<AppState>>,
+    IdParam(id): IdParam,
+) -> Result<Json<RouteResponse>, Problem> {
+    let route = state.route(id)?;
+    Ok(Json(RouteResponse {
+        execution_id: id,
+        shard: route.shard,
+        shard_count: route.shard_count,
+        epoch: route.epoch,
+        minted_at_ms: id.unix_ms(),
+        node: id.node().get(),
+        sequence: id.sequence(),
+    }))
+}

@@ -1,0 +1,690 @@
+#!/usr/bin/env bash
+# A local noetl-dispatch cluster on loopback, for one developer machine.
+#
+# It runs its own nats-server (JetStream) and its own PostgreSQL (one database per shard) on
+# non-default ports, with all data, logs and pid files in a state directory (.state/ at the repo
+# root), then noetl-server and noetl-gateway built from this workspace.
+# Services already running on the standard ports (4222, 5432) are never touched: everything this
+# script stops, it finds through its own pid files.
+#
+# Usage: scripts/cluster.sh up|infra|down|status|env|logs|clean-state   (normally through make)
+#   up           deps, build, NATS, PostgreSQL, server, gateway; submits examples/hello.json
+#   infra        only NATS and PostgreSQL with the shard databases (to run the binaries yourself)
+#   down         stops what up started; data stays
+#   status       what runs
+#   env          export lines for the running cluster: eval "$(scripts/cluster.sh env)"
+#   logs         the tail of every log
+#   clean-state  down, then deletes the state directory
+#
+# Settings (environment): SHARDS (2), NATS_PORT (14222), PG_PORT (15432), GATEWAY_PORT (18080),
+# SERVER_PORT (19090), STATE_DIR (<repo>/.state), READY_TIMEOUT (60 s), STOP_TIMEOUT (30 s),
+# RUST_LOG (info). An unset setting keeps what the state directory was last started with.
+# The shard count is fixed when the shard databases are created.
+
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly REPO_ROOT
+# shellcheck source=ensure-deps.sh source-path=SCRIPTDIR
+source "$REPO_ROOT/scripts/ensure-deps.sh"
+
+STATE_DIR=$(realpath -m "${STATE_DIR:-$REPO_ROOT/.state}")
+readonly STATE_DIR
+readonly STATE_MARKER=$STATE_DIR/.noetl-cluster-state
+readonly SHARDS_FILE=$STATE_DIR/shards
+readonly CONFIG_FILE=$STATE_DIR/cluster.env
+readonly LOG_DIR=$STATE_DIR/logs
+readonly NATS_STORE=$STATE_DIR/nats
+readonly PG_DIR=$STATE_DIR/pg
+readonly PG_DATA=$PG_DIR/data
+readonly PG_SOCKET_DIR=$PG_DIR/run
+readonly EXAMPLE=$REPO_ROOT/examples/hello.json
+readonly READY_TIMEOUT=${READY_TIMEOUT:-60}
+readonly STOP_TIMEOUT=${STOP_TIMEOUT:-30}
+export RUST_LOG=${RUST_LOG:-info}
+
+readonly SETTINGS=(SHARDS NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT)
+declare -A DEFAULT=([SHARDS]=2 [NATS_PORT]=14222 [PG_PORT]=15432 [GATEWAY_PORT]=18080 [SERVER_PORT]=19090)
+declare -A REQUESTED=()
+for setting in "${SETTINGS[@]}"; do
+	REQUESTED[$setting]=${!setting:-}
+done
+declare -A RECORDED=()
+
+# Components started in the background, with the process name their pid must belong to.
+declare -A PROGRAM=([nats]=nats-server [server]=noetl-server [gateway]=noetl-gateway)
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+	printf 'error: %s\n' "$*" >&2
+	exit 1
+}
+
+is_root() { [[ $(id -u) -eq 0 ]]; }
+
+# PostgreSQL refuses to run as root, so as root its programs run as the `postgres` OS user.
+as_pg_owner() {
+	if is_root; then
+		(cd / && runuser -u postgres -- "$@")
+	else
+		"$@"
+	fi
+}
+
+# --- settings ---------------------------------------------------------------------------------
+
+load_recorded_settings() {
+	local key value
+	if [[ -f $CONFIG_FILE ]]; then
+		while IFS='=' read -r key value; do
+			[[ $key =~ ^[A-Z_]+$ && -v DEFAULT[$key] && $value =~ ^[0-9]+$ ]] && RECORDED[$key]=$value
+		done <"$CONFIG_FILE"
+	fi
+	if [[ -f $SHARDS_FILE ]]; then
+		value=$(<"$SHARDS_FILE")
+		[[ $value =~ ^[0-9]+$ ]] || die "$SHARDS_FILE is damaged (\"$value\"); make clean-state starts over"
+		RECORDED[SHARDS]=$value
+	fi
+}
+
+# Each setting for `up`: what was asked for, else what the state dir was last started with, else
+# the default. The commands that look at a cluster (`recorded-first`) prefer what it was started with.
+resolve_settings() {
+	load_recorded_settings
+	local setting value
+	for setting in "${SETTINGS[@]}"; do
+		if [[ ${1:-} == recorded-first ]]; then
+			value=${RECORDED[$setting]:-${REQUESTED[$setting]:-${DEFAULT[$setting]}}}
+		else
+			value=${REQUESTED[$setting]:-${RECORDED[$setting]:-${DEFAULT[$setting]}}}
+		fi
+		[[ $value =~ ^[0-9]+$ ]] || die "$setting must be a number, not \"$value\""
+		printf -v "$setting" '%d' "$((10#$value))"
+	done
+	((SHARDS >= 1 && SHARDS <= 256)) || die "SHARDS must be between 1 and 256, not $SHARDS"
+	for setting in NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT; do
+		((${!setting} >= 1024 && ${!setting} <= 65535)) || die "$setting must be between 1024 and 65535"
+	done
+	NATS_URL=nats://127.0.0.1:$NATS_PORT
+	GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
+	SERVER_URL=http://127.0.0.1:$SERVER_PORT
+}
+
+# `up` with settings different from what is running would leave a cluster half one, half the other.
+refuse_conflicting_settings() {
+	local recorded=${RECORDED[SHARDS]:-}
+	if [[ -n $recorded && $recorded -ne $SHARDS ]]; then
+		if anything_running; then
+			printf 'error: the local cluster is already up with SHARDS=%s, and you asked for SHARDS=%s.\n' "$recorded" "$SHARDS" >&2
+		else
+			printf 'error: the state in %s was created with SHARDS=%s, and you asked for SHARDS=%s.\n' "$STATE_DIR" "$recorded" "$SHARDS" >&2
+		fi
+		cat >&2 <<-EOF
+			The shard count of a local cluster is fixed when its shard databases are created.
+			To change it, stop the cluster and delete its state (all local executions are lost):
+			    make down && make clean-state && make up SHARDS=$SHARDS
+			or keep the current one with: make up SHARDS=$recorded
+		EOF
+		exit 1
+	fi
+	anything_running || return 0
+	local setting conflicts=()
+	for setting in NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT; do
+		if [[ -n ${RECORDED[$setting]:-} && ${RECORDED[$setting]} -ne ${!setting} ]]; then
+			conflicts+=("$setting=${RECORDED[$setting]} (asked for ${!setting})")
+		fi
+	done
+	if ((${#conflicts[@]})); then
+		die "the local cluster is already up with ${conflicts[*]}; run make down first to change ports"
+	fi
+}
+
+record_settings() {
+	[[ -f $SHARDS_FILE ]] || printf '%s\n' "$SHARDS" >"$SHARDS_FILE"
+	local setting
+	{
+		echo "# Written by scripts/cluster.sh: the settings this state dir was last started with."
+		for setting in NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT; do
+			printf '%s=%s\n' "$setting" "${!setting}"
+		done
+	} >"$CONFIG_FILE"
+}
+
+# --- state directory --------------------------------------------------------------------------
+
+prepare_state_dir() {
+	[[ $STATE_DIR != *[\',\\]* ]] || die "STATE_DIR must not contain quotes, commas or backslashes: $STATE_DIR"
+	if [[ -d $STATE_DIR && ! -f $STATE_MARKER && -n $(ls -A "$STATE_DIR") ]]; then
+		die "$STATE_DIR exists but was not made by this script; move it away or pick another STATE_DIR"
+	fi
+	mkdir -p "$STATE_DIR" "$LOG_DIR" "$NATS_STORE" "$PG_DIR"
+	touch "$STATE_MARKER"
+	# Nothing secret lives here; the postgres user must be able to reach pg/ through it.
+	chmod 0755 "$STATE_DIR" "$LOG_DIR"
+	if is_root; then
+		id -u postgres >/dev/null 2>&1 ||
+			die "running as root needs the postgres OS user (the postgresql package creates it)"
+		runuser -u postgres -- test -x "$STATE_DIR" 2>/dev/null ||
+			die "PostgreSQL runs as the postgres OS user, which cannot reach $STATE_DIR" \
+				"(a parent directory is not searchable by others, as /root usually is)." \
+				"Make the parents searchable (chmod o+x) or use another state dir, e.g. make up STATE_DIR=/var/tmp/noetl-state"
+	fi
+}
+
+# --- processes --------------------------------------------------------------------------------
+
+pid_file() { printf '%s/%s.pid' "$STATE_DIR" "$1"; }
+
+# Whether a process runs a program: its argv[0] is that program, or argv[1] is (a script run by
+# an interpreter). A zombie has no argv, so it does not count as running anything.
+runs_program() {
+	local pid=$1 program=$2 arg position=0
+	[[ -r /proc/$pid/cmdline ]] || return 1
+	while ((position++ < 2)) && IFS= read -r -d '' arg; do
+		[[ ${arg##*/} == "$program" ]] && return 0
+	done 2>/dev/null <"/proc/$pid/cmdline"
+	return 1
+}
+
+# Gone, or a zombie nobody has reaped yet. (An empty argv does not mean exited: it is also what
+# a process shows in the middle of an exec.)
+process_exited() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+	stat=${stat##*) }
+	[[ ${stat:0:1} == Z ]]
+}
+
+# Prints the pid of a component if its pid file names a live process running the expected program
+# (so a recycled pid is never mistaken for ours, let alone signalled).
+live_pid() {
+	local component=$1 file pid
+	file=$(pid_file "$component")
+	[[ -f $file ]] || return 1
+	pid=$(<"$file")
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	runs_program "$pid" "${PROGRAM[$component]}" || return 1
+	printf '%s\n' "$pid"
+}
+
+# Starts a long-running program detached from this shell and its terminal (so a Ctrl-C here does
+# not reach it), logging to logs/<component>.log and recording its pid.
+start_detached() {
+	local component=$1
+	shift
+	local log=$LOG_DIR/$component.log
+	printf -- '--- %s: %s starting\n' "$(date -Iseconds)" "$component" >>"$log"
+	# Without job control a background child never leads a process group, so setsid does not fork
+	# and $! is the program's own pid (setsid, nohup and env each exec the next).
+	setsid nohup "$@" >>"$log" 2>&1 </dev/null &
+	local pid=$! deadline=$((SECONDS + 10))
+	printf '%s\n' "$pid" >"$(pid_file "$component")"
+	# Until its last exec the child is still a copy of this shell; wait for it to become the program.
+	until runs_program "$pid" "${PROGRAM[$component]}"; do
+		if process_exited "$pid" || ((SECONDS >= deadline)); then
+			show_log_tail "$log"
+			die "${PROGRAM[$component]} did not start (log: $log)"
+		fi
+		sleep 0.05
+	done
+}
+
+stop_component() {
+	local component=$1 pid
+	local file
+	file=$(pid_file "$component")
+	if ! pid=$(live_pid "$component"); then
+		if [[ -f $file ]]; then
+			rm -f "$file"
+			say "${PROGRAM[$component]} was not running (removed its stale pid file)"
+		else
+			say "${PROGRAM[$component]} is not running"
+		fi
+		return 0
+	fi
+	say "stopping ${PROGRAM[$component]} (pid $pid)"
+	kill -TERM "$pid" 2>/dev/null || true
+	local deadline=$((SECONDS + STOP_TIMEOUT))
+	while live_pid "$component" >/dev/null && ((SECONDS < deadline)); do
+		sleep 0.2
+	done
+	if live_pid "$component" >/dev/null; then
+		warn "${PROGRAM[$component]} (pid $pid) did not exit within ${STOP_TIMEOUT}s of SIGTERM; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+		deadline=$((SECONDS + 10))
+		while live_pid "$component" >/dev/null && ((SECONDS < deadline)); do
+			sleep 0.2
+		done
+		live_pid "$component" >/dev/null && die "${PROGRAM[$component]} (pid $pid) survived SIGKILL"
+	fi
+	rm -f "$file"
+}
+
+# Exit status 0 when something accepts TCP connections on the loopback port.
+port_in_use() {
+	# shellcheck disable=SC2016 # $0 is expanded by the inner bash
+	timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
+}
+
+refuse_busy_port() {
+	local setting=$1 port=${!1}
+	if port_in_use "$port"; then
+		die "127.0.0.1:$port is already in use by another program; choose another port, e.g. make up $setting=$((port + 1))"
+	fi
+}
+
+show_log_tail() {
+	local log
+	for log in "$@"; do
+		[[ -s $log ]] || continue
+		printf -- '--- last lines of %s ---\n' "$log" >&2
+		tail -n 30 "$log" >&2
+	done
+}
+
+# Polls a check until it succeeds; fails early, with the logs, if a component it waits on exits.
+wait_until() {
+	local what=$1 seconds=$2 component=$3
+	shift 3
+	local deadline=$((SECONDS + seconds))
+	until "$@" >/dev/null 2>&1; do
+		if [[ -n $component ]] && ! live_pid "$component" >/dev/null; then
+			show_log_tail "$LOG_DIR/$component.log"
+			die "${PROGRAM[$component]} exited while waiting for $what (log: $LOG_DIR/$component.log);" \
+				"make down stops whatever else was started"
+		fi
+		if ((SECONDS >= deadline)); then
+			[[ -n $component ]] && show_log_tail "$LOG_DIR/$component.log"
+			die "gave up after ${seconds}s waiting for $what; make logs shows more, make down stops what was started"
+		fi
+		sleep 0.25
+	done
+}
+
+http_ok() { curl -fs --max-time 2 -o /dev/null "$1"; }
+
+# --- NATS -------------------------------------------------------------------------------------
+
+# A NATS server greets every client with an INFO line; ours must have JetStream on.
+nats_ready() {
+	# shellcheck disable=SC2016 # $0 and $line are expanded by the inner bash
+	timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" && IFS= read -r line <&3 &&
+		[[ $line == INFO* && $line == *"\"jetstream\":true"* ]]' "$NATS_PORT" 2>/dev/null
+}
+
+start_nats() {
+	local pid nats_bin
+	if pid=$(live_pid nats); then
+		say "nats-server already running (pid $pid) on $NATS_URL"
+		return 0
+	fi
+	refuse_busy_port NATS_PORT
+	nats_bin=$(find_nats_server) || die "nats-server not found (scripts/ensure-deps.sh installs it)"
+	say "starting nats-server with JetStream on $NATS_URL"
+	start_detached nats "$nats_bin" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_STORE"
+	wait_until "nats-server on $NATS_URL" 30 nats nats_ready
+}
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+# The bin directory matching an existing data dir's major version, else the newest installed.
+resolve_pg_bindir() {
+	local version
+	if [[ -f $PG_DATA/PG_VERSION ]]; then
+		version=$(<"$PG_DATA/PG_VERSION")
+		if [[ -z ${NOETL_PG_BIN:-} && -x /usr/lib/postgresql/$version/bin/pg_ctl ]]; then
+			PG_BINDIR=/usr/lib/postgresql/$version/bin
+			return 0
+		fi
+	fi
+	PG_BINDIR=$(find_pg_bindir) || return 1
+}
+
+run_pg_ctl() { as_pg_owner "$PG_BINDIR/pg_ctl" -D "$PG_DATA" "$@"; }
+
+pg_running() {
+	[[ -f $PG_DATA/PG_VERSION ]] || return 1
+	run_pg_ctl status >/dev/null 2>&1
+}
+
+# Files PostgreSQL writes itself must belong to the user it runs as.
+give_to_pg_owner() {
+	if is_root; then
+		chown -R postgres:postgres "$@"
+	fi
+}
+
+init_postgres() {
+	[[ -f $PG_DATA/PG_VERSION ]] && return 0
+	say "initialising PostgreSQL ($PG_BINDIR) in $PG_DATA"
+	give_to_pg_owner "$PG_DIR"
+	if ! as_pg_owner "$PG_BINDIR/initdb" -D "$PG_DATA" --auth=trust -U postgres -E UTF8 --locale=C \
+		>"$LOG_DIR/initdb.log" 2>&1; then
+		show_log_tail "$LOG_DIR/initdb.log"
+		die "initdb failed (log: $LOG_DIR/initdb.log)"
+	fi
+	printf "\n# Loopback-only settings written by scripts/cluster.sh on every start.\ninclude_if_exists = 'noetl.conf'\n" \
+		>>"$PG_DATA/postgresql.conf"
+}
+
+write_pg_settings() {
+	local socket=$PG_SOCKET_DIR/.s.PGSQL.$PG_PORT
+	((${#socket} < 100)) || die "the PostgreSQL socket path $socket is too long for a unix socket; use a shorter STATE_DIR"
+	mkdir -p "$PG_SOCKET_DIR"
+	cat >"$PG_DATA/noetl.conf" <<-EOF
+		# Written by scripts/cluster.sh on every start; edit the script, not this file.
+		listen_addresses = '127.0.0.1'
+		port = $PG_PORT
+		unix_socket_directories = '$PG_SOCKET_DIR'
+		max_connections = 300
+		logging_collector = off
+	EOF
+	touch "$LOG_DIR/postgres.log"
+	give_to_pg_owner "$PG_DATA/noetl.conf" "$PG_SOCKET_DIR" "$LOG_DIR/postgres.log"
+}
+
+start_postgres() {
+	init_postgres
+	if pg_running; then
+		say "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+		return 0
+	fi
+	refuse_busy_port PG_PORT
+	write_pg_settings
+	say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+	if ! run_pg_ctl -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null; then
+		show_log_tail "$LOG_DIR/postgres.log"
+		die "PostgreSQL did not start (log: $LOG_DIR/postgres.log)"
+	fi
+}
+
+stop_postgres() {
+	if [[ ! -f $PG_DATA/PG_VERSION ]] || ! resolve_pg_bindir 2>/dev/null || ! pg_running; then
+		say "PostgreSQL is not running"
+		return 0
+	fi
+	say "stopping PostgreSQL"
+	run_pg_ctl -m fast -w -t 60 stop >/dev/null || die "pg_ctl stop failed (log: $LOG_DIR/postgres.log)"
+}
+
+psql_admin() {
+	PGCONNECT_TIMEOUT=5 "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 \
+		-h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"
+}
+
+ensure_shard_databases() {
+	local i db created=() exists
+	for ((i = 0; i < SHARDS; i++)); do
+		db=noetl_shard_$i
+		exists=$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'") ||
+			die "cannot query PostgreSQL on 127.0.0.1:$PG_PORT (log: $LOG_DIR/postgres.log)"
+		if [[ $exists != 1 ]]; then
+			psql_admin -c "CREATE DATABASE $db" || die "creating database $db failed"
+			created+=("$db")
+		fi
+	done
+	if ((${#created[@]})); then
+		say "created databases: ${created[*]}"
+	else
+		say "shard $(shard_databases) already there"
+	fi
+}
+
+shard_databases() {
+	if ((SHARDS == 1)); then
+		echo "database noetl_shard_0"
+	else
+		echo "databases noetl_shard_0 … noetl_shard_$((SHARDS - 1))"
+	fi
+}
+
+# NOETL_SHARDS: entry i is shard i's database, in the key/value form.
+shards_value() {
+	local i entries=()
+	for ((i = 0; i < SHARDS; i++)); do
+		entries+=("host=127.0.0.1;port=$PG_PORT;user=postgres;database=noetl_shard_$i")
+	done
+	local IFS=,
+	printf '%s\n' "${entries[*]}"
+}
+
+# --- noetl binaries ---------------------------------------------------------------------------
+
+bin_dir() {
+	local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+	[[ $target == /* ]] || target=$REPO_ROOT/$target
+	printf '%s/release\n' "$target"
+}
+
+build_binaries() {
+	command -v cargo >/dev/null || die "cargo not found; install Rust (https://rustup.rs)"
+	say "building noetl-server and noetl-gateway (cargo build --release)"
+	(cd "$REPO_ROOT" && cargo build --release --bin noetl-server --bin noetl-gateway) ||
+		die "cargo build failed (compiler output above); nothing new was started"
+	local bin
+	for bin in noetl-server noetl-gateway; do
+		[[ -x $(bin_dir)/$bin ]] || die "cargo build succeeded but $(bin_dir)/$bin is missing"
+	done
+}
+
+start_server() {
+	local pid
+	if pid=$(live_pid server); then
+		say "noetl-server already running (pid $pid); make down && make up restarts it on a new build"
+		return 0
+	fi
+	refuse_busy_port SERVER_PORT
+	say "starting noetl-server ($SHARDS shards, health on $SERVER_URL)"
+	start_detached server env \
+		NOETL_NATS_URL="$NATS_URL" \
+		NOETL_SHARDS="$(shards_value)" \
+		NOETL_LISTEN="127.0.0.1:$SERVER_PORT" \
+		"$(bin_dir)/noetl-server"
+}
+
+start_gateway() {
+	local pid
+	if pid=$(live_pid gateway); then
+		say "noetl-gateway already running (pid $pid); make down && make up restarts it on a new build"
+		return 0
+	fi
+	refuse_busy_port GATEWAY_PORT
+	say "starting noetl-gateway on $GATEWAY_URL"
+	start_detached gateway env \
+		NOETL_NATS_URL="$NATS_URL" \
+		NOETL_LISTEN="127.0.0.1:$GATEWAY_PORT" \
+		NOETL_NODE_ID=0 \
+		"$(bin_dir)/noetl-gateway"
+}
+
+wait_for_readiness() {
+	local deadline=$((SECONDS + READY_TIMEOUT))
+	wait_until "noetl-server to be ready ($SERVER_URL/readyz)" "$READY_TIMEOUT" server http_ok "$SERVER_URL/readyz"
+	local left=$((deadline - SECONDS))
+	((left > 5)) || left=5
+	wait_until "noetl-gateway to be ready ($GATEWAY_URL/readyz)" "$left" gateway http_ok "$GATEWAY_URL/readyz"
+	say "server and gateway are ready"
+}
+
+# --- the example ------------------------------------------------------------------------------
+
+print_json() {
+	if command -v python3 >/dev/null && python3 -m json.tool <<<"$1" 2>/dev/null; then
+		return 0
+	fi
+	printf '%s\n' "$1"
+}
+
+execution_id_of() {
+	if command -v python3 >/dev/null; then
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["execution_id"])' <<<"$1" 2>/dev/null
+	else
+		sed -n 's/.*"execution_id"[[:space:]]*:[[:space:]]*"\{0,1\}\([A-Za-z0-9_-]*\).*/\1/p' <<<"$1"
+	fi
+}
+
+submit_example() {
+	local response id
+	say "submitting examples/hello.json: POST $GATEWAY_URL/api/v1/executions"
+	response=$(curl -sS --max-time 30 --fail-with-body -X POST -H 'content-type: application/json' \
+		--data-binary "@$EXAMPLE" "$GATEWAY_URL/api/v1/executions") ||
+		die "submitting the example failed: ${response:-no response} (log: $LOG_DIR/gateway.log)"
+	print_json "$response"
+	id=$(execution_id_of "$response") || true
+	[[ $id =~ ^[A-Za-z0-9_-]+$ ]] || die "the submit response has no usable execution_id"
+	say "reading it back: GET $GATEWAY_URL/api/v1/executions/$id"
+	response=$(curl -sS --max-time 30 --fail-with-body "$GATEWAY_URL/api/v1/executions/$id") ||
+		die "reading execution $id back failed: ${response:-no response} (log: $LOG_DIR/gateway.log)"
+	print_json "$response"
+}
+
+# --- commands ---------------------------------------------------------------------------------
+
+anything_running() {
+	live_pid nats >/dev/null || live_pid server >/dev/null || live_pid gateway >/dev/null && return 0
+	[[ -f $PG_DATA/PG_VERSION ]] && resolve_pg_bindir 2>/dev/null && pg_running
+}
+
+bring_up_infra() {
+	ensure_deps
+	resolve_settings
+	refuse_conflicting_settings
+	if [[ ${1:-} == with-binaries ]]; then
+		build_binaries
+	fi
+	prepare_state_dir
+	record_settings
+	resolve_pg_bindir || die "PostgreSQL server binaries not found (scripts/ensure-deps.sh installs them)"
+	start_nats
+	start_postgres
+	ensure_shard_databases
+}
+
+print_infra_summary() {
+	cat <<-EOF
+		  NATS          $NATS_URL  (JetStream store $NATS_STORE)
+		  PostgreSQL    127.0.0.1:$PG_PORT, user postgres (trust), $(shard_databases)
+		  NOETL_SHARDS  $(shards_value)
+		  logs          $LOG_DIR  (make logs)
+		  environment   eval "\$(make -s env)"
+		  stop          make down  (data stays in $STATE_DIR; make clean-state deletes it)
+	EOF
+}
+
+cmd_up() {
+	bring_up_infra with-binaries
+	start_server
+	start_gateway
+	wait_for_readiness
+	submit_example
+	echo
+	say "local cluster is up with $SHARDS shard(s)"
+	cat <<-EOF
+		  gateway       $GATEWAY_URL  (API under /api/v1; /healthz, /readyz)
+		  server        $SERVER_URL  (/healthz, /readyz, /metrics)
+	EOF
+	print_infra_summary
+}
+
+cmd_infra() {
+	bring_up_infra
+	echo
+	say "NATS and PostgreSQL are up for $SHARDS shard(s) (no server or gateway)"
+	print_infra_summary
+}
+
+cmd_down() {
+	resolve_settings recorded-first
+	if [[ ! -d $STATE_DIR ]]; then
+		say "nothing to stop: $STATE_DIR does not exist"
+		return 0
+	fi
+	# Front to back, so nothing is left talking to a component that is already gone.
+	stop_component gateway
+	stop_component server
+	stop_component nats
+	stop_postgres
+}
+
+describe_component() {
+	local component=$1 health_url=${2:-} pid health=""
+	if pid=$(live_pid "$component"); then
+		if [[ -n $health_url ]]; then
+			if http_ok "$health_url"; then health=", ready"; else health=", NOT ready ($health_url)"; fi
+		fi
+		printf '  %-14s running (pid %s%s)\n' "${PROGRAM[$component]}" "$pid" "$health"
+	else
+		printf '  %-14s stopped\n' "${PROGRAM[$component]}"
+	fi
+}
+
+cmd_status() {
+	resolve_settings recorded-first
+	if [[ ! -f $STATE_MARKER ]]; then
+		say "no local cluster: $STATE_DIR does not exist (make up creates it)"
+		return 0
+	fi
+	say "local cluster in $STATE_DIR, ${RECORDED[SHARDS]:-?} shard(s)"
+	describe_component gateway "$GATEWAY_URL/readyz"
+	describe_component server "$SERVER_URL/readyz"
+	describe_component nats
+	if [[ -f $PG_DATA/PG_VERSION ]] && resolve_pg_bindir 2>/dev/null && pg_running; then
+		printf '  %-14s running (127.0.0.1:%s, pid %s)\n' postgres "$PG_PORT" "$(head -n 1 "$PG_DATA/postmaster.pid")"
+	else
+		printf '  %-14s stopped\n' postgres
+	fi
+}
+
+cmd_env() {
+	resolve_settings recorded-first
+	[[ -f $SHARDS_FILE ]] || die "no local cluster in $STATE_DIR; make up first"
+	anything_running || warn "the local cluster is not running (make up)"
+	printf "export NOETL_GATEWAY_URL='%s'\n" "$GATEWAY_URL"
+	printf "export NOETL_NATS_URL='%s'\n" "$NATS_URL"
+	printf "export NOETL_SHARDS='%s'\n" "$(shards_value)"
+}
+
+cmd_logs() {
+	[[ -d $LOG_DIR ]] || die "no logs: $LOG_DIR does not exist"
+	local log
+	for log in "$LOG_DIR"/*.log; do
+		[[ -f $log ]] || continue
+		printf -- '--- %s ---\n' "$log"
+		tail -n "${LOG_LINES:-20}" "$log"
+	done
+}
+
+cmd_clean_state() {
+	if [[ ! -e $STATE_DIR ]]; then
+		say "nothing to delete: $STATE_DIR does not exist"
+		return 0
+	fi
+	[[ -f $STATE_MARKER ]] || die "$STATE_DIR was not made by this script; not deleting it"
+	cmd_down
+	say "deleting $STATE_DIR"
+	rm -rf -- "$STATE_DIR"
+}
+
+usage() {
+	sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+main() {
+	case ${1:-} in
+	up) cmd_up ;;
+	infra) cmd_infra ;;
+	down) cmd_down ;;
+	status) cmd_status ;;
+	env) cmd_env ;;
+	logs) cmd_logs ;;
+	clean-state) cmd_clean_state ;;
+	-h | --help | help) usage ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+}
+
+main "$@"
