@@ -111,21 +111,7 @@ impl Cluster {
     }
 
     async fn poll(&self, what: &str, done: impl Fn(u16, &Value) -> bool) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Ok(response) = self.http.get(self.url("/readyz")).send().await {
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                if done(status, &body) {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_readyz(&self.http, &self.gateway_url, what, done).await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -195,6 +181,30 @@ impl Cluster {
             .await
             .expect("gateway task")
             .expect("gateway stopped cleanly");
+    }
+}
+
+/// Polls the gateway's `/readyz` until `done(status, body)` holds, or panics after [`DEADLINE`].
+pub async fn poll_readyz(
+    http: &reqwest::Client,
+    gateway_url: &str,
+    what: &str,
+    done: impl Fn(u16, &Value) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(response) = http.get(format!("{gateway_url}/readyz")).send().await {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if done(status, &body) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
