@@ -71,5 +71,7 @@ test: lint deps build ## lint, then the whole test suite (nextest when installed
 		echo "cargo-nextest not installed; cargo test --workspace"; cargo test --workspace; \
 	fi
 
-bench: deps ## run the benchmark (release build) with BENCH_ARGS
-	cargo run --release -p noetl-bench -- $(BENCH_ARGS)
+# The benchmark starts the release noetl-server and noetl-gateway binaries as processes.
+bench: deps ## run the submit benchmark (release build) with BENCH_ARGS
+	cargo build --release --bins
+	target/release/noetl-bench $(BENCH_ARGS)

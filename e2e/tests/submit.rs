@@ -273,3 +273,60 @@ async fn async_nats_client(cluster: &Cluster) -> noetl_bus::Client {
     .await
     .expect("connect to NATS")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_id_that_already_exists_is_never_returned_to_the_caller() {
+    let cluster = Cluster::start(2).await;
+    // Another minter with the gateway's node id (0) took sequence 0 of every millisecond of the
+    // next 20 seconds, so the gateway's first id collides for sure.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let node = NodeId::try_from(0).expect("valid node");
+    let mut taken: Vec<Vec<i64>> = vec![Vec::new(); 2];
+    for ms in now..now + 20_000 {
+        let id = noetl_contract::ExecutionId::from_parts(ms, node, 0).expect("valid id");
+        taken[shard_of(id, cluster.shard_count).get() as usize].push(id.get());
+    }
+    for (shard, ids) in taken.iter().enumerate() {
+        let pool = cluster.pool(shard as u32).await;
+        sqlx::query(
+            "INSERT INTO executions (execution_id, playbook_name, playbook)
+             SELECT id, 'someone-else', '{}'::jsonb FROM UNNEST($1::bigint[]) AS t(id)",
+        )
+        .bind(ids)
+        .execute(&pool)
+        .await
+        .expect("pre-populate");
+        pool.close().await;
+    }
+
+    let (status, body) = cluster
+        .post_json("/api/v1/executions", &hello_request())
+        .await;
+    match status {
+        201 => {
+            let id = id_of(&body);
+            assert!(
+                !taken.iter().flatten().any(|t| *t == id.get()),
+                "got a taken id {id}"
+            );
+            let (_, fetched) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
+            assert_eq!(fetched["playbook_name"], "hello", "{fetched}");
+        }
+        503 => assert_eq!(body["code"], "id_collision", "{body}"),
+        other => panic!("unexpected {other}: {body}"),
+    }
+    let metrics = reqwest::get(cluster.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("noetl_gateway_id_collisions_total"),
+        "the collision was counted"
+    );
+    cluster.stop().await;
+}

@@ -33,6 +33,8 @@ pub enum Code {
     TopologyUnavailable,
     /// The gateway's clock stepped back further than it may mint through.
     ClockBehind,
+    /// Freshly minted ids already existed: two gateways share a node id.
+    IdCollision,
     /// A bug on our side; details are in the logs, not here.
     Internal,
 }
@@ -48,9 +50,10 @@ impl Code {
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::RouteNotFound | Code::ExecutionNotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::ShardUnavailable | Code::TopologyUnavailable | Code::ClockBehind => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Code::ShardUnavailable
+            | Code::TopologyUnavailable
+            | Code::ClockBehind
+            | Code::IdCollision => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +72,7 @@ impl Code {
             Code::ShardUnavailable => "Shard unavailable",
             Code::TopologyUnavailable => "Topology unavailable",
             Code::ClockBehind => "Clock behind",
+            Code::IdCollision => "Execution id collision",
             Code::Internal => "Internal error",
         }
     }

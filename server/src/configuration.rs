@@ -41,7 +41,7 @@ pub struct Settings {
     pub committers_per_shard: usize,
     /// Database connections per shard.
     pub pool_size: u32,
-    /// Requests per shard being handled at once; more wait in NATS.
+    /// Requests per shard being handled at once; more wait in the NATS client's buffer.
     pub max_in_flight: usize,
     pub log_format: LogFormat,
 }

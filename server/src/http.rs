@@ -33,11 +33,14 @@ pub fn router(health: Arc<Health>) -> Router {
 /// Ready when NATS is connected and every served shard's database answers.
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_json::Value>) {
     let nats = noetl_bus::is_connected(&health.client);
-    let mut shards = serde_json::Map::new();
-    for (shard, pool) in &health.shards {
-        let ok = crate::persistence::ping(pool).await;
-        shards.insert(shard.to_string(), json!(ok));
-    }
+    let pings = health.shards.iter().map(|(shard, pool)| async move {
+        (
+            shard.to_string(),
+            json!(crate::persistence::ping(pool).await),
+        )
+    });
+    let shards: serde_json::Map<_, _> =
+        futures::future::join_all(pings).await.into_iter().collect();
     let ready = nats && shards.values().all(|ok| ok == &json!(true));
     let status = if ready {
         StatusCode::OK

@@ -38,7 +38,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A pool for one shard database. Connections are opened lazily, so an unreachable database
 /// surfaces on first use rather than here.
 pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
-    let mut options = PgConnectOptions::new()
+    // Only NOETL_SHARDS decides where a shard lives: no ~/.pgpass lookup for another host.
+    let mut options = PgConnectOptions::new_without_pgpass()
         .host(&dsn.host)
         .port(dsn.port)
         .username(&dsn.user)
@@ -97,9 +98,13 @@ pub async fn claim_shard(pool: &PgPool, shard: ShardId) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether the database answers a trivial query.
+/// Whether the database answers a trivial query within two seconds.
 pub async fn ping(pool: &PgPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+    let query = sqlx::query("SELECT 1").execute(pool);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), query).await,
+        Ok(Ok(_))
+    )
 }
 
 /// A new execution, with its JSON columns already serialised.

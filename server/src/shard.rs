@@ -4,7 +4,6 @@
 //! this shard is refused (error reply, log, metric) before anything touches the database.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use noetl_bus::{Client, Message};
@@ -31,8 +30,6 @@ pub struct Shard {
     pub topology: watch::Receiver<Option<Topology>>,
 }
 
-const PING_DB_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Subscribes to the shard's subjects (queue group, so replicas share the work) and handles
 /// requests until `cancel`; then stops taking new ones and finishes those in flight.
 pub async fn serve(
@@ -55,12 +52,16 @@ pub async fn serve(
 
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let handlers = TaskTracker::new();
+    let mut vanished = false;
     loop {
         let (kind, message) = tokio::select! {
             () = cancel.cancelled() => break,
             next = requests.next() => match next {
                 Some(request) => request,
-                None => break,
+                None => {
+                    vanished = true;
+                    break;
+                }
             },
         };
         let permit = in_flight
@@ -78,6 +79,13 @@ pub async fn serve(
     drop(requests);
     handlers.close();
     handlers.wait().await;
+    // A server that keeps running while its subscriptions are gone leaves work stuck: fail
+    // loudly so the process exits and its supervisor restarts it.
+    anyhow::ensure!(
+        !vanished,
+        "the subscriptions of shard {} ended unexpectedly",
+        shard.id
+    );
     tracing::info!(shard = %shard.id, "shard stopped");
     Ok(())
 }
@@ -93,12 +101,9 @@ async fn handle(shard: &Shard, kind: Option<ShardRequest>, message: Message) {
             noetl_bus::respond(&shard.client, &message, &reply).await
         }
         None => {
-            let database_ok = tokio::time::timeout(PING_DB_TIMEOUT, persistence::ping(&shard.pool))
-                .await
-                .unwrap_or(false);
             let reply = Reply::Ok(PingReply {
                 shard: shard.id,
-                database_ok,
+                database_ok: persistence::ping(&shard.pool).await,
             });
             noetl_bus::respond(&shard.client, &message, &reply).await
         }

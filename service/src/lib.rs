@@ -13,12 +13,16 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-/// Reads settings: serde defaults, then the optional file, then `NOETL_*` variables
+/// Reads settings: serde defaults, then the optional TOML file, then `NOETL_*` variables
 /// (`NOETL_NATS_URL` → `nats_url`).
 pub fn load_settings<T: DeserializeOwned>(file: Option<&Path>) -> anyhow::Result<T> {
     let mut builder = config::Config::builder();
     if let Some(file) = file {
-        builder = builder.add_source(config::File::from(file).required(true));
+        builder = builder.add_source(
+            config::File::from(file)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
     }
     builder
         .add_source(config::Environment::with_prefix("NOETL").try_parsing(true))

@@ -55,15 +55,15 @@ impl Drop for Process {
     }
 }
 
-/// Path of a binary of this workspace built in the same profile as the running test.
-/// `make test` builds every binary before the tests run.
+/// Path of a binary of this workspace built in the same profile as the running executable
+/// (a test in `target/<profile>/deps/`, or a tool in `target/<profile>/`).
+/// `make test` and `make bench` build every binary first.
 pub fn cargo_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary knows its own path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binaries live in target/<profile>/deps");
+    let exe = std::env::current_exe().expect("the running binary knows its own path");
+    let mut profile_dir = exe.parent().expect("binaries live in a directory");
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().expect("deps/ has a parent");
+    }
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

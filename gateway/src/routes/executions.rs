@@ -61,31 +61,49 @@ pub async fn submit(
         .map_err(|e| Problem::new(Code::InvalidPlaybook, format!("playbook.{e}")))?;
     validate_labels(&request.labels)
         .map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
-    let (execution_id, route) = state.mint()?;
-    let command = SubmitCommand {
-        execution_id,
-        playbook: request.playbook,
-        input: serde_json::Value::Object(request.input.unwrap_or_default()),
-        labels: request.labels,
-    };
-    let receipt = state.dispatcher.submit(route, &command).await?;
-    let links = Links::for_execution(execution_id);
-    let location = HeaderValue::from_str(&links.this)
-        .map_err(|_| Problem::new(Code::Internal, "could not build the Location header"))?;
-    let status = if receipt.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let body = Submitted {
-        execution_id,
-        shard: receipt.shard,
-        status: receipt.status,
-        created_at: receipt.created_at,
-        links,
-    };
-    Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
+    let input = serde_json::Value::Object(request.input.unwrap_or_default());
+    // The gateway mints a fresh id for every submit, so a shard that already holds the id means
+    // two minters shared a node id (or a restart rewound the clock): mint another, never hand
+    // the caller someone else's execution.
+    for _ in 0..MINT_ATTEMPTS {
+        let (execution_id, route) = state.mint()?;
+        let command = SubmitCommand {
+            execution_id,
+            playbook: request.playbook.clone(),
+            input: input.clone(),
+            labels: request.labels.clone(),
+        };
+        let receipt = state.dispatcher.submit(route, &command).await?;
+        if !receipt.created {
+            metrics::counter!("noetl_gateway_id_collisions_total").increment(1);
+            tracing::error!(%execution_id, node = %execution_id.node(), "minted an id that already exists; is another gateway using this node id?");
+            continue;
+        }
+        let links = Links::for_execution(execution_id);
+        let location = HeaderValue::from_str(&links.this)
+            .map_err(|_| Problem::new(Code::Internal, "could not build the Location header"))?;
+        let body = Submitted {
+            execution_id,
+            shard: receipt.shard,
+            status: receipt.status,
+            created_at: receipt.created_at,
+            links,
+        };
+        return Ok((
+            StatusCode::CREATED,
+            [(header::LOCATION, location)],
+            Json(body),
+        )
+            .into_response());
+    }
+    Err(Problem::new(
+        Code::IdCollision,
+        "every id this gateway minted already existed; its node id is probably shared with another gateway",
+    ))
 }
+
+/// Fresh ids tried before giving up on a submit whose ids keep colliding.
+const MINT_ATTEMPTS: usize = 3;
 
 #[derive(Debug, Serialize)]
 pub struct ExecutionResponse {
