@@ -129,3 +129,56 @@ impl ServerConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(shards: Option<&str>) -> Settings {
+        Settings {
+            shards: shards.map(str::to_owned),
+            ..Settings::default()
+        }
+    }
+
+    const TWO: &str = "postgres://u@h/a,postgres://u@h/b";
+
+    #[test]
+    fn serves_every_shard_by_default() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert_eq!(config.serve, vec![ShardId::new(0), ShardId::new(1)]);
+    }
+
+    #[test]
+    fn serves_a_subset_without_repeats() {
+        let config =
+            ServerConfig::from_settings(settings(Some(TWO)), Some(vec![1, 1])).expect("valid");
+        assert_eq!(config.serve, vec![ShardId::new(1)]);
+    }
+
+    #[test]
+    fn a_shard_outside_noetl_shards_is_a_clear_error() {
+        let error = ServerConfig::from_settings(settings(Some(TWO)), Some(vec![2]))
+            .expect_err("shard 2 does not exist");
+        assert!(error.to_string().contains("lists only 2 shards"), "{error}");
+    }
+
+    #[test]
+    fn missing_noetl_shards_is_a_clear_error() {
+        let error = ServerConfig::from_settings(settings(None), None).expect_err("required");
+        assert!(
+            error.to_string().contains("NOETL_SHARDS is not set"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let zero_batch = Settings {
+            max_batch: 0,
+            ..settings(Some(TWO))
+        };
+        let error = ServerConfig::from_settings(zero_batch, None).expect_err("zero batch");
+        assert!(error.to_string().contains("max_batch"), "{error}");
+    }
+}
