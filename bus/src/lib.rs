@@ -3,9 +3,11 @@
 //! - [`connect`]: a client that retries the initial connection and reconnects forever.
 //! - [`request`] / [`respond`]: typed request/reply with the [`Reply`] envelope of the contract.
 //! - [`topology`]: the topology document in its JetStream key-value bucket.
+//! - [`commands`]: the JetStream stream of step commands and the worker pools' consumers.
 //!
 //! Subjects come from `noetl_contract::subject`; nothing here builds one by hand.
 
+pub mod commands;
 pub mod topology;
 
 use std::time::Duration;

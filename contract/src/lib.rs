@@ -9,14 +9,20 @@
 //! - [`shards`]: parsing `NOETL_SHARDS`.
 //! - [`subject`]: NATS subject builders.
 //! - [`message`]: request and reply bodies between gateway and servers.
+//! - [`command`]: step commands for workers, their results and heartbeats.
+//! - [`engine`]: the orchestration decision, `(state, event) → (state, actions)`.
 //! - [`playbook`]: the playbook model and its validation.
+//! - [`template`]: rendering step arguments (minijinja).
 
+pub mod command;
+pub mod engine;
 pub mod id;
 pub mod message;
 pub mod playbook;
 pub mod routing;
 pub mod shards;
 pub mod subject;
+pub mod template;
 pub mod topology;
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::StepStatus;
 use crate::id::ExecutionId;
 use crate::playbook::Playbook;
 use crate::routing::ShardId;
@@ -32,6 +33,10 @@ pub enum ExecutionStatus {
 }
 
 impl ExecutionStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -67,17 +72,61 @@ pub struct SubmitReceipt {
     pub created: bool,
 }
 
-/// An execution as stored in its shard.
+/// An execution as stored in its shard, with the state of every step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionView {
     pub execution_id: ExecutionId,
     pub shard: ShardId,
     pub status: ExecutionStatus,
     pub playbook_name: String,
+    /// The playbook's default input overridden by the submitted input.
     pub input: serde_json::Value,
     pub labels: Labels,
     pub created_at: String,
     pub updated_at: String,
+    pub steps: Vec<StepView>,
+}
+
+/// One step of an execution: its state, current attempt, result and timings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub name: String,
+    pub status: StepStatus,
+    /// The current attempt (0 before the first dispatch).
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// Which events to read: those after `after_seq`, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsQuery {
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+/// One entry of an execution's event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub seq: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub created_at: String,
+}
+
+/// A page of the event log, in sequence order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// The execution's status when the page was read; a client following the log stops once
+    /// it is terminal and the page is empty.
+    pub status: ExecutionStatus,
 }
 
 /// Stable machine-readable codes a shard server answers with.

@@ -91,6 +91,25 @@ fn check_name(path: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Pool names become a NATS subject token, so they are narrower than names: no `.`.
+pub fn check_pool(path: &str, pool: &str) -> Result<(), Error> {
+    if pool.is_empty()
+        || pool.len() > 64
+        || !pool
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        return Err(error(
+            path,
+            format!("pool {pool:?} must be 1 to 64 letters, digits, '_' or '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The pool a step runs in when it names none.
+pub const DEFAULT_POOL: &str = "default";
+
 impl Playbook {
     /// Checks names, actions, references, retry bounds and that `needs` form a DAG.
     pub fn validate(&self) -> Result<(), Error> {
@@ -129,7 +148,7 @@ impl Playbook {
                 ));
             }
             if let Some(pool) = &step.pool {
-                check_name(&format!("steps[{i}].pool"), pool)?;
+                check_pool(&format!("steps[{i}].pool"), pool)?;
             }
             if let Some(retry) = step.retry {
                 if !(1..=MAX_RETRY_ATTEMPTS).contains(&retry.max_attempts) {
@@ -138,6 +157,9 @@ impl Playbook {
                         format!("must be between 1 and {MAX_RETRY_ATTEMPTS}"),
                     ));
                 }
+            }
+            if let Err((field, message)) = crate::template::check(&step.with) {
+                return Err(error(format!("steps[{i}].{field}"), message));
             }
             if step.timeout_ms == Some(0) {
                 return Err(error(format!("steps[{i}].timeout_ms"), "must be positive"));
@@ -277,6 +299,10 @@ mod tests {
                 "steps[0].pool",
             ),
             (json!([]), "steps"),
+            (
+                json!([{"name": "a", "action": "noop", "with": {"x": "{{ input. }}"}}]),
+                "steps[0].with.x",
+            ),
         ];
         for (steps, path) in cases {
             assert_eq!(rejection(steps).path, path);

@@ -18,17 +18,61 @@ pub enum ShardRequest {
     Submit,
     /// Read an execution (reply: `ExecutionView`).
     Get,
+    /// A worker's report of a finished step attempt (reply: `ReportAck`).
+    Result,
+    /// A worker's heartbeat for a running attempt (reply: `HeartbeatAck`).
+    Heartbeat,
+    /// Cancel an execution (reply: `ExecutionView`).
+    Cancel,
+    /// A page of an execution's event log (body: `EventsQuery`, reply: `EventPage`).
+    Events,
 }
 
 impl ShardRequest {
-    pub const ALL: [ShardRequest; 2] = [ShardRequest::Submit, ShardRequest::Get];
+    pub const ALL: [ShardRequest; 6] = [
+        ShardRequest::Submit,
+        ShardRequest::Get,
+        ShardRequest::Result,
+        ShardRequest::Heartbeat,
+        ShardRequest::Cancel,
+        ShardRequest::Events,
+    ];
 
     fn token(self) -> &'static str {
         match self {
             ShardRequest::Submit => "submit",
             ShardRequest::Get => "get",
+            ShardRequest::Result => "result",
+            ShardRequest::Heartbeat => "heartbeat",
+            ShardRequest::Cancel => "cancel",
+            ShardRequest::Events => "events",
         }
     }
+}
+
+/// The JetStream stream holding step commands, and the subjects it captures.
+pub const COMMAND_STREAM: &str = "NOETL_COMMANDS";
+const COMMAND_PREFIX: &str = "noetl.v1.cmd";
+
+/// Subjects of the command stream: `noetl.v1.cmd.>`.
+pub fn command_stream_subjects() -> String {
+    format!("{COMMAND_PREFIX}.>")
+}
+
+/// `noetl.v1.cmd.{pool}.shard.{shard}.{execution_id}`. `pool` is a validated pool name
+/// (letters, digits, `_`, `-`: see `playbook::check_pool`), so it is a single safe token.
+pub fn command(pool: &str, shard: ShardId, id: ExecutionId) -> String {
+    format!("{COMMAND_PREFIX}.{pool}.shard.{shard}.{id}")
+}
+
+/// What the workers of one pool consume: every shard's commands for that pool.
+pub fn pool_commands_filter(pool: &str) -> String {
+    format!("{COMMAND_PREFIX}.{pool}.>")
+}
+
+/// The durable consumer shared by every worker of a pool (one consumer per purpose).
+pub fn pool_consumer(pool: &str) -> String {
+    format!("noetl-worker-{pool}")
 }
 
 /// `noetl.v1.shard.{shard}.{kind}.{execution_id}`
@@ -78,7 +122,18 @@ mod tests {
         let a = shard_request(ShardRequest::Submit, ShardId::new(0), id);
         let b = shard_request(ShardRequest::Get, ShardId::new(0), id);
         assert_ne!(a, b);
-        assert_eq!(ShardRequest::ALL.len(), 2);
+        let tokens: std::collections::HashSet<_> =
+            ShardRequest::ALL.iter().map(|k| k.token()).collect();
+        assert_eq!(tokens.len(), ShardRequest::ALL.len());
+    }
+
+    #[test]
+    fn command_subjects_carry_pool_shard_and_id() {
+        let id = ExecutionId::new(42).expect("valid");
+        let subject = command("gpu-a", ShardId::new(3), id);
+        assert_eq!(subject, "noetl.v1.cmd.gpu-a.shard.3.42");
+        assert!(subject.starts_with(pool_commands_filter("gpu-a").trim_end_matches('>')));
+        assert_eq!(execution_id_of(&subject), Some(id));
     }
 
     #[test]

@@ -70,7 +70,10 @@ async fn a_committed_execution_reads_back_with_its_first_event() {
         .await;
     assert_eq!(status, 201, "{created}");
     let id = id_of(&created);
-    assert_eq!(created["status"], "pending");
+    assert_eq!(
+        created["status"], "running",
+        "committed and started in one transaction"
+    );
     assert_eq!(created["links"]["self"], format!("/api/v1/executions/{id}"));
 
     let (status, fetched) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
@@ -96,7 +99,38 @@ async fn a_committed_execution_reads_back_with_its_first_event() {
     .fetch_all(&pool)
     .await
     .expect("read events");
-    assert_eq!(events, vec![(1, "execution_created".to_owned())]);
+    let kinds: Vec<&str> = events.iter().map(|(_, kind)| kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["execution_created", "execution_started", "step_dispatched"]
+    );
+    assert_eq!(
+        events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE execution_id = $1")
+        .bind(id.get())
+        .fetch_one(&pool)
+        .await
+        .expect("read outbox");
+    let steps: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, status FROM execution_steps WHERE execution_id = $1 ORDER BY step_index",
+    )
+    .bind(id.get())
+    .fetch_all(&pool)
+    .await
+    .expect("read steps");
+    assert_eq!(
+        steps,
+        [
+            ("greet".to_owned(), "dispatched".to_owned()),
+            ("wait".to_owned(), "pending".to_owned())
+        ]
+    );
+    assert!(
+        outbox <= 1,
+        "the first command is in the outbox or already relayed"
+    );
     pool.close().await;
     cluster.stop().await;
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use noetl_bus::Client;
 use noetl_contract::message::{
-    ExecutionView, PingReply, SubmitCommand, SubmitReceipt, WireErrorCode,
+    EventPage, EventsQuery, ExecutionView, PingReply, SubmitCommand, SubmitReceipt, WireErrorCode,
 };
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, Route, ShardId};
@@ -31,8 +31,31 @@ impl Dispatcher {
     }
 
     pub async fn get(&self, route: Route, id: ExecutionId) -> Result<ExecutionView, Problem> {
-        let subject = subject::shard_request(ShardRequest::Get, route.shard, id);
-        noetl_bus::request(&self.client, subject, &(), self.timeout)
+        self.ask(ShardRequest::Get, route, id, &()).await
+    }
+
+    pub async fn cancel(&self, route: Route, id: ExecutionId) -> Result<ExecutionView, Problem> {
+        self.ask(ShardRequest::Cancel, route, id, &()).await
+    }
+
+    pub async fn events(
+        &self,
+        route: Route,
+        id: ExecutionId,
+        query: EventsQuery,
+    ) -> Result<EventPage, Problem> {
+        self.ask(ShardRequest::Events, route, id, &query).await
+    }
+
+    async fn ask<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: ShardRequest,
+        route: Route,
+        id: ExecutionId,
+        body: &Req,
+    ) -> Result<Resp, Problem> {
+        let subject = subject::shard_request(kind, route.shard, id);
+        noetl_bus::request(&self.client, subject, body, self.timeout)
             .await
             .map_err(|e| to_problem(route.shard, e))
     }

@@ -85,6 +85,9 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) ->
     let api = Router::new()
         .route("/executions", post(routes::executions::submit))
         .route("/executions/{id}", get(routes::executions::get))
+        .route("/executions/{id}/cancel", post(routes::executions::cancel))
+        .route("/executions/{id}/events", get(routes::events::page))
+        .route("/executions/{id}/stream", get(routes::events::stream))
         .route("/route/{id}", get(routes::route::route));
     Router::new()
         .nest("/api/v1", api)

@@ -13,7 +13,7 @@ use std::time::Instant;
 use noetl_contract::message::{WireError, WireErrorCode};
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio_util::task::TaskTracker;
 
 use crate::persistence::{self, Committed, NewExecution};
@@ -45,6 +45,7 @@ impl Committer {
     pub fn spawn(
         shard: ShardId,
         pool: PgPool,
+        relay: Arc<Notify>,
         max_batch: usize,
         parallel: usize,
         tracker: &TaskTracker,
@@ -52,10 +53,12 @@ impl Committer {
         let (queue, receiver) = mpsc::channel(max_batch * parallel * 2);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..parallel {
-            let (receiver, pool) = (receiver.clone(), pool.clone());
+            let (receiver, pool, relay) = (receiver.clone(), pool.clone(), relay.clone());
             tracker.spawn(async move {
                 while let Some(batch) = next_batch(&receiver, max_batch).await {
                     commit_batch(shard, &pool, batch).await;
+                    // The new executions' first commands are in the outbox.
+                    relay.notify_one();
                 }
             });
         }

@@ -10,6 +10,8 @@ use noetl_contract::ShardId;
 use noetl_service::LogFormat;
 use serde::Deserialize;
 
+use crate::orchestrate::Leases;
+
 /// Command-line flags of `noetl-server`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -43,6 +45,12 @@ pub struct Settings {
     pub pool_size: u32,
     /// Requests per shard being handled at once; more wait in the NATS client's buffer.
     pub max_in_flight: usize,
+    /// A running step must heartbeat within this, or its attempt is presumed dead.
+    pub step_lease_ms: u64,
+    /// A dispatched step no worker has started is presumed lost after this.
+    pub dispatch_lease_ms: u64,
+    /// Upper bound on one attempt of a step that sets no `timeout_ms`.
+    pub default_step_timeout_ms: u64,
     pub log_format: LogFormat,
 }
 
@@ -56,6 +64,9 @@ impl Default for Settings {
             committers_per_shard: 2,
             pool_size: 4,
             max_in_flight: 4_096,
+            step_lease_ms: 30_000,
+            dispatch_lease_ms: 300_000,
+            default_step_timeout_ms: 3_600_000,
             log_format: LogFormat::Text,
         }
     }
@@ -73,6 +84,7 @@ pub struct ServerConfig {
     pub committers_per_shard: usize,
     pub pool_size: u32,
     pub max_in_flight: usize,
+    pub leases: Leases,
 }
 
 impl ServerConfig {
@@ -109,6 +121,12 @@ impl ServerConfig {
             ("committers_per_shard", settings.committers_per_shard),
             ("max_in_flight", settings.max_in_flight),
             ("pool_size", settings.pool_size as usize),
+            ("step_lease_ms", settings.step_lease_ms as usize),
+            ("dispatch_lease_ms", settings.dispatch_lease_ms as usize),
+            (
+                "default_step_timeout_ms",
+                settings.default_step_timeout_ms as usize,
+            ),
         ] {
             if value == 0 {
                 bail!("{name} must be at least 1");
@@ -126,6 +144,11 @@ impl ServerConfig {
             committers_per_shard: settings.committers_per_shard,
             pool_size: settings.pool_size,
             max_in_flight: settings.max_in_flight,
+            leases: Leases {
+                step_lease_ms: settings.step_lease_ms,
+                dispatch_lease_ms: settings.dispatch_lease_ms,
+                default_timeout_ms: settings.default_step_timeout_ms,
+            },
         })
     }
 }

@@ -3,6 +3,9 @@
 //! - [`configuration`]: settings and their validation.
 //! - [`persistence`]: every query against a shard database.
 //! - [`commit`]: group commit of submits, many executions per transaction.
+//! - [`orchestrate`]: applies the engine's decisions under the execution's row lock.
+//! - [`relay`]: publishes the outbox of commands to JetStream.
+//! - [`leases`]: re-dispatches attempts whose worker went silent.
 //! - [`shard`]: a shard's subscriptions and request handling (route check first).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //!
@@ -11,7 +14,10 @@
 pub mod commit;
 pub mod configuration;
 pub mod http;
+pub mod leases;
+pub mod orchestrate;
 pub mod persistence;
+pub mod relay;
 pub mod shard;
 
 use std::sync::Arc;
@@ -77,12 +83,31 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             .await
     });
 
+    noetl_bus::commands::stream(&client)
+        .await
+        .context("failed to open the command stream")?;
     let committers = TaskTracker::new();
+    let background = TaskTracker::new();
     let mut shards = Vec::with_capacity(pools.len());
     for (shard, pool) in pools {
+        let orchestrator = orchestrate::Orchestrator {
+            shard,
+            pool: pool.clone(),
+            leases: config.leases,
+            relay: Arc::new(tokio::sync::Notify::new()),
+        };
+        background.spawn(relay::run(
+            shard,
+            pool.clone(),
+            client.clone(),
+            orchestrator.relay.clone(),
+            cancel.clone(),
+        ));
+        background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
         let committer = commit::Committer::spawn(
             shard,
             pool.clone(),
+            orchestrator.relay.clone(),
             config.max_batch,
             config.committers_per_shard,
             &committers,
@@ -92,6 +117,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             client: client.clone(),
             pool,
             committer,
+            orchestrator,
             topology: topology.clone(),
         });
         shards.push(tokio::spawn(shard::serve(
@@ -106,6 +132,8 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     }
     // Every handler (and so every Committer clone) is gone: committers drain their queue and stop.
     committers.wait().await;
+    background.close();
+    background.wait().await;
     client.flush().await.ok();
     http.await.context("the HTTP task panicked")??;
     Ok(())

@@ -2,12 +2,15 @@
 
 use std::time::Duration;
 
-use noetl_contract::message::{ExecutionStatus, ExecutionView, Labels};
+use noetl_contract::engine::{StepState, StepStatus};
+use noetl_contract::message::{
+    EventPage, EventView, ExecutionStatus, ExecutionView, Labels, StepView,
+};
 use noetl_contract::shards::ShardDsn;
 use noetl_contract::{ExecutionId, ShardId};
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -107,7 +110,8 @@ pub async fn ping(pool: &PgPool) -> bool {
     )
 }
 
-/// A new execution, with its JSON columns already serialised.
+/// A new execution, already started by the engine, with its JSON columns serialised: the
+/// execution row, its steps, its first events and the commands of its first steps.
 #[derive(Debug, Clone)]
 pub struct NewExecution {
     pub execution_id: ExecutionId,
@@ -115,6 +119,32 @@ pub struct NewExecution {
     pub playbook: String,
     pub input: String,
     pub labels: String,
+    pub status: ExecutionStatus,
+    pub steps: Vec<StepRow>,
+    /// `(kind, payload)`, numbered from 1.
+    pub events: Vec<(String, String)>,
+    pub outbox: Vec<OutboxRow>,
+}
+
+/// A step's state to write.
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub index: u32,
+    pub name: String,
+    pub status: StepStatus,
+    pub attempt: u32,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// From now; `None` clears the lease (the step is not in flight).
+    pub lease_ms: Option<i64>,
+}
+
+/// A command to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub pool: String,
+    pub command: String,
+    pub delay_ms: i64,
 }
 
 /// The outcome of committing one execution.
@@ -127,40 +157,95 @@ pub struct Committed {
     pub created: bool,
 }
 
-/// Commits many executions and their first event in one statement, so one transaction (and one
-/// WAL flush) covers the whole batch. Ids that already exist are left untouched and reported
-/// with `created: false`. `rows` must not repeat an id.
+/// Commits many executions (rows, steps, first events, first commands) in one statement, so
+/// one transaction (and one WAL flush) covers the whole batch. Ids that already exist are left
+/// untouched and reported with `created: false`. `rows` must not repeat an id.
 pub async fn insert_executions(
     pool: &PgPool,
     rows: &[NewExecution],
 ) -> Result<Vec<Committed>, Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.execution_id.get()).collect();
+    let mut steps = StepColumns::default();
+    let (mut event_ids, mut event_seqs, mut event_kinds, mut event_payloads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut outbox_ids, mut outbox_pools, mut outbox_commands, mut outbox_delays) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let id = row.execution_id.get();
+        for step in &row.steps {
+            steps.push(id, step);
+        }
+        for (seq, (kind, payload)) in (1i64..).zip(&row.events) {
+            event_ids.push(id);
+            event_seqs.push(seq);
+            event_kinds.push(kind.as_str());
+            event_payloads.push(payload.as_str());
+        }
+        for command in &row.outbox {
+            outbox_ids.push(id);
+            outbox_pools.push(command.pool.as_str());
+            outbox_commands.push(command.command.as_str());
+            outbox_delays.push(command.delay_ms);
+        }
+    }
     let inserted = sqlx::query(
         "WITH input AS (
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
-                 AS t(execution_id, playbook_name, playbook, input, labels)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::bigint[])
+                 AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq)
          ), inserted AS (
-             INSERT INTO executions (execution_id, playbook_name, playbook, input, labels)
-             SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb
+             INSERT INTO executions
+                 (execution_id, playbook_name, playbook, input, labels, status, last_event_seq)
+             SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb,
+                    status, last_event_seq
              FROM input
              ON CONFLICT (execution_id) DO NOTHING
              RETURNING execution_id, status, created_at
-         ), first_events AS (
+         ), new_steps AS (
+             INSERT INTO execution_steps
+                 (execution_id, step_index, name, status, attempt, lease_expires_at)
+             SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
+                    now() + s.lease_ms * interval '1 millisecond'
+             FROM UNNEST($8::bigint[], $9::int[], $10::text[], $11::text[], $12::int[], $13::bigint[])
+                 AS s(execution_id, step_index, name, status, attempt, lease_ms)
+             WHERE s.execution_id IN (SELECT execution_id FROM inserted)
+         ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
-             SELECT execution_id, 1, 'execution_created', jsonb_build_object('status', status)
-             FROM inserted
+             SELECT e.execution_id, e.seq, e.kind, e.payload::jsonb
+             FROM UNNEST($14::bigint[], $15::bigint[], $16::text[], $17::text[])
+                 AS e(execution_id, seq, kind, payload)
+             WHERE e.execution_id IN (SELECT execution_id FROM inserted)
+         ), new_commands AS (
+             INSERT INTO outbox (execution_id, pool, command, not_before)
+             SELECT o.execution_id, o.pool, o.command::jsonb,
+                    now() + o.delay_ms * interval '1 millisecond'
+             FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::bigint[])
+                 AS o(execution_id, pool, command, delay_ms)
+             WHERE o.execution_id IN (SELECT execution_id FROM inserted)
          )
          SELECT execution_id, status, created_at FROM inserted",
     )
     .bind(&ids)
-    .bind(
-        rows.iter()
-            .map(|r| r.playbook_name.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(rows.iter().map(|r| r.playbook_name.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.playbook.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.input.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.labels.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.events.len() as i64).collect::<Vec<_>>())
+    .bind(&steps.execution_ids)
+    .bind(&steps.indexes)
+    .bind(&steps.names)
+    .bind(&steps.statuses)
+    .bind(&steps.attempts)
+    .bind(&steps.lease_ms)
+    .bind(&event_ids)
+    .bind(&event_seqs)
+    .bind(&event_kinds)
+    .bind(&event_payloads)
+    .bind(&outbox_ids)
+    .bind(&outbox_pools)
+    .bind(&outbox_commands)
+    .bind(&outbox_delays)
     .fetch_all(pool)
     .await?;
     let mut committed = inserted
@@ -183,6 +268,314 @@ pub async fn insert_executions(
         }
     }
     Ok(committed)
+}
+
+/// Step rows as parallel arrays for `UNNEST`.
+#[derive(Default)]
+struct StepColumns {
+    execution_ids: Vec<i64>,
+    indexes: Vec<i32>,
+    names: Vec<String>,
+    statuses: Vec<&'static str>,
+    attempts: Vec<i32>,
+    results: Vec<Option<String>>,
+    errors: Vec<Option<String>>,
+    lease_ms: Vec<Option<i64>>,
+}
+
+impl StepColumns {
+    fn push(&mut self, execution_id: i64, step: &StepRow) {
+        self.execution_ids.push(execution_id);
+        self.indexes
+            .push(i32::try_from(step.index).unwrap_or(i32::MAX));
+        self.names.push(step.name.clone());
+        self.statuses.push(step.status.as_str());
+        self.attempts
+            .push(i32::try_from(step.attempt).unwrap_or(i32::MAX));
+        self.results.push(step.result.clone());
+        self.errors.push(step.error.clone());
+        self.lease_ms.push(step.lease_ms);
+    }
+}
+
+/// The state of an execution read under its row lock.
+#[derive(Debug)]
+pub struct LockedExecution {
+    pub status: ExecutionStatus,
+    pub playbook: serde_json::Value,
+    pub input: serde_json::Value,
+    pub last_event_seq: i64,
+    pub steps: Vec<StepState>,
+}
+
+/// Locks an execution's row for the rest of `tx` and reads its state. Every change to a
+/// running execution goes through this lock, so replicas of one shard take turns.
+pub async fn lock_execution(
+    tx: &mut Transaction<'_, Postgres>,
+    id: ExecutionId,
+) -> Result<Option<LockedExecution>, Error> {
+    let row = sqlx::query(
+        "SELECT status, playbook, input, last_event_seq FROM executions
+         WHERE execution_id = $1 FOR UPDATE",
+    )
+    .bind(id.get())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let steps = sqlx::query(
+        "SELECT status, attempt, result, error FROM execution_steps
+         WHERE execution_id = $1 ORDER BY step_index",
+    )
+    .bind(id.get())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|step| {
+        let status: String = step.try_get("status")?;
+        let attempt: i32 = step.try_get("attempt")?;
+        Ok(StepState {
+            status: StepStatus::parse(&status)
+                .ok_or_else(|| Error::Malformed(format!("step status {status:?}")))?,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            result: step.try_get("result")?,
+            error: step.try_get("error")?,
+        })
+    })
+    .collect::<Result<Vec<_>, Error>>()?;
+    Ok(Some(LockedExecution {
+        status: status(&row)?,
+        playbook: row.try_get("playbook")?,
+        input: row.try_get("input")?,
+        last_event_seq: row.try_get("last_event_seq")?,
+        steps,
+    }))
+}
+
+/// Writes what a decision changed, inside the transaction that locked the execution.
+pub async fn save_decision(
+    tx: &mut Transaction<'_, Postgres>,
+    id: ExecutionId,
+    status: ExecutionStatus,
+    last_event_seq: i64,
+    steps: &[StepRow],
+    events: &[(String, String)],
+    outbox: &[OutboxRow],
+) -> Result<(), Error> {
+    let raw = id.get();
+    if !steps.is_empty() {
+        let mut columns = StepColumns::default();
+        for step in steps {
+            columns.push(raw, step);
+        }
+        sqlx::query(
+            "UPDATE execution_steps AS s SET
+                 status = u.status, attempt = u.attempt, result = u.result::jsonb, error = u.error,
+                 lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
+                 started_at = CASE WHEN u.status = 'running' THEN now() ELSE s.started_at END,
+                 finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
+                                    THEN now() ELSE NULL END,
+                 updated_at = now()
+             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[],
+                         $7::bigint[])
+                 AS u(execution_id, step_index, status, attempt, result, error, lease_ms)
+             WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index",
+        )
+        .bind(&columns.execution_ids)
+        .bind(&columns.indexes)
+        .bind(&columns.statuses)
+        .bind(&columns.attempts)
+        .bind(&columns.results)
+        .bind(&columns.errors)
+        .bind(&columns.lease_ms)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !events.is_empty() {
+        sqlx::query(
+            "INSERT INTO execution_events (execution_id, seq, kind, payload)
+             SELECT $1, $2 + ord, kind, payload::jsonb
+             FROM UNNEST($3::text[], $4::text[]) WITH ORDINALITY AS e(kind, payload, ord)",
+        )
+        .bind(raw)
+        .bind(last_event_seq)
+        .bind(events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !outbox.is_empty() {
+        sqlx::query(
+            "INSERT INTO outbox (execution_id, pool, command, not_before)
+             SELECT $1, pool, command::jsonb, now() + delay_ms * interval '1 millisecond'
+             FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS o(pool, command, delay_ms)",
+        )
+        .bind(raw)
+        .bind(outbox.iter().map(|o| o.pool.as_str()).collect::<Vec<_>>())
+        .bind(
+            outbox
+                .iter()
+                .map(|o| o.command.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(outbox.iter().map(|o| o.delay_ms).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE executions SET status = $2, last_event_seq = $3, updated_at = now()
+         WHERE execution_id = $1",
+    )
+    .bind(raw)
+    .bind(status.as_str())
+    .bind(last_event_seq + events.len() as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Extends the lease of an in-flight attempt; returns its status, or `None` when the attempt
+/// no longer owns the step (superseded, finished, cancelled).
+pub async fn extend_lease(
+    pool: &PgPool,
+    id: ExecutionId,
+    step: u32,
+    attempt: u32,
+    lease_ms: i64,
+) -> Result<Option<StepStatus>, Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "UPDATE execution_steps SET lease_expires_at = now() + $4 * interval '1 millisecond'
+         WHERE execution_id = $1 AND step_index = $2 AND attempt = $3
+           AND status IN ('dispatched', 'running')
+         RETURNING status",
+    )
+    .bind(id.get())
+    .bind(i32::try_from(step).unwrap_or(i32::MAX))
+    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .bind(lease_ms)
+    .fetch_optional(pool)
+    .await?;
+    Ok(status.as_deref().and_then(StepStatus::parse))
+}
+
+/// In-flight attempts whose lease has run out: `(execution, step, attempt)`.
+pub async fn expired_leases(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(ExecutionId, u32, u32)>, Error> {
+    sqlx::query(
+        "SELECT execution_id, step_index, attempt FROM execution_steps
+         WHERE status IN ('dispatched', 'running') AND lease_expires_at < now()
+         ORDER BY lease_expires_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        let step: i32 = row.try_get("step_index")?;
+        let attempt: i32 = row.try_get("attempt")?;
+        Ok((
+            execution_id(row)?,
+            u32::try_from(step).unwrap_or(0),
+            u32::try_from(attempt).unwrap_or(0),
+        ))
+    })
+    .collect()
+}
+
+/// A command waiting in the outbox.
+#[derive(Debug)]
+pub struct PendingCommand {
+    pub id: i64,
+    pub pool: String,
+    pub command: serde_json::Value,
+}
+
+/// Locks up to `limit` due outbox rows for the rest of `tx`, skipping rows another relay of
+/// the same shard holds.
+pub async fn due_commands(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<PendingCommand>, Error> {
+    sqlx::query(
+        "SELECT id, pool, command FROM outbox WHERE not_before <= now()
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(PendingCommand {
+            id: row.try_get("id")?,
+            pool: row.try_get("pool")?,
+            command: row.try_get("command")?,
+        })
+    })
+    .collect()
+}
+
+/// Deletes outbox rows JetStream has stored.
+pub async fn delete_commands(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), Error> {
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// When the next outbox row becomes due, if any row is waiting.
+pub async fn next_command_due_in_ms(pool: &PgPool) -> Result<Option<i64>, Error> {
+    let due: Option<f64> = sqlx::query_scalar(
+        "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(not_before) - now())) * 1000)::float8
+         FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(due.map(|ms| ms as i64))
+}
+
+/// A page of an execution's event log, and its status.
+pub async fn events_page(
+    pool: &PgPool,
+    id: ExecutionId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Option<EventPage>, Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM executions WHERE execution_id = $1")
+            .bind(id.get())
+            .fetch_optional(pool)
+            .await?;
+    let Some(status) = status else {
+        return Ok(None);
+    };
+    let events = sqlx::query(
+        "SELECT seq, kind, payload, created_at FROM execution_events
+         WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(id.get())
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(EventView {
+            seq: row.try_get("seq")?,
+            kind: row.try_get("kind")?,
+            payload: row.try_get("payload")?,
+            created_at: rfc3339(row.try_get("created_at")?)?,
+        })
+    })
+    .collect::<Result<Vec<_>, Error>>()?;
+    Ok(Some(EventPage {
+        events,
+        status: ExecutionStatus::parse(&status)
+            .ok_or_else(|| Error::Malformed(format!("status {status:?}")))?,
+    }))
 }
 
 fn committed_from_row(row: &sqlx::postgres::PgRow, created: bool) -> Result<Committed, Error> {
@@ -211,6 +604,34 @@ pub async fn get_execution(
         return Ok(None);
     };
     let sqlx::types::Json(labels): sqlx::types::Json<Labels> = row.try_get("labels")?;
+    let steps = sqlx::query(
+        "SELECT name, status, attempt, result, error, started_at, finished_at
+         FROM execution_steps WHERE execution_id = $1 ORDER BY step_index",
+    )
+    .bind(id.get())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|step| {
+        let status: String = step.try_get("status")?;
+        let attempt: i32 = step.try_get("attempt")?;
+        let at = |column: &str| -> Result<Option<String>, Error> {
+            step.try_get::<Option<OffsetDateTime>, _>(column)?
+                .map(rfc3339)
+                .transpose()
+        };
+        Ok(StepView {
+            name: step.try_get("name")?,
+            status: StepStatus::parse(&status)
+                .ok_or_else(|| Error::Malformed(format!("step status {status:?}")))?,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            result: step.try_get("result")?,
+            error: step.try_get("error")?,
+            started_at: at("started_at")?,
+            finished_at: at("finished_at")?,
+        })
+    })
+    .collect::<Result<Vec<_>, Error>>()?;
     Ok(Some(ExecutionView {
         execution_id: execution_id(&row)?,
         shard,
@@ -220,6 +641,7 @@ pub async fn get_execution(
         labels,
         created_at: rfc3339(row.try_get("created_at")?)?,
         updated_at: rfc3339(row.try_get("updated_at")?)?,
+        steps,
     }))
 }
 

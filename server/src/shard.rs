@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use noetl_bus::{Client, Message};
+use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepReport};
+use noetl_contract::engine::{Event, StepStatus};
 use noetl_contract::message::{
-    PingReply, Reply, SubmitCommand, SubmitReceipt, WireError, WireErrorCode,
+    EventPage, EventsQuery, ExecutionView, PingReply, Reply, SubmitCommand, SubmitReceipt,
+    WireError, WireErrorCode,
 };
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, ShardId, Topology};
@@ -18,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::commit::Committer;
-use crate::persistence::{self, NewExecution};
+use crate::orchestrate::{Applied, Orchestrator};
+use crate::persistence;
 
 /// Everything a request handler of one shard needs.
 #[derive(Debug)]
@@ -27,8 +31,12 @@ pub struct Shard {
     pub client: Client,
     pub pool: PgPool,
     pub committer: Committer,
+    pub orchestrator: Orchestrator,
     pub topology: watch::Receiver<Option<Topology>>,
 }
+
+/// Largest page of events one request returns.
+const MAX_EVENTS_PAGE: u32 = 1_000;
 
 /// Subscribes to the shard's subjects (queue group, so replicas share the work) and handles
 /// requests until `cancel`; then stops taking new ones and finishes those in flight.
@@ -100,6 +108,22 @@ async fn handle(shard: &Shard, kind: Option<ShardRequest>, message: Message) {
             let reply = Reply::from(get(shard, &message).await);
             noetl_bus::respond(&shard.client, &message, &reply).await
         }
+        Some(ShardRequest::Result) => {
+            let reply = Reply::from(report(shard, &message).await);
+            noetl_bus::respond(&shard.client, &message, &reply).await
+        }
+        Some(ShardRequest::Heartbeat) => {
+            let reply = Reply::from(heartbeat(shard, &message).await);
+            noetl_bus::respond(&shard.client, &message, &reply).await
+        }
+        Some(ShardRequest::Cancel) => {
+            let reply = Reply::from(cancel(shard, &message).await);
+            noetl_bus::respond(&shard.client, &message, &reply).await
+        }
+        Some(ShardRequest::Events) => {
+            let reply = Reply::from(events(shard, &message).await);
+            noetl_bus::respond(&shard.client, &message, &reply).await
+        }
         None => {
             let reply = Reply::Ok(PingReply {
                 shard: shard.id,
@@ -163,28 +187,12 @@ fn routed_id(shard: &Shard, message: &Message) -> Result<ExecutionId, WireError>
 
 async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireError> {
     let id = routed_id(shard, message)?;
-    let command: SubmitCommand = noetl_bus::decode(&message.subject, &message.payload)
-        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
-    if command.execution_id != id {
-        return Err(wire_error(
-            WireErrorCode::BadRequest,
-            format!(
-                "the body is for execution {}, the subject for {id}",
-                command.execution_id
-            ),
-        ));
-    }
+    let command: SubmitCommand = body(message, id, |c: &SubmitCommand| c.execution_id)?;
     command
         .playbook
         .validate()
         .map_err(|e| wire_error(WireErrorCode::BadRequest, format!("invalid playbook: {e}")))?;
-    let row = NewExecution {
-        execution_id: id,
-        playbook_name: command.playbook.name.clone(),
-        playbook: to_json(&command.playbook),
-        input: to_json(&command.input),
-        labels: to_json(&command.labels),
-    };
+    let row = shard.orchestrator.prepare(&command);
     let committed = shard.committer.commit(row).await?;
     Ok(SubmitReceipt {
         execution_id: committed.execution_id,
@@ -195,28 +203,110 @@ async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireE
     })
 }
 
-async fn get(
-    shard: &Shard,
-    message: &Message,
-) -> Result<noetl_contract::message::ExecutionView, WireError> {
+async fn get(shard: &Shard, message: &Message) -> Result<ExecutionView, WireError> {
     let id = routed_id(shard, message)?;
+    read_view(shard, id).await
+}
+
+async fn read_view(shard: &Shard, id: ExecutionId) -> Result<ExecutionView, WireError> {
     match persistence::get_execution(&shard.pool, shard.id, id).await {
         Ok(Some(view)) => Ok(view),
-        Ok(None) => Err(wire_error(
-            WireErrorCode::NotFound,
-            format!("no execution {id}"),
-        )),
-        Err(e) => {
-            tracing::error!(shard = %shard.id, execution_id = %id, error = %e, "reading an execution failed");
-            Err(wire_error(
-                WireErrorCode::ShardUnavailable,
-                "the shard database is unavailable",
-            ))
-        }
+        Ok(None) => Err(not_found(id)),
+        Err(e) => Err(database_failed(shard, id, &e)),
     }
 }
 
-/// JSON text for a database column; the values came out of JSON, so they go back in.
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("playbooks, inputs and labels are plain JSON values")
+fn not_found(id: ExecutionId) -> WireError {
+    wire_error(WireErrorCode::NotFound, format!("no execution {id}"))
+}
+
+fn database_failed(shard: &Shard, id: ExecutionId, error: &persistence::Error) -> WireError {
+    tracing::error!(shard = %shard.id, execution_id = %id, error = %error, "shard database request failed");
+    wire_error(
+        WireErrorCode::ShardUnavailable,
+        "the shard database is unavailable",
+    )
+}
+
+/// Decodes a body whose `execution_id` must match the subject's.
+fn body<T: serde::de::DeserializeOwned>(
+    message: &Message,
+    id: ExecutionId,
+    id_of: impl Fn(&T) -> ExecutionId,
+) -> Result<T, WireError> {
+    let body: T = noetl_bus::decode(&message.subject, &message.payload)
+        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
+    if id_of(&body) != id {
+        return Err(wire_error(
+            WireErrorCode::BadRequest,
+            format!(
+                "the body is for execution {}, the subject for {id}",
+                id_of(&body)
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError> {
+    let id = routed_id(shard, message)?;
+    let report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
+    let event = Event::Finished {
+        step: report.step_index as usize,
+        attempt: report.attempt,
+        outcome: report.outcome,
+    };
+    match shard.orchestrator.apply(id, event).await {
+        Ok(Applied::Changed(_)) => Ok(ReportAck::Recorded),
+        Ok(Applied::Stale(_)) => Ok(ReportAck::Stale),
+        Ok(Applied::NotFound) => Err(not_found(id)),
+        Err(e) => Err(database_failed(shard, id, &e)),
+    }
+}
+
+async fn heartbeat(shard: &Shard, message: &Message) -> Result<HeartbeatAck, WireError> {
+    let id = routed_id(shard, message)?;
+    let beat: Heartbeat = body(message, id, |h: &Heartbeat| h.execution_id)?;
+    let lease_ms = i64::try_from(shard.orchestrator.leases.step_lease_ms).unwrap_or(i64::MAX);
+    let status =
+        persistence::extend_lease(&shard.pool, id, beat.step_index, beat.attempt, lease_ms)
+            .await
+            .map_err(|e| database_failed(shard, id, &e))?;
+    match status {
+        None => Ok(HeartbeatAck::Stop),
+        Some(StepStatus::Dispatched) => {
+            let event = Event::Started {
+                step: beat.step_index as usize,
+                attempt: beat.attempt,
+            };
+            match shard.orchestrator.apply(id, event).await {
+                Ok(Applied::Changed(_)) => Ok(HeartbeatAck::Continue),
+                Ok(_) => Ok(HeartbeatAck::Stop),
+                Err(e) => Err(database_failed(shard, id, &e)),
+            }
+        }
+        Some(_) => Ok(HeartbeatAck::Continue),
+    }
+}
+
+async fn cancel(shard: &Shard, message: &Message) -> Result<ExecutionView, WireError> {
+    let id = routed_id(shard, message)?;
+    match shard.orchestrator.apply(id, Event::Cancel).await {
+        Ok(Applied::NotFound) => return Err(not_found(id)),
+        Ok(_) => {}
+        Err(e) => return Err(database_failed(shard, id, &e)),
+    }
+    read_view(shard, id).await
+}
+
+async fn events(shard: &Shard, message: &Message) -> Result<EventPage, WireError> {
+    let id = routed_id(shard, message)?;
+    let query: EventsQuery = noetl_bus::decode(&message.subject, &message.payload)
+        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
+    let limit = i64::from(query.limit.clamp(1, MAX_EVENTS_PAGE));
+    match persistence::events_page(&shard.pool, id, query.after_seq, limit).await {
+        Ok(Some(page)) => Ok(page),
+        Ok(None) => Err(not_found(id)),
+        Err(e) => Err(database_failed(shard, id, &e)),
+    }
 }

@@ -1,5 +1,6 @@
 //! Server start-up and the commit path against a real PostgreSQL (and NATS where needed).
 
+use noetl_contract::message::ExecutionStatus;
 use noetl_contract::shards::ShardMap;
 use noetl_contract::{ExecutionId, ShardCount, ShardId, Topology};
 use noetl_server::commit::Committer;
@@ -103,6 +104,10 @@ fn new_execution(raw_id: i64) -> NewExecution {
         playbook: r#"{"name":"grouped","steps":[{"name":"a","action":"noop"}]}"#.to_owned(),
         input: "{}".to_owned(),
         labels: "{}".to_owned(),
+        status: ExecutionStatus::Pending,
+        steps: Vec::new(),
+        events: vec![("execution_created".to_owned(), "{}".to_owned())],
+        outbox: Vec::new(),
     }
 }
 
@@ -125,7 +130,8 @@ async fn concurrent_submits_are_committed_in_groups() {
     // A shard number no other test uses, so its metrics are this test's alone.
     let shard = ShardId::new(77);
     let tracker = TaskTracker::new();
-    let committer = Committer::spawn(shard, pool.clone(), 100, 1, &tracker);
+    let relay = std::sync::Arc::new(tokio::sync::Notify::new());
+    let committer = Committer::spawn(shard, pool.clone(), relay, 100, 1, &tracker);
 
     let commits = (1..=500).map(|n| committer.commit(new_execution(n)));
     let outcomes = futures::future::join_all(commits).await;

@@ -34,6 +34,8 @@ pub fn server_config(nats_url: &str, shards: &str, serve: Option<Vec<u32>>) -> S
         nats_url: nats_url.to_owned(),
         shards: Some(shards.to_owned()),
         listen: "127.0.0.1:0".parse().expect("valid address"),
+        // Short leases, so tests of dead workers finish in seconds.
+        step_lease_ms: 2_000,
         ..ServerSettings::default()
     };
     ServerConfig::from_settings(settings, serve).expect("valid server config")
@@ -131,6 +133,47 @@ impl Cluster {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Polls an execution until `done(body)`, returning the last body.
+    pub async fn wait_for_execution(
+        &self,
+        id: ExecutionId,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (status, body) = self.get_json(&format!("/api/v1/executions/{id}")).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every event of an execution, in order.
+    pub async fn events(&self, id: ExecutionId) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, page) = self
+                .get_json(&format!(
+                    "/api/v1/executions/{id}/events?after_seq={after}&limit=100"
+                ))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            let batch = page["events"].as_array().cloned().unwrap_or_default();
+            events.extend(batch);
+            match page["next_after_seq"].as_i64() {
+                Some(next) => after = next,
+                None => return events,
+            }
+        }
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
@@ -206,6 +249,19 @@ pub async fn poll_readyz(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs a worker inside the test process until `cancel`.
+pub fn start_worker(nats_url: &str, cancel: &CancellationToken) -> JoinHandle<anyhow::Result<()>> {
+    let settings = noetl_worker::configuration::Settings {
+        nats_url: nats_url.to_owned(),
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        ack_wait_ms: 5_000,
+        ..noetl_worker::configuration::Settings::default()
+    };
+    let config = noetl_worker::configuration::WorkerConfig::from_settings(settings, None, false)
+        .expect("valid worker config");
+    tokio::spawn(noetl_worker::run(config, cancel.clone()))
 }
 
 pub fn hello_request() -> Value {

@@ -30,14 +30,21 @@ pub struct SubmitRequest {
 pub struct Links {
     #[serde(rename = "self")]
     pub this: String,
+    pub events: String,
+    pub stream: String,
+    pub cancel: String,
     pub route: String,
 }
 
 impl Links {
     fn for_execution(id: ExecutionId) -> Self {
+        let this = format!("/api/v1/executions/{id}");
         Self {
-            this: format!("/api/v1/executions/{id}"),
+            events: format!("{this}/events"),
+            stream: format!("{this}/stream"),
+            cancel: format!("{this}/cancel"),
             route: format!("/api/v1/route/{id}"),
+            this,
         }
     }
 }
@@ -118,6 +125,19 @@ pub async fn get(
 ) -> Result<Json<ExecutionResponse>, Problem> {
     let route = state.route(id)?;
     let execution = state.dispatcher.get(route, id).await?;
+    Ok(Json(ExecutionResponse {
+        execution,
+        links: Links::for_execution(id),
+    }))
+}
+
+/// `POST /api/v1/executions/{id}/cancel`: idempotent; answers with the execution as it is now.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    IdParam(id): IdParam,
+) -> Result<Json<ExecutionResponse>, Problem> {
+    let route = state.route(id)?;
+    let execution = state.dispatcher.cancel(route, id).await?;
     Ok(Json(ExecutionResponse {
         execution,
         links: Links::for_execution(id),

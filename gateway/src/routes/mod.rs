@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod events;
 pub mod executions;
 pub mod health;
 pub mod route;

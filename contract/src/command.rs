@@ -1,0 +1,140 @@
+//! Step commands and their results: what the server dispatches to workers over JetStream and
+//! what workers report back to the owning shard (SPEC §4.3).
+//!
+//! A command is identified by `(execution_id, step, attempt)`. Results and heartbeats carry the
+//! attempt, so the shard can fence them: only the current attempt of a step may report.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ExecutionId;
+use crate::routing::ShardId;
+
+/// Run one attempt of one step. Published on [`crate::subject::command`] with the JetStream
+/// message id [`StepCommand::message_id`], so a re-published command is de-duplicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepCommand {
+    pub execution_id: ExecutionId,
+    pub shard: ShardId,
+    /// Index of the step in the playbook.
+    pub step_index: u32,
+    pub step: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub action: String,
+    /// The step's `with`, templates already rendered.
+    pub with: serde_json::Value,
+    /// Upper bound on this attempt.
+    pub timeout_ms: u64,
+    /// The worker must heartbeat more often than this, or the attempt is presumed dead.
+    pub lease_ms: u64,
+}
+
+impl StepCommand {
+    /// JetStream de-duplication id: one per attempt of a step.
+    pub fn message_id(&self) -> String {
+        format!("{}:{}:{}", self.execution_id, self.step_index, self.attempt)
+    }
+}
+
+/// What a finished attempt produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum StepOutcome {
+    Succeeded { result: serde_json::Value },
+    Failed { error: String },
+}
+
+/// A worker's report of a finished attempt, sent to [`crate::subject::shard_request`] with
+/// [`crate::subject::ShardRequest::Result`]. The worker acks the command only after the shard
+/// answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    pub execution_id: ExecutionId,
+    pub step_index: u32,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub outcome: StepOutcome,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub worker: String,
+}
+
+/// The shard's answer to a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportAck {
+    /// Recorded now.
+    Recorded,
+    /// Not recorded: a newer attempt owns the step, the step already has its result, or the
+    /// execution ended. The worker acks the command and moves on.
+    Stale,
+}
+
+/// "Still working on it": extends the attempt's lease. Sent to
+/// [`crate::subject::shard_request`] with [`crate::subject::ShardRequest::Heartbeat`];
+/// the first one also marks the step running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub execution_id: ExecutionId,
+    pub step_index: u32,
+    pub attempt: u32,
+    pub worker: String,
+}
+
+/// The shard's answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatAck {
+    /// Keep going; the lease is extended.
+    Continue,
+    /// Stop: the execution was cancelled, or this attempt was superseded.
+    Stop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn report_shape_is_flat_and_tagged() {
+        let report = StepReport {
+            execution_id: ExecutionId::new(7).expect("valid"),
+            step_index: 1,
+            attempt: 2,
+            outcome: StepOutcome::Failed {
+                error: "boom".into(),
+            },
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            worker: "w1".into(),
+        };
+        let value = serde_json::to_value(&report).expect("serialize");
+        assert_eq!(value["outcome"], "failed");
+        assert_eq!(value["error"], "boom");
+        assert_eq!(value["execution_id"], "7");
+        let back: StepReport = serde_json::from_value(value).expect("parse");
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn message_ids_differ_per_attempt() {
+        let command = StepCommand {
+            execution_id: ExecutionId::new(9).expect("valid"),
+            shard: ShardId::new(0),
+            step_index: 3,
+            step: "b".into(),
+            attempt: 1,
+            action: "noop".into(),
+            with: json!({}),
+            timeout_ms: 1_000,
+            lease_ms: 10_000,
+        };
+        let retry = StepCommand {
+            attempt: 2,
+            ..command.clone()
+        };
+        assert_eq!(command.message_id(), "9:3:1");
+        assert_ne!(command.message_id(), retry.message_id());
+    }
+}

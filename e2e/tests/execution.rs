@@ -1,0 +1,344 @@
+//! Executions that actually run: server orchestration, workers over JetStream, retries,
+//! leases, cancellation and the event log, against real NATS and PostgreSQL.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{id_of, start_worker, Cluster};
+use noetl_contract::ExecutionId;
+use noetl_test_support::{cargo_bin, Process};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+fn request(steps: Value) -> Value {
+    json!({"playbook": {"name": "run", "steps": steps}, "input": {"who": "world"}})
+}
+
+fn is_terminal(body: &Value) -> bool {
+    matches!(
+        body["status"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
+}
+
+async fn submit(cluster: &Cluster, steps: Value) -> ExecutionId {
+    let (status, body) = cluster
+        .post_json("/api/v1/executions", &request(steps))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    id_of(&body)
+}
+
+fn step<'a>(execution: &'a Value, name: &str) -> &'a Value {
+    execution["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {execution}"))
+}
+
+fn at(step: &Value, field: &str) -> OffsetDateTime {
+    let text = step[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {step}"));
+    OffsetDateTime::parse(text, &Rfc3339).expect("RFC 3339 timestamp")
+}
+
+fn events_of<'a>(events: &'a [Value], kind: &str, step: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind && e["payload"]["step"] == step)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diamond_runs_its_branches_concurrently_and_joins_both_results() {
+    let cluster = Cluster::start(2).await;
+    let cancel = CancellationToken::new();
+    let worker = start_worker(cluster.nats.url(), &cancel);
+    let id = submit(
+        &cluster,
+        json!([
+            {"name": "a", "action": "noop"},
+            {"name": "b", "action": "sleep", "needs": ["a"], "with": {"ms": 400}},
+            {"name": "c", "action": "sleep", "needs": ["a"], "with": {"ms": 400}},
+            {"name": "d", "action": "noop", "needs": ["b", "c"], "with": {
+                "total": "{{ steps.b.result.slept_ms + steps.c.result.slept_ms }}",
+                "text": "b={{ steps.b.result.slept_ms }} c={{ steps.c.result.slept_ms }} for {{ input.who }}"
+            }}
+        ]),
+    )
+    .await;
+    let done = cluster
+        .wait_for_execution(id, "the diamond to end", is_terminal)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    for name in ["a", "b", "c", "d"] {
+        assert_eq!(step(&done, name)["status"], "succeeded", "{done}");
+        assert_eq!(step(&done, name)["attempt"], 1);
+    }
+    let (b, c) = (step(&done, "b"), step(&done, "c"));
+    assert!(
+        at(b, "started_at") < at(c, "finished_at") && at(c, "started_at") < at(b, "finished_at"),
+        "b and c overlap: {b} {c}"
+    );
+    let events = cluster.events(id).await;
+    let d_dispatched = events_of(&events, "step_dispatched", "d");
+    assert_eq!(d_dispatched.len(), 1);
+    assert_eq!(
+        d_dispatched[0]["payload"]["with"],
+        json!({"total": 800, "text": "b=400 c=400 for world"})
+    );
+    let seqs: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "gapless sequence"
+    );
+    assert_eq!(
+        events.last().map(|e| e["kind"].clone()),
+        Some(json!("execution_succeeded"))
+    );
+    cancel.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stopped cleanly");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_succeed_within_the_budget_and_fail_beyond_it() {
+    let cluster = Cluster::start(1).await;
+    let cancel = CancellationToken::new();
+    let worker = start_worker(cluster.nats.url(), &cancel);
+    let flaky = |max_attempts: u32| {
+        json!([
+            {"name": "flaky", "action": "fail", "with": {"until_attempt": 3},
+             "retry": {"max_attempts": max_attempts, "backoff_ms": 20}},
+            {"name": "d", "action": "noop", "needs": ["flaky"]}
+        ])
+    };
+    let enough = submit(&cluster, flaky(3)).await;
+    let short = submit(&cluster, flaky(2)).await;
+
+    let done = cluster
+        .wait_for_execution(enough, "three attempts", is_terminal)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(step(&done, "flaky")["attempt"], 3);
+    let events = cluster.events(enough).await;
+    assert_eq!(events_of(&events, "step_dispatched", "flaky").len(), 3);
+    assert_eq!(events_of(&events, "step_attempt_failed", "flaky").len(), 2);
+    assert_eq!(events_of(&events, "step_succeeded", "flaky").len(), 1);
+
+    let done = cluster
+        .wait_for_execution(short, "two attempts", is_terminal)
+        .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(step(&done, "flaky")["status"], "failed");
+    assert_eq!(step(&done, "flaky")["attempt"], 2);
+    assert_eq!(step(&done, "d")["status"], "skipped");
+    cancel.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stopped cleanly");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_during_a_long_step_ends_the_execution_and_later_steps_never_start() {
+    let cluster = Cluster::start(2).await;
+    let cancel = CancellationToken::new();
+    let worker = start_worker(cluster.nats.url(), &cancel);
+    let id = submit(
+        &cluster,
+        json!([
+            {"name": "long", "action": "sleep", "with": {"ms": 60000}},
+            {"name": "after", "action": "noop", "needs": ["long"]}
+        ]),
+    )
+    .await;
+    cluster
+        .wait_for_execution(id, "the long step to run", |b| {
+            step(b, "long")["status"] == "running"
+        })
+        .await;
+    let (status, cancelled) = cluster
+        .post_json(&format!("/api/v1/executions/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(step(&cancelled, "long")["status"], "cancelled");
+    assert_eq!(step(&cancelled, "after")["status"], "cancelled");
+    let (status, again) = cluster
+        .post_json(&format!("/api/v1/executions/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, again["status"].clone()),
+        (200, json!("cancelled")),
+        "idempotent"
+    );
+
+    // The worker learns at its next heartbeat and stops; it must not report a result that
+    // revives the step, and "after" must never be dispatched.
+    cancel.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stopped cleanly");
+    let events = cluster.events(id).await;
+    assert!(
+        events_of(&events, "step_dispatched", "after").is_empty(),
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "execution_cancelled")
+            .count(),
+        1
+    );
+    let (_, fetched) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(fetched["status"], "cancelled");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_worker_was_killed_is_redispatched_after_its_lease() {
+    let cluster = Cluster::start(1).await;
+    let mut command = Command::new(cargo_bin("noetl-worker"));
+    command
+        .env("NOETL_NATS_URL", cluster.nats.url())
+        .env("NOETL_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    let mut doomed = Process::spawn(command);
+    let id = submit(
+        &cluster,
+        json!([{"name": "slow", "action": "sleep", "with": {"ms": 3000},
+                                      "retry": {"max_attempts": 3}}]),
+    )
+    .await;
+    cluster
+        .wait_for_execution(id, "the slow step to run", |b| {
+            step(b, "slow")["status"] == "running"
+        })
+        .await;
+    doomed.kill();
+
+    let cancel = CancellationToken::new();
+    let worker = start_worker(cluster.nats.url(), &cancel);
+    let done = cluster
+        .wait_for_execution(id, "the step to be re-run", is_terminal)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        step(&done, "slow")["attempt"],
+        2,
+        "attempt 1 died with its worker"
+    );
+    let events = cluster.events(id).await;
+    assert_eq!(
+        events_of(&events, "step_succeeded", "slow").len(),
+        1,
+        "one recorded result"
+    );
+    let lost = events_of(&events, "step_attempt_failed", "slow");
+    assert_eq!(lost.len(), 1);
+    assert!(lost[0]["payload"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("lease"));
+    cancel.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stopped cleanly");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_replays_then_follows_until_the_terminal_state() {
+    let cluster = Cluster::start(1).await;
+    let cancel = CancellationToken::new();
+    let worker = start_worker(cluster.nats.url(), &cancel);
+    let id = submit(
+        &cluster,
+        json!([
+            {"name": "one", "action": "sleep", "with": {"ms": 300}},
+            {"name": "two", "action": "noop", "needs": ["one"]}
+        ]),
+    )
+    .await;
+    let body = cluster
+        .http
+        .get(cluster.url(&format!("/api/v1/executions/{id}/stream")))
+        .send()
+        .await
+        .expect("stream answers")
+        .text()
+        .await
+        .expect("the stream ends at the terminal state");
+    let kinds: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"execution_created"), "{body}");
+    assert_eq!(
+        &kinds[kinds.len() - 2..],
+        ["execution_succeeded", "end"],
+        "{body}"
+    );
+    assert!(kinds.contains(&"step_started"), "{body}");
+    cancel.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stopped cleanly");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_playbooks_are_refused_naming_the_step_and_nothing_is_stored() {
+    let cluster = Cluster::start(2).await;
+    let cases = [
+        (
+            json!([{"name": "a", "action": "noop", "needs": ["b"]}, {"name": "b", "action": "noop", "needs": ["a"]}]),
+            "cycle",
+        ),
+        (
+            json!([{"name": "a", "action": "noop", "needs": ["ghost"]}]),
+            "steps[0].needs[0]",
+        ),
+        (
+            json!([{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]),
+            "steps[1].name",
+        ),
+        (json!([{"name": "a", "action": "warp"}]), "steps[0].action"),
+        (
+            json!([{"name": "a", "action": "noop", "with": {"url": "{{ input.x "}}]),
+            "steps[0].with.url",
+        ),
+    ];
+    for (steps, expected) in cases {
+        let (status, body) = cluster
+            .post_json("/api/v1/executions", &request(steps))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["code"], "invalid_playbook");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(expected),
+            "{body}"
+        );
+    }
+    let stored = cluster.stored_ids().await;
+    assert!(stored.values().all(Vec::is_empty), "{stored:?}");
+    cluster.stop().await;
+}

@@ -1,0 +1,187 @@
+//! An execution's event log: `GET /api/v1/executions/{id}/events` (pages, by sequence number)
+//! and `GET /api/v1/executions/{id}/stream` (Server-Sent Events, live, ending at the terminal
+//! state).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use futures::Stream;
+use noetl_contract::message::{EventView, EventsQuery, ExecutionStatus};
+use noetl_contract::{ExecutionId, Route};
+use serde::{Deserialize, Serialize};
+
+use crate::extract::IdParam;
+use crate::problem::{Code, Problem};
+use crate::state::AppState;
+
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1_000;
+/// How often a live stream asks the shard for new events.
+const STREAM_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// Return events with a sequence number greater than this (0: from the start).
+    #[serde(default)]
+    pub after_seq: i64,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventsResponse {
+    pub execution_id: ExecutionId,
+    pub status: ExecutionStatus,
+    pub events: Vec<EventView>,
+    /// Pass as `after_seq` for the next page; absent when this page was the last one so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after_seq: Option<i64>,
+}
+
+pub async fn page(
+    State(state): State<Arc<AppState>>,
+    IdParam(id): IdParam,
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EventsResponse>, Problem> {
+    let Query(params) = params.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) || params.after_seq < 0 {
+        return Err(Problem::new(
+            Code::InvalidRequest,
+            format!("limit must be 1 to {MAX_LIMIT} and after_seq not negative"),
+        ));
+    }
+    let route = state.route(id)?;
+    let page = state
+        .dispatcher
+        .events(
+            route,
+            id,
+            EventsQuery {
+                after_seq: params.after_seq,
+                limit,
+            },
+        )
+        .await?;
+    let next_after_seq = (page.events.len() == limit as usize)
+        .then(|| page.events.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(EventsResponse {
+        execution_id: id,
+        status: page.status,
+        events: page.events,
+        next_after_seq,
+    }))
+}
+
+/// Streams the log from the start (or after `Last-Event-ID`), then live, and ends once the
+/// execution is terminal and every event has been sent.
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    IdParam(id): IdParam,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    let route = state.route(id)?;
+    let after_seq = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // Fail fast with a problem document when the execution does not exist.
+    let first = state
+        .dispatcher
+        .events(
+            route,
+            id,
+            EventsQuery {
+                after_seq,
+                limit: MAX_LIMIT,
+            },
+        )
+        .await?;
+    let cursor = Cursor {
+        state,
+        route,
+        id,
+        after_seq,
+        more: first.events.len() == MAX_LIMIT as usize,
+        pending: first.events.into_iter().collect(),
+        last_status: first.status,
+        done: false,
+    };
+    let events = futures::stream::unfold(cursor, |mut cursor| async move {
+        cursor.next().await.map(|event| (Ok(event), cursor))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+struct Cursor {
+    state: Arc<AppState>,
+    route: Route,
+    id: ExecutionId,
+    after_seq: i64,
+    pending: std::collections::VecDeque<EventView>,
+    /// The last page was full: more events may be waiting right now.
+    more: bool,
+    last_status: ExecutionStatus,
+    done: bool,
+}
+
+impl Cursor {
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.after_seq = event.seq;
+                return Some(
+                    SseEvent::default()
+                        .id(event.seq.to_string())
+                        .event(event.kind.clone())
+                        .json_data(&event)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unencodable event")),
+                );
+            }
+            if self.done {
+                return None;
+            }
+            if self.last_status.is_terminal() && !self.more {
+                // Everything up to the terminal state was read: say so and end.
+                self.done = true;
+                return Some(
+                    SseEvent::default()
+                        .event("end")
+                        .data(self.last_status.as_str()),
+                );
+            }
+            if !self.more {
+                tokio::time::sleep(STREAM_POLL).await;
+            }
+            let query = EventsQuery {
+                after_seq: self.after_seq,
+                limit: MAX_LIMIT,
+            };
+            match self
+                .state
+                .dispatcher
+                .events(self.route, self.id, query)
+                .await
+            {
+                Ok(page) => {
+                    self.last_status = page.status;
+                    self.more = page.events.len() == MAX_LIMIT as usize;
+                    self.pending.extend(page.events);
+                }
+                // A shard that does not answer for a moment is retried; the client sees
+                // keep-alives meanwhile.
+                Err(problem) => {
+                    tracing::debug!(execution_id = %self.id, ?problem, "stream poll failed")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The lease scanner of one shard: an in-flight attempt whose lease ran out is presumed lost
+//! (its worker died, or its command never arrived) and handed back to the engine, which retries
+//! it within the step's budget or fails the step.
+
+use std::time::Duration;
+
+use noetl_contract::engine::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::orchestrate::Orchestrator;
+use crate::persistence;
+
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+const SCAN_LIMIT: i64 = 256;
+
+/// Scans until `cancel`.
+pub async fn run(orchestrator: Orchestrator, cancel: CancellationToken) {
+    let shard = orchestrator.shard;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(SCAN_EVERY) => {}
+        }
+        let expired = match persistence::expired_leases(&orchestrator.pool, SCAN_LIMIT).await {
+            Ok(expired) => expired,
+            Err(e) => {
+                tracing::warn!(%shard, error = %e, "lease scan failed");
+                continue;
+            }
+        };
+        for (id, step, attempt) in expired {
+            let event = Event::LeaseExpired {
+                step: step as usize,
+                attempt,
+            };
+            match orchestrator.apply(id, event).await {
+                Ok(_) => {
+                    tracing::info!(%shard, execution_id = %id, step, attempt, "lease expired");
+                    metrics::counter!("noetl_server_lease_expiries_total", "shard" => shard.to_string())
+                        .increment(1);
+                }
+                Err(e) => {
+                    tracing::warn!(%shard, execution_id = %id, error = %e, "applying a lease expiry failed")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The outbox relay of one shard: publishes committed commands to JetStream and deletes them
+//! once stored. A publish that fails (NATS down) leaves its row for the next pass, so an outage
+//! delays work but never loses it; a command published twice is dropped by JetStream's
+//! de-duplication (same message id).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use noetl_bus::Client;
+use noetl_contract::command::StepCommand;
+use noetl_contract::ShardId;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::persistence;
+
+const BATCH: i64 = 512;
+/// Longest wait between passes when nothing wakes the relay (delayed retries, failed publishes).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Relays until `cancel`.
+pub async fn run(
+    shard: ShardId,
+    pool: PgPool,
+    client: Client,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let label = shard.to_string();
+    loop {
+        let full = match relay_once(&pool, &client, &label).await {
+            Ok(published) => published == BATCH as usize,
+            Err(e) => {
+                tracing::warn!(%shard, error = %e, "outbox relay pass failed");
+                false
+            }
+        };
+        if full {
+            continue;
+        }
+        let wait = match persistence::next_command_due_in_ms(&pool).await {
+            Ok(Some(ms)) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_POLL),
+            _ => IDLE_POLL,
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Publishes one batch of due commands; returns how many were stored by JetStream.
+async fn relay_once(
+    pool: &PgPool,
+    client: &Client,
+    shard: &str,
+) -> Result<usize, persistence::Error> {
+    let mut tx = pool.begin().await?;
+    let due = persistence::due_commands(&mut tx, BATCH).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let publishes = due.iter().map(|row| async move {
+        match serde_json::from_value::<StepCommand>(row.command.clone()) {
+            Ok(command) => match noetl_bus::commands::publish(client, &row.pool, &command).await {
+                Ok(()) => Some(row.id),
+                Err(e) => {
+                    tracing::debug!(error = %e, "publish failed; the command stays in the outbox");
+                    None
+                }
+            },
+            Err(e) => {
+                // Only this server writes the outbox, so this is a bug; dropping the row is the
+                // only way not to retry it forever. The step's lease will expire and retry it.
+                tracing::error!(outbox_id = row.id, error = %e, "dropping an undecodable outbox row");
+                Some(row.id)
+            }
+        }
+    });
+    let stored: Vec<i64> = futures::future::join_all(publishes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let failed = due.len() - stored.len();
+    persistence::delete_commands(&mut tx, &stored).await?;
+    tx.commit().await?;
+    metrics::counter!("noetl_server_commands_published_total", "shard" => shard.to_owned())
+        .increment(stored.len() as u64);
+    if failed > 0 {
+        metrics::counter!("noetl_server_command_publish_failures_total", "shard" => shard.to_owned())
+            .increment(failed as u64);
+    }
+    Ok(stored.len())
+}

@@ -1,0 +1,75 @@
+//! `fail`: fails with `with.message`, for testing retries and failure paths.
+//!
+//! With `with.until_attempt: N` it fails while the attempt is below N and then succeeds
+//! (with `{"attempt": n}`), so a test can make a step fail twice and pass on the third try.
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{arguments, optional_count, Action, ActionContext, ActionResult};
+
+const DEFAULT_MESSAGE: &str = "failed on purpose";
+
+#[derive(Debug)]
+pub struct Fail;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Args {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, deserialize_with = "optional_count")]
+    until_attempt: Option<u64>,
+}
+
+impl Action for Fail {
+    fn name(&self) -> &'static str {
+        "fail"
+    }
+
+    fn run<'a>(&'a self, with: &'a Value, ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult> {
+        Box::pin(async move {
+            let args: Args = arguments(self.name(), with)?;
+            match args.until_attempt {
+                Some(until) if u64::from(ctx.attempt) >= until => {
+                    Ok(json!({ "attempt": ctx.attempt }))
+                }
+                _ => Err(args.message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned())),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fail_always_fails_with_its_message() {
+        let ctx = ActionContext { attempt: 7 };
+        let result = Fail.run(&json!({"message": "boom"}), &ctx).await;
+        assert_eq!(result, Err("boom".to_owned()));
+        let result = Fail.run(&Value::Null, &ctx).await;
+        assert_eq!(result, Err(DEFAULT_MESSAGE.to_owned()));
+    }
+
+    #[tokio::test]
+    async fn until_attempt_fails_the_earlier_attempts_then_succeeds() {
+        let with = json!({"message": "not yet", "until_attempt": 3});
+        let mut results = Vec::new();
+        for attempt in 1..=4 {
+            let ctx = ActionContext { attempt };
+            results.push(Fail.run(&with, &ctx).await);
+        }
+        assert_eq!(
+            results,
+            vec![
+                Err("not yet".to_owned()),
+                Err("not yet".to_owned()),
+                Ok(json!({"attempt": 3})),
+                Ok(json!({"attempt": 4})),
+            ]
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! Worker settings: defaults < file < `NOETL_*` environment < command-line flags, validated once.
+//!
+//! `--allow-shell` exists only as a flag, on purpose: running commands on the worker's host is
+//! a decision made where the worker is started, not something a settings file or an inherited
+//! environment variable can switch on unnoticed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use noetl_bus::NatsConfig;
+use noetl_contract::playbook::{check_pool, DEFAULT_POOL};
+use noetl_service::LogFormat;
+use serde::{Deserialize, Deserializer};
+
+/// Command-line flags of `noetl-worker`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "noetl-worker",
+    version,
+    about = "Worker of noetl-dispatch: runs the steps of its pools"
+)]
+pub struct Args {
+    /// Settings file (TOML); `NOETL_*` environment variables override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Allow the `shell` action (runs programs on this host); refused otherwise.
+    #[arg(long)]
+    pub allow_shell: bool,
+    /// Serve these pools (comma-separated); overrides the `pools` setting.
+    #[arg(long, value_delimiter = ',')]
+    pub pools: Option<Vec<String>>,
+}
+
+/// Raw settings as read from file and environment.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub nats_url: String,
+    /// Pools to consume; `NOETL_POOLS=a,b` or a TOML list.
+    #[serde(deserialize_with = "pool_list")]
+    pub pools: Vec<String>,
+    /// Steps running at once, across all pools.
+    pub concurrency: usize,
+    /// Names this worker in reports and heartbeats; default `<hostname>-<pid>`.
+    pub name: Option<String>,
+    /// Cap on each captured output (HTTP body, stdout, stderr).
+    pub max_output_bytes: usize,
+    /// How long JetStream waits for an ack (or a progress signal) before redelivering.
+    pub ack_wait_ms: u64,
+    /// How long to wait for the shard to answer a heartbeat or a report.
+    pub request_timeout_ms: u64,
+    /// Health, readiness and metrics endpoint.
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            pools: vec![DEFAULT_POOL.to_owned()],
+            concurrency: 64,
+            name: None,
+            max_output_bytes: 64 * 1024,
+            ack_wait_ms: 30_000,
+            request_timeout_ms: 5_000,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Accepts a list, or one string of comma-separated names (what an environment variable holds).
+fn pool_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Pools {
+        List(Vec<String>),
+        Joined(String),
+    }
+    Ok(match Pools::deserialize(deserializer)? {
+        Pools::List(list) => list,
+        Pools::Joined(joined) => joined.split(',').map(str::to_owned).collect(),
+    })
+}
+
+/// Validated configuration of one worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub nats: NatsConfig,
+    /// Distinct, valid pool names; at least one.
+    pub pools: Vec<String>,
+    pub concurrency: usize,
+    pub name: String,
+    pub max_output_bytes: usize,
+    pub ack_wait: Duration,
+    pub request_timeout: Duration,
+    pub listen: SocketAddr,
+    pub allow_shell: bool,
+}
+
+impl WorkerConfig {
+    /// Applies the flags over the settings and validates the result.
+    pub fn from_settings(
+        settings: Settings,
+        pools: Option<Vec<String>>,
+        allow_shell: bool,
+    ) -> anyhow::Result<Self> {
+        let mut distinct: Vec<String> = Vec::new();
+        for pool in pools.unwrap_or(settings.pools) {
+            let pool = pool.trim().to_owned();
+            check_pool("pools", &pool).context("invalid pool name")?;
+            if !distinct.contains(&pool) {
+                distinct.push(pool);
+            }
+        }
+        ensure!(
+            !distinct.is_empty(),
+            "pools is empty: name at least one pool"
+        );
+        for (name, value) in [
+            ("concurrency", settings.concurrency as u64),
+            ("max_output_bytes", settings.max_output_bytes as u64),
+            ("ack_wait_ms", settings.ack_wait_ms),
+            ("request_timeout_ms", settings.request_timeout_ms),
+        ] {
+            ensure!(value > 0, "{name} must be at least 1");
+        }
+        let name = match settings.name {
+            Some(name) => name.trim().to_owned(),
+            None => format!("{}-{}", hostname(), std::process::id()),
+        };
+        ensure!(!name.is_empty(), "name must not be empty");
+        Ok(Self {
+            nats: NatsConfig {
+                url: settings.nats_url,
+                client_name: format!("noetl-worker-{name}"),
+            },
+            pools: distinct,
+            concurrency: settings.concurrency,
+            name,
+            max_output_bytes: settings.max_output_bytes,
+            ack_wait: Duration::from_millis(settings.ack_wait_ms),
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            listen: settings.listen,
+            allow_shell,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "worker".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_serve_the_default_pool_with_a_generated_name() {
+        let config = WorkerConfig::from_settings(Settings::default(), None, false).expect("valid");
+        assert_eq!(config.pools, vec!["default".to_owned()]);
+        assert_eq!(config.concurrency, 64);
+        assert_eq!(config.max_output_bytes, 64 * 1024);
+        assert_eq!(config.ack_wait, Duration::from_secs(30));
+        assert!(
+            config.name.ends_with(&format!("-{}", std::process::id())),
+            "{}",
+            config.name
+        );
+        assert!(!config.allow_shell);
+    }
+
+    #[test]
+    fn pools_flag_overrides_settings_and_drops_repeats() {
+        let args = Args::parse_from(["noetl-worker", "--pools", "gpu,io,gpu", "--allow-shell"]);
+        let config = WorkerConfig::from_settings(Settings::default(), args.pools, args.allow_shell)
+            .expect("valid");
+        assert_eq!(config.pools, vec!["gpu".to_owned(), "io".to_owned()]);
+        assert!(config.allow_shell);
+    }
+
+    #[test]
+    fn pools_setting_accepts_a_comma_separated_string() {
+        let settings: Settings =
+            serde_json::from_value(serde_json::json!({"pools": "a, b"})).expect("parse");
+        assert_eq!(settings.pools, vec!["a".to_owned(), " b".to_owned()]);
+        let config = WorkerConfig::from_settings(settings, None, false).expect("valid");
+        assert_eq!(config.pools, vec!["a".to_owned(), "b".to_owned()]);
+        let listed: Settings =
+            serde_json::from_value(serde_json::json!({"pools": ["x"]})).expect("parse");
+        assert_eq!(listed.pools, vec!["x".to_owned()]);
+    }
+
+    #[test]
+    fn a_pool_name_that_is_not_a_subject_token_is_refused() {
+        let error =
+            WorkerConfig::from_settings(Settings::default(), Some(vec!["a.b".to_owned()]), false)
+                .expect_err("a dot would inject a subject token");
+        assert!(
+            format!("{error:#}").contains("invalid pool name"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused() {
+        let settings = Settings {
+            concurrency: 0,
+            ..Settings::default()
+        };
+        let error = WorkerConfig::from_settings(settings, None, false).expect_err("zero");
+        assert!(error.to_string().contains("concurrency"), "{error}");
+    }
+}

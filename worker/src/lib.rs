@@ -1,0 +1,60 @@
+//! The worker: runs the steps of its pools and reports each result to the shard that owns it.
+//!
+//! - [`configuration`]: settings, flags (`--pools`, `--allow-shell`) and their validation.
+//! - [`actions`]: the [`actions::Action`] trait and the built-ins, one file each.
+//! - [`runner`]: the only module that talks to NATS: pulling commands, heartbeats, reports
+//!   and acks.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! [`run`] wires them together; `main.rs` only parses arguments and calls it.
+
+pub mod actions;
+pub mod configuration;
+pub mod http;
+pub mod runner;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+pub use configuration::WorkerConfig;
+
+/// Runs the worker until `cancel`, then drains: stops pulling, lets the steps in hand finish
+/// and report, and returns.
+pub async fn run(config: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let metrics = noetl_service::install_metrics();
+    let registry = actions::Registry::builtin(config.allow_shell, config.max_output_bytes)
+        .context("failed to set up the actions")?;
+    if config.allow_shell {
+        tracing::warn!("the shell action is allowed: steps may run programs on this host");
+    }
+    let client = noetl_bus::connect(&config.nats).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "health and metrics endpoint");
+    let health = Arc::new(http::Health {
+        client: client.clone(),
+        metrics,
+    });
+    let http_cancel = cancel.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, http::router(health))
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await
+    });
+
+    tracing::info!(
+        worker = %config.name,
+        pools = ?config.pools,
+        concurrency = config.concurrency,
+        "worker started"
+    );
+    runner::run(client.clone(), &config, registry, cancel).await;
+    client.flush().await.ok();
+    http.await.context("the HTTP task panicked")??;
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,582 @@
+//! The worker's only module that talks to NATS: pulling commands, heartbeats, reports, acks.
+//!
+//! Each pool pulls from its durable consumer only as many commands as it holds permits for
+//! (the permits, `concurrency` of them, are shared by all pools), so no command waits in a
+//! buffer while its ack deadline runs out. A vanished or broken consumer is opened again with
+//! backoff. Per command:
+//!
+//! 1. An undecodable payload is terminated (`+TERM`: never redelivered), logged and counted.
+//! 2. A first heartbeat marks the step running at the shard; `stop` means "do not start"
+//!    (cancelled execution, superseded attempt), and the command is acked unrun.
+//! 3. The action runs under the command's timeout. Every `min(lease, ack_wait) / 3` the worker
+//!    heartbeats the shard (extending the attempt's lease) and tells JetStream it is still
+//!    working (`+WPI`); a `stop` answer cancels the action and the command is acked unreported.
+//! 4. The [`StepReport`] goes to the owning shard until the shard answers; only then is the
+//!    command acked. `stale` (a newer attempt owns the step) is acked too. If the worker shuts
+//!    down before the shard answered, the command is left unacked, so JetStream redelivers it.
+//!
+//! On cancellation the pools stop pulling (commands that arrive meanwhile are handed back with
+//! `-NAK`), and [`run`] returns once every step in hand has finished and reported.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use noetl_bus::commands::{self, AckKind, Delivery, PullConsumer};
+use noetl_bus::Client;
+use noetl_contract::command::{
+    Heartbeat, HeartbeatAck, ReportAck, StepCommand, StepOutcome, StepReport,
+};
+use noetl_contract::message::WireErrorCode;
+use noetl_contract::subject::{self, ShardRequest};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::actions::{ActionContext, Registry};
+use crate::configuration::WorkerConfig;
+
+/// How long one pull waits for commands: short, so an idle pool soon gives its permits back
+/// to the others, and a draining worker soon stops pulling.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Most commands asked for in one pull.
+const MAX_PULL: usize = 256;
+/// Shortest interval between heartbeats, however short the lease.
+const MIN_BEAT: Duration = Duration::from_millis(50);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What every pool loop and step task shares.
+#[derive(Debug)]
+struct Runner {
+    client: Client,
+    registry: Registry,
+    worker: String,
+    ack_wait: Duration,
+    request_timeout: Duration,
+    /// The process's shutdown: stop pulling, and stop retrying reports.
+    shutdown: CancellationToken,
+}
+
+/// Serves every configured pool until `cancel`, then waits for the steps in hand.
+pub async fn run(
+    client: Client,
+    config: &WorkerConfig,
+    registry: Registry,
+    cancel: CancellationToken,
+) {
+    let runner = Arc::new(Runner {
+        client,
+        registry,
+        worker: config.name.clone(),
+        ack_wait: config.ack_wait,
+        request_timeout: config.request_timeout,
+        shutdown: cancel,
+    });
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let per_pull = (config.concurrency / config.pools.len()).clamp(1, MAX_PULL);
+    let steps = TaskTracker::new();
+    let pools = config.pools.iter().map(|pool| {
+        serve_pool(
+            runner.clone(),
+            Arc::from(pool.as_str()),
+            permits.clone(),
+            per_pull,
+            steps.clone(),
+        )
+    });
+    futures::future::join_all(pools).await;
+    steps.close();
+    if !steps.is_empty() {
+        tracing::info!(
+            steps = steps.len(),
+            "waiting for the steps in hand to finish"
+        );
+    }
+    steps.wait().await;
+}
+
+/// Opens the pool's consumer and pulls from it; opens it again whenever it breaks.
+async fn serve_pool(
+    runner: Arc<Runner>,
+    pool: Arc<str>,
+    permits: Arc<Semaphore>,
+    per_pull: usize,
+    steps: TaskTracker,
+) {
+    let cancel = runner.shutdown.clone();
+    let mut backoff = Backoff::new();
+    while !cancel.is_cancelled() {
+        let opened = tokio::select! {
+            () = cancel.cancelled() => return,
+            opened = commands::pool_consumer(&runner.client, &pool, runner.ack_wait) => opened,
+        };
+        let consumer = match opened {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(%pool, %error, "cannot open the pool's consumer; retrying");
+                backoff.wait(&cancel).await;
+                continue;
+            }
+        };
+        tracing::info!(%pool, "consuming commands");
+        loop {
+            let pulled = pull(&runner, &pool, &consumer, &permits, per_pull, &steps).await;
+            match pulled {
+                Ok(Pulled::More) => backoff.reset(),
+                Ok(Pulled::Cancelled) => return,
+                Err(error) => {
+                    tracing::warn!(%pool, %error, "lost the pool's consumer; opening it again");
+                    metrics::counter!("noetl_worker_consumer_restarts_total", "pool" => pool.to_string())
+                        .increment(1);
+                    backoff.wait(&cancel).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+enum Pulled {
+    More,
+    Cancelled,
+}
+
+/// One pull: takes free permits (waiting for one), asks for that many commands, and starts a
+/// step task for each that arrives.
+async fn pull(
+    runner: &Arc<Runner>,
+    pool: &Arc<str>,
+    consumer: &PullConsumer,
+    permits: &Arc<Semaphore>,
+    per_pull: usize,
+    steps: &TaskTracker,
+) -> Result<Pulled, noetl_bus::Error> {
+    let cancel = &runner.shutdown;
+    let first = tokio::select! {
+        () = cancel.cancelled() => return Ok(Pulled::Cancelled),
+        permit = permits.clone().acquire_owned() => permit,
+    };
+    let Ok(first) = first else {
+        return Ok(Pulled::Cancelled);
+    };
+    let mut held = vec![first];
+    while held.len() < per_pull {
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => held.push(permit),
+            Err(_) => break,
+        }
+    }
+    let batch = commands::pull(consumer, held.len(), PULL_EXPIRES).await?;
+    tokio::pin!(batch);
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled(), if !draining => {
+                draining = true;
+                continue;
+            }
+            next = batch.next() => next,
+        };
+        let delivery = match next {
+            None if draining => return Ok(Pulled::Cancelled),
+            None => return Ok(Pulled::More),
+            Some(Err(error)) => return Err(error),
+            Some(Ok(delivery)) => delivery,
+        };
+        match held.pop() {
+            Some(permit) if !draining => {
+                let step = handle(runner.clone(), pool.clone(), delivery, permit);
+                steps.spawn(step);
+            }
+            _ => {
+                // Arrived as shutdown began (or beyond what was asked for): hand it straight
+                // back for another worker rather than let it wait out its ack deadline.
+                if let Err(error) = delivery.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(%pool, %error, "could not hand a command back");
+                }
+            }
+        }
+    }
+}
+
+/// Everything about one delivered command; `_permit` is returned when it is done.
+async fn handle(
+    runner: Arc<Runner>,
+    pool: Arc<str>,
+    delivery: Delivery,
+    _permit: OwnedSemaphorePermit,
+) {
+    if delivery.info().is_ok_and(|info| info.delivered > 1) {
+        metrics::counter!("noetl_worker_redeliveries_total", "pool" => pool.to_string())
+            .increment(1);
+    }
+    let command: StepCommand = match noetl_bus::decode(delivery.subject.as_str(), &delivery.payload)
+    {
+        Ok(command) => command,
+        Err(error) => {
+            tracing::error!(%pool, %error, "undecodable command; terminating it");
+            metrics::counter!("noetl_worker_undecodable_total", "pool" => pool.to_string())
+                .increment(1);
+            if let Err(error) = delivery.ack_with(AckKind::Term).await {
+                tracing::warn!(%pool, %error, "could not terminate an undecodable command");
+            }
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "step",
+        %pool,
+        execution_id = %command.execution_id,
+        step = %command.step,
+        attempt = command.attempt,
+        action = %command.action,
+    );
+    runner
+        .step(&pool, &delivery, &command)
+        .instrument(span)
+        .await;
+}
+
+/// A running step's heartbeat to its shard, and the token a `stop` answer cancels.
+struct ShardBeat<'a> {
+    command: &'a StepCommand,
+    heartbeat: &'a Heartbeat,
+    stop: &'a CancellationToken,
+}
+
+impl Runner {
+    async fn step(&self, pool: &str, delivery: &Delivery, command: &StepCommand) {
+        let action = self
+            .registry
+            .get(&command.action)
+            .map_or("unknown", |action| action.name());
+        let interval = beat_interval(command.lease_ms, self.ack_wait);
+        let heartbeat = Heartbeat {
+            execution_id: command.execution_id,
+            step_index: command.step_index,
+            attempt: command.attempt,
+            worker: self.worker.clone(),
+        };
+        if self.heartbeat(command, &heartbeat, interval).await == Some(HeartbeatAck::Stop) {
+            tracing::info!("the shard says stop; not starting the step");
+            count_step(pool, action, "stopped");
+            self.ack(delivery).await;
+            return;
+        }
+
+        let stop = CancellationToken::new();
+        let beat = ShardBeat {
+            command,
+            heartbeat: &heartbeat,
+            stop: &stop,
+        };
+        let ctx = ActionContext {
+            attempt: command.attempt,
+        };
+        let timeout = Duration::from_millis(command.timeout_ms);
+        let started_at_ms = now_ms();
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            outcome = self.registry.execute(&command.action, &command.with, &ctx, timeout, &stop) => outcome,
+            never = self.keep_alive(delivery, interval, Some(beat)) => match never {},
+        };
+        let elapsed = started.elapsed();
+        metrics::histogram!("noetl_worker_step_seconds", "action" => action)
+            .record(elapsed.as_secs_f64());
+        if stop.is_cancelled() {
+            tracing::info!("the shard says stop; step cancelled, nothing to report");
+            count_step(pool, action, "stopped");
+            self.ack(delivery).await;
+            return;
+        }
+        let label = match &outcome {
+            StepOutcome::Succeeded { .. } => "succeeded",
+            StepOutcome::Failed { error } => {
+                tracing::info!(%error, elapsed_ms = elapsed.as_millis(), "step failed");
+                "failed"
+            }
+        };
+        count_step(pool, action, label);
+        tracing::debug!(
+            outcome = label,
+            elapsed_ms = elapsed.as_millis(),
+            "step finished"
+        );
+
+        let report = StepReport {
+            execution_id: command.execution_id,
+            step_index: command.step_index,
+            attempt: command.attempt,
+            outcome,
+            started_at_ms,
+            finished_at_ms: now_ms(),
+            worker: self.worker.clone(),
+        };
+        let settled = tokio::select! {
+            settled = self.report(command, &report) => settled,
+            never = self.keep_alive(delivery, interval, None) => match never {},
+        };
+        let reply = match settled {
+            Some(reply) => {
+                self.ack(delivery).await;
+                reply
+            }
+            None => {
+                tracing::warn!(
+                    "shutting down before the shard recorded the result; \
+                     the command stays unacked and will be redelivered"
+                );
+                "abandoned"
+            }
+        };
+        metrics::counter!("noetl_worker_reports_total", "pool" => pool.to_owned(), "reply" => reply)
+            .increment(1);
+    }
+
+    /// Every `interval`: tells JetStream the command is still in hand and, while the action
+    /// runs, heartbeats the shard; a `stop` answer fires the step's stop token.
+    async fn keep_alive(
+        &self,
+        delivery: &Delivery,
+        interval: Duration,
+        shard: Option<ShardBeat<'_>>,
+    ) -> Infallible {
+        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = delivery.ack_with(AckKind::Progress).await {
+                tracing::warn!(%error, "could not extend the command's ack deadline");
+            }
+            let Some(beat) = &shard else { continue };
+            if beat.stop.is_cancelled() {
+                continue;
+            }
+            if self.heartbeat(beat.command, beat.heartbeat, interval).await
+                == Some(HeartbeatAck::Stop)
+            {
+                beat.stop.cancel();
+            }
+        }
+    }
+
+    /// One heartbeat; `None` when the shard did not answer in time (logged, not fatal: the
+    /// lease is what protects the step, and the next beat may get through).
+    async fn heartbeat(
+        &self,
+        command: &StepCommand,
+        heartbeat: &Heartbeat,
+        interval: Duration,
+    ) -> Option<HeartbeatAck> {
+        let subject =
+            subject::shard_request(ShardRequest::Heartbeat, command.shard, command.execution_id);
+        let timeout = self.request_timeout.min(interval.max(MIN_BEAT));
+        match noetl_bus::request(&self.client, subject, heartbeat, timeout).await {
+            Ok(ack) => Some(ack),
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat not answered");
+                None
+            }
+        }
+    }
+
+    /// Sends the report until the shard settles it; `None` when shutdown came first.
+    async fn report(&self, command: &StepCommand, report: &StepReport) -> Option<&'static str> {
+        let subject =
+            subject::shard_request(ShardRequest::Result, command.shard, command.execution_id);
+        let mut backoff = Backoff::new();
+        loop {
+            let answer = noetl_bus::request::<_, ReportAck>(
+                &self.client,
+                subject.clone(),
+                report,
+                self.request_timeout,
+            )
+            .await;
+            match settle(&answer) {
+                Settle::Ack(reply) => {
+                    match answer {
+                        Ok(ReportAck::Recorded) => tracing::debug!("result recorded"),
+                        Ok(ReportAck::Stale) => {
+                            tracing::info!("result not recorded: a newer attempt owns the step")
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "the shard refused the result; dropping it")
+                        }
+                    }
+                    return Some(reply);
+                }
+                Settle::Retry => {
+                    if let Err(error) = answer {
+                        tracing::warn!(%error, "result not recorded yet; retrying");
+                    }
+                    if self.shutdown.is_cancelled() || !backoff.wait(&self.shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acks once the server confirms it; a lost ack only means a redelivery, which the shard
+    /// answers with `stale` or `stop`.
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(error) = delivery.double_ack().await {
+            tracing::warn!(%error, "could not ack the command; it will be redelivered");
+        }
+    }
+}
+
+/// What the shard's answer to a report means for the command.
+#[derive(Debug, PartialEq, Eq)]
+enum Settle {
+    /// Settled: ack the command; the label names the answer in metrics.
+    Ack(&'static str),
+    /// Not settled: send the report again.
+    Retry,
+}
+
+fn settle(answer: &Result<ReportAck, noetl_bus::Error>) -> Settle {
+    match answer {
+        Ok(ReportAck::Recorded) => Settle::Ack("recorded"),
+        Ok(ReportAck::Stale) => Settle::Ack("stale"),
+        // The shard understood the request and will never record it: no such execution,
+        // or a report it cannot read. Retrying cannot help; the lease re-dispatches the step.
+        Err(noetl_bus::Error::Remote(error))
+            if matches!(
+                error.code,
+                WireErrorCode::NotFound | WireErrorCode::BadRequest
+            ) =>
+        {
+            Settle::Ack("rejected")
+        }
+        Err(_) => Settle::Retry,
+    }
+}
+
+/// How often a running step proves it is alive: well within both the shard's lease and
+/// JetStream's ack deadline.
+fn beat_interval(lease_ms: u64, ack_wait: Duration) -> Duration {
+    (Duration::from_millis(lease_ms).min(ack_wait) / 3).max(MIN_BEAT)
+}
+
+fn count_step(pool: &str, action: &'static str, outcome: &'static str) {
+    metrics::counter!(
+        "noetl_worker_steps_total",
+        "pool" => pool.to_owned(),
+        "action" => action,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Exponential delay between retries, from [`BACKOFF_START`] up to [`BACKOFF_MAX`].
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: BACKOFF_START,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_START;
+    }
+
+    /// Waits the current delay and doubles it; `false` when `cancel` fired first.
+    async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use noetl_contract::message::WireError;
+
+    fn remote(code: WireErrorCode) -> Result<ReportAck, noetl_bus::Error> {
+        Err(noetl_bus::Error::Remote(WireError {
+            code,
+            message: "x".into(),
+        }))
+    }
+
+    #[test]
+    fn recorded_and_stale_reports_settle_the_command() {
+        assert_eq!(settle(&Ok(ReportAck::Recorded)), Settle::Ack("recorded"));
+        assert_eq!(settle(&Ok(ReportAck::Stale)), Settle::Ack("stale"));
+    }
+
+    #[test]
+    fn a_shard_that_cannot_record_yet_gets_the_report_again() {
+        for retry in [
+            remote(WireErrorCode::ShardUnavailable),
+            remote(WireErrorCode::Misrouted),
+            Err(noetl_bus::Error::TimedOut {
+                subject: "s".into(),
+                timeout: Duration::from_secs(1),
+            }),
+            Err(noetl_bus::Error::NoResponders {
+                subject: "s".into(),
+            }),
+        ] {
+            assert_eq!(settle(&retry), Settle::Retry, "{retry:?}");
+        }
+    }
+
+    #[test]
+    fn a_report_the_shard_can_never_record_is_dropped() {
+        assert_eq!(
+            settle(&remote(WireErrorCode::NotFound)),
+            Settle::Ack("rejected")
+        );
+        assert_eq!(
+            settle(&remote(WireErrorCode::BadRequest)),
+            Settle::Ack("rejected")
+        );
+    }
+
+    #[test]
+    fn heartbeats_come_well_within_lease_and_ack_deadline() {
+        let ack_wait = Duration::from_secs(30);
+        assert_eq!(beat_interval(9_000, ack_wait), Duration::from_secs(3));
+        assert_eq!(beat_interval(600_000, ack_wait), Duration::from_secs(10));
+        assert_eq!(beat_interval(0, ack_wait), MIN_BEAT);
+    }
+
+    #[tokio::test]
+    async fn backoff_doubles_up_to_its_cap_and_stops_on_cancel() {
+        let mut backoff = Backoff::new();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        assert!(!backoff.wait(&cancel).await);
+        assert_eq!(backoff.next, BACKOFF_START * 2);
+        for _ in 0..10 {
+            backoff.wait(&cancel).await;
+        }
+        assert_eq!(backoff.next, BACKOFF_MAX);
+        backoff.reset();
+        assert_eq!(backoff.next, BACKOFF_START);
+    }
+}

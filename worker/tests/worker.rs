@@ -1,0 +1,502 @@
+//! The worker against a real NATS: the test plays the owning shard itself, answering heartbeats
+//! and reports over plain request/reply, and reads the command stream's state to see acks.
+//! Each test uses its own pool name, so its metrics are its own.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use noetl_bus::{Client, Message, NatsConfig, Subscriber};
+use noetl_contract::command::{
+    Heartbeat, HeartbeatAck, ReportAck, StepCommand, StepOutcome, StepReport,
+};
+use noetl_contract::message::Reply;
+use noetl_contract::subject::{self, ShardRequest};
+use noetl_contract::{ExecutionId, ShardId};
+use noetl_test_support::NatsServer;
+use noetl_worker::configuration::{Settings, WorkerConfig};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+const SHARD: ShardId = ShardId::new(0);
+const WORKER: &str = "test-worker";
+
+async fn connect(nats: &NatsServer) -> Client {
+    let client = noetl_bus::connect(&NatsConfig {
+        url: nats.url().to_owned(),
+        client_name: "fake-shard".to_owned(),
+    })
+    .await
+    .expect("connect");
+    noetl_bus::commands::stream(&client)
+        .await
+        .expect("command stream");
+    client
+}
+
+struct Worker {
+    cancel: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    fn start(nats: &NatsServer, pool: &str, ack_wait_ms: u64) -> Self {
+        let settings = Settings {
+            nats_url: nats.url().to_owned(),
+            pools: vec![pool.to_owned()],
+            concurrency: 4,
+            name: Some(WORKER.to_owned()),
+            ack_wait_ms,
+            request_timeout_ms: 300,
+            listen: "127.0.0.1:0".parse().expect("address"),
+            ..Settings::default()
+        };
+        let config = WorkerConfig::from_settings(settings, None, false).expect("valid config");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(noetl_worker::run(config, cancel.clone()));
+        Self { cancel, task }
+    }
+
+    /// Cancels and waits for the drain to finish.
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the worker drains in time")
+            .expect("the worker task does not panic")
+            .expect("the worker stops cleanly");
+    }
+}
+
+fn command(id: i64, attempt: u32, action: &str, with: Value) -> StepCommand {
+    StepCommand {
+        execution_id: ExecutionId::new(id).expect("valid id"),
+        shard: SHARD,
+        step_index: 1,
+        step: "the-step".to_owned(),
+        attempt,
+        action: action.to_owned(),
+        with,
+        timeout_ms: 60_000,
+        lease_ms: 3_000,
+    }
+}
+
+async fn subscribe(client: &Client, kind: ShardRequest) -> Subscriber {
+    noetl_bus::queue_subscribe(
+        client,
+        subject::shard_request_filter(kind, SHARD),
+        "fake-shard".to_owned(),
+    )
+    .await
+    .expect("subscribe")
+}
+
+/// Answers every heartbeat with `decide(n)` (n counts from 1) and passes each one on.
+fn answer_heartbeats(
+    client: Client,
+    mut heartbeats: Subscriber,
+    decide: impl Fn(usize) -> HeartbeatAck + Send + 'static,
+) -> mpsc::UnboundedReceiver<Heartbeat> {
+    let (seen, received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut count = 0;
+        while let Some(message) = heartbeats.next().await {
+            count += 1;
+            let heartbeat: Heartbeat =
+                noetl_bus::decode(&message.subject, &message.payload).expect("a heartbeat");
+            answer(&client, &message, decide(count)).await;
+            if seen.send(heartbeat).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
+async fn next_request(requests: &mut Subscriber) -> Message {
+    tokio::time::timeout(WAIT, requests.next())
+        .await
+        .expect("a request in time")
+        .expect("the subscription is open")
+}
+
+fn report_of(message: &Message) -> StepReport {
+    noetl_bus::decode(&message.subject, &message.payload).expect("a step report")
+}
+
+async fn answer<T: Serialize>(client: &Client, message: &Message, value: T) {
+    noetl_bus::respond(client, message, &Reply::Ok(value))
+        .await
+        .expect("respond");
+    client.flush().await.expect("flush");
+}
+
+/// Messages left in the command stream, and the pool consumer's unacked and redelivered counts.
+async fn queue_state(client: &Client, pool: &str) -> (u64, usize, usize) {
+    let stream = noetl_bus::commands::stream(client).await.expect("stream");
+    let messages = stream.get_info().await.expect("stream info").state.messages;
+    let consumer = stream
+        .consumer_info(subject::pool_consumer(pool))
+        .await
+        .expect("consumer info");
+    (messages, consumer.num_ack_pending, consumer.num_redelivered)
+}
+
+async fn eventually<Fut: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> Fut) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn drained(client: &Client, pool: &str) {
+    eventually("the command stream to be empty", || async {
+        queue_state(client, pool).await == (0, 0, 0)
+    })
+    .await;
+}
+
+/// The value of a counter whose labels include `labels`.
+fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = noetl_service::install_metrics().render();
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_is_acked_only_after_the_shard_records_its_report() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "records";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let mut heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    let worker = Worker::start(&nats, pool, 30_000);
+
+    let sent = command(7, 2, "fail", json!({"until_attempt": 2}));
+    noetl_bus::commands::publish(&client, pool, &sent)
+        .await
+        .expect("publish");
+
+    // The shard lets the first report go unanswered: the worker must retry, not ack.
+    let first = next_request(&mut results).await;
+    let report = report_of(&first);
+    assert_eq!(report.execution_id, sent.execution_id);
+    assert_eq!(report.step_index, 1);
+    assert_eq!(report.attempt, 2);
+    assert_eq!(report.worker, WORKER);
+    assert_eq!(
+        report.outcome,
+        StepOutcome::Succeeded {
+            result: json!({"attempt": 2})
+        }
+    );
+    assert!(report.started_at_ms <= report.finished_at_ms);
+    let retried = next_request(&mut results).await;
+    assert_eq!(report_of(&retried), report, "the retry repeats the report");
+    assert_eq!(
+        queue_state(&client, pool).await,
+        (1, 1, 0),
+        "unacked until the shard has answered"
+    );
+
+    answer(&client, &retried, ReportAck::Recorded).await;
+    drained(&client, pool).await;
+
+    let heartbeat = heartbeats.recv().await.expect("a heartbeat before the run");
+    assert_eq!(
+        (
+            heartbeat.execution_id,
+            heartbeat.attempt,
+            heartbeat.worker.as_str()
+        ),
+        (sent.execution_id, 2, WORKER)
+    );
+    assert_eq!(
+        metric(
+            "noetl_worker_steps_total",
+            &[("pool", pool), ("action", "fail"), ("outcome", "succeeded")]
+        ),
+        Some(1.0)
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_report_their_own_outcome_and_a_stale_answer_is_acked() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "attempts";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let _heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    let worker = Worker::start(&nats, pool, 30_000);
+
+    let with = json!({"message": "not yet", "until_attempt": 2});
+    for attempt in [1, 2] {
+        let sent = command(11, attempt, "fail", with.clone());
+        noetl_bus::commands::publish(&client, pool, &sent)
+            .await
+            .expect("publish");
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let message = next_request(&mut results).await;
+        let report = report_of(&message);
+        // Attempt 2 superseded attempt 1, so the shard ignores attempt 1's late result.
+        let ack = match report.attempt {
+            1 => ReportAck::Stale,
+            _ => ReportAck::Recorded,
+        };
+        answer(&client, &message, ack).await;
+        outcomes.push((report.attempt, report.outcome));
+    }
+    outcomes.sort_by_key(|(attempt, _)| *attempt);
+    assert_eq!(
+        outcomes,
+        vec![
+            (
+                1,
+                StepOutcome::Failed {
+                    error: "not yet".to_owned()
+                }
+            ),
+            (
+                2,
+                StepOutcome::Succeeded {
+                    result: json!({"attempt": 2})
+                }
+            ),
+        ]
+    );
+    drained(&client, pool).await;
+    assert_eq!(
+        metric(
+            "noetl_worker_reports_total",
+            &[("pool", pool), ("reply", "stale")]
+        ),
+        Some(1.0)
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_command_is_terminated_and_counted() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "garbage";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let _heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    // A short ack deadline: were the payload only nak'd or left unacked, it would come back.
+    let worker = Worker::start(&nats, pool, 500);
+
+    let id = ExecutionId::new(5).expect("valid id");
+    client
+        .publish(subject::command(pool, SHARD, id), "{not json".into())
+        .await
+        .expect("publish garbage");
+    let valid = command(6, 1, "noop", Value::Null);
+    noetl_bus::commands::publish(&client, pool, &valid)
+        .await
+        .expect("publish");
+
+    let message = next_request(&mut results).await;
+    assert_eq!(report_of(&message).execution_id, valid.execution_id);
+    answer(&client, &message, ReportAck::Recorded).await;
+    drained(&client, pool).await;
+    assert_eq!(
+        metric("noetl_worker_undecodable_total", &[("pool", pool)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("noetl_worker_redeliveries_total", &[("pool", pool)]),
+        None
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_recreated() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "phoenix";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let _heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    let worker = Worker::start(&nats, pool, 30_000);
+
+    let stream = noetl_bus::commands::stream(&client).await.expect("stream");
+    let name = subject::pool_consumer(pool);
+    eventually("the worker to create its consumer", || async {
+        stream.consumer_info(&name).await.is_ok()
+    })
+    .await;
+    stream.delete_consumer(&name).await.expect("delete");
+
+    let sent = command(9, 1, "noop", Value::Null);
+    noetl_bus::commands::publish(&client, pool, &sent)
+        .await
+        .expect("publish");
+    let message = next_request(&mut results).await;
+    assert_eq!(report_of(&message).execution_id, sent.execution_id);
+    answer(&client, &message, ReportAck::Recorded).await;
+    drained(&client, pool).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_answer_cancels_the_step_and_acks_it_unreported() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "stopper";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let mut heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |n| match n {
+            1 => HeartbeatAck::Continue,
+            _ => HeartbeatAck::Stop,
+        },
+    );
+    let worker = Worker::start(&nats, pool, 30_000);
+
+    let sent = StepCommand {
+        lease_ms: 300,
+        ..command(13, 1, "sleep", json!({"ms": 600_000}))
+    };
+    noetl_bus::commands::publish(&client, pool, &sent)
+        .await
+        .expect("publish");
+    heartbeats.recv().await.expect("the first heartbeat");
+    heartbeats.recv().await.expect("a heartbeat answered stop");
+    drained(&client, pool).await;
+
+    // The worker reports before it acks, so a report would be here by now.
+    client.flush().await.expect("flush");
+    assert!(
+        results.next().now_or_never().is_none(),
+        "a stopped step reports nothing"
+    );
+    assert_eq!(
+        metric(
+            "noetl_worker_steps_total",
+            &[("pool", pool), ("action", "sleep"), ("outcome", "stopped")]
+        ),
+        Some(1.0)
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_running_step_finish_and_report() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "drain";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let mut heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    let worker = Worker::start(&nats, pool, 30_000);
+
+    let sent = command(17, 1, "sleep", json!({"ms": 300}));
+    noetl_bus::commands::publish(&client, pool, &sent)
+        .await
+        .expect("publish");
+    heartbeats.recv().await.expect("the step started");
+    worker.cancel.cancel();
+
+    let message = next_request(&mut results).await;
+    assert_eq!(
+        report_of(&message).outcome,
+        StepOutcome::Succeeded {
+            result: json!({"slept_ms": 300})
+        }
+    );
+    answer(&client, &message, ReportAck::Recorded).await;
+    worker.stop().await;
+    assert_eq!(queue_state(&client, pool).await, (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_shard_never_recorded_is_left_for_redelivery_at_shutdown() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "abandon";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let _heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    let worker = Worker::start(&nats, pool, 30_000);
+
+    let sent = command(19, 1, "noop", Value::Null);
+    noetl_bus::commands::publish(&client, pool, &sent)
+        .await
+        .expect("publish");
+    next_request(&mut results).await;
+    worker.stop().await;
+    assert_eq!(
+        queue_state(&client, pool).await,
+        (1, 1, 0),
+        "still in the stream, delivered and unacked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_keeps_a_step_longer_than_the_ack_deadline_from_redelivery() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "long";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let _heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    // Ack deadline 2 s, a 5 s step, progress every 100 ms (a third of the 300 ms lease).
+    let worker = Worker::start(&nats, pool, 2_000);
+    let sent = StepCommand {
+        lease_ms: 300,
+        ..command(23, 1, "sleep", json!({"ms": 5_000}))
+    };
+    noetl_bus::commands::publish(&client, pool, &sent)
+        .await
+        .expect("publish");
+    let message = next_request(&mut results).await;
+    answer(&client, &message, ReportAck::Recorded).await;
+    drained(&client, pool).await;
+    assert_eq!(
+        metric("noetl_worker_redeliveries_total", &[("pool", pool)]),
+        None
+    );
+    worker.stop().await;
+}
