@@ -308,7 +308,7 @@ fn fail_attempt(state: &mut ExecutionState, step: usize, error: String, decision
     let attempt = state.steps[step].attempt;
     decision.changed(step);
     if attempt < max_attempts {
-        let backoff = retry.map_or(0, |r| r.backoff_ms);
+        let backoff = retry.map_or(0, |r| r.backoff.0);
         let delay_ms = backoff.saturating_mul(1u64 << (attempt - 1).min(20));
         decision.record(
             "step_attempt_failed",
@@ -528,7 +528,7 @@ mod tests {
     fn a_failing_step_retries_with_backoff_then_succeeds() {
         let mut state = ExecutionState::new(
             playbook(json!([{"name": "flaky", "action": "fail",
-                             "retry": {"max_attempts": 3, "backoff_ms": 100}}])),
+                             "retry": {"max_attempts": 3, "backoff": "100ms"}}])),
             json!({}),
         );
         decide(&mut state, Event::Created);
@@ -550,7 +550,7 @@ mod tests {
         let mut state = diamond();
         state.playbook.steps[1].retry = Some(crate::playbook::Retry {
             max_attempts: 2,
-            backoff_ms: 0,
+            backoff: crate::playbook::Millis(0),
         });
         decide(&mut state, Event::Created);
         decide(&mut state, ok(0, 1, json!({"n": 1})));
@@ -700,7 +700,7 @@ mod tests {
         ) {
             let mut state = diamond();
             for step in &mut state.playbook.steps {
-                step.retry = Some(crate::playbook::Retry { max_attempts: retries, backoff_ms: 0 });
+                step.retry = Some(crate::playbook::Retry { max_attempts: retries, backoff: crate::playbook::Millis(0) });
             }
             let mut endings = 0;
             for event in events {

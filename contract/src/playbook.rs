@@ -42,9 +42,9 @@ pub struct Step {
     pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
-    /// Upper bound on one attempt, in milliseconds.
+    /// Upper bound on one attempt: `"30s"`, `"500ms"`, `"2m"`, or milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
+    pub timeout: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +53,58 @@ pub struct Retry {
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles on each further attempt.
     #[serde(default)]
-    pub backoff_ms: u64,
+    pub backoff: Millis,
+}
+
+/// A duration written as `"250ms"`, `"30s"`, `"5m"`, `"1h"` or a number of milliseconds;
+/// stored and sent as milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "MillisInput", into = "u64")]
+pub struct Millis(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MillisInput {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<MillisInput> for Millis {
+    type Error = String;
+
+    fn try_from(input: MillisInput) -> Result<Self, String> {
+        let text = match input {
+            MillisInput::Number(ms) => return Ok(Millis(ms)),
+            MillisInput::Text(text) => text,
+        };
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (digits, unit) = trimmed.split_at(split);
+        let scale = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => 0,
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .filter(|_| scale > 0)
+            .and_then(|n| n.checked_mul(scale))
+            .map(Millis)
+            .ok_or_else(|| {
+                format!("{text:?} is not a duration (examples: \"500ms\", \"30s\", \"5m\", \"1h\", 1500)")
+            })
+    }
+}
+
+impl From<Millis> for u64 {
+    fn from(millis: Millis) -> u64 {
+        millis.0
+    }
 }
 
 /// What is wrong with a playbook, and where (a JSON-path-like location such as `steps[2].needs[0]`).
@@ -161,8 +212,8 @@ impl Playbook {
             if let Err((field, message)) = crate::template::check(&step.with) {
                 return Err(error(format!("steps[{i}].{field}"), message));
             }
-            if step.timeout_ms == Some(0) {
-                return Err(error(format!("steps[{i}].timeout_ms"), "must be positive"));
+            if step.timeout == Some(Millis(0)) {
+                return Err(error(format!("steps[{i}].timeout"), "must be positive"));
             }
             for (j, need) in step.needs.iter().enumerate() {
                 let path = format!("steps[{i}].needs[{j}]");
@@ -315,6 +366,26 @@ mod tests {
             json!({"name": "x", "steps": [{"name": "a", "action": "noop", "neds": []}]}),
         );
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn durations_accept_units_or_milliseconds() {
+        let step: Step = serde_json::from_value(json!({
+            "name": "a", "action": "sleep", "timeout": "2m", "retry": {"max_attempts": 2, "backoff": 250}
+        }))
+        .expect("valid durations");
+        assert_eq!(step.timeout, Some(Millis(120_000)));
+        assert_eq!(step.retry.map(|r| r.backoff), Some(Millis(250)));
+        for bad in ["2 weeks", "-1s", "s", "1.5s", ""] {
+            let parsed = serde_json::from_value::<Step>(
+                json!({"name": "a", "action": "noop", "timeout": bad}),
+            );
+            assert!(parsed.is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(
+            serde_json::to_value(step.timeout).expect("serialize"),
+            json!(120_000)
+        );
     }
 
     #[test]

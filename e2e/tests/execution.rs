@@ -117,7 +117,7 @@ async fn retries_succeed_within_the_budget_and_fail_beyond_it() {
     let flaky = |max_attempts: u32| {
         json!([
             {"name": "flaky", "action": "fail", "with": {"until_attempt": 3},
-             "retry": {"max_attempts": max_attempts, "backoff_ms": 20}},
+             "retry": {"max_attempts": max_attempts, "backoff": "20ms"}},
             {"name": "d", "action": "noop", "needs": ["flaky"]}
         ])
     };
@@ -340,5 +340,34 @@ async fn invalid_playbooks_are_refused_naming_the_step_and_nothing_is_stored() {
     }
     let stored = cluster.stored_ids().await;
     assert!(stored.values().all(Vec::is_empty), "{stored:?}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playbook_submitted_as_yaml_runs() {
+    let cluster = Cluster::start(1).await;
+    let cancel = CancellationToken::new();
+    let worker = start_worker(cluster.nats.url(), &cancel);
+    let yaml = "playbook:\n  name: from-yaml\n  steps:\n    - name: greet\n      action: noop\n      timeout: 5s\n      retry: {max_attempts: 2, backoff: 10ms}\ninput:\n  who: yaml\n";
+    let response = cluster
+        .http
+        .post(cluster.url("/api/v1/executions"))
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .expect("gateway answers");
+    assert_eq!(response.status().as_u16(), 201);
+    let id = id_of(&response.json::<Value>().await.expect("JSON answer"));
+    let done = cluster
+        .wait_for_execution(id, "the YAML playbook to run", is_terminal)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["playbook_name"], "from-yaml");
+    cancel.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker stopped cleanly");
     cluster.stop().await;
 }

@@ -9,31 +9,45 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::{Code, Problem};
 
-/// A JSON body: 415 without a JSON content type, 413 over the limit, 400 for bad JSON or a
-/// shape that does not match (naming the field, e.g. `playbook.steps[0].needs`).
+/// A JSON or YAML body: 415 for another content type, 413 over the limit, 400 for a body that
+/// does not parse or whose shape does not match (naming the field, e.g.
+/// `playbook.steps[0].needs`).
 #[derive(Debug)]
-pub struct ApiJson<T>(pub T);
+pub struct ApiBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+fn format_of(content_type: &str) -> Option<Format> {
+    let essence = content_type.split(';').next()?.trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Some(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => Some(Format::Yaml),
+        other if other.starts_with("application/") && other.ends_with("+json") => {
+            Some(Format::Json)
+        }
+        _ => None,
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let is_json = request
+        let format = request
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| {
-                let v = v.trim().to_ascii_lowercase();
-                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-            })
-            .unwrap_or(false);
-        if !is_json {
-            return Err(Problem::new(
-                Code::UnsupportedMediaType,
-                "send the body as JSON with `Content-Type: application/json`",
-            ));
-        }
+            .and_then(format_of)
+            .ok_or_else(|| {
+                Problem::new(
+                    Code::UnsupportedMediaType,
+                    "send the body as `Content-Type: application/json` or `application/yaml`",
+                )
+            })?;
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -43,8 +57,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     Problem::new(Code::InvalidRequest, rejection.body_text())
                 }
             })?;
-        parse_json(&bytes).map(ApiJson)
+        match format {
+            Format::Json => parse_json(&bytes),
+            Format::Yaml => parse_yaml(&bytes),
+        }
+        .map(ApiBody)
     }
+}
+
+fn parse_yaml<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(yaml_serde::Deserializer::from_slice(bytes)).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        Problem::new(Code::InvalidRequest, format!("{at}{}", e.into_inner()))
+    })
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
@@ -105,6 +135,21 @@ mod tests {
     #[allow(dead_code)]
     struct Item {
         count: u32,
+    }
+
+    #[test]
+    fn yaml_bodies_parse_and_name_the_field_on_error() {
+        let body: Body = parse_yaml(b"items:\n  - count: 3\n").expect("valid YAML");
+        assert_eq!(body.items.len(), 1);
+        let shape = parse_yaml::<Body>(b"items:\n  - count: three\n").expect_err("type");
+        let text = serde_json::to_string(&shape).expect("serialize");
+        assert!(text.contains("items[0].count"), "{text}");
+        assert_eq!(
+            format_of("application/yaml; charset=utf-8"),
+            Some(Format::Yaml)
+        );
+        assert_eq!(format_of("application/problem+json"), Some(Format::Json));
+        assert_eq!(format_of("text/plain"), None);
     }
 
     #[test]

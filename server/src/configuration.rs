@@ -49,7 +49,7 @@ pub struct Settings {
     pub step_lease_ms: u64,
     /// A dispatched step no worker has started is presumed lost after this.
     pub dispatch_lease_ms: u64,
-    /// Upper bound on one attempt of a step that sets no `timeout_ms`.
+    /// Upper bound on one attempt of a step that sets no `timeout`.
     pub default_step_timeout_ms: u64,
     pub log_format: LogFormat,
 }

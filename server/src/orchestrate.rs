@@ -25,7 +25,7 @@ pub struct Leases {
     /// A dispatched attempt no worker has started yet (the command may be queued behind
     /// others) is presumed lost after this.
     pub dispatch_lease_ms: u64,
-    /// Upper bound on an attempt when its step sets no `timeout_ms`.
+    /// Upper bound on an attempt when its step sets no `timeout`.
     pub default_timeout_ms: u64,
 }
 
@@ -164,7 +164,9 @@ impl Orchestrator {
                     attempt: dispatch.attempt,
                     action: step.action.clone(),
                     with: dispatch.with.clone(),
-                    timeout_ms: step.timeout_ms.unwrap_or(self.leases.default_timeout_ms),
+                    timeout_ms: step
+                        .timeout
+                        .map_or(self.leases.default_timeout_ms, u64::from),
                     lease_ms: self.leases.step_lease_ms,
                 };
                 OutboxRow {

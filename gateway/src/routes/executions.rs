@@ -11,7 +11,7 @@ use noetl_contract::playbook::{validate_labels, Playbook};
 use noetl_contract::ExecutionId;
 use serde::{Deserialize, Serialize};
 
-use crate::extract::{ApiJson, IdParam};
+use crate::extract::{ApiBody, IdParam};
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
 
@@ -60,7 +60,7 @@ pub struct Submitted {
 
 pub async fn submit(
     State(state): State<Arc<AppState>>,
-    ApiJson(request): ApiJson<SubmitRequest>,
+    ApiBody(request): ApiBody<SubmitRequest>,
 ) -> Result<Response, Problem> {
     request
         .playbook
