@@ -1,6 +1,6 @@
 //! A private `nats-server` with JetStream.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use crate::wait_for;
 pub struct NatsServer {
     process: Process,
     url: String,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl NatsServer {
@@ -23,28 +23,8 @@ impl NatsServer {
             .prefix("noetl-nats-")
             .tempdir()
             .expect("creating a temp dir for nats-server");
-        let store = dir.path().join("jetstream");
-        let mut command = Command::new(binary());
-        command
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(&store)
-            .arg("--ports_file_dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut process = Process::spawn(command);
-        let ports_file = dir
-            .path()
-            .join(format!("nats-server_{}.ports", process.id()));
-        let url = wait_for("nats-server to report its port", TIMEOUT, || {
-            assert!(process.is_running(), "nats-server exited during start-up");
-            read_client_url(&ports_file)
-        });
-        Self {
-            process,
-            url,
-            _dir: dir,
-        }
+        let (process, url) = launch(dir.path(), "-1");
+        Self { process, url, dir }
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -55,9 +35,47 @@ impl NatsServer {
     pub fn pid(&self) -> u32 {
         self.process.id()
     }
+
+    /// Kills the server (SIGKILL), as a crash would. Its JetStream files stay.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port with the same JetStream files.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .expect("the URL ends in a port")
+            .to_owned();
+        let (process, url) = launch(self.dir.path(), &port);
+        assert_eq!(url, self.url, "restarted on the same address");
+        self.process = process;
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn launch(dir: &Path, port: &str) -> (Process, String) {
+    let store: PathBuf = dir.join("jetstream");
+    let mut command = Command::new(binary());
+    command
+        .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+        .arg(&store)
+        .arg("--ports_file_dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut process = Process::spawn(command);
+    let ports_file = dir.join(format!("nats-server_{}.ports", process.id()));
+    let url = wait_for("nats-server to report its port", TIMEOUT, || {
+        assert!(process.is_running(), "nats-server exited during start-up");
+        read_client_url(&ports_file)
+    });
+    (process, url)
+}
 
 fn binary() -> String {
     std::env::var("NOETL_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned())

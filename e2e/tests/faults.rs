@@ -1,0 +1,158 @@
+//! Faults while executions run: the server SIGKILLed mid-run, then nats-server down for 10 s.
+//! Every execution still reaches exactly one terminal state and records each result once.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{id_of, poll_readyz, start_gateway, start_worker};
+use noetl_contract::{shard_of, ExecutionId, ShardCount};
+use noetl_test_support::{cargo_bin, NatsServer, Postgres, Process};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+fn spawn_server(nats_url: &str, shards: &str) -> Process {
+    let mut command = Command::new(cargo_bin("noetl-server"));
+    command
+        .env("NOETL_NATS_URL", nats_url)
+        .env("NOETL_SHARDS", shards)
+        .env("NOETL_LISTEN", "127.0.0.1:0")
+        .env("NOETL_STEP_LEASE_MS", "2000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    Process::spawn(command)
+}
+
+/// Terminal executions and running steps, read straight from every shard database.
+async fn progress(pools: &[PgPool]) -> (i64, i64) {
+    let mut terminal = 0;
+    let mut running = 0;
+    for pool in pools {
+        terminal += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM executions WHERE status IN ('succeeded', 'failed', 'cancelled')",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("count terminal");
+        running += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM execution_steps WHERE status = 'running'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("count running");
+    }
+    (terminal, running)
+}
+
+async fn wait_for_progress(pools: &[PgPool], what: &str, done: impl Fn(i64, i64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (terminal, running) = progress(pools).await;
+        if done(terminal, running) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what} ({terminal} terminal, {running} running)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
+    let mut nats = NatsServer::start();
+    let pg = Postgres::start();
+    let shards = pg.create_shards("noetl_shard", 2);
+    let count = ShardCount::new(2).expect("two shards");
+    let mut server = spawn_server(nats.url(), &shards);
+    let cancel = CancellationToken::new();
+    let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
+    let worker = start_worker(nats.url(), &cancel);
+    let http = reqwest::Client::new();
+    poll_readyz(&http, &gateway_url, "the cluster", |status, _| {
+        status == 200
+    })
+    .await;
+    let pools: Vec<PgPool> = count
+        .shards()
+        .map(|shard| PgPool::connect_lazy(&pg.url(&format!("noetl_shard_{shard}"))).expect("pool"))
+        .collect();
+
+    let chain = json!({"playbook": {"name": "chain", "steps": [
+        {"name": "one", "action": "sleep", "with": {"ms": 300}, "retry": {"max_attempts": 5}},
+        {"name": "two", "action": "sleep", "with": {"ms": 300}, "needs": ["one"], "retry": {"max_attempts": 5}},
+        {"name": "three", "action": "noop", "needs": ["two"], "retry": {"max_attempts": 5}}
+    ]}});
+    let mut ids: Vec<ExecutionId> = Vec::new();
+    for _ in 0..40 {
+        let response = http
+            .post(format!("{gateway_url}/api/v1/executions"))
+            .json(&chain)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(response.status().as_u16(), 201);
+        ids.push(id_of(&response.json().await.expect("JSON")));
+    }
+
+    // Kill the server while steps run, then bring it back.
+    wait_for_progress(&pools, "steps to run", |_, running| running > 0).await;
+    server.kill();
+    let _server = spawn_server(nats.url(), &shards);
+    // NATS down for 10 s while work is in flight, then back on the same port and store.
+    wait_for_progress(&pools, "steps to run again", |_, running| running > 0).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    nats.restart();
+
+    let total = ids.len() as i64;
+    wait_for_progress(&pools, "every execution to end", |terminal, _| {
+        terminal == total
+    })
+    .await;
+    for id in &ids {
+        let pool = &pools[shard_of(*id, count).get() as usize];
+        let (status, running): (String, i64) = sqlx::query_as(
+            "SELECT e.status, (SELECT count(*) FROM execution_steps s
+                               WHERE s.execution_id = e.execution_id AND s.status IN ('running', 'dispatched'))
+             FROM executions e WHERE e.execution_id = $1",
+        )
+        .bind(id.get())
+        .fetch_one(pool)
+        .await
+        .expect("read execution");
+        assert_eq!(status, "succeeded", "execution {id}");
+        assert_eq!(running, 0, "execution {id} has no step left in flight");
+        let terminal_events: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM execution_events WHERE execution_id = $1
+             AND kind IN ('execution_succeeded', 'execution_failed', 'execution_cancelled')",
+        )
+        .bind(id.get())
+        .fetch_one(pool)
+        .await
+        .expect("count terminal events");
+        assert_eq!(terminal_events, 1, "execution {id} ended exactly once");
+        let most_results: Option<i64> = sqlx::query_scalar(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM execution_events
+             WHERE execution_id = $1 AND kind = 'step_succeeded' GROUP BY payload->>'step') AS per_step",
+        )
+        .bind(id.get())
+        .fetch_one(pool)
+        .await
+        .expect("count results");
+        assert_eq!(
+            most_results,
+            Some(1),
+            "execution {id} recorded each result once"
+        );
+    }
+    cancel.cancel();
+    worker.await.expect("worker task").expect("worker stopped");
+    gateway
+        .await
+        .expect("gateway task")
+        .expect("gateway stopped");
+}
