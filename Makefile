@@ -9,9 +9,10 @@ SHELL := /bin/bash
 # starts it by name.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-# Cluster settings (SHARDS, NATS_PORT, PG_PORT, GATEWAY_PORT, SERVER_PORT, STATE_DIR, READY_TIMEOUT,
-# RUST_LOG) are read by scripts/cluster.sh from the environment; make passes command-line ones on.
-# Left unset, each keeps what .state was last started with, else its default (see `make help`).
+# Cluster settings (SHARDS, NATS_PORT, PG_PORT, GATEWAY_PORT, SERVER_PORT, WORKER_PORT, STATE_DIR,
+# READY_TIMEOUT, EXAMPLE, EXAMPLE_TIMEOUT, RUST_LOG) are read by scripts/cluster.sh from the environment;
+# make passes command-line ones on. Left unset, the shard count and ports keep what .state was last
+# started with, else their defaults (see `make help`).
 
 # Passed to the benchmark binary as is, e.g. make bench BENCH_ARGS="--shards 4 --concurrency 64 --seconds 30"
 BENCH_ARGS ?=
@@ -28,11 +29,12 @@ help: ## list the targets and settings
 	@echo
 	@echo "settings (up, infra):"
 	@echo "  SHARDS=2            shard databases noetl_shard_0 … (fixed once .state exists)"
-	@echo "  NATS_PORT=14222     PG_PORT=15432     GATEWAY_PORT=18080     SERVER_PORT=19090"
-	@echo "  STATE_DIR=.state    READY_TIMEOUT=60  RUST_LOG=info"
+	@echo "  NATS_PORT=14222     PG_PORT=15432     GATEWAY_PORT=18080     SERVER_PORT=19090     WORKER_PORT=19091"
+	@echo "  STATE_DIR=.state    READY_TIMEOUT=60  EXAMPLE_TIMEOUT=60     RUST_LOG=info"
+	@echo "  EXAMPLE=examples/diamond.json       the submit body up runs and follows to its end"
 	@echo "  BENCH_ARGS=         passed to the benchmark (--shards, --concurrency, --seconds)"
 
-up: ## install deps, build, start NATS, PostgreSQL, server and gateway; run examples/hello.json
+up: ## install deps, build, start NATS, PostgreSQL, server, worker, gateway; run examples/diamond.json
 	@$(CLUSTER) up
 
 infra: ## start only NATS and PostgreSQL with the shard databases
@@ -41,7 +43,7 @@ infra: ## start only NATS and PostgreSQL with the shard databases
 down: ## stop everything `up` started (data stays in .state)
 	@$(CLUSTER) down
 
-status: ## show what runs
+status: ## show what runs (and whether gateway, worker and server are ready)
 	@$(CLUSTER) status
 
 env: ## print export lines for the running cluster: eval "$(make -s env)"

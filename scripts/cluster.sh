@@ -3,12 +3,13 @@
 #
 # It runs its own nats-server (JetStream) and its own PostgreSQL (one database per shard) on
 # non-default ports, with all data, logs and pid files in a state directory (.state/ at the repo
-# root), then noetl-server and noetl-gateway built from this workspace.
+# root), then noetl-server, noetl-worker and noetl-gateway built from this workspace.
 # Services already running on the standard ports (4222, 5432) are never touched: everything this
 # script stops, it finds through its own pid files.
 #
 # Usage: scripts/cluster.sh up|infra|down|status|env|logs|clean-state   (normally through make)
-#   up           deps, build, NATS, PostgreSQL, server, gateway; submits examples/hello.json
+#   up           deps, build, NATS, PostgreSQL, server, worker, gateway; runs examples/diamond.json
+#                to its end and fails unless it succeeded
 #   infra        only NATS and PostgreSQL with the shard databases (to run the binaries yourself)
 #   down         stops what up started; data stays
 #   status       what runs
@@ -17,8 +18,10 @@
 #   clean-state  down, then deletes the state directory
 #
 # Settings (environment): SHARDS (2), NATS_PORT (14222), PG_PORT (15432), GATEWAY_PORT (18080),
-# SERVER_PORT (19090), STATE_DIR (<repo>/.state), READY_TIMEOUT (60 s), STOP_TIMEOUT (30 s),
-# RUST_LOG (info). An unset setting keeps what the state directory was last started with.
+# SERVER_PORT (19090), WORKER_PORT (19091), STATE_DIR (<repo>/.state), READY_TIMEOUT (60 s),
+# STOP_TIMEOUT (30 s), EXAMPLE (examples/diamond.json: the submit body `up` runs, relative to the
+# repo root or absolute), EXAMPLE_TIMEOUT (60 s), RUST_LOG (info). An unset shard count or port
+# keeps what the state directory was last started with.
 # The shard count is fixed when the shard databases are created.
 
 set -euo pipefail
@@ -38,13 +41,16 @@ readonly NATS_STORE=$STATE_DIR/nats
 readonly PG_DIR=$STATE_DIR/pg
 readonly PG_DATA=$PG_DIR/data
 readonly PG_SOCKET_DIR=$PG_DIR/run
-readonly EXAMPLE=$REPO_ROOT/examples/hello.json
+readonly EXAMPLE=${EXAMPLE:-examples/diamond.json}
 readonly READY_TIMEOUT=${READY_TIMEOUT:-60}
 readonly STOP_TIMEOUT=${STOP_TIMEOUT:-30}
+readonly EXAMPLE_TIMEOUT=${EXAMPLE_TIMEOUT:-60}
 export RUST_LOG=${RUST_LOG:-info}
 
-readonly SETTINGS=(SHARDS NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT)
-declare -A DEFAULT=([SHARDS]=2 [NATS_PORT]=14222 [PG_PORT]=15432 [GATEWAY_PORT]=18080 [SERVER_PORT]=19090)
+readonly PORT_SETTINGS=(NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT WORKER_PORT)
+readonly SETTINGS=(SHARDS "${PORT_SETTINGS[@]}")
+declare -A DEFAULT=([SHARDS]=2 [NATS_PORT]=14222 [PG_PORT]=15432 [GATEWAY_PORT]=18080 [SERVER_PORT]=19090
+	[WORKER_PORT]=19091)
 declare -A REQUESTED=()
 for setting in "${SETTINGS[@]}"; do
 	REQUESTED[$setting]=${!setting:-}
@@ -52,7 +58,7 @@ done
 declare -A RECORDED=()
 
 # Components started in the background, with the process name their pid must belong to.
-declare -A PROGRAM=([nats]=nats-server [server]=noetl-server [gateway]=noetl-gateway)
+declare -A PROGRAM=([nats]=nats-server [server]=noetl-server [worker]=noetl-worker [gateway]=noetl-gateway)
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
@@ -103,12 +109,19 @@ resolve_settings() {
 		printf -v "$setting" '%d' "$((10#$value))"
 	done
 	((SHARDS >= 1 && SHARDS <= 256)) || die "SHARDS must be between 1 and 256, not $SHARDS"
-	for setting in NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT; do
+	for setting in "${PORT_SETTINGS[@]}"; do
 		((${!setting} >= 1024 && ${!setting} <= 65535)) || die "$setting must be between 1024 and 65535"
+	done
+	local seen=" " port
+	for setting in "${PORT_SETTINGS[@]}"; do
+		port=${!setting}
+		[[ $seen != *" $port "* ]] || die "$setting=$port is the port of another component; give each its own"
+		seen+="$port "
 	done
 	NATS_URL=nats://127.0.0.1:$NATS_PORT
 	GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
 	SERVER_URL=http://127.0.0.1:$SERVER_PORT
+	WORKER_URL=http://127.0.0.1:$WORKER_PORT
 }
 
 # `up` with settings different from what is running would leave a cluster half one, half the other.
@@ -130,7 +143,7 @@ refuse_conflicting_settings() {
 	fi
 	anything_running || return 0
 	local setting conflicts=()
-	for setting in NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT; do
+	for setting in "${PORT_SETTINGS[@]}"; do
 		if [[ -n ${RECORDED[$setting]:-} && ${RECORDED[$setting]} -ne ${!setting} ]]; then
 			conflicts+=("$setting=${RECORDED[$setting]} (asked for ${!setting})")
 		fi
@@ -145,7 +158,7 @@ record_settings() {
 	local setting
 	{
 		echo "# Written by scripts/cluster.sh: the settings this state dir was last started with."
-		for setting in NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT; do
+		for setting in "${PORT_SETTINGS[@]}"; do
 			printf '%s=%s\n' "$setting" "${!setting}"
 		done
 	} >"$CONFIG_FILE"
@@ -459,11 +472,11 @@ bin_dir() {
 
 build_binaries() {
 	command -v cargo >/dev/null || die "cargo not found; install Rust (https://rustup.rs)"
-	say "building noetl-server and noetl-gateway (cargo build --release)"
-	(cd "$REPO_ROOT" && cargo build --release --bin noetl-server --bin noetl-gateway) ||
+	say "building noetl-server, noetl-worker and noetl-gateway (cargo build --release)"
+	(cd "$REPO_ROOT" && cargo build --release --bin noetl-server --bin noetl-worker --bin noetl-gateway) ||
 		die "cargo build failed (compiler output above); nothing new was started"
 	local bin
-	for bin in noetl-server noetl-gateway; do
+	for bin in noetl-server noetl-worker noetl-gateway; do
 		[[ -x $(bin_dir)/$bin ]] || die "cargo build succeeded but $(bin_dir)/$bin is missing"
 	done
 }
@@ -483,6 +496,21 @@ start_server() {
 		"$(bin_dir)/noetl-server"
 }
 
+# One worker serving the `default` pool; the shell action stays off (it would need --allow-shell).
+start_worker() {
+	local pid
+	if pid=$(live_pid worker); then
+		say "noetl-worker already running (pid $pid); make down && make up restarts it on a new build"
+		return 0
+	fi
+	refuse_busy_port WORKER_PORT
+	say "starting noetl-worker (pool default, health on $WORKER_URL)"
+	start_detached worker env \
+		NOETL_NATS_URL="$NATS_URL" \
+		NOETL_LISTEN="127.0.0.1:$WORKER_PORT" \
+		"$(bin_dir)/noetl-worker"
+}
+
 start_gateway() {
 	local pid
 	if pid=$(live_pid gateway); then
@@ -498,51 +526,138 @@ start_gateway() {
 		"$(bin_dir)/noetl-gateway"
 }
 
+# Seconds left until a deadline, at least 5, so a slow first component leaves the others a chance.
+seconds_left() {
+	local left=$(($1 - SECONDS))
+	((left > 5)) || left=5
+	printf '%d\n' "$left"
+}
+
 wait_for_readiness() {
 	local deadline=$((SECONDS + READY_TIMEOUT))
 	wait_until "noetl-server to be ready ($SERVER_URL/readyz)" "$READY_TIMEOUT" server http_ok "$SERVER_URL/readyz"
-	local left=$((deadline - SECONDS))
-	((left > 5)) || left=5
-	wait_until "noetl-gateway to be ready ($GATEWAY_URL/readyz)" "$left" gateway http_ok "$GATEWAY_URL/readyz"
-	say "server and gateway are ready"
+	wait_until "noetl-worker to be ready ($WORKER_URL/readyz)" "$(seconds_left "$deadline")" worker \
+		http_ok "$WORKER_URL/readyz"
+	wait_until "noetl-gateway to be ready ($GATEWAY_URL/readyz)" "$(seconds_left "$deadline")" gateway \
+		http_ok "$GATEWAY_URL/readyz"
+	say "server, worker and gateway are ready"
 }
 
 # --- the example ------------------------------------------------------------------------------
 
+have_python() { command -v python3 >/dev/null; }
+
 print_json() {
-	if command -v python3 >/dev/null && python3 -m json.tool <<<"$1" 2>/dev/null; then
+	if have_python && python3 -m json.tool <<<"$1" 2>/dev/null; then
 		return 0
 	fi
 	printf '%s\n' "$1"
 }
 
-execution_id_of() {
-	if command -v python3 >/dev/null; then
-		python3 -c 'import json, sys; print(json.load(sys.stdin)["execution_id"])' <<<"$1" 2>/dev/null
+# The first string field called $1 in the JSON document $2 (at the top level for the documents
+# this script reads: the execution's own fields come before its steps').
+string_field() {
+	if have_python; then
+		python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" <<<"$2" 2>/dev/null
 	else
-		sed -n 's/.*"execution_id"[[:space:]]*:[[:space:]]*"\{0,1\}\([A-Za-z0-9_-]*\).*/\1/p' <<<"$1"
+		grep -o "\"$1\"[[:space:]]*:[[:space:]]*\"[^\"]*\"" <<<"$2" | head -n 1 |
+			sed 's/^[^:]*:[[:space:]]*"\(.*\)"$/\1/'
 	fi
 }
 
-submit_example() {
-	local response id
-	say "submitting examples/hello.json: POST $GATEWAY_URL/api/v1/executions"
+# Reads a Server-Sent Events stream of execution events and prints one line per event as it
+# arrives: sequence number, kind, payload.
+readonly EVENT_PRINTER='
+import json, sys
+for line in sys.stdin:
+    if not line.startswith("data:"):
+        continue
+    data = line[5:].strip()
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        print("  end  (the execution ended %s; the stream closes)" % data)
+        continue
+    payload = event.get("payload") or {}
+    text = json.dumps(payload, separators=(", ", ": ")) if payload else ""
+    print(("  %3s  %-20s %s" % (event.get("seq"), event.get("kind"), text)).rstrip())
+'
+
+print_events() {
+	if have_python; then
+		python3 -u -c "$EVENT_PRINTER"
+	else
+		sed -un 's/^data: /  /p'
+	fi
+}
+
+# An execution as a table of its steps: status, attempt, and result or error.
+readonly EXECUTION_PRINTER='
+import json, sys
+execution = json.load(sys.stdin)
+print("  execution %s (shard %s, playbook %s): %s" % (
+    execution["execution_id"], execution["shard"], execution["playbook_name"], execution["status"]))
+steps = execution.get("steps", [])
+width = max([len(step["name"]) for step in steps] + [4])
+print("    %-*s  %-10s  %-7s  %s" % (width, "step", "status", "attempt", "result / error"))
+for step in steps:
+    if step.get("error"):
+        outcome = "error: " + step["error"]
+    elif "result" in step:
+        outcome = json.dumps(step["result"], separators=(", ", ": "))
+    else:
+        outcome = ""
+    print(("    %-*s  %-10s  %-7s  %s" % (width, step["name"], step["status"], step["attempt"], outcome)).rstrip())
+'
+
+print_execution() {
+	if have_python && python3 -c "$EXECUTION_PRINTER" <<<"$1" 2>/dev/null; then
+		return 0
+	fi
+	print_json "$1"
+}
+
+# Submits the example, follows its event stream to the end, prints the result; fails unless
+# the execution succeeded.
+run_example() {
+	local response id status api=$GATEWAY_URL/api/v1/executions body=$EXAMPLE
+	[[ $body == /* ]] || body=$REPO_ROOT/$body
+	[[ -f $body ]] || die "the example $EXAMPLE does not exist"
+	[[ $EXAMPLE_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "EXAMPLE_TIMEOUT must be a whole number of seconds, not \"$EXAMPLE_TIMEOUT\""
+	say "submitting $EXAMPLE: POST $api"
 	response=$(curl -sS --max-time 30 --fail-with-body -X POST -H 'content-type: application/json' \
-		--data-binary "@$EXAMPLE" "$GATEWAY_URL/api/v1/executions") ||
+		--data-binary "@$body" "$api") ||
 		die "submitting the example failed: ${response:-no response} (log: $LOG_DIR/gateway.log)"
 	print_json "$response"
-	id=$(execution_id_of "$response") || true
-	[[ $id =~ ^[A-Za-z0-9_-]+$ ]] || die "the submit response has no usable execution_id"
-	say "reading it back: GET $GATEWAY_URL/api/v1/executions/$id"
-	response=$(curl -sS --max-time 30 --fail-with-body "$GATEWAY_URL/api/v1/executions/$id") ||
-		die "reading execution $id back failed: ${response:-no response} (log: $LOG_DIR/gateway.log)"
-	print_json "$response"
+	id=$(string_field execution_id "$response") || true
+	[[ $id =~ ^[0-9]+$ ]] || die "the submit response has no usable execution_id"
+
+	# The stream replays the log from the start and closes by itself once the execution ended.
+	say "following it: GET $api/$id/stream (Server-Sent Events, up to ${EXAMPLE_TIMEOUT}s)"
+	if ! curl -sS -N --max-time "$EXAMPLE_TIMEOUT" --fail-with-body "$api/$id/stream" | print_events; then
+		die "execution $id did not end within ${EXAMPLE_TIMEOUT}s, or its event stream broke;" \
+			"make logs shows the worker's, server's and gateway's logs"
+	fi
+
+	say "the execution as it ended: GET $api/$id"
+	response=$(curl -sS --max-time 30 --fail-with-body "$api/$id") ||
+		die "reading execution $id failed: ${response:-no response} (log: $LOG_DIR/gateway.log)"
+	print_execution "$response"
+	status=$(string_field status "$response") || true
+	[[ $status == succeeded ]] ||
+		die "the example execution $id ended ${status:-in an unknown state}, not succeeded; make logs shows why"
+	say "the example execution $id succeeded"
 }
 
 # --- commands ---------------------------------------------------------------------------------
 
 anything_running() {
-	live_pid nats >/dev/null || live_pid server >/dev/null || live_pid gateway >/dev/null && return 0
+	local component
+	for component in "${!PROGRAM[@]}"; do
+		live_pid "$component" >/dev/null && return 0
+	done
 	[[ -f $PG_DATA/PG_VERSION ]] && resolve_pg_bindir 2>/dev/null && pg_running
 }
 
@@ -575,14 +690,16 @@ print_infra_summary() {
 cmd_up() {
 	bring_up_infra with-binaries
 	start_server
+	start_worker
 	start_gateway
 	wait_for_readiness
-	submit_example
+	run_example
 	echo
 	say "local cluster is up with $SHARDS shard(s)"
 	cat <<-EOF
-		  gateway       $GATEWAY_URL  (API under /api/v1; /healthz, /readyz)
+		  gateway       $GATEWAY_URL  (API under /api/v1; /healthz, /readyz, /metrics)
 		  server        $SERVER_URL  (/healthz, /readyz, /metrics)
+		  worker        $WORKER_URL  (/healthz, /readyz, /metrics), pool default, no shell
 	EOF
 	print_infra_summary
 }
@@ -590,7 +707,7 @@ cmd_up() {
 cmd_infra() {
 	bring_up_infra
 	echo
-	say "NATS and PostgreSQL are up for $SHARDS shard(s) (no server or gateway)"
+	say "NATS and PostgreSQL are up for $SHARDS shard(s) (no server, worker or gateway)"
 	print_infra_summary
 }
 
@@ -600,8 +717,10 @@ cmd_down() {
 		say "nothing to stop: $STATE_DIR does not exist"
 		return 0
 	fi
-	# Front to back, so nothing is left talking to a component that is already gone.
+	# Front to back, so nothing is left talking to a component that is already gone (the worker
+	# goes before the server, so the steps it has in hand can still report).
 	stop_component gateway
+	stop_component worker
 	stop_component server
 	stop_component nats
 	stop_postgres
@@ -627,6 +746,7 @@ cmd_status() {
 	fi
 	say "local cluster in $STATE_DIR, ${RECORDED[SHARDS]:-?} shard(s)"
 	describe_component gateway "$GATEWAY_URL/readyz"
+	describe_component worker "$WORKER_URL/readyz"
 	describe_component server "$SERVER_URL/readyz"
 	describe_component nats
 	if [[ -f $PG_DATA/PG_VERSION ]] && resolve_pg_bindir 2>/dev/null && pg_running; then

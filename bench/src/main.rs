@@ -1,9 +1,16 @@
-//! Submit benchmark: committed submits/s and submit latency through the gateway, beside the raw
-//! NATS request/reply rate measured in the same run on the same machine.
+//! Benchmark of noetl-dispatch on one machine, with baselines measured in the same run.
+//!
+//! - Submit: committed submits/s and submit latency through the gateway, beside the raw NATS
+//!   request/reply rate.
+//! - End to end ([`e2e`]): executions/s from submit to terminal state for a single `noop` step and a
+//!   5-step chain, submit-to-terminal latency and dispatch latency (command committed → worker
+//!   started), at several worker concurrencies.
 //!
 //! Starts its own nats-server and PostgreSQL (durable: fsync and synchronous_commit on, as in
-//! production), the release `noetl-server` and `noetl-gateway` binaries, then drives load.
+//! production) and the release `noetl-server`, `noetl-gateway` and `noetl-worker` binaries.
 //! Figures are only comparable within one run: report ratios, not absolutes.
+
+mod e2e;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -43,6 +50,12 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Worker concurrencies for the end-to-end scenarios (comma-separated); empty skips them.
+    #[arg(long, value_delimiter = ',', default_value = "2,64")]
+    worker_concurrency: Vec<usize>,
+    /// Executions per end-to-end scenario (the 5-step chain runs a fifth as many).
+    #[arg(long, default_value_t = 2_000)]
+    e2e_executions: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +79,7 @@ struct Report {
     phases: Vec<Phase>,
     submit_to_nats_ratio: f64,
     mean_commit_batch: Option<f64>,
+    end_to_end: Vec<e2e::Scenario>,
 }
 
 /// Runs `operation` from `concurrency` tasks for `duration`; counts successes and records
@@ -147,7 +161,7 @@ async fn nats_baseline(
     Ok(phase)
 }
 
-async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(r) = http.get(url).send().await {
@@ -173,7 +187,7 @@ fn mean_batch(metrics: &str) -> Option<f64> {
     (count > 0.0).then(|| total("sum") / count)
 }
 
-fn spawn(binary: &str, envs: &[(&str, String)]) -> Process {
+pub(crate) fn spawn(binary: &str, envs: &[(&str, String)]) -> Process {
     let mut command = Command::new(cargo_bin(binary));
     command
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
@@ -223,7 +237,9 @@ async fn main() -> anyhow::Result<()> {
         .context("the gateway")?;
 
     let body = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "playbook": {"name": "bench", "steps": [{"name": "a", "action": "noop"}]},
+        // A pool no worker serves: the submit phase measures submits, and its commands must
+        // not queue ahead of the end-to-end scenarios'.
+        "playbook": {"name": "bench", "steps": [{"name": "a", "action": "noop", "pool": "submit-only"}]},
         "input": {"n": 1},
         "labels": {"bench": "submit"}
     }))?);
@@ -270,6 +286,18 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .text()
         .await?;
+    let mut end_to_end = Vec::new();
+    for &workers in &args.worker_concurrency {
+        let setup = e2e::Setup {
+            http: &http,
+            gateway: &gateway,
+            nats_url: nats.url(),
+            pg: &pg,
+            shards: args.shards,
+            submit_concurrency: args.concurrency,
+        };
+        end_to_end.extend(e2e::run(&setup, workers, args.e2e_executions).await?);
+    }
     let report = Report {
         shards: args.shards,
         concurrency: args.concurrency,
@@ -277,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
         submit_to_nats_ratio: submit_phase.per_second / nats_phase.per_second,
         phases: vec![nats_phase, submit_phase],
         mean_commit_batch: mean_batch(&metrics),
+        end_to_end,
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -312,4 +341,5 @@ fn print_table(report: &Report) {
     if let Some(batch) = report.mean_commit_batch {
         println!("mean group-commit batch: {batch:.1} executions per transaction");
     }
+    e2e::print_table(&report.end_to_end);
 }

@@ -252,7 +252,10 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
                     );
                     dispatch_ready(state, &mut decision);
                 }
-                StepOutcome::Failed { error } => fail_attempt(state, step, error, &mut decision),
+                StepOutcome::Failed { error } => {
+                    let budget = max_attempts(state, step);
+                    fail_attempt(state, step, error, budget, &mut decision);
+                }
             }
         }
         Event::LeaseExpired { step, attempt } => {
@@ -260,7 +263,11 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
                 return decision;
             }
             let error = "the lease expired: the worker is presumed dead".to_owned();
-            fail_attempt(state, step, error, &mut decision);
+            // A lost worker is not the step's fault: it is re-dispatched even without a retry
+            // policy, up to LOST_ATTEMPTS attempts, so a step that kills its worker every time
+            // still ends.
+            let budget = max_attempts(state, step).max(LOST_ATTEMPTS);
+            fail_attempt(state, step, error, budget, &mut decision);
         }
         Event::Cancel => {
             state.status = ExecutionStatus::Cancelled;
@@ -268,6 +275,7 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
                 if !state.steps[i].status.is_terminal() {
                     state.steps[i].status = StepStatus::Cancelled;
                     decision.changed(i);
+                    decision.record("step_cancelled", step_payload(state, i, json!({})));
                 }
             }
             decision.record("execution_cancelled", json!({}));
@@ -279,6 +287,15 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
     decision.applied = true;
     finish_if_done(state, &mut decision);
     decision
+}
+
+/// Attempts a step gets when its workers keep vanishing, whatever its retry policy.
+pub const LOST_ATTEMPTS: u32 = 3;
+
+fn max_attempts(state: &ExecutionState, step: usize) -> u32 {
+    state.playbook.steps[step]
+        .retry
+        .map_or(1, |r| r.max_attempts)
 }
 
 /// Whether a report is for the attempt that currently owns the step (fencing).
@@ -302,9 +319,14 @@ fn step_payload(state: &ExecutionState, step: usize, extra: Value) -> Value {
 
 /// A failed attempt: retry within the budget (with exponential backoff), else fail the step
 /// and skip everything that can no longer run.
-fn fail_attempt(state: &mut ExecutionState, step: usize, error: String, decision: &mut Decision) {
+fn fail_attempt(
+    state: &mut ExecutionState,
+    step: usize,
+    error: String,
+    max_attempts: u32,
+    decision: &mut Decision,
+) {
     let retry = state.playbook.steps[step].retry;
-    let max_attempts = retry.map_or(1, |r| r.max_attempts);
     let attempt = state.steps[step].attempt;
     decision.changed(step);
     if attempt < max_attempts {
@@ -616,6 +638,38 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_worker_is_replaced_even_without_a_retry_policy_but_not_forever() {
+        let mut state = ExecutionState::new(
+            playbook(json!([{"name": "s", "action": "sleep"}])),
+            json!({}),
+        );
+        decide(&mut state, Event::Created);
+        for attempt in 1..LOST_ATTEMPTS {
+            let d = decide(&mut state, Event::LeaseExpired { step: 0, attempt });
+            assert_eq!(dispatched(&d), vec![(0, attempt + 1)]);
+        }
+        let d = decide(
+            &mut state,
+            Event::LeaseExpired {
+                step: 0,
+                attempt: LOST_ATTEMPTS,
+            },
+        );
+        assert_eq!(d.finished, Some(ExecutionStatus::Failed));
+        let mut state = ExecutionState::new(
+            playbook(json!([{"name": "s", "action": "fail"}])),
+            json!({}),
+        );
+        decide(&mut state, Event::Created);
+        let d = decide(&mut state, failed(0, 1));
+        assert_eq!(
+            d.finished,
+            Some(ExecutionStatus::Failed),
+            "a failure uses the retry policy"
+        );
+    }
+
+    #[test]
     fn cancel_stops_everything_once() {
         let mut state = diamond();
         decide(&mut state, Event::Created);
@@ -713,7 +767,7 @@ mod tests {
                     endings += 1;
                 }
                 for d in &decision.dispatches {
-                    prop_assert!(d.attempt >= 1 && d.attempt <= retries);
+                    prop_assert!(d.attempt >= 1 && d.attempt <= retries.max(LOST_ATTEMPTS));
                     prop_assert_eq!(state.steps[d.step].status, StepStatus::Dispatched);
                 }
                 if state.is_terminal() {

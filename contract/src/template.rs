@@ -76,6 +76,11 @@ fn render_value(
                         .compile_expression(expression)
                         .and_then(|e| e.eval(context))
                         .map_err(fail)?;
+                    // Strict mode fails on undefined names inside an expression, but a bare
+                    // lookup of a missing field evaluates to "undefined": refuse it too.
+                    if evaluated.is_undefined() {
+                        return Err(format!("{path}: {expression:?} is undefined"));
+                    }
                     serde_json::to_value(&evaluated).map_err(|e| format!("{path}: {e}"))
                 }
                 None => env
@@ -134,9 +139,16 @@ mod tests {
 
     #[test]
     fn undefined_names_fail_with_the_field() {
-        let with = map(json!({"url": "{{ steps.missing.result }}"}));
-        let error = render(&with, &json!({"input": {}, "steps": {}})).expect_err("undefined");
-        assert!(error.starts_with("with.url:"), "{error}");
+        let context = json!({"input": {"present": 1}, "steps": {}});
+        for template in [
+            "{{ steps.missing.result }}",
+            "{{ input.missing }}",
+            "x {{ input.missing }}",
+        ] {
+            let with = map(json!({"url": template}));
+            let error = render(&with, &context).expect_err("undefined");
+            assert!(error.starts_with("with.url:"), "{template}: {error}");
+        }
     }
 
     #[test]

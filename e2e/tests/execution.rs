@@ -371,3 +371,32 @@ async fn a_playbook_submitted_as_yaml_runs() {
         .expect("worker stopped cleanly");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_fails_at_run_time_fails_its_step_with_the_reason() {
+    let cluster = Cluster::start(1).await;
+    let id = submit(
+        &cluster,
+        json!([{"name": "first", "action": "noop", "with": {"x": "{{ input.missing }}"}},
+               {"name": "second", "action": "noop", "needs": ["first"]}]),
+    )
+    .await;
+    let (status, done) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        done["status"], "failed",
+        "ends at once, no worker needed: {done}"
+    );
+    let first = step(&done, "first");
+    assert_eq!(first["status"], "failed");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("with.x"),
+        "{first}"
+    );
+    assert!(first["finished_at"].is_string(), "{first}");
+    assert_eq!(step(&done, "second")["status"], "skipped");
+    cluster.stop().await;
+}

@@ -257,7 +257,8 @@ async fn submitting_the_same_id_twice_returns_the_existing_execution() {
             .fetch_one(&pool)
             .await
             .expect("count");
-    assert_eq!((rows, events), (1, 1));
+    // One execution's worth: created, started, first step dispatched; nothing doubled.
+    assert_eq!((rows, events), (1, 3));
     pool.close().await;
     cluster.stop().await;
 }

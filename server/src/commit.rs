@@ -1,10 +1,5 @@
-//! Group commit: submits to one shard are gathered into batches, each committed by one
-//! statement, so throughput is not capped by one WAL flush per execution.
-//!
-//! Batching needs no timer: a committer takes whatever queued while the previous batch was
-//! being written. Under light load a batch is one execution and adds no delay; under heavy
-//! load batches grow up to `max_batch`. Several committers per shard overlap one batch's flush
-//! with the gathering of the next.
+//! Group commit of submits: many executions per transaction (see [`crate::batch`]), so
+//! throughput is not capped by one WAL flush per execution.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,35 +8,24 @@ use std::time::Instant;
 use noetl_contract::message::{WireError, WireErrorCode};
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
+use crate::batch::Batcher;
 use crate::persistence::{self, Committed, NewExecution};
 
 type Outcome = Result<Committed, WireError>;
-
-struct Pending {
-    row: NewExecution,
-    reply: oneshot::Sender<Outcome>,
-}
 
 /// Hands executions to the shard's committers. Dropping every clone lets them finish the
 /// queued work and stop.
 #[derive(Clone, Debug)]
 pub struct Committer {
-    queue: mpsc::Sender<Pending>,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
-            .field("execution_id", &self.row.execution_id)
-            .finish()
-    }
+    batcher: Batcher<NewExecution, Outcome>,
 }
 
 impl Committer {
-    /// Starts `parallel` committer tasks for `shard` on `tracker`.
+    /// Starts `parallel` committer tasks for `shard` on `tracker`; `relay` is woken after each
+    /// batch, since new executions put their first commands in the outbox.
     pub fn spawn(
         shard: ShardId,
         pool: PgPool,
@@ -50,104 +34,77 @@ impl Committer {
         parallel: usize,
         tracker: &TaskTracker,
     ) -> Self {
-        let (queue, receiver) = mpsc::channel(max_batch * parallel * 2);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..parallel {
-            let (receiver, pool, relay) = (receiver.clone(), pool.clone(), relay.clone());
-            tracker.spawn(async move {
-                while let Some(batch) = next_batch(&receiver, max_batch).await {
-                    commit_batch(shard, &pool, batch).await;
-                    // The new executions' first commands are in the outbox.
-                    relay.notify_one();
-                }
-            });
-        }
-        Self { queue }
+        let batcher = Batcher::spawn(max_batch, parallel, tracker, move |rows| {
+            let (pool, relay) = (pool.clone(), relay.clone());
+            async move {
+                let outcomes = commit_batch(shard, &pool, rows).await;
+                relay.notify_one();
+                outcomes
+            }
+        });
+        Self { batcher }
     }
 
     /// Commits one execution; resolves once it is durable (or failed to be).
     pub async fn commit(&self, row: NewExecution) -> Outcome {
-        let (reply, outcome) = oneshot::channel();
-        if self.queue.send(Pending { row, reply }).await.is_err() {
-            return Err(unavailable("the shard is shutting down"));
-        }
-        outcome
+        self.batcher
+            .submit(row)
             .await
-            .unwrap_or_else(|_| Err(unavailable("the commit was abandoned")))
+            .unwrap_or_else(|| Err(unavailable("the shard is shutting down")))
     }
 }
 
-async fn next_batch(
-    receiver: &Mutex<mpsc::Receiver<Pending>>,
-    max_batch: usize,
-) -> Option<Vec<Pending>> {
-    let mut receiver = receiver.lock().await;
-    let first = receiver.recv().await?;
-    let mut batch = Vec::with_capacity(max_batch.min(64));
-    batch.push(first);
-    while batch.len() < max_batch {
-        match receiver.try_recv() {
-            Ok(pending) => batch.push(pending),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
-}
-
-async fn commit_batch(shard: ShardId, pool: &PgPool, batch: Vec<Pending>) {
+async fn commit_batch(shard: ShardId, pool: &PgPool, batch: Vec<NewExecution>) -> Vec<Outcome> {
     let shard_label = shard.to_string();
     metrics::histogram!("noetl_server_commit_batch_size", "shard" => shard_label.clone())
         .record(batch.len() as f64);
+    let order: Vec<ExecutionId> = batch.iter().map(|row| row.execution_id).collect();
     // The same id twice in one batch (a client retrying quickly) is inserted once.
-    let mut waiting: HashMap<ExecutionId, Vec<oneshot::Sender<Outcome>>> = HashMap::new();
     let mut rows = Vec::with_capacity(batch.len());
-    for Pending { row, reply } in batch {
-        let replies = waiting.entry(row.execution_id).or_default();
-        if replies.is_empty() {
+    let mut seen = std::collections::HashSet::new();
+    for row in batch {
+        if seen.insert(row.execution_id) {
             rows.push(row);
         }
-        replies.push(reply);
     }
     let started = Instant::now();
-    match persistence::insert_executions(pool, &rows).await {
-        Ok(committed) => {
-            metrics::histogram!("noetl_server_commit_seconds", "shard" => shard_label.clone())
-                .record(started.elapsed().as_secs_f64());
-            for outcome in committed {
-                let Some(replies) = waiting.remove(&outcome.execution_id) else {
-                    continue;
-                };
-                let outcome_label = if outcome.created {
-                    "created"
-                } else {
-                    "existing"
-                };
-                metrics::counter!("noetl_server_submits_total", "shard" => shard_label.clone(), "outcome" => outcome_label)
-                    .increment(replies.len() as u64);
-                for (i, reply) in replies.into_iter().enumerate() {
-                    let created = outcome.created && i == 0;
-                    let _ = reply.send(Ok(Committed {
-                        created,
-                        ..outcome.clone()
-                    }));
-                }
-            }
-            for (id, replies) in waiting {
-                tracing::error!(%shard, execution_id = %id, "execution missing after commit");
-                for reply in replies {
-                    let _ = reply.send(Err(unavailable("the execution could not be read back")));
-                }
-            }
-        }
+    let committed = match persistence::insert_executions(pool, &rows).await {
+        Ok(committed) => committed,
         Err(e) => {
             tracing::error!(%shard, error = %e, executions = rows.len(), "group commit failed");
             metrics::counter!("noetl_server_commit_failures_total", "shard" => shard_label)
                 .increment(1);
-            for reply in waiting.into_values().flatten() {
-                let _ = reply.send(Err(unavailable("the shard database is unavailable")));
-            }
+            return order
+                .iter()
+                .map(|_| Err(unavailable("the shard database is unavailable")))
+                .collect();
         }
-    }
+    };
+    metrics::histogram!("noetl_server_commit_seconds", "shard" => shard_label.clone())
+        .record(started.elapsed().as_secs_f64());
+    let mut by_id: HashMap<ExecutionId, Committed> =
+        committed.into_iter().map(|c| (c.execution_id, c)).collect();
+    order
+        .iter()
+        .map(|id| {
+            // The first request for an id gets the insert's outcome; repeats see it as existing.
+            let outcome = match by_id.get_mut(id) {
+                Some(committed) => {
+                    let this = committed.clone();
+                    committed.created = false;
+                    this
+                }
+                None => {
+                    tracing::error!(%shard, execution_id = %id, "execution missing after commit");
+                    return Err(unavailable("the execution could not be read back"));
+                }
+            };
+            let label = if outcome.created { "created" } else { "existing" };
+            metrics::counter!("noetl_server_submits_total", "shard" => shard_label.clone(), "outcome" => label)
+                .increment(1);
+            Ok(outcome)
+        })
+        .collect()
 }
 
 fn unavailable(message: &str) -> WireError {

@@ -39,7 +39,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Most executions committed in one transaction.
     pub max_batch: usize,
-    /// Transactions per shard that may be committing at once.
+    /// Transactions per shard that may be committing at once (for submits, and again for reports).
     pub committers_per_shard: usize,
     /// Database connections per shard.
     pub pool_size: u32,
@@ -62,7 +62,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_batch: 1_000,
             committers_per_shard: 2,
-            pool_size: 4,
+            pool_size: 16,
             max_in_flight: 4_096,
             step_lease_ms: 30_000,
             dispatch_lease_ms: 300_000,

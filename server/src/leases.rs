@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use noetl_contract::engine::Event;
 use tokio_util::sync::CancellationToken;
 
 use crate::orchestrate::Orchestrator;
@@ -15,13 +14,13 @@ const SCAN_LIMIT: i64 = 256;
 
 /// Scans until `cancel`.
 pub async fn run(orchestrator: Orchestrator, cancel: CancellationToken) {
-    let shard = orchestrator.shard;
+    let shard = orchestrator.shard();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(SCAN_EVERY) => {}
         }
-        let expired = match persistence::expired_leases(&orchestrator.pool, SCAN_LIMIT).await {
+        let expired = match persistence::expired_leases(orchestrator.pool(), SCAN_LIMIT).await {
             Ok(expired) => expired,
             Err(e) => {
                 tracing::warn!(%shard, error = %e, "lease scan failed");
@@ -29,16 +28,14 @@ pub async fn run(orchestrator: Orchestrator, cancel: CancellationToken) {
             }
         };
         for (id, step, attempt) in expired {
-            let event = Event::LeaseExpired {
-                step: step as usize,
-                attempt,
-            };
-            match orchestrator.apply(id, event).await {
-                Ok(_) => {
+            match orchestrator.expire(id, step, attempt).await {
+                Ok(crate::orchestrate::Applied::Changed(_)) => {
                     tracing::info!(%shard, execution_id = %id, step, attempt, "lease expired");
                     metrics::counter!("noetl_server_lease_expiries_total", "shard" => shard.to_string())
                         .increment(1);
                 }
+                // The attempt reported or was superseded between the scan and the lock.
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(%shard, execution_id = %id, error = %e, "applying a lease expiry failed")
                 }

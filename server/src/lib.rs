@@ -2,6 +2,7 @@
 //!
 //! - [`configuration`]: settings and their validation.
 //! - [`persistence`]: every query against a shard database.
+//! - [`batch`]: group work: many requests per transaction.
 //! - [`commit`]: group commit of submits, many executions per transaction.
 //! - [`orchestrate`]: applies the engine's decisions under the execution's row lock.
 //! - [`relay`]: publishes the outbox of commands to JetStream.
@@ -11,6 +12,7 @@
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments and calls it.
 
+pub mod batch;
 pub mod commit;
 pub mod configuration;
 pub mod http;
@@ -90,24 +92,27 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     let background = TaskTracker::new();
     let mut shards = Vec::with_capacity(pools.len());
     for (shard, pool) in pools {
-        let orchestrator = orchestrate::Orchestrator {
+        let orchestrator = orchestrate::Orchestrator::new(
             shard,
-            pool: pool.clone(),
-            leases: config.leases,
-            relay: Arc::new(tokio::sync::Notify::new()),
-        };
+            pool.clone(),
+            config.leases,
+            Arc::new(tokio::sync::Notify::new()),
+            &committers,
+            config.max_batch,
+            config.committers_per_shard,
+        );
         background.spawn(relay::run(
             shard,
             pool.clone(),
             client.clone(),
-            orchestrator.relay.clone(),
+            orchestrator.relay(),
             cancel.clone(),
         ));
         background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
         let committer = commit::Committer::spawn(
             shard,
             pool.clone(),
-            orchestrator.relay.clone(),
+            orchestrator.relay(),
             config.max_batch,
             config.committers_per_shard,
             &committers,

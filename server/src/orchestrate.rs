@@ -13,8 +13,11 @@ use noetl_contract::message::{ExecutionStatus, SubmitCommand};
 use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::PgPool;
+use sqlx::{Postgres, Transaction};
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
+use crate::batch::Batcher;
 use crate::persistence::{self, NewExecution, OutboxRow, StepRow};
 
 /// How long attempts may stay silent before they are presumed lost.
@@ -41,14 +44,68 @@ pub enum Applied {
 /// Orchestration of one shard.
 #[derive(Debug, Clone)]
 pub struct Orchestrator {
-    pub shard: ShardId,
-    pub pool: PgPool,
-    pub leases: Leases,
+    inner: Arc<Inner>,
+    /// Worker reports, applied many per transaction.
+    reports: Batcher<(ExecutionId, Event), Option<Applied>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shard: ShardId,
+    pool: PgPool,
+    leases: Leases,
     /// Woken after every commit that queued commands.
-    pub relay: Arc<Notify>,
+    relay: Arc<Notify>,
+}
+
+/// What one applied event led to, for the caller to act on after the commit.
+struct Outcome {
+    applied: Applied,
+    queued_commands: bool,
+    finished: Option<ExecutionStatus>,
 }
 
 impl Orchestrator {
+    /// An orchestrator whose report batches run as `parallel` tasks on `tracker`.
+    pub fn new(
+        shard: ShardId,
+        pool: PgPool,
+        leases: Leases,
+        relay: Arc<Notify>,
+        tracker: &TaskTracker,
+        max_batch: usize,
+        parallel: usize,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            shard,
+            pool,
+            leases,
+            relay,
+        });
+        let batch_inner = inner.clone();
+        let reports = Batcher::spawn(max_batch, parallel, tracker, move |items| {
+            let inner = batch_inner.clone();
+            async move { inner.apply_batch(items).await }
+        });
+        Self { inner, reports }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.inner.shard
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn leases(&self) -> Leases {
+        self.inner.leases
+    }
+
+    pub fn relay(&self) -> Arc<Notify> {
+        self.inner.relay.clone()
+    }
+
     /// Starts a submitted execution in memory: its steps, first events and first commands,
     /// ready to be committed with the execution row.
     pub fn prepare(&self, command: &SubmitCommand) -> NewExecution {
@@ -64,23 +121,178 @@ impl Orchestrator {
             labels: to_json(&command.labels),
             status: state.status,
             steps: (0..state.steps.len())
-                .map(|i| self.step_row(&state, &decision, i))
+                .map(|i| self.inner.step_row(&state, &decision, i))
                 .collect(),
             events,
-            outbox: self.outbox_rows(command.execution_id, &state, &decision),
+            outbox: self
+                .inner
+                .outbox_rows(command.execution_id, &state, &decision),
         }
     }
 
-    /// Applies `event` to execution `id` under its row lock.
+    /// Applies `event` to execution `id` in a transaction of its own.
     pub async fn apply(
         &self,
         id: ExecutionId,
         event: Event,
     ) -> Result<Applied, persistence::Error> {
-        let mut tx = self.pool.begin().await?;
-        let Some(locked) = persistence::lock_execution(&mut tx, id).await? else {
-            return Ok(Applied::NotFound);
+        self.inner.apply(id, event, Guard::None).await
+    }
+
+    /// Expires an attempt's lease, unless a heartbeat extended it since it was found expired.
+    pub async fn expire(
+        &self,
+        id: ExecutionId,
+        step: u32,
+        attempt: u32,
+    ) -> Result<Applied, persistence::Error> {
+        let event = Event::LeaseExpired {
+            step: step as usize,
+            attempt,
         };
+        self.inner
+            .apply(id, event, Guard::LeaseExpired { step, attempt })
+            .await
+    }
+
+    /// Applies a worker's report, batched with others into one transaction; `None` when the
+    /// database failed (the worker retries).
+    pub async fn report(&self, id: ExecutionId, event: Event) -> Option<Applied> {
+        self.reports.submit((id, event)).await.flatten()
+    }
+
+    /// A heartbeat: extends the attempt's lease and, on the first one, marks the step running.
+    /// `None` when the attempt no longer owns its step (the worker must stop).
+    ///
+    /// The transaction does not wait for its WAL flush: a heartbeat lost in a crash only lets
+    /// the lease run out, which is the crash's consequence anyway, and a lost `step_started`
+    /// loses its sequence number with it, so the log stays gapless.
+    pub async fn heartbeat(
+        &self,
+        id: ExecutionId,
+        step: u32,
+        attempt: u32,
+    ) -> Result<Option<StepStatus>, persistence::Error> {
+        let inner = &self.inner;
+        let mut tx = inner.pool.begin().await?;
+        persistence::relax_durability(&mut tx).await?;
+        // The first heartbeat changes the step (under the execution's lock, taken before the
+        // step's, the order every path keeps); later ones only touch the step's lease.
+        let status = match persistence::in_flight_status(&mut tx, id, step, attempt).await? {
+            Some(StepStatus::Dispatched) => {
+                let started = Event::Started {
+                    step: step as usize,
+                    attempt,
+                };
+                match inner
+                    .apply_in(&mut tx, id, started, Guard::None)
+                    .await?
+                    .applied
+                {
+                    Applied::Changed(_) => Some(StepStatus::Running),
+                    _ => None,
+                }
+            }
+            Some(_) => {
+                let lease_ms = millis(inner.leases.step_lease_ms);
+                persistence::extend_lease(&mut tx, id, step, attempt, lease_ms).await?
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(status)
+    }
+}
+
+/// A condition checked under the execution's lock before an event is applied.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    None,
+    /// The attempt's lease is still expired (no heartbeat extended it meanwhile).
+    LeaseExpired {
+        step: u32,
+        attempt: u32,
+    },
+}
+
+impl Inner {
+    async fn apply(
+        &self,
+        id: ExecutionId,
+        event: Event,
+        guard: Guard,
+    ) -> Result<Applied, persistence::Error> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = self.apply_in(&mut tx, id, event, guard).await?;
+        tx.commit().await?;
+        self.after_commit(std::slice::from_ref(&outcome));
+        Ok(outcome.applied)
+    }
+
+    /// Applies many reports in one transaction, locking executions in id order so concurrent
+    /// batches cannot deadlock. If the batch fails, each report is retried on its own, so one
+    /// bad report cannot hold back the others.
+    async fn apply_batch(&self, items: Vec<(ExecutionId, Event)>) -> Vec<Option<Applied>> {
+        metrics::histogram!("noetl_server_report_batch_size", "shard" => self.shard.to_string())
+            .record(items.len() as f64);
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].0);
+        let batched = async {
+            let mut tx = self.pool.begin().await?;
+            let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
+            for &i in &order {
+                let (id, event) = items[i].clone();
+                outcomes[i] = Some(self.apply_in(&mut tx, id, event, Guard::None).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, persistence::Error>(outcomes.into_iter().flatten().collect::<Vec<_>>())
+        };
+        match batched.await {
+            Ok(outcomes) => {
+                self.after_commit(&outcomes);
+                outcomes.into_iter().map(|o| Some(o.applied)).collect()
+            }
+            Err(e) => {
+                tracing::warn!(shard = %self.shard, error = %e, reports = items.len(), "report batch failed; applying one by one");
+                let mut applied = Vec::with_capacity(items.len());
+                for (id, event) in items {
+                    match self.apply(id, event, Guard::None).await {
+                        Ok(a) => applied.push(Some(a)),
+                        Err(e) => {
+                            tracing::error!(shard = %self.shard, execution_id = %id, error = %e, "applying a report failed");
+                            applied.push(None);
+                        }
+                    }
+                }
+                applied
+            }
+        }
+    }
+
+    /// Applies `event` to execution `id` under its row lock, inside `tx`.
+    async fn apply_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        id: ExecutionId,
+        event: Event,
+        guard: Guard,
+    ) -> Result<Outcome, persistence::Error> {
+        let Some(locked) = persistence::lock_execution(tx, id).await? else {
+            return Ok(Outcome {
+                applied: Applied::NotFound,
+                queued_commands: false,
+                finished: None,
+            });
+        };
+        if let Guard::LeaseExpired { step, attempt } = guard {
+            if !persistence::lease_expired(tx, id, step, attempt).await? {
+                return Ok(Outcome {
+                    applied: Applied::Stale(locked.status),
+                    queued_commands: false,
+                    finished: None,
+                });
+            }
+        }
         let playbook: Playbook = serde_json::from_value(locked.playbook)
             .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
         let mut state = ExecutionState {
@@ -91,7 +303,11 @@ impl Orchestrator {
         };
         let decision = engine::decide(&mut state, event);
         if !decision.applied {
-            return Ok(Applied::Stale(state.status));
+            return Ok(Outcome {
+                applied: Applied::Stale(state.status),
+                queued_commands: false,
+                finished: None,
+            });
         }
         let steps: Vec<StepRow> = decision
             .changed
@@ -100,7 +316,7 @@ impl Orchestrator {
             .collect();
         let outbox = self.outbox_rows(id, &state, &decision);
         persistence::save_decision(
-            &mut tx,
+            tx,
             id,
             state.status,
             locked.last_event_seq,
@@ -109,15 +325,21 @@ impl Orchestrator {
             &outbox,
         )
         .await?;
-        tx.commit().await?;
-        if !outbox.is_empty() {
+        Ok(Outcome {
+            applied: Applied::Changed(state.status),
+            queued_commands: !outbox.is_empty(),
+            finished: decision.finished,
+        })
+    }
+
+    fn after_commit(&self, outcomes: &[Outcome]) {
+        if outcomes.iter().any(|o| o.queued_commands) {
             self.relay.notify_one();
         }
-        if let Some(status) = decision.finished {
+        for status in outcomes.iter().filter_map(|o| o.finished) {
             metrics::counter!("noetl_server_executions_finished_total", "shard" => self.shard.to_string(), "status" => status.as_str())
                 .increment(1);
         }
-        Ok(Applied::Changed(state.status))
     }
 
     fn step_row(&self, state: &ExecutionState, decision: &Decision, index: usize) -> StepRow {

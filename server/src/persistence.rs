@@ -203,11 +203,15 @@ pub async fn insert_executions(
              RETURNING execution_id, status, created_at
          ), new_steps AS (
              INSERT INTO execution_steps
-                 (execution_id, step_index, name, status, attempt, lease_expires_at)
+                 (execution_id, step_index, name, status, attempt, lease_expires_at, error,
+                  finished_at)
              SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
-                    now() + s.lease_ms * interval '1 millisecond'
-             FROM UNNEST($8::bigint[], $9::int[], $10::text[], $11::text[], $12::int[], $13::bigint[])
-                 AS s(execution_id, step_index, name, status, attempt, lease_ms)
+                    now() + s.lease_ms * interval '1 millisecond', s.error,
+                    CASE WHEN s.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
+                         THEN now() END
+             FROM UNNEST($8::bigint[], $9::int[], $10::text[], $11::text[], $12::int[], $13::bigint[],
+                         $22::text[])
+                 AS s(execution_id, step_index, name, status, attempt, lease_ms, error)
              WHERE s.execution_id IN (SELECT execution_id FROM inserted)
          ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -246,6 +250,7 @@ pub async fn insert_executions(
     .bind(&outbox_pools)
     .bind(&outbox_commands)
     .bind(&outbox_delays)
+    .bind(&steps.errors)
     .fetch_all(pool)
     .await?;
     let mut committed = inserted
@@ -435,10 +440,18 @@ pub async fn save_decision(
     Ok(())
 }
 
+/// Lets `tx` commit without waiting for its WAL flush (for heartbeats, whose loss is harmless).
+pub async fn relax_durability(tx: &mut Transaction<'_, Postgres>) -> Result<(), Error> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Extends the lease of an in-flight attempt; returns its status, or `None` when the attempt
 /// no longer owns the step (superseded, finished, cancelled).
 pub async fn extend_lease(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     id: ExecutionId,
     step: u32,
     attempt: u32,
@@ -454,9 +467,51 @@ pub async fn extend_lease(
     .bind(i32::try_from(step).unwrap_or(i32::MAX))
     .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
     .bind(lease_ms)
-    .fetch_optional(pool)
+    .fetch_optional(&mut **tx)
     .await?;
     Ok(status.as_deref().and_then(StepStatus::parse))
+}
+
+/// The status of an attempt that still owns its step and is in flight; `None` otherwise.
+pub async fn in_flight_status(
+    tx: &mut Transaction<'_, Postgres>,
+    id: ExecutionId,
+    step: u32,
+    attempt: u32,
+) -> Result<Option<StepStatus>, Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM execution_steps
+         WHERE execution_id = $1 AND step_index = $2 AND attempt = $3
+           AND status IN ('dispatched', 'running')",
+    )
+    .bind(id.get())
+    .bind(i32::try_from(step).unwrap_or(i32::MAX))
+    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(status.as_deref().and_then(StepStatus::parse))
+}
+
+/// Whether the attempt's lease is still expired, locking its step row for the rest of `tx`
+/// (call it with the execution already locked: execution before steps, on every path).
+pub async fn lease_expired(
+    tx: &mut Transaction<'_, Postgres>,
+    id: ExecutionId,
+    step: u32,
+    attempt: u32,
+) -> Result<bool, Error> {
+    let expired: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM execution_steps
+         WHERE execution_id = $1 AND step_index = $2 AND attempt = $3
+           AND status IN ('dispatched', 'running') AND lease_expires_at < now()
+         FOR UPDATE",
+    )
+    .bind(id.get())
+    .bind(i32::try_from(step).unwrap_or(i32::MAX))
+    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(expired.is_some())
 }
 
 /// In-flight attempts whose lease has run out: `(execution, step, attempt)`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use noetl_bus::{Client, Message};
 use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepReport};
-use noetl_contract::engine::{Event, StepStatus};
+use noetl_contract::engine::Event;
 use noetl_contract::message::{
     EventPage, EventsQuery, ExecutionView, PingReply, Reply, SubmitCommand, SubmitReceipt,
     WireError, WireErrorCode,
@@ -256,36 +256,28 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
         attempt: report.attempt,
         outcome: report.outcome,
     };
-    match shard.orchestrator.apply(id, event).await {
-        Ok(Applied::Changed(_)) => Ok(ReportAck::Recorded),
-        Ok(Applied::Stale(_)) => Ok(ReportAck::Stale),
-        Ok(Applied::NotFound) => Err(not_found(id)),
-        Err(e) => Err(database_failed(shard, id, &e)),
+    match shard.orchestrator.report(id, event).await {
+        Some(Applied::Changed(_)) => Ok(ReportAck::Recorded),
+        Some(Applied::Stale(_)) => Ok(ReportAck::Stale),
+        Some(Applied::NotFound) => Err(not_found(id)),
+        None => Err(wire_error(
+            WireErrorCode::ShardUnavailable,
+            "the shard database is unavailable",
+        )),
     }
 }
 
 async fn heartbeat(shard: &Shard, message: &Message) -> Result<HeartbeatAck, WireError> {
     let id = routed_id(shard, message)?;
     let beat: Heartbeat = body(message, id, |h: &Heartbeat| h.execution_id)?;
-    let lease_ms = i64::try_from(shard.orchestrator.leases.step_lease_ms).unwrap_or(i64::MAX);
-    let status =
-        persistence::extend_lease(&shard.pool, id, beat.step_index, beat.attempt, lease_ms)
-            .await
-            .map_err(|e| database_failed(shard, id, &e))?;
-    match status {
-        None => Ok(HeartbeatAck::Stop),
-        Some(StepStatus::Dispatched) => {
-            let event = Event::Started {
-                step: beat.step_index as usize,
-                attempt: beat.attempt,
-            };
-            match shard.orchestrator.apply(id, event).await {
-                Ok(Applied::Changed(_)) => Ok(HeartbeatAck::Continue),
-                Ok(_) => Ok(HeartbeatAck::Stop),
-                Err(e) => Err(database_failed(shard, id, &e)),
-            }
-        }
-        Some(_) => Ok(HeartbeatAck::Continue),
+    match shard
+        .orchestrator
+        .heartbeat(id, beat.step_index, beat.attempt)
+        .await
+    {
+        Ok(Some(_)) => Ok(HeartbeatAck::Continue),
+        Ok(None) => Ok(HeartbeatAck::Stop),
+        Err(e) => Err(database_failed(shard, id, &e)),
     }
 }
 

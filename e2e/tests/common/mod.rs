@@ -90,10 +90,17 @@ impl Cluster {
             server: Some(server),
             gateway,
         };
-        if serve.is_none() {
-            cluster.wait_ready().await;
-        } else {
-            cluster.wait_for_topology().await;
+        match serve {
+            None => cluster.wait_ready().await,
+            Some(served) => {
+                cluster
+                    .poll("the served shards to answer", |_, body| {
+                        served
+                            .iter()
+                            .all(|shard| body["shards"][shard.to_string()] == json!(true))
+                    })
+                    .await
+            }
         }
         cluster
     }
@@ -102,14 +109,6 @@ impl Cluster {
     pub async fn wait_ready(&self) {
         self.poll("the gateway to be ready", |status, _| status == 200)
             .await;
-    }
-
-    /// Polls `/readyz` until the gateway has read the topology.
-    pub async fn wait_for_topology(&self) {
-        self.poll("the gateway to read the topology", |_, body| {
-            body["topology"] == json!(true)
-        })
-        .await;
     }
 
     async fn poll(&self, what: &str, done: impl Fn(u16, &Value) -> bool) {
