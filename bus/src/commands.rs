@@ -23,7 +23,8 @@ fn transport(what: &str) -> impl Fn(String) -> Error + '_ {
 /// Opens the command stream, creating it when missing. A work queue: a command is removed
 /// once a worker acks it, and each pool has its own consumer, so no command is taken twice.
 pub async fn stream(client: &Client) -> Result<stream::Stream, Error> {
-    jetstream::new(client.clone())
+    let js = jetstream::new(client.clone());
+    let created = js
         .get_or_create_stream(stream::Config {
             name: subject::COMMAND_STREAM.to_owned(),
             description: Some("noetl-dispatch step commands".to_owned()),
@@ -34,8 +35,15 @@ pub async fn stream(client: &Client) -> Result<stream::Stream, Error> {
             num_replicas: 1,
             ..Default::default()
         })
-        .await
-        .map_err(|e| transport("opening the command stream")(e.to_string()))
+        .await;
+    match created {
+        Ok(stream) => Ok(stream),
+        // A server or worker racing us created it between our lookup and our create.
+        Err(create_error) => js
+            .get_stream(subject::COMMAND_STREAM)
+            .await
+            .map_err(|e| transport("opening the command stream")(format!("{create_error}; {e}"))),
+    }
 }
 
 /// Publishes a command and waits until JetStream has stored it.

@@ -124,8 +124,8 @@ pub fn decode<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, E
 ///
 /// The bucket's stream is created here with the key-value layout (ADR-8) rather than with
 /// `create_key_value`, which first asks for account information in a shape nats-server 2.9
-/// (Debian 12's) does not send. Concurrent creators converge: creating an identical stream
-/// that already exists succeeds.
+/// (Debian 12's) does not send. Concurrent creators converge: whoever loses the race opens
+/// the winner's stream.
 pub async fn kv_bucket(
     client: &Client,
     bucket: &str,
@@ -152,12 +152,11 @@ pub async fn kv_bucket(
             ..Default::default()
         })
         .await;
-    if let Err(e) = created {
-        return Err(Error::Transport(format!("creating bucket {bucket}: {e}")));
-    }
-    js.get_key_value(bucket)
-        .await
-        .map_err(|e| Error::Transport(format!("opening bucket {bucket}: {e}")))
+    // A creator racing us makes our create fail; its stream is as good as ours.
+    js.get_key_value(bucket).await.map_err(|e| {
+        let create = created.err().map(|c| format!("{c}; ")).unwrap_or_default();
+        Error::Transport(format!("opening bucket {bucket}: {create}{e}"))
+    })
 }
 
 /// Subscribes `filter` in queue group `group`: each message goes to one member of the group.

@@ -239,6 +239,11 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
             if !is_current(state, step, attempt) {
                 return decision;
             }
+            if state.steps[step].status == StepStatus::Dispatched {
+                // A step short enough to finish before it was marked running: its start still
+                // belongs in the log.
+                decision.record("step_started", step_payload(state, step, json!({})));
+            }
             match outcome {
                 StepOutcome::Succeeded { result } => {
                     let s = &mut state.steps[step];
@@ -540,6 +545,11 @@ mod tests {
 
         let d = decide(&mut state, ok(3, 1, json!({})));
         assert_eq!(d.finished, Some(ExecutionStatus::Succeeded));
+        let kinds: Vec<&str> = d.records.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            ["step_started", "step_succeeded", "execution_succeeded"]
+        );
         assert_eq!(
             d.records.last().map(|r| r.kind),
             Some("execution_succeeded")

@@ -36,8 +36,10 @@ async fn progress(pools: &[PgPool]) -> (i64, i64) {
         .fetch_one(pool)
         .await
         .expect("count terminal");
+        // On a worker now: started (a heartbeat was seen) and not finished.
         running += sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM execution_steps WHERE status = 'running'",
+            "SELECT count(*) FROM execution_steps
+             WHERE status IN ('dispatched', 'running') AND started_at IS NOT NULL",
         )
         .fetch_one(pool)
         .await

@@ -33,6 +33,8 @@ use tokio_util::task::TaskTracker;
 pub use configuration::ServerConfig;
 
 const DATABASE_RETRY: Duration = Duration::from_secs(1);
+/// Connections per shard for heartbeats (single statements that do not wait for the WAL).
+const HEARTBEAT_CONNECTIONS: u32 = 4;
 
 /// Runs the server until `cancel`, then drains: stops taking requests, finishes those in
 /// flight, commits what is queued.
@@ -92,9 +94,14 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     let background = TaskTracker::new();
     let mut shards = Vec::with_capacity(pools.len());
     for (shard, pool) in pools {
+        let dsn = config
+            .shards
+            .get(shard)
+            .context("serve only lists shards of NOETL_SHARDS")?;
         let orchestrator = orchestrate::Orchestrator::new(
             shard,
             pool.clone(),
+            persistence::relaxed_pool(dsn, HEARTBEAT_CONNECTIONS)?,
             config.leases,
             Arc::new(tokio::sync::Notify::new()),
             &committers,

@@ -53,6 +53,8 @@ pub struct Orchestrator {
 struct Inner {
     shard: ShardId,
     pool: PgPool,
+    /// Commits without waiting for the WAL flush: heartbeats only.
+    relaxed: PgPool,
     leases: Leases,
     /// Woken after every commit that queued commands.
     relay: Arc<Notify>,
@@ -70,6 +72,7 @@ impl Orchestrator {
     pub fn new(
         shard: ShardId,
         pool: PgPool,
+        relaxed: PgPool,
         leases: Leases,
         relay: Arc<Notify>,
         tracker: &TaskTracker,
@@ -79,6 +82,7 @@ impl Orchestrator {
         let inner = Arc::new(Inner {
             shard,
             pool,
+            relaxed,
             leases,
             relay,
         });
@@ -161,12 +165,13 @@ impl Orchestrator {
         self.reports.submit((id, event)).await.flatten()
     }
 
-    /// A heartbeat: extends the attempt's lease and, on the first one, marks the step running.
-    /// `None` when the attempt no longer owns its step (the worker must stop).
+    /// A heartbeat: extends the attempt's lease; from the second one on, marks the step
+    /// running. `None` when the attempt no longer owns its step (the worker must stop).
     ///
-    /// The transaction does not wait for its WAL flush: a heartbeat lost in a crash only lets
-    /// the lease run out, which is the crash's consequence anyway, and a lost `step_started`
-    /// loses its sequence number with it, so the log stays gapless.
+    /// Heartbeats write through the relaxed pool, whose commits do not wait for the WAL flush:
+    /// one lost in a crash only lets the lease run out, which is the crash's consequence anyway,
+    /// and a lost `step_started` loses its sequence number with it, so the log stays gapless.
+    /// A step that ends before its second heartbeat gets `step_started` with its result.
     pub async fn heartbeat(
         &self,
         id: ExecutionId,
@@ -174,33 +179,25 @@ impl Orchestrator {
         attempt: u32,
     ) -> Result<Option<StepStatus>, persistence::Error> {
         let inner = &self.inner;
-        let mut tx = inner.pool.begin().await?;
-        persistence::relax_durability(&mut tx).await?;
-        // The first heartbeat changes the step (under the execution's lock, taken before the
-        // step's, the order every path keeps); later ones only touch the step's lease.
-        let status = match persistence::in_flight_status(&mut tx, id, step, attempt).await? {
-            Some(StepStatus::Dispatched) => {
+        let lease_ms = millis(inner.leases.step_lease_ms);
+        match persistence::touch_attempt(&inner.relaxed, id, step, attempt, lease_ms).await? {
+            Some((StepStatus::Dispatched, true)) => {
                 let started = Event::Started {
                     step: step as usize,
                     attempt,
                 };
-                match inner
-                    .apply_in(&mut tx, id, started, Guard::None)
-                    .await?
-                    .applied
-                {
-                    Applied::Changed(_) => Some(StepStatus::Running),
-                    _ => None,
-                }
+                let mut tx = inner.relaxed.begin().await?;
+                let outcome = inner.apply_in(&mut tx, id, started, Guard::None).await?;
+                tx.commit().await?;
+                Ok(Some(match outcome.applied {
+                    Applied::Changed(_) => StepStatus::Running,
+                    // Another heartbeat got there first, or the report did; the next
+                    // heartbeat or the report itself settles it.
+                    _ => StepStatus::Dispatched,
+                }))
             }
-            Some(_) => {
-                let lease_ms = millis(inner.leases.step_lease_ms);
-                persistence::extend_lease(&mut tx, id, step, attempt, lease_ms).await?
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(status)
+            touched => Ok(touched.map(|(status, _)| status)),
+        }
     }
 }
 

@@ -41,6 +41,22 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A pool for one shard database. Connections are opened lazily, so an unreachable database
 /// surfaces on first use rather than here.
 pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect_options(dsn)?))
+}
+
+/// A pool whose commits do not wait for their WAL flush, for writes whose loss in a crash is
+/// harmless (heartbeats: a lost one only lets a lease run out).
+pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect_options(dsn)?.options([("synchronous_commit", "off")])))
+}
+
+fn connect_options(dsn: &ShardDsn) -> Result<PgConnectOptions, Error> {
     // Only NOETL_SHARDS decides where a shard lives: no ~/.pgpass lookup for another host.
     let mut options = PgConnectOptions::new_without_pgpass()
         .host(&dsn.host)
@@ -66,10 +82,7 @@ pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
             _ => return Err(setting_error("not supported".to_owned())),
         };
     }
-    Ok(PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
+    Ok(options)
 }
 
 /// Applies pending migrations. sqlx holds a Postgres advisory lock while migrating, so servers
@@ -320,8 +333,13 @@ pub async fn lock_execution(
     id: ExecutionId,
 ) -> Result<Option<LockedExecution>, Error> {
     let row = sqlx::query(
-        "SELECT status, playbook, input, last_event_seq FROM executions
-         WHERE execution_id = $1 FOR UPDATE",
+        "SELECT e.status, e.playbook, e.input, e.last_event_seq,
+                (SELECT coalesce(json_agg(json_build_object(
+                            'status', s.status, 'attempt', s.attempt,
+                            'result', s.result, 'error', s.error) ORDER BY s.step_index),
+                        '[]'::json)
+                 FROM execution_steps s WHERE s.execution_id = e.execution_id) AS steps
+         FROM executions e WHERE e.execution_id = $1 FOR UPDATE OF e",
     )
     .bind(id.get())
     .fetch_optional(&mut **tx)
@@ -329,26 +347,9 @@ pub async fn lock_execution(
     let Some(row) = row else {
         return Ok(None);
     };
-    let steps = sqlx::query(
-        "SELECT status, attempt, result, error FROM execution_steps
-         WHERE execution_id = $1 ORDER BY step_index",
-    )
-    .bind(id.get())
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|step| {
-        let status: String = step.try_get("status")?;
-        let attempt: i32 = step.try_get("attempt")?;
-        Ok(StepState {
-            status: StepStatus::parse(&status)
-                .ok_or_else(|| Error::Malformed(format!("step status {status:?}")))?,
-            attempt: u32::try_from(attempt).unwrap_or(0),
-            result: step.try_get("result")?,
-            error: step.try_get("error")?,
-        })
-    })
-    .collect::<Result<Vec<_>, Error>>()?;
+    let steps: serde_json::Value = row.try_get("steps")?;
+    let steps: Vec<StepState> = serde_json::from_value(steps)
+        .map_err(|e| Error::Malformed(format!("steps of {id}: {e}")))?;
     Ok(Some(LockedExecution {
         status: status(&row)?,
         playbook: row.try_get("playbook")?,
@@ -369,127 +370,89 @@ pub async fn save_decision(
     outbox: &[OutboxRow],
 ) -> Result<(), Error> {
     let raw = id.get();
-    if !steps.is_empty() {
-        let mut columns = StepColumns::default();
-        for step in steps {
-            columns.push(raw, step);
-        }
-        sqlx::query(
-            "UPDATE execution_steps AS s SET
-                 status = u.status, attempt = u.attempt, result = u.result::jsonb, error = u.error,
-                 lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
-                 started_at = CASE WHEN u.status = 'running' THEN now() ELSE s.started_at END,
-                 finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
-                                    THEN now() ELSE NULL END,
-                 updated_at = now()
-             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[],
-                         $7::bigint[])
-                 AS u(execution_id, step_index, status, attempt, result, error, lease_ms)
-             WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index",
-        )
-        .bind(&columns.execution_ids)
-        .bind(&columns.indexes)
-        .bind(&columns.statuses)
-        .bind(&columns.attempts)
-        .bind(&columns.results)
-        .bind(&columns.errors)
-        .bind(&columns.lease_ms)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !events.is_empty() {
-        sqlx::query(
-            "INSERT INTO execution_events (execution_id, seq, kind, payload)
-             SELECT $1, $2 + ord, kind, payload::jsonb
-             FROM UNNEST($3::text[], $4::text[]) WITH ORDINALITY AS e(kind, payload, ord)",
-        )
-        .bind(raw)
-        .bind(last_event_seq)
-        .bind(events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
-        .bind(events.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !outbox.is_empty() {
-        sqlx::query(
-            "INSERT INTO outbox (execution_id, pool, command, not_before)
-             SELECT $1, pool, command::jsonb, now() + delay_ms * interval '1 millisecond'
-             FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS o(pool, command, delay_ms)",
-        )
-        .bind(raw)
-        .bind(outbox.iter().map(|o| o.pool.as_str()).collect::<Vec<_>>())
-        .bind(
-            outbox
-                .iter()
-                .map(|o| o.command.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(outbox.iter().map(|o| o.delay_ms).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
+    let mut columns = StepColumns::default();
+    for step in steps {
+        columns.push(raw, step);
     }
     sqlx::query(
-        "UPDATE executions SET status = $2, last_event_seq = $3, updated_at = now()
+        "WITH changed_steps AS (
+             UPDATE execution_steps AS s SET
+                 status = u.status, attempt = u.attempt, result = u.result::jsonb, error = u.error,
+                 lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
+                 started_at = CASE WHEN u.status = 'running' THEN coalesce(s.started_at, now())
+                                   WHEN u.status = 'dispatched' THEN NULL
+                                   ELSE s.started_at END,
+                 finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
+                                    THEN now() END,
+                 updated_at = now()
+             FROM UNNEST($4::int[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bigint[])
+                 AS u(step_index, status, attempt, result, error, lease_ms)
+             WHERE s.execution_id = $1 AND s.step_index = u.step_index
+         ), new_events AS (
+             INSERT INTO execution_events (execution_id, seq, kind, payload)
+             SELECT $1, $3 + ord, kind, payload::jsonb
+             FROM UNNEST($10::text[], $11::text[]) WITH ORDINALITY AS e(kind, payload, ord)
+         ), new_commands AS (
+             INSERT INTO outbox (execution_id, pool, command, not_before)
+             SELECT $1, pool, command::jsonb, now() + delay_ms * interval '1 millisecond'
+             FROM UNNEST($12::text[], $13::text[], $14::bigint[]) AS o(pool, command, delay_ms)
+         )
+         UPDATE executions SET status = $2, last_event_seq = $3 + $15, updated_at = now()
          WHERE execution_id = $1",
     )
     .bind(raw)
     .bind(status.as_str())
-    .bind(last_event_seq + events.len() as i64)
+    .bind(last_event_seq)
+    .bind(&columns.indexes)
+    .bind(&columns.statuses)
+    .bind(&columns.attempts)
+    .bind(&columns.results)
+    .bind(&columns.errors)
+    .bind(&columns.lease_ms)
+    .bind(events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
+    .bind(outbox.iter().map(|o| o.pool.as_str()).collect::<Vec<_>>())
+    .bind(
+        outbox
+            .iter()
+            .map(|o| o.command.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(outbox.iter().map(|o| o.delay_ms).collect::<Vec<_>>())
+    .bind(events.len() as i64)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Lets `tx` commit without waiting for its WAL flush (for heartbeats, whose loss is harmless).
-pub async fn relax_durability(tx: &mut Transaction<'_, Postgres>) -> Result<(), Error> {
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Extends the lease of an in-flight attempt; returns its status, or `None` when the attempt
-/// no longer owns the step (superseded, finished, cancelled).
-pub async fn extend_lease(
-    tx: &mut Transaction<'_, Postgres>,
+/// A heartbeat's write: extends an in-flight attempt's lease and notes when it started.
+/// Returns the step's status and whether an earlier heartbeat of this attempt was seen, or
+/// `None` when the attempt no longer owns its step (superseded, finished, cancelled).
+/// Meant for the relaxed pool.
+pub async fn touch_attempt(
+    pool: &PgPool,
     id: ExecutionId,
     step: u32,
     attempt: u32,
     lease_ms: i64,
-) -> Result<Option<StepStatus>, Error> {
-    let status: Option<String> = sqlx::query_scalar(
-        "UPDATE execution_steps SET lease_expires_at = now() + $4 * interval '1 millisecond'
-         WHERE execution_id = $1 AND step_index = $2 AND attempt = $3
-           AND status IN ('dispatched', 'running')
-         RETURNING status",
+) -> Result<Option<(StepStatus, bool)>, Error> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "UPDATE execution_steps AS s
+         SET lease_expires_at = now() + $4 * interval '1 millisecond',
+             started_at = coalesce(s.started_at, now())
+         FROM (SELECT started_at IS NOT NULL AS seen FROM execution_steps
+               WHERE execution_id = $1 AND step_index = $2 FOR UPDATE) AS before
+         WHERE s.execution_id = $1 AND s.step_index = $2 AND s.attempt = $3
+           AND s.status IN ('dispatched', 'running')
+         RETURNING s.status, before.seen",
     )
     .bind(id.get())
     .bind(i32::try_from(step).unwrap_or(i32::MAX))
     .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
     .bind(lease_ms)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(pool)
     .await?;
-    Ok(status.as_deref().and_then(StepStatus::parse))
-}
-
-/// The status of an attempt that still owns its step and is in flight; `None` otherwise.
-pub async fn in_flight_status(
-    tx: &mut Transaction<'_, Postgres>,
-    id: ExecutionId,
-    step: u32,
-    attempt: u32,
-) -> Result<Option<StepStatus>, Error> {
-    let status: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM execution_steps
-         WHERE execution_id = $1 AND step_index = $2 AND attempt = $3
-           AND status IN ('dispatched', 'running')",
-    )
-    .bind(id.get())
-    .bind(i32::try_from(step).unwrap_or(i32::MAX))
-    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(status.as_deref().and_then(StepStatus::parse))
+    Ok(row.and_then(|(status, seen)| StepStatus::parse(&status).map(|s| (s, seen))))
 }
 
 /// Whether the attempt's lease is still expired, locking its step row for the rest of `tx`
