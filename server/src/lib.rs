@@ -100,13 +100,17 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             .context("serve only lists shards of NOETL_SHARDS")?;
         let orchestrator = orchestrate::Orchestrator::new(
             shard,
-            pool.clone(),
-            persistence::relaxed_pool(dsn, HEARTBEAT_CONNECTIONS)?,
+            orchestrate::Pools {
+                pool: pool.clone(),
+                relaxed: persistence::relaxed_pool(dsn, HEARTBEAT_CONNECTIONS)?,
+            },
             config.leases,
             Arc::new(tokio::sync::Notify::new()),
-            &committers,
-            config.max_batch,
-            config.committers_per_shard,
+            orchestrate::Batching {
+                tracker: &committers,
+                max_batch: config.max_batch,
+                parallel: config.committers_per_shard,
+            },
         );
         background.spawn(relay::run(
             shard,

@@ -32,6 +32,23 @@ pub struct Leases {
     pub default_timeout_ms: u64,
 }
 
+/// A shard's connection pools.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Every write that must be durable before it is acknowledged.
+    pub pool: PgPool,
+    /// Commits without waiting for the WAL flush: heartbeats only.
+    pub relaxed: PgPool,
+}
+
+/// Where and how report batches run.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching<'a> {
+    pub tracker: &'a TaskTracker,
+    pub max_batch: usize,
+    pub parallel: usize,
+}
+
 /// The outcome of applying an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -68,17 +85,15 @@ struct Outcome {
 }
 
 impl Orchestrator {
-    /// An orchestrator whose report batches run as `parallel` tasks on `tracker`.
+    /// An orchestrator whose report batches run as described by `batching`.
     pub fn new(
         shard: ShardId,
-        pool: PgPool,
-        relaxed: PgPool,
+        pools: Pools,
         leases: Leases,
         relay: Arc<Notify>,
-        tracker: &TaskTracker,
-        max_batch: usize,
-        parallel: usize,
+        batching: Batching<'_>,
     ) -> Self {
+        let Pools { pool, relaxed } = pools;
         let inner = Arc::new(Inner {
             shard,
             pool,
@@ -87,10 +102,15 @@ impl Orchestrator {
             relay,
         });
         let batch_inner = inner.clone();
-        let reports = Batcher::spawn(max_batch, parallel, tracker, move |items| {
-            let inner = batch_inner.clone();
-            async move { inner.apply_batch(items).await }
-        });
+        let reports = Batcher::spawn(
+            batching.max_batch,
+            batching.parallel,
+            batching.tracker,
+            move |items| {
+                let inner = batch_inner.clone();
+                async move { inner.apply_batch(items).await }
+            },
+        );
         Self { inner, reports }
     }
 
