@@ -28,6 +28,7 @@ pub struct Setup<'a> {
 #[derive(Debug, Serialize)]
 pub struct Scenario {
     pub name: String,
+    pub submit_concurrency: usize,
     pub worker_concurrency: usize,
     pub executions: usize,
     pub failed: i64,
@@ -42,6 +43,16 @@ pub struct Scenario {
 }
 
 const DEADLINE: Duration = Duration::from_secs(600);
+/// Executions of the light scenario: one submit at a time, so no backlog forms and dispatch
+/// latency is the pipeline's own (commit → outbox → relay → JetStream → worker).
+const LIGHT_EXECUTIONS: usize = 200;
+
+/// How hard a scenario pushes.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    submit_concurrency: usize,
+    executions: usize,
+}
 
 /// Runs the single-step and the 5-step scenarios with one worker of `workers` concurrency.
 pub async fn run(
@@ -61,9 +72,23 @@ pub async fn run(
     crate::wait_ready(setup.http, &format!("http://127.0.0.1:{port}/readyz"))
         .await
         .context("the worker")?;
-    let single = scenario(setup, workers, "noop-1", 1, executions).await?;
-    let chain = scenario(setup, workers, "noop-chain-5", 5, (executions / 5).max(1)).await?;
-    Ok(vec![single, chain])
+    let light = Load {
+        submit_concurrency: 1,
+        executions: LIGHT_EXECUTIONS,
+    };
+    let heavy = Load {
+        submit_concurrency: setup.submit_concurrency,
+        executions,
+    };
+    let chain = Load {
+        executions: (executions / 5).max(1),
+        ..heavy
+    };
+    Ok(vec![
+        scenario(setup, workers, "noop-1-light", 1, light).await?,
+        scenario(setup, workers, "noop-1", 1, heavy).await?,
+        scenario(setup, workers, "noop-chain-5", 5, chain).await?,
+    ])
 }
 
 fn body(name: &str, steps: usize) -> anyhow::Result<Bytes> {
@@ -87,11 +112,15 @@ async fn scenario(
     workers: usize,
     kind: &str,
     steps: usize,
-    executions: usize,
+    load: Load,
 ) -> anyhow::Result<Scenario> {
+    let executions = load.executions;
     // A playbook name per run, so the databases tell this scenario's executions apart.
     let name = format!("{kind}-w{workers}");
-    eprintln!("end to end: {executions} × {name} ({steps} step(s)), worker concurrency {workers}…");
+    eprintln!(
+        "end to end: {executions} × {name} ({steps} step(s)), {} submitting, worker concurrency {workers}…",
+        load.submit_concurrency
+    );
     let body = body(&name, steps)?;
     let url = format!("{}/api/v1/executions", setup.gateway);
     let started = Instant::now();
@@ -104,7 +133,7 @@ async fn scenario(
                 .body(body.clone());
             async move { matches!(request.send().await, Ok(r) if r.status().as_u16() == 201) }
         })
-        .buffer_unordered(setup.submit_concurrency)
+        .buffer_unordered(load.submit_concurrency)
         .filter(|ok| futures::future::ready(*ok))
         .count()
         .await;
@@ -168,6 +197,7 @@ async fn scenario(
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Scenario {
         name,
+        submit_concurrency: load.submit_concurrency,
         worker_concurrency: workers,
         executions,
         failed,
