@@ -3,27 +3,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{hello_request, id_of, poll_readyz, start_gateway};
+use common::{hello_request, id_of, poll_readyz, spawn_server, start_gateway};
 use noetl_contract::{shard_of, ExecutionId, ShardCount};
-use noetl_test_support::{cargo_bin, NatsServer, Postgres, Process};
+use noetl_test_support::{NatsServer, Postgres};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-fn spawn_server(nats_url: &str, shards: &str) -> Process {
-    let mut command = Command::new(cargo_bin("noetl-server"));
-    command
-        .env("NOETL_NATS_URL", nats_url)
-        .env("NOETL_SHARDS", shards)
-        .env("NOETL_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Process::spawn(command)
-}
 
 #[derive(Default)]
 struct Outcomes {

@@ -3,27 +3,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{id_of, poll_readyz, start_gateway, start_worker};
+use common::{id_of, poll_readyz, spawn_server, start_gateway, start_worker};
 use noetl_contract::{shard_of, ExecutionId, ShardCount};
-use noetl_test_support::{cargo_bin, NatsServer, Postgres, Process};
+use noetl_test_support::{NatsServer, Postgres};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-fn spawn_server(nats_url: &str, shards: &str) -> Process {
-    let mut command = Command::new(cargo_bin("noetl-server"));
-    command
-        .env("NOETL_NATS_URL", nats_url)
-        .env("NOETL_SHARDS", shards)
-        .env("NOETL_LISTEN", "127.0.0.1:0")
-        .env("NOETL_STEP_LEASE_MS", "2000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    Process::spawn(command)
-}
 
 /// Terminal executions and running steps, read straight from every shard database.
 async fn progress(pools: &[PgPool]) -> (i64, i64) {

@@ -8,7 +8,7 @@
 //! - [`relay`]: publishes the outbox of commands to JetStream.
 //! - [`leases`]: re-dispatches attempts whose worker went silent.
 //! - [`shard`]: a shard's subscriptions and request handling (route check first).
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`http`]: the readiness check behind `/readyz` (served with `/healthz` and `/metrics`).
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments and calls it.
 
@@ -39,7 +39,8 @@ const HEARTBEAT_CONNECTIONS: u32 = 4;
 /// Runs the server until `cancel`, then drains: stops taking requests, finishes those in
 /// flight, commits what is queued.
 pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
-    let metrics = noetl_service::install_metrics();
+    // Before anything records a metric, so nothing is counted into the void.
+    noetl_service::install_metrics();
     let client = noetl_bus::connect(&config.nats).await?;
 
     let configured = Topology::bootstrap(config.shards.count());
@@ -71,21 +72,11 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
         pools.push((shard, pool));
     }
 
-    let health = Arc::new(http::Health {
-        client: client.clone(),
-        shards: pools.clone(),
-        metrics,
-    });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "health and metrics endpoint");
-    let http_cancel = cancel.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, http::router(health))
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
-    });
+    let (ready_client, ready_pools) = (client.clone(), pools.clone());
+    let http = noetl_service::ops::serve(config.listen, cancel.clone(), move || {
+        http::readiness(ready_client.clone(), ready_pools.clone())
+    })
+    .await?;
 
     noetl_bus::commands::stream(&client)
         .await

@@ -4,6 +4,9 @@
 //! - [`init_tracing`]: structured logs, text or JSON.
 //! - [`install_metrics`]: the Prometheus recorder behind each process's `/metrics`.
 //! - [`shutdown_on_signal`]: SIGTERM/SIGINT cancel the root token; a second signal exits.
+//! - [`ops`]: `/healthz`, `/readyz` and `/metrics` for processes without an API of their own.
+
+pub mod ops;
 
 use std::path::Path;
 

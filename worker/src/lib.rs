@@ -13,8 +13,6 @@ pub mod configuration;
 pub mod http;
 pub mod runner;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +21,8 @@ pub use configuration::WorkerConfig;
 /// Runs the worker until `cancel`, then drains: stops pulling, lets the steps in hand finish
 /// and report, and returns.
 pub async fn run(config: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
-    let metrics = noetl_service::install_metrics();
+    // Before anything records a metric, so nothing is counted into the void.
+    noetl_service::install_metrics();
     let registry = actions::Registry::builtin(config.allow_shell, config.max_output_bytes)
         .context("failed to set up the actions")?;
     if config.allow_shell {
@@ -31,20 +30,11 @@ pub async fn run(config: WorkerConfig, cancel: CancellationToken) -> anyhow::Res
     }
     let client = noetl_bus::connect(&config.nats).await?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "health and metrics endpoint");
-    let health = Arc::new(http::Health {
-        client: client.clone(),
-        metrics,
-    });
-    let http_cancel = cancel.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, http::router(health))
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
-    });
+    let ready_client = client.clone();
+    let http = noetl_service::ops::serve(config.listen, cancel.clone(), move || {
+        http::readiness(ready_client.clone())
+    })
+    .await?;
 
     tracing::info!(
         worker = %config.name,

@@ -234,20 +234,35 @@ pub async fn poll_readyz(
     done: impl Fn(u16, &Value) -> bool,
 ) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut last = Value::Null;
     loop {
         if let Ok(response) = http.get(format!("{gateway_url}/readyz")).send().await {
             let status = response.status().as_u16();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            if done(status, &body) {
+            last = response.json().await.unwrap_or(Value::Null);
+            if done(status, &last) {
                 return;
             }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out waiting for {what}; last /readyz: {last}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs the server binary as a process of its own (so a test can SIGKILL it), with the same
+/// short step lease as in-process servers.
+pub fn spawn_server(nats_url: &str, shards: &str) -> noetl_test_support::Process {
+    let mut command = std::process::Command::new(noetl_test_support::cargo_bin("noetl-server"));
+    command
+        .env("NOETL_NATS_URL", nats_url)
+        .env("NOETL_SHARDS", shards)
+        .env("NOETL_LISTEN", "127.0.0.1:0")
+        .env("NOETL_STEP_LEASE_MS", "2000")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    noetl_test_support::Process::spawn(command)
 }
 
 /// Runs a worker inside the test process until `cancel`.
