@@ -63,6 +63,10 @@ pub fn watch(client: Client, cancel: CancellationToken) -> watch::Receiver<Optio
     receiver
 }
 
+/// How often the document is also read directly, so a watch that stalls without an error
+/// (seen under heavy load) cannot leave a process on a stale view, or with none.
+const REREAD_EVERY: Duration = Duration::from_secs(2);
+
 async fn follow(
     client: &Client,
     sender: &watch::Sender<Option<Topology>>,
@@ -73,26 +77,50 @@ async fn follow(
         .watch_with_history(TOPOLOGY_KEY)
         .await
         .map_err(|e| Error::Transport(format!("watching the topology: {e}")))?;
+    let mut reread = tokio::time::interval(REREAD_EVERY);
     loop {
-        let entry = tokio::select! {
+        let document = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            entry = updates.next() => entry,
+            _ = reread.tick() => {
+                let entry = store
+                    .entry(TOPOLOGY_KEY)
+                    .await
+                    .map_err(|e| Error::Transport(format!("reading the topology: {e}")))?;
+                match entry {
+                    Some(entry) if entry.operation == kv::Operation::Put => (entry.revision, entry.value),
+                    _ => continue,
+                }
+            }
+            entry = updates.next() => {
+                let Some(entry) = entry else {
+                    return Err(Error::Transport("topology watch ended".to_owned()));
+                };
+                let entry = entry.map_err(|e| Error::Transport(e.to_string()))?;
+                if entry.operation != kv::Operation::Put {
+                    continue;
+                }
+                (entry.revision, entry.value)
+            }
         };
-        let Some(entry) = entry else {
-            return Err(Error::Transport("topology watch ended".to_owned()));
-        };
-        let entry = entry.map_err(|e| Error::Transport(e.to_string()))?;
-        if entry.operation != kv::Operation::Put {
-            continue;
+        offer(sender, document);
+    }
+}
+
+/// Hands a document to the watchers when it is valid and differs from what they hold.
+fn offer(sender: &watch::Sender<Option<Topology>>, (revision, value): (u64, Bytes)) {
+    match crate::decode::<Topology>(TOPOLOGY_KEY, &value) {
+        Ok(topology) => {
+            sender.send_if_modified(|current| {
+                if current.as_ref() == Some(&topology) {
+                    return false;
+                }
+                tracing::info!(revision, epochs = topology.epochs().len(), shard_count = %topology.latest().shard_count, "topology updated");
+                *current = Some(topology);
+                true
+            });
         }
-        match crate::decode::<Topology>(TOPOLOGY_KEY, &entry.value) {
-            Ok(topology) => {
-                tracing::info!(revision = entry.revision, epochs = topology.epochs().len(), shard_count = %topology.latest().shard_count, "topology updated");
-                sender.send_replace(Some(topology));
-            }
-            Err(e) => {
-                tracing::error!(revision = entry.revision, error = %e, "ignoring malformed topology document");
-            }
+        Err(e) => {
+            tracing::error!(revision, error = %e, "ignoring malformed topology document");
         }
     }
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::{hello_request, id_of, poll_readyz, spawn_server, start_gateway};
 use noetl_contract::{shard_of, ExecutionId, ShardCount};
@@ -19,14 +18,19 @@ struct Outcomes {
 }
 
 async fn wait_until(what: &str, outcomes: &Mutex<Outcomes>, done: impl Fn(&Outcomes) -> bool) {
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while !done(&outcomes.lock().expect("outcomes lock")) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(what, common::DEADLINE, || async {
+        let outcomes = outcomes.lock().expect("outcomes lock");
+        if done(&outcomes) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} committed, {} refused",
+                outcomes.committed.len(),
+                outcomes.refused
+            ))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

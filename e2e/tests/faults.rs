@@ -36,18 +36,15 @@ async fn progress(pools: &[PgPool]) -> (i64, i64) {
 }
 
 async fn wait_for_progress(pools: &[PgPool], what: &str, done: impl Fn(i64, i64) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    common::eventually(what, Duration::from_secs(120), || async {
         let (terminal, running) = progress(pools).await;
         if done(terminal, running) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{terminal} terminal, {running} running"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what} ({terminal} terminal, {running} running)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

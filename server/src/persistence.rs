@@ -333,13 +333,8 @@ pub async fn lock_execution(
     id: ExecutionId,
 ) -> Result<Option<LockedExecution>, Error> {
     let row = sqlx::query(
-        "SELECT e.status, e.playbook, e.input, e.last_event_seq,
-                (SELECT coalesce(json_agg(json_build_object(
-                            'status', s.status, 'attempt', s.attempt,
-                            'result', s.result, 'error', s.error) ORDER BY s.step_index),
-                        '[]'::json)
-                 FROM execution_steps s WHERE s.execution_id = e.execution_id) AS steps
-         FROM executions e WHERE e.execution_id = $1 FOR UPDATE OF e",
+        "SELECT status, playbook, input, last_event_seq FROM executions
+         WHERE execution_id = $1 FOR UPDATE",
     )
     .bind(id.get())
     .fetch_optional(&mut **tx)
@@ -347,7 +342,19 @@ pub async fn lock_execution(
     let Some(row) = row else {
         return Ok(None);
     };
-    let steps: serde_json::Value = row.try_get("steps")?;
+    // A statement of its own, after the lock: under READ COMMITTED it takes a fresh snapshot,
+    // so it sees what the transaction that held the lock before us committed. (Read in the
+    // locking statement, the steps would come from the snapshot taken before the wait, and a
+    // report queued behind another for the same step would record its result twice.)
+    let steps: serde_json::Value = sqlx::query_scalar(
+        "SELECT coalesce(json_agg(json_build_object(
+                     'status', status, 'attempt', attempt, 'result', result, 'error', error)
+                 ORDER BY step_index), '[]'::json)
+         FROM execution_steps WHERE execution_id = $1",
+    )
+    .bind(id.get())
+    .fetch_one(&mut **tx)
+    .await?;
     let steps: Vec<StepState> = serde_json::from_value(steps)
         .map_err(|e| Error::Malformed(format!("steps of {id}: {e}")))?;
     Ok(Some(LockedExecution {

@@ -17,6 +17,26 @@ use tokio_util::sync::CancellationToken;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Polls `probe` until it returns `Ok`, or panics after `deadline` with `what` and the last
+/// state `probe` described in its `Err`. Tests wait with this, never with a bare sleep.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(state) => assert!(
+                tokio::time::Instant::now() < give_up,
+                "timed out waiting for {what}; last seen: {state}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub struct Cluster {
     pub nats: NatsServer,
     pub pg: Postgres,
@@ -112,7 +132,15 @@ impl Cluster {
     }
 
     async fn poll(&self, what: &str, done: impl Fn(u16, &Value) -> bool) {
-        poll_readyz(&self.http, &self.gateway_url, what, done).await;
+        let server_died = async {
+            while !self.server.as_ref().is_some_and(JoinHandle::is_finished) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            () = poll_readyz(&self.http, &self.gateway_url, what, done) => {}
+            () = server_died => panic!("the server stopped while waiting for {what}"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -139,18 +167,15 @@ impl Cluster {
         what: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        eventually(what, DEADLINE, || async {
             let (status, body) = self.get_json(&format!("/api/v1/executions/{id}")).await;
             if status == 200 && done(&body) {
-                return body;
+                Ok(body)
+            } else {
+                Err(body.to_string())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Every event of an execution, in order.
@@ -233,22 +258,21 @@ pub async fn poll_readyz(
     what: &str,
     done: impl Fn(u16, &Value) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut last = Value::Null;
-    loop {
-        if let Ok(response) = http.get(format!("{gateway_url}/readyz")).send().await {
-            let status = response.status().as_u16();
-            last = response.json().await.unwrap_or(Value::Null);
-            if done(status, &last) {
-                return;
-            }
+    eventually(what, DEADLINE, || async {
+        let response = http
+            .get(format!("{gateway_url}/readyz"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if done(status, &body) {
+            Ok(())
+        } else {
+            Err(body.to_string())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last /readyz: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// Runs the server binary as a process of its own (so a test can SIGKILL it), with the same
