@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 pub use configuration::ServerConfig;
 
-const DATABASE_RETRY: Duration = Duration::from_secs(1);
+const START_RETRY: Duration = Duration::from_secs(1);
 /// Connections per shard for heartbeats (single statements that do not wait for the WAL).
 const HEARTBEAT_CONNECTIONS: u32 = 4;
 
@@ -44,9 +44,10 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     let client = noetl_bus::connect(&config.nats).await?;
 
     let configured = Topology::bootstrap(config.shards.count());
-    let topology = noetl_bus::topology::ensure(&client, &configured)
-        .await
-        .context("failed to read or create the cluster topology")?;
+    let topology = retry_bus("read or create the cluster topology", &cancel, || {
+        noetl_bus::topology::ensure(&client, &configured)
+    })
+    .await?;
     if topology.latest().shard_count != config.shards.count() {
         bail!(
             "the cluster topology has {} shards but NOETL_SHARDS lists {}; \
@@ -78,9 +79,10 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     })
     .await?;
 
-    noetl_bus::commands::stream(&client)
-        .await
-        .context("failed to open the command stream")?;
+    retry_bus("open the command stream", &cancel, || {
+        noetl_bus::commands::stream(&client)
+    })
+    .await?;
     let committers = TaskTracker::new();
     let background = TaskTracker::new();
     let mut shards = Vec::with_capacity(pools.len());
@@ -146,6 +148,29 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
+/// Retries a start-up step that talks to NATS: the bus may still be starting, or too busy to
+/// answer a JetStream request in time; neither is a reason to give up.
+async fn retry_bus<T, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, noetl_bus::Error>>,
+{
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) => tracing::warn!(error = %e, "failed to {what}; retrying"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => bail!("cancelled while trying to {what}"),
+            () = tokio::time::sleep(START_RETRY) => {}
+        }
+    }
+}
+
 /// Waits for the database, migrates it and checks it is the shard NOETL_SHARDS says it is.
 /// An unreachable database is retried (it may still be starting); a wrong one is fatal.
 async fn prepare_database(
@@ -168,7 +193,7 @@ async fn prepare_database(
         }
         tokio::select! {
             () = cancel.cancelled() => bail!("cancelled while waiting for shard {shard}'s database"),
-            () = tokio::time::sleep(DATABASE_RETRY) => {}
+            () = tokio::time::sleep(START_RETRY) => {}
         }
     }
     persistence::claim_shard(pool, shard)

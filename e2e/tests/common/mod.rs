@@ -94,52 +94,36 @@ impl Cluster {
         let pg = Postgres::start();
         let shard_dsns = pg.create_shards("noetl_shard", shards);
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(noetl_server::run(
+        let mut server = tokio::spawn(noetl_server::run(
             server_config(nats.url(), &shard_dsns, serve.clone()),
             cancel.clone(),
         ));
         let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
-        let cluster = Self {
+        let http = reqwest::Client::new();
+        let (what, served) = match &serve {
+            None => ("the gateway to be ready", None),
+            Some(served) => ("the served shards to answer", Some(served.clone())),
+        };
+        let ready = poll_readyz(&http, &gateway_url, what, |status, body| match &served {
+            None => status == 200,
+            Some(served) => served
+                .iter()
+                .all(|shard| body["shards"][shard.to_string()] == json!(true)),
+        });
+        tokio::select! {
+            () = ready => {}
+            stopped = &mut server => panic!("the server stopped while waiting for {what}: {stopped:?}"),
+        }
+        Self {
             nats,
             pg,
             shards: shard_dsns,
             shard_count: ShardCount::new(shards).expect("at least one shard"),
             gateway_url,
-            http: reqwest::Client::new(),
+            http,
             cancel,
             server: Some(server),
             gateway,
-        };
-        match serve {
-            None => cluster.wait_ready().await,
-            Some(served) => {
-                cluster
-                    .poll("the served shards to answer", |_, body| {
-                        served
-                            .iter()
-                            .all(|shard| body["shards"][shard.to_string()] == json!(true))
-                    })
-                    .await
-            }
-        }
-        cluster
-    }
-
-    /// Polls `/readyz` until every shard answers.
-    pub async fn wait_ready(&self) {
-        self.poll("the gateway to be ready", |status, _| status == 200)
-            .await;
-    }
-
-    async fn poll(&self, what: &str, done: impl Fn(u16, &Value) -> bool) {
-        let server_died = async {
-            while !self.server.as_ref().is_some_and(JoinHandle::is_finished) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::select! {
-            () = poll_readyz(&self.http, &self.gateway_url, what, done) => {}
-            () = server_died => panic!("the server stopped while waiting for {what}"),
         }
     }
 
