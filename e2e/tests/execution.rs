@@ -5,13 +5,12 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{id_of, start_worker, Cluster};
+use common::{id_of, Cluster, Worker};
 use noetl_contract::ExecutionId;
 use noetl_test_support::{cargo_bin, Process};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 fn request(steps: Value) -> Value {
     json!({"playbook": {"name": "run", "steps": steps}, "input": {"who": "world"}})
@@ -56,8 +55,7 @@ fn events_of<'a>(events: &'a [Value], kind: &str, step: &str) -> Vec<&'a Value> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diamond_runs_its_branches_concurrently_and_joins_both_results() {
     let cluster = Cluster::start(2).await;
-    let cancel = CancellationToken::new();
-    let worker = start_worker(cluster.nats.url(), &cancel);
+    let worker = Worker::start(cluster.nats.url());
     let id = submit(
         &cluster,
         json!([
@@ -101,19 +99,14 @@ async fn a_diamond_runs_its_branches_concurrently_and_joins_both_results() {
         events.last().map(|e| e["kind"].clone()),
         Some(json!("execution_succeeded"))
     );
-    cancel.cancel();
-    worker
-        .await
-        .expect("worker task")
-        .expect("worker stopped cleanly");
+    worker.stop().await;
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_succeed_within_the_budget_and_fail_beyond_it() {
     let cluster = Cluster::start(1).await;
-    let cancel = CancellationToken::new();
-    let worker = start_worker(cluster.nats.url(), &cancel);
+    let worker = Worker::start(cluster.nats.url());
     let flaky = |max_attempts: u32| {
         json!([
             {"name": "flaky", "action": "fail", "with": {"until_attempt": 3},
@@ -141,19 +134,14 @@ async fn retries_succeed_within_the_budget_and_fail_beyond_it() {
     assert_eq!(step(&done, "flaky")["status"], "failed");
     assert_eq!(step(&done, "flaky")["attempt"], 2);
     assert_eq!(step(&done, "d")["status"], "skipped");
-    cancel.cancel();
-    worker
-        .await
-        .expect("worker task")
-        .expect("worker stopped cleanly");
+    worker.stop().await;
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_during_a_long_step_ends_the_execution_and_later_steps_never_start() {
     let cluster = Cluster::start(2).await;
-    let cancel = CancellationToken::new();
-    let worker = start_worker(cluster.nats.url(), &cancel);
+    let worker = Worker::start(cluster.nats.url());
     let id = submit(
         &cluster,
         json!([
@@ -185,11 +173,7 @@ async fn cancelling_during_a_long_step_ends_the_execution_and_later_steps_never_
 
     // The worker learns at its next heartbeat and stops; it must not report a result that
     // revives the step, and "after" must never be dispatched.
-    cancel.cancel();
-    worker
-        .await
-        .expect("worker task")
-        .expect("worker stopped cleanly");
+    worker.stop().await;
     let events = cluster.events(id).await;
     assert!(
         events_of(&events, "step_dispatched", "after").is_empty(),
@@ -230,8 +214,7 @@ async fn a_step_whose_worker_was_killed_is_redispatched_after_its_lease() {
         .await;
     doomed.kill();
 
-    let cancel = CancellationToken::new();
-    let worker = start_worker(cluster.nats.url(), &cancel);
+    let worker = Worker::start(cluster.nats.url());
     let done = cluster
         .wait_for_execution(id, "the step to be re-run", is_terminal)
         .await;
@@ -253,19 +236,14 @@ async fn a_step_whose_worker_was_killed_is_redispatched_after_its_lease() {
         .as_str()
         .unwrap_or_default()
         .contains("lease"));
-    cancel.cancel();
-    worker
-        .await
-        .expect("worker task")
-        .expect("worker stopped cleanly");
+    worker.stop().await;
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_replays_then_follows_until_the_terminal_state() {
     let cluster = Cluster::start(1).await;
-    let cancel = CancellationToken::new();
-    let worker = start_worker(cluster.nats.url(), &cancel);
+    let worker = Worker::start(cluster.nats.url());
     let id = submit(
         &cluster,
         json!([
@@ -294,11 +272,7 @@ async fn the_event_stream_replays_then_follows_until_the_terminal_state() {
         "{body}"
     );
     assert!(kinds.contains(&"step_started"), "{body}");
-    cancel.cancel();
-    worker
-        .await
-        .expect("worker task")
-        .expect("worker stopped cleanly");
+    worker.stop().await;
     cluster.stop().await;
 }
 
@@ -346,8 +320,7 @@ async fn invalid_playbooks_are_refused_naming_the_step_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_playbook_submitted_as_yaml_runs() {
     let cluster = Cluster::start(1).await;
-    let cancel = CancellationToken::new();
-    let worker = start_worker(cluster.nats.url(), &cancel);
+    let worker = Worker::start(cluster.nats.url());
     let yaml = "playbook:\n  name: from-yaml\n  steps:\n    - name: greet\n      action: noop\n      timeout: 5s\n      retry: {max_attempts: 2, backoff: 10ms}\ninput:\n  who: yaml\n";
     let response = cluster
         .http
@@ -364,11 +337,7 @@ async fn a_playbook_submitted_as_yaml_runs() {
         .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["playbook_name"], "from-yaml");
-    cancel.cancel();
-    worker
-        .await
-        .expect("worker task")
-        .expect("worker stopped cleanly");
+    worker.stop().await;
     cluster.stop().await;
 }
 

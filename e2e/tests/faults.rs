@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{id_of, poll_readyz, spawn_server, start_gateway, start_worker};
+use common::{id_of, poll_readyz, spawn_server, start_gateway, Worker};
 use noetl_contract::{shard_of, ExecutionId, ShardCount};
 use noetl_test_support::{NatsServer, Postgres};
 use serde_json::json;
@@ -56,7 +56,7 @@ async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
     let mut server = spawn_server(nats.url(), &shards);
     let cancel = CancellationToken::new();
     let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
-    let worker = start_worker(nats.url(), &cancel);
+    let worker = Worker::start(nats.url());
     let http = reqwest::Client::new();
     poll_readyz(&http, &gateway_url, "the cluster", |status, _| {
         status == 200
@@ -135,8 +135,8 @@ async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
             "execution {id} recorded each result once"
         );
     }
+    worker.stop().await;
     cancel.cancel();
-    worker.await.expect("worker task").expect("worker stopped");
     gateway
         .await
         .expect("gateway task")

@@ -273,17 +273,36 @@ pub fn spawn_server(nats_url: &str, shards: &str) -> noetl_test_support::Process
     noetl_test_support::Process::spawn(command)
 }
 
-/// Runs a worker inside the test process until `cancel`.
-pub fn start_worker(nats_url: &str, cancel: &CancellationToken) -> JoinHandle<anyhow::Result<()>> {
-    let settings = noetl_worker::configuration::Settings {
-        nats_url: nats_url.to_owned(),
-        listen: "127.0.0.1:0".parse().expect("valid address"),
-        ack_wait_ms: 5_000,
-        ..noetl_worker::configuration::Settings::default()
-    };
-    let config = noetl_worker::configuration::WorkerConfig::from_settings(settings, None, false)
-        .expect("valid worker config");
-    tokio::spawn(noetl_worker::run(config, cancel.clone()))
+/// A worker running inside the test process.
+pub struct Worker {
+    cancel: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    pub fn start(nats_url: &str) -> Self {
+        let settings = noetl_worker::configuration::Settings {
+            nats_url: nats_url.to_owned(),
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            ack_wait_ms: 5_000,
+            ..noetl_worker::configuration::Settings::default()
+        };
+        let config =
+            noetl_worker::configuration::WorkerConfig::from_settings(settings, None, false)
+                .expect("valid worker config");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(noetl_worker::run(config, cancel.clone()));
+        Self { cancel, task }
+    }
+
+    /// Stops the worker, failing if it did not stop cleanly.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.task
+            .await
+            .expect("worker task")
+            .expect("worker stopped cleanly");
+    }
 }
 
 pub fn hello_request() -> Value {
