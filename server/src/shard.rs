@@ -100,41 +100,34 @@ pub async fn serve(
 
 async fn handle(shard: &Shard, kind: Option<ShardRequest>, message: Message) {
     let sent = match kind {
-        Some(ShardRequest::Submit) => {
-            let reply = Reply::from(submit(shard, &message).await);
-            noetl_bus::respond(&shard.client, &message, &reply).await
-        }
-        Some(ShardRequest::Get) => {
-            let reply = Reply::from(get(shard, &message).await);
-            noetl_bus::respond(&shard.client, &message, &reply).await
-        }
-        Some(ShardRequest::Result) => {
-            let reply = Reply::from(report(shard, &message).await);
-            noetl_bus::respond(&shard.client, &message, &reply).await
-        }
+        Some(ShardRequest::Submit) => answer(shard, &message, submit(shard, &message).await).await,
+        Some(ShardRequest::Get) => answer(shard, &message, get(shard, &message).await).await,
+        Some(ShardRequest::Result) => answer(shard, &message, report(shard, &message).await).await,
         Some(ShardRequest::Heartbeat) => {
-            let reply = Reply::from(heartbeat(shard, &message).await);
-            noetl_bus::respond(&shard.client, &message, &reply).await
+            answer(shard, &message, heartbeat(shard, &message).await).await
         }
-        Some(ShardRequest::Cancel) => {
-            let reply = Reply::from(cancel(shard, &message).await);
-            noetl_bus::respond(&shard.client, &message, &reply).await
-        }
-        Some(ShardRequest::Events) => {
-            let reply = Reply::from(events(shard, &message).await);
-            noetl_bus::respond(&shard.client, &message, &reply).await
-        }
+        Some(ShardRequest::Cancel) => answer(shard, &message, cancel(shard, &message).await).await,
+        Some(ShardRequest::Events) => answer(shard, &message, events(shard, &message).await).await,
         None => {
-            let reply = Reply::Ok(PingReply {
+            let ping = PingReply {
                 shard: shard.id,
                 database_ok: persistence::ping(&shard.pool).await,
-            });
-            noetl_bus::respond(&shard.client, &message, &reply).await
+            };
+            answer(shard, &message, Ok(ping)).await
         }
     };
     if let Err(e) = sent {
         tracing::warn!(shard = %shard.id, error = %e, "failed to reply");
     }
+}
+
+/// Replies to `message` with `outcome` in the `Reply` envelope.
+async fn answer<T: serde::Serialize>(
+    shard: &Shard,
+    message: &Message,
+    outcome: Result<T, WireError>,
+) -> Result<(), noetl_bus::Error> {
+    noetl_bus::respond(&shard.client, message, &Reply::from(outcome)).await
 }
 
 fn wire_error(code: WireErrorCode, message: impl Into<String>) -> WireError {

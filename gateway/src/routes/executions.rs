@@ -119,16 +119,21 @@ pub struct ExecutionResponse {
     pub links: Links,
 }
 
+impl ExecutionResponse {
+    fn new(execution: ExecutionView) -> Json<Self> {
+        let links = Links::for_execution(execution.execution_id);
+        Json(Self { execution, links })
+    }
+}
+
 pub async fn get(
     State(state): State<Arc<AppState>>,
     IdParam(id): IdParam,
 ) -> Result<Json<ExecutionResponse>, Problem> {
     let route = state.route(id)?;
-    let execution = state.dispatcher.get(route, id).await?;
-    Ok(Json(ExecutionResponse {
-        execution,
-        links: Links::for_execution(id),
-    }))
+    Ok(ExecutionResponse::new(
+        state.dispatcher.get(route, id).await?,
+    ))
 }
 
 /// `POST /api/v1/executions/{id}/cancel`: idempotent; answers with the execution as it is now.
@@ -137,9 +142,7 @@ pub async fn cancel(
     IdParam(id): IdParam,
 ) -> Result<Json<ExecutionResponse>, Problem> {
     let route = state.route(id)?;
-    let execution = state.dispatcher.cancel(route, id).await?;
-    Ok(Json(ExecutionResponse {
-        execution,
-        links: Links::for_execution(id),
-    }))
+    Ok(ExecutionResponse::new(
+        state.dispatcher.cancel(route, id).await?,
+    ))
 }
