@@ -3,11 +3,13 @@
 //! - [`connect`]: a client that retries the initial connection and reconnects forever.
 //! - [`request`] / [`respond`]: typed request/reply with the [`Reply`] envelope of the contract.
 //! - [`topology`]: the topology document in its JetStream key-value bucket.
+//! - [`nodes`]: gateway node-id leases in their key-value bucket.
 //! - [`commands`]: the JetStream stream of step commands and the worker pools' consumers.
 //!
 //! Subjects come from `noetl_contract::subject`; nothing here builds one by hand.
 
 pub mod commands;
+pub mod nodes;
 pub mod topology;
 
 use std::time::Duration;
@@ -32,8 +34,19 @@ pub enum Error {
     Remote(WireError),
     #[error("malformed message on {subject}: {reason}")]
     Decode { subject: String, reason: String },
+    /// A compare-and-set lost: someone else changed the key first.
+    #[error("{0}")]
+    Conflict(String),
     #[error("NATS: {0}")]
     Transport(String),
+}
+
+/// The wall clock in Unix milliseconds, the time base of ids and topology epochs.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// How to reach NATS.
@@ -120,7 +133,8 @@ pub fn decode<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, E
     })
 }
 
-/// Opens a JetStream key-value bucket, creating it when missing.
+/// Opens a JetStream key-value bucket, creating it when missing; with `max_age`, values
+/// expire that long after they were last written.
 ///
 /// The bucket's stream is created here with the key-value layout (ADR-8) rather than with
 /// `create_key_value`, which first asks for account information in a shape nats-server 2.9
@@ -131,6 +145,7 @@ pub async fn kv_bucket(
     bucket: &str,
     description: &str,
     history: i64,
+    max_age: Option<Duration>,
 ) -> Result<async_nats::jetstream::kv::Store, Error> {
     use async_nats::jetstream::{self, stream};
     let js = jetstream::new(client.clone());
@@ -149,6 +164,7 @@ pub async fn kv_bucket(
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
             num_replicas: 1,
+            max_age: max_age.unwrap_or_default(),
             ..Default::default()
         })
         .await;

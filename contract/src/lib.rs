@@ -30,4 +30,4 @@ mod test_vectors;
 
 pub use id::{ExecutionId, IdGenerator, NodeId};
 pub use routing::{shard_of, ShardCount, ShardId};
-pub use topology::{Route, Topology};
+pub use topology::{Route, ShardState, Topology};

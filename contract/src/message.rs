@@ -183,6 +183,16 @@ pub struct PingReply {
     pub database_ok: bool,
 }
 
+/// Reply to a shard stats request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStats {
+    pub shard: ShardId,
+    /// Executions stored in the shard.
+    pub executions: u64,
+    /// Executions not yet in a terminal state: a draining shard may retire at zero.
+    pub unfinished: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,14 @@ impl TryFrom<MillisInput> for Millis {
     }
 }
 
+impl std::str::FromStr for Millis {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::try_from(MillisInput::Text(text.to_owned()))
+    }
+}
+
 impl From<Millis> for u64 {
     fn from(millis: Millis) -> u64 {
         millis.0

@@ -220,8 +220,9 @@ fn parse_key_values(shard: ShardId, entry: &str) -> Result<ShardDsn, String> {
     })
 }
 
-/// Masks the password of an entry of either form, even when the entry does not parse.
-fn redact(entry: &str) -> String {
+/// Masks the password of an entry of either form, even when the entry does not parse; also
+/// fit for any URL with userinfo (a NATS URL, say).
+pub fn redact(entry: &str) -> String {
     if let Some((scheme, rest)) = entry.split_once("://") {
         // The userinfo ends at the last '@' before the path; a password may itself contain '@'.
         let authority_end = rest.find('/').unwrap_or(rest.len());

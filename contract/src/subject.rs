@@ -11,6 +11,14 @@ const PREFIX: &str = "noetl.v1.shard";
 pub const TOPOLOGY_BUCKET: &str = "noetl_topology";
 pub const TOPOLOGY_KEY: &str = "topology";
 
+/// The key-value bucket of gateway node-id leases.
+pub const NODES_BUCKET: &str = "noetl_nodes";
+
+/// The key of one node id's lease: `node.{id}`.
+pub fn node_lease_key(node: crate::id::NodeId) -> String {
+    format!("node.{node}")
+}
+
 /// What a request to a shard asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ShardRequest {
@@ -88,6 +96,11 @@ pub fn shard_request_filter(kind: ShardRequest, shard: ShardId) -> String {
 /// Liveness probe of a shard: answered by any server serving it.
 pub fn shard_ping(shard: ShardId) -> String {
     format!("{PREFIX}.{shard}.ping")
+}
+
+/// Counts of a shard's executions (reply: `ShardStats`), for draining and retiring.
+pub fn shard_stats(shard: ShardId) -> String {
+    format!("{PREFIX}.{shard}.stats")
 }
 
 /// Queue group shared by every server replica of one shard, so each request is handled once.

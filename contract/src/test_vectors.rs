@@ -52,7 +52,8 @@ pub fn snowflake() -> Vec<SnowflakeVector> {
 pub fn topology() -> (Topology, Vec<RoutingVector>) {
     let TopologyVectors { epochs, cases } = vectors().topology;
     (
-        Topology::new(epochs).expect("the shared topology is valid"),
+        Topology::new(epochs, crate::topology::DEFAULT_GRACE_MS, Vec::new())
+            .expect("the shared topology is valid"),
         cases,
     )
 }

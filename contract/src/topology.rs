@@ -1,11 +1,23 @@
-//! Topology epochs (SPEC §3.3): an append-only list of `{epoch, activate_at_ms, shard_count}`.
-//! An id is routed with the epoch in force at the id's own timestamp, so appending an epoch
-//! never changes where an existing id lives.
+//! Topology epochs (SPEC §3.3): an append-only list of `{epoch, activate_at_ms, shard_count}`
+//! plus the shards that were retired. An id is routed with the epoch in force at the id's own
+//! timestamp, so appending an epoch never changes where an existing id lives.
+//!
+//! Changes are computed here, without IO: [`Topology::plan`] appends an epoch that activates at
+//! least `grace_ms` in the future, [`Topology::retire`] retires a drained shard, and
+//! [`Topology::check_successor`] is what every writer checks before a compare-and-set.
+//! [`Topology::rewritten_epoch`] is what a server checks against the epochs it recorded.
 
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ExecutionId, CUSTOM_EPOCH_UNIX_MS};
 use crate::routing::{shard_of, ShardCount, ShardId};
+
+/// How far in the future a new epoch activates unless the cluster was bootstrapped with
+/// another grace. It is also how long a gateway may mint after its last confirmed read of the
+/// topology.
+pub const DEFAULT_GRACE_MS: i64 = 30_000;
+/// The smallest grace a cluster may be bootstrapped with.
+pub const MIN_GRACE_MS: i64 = 1_000;
 
 /// One entry of the topology history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +36,39 @@ pub struct Route {
     pub epoch: u64,
 }
 
+/// What the operator said should happen to a retired shard's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetiredData {
+    /// The database stays; a server may keep serving reads of its executions.
+    Kept,
+    /// The operator deletes the database; its executions are gone.
+    Discarded,
+}
+
+/// A shard taken out of service for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retirement {
+    pub shard: ShardId,
+    pub retired_at_ms: i64,
+    pub data: RetiredData,
+}
+
+/// The state of a shard at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardState {
+    /// New executions route to it.
+    Active,
+    /// An epoch that is not in force yet will route new executions to it.
+    Activating,
+    /// No new executions route to it (now or once the pending epoch activates); it keeps
+    /// serving the ones it has.
+    Draining,
+    /// Taken out of service by an operator.
+    Retired,
+}
+
 /// A topology history that is not well formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -33,6 +78,40 @@ pub enum Error {
     FirstEpoch,
     #[error("epoch {epoch} must be numbered {expected} and activate after the epoch before it")]
     OutOfOrder { epoch: u64, expected: u64 },
+    #[error("grace_ms must be at least {MIN_GRACE_MS}, not {0}")]
+    Grace(i64),
+    #[error("shard {0} is retired twice, or never existed")]
+    Retirement(ShardId),
+}
+
+/// A change the topology refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("shard {0} was retired; a shard count that includes it again is not supported")]
+    GrowsOverRetired(ShardId),
+    #[error("shard {shard} is {state:?}, not draining; only a draining shard can be retired")]
+    NotDraining { shard: ShardId, state: ShardState },
+    #[error("shard {shard} stops receiving executions at {last_id_ms}; it can be retired from {earliest_ms} on (a grace later, when no submit can still be in flight)")]
+    StillReceiving {
+        shard: ShardId,
+        last_id_ms: i64,
+        earliest_ms: i64,
+    },
+    #[error("the new topology does not keep epoch {0} as it was (the history is append-only)")]
+    RewritesEpoch(u64),
+    #[error("epoch {epoch} activates at {activate_at_ms}, less than the grace of {grace_ms} ms after now ({now_ms})")]
+    TooSoon {
+        epoch: u64,
+        activate_at_ms: i64,
+        now_ms: i64,
+        grace_ms: i64,
+    },
+    #[error("the grace may not change (it was {was} ms, the new document says {now} ms)")]
+    GraceChanged { was: i64, now: i64 },
+    #[error("the new topology drops or rewrites the retirement of shard {0}")]
+    RewritesRetirement(ShardId),
+    #[error(transparent)]
+    Malformed(#[from] Error),
 }
 
 /// The validated topology history, as stored in the topology bucket.
@@ -40,31 +119,65 @@ pub enum Error {
 #[serde(try_from = "TopologyDocument", into = "TopologyDocument")]
 pub struct Topology {
     epochs: Vec<Epoch>,
+    grace_ms: i64,
+    retired: Vec<Retirement>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct TopologyDocument {
+    #[serde(default = "default_grace")]
+    grace_ms: i64,
     epochs: Vec<Epoch>,
+    #[serde(default)]
+    retired: Vec<Retirement>,
+}
+
+fn default_grace() -> i64 {
+    DEFAULT_GRACE_MS
 }
 
 impl TryFrom<TopologyDocument> for Topology {
     type Error = Error;
 
     fn try_from(document: TopologyDocument) -> Result<Self, Error> {
-        Self::new(document.epochs)
+        Self::new(document.epochs, document.grace_ms, document.retired)
     }
 }
 
 impl From<Topology> for TopologyDocument {
     fn from(topology: Topology) -> Self {
         Self {
+            grace_ms: topology.grace_ms,
             epochs: topology.epochs,
+            retired: topology.retired,
         }
     }
 }
 
+/// The result of planning a shard count: the diff and, when something changes, the document
+/// to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The shard count new executions get now (the latest epoch's, pending or not).
+    pub current: ShardCount,
+    pub desired: ShardCount,
+    /// `None` when desired equals current: there is nothing to apply.
+    pub next: Option<Topology>,
+    /// Shards that start receiving executions at activation (they must be ready first).
+    pub added: Vec<ShardId>,
+    /// Shards that stop receiving executions at activation and keep serving what they have.
+    pub draining: Vec<ShardId>,
+}
+
+impl Plan {
+    /// When the planned epoch activates, if there is one.
+    pub fn activate_at_ms(&self) -> Option<i64> {
+        self.next.as_ref().map(|next| next.latest().activate_at_ms)
+    }
+}
+
 impl Topology {
-    pub fn new(epochs: Vec<Epoch>) -> Result<Self, Error> {
+    pub fn new(epochs: Vec<Epoch>, grace_ms: i64, retired: Vec<Retirement>) -> Result<Self, Error> {
         let first = epochs.first().ok_or(Error::Empty)?;
         if first.epoch != 1 || first.activate_at_ms > CUSTOM_EPOCH_UNIX_MS {
             return Err(Error::FirstEpoch);
@@ -78,22 +191,50 @@ impl Topology {
                 });
             }
         }
-        Ok(Self { epochs })
+        if grace_ms < MIN_GRACE_MS {
+            return Err(Error::Grace(grace_ms));
+        }
+        let topology = Self {
+            epochs,
+            grace_ms,
+            retired: Vec::new(),
+        };
+        let ever = topology.max_shard_count();
+        for (i, retirement) in retired.iter().enumerate() {
+            let repeated = retired[..i].iter().any(|r| r.shard == retirement.shard);
+            if repeated || !ever.contains(retirement.shard) {
+                return Err(Error::Retirement(retirement.shard));
+            }
+        }
+        Ok(Self {
+            retired,
+            ..topology
+        })
     }
 
     /// The topology a new cluster starts with: one epoch covering every id ever minted.
-    pub fn bootstrap(shard_count: ShardCount) -> Self {
-        Self {
-            epochs: vec![Epoch {
+    pub fn bootstrap(shard_count: ShardCount, grace_ms: i64) -> Result<Self, Error> {
+        Self::new(
+            vec![Epoch {
                 epoch: 1,
                 activate_at_ms: CUSTOM_EPOCH_UNIX_MS,
                 shard_count,
             }],
-        }
+            grace_ms,
+            Vec::new(),
+        )
     }
 
     pub fn epochs(&self) -> &[Epoch] {
         &self.epochs
+    }
+
+    pub fn grace_ms(&self) -> i64 {
+        self.grace_ms
+    }
+
+    pub fn retired(&self) -> &[Retirement] {
+        &self.retired
     }
 
     /// The newest epoch: the one new shards are provisioned for.
@@ -121,16 +262,192 @@ impl Topology {
             epoch: epoch.epoch,
         }
     }
+
+    /// Every shard that has ever existed: `0 .. the largest shard count of any epoch`.
+    pub fn max_shard_count(&self) -> ShardCount {
+        self.epochs
+            .iter()
+            .map(|e| e.shard_count)
+            .max_by_key(|count| count.get())
+            .expect("a topology always holds at least one epoch (checked in new)")
+    }
+
+    /// The state of one shard at `now_ms`.
+    pub fn shard_state(&self, shard: ShardId, now_ms: i64) -> ShardState {
+        if self.retired.iter().any(|r| r.shard == shard) {
+            ShardState::Retired
+        } else if self.epoch_at(now_ms).shard_count.contains(shard) {
+            if self.latest().shard_count.contains(shard) {
+                ShardState::Active
+            } else {
+                ShardState::Draining
+            }
+        } else if self.latest().shard_count.contains(shard) {
+            ShardState::Activating
+        } else {
+            ShardState::Draining
+        }
+    }
+
+    /// Every shard that ever existed with its state at `now_ms`.
+    pub fn shard_states(&self, now_ms: i64) -> Vec<(ShardId, ShardState)> {
+        self.max_shard_count()
+            .shards()
+            .map(|shard| (shard, self.shard_state(shard, now_ms)))
+            .collect()
+    }
+
+    /// Shards that hold or will receive executions: every shard not retired, plus retired
+    /// shards whose data was kept (their executions stay readable).
+    pub fn served_shards(&self) -> Vec<ShardId> {
+        self.max_shard_count()
+            .shards()
+            .filter(|shard| {
+                self.retired
+                    .iter()
+                    .all(|r| r.shard != *shard || r.data == RetiredData::Kept)
+            })
+            .collect()
+    }
+
+    /// Plans the change to `desired` shards at `now_ms`: a new epoch activating `lead_ms` or
+    /// the grace from now, whichever is longer (or just after a pending epoch, if that is
+    /// later still).
+    pub fn plan(
+        &self,
+        desired: ShardCount,
+        now_ms: i64,
+        lead_ms: i64,
+    ) -> Result<Plan, ChangeError> {
+        let latest = self.latest();
+        let current = latest.shard_count;
+        let mut plan = Plan {
+            current,
+            desired,
+            next: None,
+            added: Vec::new(),
+            draining: Vec::new(),
+        };
+        if desired == current {
+            return Ok(plan);
+        }
+        if let Some(retired) = self.retired.iter().find(|r| desired.contains(r.shard)) {
+            return Err(ChangeError::GrowsOverRetired(retired.shard));
+        }
+        let activate_at_ms = (now_ms + self.grace_ms.max(lead_ms)).max(latest.activate_at_ms + 1);
+        let mut epochs = self.epochs.clone();
+        epochs.push(Epoch {
+            epoch: latest.epoch + 1,
+            activate_at_ms,
+            shard_count: desired,
+        });
+        plan.next = Some(Self::new(epochs, self.grace_ms, self.retired.clone())?);
+        plan.added = desired.shards().filter(|s| !current.contains(*s)).collect();
+        plan.draining = current.shards().filter(|s| !desired.contains(*s)).collect();
+        Ok(plan)
+    }
+
+    /// Retires a draining shard, recording what happens to its data. Whether it still has
+    /// unfinished executions is for the caller to find out from its server first.
+    pub fn retire(
+        &self,
+        shard: ShardId,
+        data: RetiredData,
+        now_ms: i64,
+    ) -> Result<Self, ChangeError> {
+        let state = self.shard_state(shard, now_ms);
+        if state != ShardState::Draining || !self.max_shard_count().contains(shard) {
+            return Err(ChangeError::NotDraining { shard, state });
+        }
+        // The first epoch of the run that excludes the shard up to the latest one.
+        let stopped_at = self
+            .epochs
+            .iter()
+            .rev()
+            .take_while(|e| !e.shard_count.contains(shard))
+            .last()
+            .map_or(i64::MAX, |e| e.activate_at_ms);
+        let earliest_ms = stopped_at.saturating_add(self.grace_ms);
+        if now_ms < earliest_ms {
+            return Err(ChangeError::StillReceiving {
+                shard,
+                last_id_ms: stopped_at,
+                earliest_ms,
+            });
+        }
+        let mut retired = self.retired.clone();
+        retired.push(Retirement {
+            shard,
+            retired_at_ms: now_ms,
+            data,
+        });
+        Ok(Self::new(self.epochs.clone(), self.grace_ms, retired)?)
+    }
+
+    /// Whether `next` may replace `self` at `now_ms`: it keeps every epoch and retirement as
+    /// they were, keeps the grace, and every epoch it appends activates at least the grace
+    /// from now (so no gateway holding a fresh view of `self` can have minted under it).
+    pub fn check_successor(&self, next: &Topology, now_ms: i64) -> Result<(), ChangeError> {
+        if next.grace_ms != self.grace_ms {
+            return Err(ChangeError::GraceChanged {
+                was: self.grace_ms,
+                now: next.grace_ms,
+            });
+        }
+        for (i, epoch) in self.epochs.iter().enumerate() {
+            if next.epochs.get(i) != Some(epoch) {
+                return Err(ChangeError::RewritesEpoch(epoch.epoch));
+            }
+        }
+        for epoch in &next.epochs[self.epochs.len()..] {
+            if epoch.activate_at_ms < now_ms + self.grace_ms {
+                return Err(ChangeError::TooSoon {
+                    epoch: epoch.epoch,
+                    activate_at_ms: epoch.activate_at_ms,
+                    now_ms,
+                    grace_ms: self.grace_ms,
+                });
+            }
+        }
+        for (i, retirement) in self.retired.iter().enumerate() {
+            if next.retired.get(i) != Some(retirement) {
+                return Err(ChangeError::RewritesRetirement(retirement.shard));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first of `recorded` (epochs a server has seen) that was already in force at
+    /// `now_ms` and that this topology drops or changes. Ids may have been minted under such an
+    /// epoch, so a server must refuse a topology that rewrites it.
+    pub fn rewritten_epoch(&self, recorded: &[Epoch], now_ms: i64) -> Option<Epoch> {
+        recorded.iter().copied().find(|seen| {
+            seen.activate_at_ms <= now_ms && self.epochs.get(index_of(seen.epoch)) != Some(seen)
+        })
+    }
+}
+
+fn index_of(epoch: u64) -> usize {
+    usize::try_from(epoch.saturating_sub(1)).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::NodeId;
     use crate::test_vectors;
+    use proptest::prelude::*;
 
     fn count(n: u32) -> ShardCount {
         ShardCount::new(n).expect("non-zero")
     }
+
+    fn bootstrap(n: u32) -> Topology {
+        Topology::bootstrap(count(n), DEFAULT_GRACE_MS).expect("valid bootstrap")
+    }
+
+    /// 2024-06-01, some time after the custom epoch.
+    const NOW: i64 = 1_717_200_000_000;
 
     #[test]
     fn shared_topology_vectors_route_with_the_epoch_at_the_id_timestamp() {
@@ -150,7 +467,7 @@ mod tests {
 
     #[test]
     fn bootstrap_routes_like_plain_shard_of() {
-        let topology = Topology::bootstrap(count(4));
+        let topology = bootstrap(4);
         let id = ExecutionId::new(42).expect("valid");
         assert_eq!(topology.route(id).shard, shard_of(id, count(4)));
         assert_eq!(topology.route(id).epoch, 1);
@@ -158,7 +475,10 @@ mod tests {
 
     #[test]
     fn malformed_histories_are_rejected() {
-        assert_eq!(Topology::new(vec![]), Err(Error::Empty));
+        assert_eq!(
+            Topology::new(vec![], DEFAULT_GRACE_MS, vec![]),
+            Err(Error::Empty)
+        );
         let first = Epoch {
             epoch: 1,
             activate_at_ms: CUSTOM_EPOCH_UNIX_MS,
@@ -168,13 +488,258 @@ mod tests {
             activate_at_ms: CUSTOM_EPOCH_UNIX_MS + 1,
             ..first
         };
-        assert_eq!(Topology::new(vec![late_first]), Err(Error::FirstEpoch));
+        assert_eq!(
+            Topology::new(vec![late_first], DEFAULT_GRACE_MS, vec![]),
+            Err(Error::FirstEpoch)
+        );
         let not_later = Epoch { epoch: 2, ..first };
         assert!(matches!(
-            Topology::new(vec![first, not_later]),
+            Topology::new(vec![first, not_later], DEFAULT_GRACE_MS, vec![]),
             Err(Error::OutOfOrder { epoch: 2, .. })
         ));
+        assert_eq!(
+            Topology::new(vec![first], 10, vec![]),
+            Err(Error::Grace(10))
+        );
+        let beyond = Retirement {
+            shard: ShardId::new(2),
+            retired_at_ms: NOW,
+            data: RetiredData::Kept,
+        };
+        assert_eq!(
+            Topology::new(vec![first], DEFAULT_GRACE_MS, vec![beyond]),
+            Err(Error::Retirement(ShardId::new(2)))
+        );
         let json = r#"{"epochs":[{"epoch":1,"activate_at_ms":1704067200000,"shard_count":0}]}"#;
         assert!(serde_json::from_str::<Topology>(json).is_err());
+    }
+
+    #[test]
+    fn documents_without_grace_or_retirements_read_with_the_defaults() {
+        let json = r#"{"epochs":[{"epoch":1,"activate_at_ms":1704067200000,"shard_count":2}]}"#;
+        let topology: Topology = serde_json::from_str(json).expect("an early document");
+        assert_eq!(topology, bootstrap(2));
+        let round_trip: Topology =
+            serde_json::from_str(&serde_json::to_string(&topology).expect("serialises"))
+                .expect("reads back");
+        assert_eq!(round_trip, topology);
+    }
+
+    #[test]
+    fn planning_the_current_count_changes_nothing() {
+        let plan = bootstrap(2).plan(count(2), NOW, 0).expect("plans");
+        assert_eq!(plan.next, None);
+        assert!(plan.added.is_empty() && plan.draining.is_empty());
+    }
+
+    #[test]
+    fn growing_adds_shards_that_activate_a_grace_from_now() {
+        let plan = bootstrap(2).plan(count(4), NOW, 0).expect("plans");
+        let next = plan.next.clone().expect("a change");
+        assert_eq!(plan.added, vec![ShardId::new(2), ShardId::new(3)]);
+        assert!(plan.draining.is_empty());
+        assert_eq!(plan.activate_at_ms(), Some(NOW + DEFAULT_GRACE_MS));
+        assert_eq!(next.latest().epoch, 2);
+        assert_eq!(
+            next.shard_state(ShardId::new(3), NOW),
+            ShardState::Activating
+        );
+        let after = NOW + DEFAULT_GRACE_MS;
+        assert_eq!(next.shard_state(ShardId::new(3), after), ShardState::Active);
+        bootstrap(2)
+            .check_successor(&next, NOW)
+            .expect("a valid successor");
+        let later = bootstrap(2).plan(count(4), NOW, 120_000).expect("plans");
+        assert_eq!(later.activate_at_ms(), Some(NOW + 120_000));
+        let never_sooner = bootstrap(2).plan(count(4), NOW, 5).expect("plans");
+        assert_eq!(never_sooner.activate_at_ms(), Some(NOW + DEFAULT_GRACE_MS));
+    }
+
+    #[test]
+    fn shrinking_drains_the_shards_beyond_the_new_count() {
+        let grown = bootstrap(2)
+            .plan(count(4), NOW, 0)
+            .expect("plans")
+            .next
+            .expect("grown");
+        let later = NOW + DEFAULT_GRACE_MS;
+        let plan = grown.plan(count(3), later, 0).expect("plans");
+        assert_eq!(plan.draining, vec![ShardId::new(3)]);
+        let shrunk = plan.next.expect("a change");
+        assert_eq!(
+            shrunk.shard_state(ShardId::new(3), later),
+            ShardState::Draining
+        );
+        assert_eq!(
+            shrunk.shard_state(ShardId::new(2), later),
+            ShardState::Active
+        );
+        assert_eq!(shrunk.served_shards().len(), 4);
+    }
+
+    #[test]
+    fn a_change_planned_while_another_is_pending_activates_after_it() {
+        let grown = bootstrap(2)
+            .plan(count(4), NOW, 0)
+            .expect("plans")
+            .next
+            .expect("grown");
+        let pending = grown.latest().activate_at_ms;
+        // Planned at once, with a grace that would land on the same instant.
+        let next = grown
+            .plan(count(3), NOW, 0)
+            .expect("plans")
+            .next
+            .expect("a change");
+        assert!(next.latest().activate_at_ms > pending);
+    }
+
+    #[test]
+    fn only_draining_shards_retire_and_their_data_decision_is_kept() {
+        let grown = bootstrap(2)
+            .plan(count(4), NOW, 0)
+            .expect("plans")
+            .next
+            .expect("grown");
+        let later = NOW + DEFAULT_GRACE_MS;
+        assert!(matches!(
+            grown.retire(ShardId::new(3), RetiredData::Kept, later),
+            Err(ChangeError::NotDraining {
+                state: ShardState::Active,
+                ..
+            })
+        ));
+        let shrunk = grown
+            .plan(count(3), later, 0)
+            .expect("plans")
+            .next
+            .expect("shrunk");
+        let activation = shrunk.latest().activate_at_ms;
+        // Until a grace after the shrink activates, submits minted before it may still land.
+        for too_early in [later, activation, activation + DEFAULT_GRACE_MS - 1] {
+            assert!(matches!(
+                shrunk.retire(ShardId::new(3), RetiredData::Kept, too_early),
+                Err(ChangeError::StillReceiving { .. })
+            ));
+        }
+        let retired = shrunk
+            .retire(
+                ShardId::new(3),
+                RetiredData::Discarded,
+                activation + DEFAULT_GRACE_MS,
+            )
+            .expect("a draining shard retires");
+        assert_eq!(
+            retired.shard_state(ShardId::new(3), later),
+            ShardState::Retired
+        );
+        assert_eq!(retired.served_shards().len(), 3);
+        assert!(matches!(
+            retired.retire(ShardId::new(9), RetiredData::Kept, later),
+            Err(ChangeError::NotDraining { .. })
+        ));
+        assert_eq!(
+            retired.plan(count(4), later, 0).err(),
+            Some(ChangeError::GrowsOverRetired(ShardId::new(3)))
+        );
+        shrunk
+            .check_successor(&retired, later)
+            .expect("retiring appends");
+        assert_eq!(
+            retired.check_successor(&shrunk, later),
+            Err(ChangeError::RewritesRetirement(ShardId::new(3)))
+        );
+    }
+
+    #[test]
+    fn successors_must_append_after_the_grace_and_keep_the_grace() {
+        let current = bootstrap(2);
+        let soon = Topology::new(
+            vec![
+                current.latest(),
+                Epoch {
+                    epoch: 2,
+                    activate_at_ms: NOW + 10,
+                    shard_count: count(3),
+                },
+            ],
+            DEFAULT_GRACE_MS,
+            vec![],
+        )
+        .expect("well formed");
+        assert!(matches!(
+            current.check_successor(&soon, NOW),
+            Err(ChangeError::TooSoon { epoch: 2, .. })
+        ));
+        let rewritten = bootstrap(3);
+        assert_eq!(
+            current.check_successor(&rewritten, NOW),
+            Err(ChangeError::RewritesEpoch(1))
+        );
+        let other_grace = Topology::bootstrap(count(2), 5_000).expect("valid");
+        assert!(matches!(
+            current.check_successor(&other_grace, NOW),
+            Err(ChangeError::GraceChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn a_server_notices_an_activated_epoch_that_was_rewritten() {
+        let grown = bootstrap(2)
+            .plan(count(4), NOW, 0)
+            .expect("plans")
+            .next
+            .expect("grown");
+        let recorded = grown.epochs().to_vec();
+        let activation = grown.latest().activate_at_ms;
+        let other = bootstrap(2)
+            .plan(count(3), NOW, 0)
+            .expect("plans")
+            .next
+            .expect("other");
+        // Before epoch 2 activates no id was minted under it.
+        assert_eq!(other.rewritten_epoch(&recorded, activation - 1), None);
+        assert_eq!(
+            other.rewritten_epoch(&recorded, activation),
+            Some(recorded[1])
+        );
+        assert_eq!(
+            bootstrap(2).rewritten_epoch(&recorded, activation),
+            Some(recorded[1])
+        );
+        assert_eq!(grown.rewritten_epoch(&recorded, activation), None);
+    }
+
+    fn id_at(unix_ms: i64, sequence: u16) -> ExecutionId {
+        let node = NodeId::try_from(7).expect("valid node");
+        ExecutionId::from_parts(unix_ms, node, sequence).expect("valid id")
+    }
+
+    proptest! {
+        /// Whatever changes are applied, every id minted before a change was planned keeps the
+        /// shard it had: the property that lets the shard count change without moving data.
+        #[test]
+        fn appending_epochs_never_moves_an_existing_id(
+            changes in proptest::collection::vec((1u32..64, 0i64..120_000), 1..12),
+            offsets in proptest::collection::vec((0i64..100_000_000, any::<u16>()), 1..64),
+        ) {
+            let mut topology = bootstrap(2);
+            let mut now = NOW;
+            for (desired, wait) in changes {
+                now += wait;
+                let ids: Vec<ExecutionId> = offsets
+                    .iter()
+                    .map(|(back, seq)| id_at((now - back).max(CUSTOM_EPOCH_UNIX_MS), seq & 0xfff))
+                    .collect();
+                let before: Vec<Route> = ids.iter().map(|id| topology.route(*id)).collect();
+                let plan = topology.plan(count(desired), now, 0).expect("plans");
+                if let Some(next) = plan.next {
+                    topology.check_successor(&next, now).expect("plans are valid successors");
+                    let after: Vec<Route> = ids.iter().map(|id| next.route(*id)).collect();
+                    prop_assert_eq!(before, after);
+                    topology = next;
+                }
+            }
+        }
     }
 }

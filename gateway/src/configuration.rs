@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use noetl_bus::nodes::{NodeChoice, NodeLeases};
 use noetl_bus::NatsConfig;
 use noetl_contract::NodeId;
 use noetl_service::LogFormat;
@@ -28,8 +29,11 @@ pub struct Args {
 pub struct Settings {
     pub nats_url: String,
     pub listen: SocketAddr,
-    /// Static node id (0–1023) for the snowflake ids this gateway mints.
-    pub node_id: u32,
+    /// Node id (0–1023) for the snowflake ids this gateway mints; unset: any free one. Either
+    /// way the gateway mints only while it holds the id's lease in NATS.
+    pub node_id: Option<u32>,
+    /// How long a node-id lease outlives the gateway's last renewal.
+    pub node_lease_ttl_ms: u64,
     /// How long to wait for a shard to answer.
     pub request_timeout_ms: u64,
     /// Largest accepted request body.
@@ -42,7 +46,8 @@ impl Default for Settings {
         Self {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            node_id: 0,
+            node_id: None,
+            node_lease_ttl_ms: 15_000,
             request_timeout_ms: 5_000,
             body_limit_bytes: 1024 * 1024,
             log_format: LogFormat::Text,
@@ -54,14 +59,21 @@ impl Default for Settings {
 pub struct GatewayConfig {
     pub nats: NatsConfig,
     pub listen: SocketAddr,
-    pub node_id: NodeId,
+    pub node_leases: NodeLeases,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
 }
 
 impl GatewayConfig {
     pub fn from_settings(settings: Settings) -> anyhow::Result<Self> {
-        let node_id = NodeId::try_from(settings.node_id).context("NOETL_NODE_ID")?;
+        let choice = match settings.node_id {
+            Some(raw) => NodeChoice::Fixed(NodeId::try_from(raw).context("NOETL_NODE_ID")?),
+            None => NodeChoice::Any,
+        };
+        anyhow::ensure!(
+            settings.node_lease_ttl_ms >= 1_000,
+            "node_lease_ttl_ms must be at least 1000"
+        );
         anyhow::ensure!(
             settings.request_timeout_ms > 0,
             "request_timeout_ms must be positive"
@@ -73,10 +85,13 @@ impl GatewayConfig {
         Ok(Self {
             nats: NatsConfig {
                 url: settings.nats_url,
-                client_name: format!("noetl-gateway-{node_id}"),
+                client_name: "noetl-gateway".to_owned(),
             },
             listen: settings.listen,
-            node_id,
+            node_leases: NodeLeases {
+                choice,
+                ttl: Duration::from_millis(settings.node_lease_ttl_ms),
+            },
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             body_limit_bytes: settings.body_limit_bytes,
         })

@@ -26,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use noetl_contract::IdGenerator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -48,13 +47,21 @@ impl Gateway {
         let metrics = noetl_service::install_metrics();
         let client = noetl_bus::connect(&config.nats).await?;
         let topology = noetl_bus::topology::watch(client.clone(), cancel.child_token());
+        let holder = format!("noetl-gateway {} pid {}", config.listen, std::process::id());
+        let lease = noetl_bus::nodes::hold(
+            client.clone(),
+            config.node_leases,
+            holder,
+            cancel.child_token(),
+        );
         let state = Arc::new(AppState {
             dispatcher: dispatch::Dispatcher {
                 client,
                 timeout: config.request_timeout,
             },
             topology,
-            ids: Mutex::new(IdGenerator::new(config.node_id)),
+            lease,
+            ids: Mutex::new(None),
         });
         let listener = TcpListener::bind(config.listen)
             .await
@@ -88,7 +95,8 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) ->
         .route("/executions/{id}/cancel", post(routes::executions::cancel))
         .route("/executions/{id}/events", get(routes::events::page))
         .route("/executions/{id}/stream", get(routes::events::stream))
-        .route("/route/{id}", get(routes::route::route));
+        .route("/route/{id}", get(routes::route::route))
+        .route("/topology", get(routes::topology::show));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(routes::health::healthz))

@@ -31,6 +31,12 @@ pub enum Code {
     ShardUnavailable,
     /// The gateway has not yet read the cluster topology.
     TopologyUnavailable,
+    /// The gateway's view of the topology is older than the grace: minting now could misroute.
+    TopologyStale,
+    /// The gateway holds no node-id lease (another gateway has its id, or NATS is unreachable).
+    NodeLeaseUnavailable,
+    /// The execution lived on a shard that was retired with its data discarded.
+    ExecutionRetired,
     /// The gateway's clock stepped back further than it may mint through.
     ClockBehind,
     /// Freshly minted ids already existed: two gateways share a node id.
@@ -49,9 +55,12 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::RouteNotFound | Code::ExecutionNotFound => StatusCode::NOT_FOUND,
+            Code::ExecutionRetired => StatusCode::GONE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::ShardUnavailable
             | Code::TopologyUnavailable
+            | Code::TopologyStale
+            | Code::NodeLeaseUnavailable
             | Code::ClockBehind
             | Code::IdCollision => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,6 +80,9 @@ impl Code {
             Code::ExecutionNotFound => "Execution not found",
             Code::ShardUnavailable => "Shard unavailable",
             Code::TopologyUnavailable => "Topology unavailable",
+            Code::TopologyStale => "Topology view stale",
+            Code::NodeLeaseUnavailable => "No node-id lease",
+            Code::ExecutionRetired => "Execution retired",
             Code::ClockBehind => "Clock behind",
             Code::IdCollision => "Execution id collision",
             Code::Internal => "Internal error",

@@ -1,10 +1,12 @@
-//! State shared by the handlers: the dispatcher, the topology view and the id generator.
+//! State shared by the handlers: the dispatcher, the topology view, the node-id lease and the
+//! id generator. [`AppState::mint`] is where the minting rule of SPEC §3.3 lives.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use noetl_bus::nodes::NodeLease;
+use noetl_bus::topology::Follower;
+use noetl_contract::topology::RetiredData;
 use noetl_contract::{ExecutionId, IdGenerator, Route, Topology};
-use tokio::sync::watch;
 
 use crate::dispatch::Dispatcher;
 use crate::problem::{Code, Problem};
@@ -12,36 +14,70 @@ use crate::problem::{Code, Problem};
 #[derive(Debug)]
 pub struct AppState {
     pub dispatcher: Dispatcher,
-    pub topology: watch::Receiver<Option<Topology>>,
-    pub ids: Mutex<IdGenerator>,
+    pub topology: Follower,
+    pub lease: NodeLease,
+    /// The generator of the node id currently leased (replaced when the lease moves).
+    pub ids: Mutex<Option<IdGenerator>>,
 }
 
 impl AppState {
-    /// Routes an id with the current topology view.
+    /// Routes an id with the current topology view (full history, so old ids keep their shard).
     pub fn route(&self, id: ExecutionId) -> Result<Route, Problem> {
-        self.topology
-            .borrow()
-            .as_ref()
-            .map(|topology| topology.route(id))
-            .ok_or_else(topology_unavailable)
+        let topology = self.topology.current().ok_or_else(topology_unavailable)?;
+        let route = topology.route(id);
+        let discarded = topology
+            .retired()
+            .iter()
+            .any(|r| r.shard == route.shard && r.data == RetiredData::Discarded);
+        if discarded {
+            return Err(Problem::new(
+                Code::ExecutionRetired,
+                format!(
+                    "execution {id} lived on shard {}, which was retired with its data discarded",
+                    route.shard
+                ),
+            ));
+        }
+        Ok(route)
     }
 
-    /// Mints a fresh id and routes it.
+    /// Whether the view is fresh enough to route an id minted at `unix_ms`: the last confirmed
+    /// read of the topology was less than the grace before it. Any epoch written after that
+    /// read activates at least a grace after it was written, so it cannot apply to the id.
+    pub fn fresh_for(&self, topology: &Topology, unix_ms: i64) -> bool {
+        self.topology.confirmed_at_ms() + topology.grace_ms() > unix_ms
+    }
+
+    /// Mints a fresh id and routes it, or refuses (503) when that could misroute or collide.
     pub fn mint(&self) -> Result<(ExecutionId, Route), Problem> {
-        // Refuse before minting, so no id is spent without a topology to route it.
-        if self.topology.borrow().is_none() {
-            return Err(topology_unavailable());
+        // Refuse before minting, so no id is spent that cannot be routed.
+        let topology = self.topology.current().ok_or_else(topology_unavailable)?;
+        let node = self.lease.current().ok_or_else(|| {
+            Problem::new(
+                Code::NodeLeaseUnavailable,
+                "the gateway holds no node-id lease (its node id is held by another gateway, or NATS is unreachable); retry, or use another gateway",
+            )
+        })?;
+        let id = {
+            let mut ids = self
+                .ids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let generator = match ids.as_mut() {
+                Some(generator) if generator.node() == node => generator,
+                _ => ids.insert(IdGenerator::new(node)),
+            };
+            generator
+                .next_id(noetl_bus::unix_now_ms())
+                .map_err(|e| Problem::new(Code::ClockBehind, e.to_string()))?
+        };
+        if !self.fresh_for(&topology, id.unix_ms()) {
+            metrics::counter!("noetl_gateway_stale_topology_refusals_total").increment(1);
+            return Err(Problem::new(
+                Code::TopologyStale,
+                "the gateway could not confirm the cluster topology within the grace period (is NATS reachable?); retry shortly",
+            ));
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let id = self
-            .ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .next_id(now_ms)
-            .map_err(|e| Problem::new(Code::ClockBehind, e.to_string()))?;
         Ok((id, self.route(id)?))
     }
 }

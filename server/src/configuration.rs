@@ -51,6 +51,10 @@ pub struct Settings {
     pub dispatch_lease_ms: u64,
     /// Upper bound on one attempt of a step that sets no `timeout`.
     pub default_step_timeout_ms: u64,
+    /// Grace of a new cluster's topology (only read by the server that creates it): how far in
+    /// the future a shard-count change activates, and how long a gateway mints on an
+    /// unconfirmed view.
+    pub topology_grace_ms: i64,
     pub log_format: LogFormat,
 }
 
@@ -67,6 +71,7 @@ impl Default for Settings {
             step_lease_ms: 30_000,
             dispatch_lease_ms: 300_000,
             default_step_timeout_ms: 3_600_000,
+            topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
             log_format: LogFormat::Text,
         }
     }
@@ -85,6 +90,7 @@ pub struct ServerConfig {
     pub pool_size: u32,
     pub max_in_flight: usize,
     pub leases: Leases,
+    pub topology_grace_ms: i64,
 }
 
 impl ServerConfig {
@@ -149,6 +155,7 @@ impl ServerConfig {
                 dispatch_lease_ms: settings.dispatch_lease_ms,
                 default_timeout_ms: settings.default_step_timeout_ms,
             },
+            topology_grace_ms: settings.topology_grace_ms,
         })
     }
 }

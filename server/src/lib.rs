@@ -8,6 +8,7 @@
 //! - [`relay`]: publishes the outbox of commands to JetStream.
 //! - [`leases`]: re-dispatches attempts whose worker went silent.
 //! - [`shard`]: a shard's subscriptions and request handling (route check first).
+//! - [`topology`]: checks each topology document against the epochs the databases recorded.
 //! - [`http`]: the readiness check behind `/readyz` (served with `/healthz` and `/metrics`).
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments and calls it.
@@ -21,6 +22,7 @@ pub mod orchestrate;
 pub mod persistence;
 pub mod relay;
 pub mod shard;
+pub mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,24 +45,17 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     noetl_service::install_metrics();
     let client = noetl_bus::connect(&config.nats).await?;
 
-    let configured = Topology::bootstrap(config.shards.count());
-    let topology = retry_bus("read or create the cluster topology", &cancel, || {
+    // The first server of a new cluster creates the topology from NOETL_SHARDS; later, shard
+    // counts change only through topology epochs (noetlctl topology apply), and NOETL_SHARDS
+    // may list shards the topology does not route to yet.
+    let configured = Topology::bootstrap(config.shards.count(), config.topology_grace_ms)
+        .context("topology_grace_ms")?;
+    let current = retry_bus("read or create the cluster topology", &cancel, || {
         noetl_bus::topology::ensure(&client, &configured)
     })
     .await?;
-    if topology.latest().shard_count != config.shards.count() {
-        bail!(
-            "the cluster topology has {} shards but NOETL_SHARDS lists {}; \
-             shard counts change through a topology epoch, not by editing NOETL_SHARDS",
-            topology.latest().shard_count,
-            config.shards.count()
-        );
-    }
-    let mut topology = noetl_bus::topology::watch(client.clone(), cancel.child_token());
-    topology
-        .wait_for(Option::is_some)
-        .await
-        .context("the topology watch stopped")?;
+    tracing::info!(epoch = current.latest().epoch, shard_count = %current.latest().shard_count, "cluster topology");
+    let follower = noetl_bus::topology::watch(client.clone(), cancel.child_token());
 
     let mut pools = Vec::with_capacity(config.serve.len());
     for &shard in &config.serve {
@@ -73,11 +68,27 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
         pools.push((shard, pool));
     }
 
-    let (ready_client, ready_pools) = (client.clone(), pools.clone());
+    let accepted = topology::accept(
+        follower.receiver(),
+        pools.iter().map(|(_, pool)| pool.clone()).collect(),
+        cancel.child_token(),
+    );
+    let (ready_client, ready_pools, ready_topology) =
+        (client.clone(), pools.clone(), accepted.clone());
     let http = noetl_service::ops::serve(config.listen, cancel.clone(), move || {
-        http::readiness(ready_client.clone(), ready_pools.clone())
+        http::readiness(
+            ready_client.clone(),
+            ready_pools.clone(),
+            ready_topology.clone(),
+        )
     })
     .await?;
+    // Shards are subscribed only once a topology passed the check against their databases.
+    let mut routing = accepted.topology.clone();
+    tokio::select! {
+        () = cancel.cancelled() => bail!("cancelled while waiting for an acceptable topology"),
+        seen = routing.wait_for(Option::is_some) => { seen.context("the topology check stopped")?; }
+    }
 
     retry_bus("open the command stream", &cancel, || {
         noetl_bus::commands::stream(&client)
@@ -127,7 +138,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             pool,
             committer,
             orchestrator,
-            topology: topology.clone(),
+            topology: accepted.topology.clone(),
         });
         shards.push(tokio::spawn(shard::serve(
             state,

@@ -7,7 +7,8 @@ use noetl_contract::message::{
     EventPage, EventView, ExecutionStatus, ExecutionView, Labels, StepView,
 };
 use noetl_contract::shards::ShardDsn;
-use noetl_contract::{ExecutionId, ShardId};
+use noetl_contract::topology::Epoch;
+use noetl_contract::{ExecutionId, ShardCount, ShardId};
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -112,6 +113,76 @@ pub async fn claim_shard(pool: &PgPool, shard: ShardId) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// The topology epochs recorded in this shard database.
+pub async fn recorded_epochs(pool: &PgPool) -> Result<Vec<Epoch>, Error> {
+    let rows: Vec<(i64, i64, i32)> = sqlx::query_as(
+        "SELECT epoch, activate_at_ms, shard_count FROM topology_epochs ORDER BY epoch",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(epoch, activate_at_ms, shard_count)| {
+            let shard_count = u32::try_from(shard_count)
+                .ok()
+                .and_then(|n| ShardCount::new(n).ok())
+                .ok_or_else(|| {
+                    Error::Malformed(format!("epoch {epoch} has {shard_count} shards"))
+                })?;
+            Ok(Epoch {
+                epoch: u64::try_from(epoch)
+                    .map_err(|_| Error::Malformed(format!("epoch number {epoch}")))?,
+                activate_at_ms,
+                shard_count,
+            })
+        })
+        .collect()
+}
+
+/// Records epochs this server accepted. An epoch recorded before is only replaced while it is
+/// not in force yet at `now_ms` (an in-force one is what a server must never see rewritten).
+pub async fn record_epochs(pool: &PgPool, epochs: &[Epoch], now_ms: i64) -> Result<(), Error> {
+    let numbers: Vec<i64> = epochs
+        .iter()
+        .map(|e| i64::try_from(e.epoch).unwrap_or(i64::MAX))
+        .collect();
+    let activations: Vec<i64> = epochs.iter().map(|e| e.activate_at_ms).collect();
+    let counts: Vec<i32> = epochs
+        .iter()
+        .map(|e| i32::try_from(e.shard_count.get()).unwrap_or(i32::MAX))
+        .collect();
+    sqlx::query(
+        "INSERT INTO topology_epochs (epoch, activate_at_ms, shard_count)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::integer[])
+         ON CONFLICT (epoch) DO UPDATE
+             SET activate_at_ms = excluded.activate_at_ms, shard_count = excluded.shard_count,
+                 seen_at = now()
+             WHERE topology_epochs.activate_at_ms > $4
+               AND (topology_epochs.activate_at_ms, topology_epochs.shard_count)
+                   IS DISTINCT FROM (excluded.activate_at_ms, excluded.shard_count)",
+    )
+    .bind(numbers)
+    .bind(activations)
+    .bind(counts)
+    .bind(now_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// How many executions the shard holds, and how many are not finished.
+pub async fn shard_counts(pool: &PgPool) -> Result<(u64, u64), Error> {
+    let (total, unfinished): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status IN ('pending', 'running'))
+         FROM executions",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((
+        u64::try_from(total).unwrap_or(0),
+        u64::try_from(unfinished).unwrap_or(0),
+    ))
 }
 
 /// Whether the database answers a trivial query within two seconds.

@@ -10,8 +10,8 @@ use noetl_bus::{Client, Message};
 use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepReport};
 use noetl_contract::engine::Event;
 use noetl_contract::message::{
-    EventPage, EventsQuery, ExecutionView, PingReply, Reply, SubmitCommand, SubmitReceipt,
-    WireError, WireErrorCode,
+    EventPage, EventsQuery, ExecutionView, PingReply, Reply, ShardStats, SubmitCommand,
+    SubmitReceipt, WireError, WireErrorCode,
 };
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, ShardId, Topology};
@@ -50,11 +50,19 @@ pub async fn serve(
     for kind in ShardRequest::ALL {
         let filter = subject::shard_request_filter(kind, shard.id);
         let subscriber = noetl_bus::queue_subscribe(&shard.client, filter, group.clone()).await?;
-        subscriptions.push(subscriber.map(move |m| (Some(kind), m)).boxed());
+        subscriptions.push(
+            subscriber
+                .map(move |m| (Request::Execution(kind), m))
+                .boxed(),
+        );
     }
     let ping =
-        noetl_bus::queue_subscribe(&shard.client, subject::shard_ping(shard.id), group).await?;
-    subscriptions.push(ping.map(|m| (None, m)).boxed());
+        noetl_bus::queue_subscribe(&shard.client, subject::shard_ping(shard.id), group.clone())
+            .await?;
+    subscriptions.push(ping.map(|m| (Request::Ping, m)).boxed());
+    let stats =
+        noetl_bus::queue_subscribe(&shard.client, subject::shard_stats(shard.id), group).await?;
+    subscriptions.push(stats.map(|m| (Request::Stats, m)).boxed());
     let mut requests = futures::stream::select_all(subscriptions);
     tracing::info!(shard = %shard.id, "serving shard");
 
@@ -62,7 +70,7 @@ pub async fn serve(
     let handlers = TaskTracker::new();
     let mut vanished = false;
     loop {
-        let (kind, message) = tokio::select! {
+        let (request, message) = tokio::select! {
             () = cancel.cancelled() => break,
             next = requests.next() => match next {
                 Some(request) => request,
@@ -79,7 +87,7 @@ pub async fn serve(
             .expect("the semaphore is never closed");
         let shard = shard.clone();
         handlers.spawn(async move {
-            handle(&shard, kind, message).await;
+            handle(&shard, request, message).await;
             drop(permit);
         });
     }
@@ -98,23 +106,37 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(shard: &Shard, kind: Option<ShardRequest>, message: Message) {
-    let sent = match kind {
-        Some(ShardRequest::Submit) => answer(shard, &message, submit(shard, &message).await).await,
-        Some(ShardRequest::Get) => answer(shard, &message, get(shard, &message).await).await,
-        Some(ShardRequest::Result) => answer(shard, &message, report(shard, &message).await).await,
-        Some(ShardRequest::Heartbeat) => {
-            answer(shard, &message, heartbeat(shard, &message).await).await
-        }
-        Some(ShardRequest::Cancel) => answer(shard, &message, cancel(shard, &message).await).await,
-        Some(ShardRequest::Events) => answer(shard, &message, events(shard, &message).await).await,
-        None => {
+/// What a message on one of the shard's subscriptions asks for.
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    /// About one execution (the subject ends in its id).
+    Execution(ShardRequest),
+    /// Whether a server serves the shard and its database answers.
+    Ping,
+    /// How many executions the shard holds, and how many are unfinished.
+    Stats,
+}
+
+async fn handle(shard: &Shard, request: Request, message: Message) {
+    let sent = match request {
+        Request::Execution(kind) => match kind {
+            ShardRequest::Submit => answer(shard, &message, submit(shard, &message).await).await,
+            ShardRequest::Get => answer(shard, &message, get(shard, &message).await).await,
+            ShardRequest::Result => answer(shard, &message, report(shard, &message).await).await,
+            ShardRequest::Heartbeat => {
+                answer(shard, &message, heartbeat(shard, &message).await).await
+            }
+            ShardRequest::Cancel => answer(shard, &message, cancel(shard, &message).await).await,
+            ShardRequest::Events => answer(shard, &message, events(shard, &message).await).await,
+        },
+        Request::Ping => {
             let ping = PingReply {
                 shard: shard.id,
                 database_ok: persistence::ping(&shard.pool).await,
             };
             answer(shard, &message, Ok(ping)).await
         }
+        Request::Stats => answer(shard, &message, stats(shard).await).await,
     };
     if let Err(e) = sent {
         tracing::warn!(shard = %shard.id, error = %e, "failed to reply");
@@ -282,6 +304,23 @@ async fn cancel(shard: &Shard, message: &Message) -> Result<ExecutionView, WireE
         Err(e) => return Err(database_failed(shard, id, &e)),
     }
     read_view(shard, id).await
+}
+
+async fn stats(shard: &Shard) -> Result<ShardStats, WireError> {
+    match persistence::shard_counts(&shard.pool).await {
+        Ok((executions, unfinished)) => Ok(ShardStats {
+            shard: shard.id,
+            executions,
+            unfinished,
+        }),
+        Err(e) => {
+            tracing::error!(shard = %shard.id, error = %e, "failed to count the shard's executions");
+            Err(wire_error(
+                WireErrorCode::ShardUnavailable,
+                "the shard database is unavailable",
+            ))
+        }
+    }
 }
 
 async fn events(shard: &Shard, message: &Message) -> Result<EventPage, WireError> {

@@ -2,7 +2,7 @@
 
 use noetl_contract::message::ExecutionStatus;
 use noetl_contract::shards::ShardMap;
-use noetl_contract::{ExecutionId, ShardCount, ShardId, Topology};
+use noetl_contract::{ExecutionId, ShardId};
 use noetl_server::commit::Committer;
 use noetl_server::configuration::{ServerConfig, Settings};
 use noetl_server::persistence::{self, NewExecution};
@@ -69,32 +69,6 @@ async fn a_database_listed_at_another_position_is_refused() {
     let text = format!("{error:#}");
     assert!(text.contains("belongs to shard 0"), "{text}");
     assert!(text.contains("reordered"), "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_topology_with_another_shard_count_is_refused() {
-    let pg = Postgres::start();
-    let shards = pg.create_shards("mismatch", 2);
-    let nats = NatsServer::start();
-    let client = noetl_bus::connect(&noetl_bus::NatsConfig {
-        url: nats.url().to_owned(),
-        client_name: "test".to_owned(),
-    })
-    .await
-    .expect("connect");
-    let three = Topology::bootstrap(ShardCount::new(3).expect("non-zero"));
-    noetl_bus::topology::ensure(&client, &three)
-        .await
-        .expect("bootstrap");
-
-    let error = noetl_server::run(config(&nats, &shards), CancellationToken::new())
-        .await
-        .expect_err("the server must refuse a topology that disagrees with NOETL_SHARDS");
-    let text = format!("{error:#}");
-    assert!(
-        text.contains("topology has 3 shards but NOETL_SHARDS lists 2"),
-        "{text}"
-    );
 }
 
 fn new_execution(raw_id: i64) -> NewExecution {

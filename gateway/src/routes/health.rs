@@ -1,5 +1,5 @@
-//! `/healthz` (the process is up) and `/readyz` (NATS connected, topology read, every shard
-//! answering with a working database).
+//! `/healthz` (the process is up) and `/readyz` (NATS connected, a fresh topology, a node-id
+//! lease, and every shard that holds or receives executions answering with a working database).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use noetl_contract::ShardState;
 use serde_json::json;
 
 use crate::state::AppState;
@@ -19,28 +20,33 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
     let nats = state.dispatcher.is_connected();
-    let shards = state
-        .topology
-        .borrow()
-        .as_ref()
-        .map(|t| t.latest().shard_count.shards().collect::<Vec<_>>());
-    let Some(shards) = shards else {
+    let node = state.lease.current();
+    let Some(topology) = state.topology.current() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "nats": nats, "topology": false})),
+            Json(json!({"ready": false, "nats": nats, "topology": false, "node_id": node})),
         );
     };
+    let now_ms = noetl_bus::unix_now_ms();
+    let fresh = state.fresh_for(&topology, now_ms);
+    // Retired shards whose data was kept may have a server for reads; they are shown, not
+    // required.
+    let shards = topology.shard_states(now_ms);
     let answers = futures::future::join_all(
         shards
             .iter()
-            .map(|&shard| state.dispatcher.ping(shard, SHARD_PING_TIMEOUT)),
+            .map(|&(shard, _)| state.dispatcher.ping(shard, SHARD_PING_TIMEOUT)),
     )
     .await;
-    let ready = nats && answers.iter().all(|ok| *ok);
+    let shards_ok = shards
+        .iter()
+        .zip(&answers)
+        .all(|((_, shard_state), ok)| *ok || *shard_state == ShardState::Retired);
+    let ready = nats && fresh && node.is_some() && shards_ok;
     let per_shard: serde_json::Map<_, _> = shards
         .iter()
         .zip(answers)
-        .map(|(shard, ok)| (shard.to_string(), json!(ok)))
+        .map(|((shard, _), ok)| (shard.to_string(), json!(ok)))
         .collect();
     let status = if ready {
         StatusCode::OK
@@ -49,6 +55,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<ser
     };
     (
         status,
-        Json(json!({"ready": ready, "nats": nats, "topology": true, "shards": per_shard})),
+        Json(json!({
+            "ready": ready,
+            "nats": nats,
+            "topology": true,
+            "topology_fresh": fresh,
+            "node_id": node,
+            "shards": per_shard,
+        })),
     )
 }

@@ -4,3 +4,4 @@ pub mod events;
 pub mod executions;
 pub mod health;
 pub mod route;
+pub mod topology;

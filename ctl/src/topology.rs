@@ -1,0 +1,222 @@
+//! Topology commands (SPEC §3.3). Every change is computed by `noetl_contract::topology`,
+//! checked with `check_successor` against the revision that was read, and written with
+//! compare-and-set, so two operators applying at once cannot both win.
+
+use std::time::Duration;
+
+use noetl_bus::Client;
+use noetl_contract::message::{PingReply, ShardStats};
+use noetl_contract::subject;
+use noetl_contract::topology::{Plan, RetiredData};
+use noetl_contract::{ShardCount, ShardId, ShardState, Topology};
+
+/// How long a shard's server gets to answer a ping or a stats request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a command did not do what it was asked; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No server has created the topology yet.
+    #[error(
+        "the cluster has no topology yet: start a server first (it creates one from NOETL_SHARDS)"
+    )]
+    NoTopology,
+    /// The change is not allowed now (a shard not ready, unfinished executions, …).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Someone else changed the topology between read and write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Bus(noetl_bus::Error),
+}
+
+impl From<noetl_bus::Error> for Error {
+    fn from(error: noetl_bus::Error) -> Self {
+        match error {
+            noetl_bus::Error::Conflict(reason) => Error::Conflict(reason),
+            other => Error::Bus(other),
+        }
+    }
+}
+
+impl From<noetl_contract::topology::ChangeError> for Error {
+    fn from(error: noetl_contract::topology::ChangeError) -> Self {
+        Error::Refused(error.to_string())
+    }
+}
+
+/// The topology as read, with the revision a write must name.
+pub async fn current(client: &Client) -> Result<(Topology, u64), Error> {
+    noetl_bus::topology::read(client)
+        .await?
+        .ok_or(Error::NoTopology)
+}
+
+/// A shard, its state and whether a server answers for it with a working database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ShardReadiness {
+    pub shard: ShardId,
+    pub state: ShardState,
+    pub ready: bool,
+}
+
+/// Pings every shard in `shards` in parallel.
+pub async fn readiness(
+    client: &Client,
+    topology: &Topology,
+    shards: impl Iterator<Item = ShardId>,
+    now_ms: i64,
+) -> Vec<ShardReadiness> {
+    let shards: Vec<ShardId> = shards.collect();
+    let answers = futures::future::join_all(shards.iter().map(|&shard| async move {
+        noetl_bus::request::<_, PingReply>(client, subject::shard_ping(shard), &(), ASK_TIMEOUT)
+            .await
+            .is_ok_and(|reply| reply.database_ok)
+    }))
+    .await;
+    shards
+        .into_iter()
+        .zip(answers)
+        .map(|(shard, ready)| ShardReadiness {
+            shard,
+            state: topology.shard_state(shard, now_ms),
+            ready,
+        })
+        .collect()
+}
+
+/// A plan with the readiness of every shard it concerns.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub current: Topology,
+    pub revision: u64,
+    pub plan: Plan,
+    /// Every shard below the larger of the two counts (and any other that ever existed).
+    pub shards: Vec<ShardReadiness>,
+    pub now_ms: i64,
+}
+
+impl Planned {
+    /// Shards that must be ready before the plan may be applied: those it adds.
+    pub fn not_ready(&self) -> Vec<ShardId> {
+        self.shards
+            .iter()
+            .filter(|s| self.plan.added.contains(&s.shard) && !s.ready)
+            .map(|s| s.shard)
+            .collect()
+    }
+}
+
+/// Plans a change to `desired` shards activating no sooner than `lead_ms` (and never sooner
+/// than the cluster's grace): a dry run that writes nothing.
+pub async fn plan(client: &Client, desired: ShardCount, lead_ms: i64) -> Result<Planned, Error> {
+    let (current, revision) = current(client).await?;
+    let now_ms = noetl_bus::unix_now_ms();
+    let plan = current.plan(desired, now_ms, lead_ms)?;
+    let upto = current.max_shard_count().get().max(desired.get());
+    let shards = readiness(client, &current, (0..upto).map(ShardId::new), now_ms).await;
+    Ok(Planned {
+        current,
+        revision,
+        plan,
+        shards,
+        now_ms,
+    })
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// The topology already had the desired shard count.
+    NoChange(Planned),
+    /// The new epoch is written; it activates at the plan's activation time.
+    Written(Planned),
+}
+
+/// Applies a change to `desired` shards: refuses when a shard it adds has no ready server,
+/// unless `force`.
+pub async fn apply(
+    client: &Client,
+    desired: ShardCount,
+    lead_ms: i64,
+    force: bool,
+) -> Result<Applied, Error> {
+    let planned = plan(client, desired, lead_ms).await?;
+    let Some(next) = planned.plan.next.clone() else {
+        return Ok(Applied::NoChange(planned));
+    };
+    let not_ready = planned.not_ready();
+    if !not_ready.is_empty() && !force {
+        return Err(Error::Refused(format!(
+            "no ready server for shard(s) {}: start their servers (migrated and subscribed) first, or pass --force",
+            list(&not_ready)
+        )));
+    }
+    // The plan was made at `planned.now_ms`; check it still keeps the grace now.
+    planned
+        .current
+        .check_successor(&next, noetl_bus::unix_now_ms())?;
+    noetl_bus::topology::write(client, &next, planned.revision).await?;
+    Ok(Applied::Written(planned))
+}
+
+/// Asks a shard's server how many executions it holds and how many are unfinished.
+pub async fn stats(client: &Client, shard: ShardId) -> Result<ShardStats, Error> {
+    noetl_bus::request(client, subject::shard_stats(shard), &(), ASK_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            noetl_bus::Error::NoResponders { .. } | noetl_bus::Error::TimedOut { .. } => {
+                Error::Refused(format!("no server answers for shard {shard}: {e}"))
+            }
+            other => Error::Bus(other),
+        })
+}
+
+/// The progress of a draining shard.
+pub async fn drain(client: &Client, shard: ShardId) -> Result<ShardStats, Error> {
+    let (topology, _) = current(client).await?;
+    let state = topology.shard_state(shard, noetl_bus::unix_now_ms());
+    if state != ShardState::Draining || !topology.max_shard_count().contains(shard) {
+        return Err(Error::Refused(format!(
+            "shard {shard} is {}, not draining: shrink the shard count below {} first (topology apply --shards {shard})",
+            state_name(state),
+            shard.get() + 1
+        )));
+    }
+    stats(client, shard).await
+}
+
+/// Retires a draining shard with no unfinished executions.
+pub async fn retire(client: &Client, shard: ShardId, data: RetiredData) -> Result<Topology, Error> {
+    let (topology, revision) = current(client).await?;
+    let now_ms = noetl_bus::unix_now_ms();
+    let next = topology.retire(shard, data, now_ms)?;
+    let stats = stats(client, shard).await?;
+    if stats.unfinished > 0 {
+        return Err(Error::Refused(format!(
+            "shard {shard} still has {} unfinished execution(s); wait for them (topology drain {shard} --wait)",
+            stats.unfinished
+        )));
+    }
+    topology.check_successor(&next, now_ms)?;
+    noetl_bus::topology::write(client, &next, revision).await?;
+    Ok(next)
+}
+
+pub fn state_name(state: ShardState) -> &'static str {
+    match state {
+        ShardState::Active => "active",
+        ShardState::Activating => "activating",
+        ShardState::Draining => "draining",
+        ShardState::Retired => "retired",
+    }
+}
+
+pub fn list(shards: &[ShardId]) -> String {
+    shards
+        .iter()
+        .map(ShardId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
