@@ -12,6 +12,9 @@ use noetl_contract::{ShardCount, ShardId, ShardState, Topology};
 
 /// How long a shard's server gets to answer a ping or a stats request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// A new epoch activates this much later than the grace requires, to cover the time between
+/// planning it and the write reaching the bucket (the grace counts from the write).
+const WRITE_MARGIN_MS: i64 = 1_000;
 
 /// Why a command did not do what it was asked; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +116,7 @@ impl Planned {
 pub async fn plan(client: &Client, desired: ShardCount, lead_ms: i64) -> Result<Planned, Error> {
     let (current, revision) = current(client).await?;
     let now_ms = noetl_bus::unix_now_ms();
-    let plan = current.plan(desired, now_ms, lead_ms)?;
+    let plan = current.plan(desired, now_ms + WRITE_MARGIN_MS, lead_ms)?;
     let upto = current.max_shard_count().get().max(desired.get());
     let shards = readiness(client, &current, (0..upto).map(ShardId::new), now_ms).await;
     Ok(Planned {
@@ -142,10 +145,10 @@ pub async fn apply(
     lead_ms: i64,
     force: bool,
 ) -> Result<Applied, Error> {
-    let planned = plan(client, desired, lead_ms).await?;
-    let Some(next) = planned.plan.next.clone() else {
+    let mut planned = plan(client, desired, lead_ms).await?;
+    if planned.plan.next.is_none() {
         return Ok(Applied::NoChange(planned));
-    };
+    }
     let not_ready = planned.not_ready();
     if !not_ready.is_empty() && !force {
         return Err(Error::Refused(format!(
@@ -153,11 +156,18 @@ pub async fn apply(
             list(&not_ready)
         )));
     }
-    // The plan was made at `planned.now_ms`; check it still keeps the grace now.
-    planned
+    // Asking the shards took time: plan the activation again from now.
+    let now_ms = noetl_bus::unix_now_ms();
+    planned.plan = planned
         .current
-        .check_successor(&next, noetl_bus::unix_now_ms())?;
-    noetl_bus::topology::write(client, &next, planned.revision).await?;
+        .plan(desired, now_ms + WRITE_MARGIN_MS, lead_ms)?;
+    let next = planned
+        .plan
+        .next
+        .as_ref()
+        .expect("the same change planned again is still a change");
+    planned.current.check_successor(next, now_ms)?;
+    noetl_bus::topology::write(client, next, planned.revision).await?;
     Ok(Applied::Written(planned))
 }
 

@@ -312,13 +312,17 @@ async fn async_nats_client(cluster: &Cluster) -> noetl_bus::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_id_that_already_exists_is_never_returned_to_the_caller() {
     let cluster = Cluster::start(2).await;
-    // Another minter with the gateway's node id (0) took sequence 0 of every millisecond of the
-    // next 20 seconds, so the gateway's first id collides for sure.
+    // Another minter with the gateway's node id (as if it had the same lease) took sequence 0
+    // of every millisecond of the next 20 seconds, so the gateway's first id collides for sure.
+    let (_, ready) = cluster.get_json("/readyz").await;
+    let node = ready["node_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a ready gateway names its node id: {ready}"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as i64;
-    let node = NodeId::try_from(0).expect("valid node");
+    let node = NodeId::try_from(u32::try_from(node).expect("small")).expect("valid node");
     let mut taken: Vec<Vec<i64>> = vec![Vec::new(); 2];
     for ms in now..now + 20_000 {
         let id = noetl_contract::ExecutionId::from_parts(ms, node, 0).expect("valid id");

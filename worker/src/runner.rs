@@ -20,7 +20,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use noetl_bus::commands::{self, AckKind, Delivery, PullConsumer};
@@ -278,7 +278,7 @@ impl Runner {
             attempt: command.attempt,
         };
         let timeout = Duration::from_millis(command.timeout_ms);
-        let started_at_ms = now_ms();
+        let started_at_ms = noetl_bus::unix_now_ms();
         let started = Instant::now();
         let outcome = tokio::select! {
             outcome = self.registry.execute(&command.action, &command.with, &ctx, timeout, &stop) => outcome,
@@ -313,7 +313,7 @@ impl Runner {
             attempt: command.attempt,
             outcome,
             started_at_ms,
-            finished_at_ms: now_ms(),
+            finished_at_ms: noetl_bus::unix_now_ms(),
             worker: self.worker.clone(),
         };
         let settled = tokio::select! {
@@ -472,14 +472,6 @@ fn count_step(pool: &str, action: &'static str, outcome: &'static str) {
         "outcome" => outcome
     )
     .increment(1);
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 /// Exponential delay between retries, from [`BACKOFF_START`] up to [`BACKOFF_MAX`].

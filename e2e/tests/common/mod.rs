@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use noetl_contract::{ExecutionId, ShardCount, ShardId};
+use noetl_contract::{ExecutionId, ShardCount, ShardId, Topology};
 use noetl_gateway::configuration::{GatewayConfig, Settings as GatewaySettings};
 use noetl_gateway::Gateway;
 use noetl_server::configuration::{ServerConfig, Settings as ServerSettings};
@@ -43,6 +43,8 @@ pub struct Cluster {
     pub shards: String,
     pub shard_count: ShardCount,
     pub gateway_url: String,
+    /// The in-process server's `/healthz`, `/readyz` and `/metrics`.
+    pub server_ops_url: String,
     pub http: reqwest::Client,
     cancel: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -50,10 +52,20 @@ pub struct Cluster {
 }
 
 pub fn server_config(nats_url: &str, shards: &str, serve: Option<Vec<u32>>) -> ServerConfig {
+    server_config_on(nats_url, shards, serve, "127.0.0.1:0")
+}
+
+/// Like [`server_config`], with the ops endpoint on `listen`.
+pub fn server_config_on(
+    nats_url: &str,
+    shards: &str,
+    serve: Option<Vec<u32>>,
+    listen: &str,
+) -> ServerConfig {
     let settings = ServerSettings {
         nats_url: nats_url.to_owned(),
         shards: Some(shards.to_owned()),
-        listen: "127.0.0.1:0".parse().expect("valid address"),
+        listen: listen.parse().expect("valid address"),
         // Short leases, so tests of dead workers finish in seconds.
         step_lease_ms: 2_000,
         ..ServerSettings::default()
@@ -61,16 +73,26 @@ pub fn server_config(nats_url: &str, shards: &str, serve: Option<Vec<u32>>) -> S
     ServerConfig::from_settings(settings, serve).expect("valid server config")
 }
 
-pub async fn start_gateway(
-    nats_url: &str,
-    cancel: &CancellationToken,
-) -> (String, JoinHandle<anyhow::Result<()>>) {
-    let settings = GatewaySettings {
+pub fn gateway_settings(nats_url: &str) -> GatewaySettings {
+    GatewaySettings {
         nats_url: nats_url.to_owned(),
         listen: "127.0.0.1:0".parse().expect("valid address"),
         request_timeout_ms: 2_000,
         ..GatewaySettings::default()
-    };
+    }
+}
+
+pub async fn start_gateway(
+    nats_url: &str,
+    cancel: &CancellationToken,
+) -> (String, JoinHandle<anyhow::Result<()>>) {
+    start_gateway_with(gateway_settings(nats_url), cancel).await
+}
+
+pub async fn start_gateway_with(
+    settings: GatewaySettings,
+    cancel: &CancellationToken,
+) -> (String, JoinHandle<anyhow::Result<()>>) {
     let gateway = Gateway::bind(
         GatewayConfig::from_settings(settings).expect("valid gateway config"),
         cancel,
@@ -89,13 +111,27 @@ impl Cluster {
 
     /// Like [`Cluster::start`], but the server serves only `serve` (when given).
     pub async fn start_serving(shards: u32, serve: Option<Vec<u32>>) -> Self {
+        Self::start_with(shards, serve, None).await
+    }
+
+    /// Like [`Cluster::start_serving`]; with `grace_ms`, the topology is created with that
+    /// grace before the server starts.
+    pub async fn start_with(shards: u32, serve: Option<Vec<u32>>, grace_ms: Option<i64>) -> Self {
         noetl_service::init_tracing(noetl_service::LogFormat::Text);
         let nats = NatsServer::start();
         let pg = Postgres::start();
         let shard_dsns = pg.create_shards("noetl_shard", shards);
+        let shard_count = ShardCount::new(shards).expect("at least one shard");
+        if let Some(grace_ms) = grace_ms {
+            let topology = Topology::bootstrap(shard_count, grace_ms).expect("a valid grace");
+            noetl_bus::topology::ensure(&connect(nats.url()).await, &topology)
+                .await
+                .expect("create the topology");
+        }
         let cancel = CancellationToken::new();
+        let server_ops = format!("127.0.0.1:{}", noetl_test_support::free_port());
         let mut server = tokio::spawn(noetl_server::run(
-            server_config(nats.url(), &shard_dsns, serve.clone()),
+            server_config_on(nats.url(), &shard_dsns, serve.clone(), &server_ops),
             cancel.clone(),
         ));
         let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
@@ -118,8 +154,9 @@ impl Cluster {
             nats,
             pg,
             shards: shard_dsns,
-            shard_count: ShardCount::new(shards).expect("at least one shard"),
+            shard_count,
             gateway_url,
+            server_ops_url: format!("http://{server_ops}"),
             http,
             cancel,
             server: Some(server),
@@ -233,6 +270,16 @@ impl Cluster {
             .expect("gateway task")
             .expect("gateway stopped cleanly");
     }
+}
+
+/// A NATS client for a test's own requests.
+pub async fn connect(nats_url: &str) -> noetl_bus::Client {
+    noetl_bus::connect(&noetl_bus::NatsConfig {
+        url: nats_url.to_owned(),
+        client_name: "e2e-test".to_owned(),
+    })
+    .await
+    .expect("connect to NATS")
 }
 
 /// Polls the gateway's `/readyz` until `done(status, body)` holds, or panics after [`DEADLINE`].
