@@ -4,11 +4,15 @@
 //! - [`request`] / [`respond`]: typed request/reply with the [`Reply`] envelope of the contract.
 //! - [`topology`]: the topology document in its JetStream key-value bucket.
 //! - [`nodes`]: gateway node-id leases in their key-value bucket.
+//! - [`catalog`]: the playbook catalog in its key-value bucket.
+//! - [`idempotency`]: idempotency keys in their key-value bucket.
 //! - [`commands`]: the JetStream stream of step commands and the worker pools' consumers.
 //!
 //! Subjects come from `noetl_contract::subject`; nothing here builds one by hand.
 
+pub mod catalog;
 pub mod commands;
+pub mod idempotency;
 pub mod nodes;
 pub mod topology;
 

@@ -16,6 +16,8 @@ const NODE_BITS: u32 = 10;
 const SEQUENCE_BITS: u32 = 12;
 const MAX_TIMESTAMP: i64 = (1 << TIMESTAMP_BITS) - 1;
 const MAX_SEQUENCE: u16 = (1 << SEQUENCE_BITS) - 1;
+/// The last Unix millisecond an id can carry (in the year 2093).
+pub const MAX_UNIX_MS: i64 = CUSTOM_EPOCH_UNIX_MS + MAX_TIMESTAMP;
 
 /// How far a generator may run ahead of the wall clock (after the clock stepped back, or after
 /// more than 4,096 ids in one millisecond) before it refuses to mint. Kept far below the

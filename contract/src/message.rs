@@ -17,6 +17,9 @@ pub type Labels = BTreeMap<String, String>;
 pub struct SubmitCommand {
     pub execution_id: ExecutionId,
     pub playbook: Playbook,
+    /// The catalog version of `playbook`, when it was submitted by reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook_version: Option<u32>,
     pub input: serde_json::Value,
     pub labels: Labels,
 }
@@ -79,6 +82,8 @@ pub struct ExecutionView {
     pub shard: ShardId,
     pub status: ExecutionStatus,
     pub playbook_name: String,
+    /// The catalog version it ran, when it was submitted by reference.
+    pub playbook_version: Option<u32>,
     /// The playbook's default input overridden by the submitted input.
     pub input: serde_json::Value,
     pub labels: Labels,
@@ -181,6 +186,56 @@ pub struct PingReply {
     pub shard: ShardId,
     /// Whether the shard's database answered.
     pub database_ok: bool,
+}
+
+/// Which executions a shard lists: newest first, by id (ids are time-ordered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// Only ids below this one (a page's cursor, or the end of a time range).
+    pub below: Option<ExecutionId>,
+    /// Only ids from this one on (the start of a time range).
+    pub from: Option<ExecutionId>,
+    pub limit: u32,
+    pub status: Option<ExecutionStatus>,
+    /// Every one of these labels must be present with this value.
+    pub labels: Labels,
+    pub playbook: Option<String>,
+}
+
+/// An execution in a listing, without its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionSummary {
+    pub execution_id: ExecutionId,
+    pub shard: ShardId,
+    pub status: ExecutionStatus,
+    pub playbook_name: String,
+    pub playbook_version: Option<u32>,
+    pub labels: Labels,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A shard's page of a listing, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionList {
+    pub executions: Vec<ExecutionSummary>,
+}
+
+/// One version of a playbook in the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub version: u32,
+    pub created_at_ms: i64,
+    pub playbook: Playbook,
+}
+
+/// A playbook name in the catalog and its newest version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSummary {
+    pub name: String,
+    pub latest_version: u32,
+    pub updated_at_ms: i64,
 }
 
 /// Reply to a shard stats request.

@@ -169,7 +169,63 @@ pub fn check_pool(path: &str, pool: &str) -> Result<(), Error> {
 /// The pool a step runs in when it names none.
 pub const DEFAULT_POOL: &str = "default";
 
+/// A step as a dry run shows it: what it runs, where, and after what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedStep {
+    pub name: String,
+    pub action: String,
+    pub needs: Vec<String>,
+    pub pool: String,
+    /// 0 for a step without needs, else one more than the deepest of its needs: steps of one
+    /// level may run in parallel.
+    pub level: u32,
+}
+
 impl Playbook {
+    /// The steps in an order they can run in: by level, then as written. Meant for a
+    /// validated playbook; a step whose needs never resolve (a cycle) is left out.
+    pub fn plan(&self) -> Vec<PlannedStep> {
+        let index: std::collections::HashMap<&str, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| (step.name.as_str(), i))
+            .collect();
+        let mut levels: Vec<Option<u32>> = vec![None; self.steps.len()];
+        // Each pass settles at least one more step of a DAG.
+        for _ in 0..self.steps.len() {
+            for (i, step) in self.steps.iter().enumerate() {
+                if levels[i].is_some() {
+                    continue;
+                }
+                let needs: Option<Vec<u32>> = step
+                    .needs
+                    .iter()
+                    .map(|need| index.get(need.as_str()).and_then(|&j| levels[j]))
+                    .collect();
+                if let Some(needs) = needs {
+                    levels[i] = Some(needs.into_iter().max().map_or(0, |deepest| deepest + 1));
+                }
+            }
+        }
+        let mut planned: Vec<PlannedStep> = self
+            .steps
+            .iter()
+            .zip(levels)
+            .filter_map(|(step, level)| {
+                Some(PlannedStep {
+                    name: step.name.clone(),
+                    action: step.action.clone(),
+                    needs: step.needs.clone(),
+                    pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
+                    level: level?,
+                })
+            })
+            .collect();
+        planned.sort_by_key(|step| step.level);
+        planned
+    }
+
     /// Checks names, actions, references, retry bounds and that `needs` form a DAG.
     pub fn validate(&self) -> Result<(), Error> {
         check_name("name", &self.name)?;
@@ -374,6 +430,34 @@ mod tests {
             json!({"name": "x", "steps": [{"name": "a", "action": "noop", "neds": []}]}),
         );
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn a_plan_orders_steps_by_level_then_as_written() {
+        let playbook: Playbook = serde_json::from_value(json!({
+            "name": "diamond",
+            "steps": [
+                {"name": "d", "action": "noop", "needs": ["b", "c"]},
+                {"name": "b", "action": "noop", "needs": ["a"], "pool": "gpu"},
+                {"name": "a", "action": "noop"},
+                {"name": "c", "action": "sleep", "needs": ["a"]}
+            ]
+        }))
+        .expect("valid");
+        let plan: Vec<(String, u32, String)> = playbook
+            .plan()
+            .into_iter()
+            .map(|s| (s.name, s.level, s.pool))
+            .collect();
+        assert_eq!(
+            plan,
+            vec![
+                ("a".to_owned(), 0, "default".to_owned()),
+                ("b".to_owned(), 1, "gpu".to_owned()),
+                ("c".to_owned(), 1, "default".to_owned()),
+                ("d".to_owned(), 2, "default".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -11,6 +11,11 @@ const PREFIX: &str = "noetl.v1.shard";
 pub const TOPOLOGY_BUCKET: &str = "noetl_topology";
 pub const TOPOLOGY_KEY: &str = "topology";
 
+/// The key-value bucket of the playbook catalog.
+pub const CATALOG_BUCKET: &str = "noetl_playbooks";
+/// The key-value bucket of idempotency keys.
+pub const IDEMPOTENCY_BUCKET: &str = "noetl_idempotency";
+
 /// The key-value bucket of gateway node-id leases.
 pub const NODES_BUCKET: &str = "noetl_nodes";
 
@@ -96,6 +101,11 @@ pub fn shard_request_filter(kind: ShardRequest, shard: ShardId) -> String {
 /// Liveness probe of a shard: answered by any server serving it.
 pub fn shard_ping(shard: ShardId) -> String {
     format!("{PREFIX}.{shard}.ping")
+}
+
+/// A page of a shard's executions (body: `ListQuery`, reply: `ExecutionList`).
+pub fn shard_list(shard: ShardId) -> String {
+    format!("{PREFIX}.{shard}.list")
 }
 
 /// Counts of a shard's executions (reply: `ShardStats`), for draining and retiring.

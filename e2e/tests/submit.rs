@@ -140,6 +140,7 @@ fn command(id: noetl_contract::ExecutionId) -> SubmitCommand {
     SubmitCommand {
         execution_id: id,
         playbook: serde_json::from_value(request["playbook"].clone()).expect("valid playbook"),
+        playbook_version: None,
         input: request["input"].clone(),
         labels: serde_json::from_value(request["labels"].clone()).expect("labels"),
     }

@@ -34,6 +34,9 @@ pub struct Settings {
     pub node_id: Option<u32>,
     /// How long a node-id lease outlives the gateway's last renewal.
     pub node_lease_ttl_ms: u64,
+    /// How long an Idempotency-Key is remembered (at least 24; fixed when the bucket is
+    /// created by the first gateway).
+    pub idempotency_ttl_hours: u64,
     /// How long to wait for a shard to answer.
     pub request_timeout_ms: u64,
     /// Largest accepted request body.
@@ -48,6 +51,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             node_id: None,
             node_lease_ttl_ms: 15_000,
+            idempotency_ttl_hours: 24,
             request_timeout_ms: 5_000,
             body_limit_bytes: 1024 * 1024,
             log_format: LogFormat::Text,
@@ -60,6 +64,7 @@ pub struct GatewayConfig {
     pub nats: NatsConfig,
     pub listen: SocketAddr,
     pub node_leases: NodeLeases,
+    pub idempotency_ttl: Duration,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
 }
@@ -70,6 +75,10 @@ impl GatewayConfig {
             Some(raw) => NodeChoice::Fixed(NodeId::try_from(raw).context("NOETL_NODE_ID")?),
             None => NodeChoice::Any,
         };
+        anyhow::ensure!(
+            settings.idempotency_ttl_hours >= 24,
+            "idempotency_ttl_hours must be at least 24 (idempotency keys are kept at least a day)"
+        );
         anyhow::ensure!(
             settings.node_lease_ttl_ms >= 1_000,
             "node_lease_ttl_ms must be at least 1000"
@@ -92,6 +101,7 @@ impl GatewayConfig {
                 choice,
                 ttl: Duration::from_millis(settings.node_lease_ttl_ms),
             },
+            idempotency_ttl: Duration::from_secs(settings.idempotency_ttl_hours * 3_600),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             body_limit_bytes: settings.body_limit_bytes,
         })

@@ -1,11 +1,15 @@
-//! The gateway's only contact with NATS: requests to the shard that owns an execution.
+//! The gateway's only contact with NATS: requests to the shard that owns an execution, the
+//! listing across shards, the playbook catalog and idempotency keys.
 
 use std::time::Duration;
 
+use noetl_bus::idempotency::{Claim, Record};
 use noetl_bus::Client;
 use noetl_contract::message::{
-    EventPage, EventsQuery, ExecutionView, PingReply, SubmitCommand, SubmitReceipt, WireErrorCode,
+    CatalogEntry, CatalogSummary, EventPage, EventsQuery, ExecutionList, ExecutionView, ListQuery,
+    PingReply, SubmitCommand, SubmitReceipt, WireErrorCode,
 };
+use noetl_contract::playbook::Playbook;
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, Route, ShardId};
 
@@ -15,6 +19,8 @@ use crate::problem::{Code, Problem};
 pub struct Dispatcher {
     pub client: Client,
     pub timeout: Duration,
+    /// How long an idempotency key is kept (the bucket's TTL).
+    pub idempotency_ttl: Duration,
 }
 
 impl Dispatcher {
@@ -60,6 +66,56 @@ impl Dispatcher {
             .map_err(|e| to_problem(route.shard, e))
     }
 
+    /// A page of one shard's executions; `None` when the shard did not answer in time.
+    pub async fn list(&self, shard: ShardId, query: &ListQuery) -> Option<ExecutionList> {
+        match noetl_bus::request(
+            &self.client,
+            subject::shard_list(shard),
+            query,
+            self.timeout,
+        )
+        .await
+        {
+            Ok(list) => Some(list),
+            Err(e) => {
+                tracing::warn!(%shard, error = %e, "a shard did not answer a listing");
+                None
+            }
+        }
+    }
+
+    pub async fn catalog_get(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<CatalogEntry>, Problem> {
+        noetl_bus::catalog::get(&self.client, name, version)
+            .await
+            .map_err(bus_unavailable)
+    }
+
+    pub async fn catalog_publish(&self, playbook: &Playbook) -> Result<CatalogEntry, Problem> {
+        noetl_bus::catalog::publish(&self.client, playbook)
+            .await
+            .map_err(bus_unavailable)
+    }
+
+    pub async fn catalog_list(&self) -> Result<Vec<CatalogSummary>, Problem> {
+        noetl_bus::catalog::list(&self.client)
+            .await
+            .map_err(bus_unavailable)
+    }
+
+    pub async fn claim_idempotency_key(
+        &self,
+        key_digest: &str,
+        record: &Record,
+    ) -> Result<Claim, Problem> {
+        noetl_bus::idempotency::claim(&self.client, self.idempotency_ttl, key_digest, record)
+            .await
+            .map_err(bus_unavailable)
+    }
+
     /// Whether the shard has a server whose database answers.
     pub async fn ping(&self, shard: ShardId, timeout: Duration) -> bool {
         noetl_bus::request::<_, PingReply>(&self.client, subject::shard_ping(shard), &(), timeout)
@@ -71,6 +127,11 @@ impl Dispatcher {
     pub fn is_connected(&self) -> bool {
         noetl_bus::is_connected(&self.client)
     }
+}
+
+fn bus_unavailable(error: noetl_bus::Error) -> Problem {
+    tracing::error!(error = %error, "a NATS key-value request failed");
+    Problem::new(Code::BusUnavailable, "NATS did not answer; retry shortly")
 }
 
 fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {

@@ -58,6 +58,7 @@ impl Gateway {
             dispatcher: dispatch::Dispatcher {
                 client,
                 timeout: config.request_timeout,
+                idempotency_ttl: config.idempotency_ttl,
             },
             topology,
             lease,
@@ -90,7 +91,19 @@ impl Gateway {
 
 fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) -> Router {
     let api = Router::new()
-        .route("/executions", post(routes::executions::submit))
+        .route(
+            "/executions",
+            post(routes::executions::submit).get(routes::listing::list),
+        )
+        .route(
+            "/playbooks",
+            post(routes::playbooks::publish).get(routes::playbooks::list),
+        )
+        .route("/playbooks/{name}", get(routes::playbooks::latest))
+        .route(
+            "/playbooks/{name}/versions/{version}",
+            get(routes::playbooks::version),
+        )
         .route("/executions/{id}", get(routes::executions::get))
         .route("/executions/{id}/cancel", post(routes::executions::cancel))
         .route("/executions/{id}/events", get(routes::events::page))

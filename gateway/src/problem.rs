@@ -27,6 +27,12 @@ pub enum Code {
     MethodNotAllowed,
     /// No execution with that id.
     ExecutionNotFound,
+    /// The catalog has no such playbook, or no such version of it.
+    PlaybookNotFound,
+    /// The Idempotency-Key was used before with a different request body.
+    IdempotencyKeyReused,
+    /// NATS (the catalog, the idempotency keys) did not answer.
+    BusUnavailable,
     /// The owning shard did not answer in time, or its database is down.
     ShardUnavailable,
     /// The gateway has not yet read the cluster topology.
@@ -54,13 +60,17 @@ impl Code {
             | Code::InvalidExecutionId => StatusCode::BAD_REQUEST,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::RouteNotFound | Code::ExecutionNotFound => StatusCode::NOT_FOUND,
+            Code::RouteNotFound | Code::ExecutionNotFound | Code::PlaybookNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::ExecutionRetired => StatusCode::GONE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::ShardUnavailable
             | Code::TopologyUnavailable
             | Code::TopologyStale
             | Code::NodeLeaseUnavailable
+            | Code::BusUnavailable
             | Code::ClockBehind
             | Code::IdCollision => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -78,6 +88,9 @@ impl Code {
             Code::RouteNotFound => "No such route",
             Code::MethodNotAllowed => "Method not allowed",
             Code::ExecutionNotFound => "Execution not found",
+            Code::PlaybookNotFound => "Playbook not found",
+            Code::IdempotencyKeyReused => "Idempotency key reused",
+            Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
             Code::TopologyUnavailable => "Topology unavailable",
             Code::TopologyStale => "Topology view stale",

@@ -140,6 +140,7 @@ impl Orchestrator {
         NewExecution {
             execution_id: command.execution_id,
             playbook_name: command.playbook.name.clone(),
+            playbook_version: command.playbook_version,
             playbook: to_json(&command.playbook),
             input: to_json(&state.input),
             labels: to_json(&command.labels),

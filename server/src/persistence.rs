@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use noetl_contract::engine::{StepState, StepStatus};
 use noetl_contract::message::{
-    EventPage, EventView, ExecutionStatus, ExecutionView, Labels, StepView,
+    EventPage, EventView, ExecutionStatus, ExecutionSummary, ExecutionView, Labels, ListQuery,
+    StepView,
 };
 use noetl_contract::shards::ShardDsn;
 use noetl_contract::topology::Epoch;
@@ -200,6 +201,7 @@ pub async fn ping(pool: &PgPool) -> bool {
 pub struct NewExecution {
     pub execution_id: ExecutionId,
     pub playbook_name: String,
+    pub playbook_version: Option<u32>,
     pub playbook: String,
     pub input: String,
     pub labels: String,
@@ -275,13 +277,15 @@ pub async fn insert_executions(
     let inserted = sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::bigint[])
-                 AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq)
+                                  $6::text[], $7::bigint[], $23::int[])
+                 AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+                      playbook_version)
          ), inserted AS (
              INSERT INTO executions
-                 (execution_id, playbook_name, playbook, input, labels, status, last_event_seq)
+                 (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+                  playbook_version)
              SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb,
-                    status, last_event_seq
+                    status, last_event_seq, playbook_version
              FROM input
              ON CONFLICT (execution_id) DO NOTHING
              RETURNING execution_id, status, created_at
@@ -335,6 +339,11 @@ pub async fn insert_executions(
     .bind(&outbox_commands)
     .bind(&outbox_delays)
     .bind(&steps.errors)
+    .bind(
+        rows.iter()
+            .map(|r| r.playbook_version.and_then(|v| i32::try_from(v).ok()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(pool)
     .await?;
     let mut committed = inserted
@@ -690,7 +699,8 @@ pub async fn get_execution(
     id: ExecutionId,
 ) -> Result<Option<ExecutionView>, Error> {
     let row = sqlx::query(
-        "SELECT execution_id, status, playbook_name, input, labels, created_at, updated_at
+        "SELECT execution_id, status, playbook_name, playbook_version, input, labels, created_at,
+                updated_at
          FROM executions WHERE execution_id = $1",
     )
     .bind(id.get())
@@ -733,6 +743,7 @@ pub async fn get_execution(
         shard,
         status: status(&row)?,
         playbook_name: row.try_get("playbook_name")?,
+        playbook_version: playbook_version(&row)?,
         input: row.try_get("input")?,
         labels,
         created_at: rfc3339(row.try_get("created_at")?)?,
@@ -744,6 +755,59 @@ pub async fn get_execution(
 fn execution_id(row: &sqlx::postgres::PgRow) -> Result<ExecutionId, Error> {
     let raw: i64 = row.try_get("execution_id")?;
     ExecutionId::new(raw).map_err(|e| Error::Malformed(e.to_string()))
+}
+
+fn playbook_version(row: &sqlx::postgres::PgRow) -> Result<Option<u32>, Error> {
+    let raw: Option<i32> = row.try_get("playbook_version")?;
+    Ok(raw.and_then(|v| u32::try_from(v).ok()))
+}
+
+/// A page of executions, newest first: one range scan of the primary key (or of the index of
+/// the filtered column) below `query.below`, at most `query.limit` rows.
+pub async fn list_executions(
+    pool: &PgPool,
+    shard: ShardId,
+    query: &ListQuery,
+) -> Result<Vec<ExecutionSummary>, Error> {
+    let labels = (!query.labels.is_empty())
+        .then(|| serde_json::to_string(&query.labels))
+        .transpose()
+        .map_err(|e| Error::Malformed(e.to_string()))?;
+    let rows = sqlx::query(
+        "SELECT execution_id, status, playbook_name, playbook_version, labels, created_at,
+                updated_at
+         FROM executions
+         WHERE ($1::bigint IS NULL OR execution_id < $1)
+           AND ($2::bigint IS NULL OR execution_id >= $2)
+           AND ($3::text IS NULL OR status = $3)
+           AND ($4::jsonb IS NULL OR labels @> $4::jsonb)
+           AND ($5::text IS NULL OR playbook_name = $5)
+         ORDER BY execution_id DESC
+         LIMIT $6",
+    )
+    .bind(query.below.map(ExecutionId::get))
+    .bind(query.from.map(ExecutionId::get))
+    .bind(query.status.map(ExecutionStatus::as_str))
+    .bind(labels)
+    .bind(query.playbook.as_deref())
+    .bind(i64::from(query.limit))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let sqlx::types::Json(labels): sqlx::types::Json<Labels> = row.try_get("labels")?;
+            Ok(ExecutionSummary {
+                execution_id: execution_id(row)?,
+                shard,
+                status: status(row)?,
+                playbook_name: row.try_get("playbook_name")?,
+                playbook_version: playbook_version(row)?,
+                labels,
+                created_at: rfc3339(row.try_get("created_at")?)?,
+                updated_at: rfc3339(row.try_get("updated_at")?)?,
+            })
+        })
+        .collect()
 }
 
 fn status(row: &sqlx::postgres::PgRow) -> Result<ExecutionStatus, Error> {

@@ -10,8 +10,8 @@ use noetl_bus::{Client, Message};
 use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepReport};
 use noetl_contract::engine::Event;
 use noetl_contract::message::{
-    EventPage, EventsQuery, ExecutionView, PingReply, Reply, ShardStats, SubmitCommand,
-    SubmitReceipt, WireError, WireErrorCode,
+    EventPage, EventsQuery, ExecutionList, ExecutionView, ListQuery, PingReply, Reply, ShardStats,
+    SubmitCommand, SubmitReceipt, WireError, WireErrorCode,
 };
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, ShardId, Topology};
@@ -37,6 +37,8 @@ pub struct Shard {
 
 /// Largest page of events one request returns.
 const MAX_EVENTS_PAGE: u32 = 1_000;
+/// Largest page of executions one request returns.
+const MAX_LIST_PAGE: u32 = 1_000;
 
 /// Subscribes to the shard's subjects (queue group, so replicas share the work) and handles
 /// requests until `cancel`; then stops taking new ones and finishes those in flight.
@@ -56,13 +58,14 @@ pub async fn serve(
                 .boxed(),
         );
     }
-    let ping =
-        noetl_bus::queue_subscribe(&shard.client, subject::shard_ping(shard.id), group.clone())
-            .await?;
-    subscriptions.push(ping.map(|m| (Request::Ping, m)).boxed());
-    let stats =
-        noetl_bus::queue_subscribe(&shard.client, subject::shard_stats(shard.id), group).await?;
-    subscriptions.push(stats.map(|m| (Request::Stats, m)).boxed());
+    for (filter, request) in [
+        (subject::shard_ping(shard.id), Request::Ping),
+        (subject::shard_stats(shard.id), Request::Stats),
+        (subject::shard_list(shard.id), Request::List),
+    ] {
+        let subscriber = noetl_bus::queue_subscribe(&shard.client, filter, group.clone()).await?;
+        subscriptions.push(subscriber.map(move |m| (request, m)).boxed());
+    }
     let mut requests = futures::stream::select_all(subscriptions);
     tracing::info!(shard = %shard.id, "serving shard");
 
@@ -115,6 +118,8 @@ enum Request {
     Ping,
     /// How many executions the shard holds, and how many are unfinished.
     Stats,
+    /// A page of the shard's executions, newest first.
+    List,
 }
 
 async fn handle(shard: &Shard, request: Request, message: Message) {
@@ -137,6 +142,7 @@ async fn handle(shard: &Shard, request: Request, message: Message) {
             answer(shard, &message, Ok(ping)).await
         }
         Request::Stats => answer(shard, &message, stats(shard).await).await,
+        Request::List => answer(shard, &message, list(shard, &message).await).await,
     };
     if let Err(e) = sent {
         tracing::warn!(shard = %shard.id, error = %e, "failed to reply");
@@ -315,6 +321,22 @@ async fn stats(shard: &Shard) -> Result<ShardStats, WireError> {
         }),
         Err(e) => {
             tracing::error!(shard = %shard.id, error = %e, "failed to count the shard's executions");
+            Err(wire_error(
+                WireErrorCode::ShardUnavailable,
+                "the shard database is unavailable",
+            ))
+        }
+    }
+}
+
+async fn list(shard: &Shard, message: &Message) -> Result<ExecutionList, WireError> {
+    let mut query: ListQuery = noetl_bus::decode(&message.subject, &message.payload)
+        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
+    query.limit = query.limit.clamp(1, MAX_LIST_PAGE);
+    match persistence::list_executions(&shard.pool, shard.id, &query).await {
+        Ok(executions) => Ok(ExecutionList { executions }),
+        Err(e) => {
+            tracing::error!(shard = %shard.id, error = %e, "failed to list executions");
             Err(wire_error(
                 WireErrorCode::ShardUnavailable,
                 "the shard database is unavailable",

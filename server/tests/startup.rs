@@ -75,6 +75,7 @@ fn new_execution(raw_id: i64) -> NewExecution {
     NewExecution {
         execution_id: ExecutionId::new(raw_id).expect("valid id"),
         playbook_name: "grouped".to_owned(),
+        playbook_version: None,
         playbook: r#"{"name":"grouped","steps":[{"name":"a","action":"noop"}]}"#.to_owned(),
         input: "{}".to_owned(),
         labels: "{}".to_owned(),

@@ -1,15 +1,19 @@
-//! `POST /api/v1/executions`, `GET /api/v1/executions/{id}`.
+//! `POST /api/v1/executions` (with `?dry_run=true` and `Idempotency-Key`),
+//! `GET /api/v1/executions` (the listing across shards), `GET /api/v1/executions/{id}`,
+//! `POST /api/v1/executions/{id}/cancel`.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use noetl_contract::message::{ExecutionView, Labels, SubmitCommand};
-use noetl_contract::playbook::{validate_labels, Playbook};
-use noetl_contract::ExecutionId;
+use noetl_bus::idempotency::{Claim, Record};
+use noetl_contract::message::{ExecutionStatus, ExecutionView, Labels, SubmitCommand};
+use noetl_contract::playbook::{validate_labels, PlannedStep, Playbook, Step};
+use noetl_contract::{ExecutionId, Route, ShardId};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::extract::{ApiBody, IdParam};
 use crate::problem::{Code, Problem};
@@ -19,11 +23,34 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    pub playbook: Playbook,
+    pub playbook: PlaybookSpec,
     #[serde(default)]
     pub input: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub labels: Labels,
+}
+
+/// An inline playbook (with `steps`), or a reference to the catalog: `name` and an optional
+/// `version` (the newest when absent), nothing else. One struct rather than an untagged enum,
+/// so a malformed inline playbook's error still names the field (`playbook.steps[0].needs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookSpec {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub input: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub steps: Option<Vec<Step>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitParams {
+    /// Validate and show what would run, persisting nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,56 +79,253 @@ impl Links {
 #[derive(Debug, Serialize)]
 pub struct Submitted {
     pub execution_id: ExecutionId,
-    pub shard: noetl_contract::ShardId,
-    pub status: noetl_contract::message::ExecutionStatus,
+    pub shard: ShardId,
+    pub status: ExecutionStatus,
     pub created_at: String,
     pub links: Links,
 }
 
+/// The answer to a dry run: what the execution would get, and its steps in an order they
+/// can run in.
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    pub dry_run: bool,
+    pub execution_id: ExecutionId,
+    pub shard: ShardId,
+    pub epoch: u64,
+    pub playbook_name: String,
+    pub playbook_version: Option<u32>,
+    pub plan: Vec<PlannedStep>,
+}
+
+/// Header a replayed idempotent submit carries.
+pub const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-replayed");
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
 pub async fn submit(
     State(state): State<Arc<AppState>>,
+    params: Result<Query<SubmitParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     ApiBody(request): ApiBody<SubmitRequest>,
 ) -> Result<Response, Problem> {
-    request
-        .playbook
+    let Query(params) = params.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let (playbook, playbook_version) = resolve(&state, request.playbook).await?;
+    playbook
         .validate()
         .map_err(|e| Problem::new(Code::InvalidPlaybook, format!("playbook.{e}")))?;
     validate_labels(&request.labels)
         .map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
-    let input = serde_json::Value::Object(request.input.unwrap_or_default());
-    // The gateway mints a fresh id for every submit, so a shard that already holds the id means
-    // two minters shared a node id (or a restart rewound the clock): mint another, never hand
-    // the caller someone else's execution.
-    for _ in 0..MINT_ATTEMPTS {
+    let resolved = Resolved {
+        playbook,
+        playbook_version,
+        input: serde_json::Value::Object(request.input.unwrap_or_default()),
+        labels: request.labels,
+    };
+    if params.dry_run {
         let (execution_id, route) = state.mint()?;
-        let command = SubmitCommand {
+        return Ok(Json(DryRun {
+            dry_run: true,
             execution_id,
-            playbook: request.playbook.clone(),
-            input: input.clone(),
-            labels: request.labels.clone(),
-        };
-        let receipt = state.dispatcher.submit(route, &command).await?;
+            shard: route.shard,
+            epoch: route.epoch,
+            playbook_name: resolved.playbook.name.clone(),
+            playbook_version,
+            plan: resolved.playbook.plan(),
+        })
+        .into_response());
+    }
+    match idempotency_key {
+        Some(key) => submit_idempotent(&state, resolved, &key).await,
+        None => submit_fresh(&state, resolved).await,
+    }
+}
+
+/// A submit with its playbook resolved and validated, before it has an id.
+#[derive(Debug, Serialize)]
+struct Resolved {
+    playbook: Playbook,
+    playbook_version: Option<u32>,
+    input: serde_json::Value,
+    labels: Labels,
+}
+
+impl Resolved {
+    fn command(&self, execution_id: ExecutionId) -> SubmitCommand {
+        SubmitCommand {
+            execution_id,
+            playbook: self.playbook.clone(),
+            playbook_version: self.playbook_version,
+            input: self.input.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// The playbook to run and its catalog version.
+async fn resolve(state: &AppState, spec: PlaybookSpec) -> Result<(Playbook, Option<u32>), Problem> {
+    match spec.steps {
+        Some(steps) => {
+            if spec.version.is_some() {
+                return Err(Problem::new(
+                    Code::InvalidRequest,
+                    "playbook.version: only a catalog reference (a name and a version, no steps) has a version",
+                ));
+            }
+            Ok((
+                Playbook {
+                    name: spec.name,
+                    input: spec.input,
+                    steps,
+                },
+                None,
+            ))
+        }
+        None => {
+            if spec.input.is_some() {
+                return Err(Problem::new(
+                    Code::InvalidRequest,
+                    "playbook.input: a catalog reference takes no input; give the execution's input at the top level",
+                ));
+            }
+            let entry = state
+                .dispatcher
+                .catalog_get(&spec.name, spec.version)
+                .await?
+                .ok_or_else(|| playbook_not_found(&spec.name, spec.version))?;
+            Ok((entry.playbook, Some(entry.version)))
+        }
+    }
+}
+
+pub fn playbook_not_found(name: &str, version: Option<u32>) -> Problem {
+    let what = match version {
+        Some(version) => format!("version {version} of playbook {name:?}"),
+        None => format!("playbook {name:?}"),
+    };
+    Problem::new(
+        Code::PlaybookNotFound,
+        format!("the catalog has no {what}; publish it with POST /api/v1/playbooks, or send the playbook inline with its steps"),
+    )
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len()))
+        .filter(|key| key.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::new(
+                Code::InvalidRequest,
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Submits under an idempotency key: the first request with the key records the id it minted;
+/// any other with the same key and body gets that execution (submitting it again by id is
+/// harmless: the shard stores an id once), and one with another body is refused.
+async fn submit_idempotent(
+    state: &AppState,
+    request: Resolved,
+    key: &str,
+) -> Result<Response, Problem> {
+    // The resolved request, so the same body in JSON or YAML, or by catalog reference to the
+    // same version, is the same request.
+    let digest_input = serde_json::to_vec(&request)
+        .map_err(|_| Problem::new(Code::Internal, "could not digest the request"))?;
+    let (execution_id, route) = state.mint()?;
+    let record = Record {
+        execution_id,
+        request_digest: hex_digest(&digest_input),
+    };
+    match state
+        .dispatcher
+        .claim_idempotency_key(&hex_digest(key.as_bytes()), &record)
+        .await?
+    {
+        Claim::First => {
+            // A concurrent replay may have stored this id first: then `created` is false, and
+            // the execution is still this request's.
+            let receipt = state
+                .dispatcher
+                .submit(route, &request.command(execution_id))
+                .await?;
+            Ok(created(execution_id, receipt, StatusCode::CREATED, false))
+        }
+        Claim::Earlier(earlier) if earlier.request_digest != record.request_digest => {
+            Err(Problem::new(
+                Code::IdempotencyKeyReused,
+                "this Idempotency-Key was used with a different request body; use a new key for a new request",
+            )
+            .with_execution_id(earlier.execution_id))
+        }
+        Claim::Earlier(earlier) => {
+            let route = state.route(earlier.execution_id)?;
+            let receipt = state
+                .dispatcher
+                .submit(route, &request.command(earlier.execution_id))
+                .await?;
+            Ok(created(earlier.execution_id, receipt, StatusCode::OK, true))
+        }
+    }
+}
+
+fn created(
+    execution_id: ExecutionId,
+    receipt: noetl_contract::message::SubmitReceipt,
+    status: StatusCode,
+    replayed: bool,
+) -> Response {
+    let links = Links::for_execution(execution_id);
+    let location = HeaderValue::from_str(&links.this).ok();
+    let body = Submitted {
+        execution_id,
+        shard: receipt.shard,
+        status: receipt.status,
+        created_at: receipt.created_at,
+        links,
+    };
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Some(location) = location {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert(IDEMPOTENCY_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// The gateway mints a fresh id for every submit, so a shard that already holds the id means
+/// two minters shared a node id (or a restart rewound the clock): mint another, never hand the
+/// caller someone else's execution.
+async fn submit_fresh(state: &AppState, request: Resolved) -> Result<Response, Problem> {
+    for _ in 0..MINT_ATTEMPTS {
+        let (execution_id, route): (ExecutionId, Route) = state.mint()?;
+        let receipt = state
+            .dispatcher
+            .submit(route, &request.command(execution_id))
+            .await?;
         if !receipt.created {
             metrics::counter!("noetl_gateway_id_collisions_total").increment(1);
             tracing::error!(%execution_id, node = %execution_id.node(), "minted an id that already exists; is another gateway using this node id?");
             continue;
         }
-        let links = Links::for_execution(execution_id);
-        let location = HeaderValue::from_str(&links.this)
-            .map_err(|_| Problem::new(Code::Internal, "could not build the Location header"))?;
-        let body = Submitted {
-            execution_id,
-            shard: receipt.shard,
-            status: receipt.status,
-            created_at: receipt.created_at,
-            links,
-        };
-        return Ok((
-            StatusCode::CREATED,
-            [(header::LOCATION, location)],
-            Json(body),
-        )
-            .into_response());
+        return Ok(created(execution_id, receipt, StatusCode::CREATED, false));
     }
     Err(Problem::new(
         Code::IdCollision,

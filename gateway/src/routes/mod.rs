@@ -3,5 +3,7 @@
 pub mod events;
 pub mod executions;
 pub mod health;
+pub mod listing;
+pub mod playbooks;
 pub mod route;
 pub mod topology;
