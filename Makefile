@@ -9,17 +9,17 @@ SHELL := /bin/bash
 # starts it by name.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-# Cluster settings (SHARDS, NATS_PORT, PG_PORT, GATEWAY_PORT, SERVER_PORT, WORKER_PORT, STATE_DIR,
-# READY_TIMEOUT, EXAMPLE, EXAMPLE_TIMEOUT, RUST_LOG) are read by scripts/cluster.sh from the environment;
-# make passes command-line ones on. Left unset, the shard count and ports keep what .state was last
-# started with, else their defaults (see `make help`).
+# Cluster settings (SHARDS, NATS_PORT, PG_PORT, GATEWAY_PORT, SERVER_PORT, WORKER_PORT,
+# SHARD_SERVER_PORT, STATE_DIR, READY_TIMEOUT, EXAMPLE, EXAMPLE_TIMEOUT, RUST_LOG) are read by
+# scripts/cluster.sh from the environment; make passes command-line ones on. Left unset, the shard
+# count and ports keep what .state was last started with, else their defaults (see `make help`).
 
 # Passed to the benchmark binary as is, e.g. make bench BENCH_ARGS="--shards 4 --concurrency 64 --seconds 30"
 BENCH_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra down status env logs clean-state deps build lint test bench
+.PHONY: help up infra reshard down status env logs clean-state deps build lint test bench
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -27,9 +27,10 @@ help: ## list the targets and settings
 	@echo "targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 	@echo
-	@echo "settings (up, infra):"
-	@echo "  SHARDS=2            shard databases noetl_shard_0 … (fixed once .state exists)"
+	@echo "settings (up, infra, reshard):"
+	@echo "  SHARDS=2            up: shard databases noetl_shard_0 … of a new .state; reshard: the new shard count"
 	@echo "  NATS_PORT=14222     PG_PORT=15432     GATEWAY_PORT=18080     SERVER_PORT=19090     WORKER_PORT=19091"
+	@echo "  SHARD_SERVER_PORT=19100             reshard's server for shard K listens on SHARD_SERVER_PORT + K"
 	@echo "  STATE_DIR=.state    READY_TIMEOUT=60  EXAMPLE_TIMEOUT=60     RUST_LOG=info"
 	@echo "  EXAMPLE=examples/diamond.json       the submit body up runs and follows to its end"
 	@echo "  BENCH_ARGS=         passed to the benchmark (--shards, --concurrency, --seconds)"
@@ -40,13 +41,16 @@ up: ## install deps, build, start NATS, PostgreSQL, server, worker, gateway; run
 infra: ## start only NATS and PostgreSQL with the shard databases
 	@$(CLUSTER) infra
 
-down: ## stop everything `up` started (data stays in .state)
+reshard: ## change the running cluster's shard count: make reshard SHARDS=N (topology epochs; nothing moves)
+	@$(CLUSTER) reshard
+
+down: ## stop everything `up` and `reshard` started (data stays in .state)
 	@$(CLUSTER) down
 
-status: ## show what runs (and whether gateway, worker and server are ready)
+status: ## show what runs (and whether gateway, worker and servers are ready), and the topology
 	@$(CLUSTER) status
 
-env: ## print export lines for the running cluster: eval "$(make -s env)"
+env: ## print export lines for the running cluster (and noetlctl on PATH): eval "$(make -s env)"
 	@$(CLUSTER) env
 
 logs: ## show the tail of every log in .state/logs

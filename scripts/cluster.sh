@@ -7,22 +7,30 @@
 # Services already running on the standard ports (4222, 5432) are never touched: everything this
 # script stops, it finds through its own pid files.
 #
-# Usage: scripts/cluster.sh up|infra|down|status|env|logs|clean-state   (normally through make)
+# Usage: scripts/cluster.sh up|infra|reshard|down|status|env|logs|clean-state   (normally through make)
 #   up           deps, build, NATS, PostgreSQL, server, worker, gateway; runs examples/diamond.json
 #                to its end and fails unless it succeeded
 #   infra        only NATS and PostgreSQL with the shard databases (to run the binaries yourself)
-#   down         stops what up started; data stays
-#   status       what runs
+#   reshard      changes the shard count of the running cluster to SHARDS (topology epochs):
+#                growing creates the missing databases, starts a server per new shard and applies
+#                the new epoch; shrinking applies it and says how to drain and retire the rest
+#   down         stops what up and reshard started; data stays
+#   status       what runs, and the topology
 #   env          export lines for the running cluster: eval "$(scripts/cluster.sh env)"
 #   logs         the tail of every log
 #   clean-state  down, then deletes the state directory
 #
 # Settings (environment): SHARDS (2), NATS_PORT (14222), PG_PORT (15432), GATEWAY_PORT (18080),
-# SERVER_PORT (19090), WORKER_PORT (19091), STATE_DIR (<repo>/.state), READY_TIMEOUT (60 s),
+# SERVER_PORT (19090), WORKER_PORT (19091), SHARD_SERVER_PORT (19100: the server reshard starts
+# for shard K listens on SHARD_SERVER_PORT + K), STATE_DIR (<repo>/.state), READY_TIMEOUT (60 s),
 # STOP_TIMEOUT (30 s), EXAMPLE (examples/diamond.json: the submit body `up` runs, relative to the
 # repo root or absolute), EXAMPLE_TIMEOUT (60 s), RUST_LOG (info). An unset shard count or port
 # keeps what the state directory was last started with.
-# The shard count is fixed when the shard databases are created.
+# For `up`, SHARDS is the number of shard databases (the file `shards` in the state directory
+# records it): a new state directory gets that many, and the first server bootstraps the topology
+# from it. Afterwards the shard count changes only through `reshard`, which adds databases but
+# never drops one, and the server `up` starts serves every database there is (draining and
+# retired shards keep their executions).
 
 set -euo pipefail
 
@@ -36,6 +44,8 @@ readonly STATE_DIR
 readonly STATE_MARKER=$STATE_DIR/.noetl-cluster-state
 readonly SHARDS_FILE=$STATE_DIR/shards
 readonly CONFIG_FILE=$STATE_DIR/cluster.env
+# How many shard databases the running main server was started with (it serves shards 0 .. n-1).
+readonly SERVES_FILE=$STATE_DIR/server.serves
 readonly LOG_DIR=$STATE_DIR/logs
 readonly NATS_STORE=$STATE_DIR/nats
 readonly PG_DIR=$STATE_DIR/pg
@@ -47,17 +57,22 @@ readonly STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 readonly EXAMPLE_TIMEOUT=${EXAMPLE_TIMEOUT:-60}
 export RUST_LOG=${RUST_LOG:-info}
 
-readonly PORT_SETTINGS=(NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT WORKER_PORT)
+readonly PORT_SETTINGS=(NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT WORKER_PORT SHARD_SERVER_PORT)
 readonly SETTINGS=(SHARDS "${PORT_SETTINGS[@]}")
 declare -A DEFAULT=([SHARDS]=2 [NATS_PORT]=14222 [PG_PORT]=15432 [GATEWAY_PORT]=18080 [SERVER_PORT]=19090
-	[WORKER_PORT]=19091)
+	[WORKER_PORT]=19091 [SHARD_SERVER_PORT]=19100)
+# The most shards a local cluster may have; SHARD_SERVER_PORT .. + MAX_SHARDS - 1 are reserved.
+readonly MAX_SHARDS=256
 declare -A REQUESTED=()
 for setting in "${SETTINGS[@]}"; do
 	REQUESTED[$setting]=${!setting:-}
 done
 declare -A RECORDED=()
+# The shard count `reshard` changes the running cluster to.
+TARGET=""
 
-# Components started in the background, with the process name their pid must belong to.
+# Components started in the background, with the process name their pid must belong to. The
+# servers `reshard` starts for single shards (server-K) are added as they are started or found.
 declare -A PROGRAM=([nats]=nats-server [server]=noetl-server [worker]=noetl-worker [gateway]=noetl-gateway)
 
 say() { printf '==> %s\n' "$*"; }
@@ -108,15 +123,21 @@ resolve_settings() {
 		[[ $value =~ ^[0-9]+$ ]] || die "$setting must be a number, not \"$value\""
 		printf -v "$setting" '%d' "$((10#$value))"
 	done
-	((SHARDS >= 1 && SHARDS <= 256)) || die "SHARDS must be between 1 and 256, not $SHARDS"
+	((SHARDS >= 1 && SHARDS <= MAX_SHARDS)) || die "SHARDS must be between 1 and $MAX_SHARDS, not $SHARDS"
 	for setting in "${PORT_SETTINGS[@]}"; do
 		((${!setting} >= 1024 && ${!setting} <= 65535)) || die "$setting must be between 1024 and 65535"
 	done
+	((SHARD_SERVER_PORT + MAX_SHARDS - 1 <= 65535)) ||
+		die "SHARD_SERVER_PORT must leave room for $MAX_SHARDS ports (one per shard) up to 65535"
 	local seen=" " port
 	for setting in "${PORT_SETTINGS[@]}"; do
 		port=${!setting}
 		[[ $seen != *" $port "* ]] || die "$setting=$port is the port of another component; give each its own"
 		seen+="$port "
+		if [[ $setting != SHARD_SERVER_PORT ]] && ((port >= SHARD_SERVER_PORT && port < SHARD_SERVER_PORT + MAX_SHARDS)); then
+			die "$setting=$port is among the ports of the per-shard servers" \
+				"(SHARD_SERVER_PORT=$SHARD_SERVER_PORT … $((SHARD_SERVER_PORT + MAX_SHARDS - 1))); move one of them"
+		fi
 	done
 	NATS_URL=nats://127.0.0.1:$NATS_PORT
 	GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
@@ -125,20 +146,38 @@ resolve_settings() {
 }
 
 # `up` with settings different from what is running would leave a cluster half one, half the other.
+# SHARDS counts the shard databases; once they exist, only `reshard` changes the shard count.
 refuse_conflicting_settings() {
 	local recorded=${RECORDED[SHARDS]:-}
 	if [[ -n $recorded && $recorded -ne $SHARDS ]]; then
+		local routed=""
 		if anything_running; then
-			printf 'error: the local cluster is already up with SHARDS=%s, and you asked for SHARDS=%s.\n' "$recorded" "$SHARDS" >&2
+			printf 'error: the local cluster is already up with %s shard databases, and you asked for SHARDS=%s.\n' "$recorded" "$SHARDS" >&2
+			if live_pid nats >/dev/null && [[ -x $(bin_dir)/noetlctl ]]; then
+				routed=$(topology_shard_count 2>/dev/null) || routed=""
+			fi
+			if [[ $routed == "$SHARDS" ]]; then
+				cat >&2 <<-EOF
+					Its topology already has $SHARDS shards; the other databases belong to draining or retired shards,
+					which keep their executions. make up without SHARDS keeps it as it is (make status shows the topology).
+				EOF
+			else
+				cat >&2 <<-EOF
+					To change the shard count of the running cluster (a new topology epoch; no execution moves):
+					    make reshard SHARDS=$SHARDS
+				EOF
+			fi
 		else
-			printf 'error: the state in %s was created with SHARDS=%s, and you asked for SHARDS=%s.\n' "$STATE_DIR" "$recorded" "$SHARDS" >&2
+			printf 'error: the state in %s has %s shard databases, and you asked for SHARDS=%s.\n' "$STATE_DIR" "$recorded" "$SHARDS" >&2
+			cat >&2 <<-EOF
+				SHARDS only sets the number of shard databases of a new state directory. make up without SHARDS
+				starts this one as it was (every shard database, the topology kept in NATS), and make reshard then
+				changes its shard count (a new topology epoch; no execution moves):
+				    make up && make reshard SHARDS=$SHARDS
+				or start over with $SHARDS shards (all local executions are lost):
+				    make clean-state && make up SHARDS=$SHARDS
+			EOF
 		fi
-		cat >&2 <<-EOF
-			The shard count of a local cluster is fixed when its shard databases are created.
-			To change it, stop the cluster and delete its state (all local executions are lost):
-			    make down && make clean-state && make up SHARDS=$SHARDS
-			or keep the current one with: make up SHARDS=$recorded
-		EOF
 		exit 1
 	fi
 	anything_running || return 0
@@ -189,6 +228,41 @@ prepare_state_dir() {
 
 pid_file() { printf '%s/%s.pid' "$STATE_DIR" "$1"; }
 
+# The servers `reshard` starts serve one shard each: component server-K, pid file server-K.pid,
+# log logs/server-K.log.
+is_shard_server() { [[ $1 =~ ^server-[0-9]+$ ]]; }
+
+# How messages name a component.
+component_name() {
+	if is_shard_server "$1"; then
+		printf 'noetl-server for shard %s\n' "${1#server-}"
+	else
+		printf '%s\n' "${PROGRAM[$1]}"
+	fi
+}
+
+# Registers the per-shard servers that have a pid file, so down, status and up know them.
+find_shard_servers() {
+	local file component
+	for file in "$STATE_DIR"/server-*.pid; do
+		component=${file##*/}
+		component=${component%.pid}
+		if [[ -f $file ]] && is_shard_server "$component"; then
+			PROGRAM[$component]=noetl-server
+		fi
+	done
+}
+
+# The known per-shard server components, by shard number.
+shard_servers() {
+	local component
+	for component in "${!PROGRAM[@]}"; do
+		if is_shard_server "$component"; then
+			printf '%s\n' "$component"
+		fi
+	done | sort -t- -k2,2n
+}
+
 # Whether a process runs a program: its argv[0] is that program, or argv[1] is (a script run by
 # an interpreter). A zombie has no argv, so it does not count as running anything.
 runs_program() {
@@ -237,7 +311,7 @@ start_detached() {
 	until runs_program "$pid" "${PROGRAM[$component]}"; do
 		if process_exited "$pid" || ((SECONDS >= deadline)); then
 			show_log_tail "$log"
-			die "${PROGRAM[$component]} did not start (log: $log)"
+			die "$(component_name "$component") did not start (log: $log)"
 		fi
 		sleep 0.05
 	done
@@ -250,26 +324,26 @@ stop_component() {
 	if ! pid=$(live_pid "$component"); then
 		if [[ -f $file ]]; then
 			rm -f "$file"
-			say "${PROGRAM[$component]} was not running (removed its stale pid file)"
+			say "$(component_name "$component") was not running (removed its stale pid file)"
 		else
-			say "${PROGRAM[$component]} is not running"
+			say "$(component_name "$component") is not running"
 		fi
 		return 0
 	fi
-	say "stopping ${PROGRAM[$component]} (pid $pid)"
+	say "stopping $(component_name "$component") (pid $pid)"
 	kill -TERM "$pid" 2>/dev/null || true
 	local deadline=$((SECONDS + STOP_TIMEOUT))
 	while live_pid "$component" >/dev/null && ((SECONDS < deadline)); do
 		sleep 0.2
 	done
 	if live_pid "$component" >/dev/null; then
-		warn "${PROGRAM[$component]} (pid $pid) did not exit within ${STOP_TIMEOUT}s of SIGTERM; sending SIGKILL"
+		warn "$(component_name "$component") (pid $pid) did not exit within ${STOP_TIMEOUT}s of SIGTERM; sending SIGKILL"
 		kill -KILL "$pid" 2>/dev/null || true
 		deadline=$((SECONDS + 10))
 		while live_pid "$component" >/dev/null && ((SECONDS < deadline)); do
 			sleep 0.2
 		done
-		live_pid "$component" >/dev/null && die "${PROGRAM[$component]} (pid $pid) survived SIGKILL"
+		live_pid "$component" >/dev/null && die "$(component_name "$component") (pid $pid) survived SIGKILL"
 	fi
 	rm -f "$file"
 }
@@ -304,7 +378,7 @@ wait_until() {
 	until "$@" >/dev/null 2>&1; do
 		if [[ -n $component ]] && ! live_pid "$component" >/dev/null; then
 			show_log_tail "$LOG_DIR/$component.log"
-			die "${PROGRAM[$component]} exited while waiting for $what (log: $LOG_DIR/$component.log);" \
+			die "$(component_name "$component") exited while waiting for $what (log: $LOG_DIR/$component.log);" \
 				"make down stops whatever else was started"
 		fi
 		if ((SECONDS >= deadline)); then
@@ -470,16 +544,24 @@ bin_dir() {
 	printf '%s/release\n' "$target"
 }
 
+readonly BINARIES=(noetl-server noetl-worker noetl-gateway noetlctl)
+
 build_binaries() {
 	command -v cargo >/dev/null || die "cargo not found; install Rust (https://rustup.rs)"
-	say "building noetl-server, noetl-worker and noetl-gateway (cargo build --release)"
-	(cd "$REPO_ROOT" && cargo build --release --bin noetl-server --bin noetl-worker --bin noetl-gateway) ||
+	say "building ${BINARIES[*]} (cargo build --release)"
+	local bin args=()
+	for bin in "${BINARIES[@]}"; do
+		args+=(--bin "$bin")
+	done
+	(cd "$REPO_ROOT" && cargo build --release "${args[@]}") ||
 		die "cargo build failed (compiler output above); nothing new was started"
-	local bin
-	for bin in noetl-server noetl-worker noetl-gateway; do
+	for bin in "${BINARIES[@]}"; do
 		[[ -x $(bin_dir)/$bin ]] || die "cargo build succeeded but $(bin_dir)/$bin is missing"
 	done
 }
+
+# noetlctl against this cluster's NATS.
+ctl() { "$(bin_dir)/noetlctl" --nats-url "$NATS_URL" "$@"; }
 
 start_server() {
 	local pid
@@ -488,7 +570,8 @@ start_server() {
 		return 0
 	fi
 	refuse_busy_port SERVER_PORT
-	say "starting noetl-server ($SHARDS shards, health on $SERVER_URL)"
+	say "starting noetl-server ($(shard_databases), health on $SERVER_URL)"
+	printf '%s\n' "$SHARDS" >"$SERVES_FILE"
 	start_detached server env \
 		NOETL_NATS_URL="$NATS_URL" \
 		NOETL_SHARDS="$(shards_value)" \
@@ -519,11 +602,37 @@ start_gateway() {
 	fi
 	refuse_busy_port GATEWAY_PORT
 	say "starting noetl-gateway on $GATEWAY_URL"
+	# No NOETL_NODE_ID: the gateway leases any free node id, so a gateway that was killed
+	# without giving its lease back does not keep the next one from minting until the lease expires.
 	start_detached gateway env \
 		NOETL_NATS_URL="$NATS_URL" \
 		NOETL_LISTEN="127.0.0.1:$GATEWAY_PORT" \
-		NOETL_NODE_ID=0 \
 		"$(bin_dir)/noetl-gateway"
+}
+
+shard_server_port() { printf '%d\n' "$((SHARD_SERVER_PORT + $1))"; }
+
+# A server for shard $1 alone (`reshard`): given every shard database, as every server is, but
+# migrating and serving only its own.
+start_shard_server() {
+	local shard=$1 component=server-$1 pid port
+	PROGRAM[$component]=noetl-server
+	if pid=$(live_pid "$component"); then
+		say "noetl-server for shard $shard already running (pid $pid)"
+		return 0
+	fi
+	port=$(shard_server_port "$shard")
+	if port_in_use "$port"; then
+		die "127.0.0.1:$port (SHARD_SERVER_PORT + $shard, for the server of shard $shard) is already in use by another program." \
+			"Free it, or restart the cluster (make down && make up: its server then serves every shard database," \
+			"this one included) and run make reshard SHARDS=$TARGET again"
+	fi
+	say "starting noetl-server for shard $shard (health on http://127.0.0.1:$port)"
+	start_detached "$component" env \
+		NOETL_NATS_URL="$NATS_URL" \
+		NOETL_SHARDS="$(shards_value)" \
+		NOETL_LISTEN="127.0.0.1:$port" \
+		"$(bin_dir)/noetl-server" --shards "$shard"
 }
 
 # Seconds left until a deadline, at least 5, so a slow first component leaves the others a chance.
@@ -682,9 +791,32 @@ print_infra_summary() {
 		  PostgreSQL    127.0.0.1:$PG_PORT, user postgres (trust), $(shard_databases)
 		  NOETL_SHARDS  $(shards_value)
 		  logs          $LOG_DIR  (make logs)
-		  environment   eval "\$(make -s env)"
+		  environment   eval "\$(make -s env)"  (also puts noetlctl on PATH)
 		  stop          make down  (data stays in $STATE_DIR; make clean-state deletes it)
 	EOF
+}
+
+# The shard count of the latest topology epoch (in force or pending), from
+# `noetlctl topology show --json`.
+topology_shard_count() {
+	local json count=""
+	json=$(ctl topology show --json) || return 1
+	if have_python; then
+		count=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["epochs"][-1]["shard_count"])' \
+			<<<"$json" 2>/dev/null) || count=""
+	fi
+	if [[ ! $count =~ ^[0-9]+$ ]]; then
+		# The epochs are listed in order, and only epochs have a shard_count.
+		count=$(grep -o '"shard_count"[[:space:]]*:[[:space:]]*[0-9]*' <<<"$json" | tail -n 1 | grep -o '[0-9]*$') ||
+			count=""
+	fi
+	[[ $count =~ ^[0-9]+$ ]] || return 1
+	printf '%d\n' "$count"
+}
+
+print_topology() {
+	say "topology (noetlctl topology show):"
+	ctl topology show 2>&1 | sed 's/^/  /' || warn "noetlctl topology show failed"
 }
 
 cmd_up() {
@@ -695,13 +827,19 @@ cmd_up() {
 	wait_for_readiness
 	run_example
 	echo
-	say "local cluster is up with $SHARDS shard(s)"
+	local shards
+	shards=$(topology_shard_count) || shards=$SHARDS
+	say "local cluster is up with $shards shard(s)"
 	cat <<-EOF
 		  gateway       $GATEWAY_URL  (API under /api/v1; /healthz, /readyz, /metrics)
-		  server        $SERVER_URL  (/healthz, /readyz, /metrics)
+		  server        $SERVER_URL  (/healthz, /readyz, /metrics), serving every shard database
 		  worker        $WORKER_URL  (/healthz, /readyz, /metrics), pool default, no shell
+		  topology      $(bin_dir)/noetlctl topology show  (make reshard SHARDS=N changes the shard count)
 	EOF
 	print_infra_summary
+	if ((shards != SHARDS)); then
+		print_topology
+	fi
 }
 
 cmd_infra() {
@@ -711,6 +849,118 @@ cmd_infra() {
 	print_infra_summary
 }
 
+# How many shard databases the running main server serves (shards 0 .. n-1).
+main_server_serves() {
+	local value=""
+	[[ -f $SERVES_FILE ]] && value=$(<"$SERVES_FILE")
+	# A server started by an older version of this script served what .state/shards said then.
+	[[ $value =~ ^[0-9]+$ ]] || value=${RECORDED[SHARDS]:-0}
+	printf '%d\n' "$value"
+}
+
+# Whether noetlctl's plan finds a ready server for every shard the change to TARGET adds.
+# (A server's /readyz can say ready a moment before its shards' subscriptions exist.)
+added_shards_ready() {
+	local plan
+	plan=$(ctl topology plan --shards "$TARGET" 2>/dev/null) || return 1
+	[[ $plan != *"apply would refuse"* ]]
+}
+
+apply_topology() {
+	say "noetlctl topology apply --shards $TARGET --wait  (the new epoch activates a grace from now)"
+	local status=0
+	ctl topology apply --shards "$TARGET" --wait || status=$?
+	case $status in
+	0) ;;
+	3) die "noetlctl refused the change (its reason is above)" ;;
+	4) die "the topology changed while it was being applied; run make reshard SHARDS=$TARGET again" ;;
+	*) die "noetlctl topology apply failed (exit $status; its message is above)" ;;
+	esac
+}
+
+# Growing: every shard the new count adds gets a database and a ready server before the epoch
+# that routes to it is written.
+reshard_grow() {
+	local current=$1 shard served started=() deadline=$((SECONDS + READY_TIMEOUT))
+	# Refused changes (growing back over a retired shard) stop here, before anything is started.
+	ctl topology plan --shards "$TARGET" >/dev/null ||
+		die "the topology does not allow $TARGET shards (noetlctl's reason is above)"
+	if ((TARGET > SHARDS)); then
+		SHARDS=$TARGET
+	fi
+	ensure_shard_databases
+	printf '%s\n' "$SHARDS" >"$SHARDS_FILE"
+	served=$(main_server_serves)
+	for ((shard = current; shard < TARGET; shard++)); do
+		if ((shard < served)); then
+			say "shard $shard is served by noetl-server (pid $(live_pid server)), which has its database"
+		else
+			start_shard_server "$shard"
+			started+=("$shard")
+		fi
+	done
+	for shard in "${started[@]}"; do
+		wait_until "noetl-server for shard $shard to be ready (http://127.0.0.1:$(shard_server_port "$shard")/readyz)" \
+			"$(seconds_left "$deadline")" "server-$shard" http_ok "http://127.0.0.1:$(shard_server_port "$shard")/readyz"
+	done
+	wait_until "a ready server for every shard added (noetlctl topology plan --shards $TARGET)" \
+		"$(seconds_left "$deadline")" "" added_shards_ready
+	apply_topology
+	print_topology
+}
+
+# Shrinking: the new epoch is written at once; the shards it leaves out keep their executions
+# and their servers until an operator retires them.
+reshard_shrink() {
+	local first=$TARGET last=$(($1 - 1)) shards
+	apply_topology
+	print_topology
+	if ((first == last)); then shards="shard $first is"; else shards="shards $first … $last are"; fi
+	cat <<-EOF
+
+		  $shards draining: no new execution goes there, and the ones there run to their end, served as before.
+		  Once a draining shard has no unfinished execution (and a grace after the shrink activated),
+		  retire it, saying what happens to its database (eval "\$(make -s env)" puts noetlctl on PATH):
+		      noetlctl topology drain $first --wait             # waits until shard $first has no unfinished execution
+		      noetlctl topology retire $first --data keep       # its executions stay readable
+		      noetlctl topology retire $first --data discard    # or: they answer 410 Gone; its database may be dropped
+		  Until then nothing needs doing: make down && make up keeps serving every shard database.
+	EOF
+}
+
+cmd_reshard() {
+	TARGET=${REQUESTED[SHARDS]}
+	[[ -n $TARGET ]] || die "say how many shards the running cluster should have: make reshard SHARDS=N"
+	[[ $TARGET =~ ^[0-9]+$ ]] || die "SHARDS must be a number, not \"$TARGET\""
+	TARGET=$((10#$TARGET))
+	((TARGET >= 1 && TARGET <= MAX_SHARDS)) || die "SHARDS must be between 1 and $MAX_SHARDS, not $TARGET"
+	# SHARDS becomes the number of shard databases there are; ports are the running cluster's.
+	resolve_settings recorded-first
+	[[ -f $STATE_MARKER && -f $SHARDS_FILE ]] || die "no local cluster in $STATE_DIR; make up first"
+	if ! live_pid nats >/dev/null || ! resolve_pg_bindir 2>/dev/null || ! pg_running ||
+		! live_pid server >/dev/null; then
+		die "the local cluster in $STATE_DIR is not running (make status shows what is); make up first"
+	fi
+	local bin
+	for bin in noetlctl noetl-server; do
+		if [[ ! -x $(bin_dir)/$bin ]]; then
+			build_binaries
+			break
+		fi
+	done
+	local current
+	current=$(topology_shard_count) || die "cannot read the topology (noetlctl's message is above)"
+	if ((TARGET == current)); then
+		ctl topology apply --shards "$TARGET"
+	elif ((TARGET > current)); then
+		say "growing from $current to $TARGET shards"
+		reshard_grow "$current"
+	else
+		say "shrinking from $current to $TARGET shards"
+		reshard_shrink "$current"
+	fi
+}
+
 cmd_down() {
 	resolve_settings recorded-first
 	if [[ ! -d $STATE_DIR ]]; then
@@ -718,9 +968,14 @@ cmd_down() {
 		return 0
 	fi
 	# Front to back, so nothing is left talking to a component that is already gone (the worker
-	# goes before the server, so the steps it has in hand can still report).
+	# goes before the servers, so the steps it has in hand can still report).
 	stop_component gateway
 	stop_component worker
+	local component servers
+	mapfile -t servers < <(shard_servers)
+	for component in "${servers[@]}"; do
+		stop_component "$component"
+	done
 	stop_component server
 	stop_component nats
 	stop_postgres
@@ -732,9 +987,9 @@ describe_component() {
 		if [[ -n $health_url ]]; then
 			if http_ok "$health_url"; then health=", ready"; else health=", NOT ready ($health_url)"; fi
 		fi
-		printf '  %-14s running (pid %s%s)\n' "${PROGRAM[$component]}" "$pid" "$health"
+		printf '  %-24s running (pid %s%s)\n' "$(component_name "$component")" "$pid" "$health"
 	else
-		printf '  %-14s stopped\n' "${PROGRAM[$component]}"
+		printf '  %-24s stopped\n' "$(component_name "$component")"
 	fi
 }
 
@@ -744,15 +999,23 @@ cmd_status() {
 		say "no local cluster: $STATE_DIR does not exist (make up creates it)"
 		return 0
 	fi
-	say "local cluster in $STATE_DIR, ${RECORDED[SHARDS]:-?} shard(s)"
+	say "local cluster in $STATE_DIR, ${RECORDED[SHARDS]:-?} shard database(s)"
 	describe_component gateway "$GATEWAY_URL/readyz"
 	describe_component worker "$WORKER_URL/readyz"
 	describe_component server "$SERVER_URL/readyz"
+	local component servers
+	mapfile -t servers < <(shard_servers)
+	for component in "${servers[@]}"; do
+		describe_component "$component" "http://127.0.0.1:$(shard_server_port "${component#server-}")/readyz"
+	done
 	describe_component nats
 	if [[ -f $PG_DATA/PG_VERSION ]] && resolve_pg_bindir 2>/dev/null && pg_running; then
-		printf '  %-14s running (127.0.0.1:%s, pid %s)\n' postgres "$PG_PORT" "$(head -n 1 "$PG_DATA/postmaster.pid")"
+		printf '  %-24s running (127.0.0.1:%s, pid %s)\n' postgres "$PG_PORT" "$(head -n 1 "$PG_DATA/postmaster.pid")"
 	else
-		printf '  %-14s stopped\n' postgres
+		printf '  %-24s stopped\n' postgres
+	fi
+	if live_pid nats >/dev/null && [[ -x $(bin_dir)/noetlctl ]]; then
+		print_topology
 	fi
 }
 
@@ -763,6 +1026,9 @@ cmd_env() {
 	printf "export NOETL_GATEWAY_URL='%s'\n" "$GATEWAY_URL"
 	printf "export NOETL_NATS_URL='%s'\n" "$NATS_URL"
 	printf "export NOETL_SHARDS='%s'\n" "$(shards_value)"
+	# noetlctl (and the other binaries) of this build, for the commands make reshard prints.
+	# shellcheck disable=SC2016 # $PATH is expanded by the shell that evaluates these lines
+	printf 'export PATH=%q:"$PATH"\n' "$(bin_dir)"
 }
 
 cmd_logs() {
@@ -791,9 +1057,11 @@ usage() {
 }
 
 main() {
+	find_shard_servers
 	case ${1:-} in
 	up) cmd_up ;;
 	infra) cmd_infra ;;
+	reshard) cmd_reshard ;;
 	down) cmd_down ;;
 	status) cmd_status ;;
 	env) cmd_env ;;
