@@ -5,12 +5,15 @@
 //! - End to end ([`e2e`]): executions/s from submit to terminal state for a single `noop` step and a
 //!   5-step chain, submit-to-terminal latency and dispatch latency (command committed → worker
 //!   started), at several worker concurrencies.
+//! - Listing ([`list`]): first-page latency of `GET /api/v1/executions` with every shard holding
+//!   `--list-rows-per-shard` executions.
 //!
 //! Starts its own nats-server and PostgreSQL (durable: fsync and synchronous_commit on, as in
 //! production) and the release `noetl-server`, `noetl-gateway` and `noetl-worker` binaries.
 //! Figures are only comparable within one run: report ratios, not absolutes.
 
 mod e2e;
+mod list;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -56,10 +59,16 @@ struct Args {
     /// Executions per end-to-end scenario (the 5-step chain runs a fifth as many).
     #[arg(long, default_value_t = 2_000)]
     e2e_executions: usize,
+    /// Executions loaded into each shard before measuring the listing; 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    list_rows_per_shard: usize,
+    /// Clients reading the first page at once.
+    #[arg(long, default_value_t = 4)]
+    list_concurrency: usize,
 }
 
 #[derive(Debug, Serialize)]
-struct Phase {
+pub(crate) struct Phase {
     name: String,
     operations: u64,
     errors: u64,
@@ -80,11 +89,17 @@ struct Report {
     submit_to_nats_ratio: f64,
     mean_commit_batch: Option<f64>,
     end_to_end: Vec<e2e::Scenario>,
+    list: Option<list::ListReport>,
 }
 
 /// Runs `operation` from `concurrency` tasks for `duration`; counts successes and records
 /// the latency of each in microseconds.
-async fn load<F, Fut>(name: &str, concurrency: usize, duration: Duration, operation: F) -> Phase
+pub(crate) async fn load<F, Fut>(
+    name: &str,
+    concurrency: usize,
+    duration: Duration,
+    operation: F,
+) -> Phase
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
@@ -298,6 +313,24 @@ async fn main() -> anyhow::Result<()> {
         };
         end_to_end.extend(e2e::run(&setup, workers, args.e2e_executions).await?);
     }
+    let list = if args.list_rows_per_shard > 0 {
+        let pools: Vec<sqlx::PgPool> = (0..args.shards)
+            .map(|i| sqlx::PgPool::connect_lazy(&pg.url(&format!("bench_{i}"))))
+            .collect::<Result<_, _>>()?;
+        Some(
+            list::run(
+                &http,
+                &gateway,
+                &pools,
+                args.list_rows_per_shard,
+                args.list_concurrency,
+                duration,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let report = Report {
         shards: args.shards,
         concurrency: args.concurrency,
@@ -306,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
         phases: vec![nats_phase, submit_phase],
         mean_commit_batch: mean_batch(&metrics),
         end_to_end,
+        list,
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -342,4 +376,16 @@ fn print_table(report: &Report) {
         println!("mean group-commit batch: {batch:.1} executions per transaction");
     }
     e2e::print_table(&report.end_to_end);
+    if let Some(list) = &report.list {
+        println!(
+            "\nlisting, {} executions per shard (loaded in {:.0} s):",
+            list.rows_per_shard, list.load_seconds
+        );
+        for p in &list.phases {
+            println!(
+                "| {:<32} | {:>8.0}/s | p50 {:>7.2} ms | p99 {:>7.2} ms | max {:>7.2} ms | errors {} |",
+                p.name, p.per_second, p.p50_ms, p.p99_ms, p.max_ms, p.errors
+            );
+        }
+    }
 }

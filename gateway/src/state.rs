@@ -44,8 +44,11 @@ impl AppState {
     /// Whether the view is fresh enough to route an id minted at `unix_ms`: the last confirmed
     /// read of the topology was less than the grace before it. Any epoch written after that
     /// read activates at least a grace after it was written, so it cannot apply to the id.
+    /// A tenth of the grace is kept back for clock skew between this gateway and whoever
+    /// wrote the epoch.
     pub fn fresh_for(&self, topology: &Topology, unix_ms: i64) -> bool {
-        self.topology.confirmed_at_ms() + topology.grace_ms() > unix_ms
+        let grace = topology.grace_ms();
+        self.topology.confirmed_at_ms() + grace - grace / 10 > unix_ms
     }
 
     /// Mints a fresh id and routes it, or refuses (503) when that could misroute or collide.

@@ -73,14 +73,15 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
         pools.iter().map(|(_, pool)| pool.clone()).collect(),
         cancel.child_token(),
     );
-    let (ready_client, ready_pools, ready_topology) =
-        (client.clone(), pools.clone(), accepted.clone());
+    let subscribed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readiness = http::Readiness {
+        client: client.clone(),
+        shards: pools.clone(),
+        accepted: accepted.clone(),
+        subscribed: subscribed.clone(),
+    };
     let http = noetl_service::ops::serve(config.listen, cancel.clone(), move || {
-        http::readiness(
-            ready_client.clone(),
-            ready_pools.clone(),
-            ready_topology.clone(),
-        )
+        readiness.clone().check()
     })
     .await?;
     // Shards are subscribed only once a topology passed the check against their databases.
@@ -143,6 +144,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
         shards.push(tokio::spawn(shard::serve(
             state,
             config.max_in_flight,
+            subscribed.clone(),
             cancel.clone(),
         )));
     }

@@ -3,6 +3,7 @@
 //! Every request is checked against the topology first: an execution that does not route to
 //! this shard is refused (error reply, log, metric) before anything touches the database.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -45,6 +46,7 @@ const MAX_LIST_PAGE: u32 = 1_000;
 pub async fn serve(
     shard: Arc<Shard>,
     max_in_flight: usize,
+    subscribed: Arc<AtomicUsize>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let group = subject::shard_queue_group(shard.id);
@@ -68,6 +70,7 @@ pub async fn serve(
     }
     let mut requests = futures::stream::select_all(subscriptions);
     tracing::info!(shard = %shard.id, "serving shard");
+    subscribed.fetch_add(1, Ordering::AcqRel);
 
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let handlers = TaskTracker::new();
@@ -96,6 +99,7 @@ pub async fn serve(
     }
     // Dropping the subscriptions unsubscribes; queued requests go to other replicas or time out.
     drop(requests);
+    subscribed.fetch_sub(1, Ordering::AcqRel);
     handlers.close();
     handlers.wait().await;
     // A server that keeps running while its subscriptions are gone leaves work stuck: fail
