@@ -1,10 +1,25 @@
-//! `noetlctl`, the operator's command line. It talks to NATS (never to a shard database).
+//! `noetlctl`, the command line of noetl-dispatch. Execution and catalog commands talk to the
+//! gateway's HTTP API; topology commands talk to NATS. It never touches a shard database.
 //!
-//! - [`cli`]: the command-line grammar (clap) and the exit codes.
+//! - [`cli`]: the command-line grammar (clap), the exit codes, and `run`, which dispatches.
+//! - [`http`]: the gateway client: URLs, the bearer token, problem documents → exit codes.
+//! - [`input`]: reading playbook and submit-body files (JSON or YAML), labels, `--input`.
+//! - [`executions`]: submit (and dry run), get, events, list, cancel, route, and their output.
+//! - [`follow`]: `submit --wait` (polling, progress bar) and `watch` (the live event stream).
+//! - [`sse`]: the Server-Sent Events parser `watch` reads the stream with.
+//! - [`playbooks`]: the catalog: push, list, get.
+//! - [`table`]: plain-text tables and short forms of values.
 //! - [`topology`]: show, plan, apply, drain and retire: each reads the topology document,
 //!   asks the shards' servers what it needs to know, and writes with compare-and-set.
 //!
 //! `main.rs` parses, calls [`cli::run`] and exits with the code it returns.
 
 pub mod cli;
+pub mod executions;
+pub mod follow;
+pub mod http;
+pub mod input;
+pub mod playbooks;
+pub mod sse;
+pub mod table;
 pub mod topology;

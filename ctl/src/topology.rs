@@ -1,14 +1,24 @@
 //! Topology commands (SPEC §3.3). Every change is computed by `noetl_contract::topology`,
 //! checked with `check_successor` against the revision that was read, and written with
 //! compare-and-set, so two operators applying at once cannot both win.
+//! These are the only commands that talk to NATS; [`run`] carries them out and prints what they
+//! found.
 
 use std::time::Duration;
 
 use noetl_bus::Client;
 use noetl_contract::message::{PingReply, ShardStats};
+use noetl_contract::playbook::Millis;
 use noetl_contract::subject;
 use noetl_contract::topology::{Plan, RetiredData};
 use noetl_contract::{ShardCount, ShardId, ShardState, Topology};
+
+use crate::cli::{
+    DataChoice, TopologyCommand, EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_YET, EXIT_REFUSED,
+};
+
+/// How long connecting to NATS may take before the command gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a shard's server gets to answer a ping or a stats request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -229,4 +239,249 @@ pub fn list(shards: &[ShardId]) -> String {
         .map(ShardId::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Runs a topology command against the cluster's NATS and returns the exit code; messages go
+/// to stdout, errors to stderr.
+pub async fn run(nats_url: &str, command: TopologyCommand) -> u8 {
+    let outcome = async {
+        let client = connect(nats_url).await?;
+        topology_command(&client, command).await
+    }
+    .await;
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("noetlctl: {e}");
+            match e {
+                Error::Refused(_) => EXIT_REFUSED,
+                Error::Conflict(_) => EXIT_CONFLICT,
+                Error::NoTopology | Error::Bus(_) => EXIT_FAILED,
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, Error> {
+    let config = noetl_bus::NatsConfig {
+        url: url.to_owned(),
+        client_name: "noetlctl".to_owned(),
+    };
+    let unreachable = || {
+        Error::Bus(noetl_bus::Error::Connect(format!(
+            "cannot reach NATS at {} within {CONNECT_TIMEOUT:?}",
+            noetl_contract::shards::redact(url)
+        )))
+    };
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, noetl_bus::connect(&config))
+        .await
+        .map_err(|_| unreachable())??;
+    // The client retries in the background; make sure it actually got through.
+    tokio::time::timeout(CONNECT_TIMEOUT, client.flush())
+        .await
+        .map_err(|_| unreachable())?
+        .map_err(|_| unreachable())?;
+    Ok(client)
+}
+
+fn shard_count(n: u32) -> Result<ShardCount, Error> {
+    ShardCount::new(n).map_err(|e| Error::Refused(e.to_string()))
+}
+
+fn lead(millis: Millis) -> i64 {
+    i64::try_from(millis.0).unwrap_or(i64::MAX)
+}
+
+async fn topology_command(client: &Client, command: TopologyCommand) -> Result<u8, Error> {
+    match command {
+        TopologyCommand::Show { json } => {
+            let (current, revision) = current(client).await?;
+            if json {
+                let document = serde_json::to_string_pretty(&current)
+                    .map_err(|e| Error::Bus(noetl_bus::Error::Transport(e.to_string())))?;
+                println!("{document}");
+                return Ok(0);
+            }
+            let now_ms = noetl_bus::unix_now_ms();
+            println!(
+                "topology revision {revision}, grace {} ms",
+                current.grace_ms()
+            );
+            print_epochs(&current, now_ms);
+            let shards =
+                readiness(client, &current, current.max_shard_count().shards(), now_ms).await;
+            println!("shards:");
+            for shard in shards {
+                println!(
+                    "  {:>3}  {:<10}  {}",
+                    shard.shard,
+                    state_name(shard.state),
+                    if shard.ready {
+                        "ready"
+                    } else {
+                        "no ready server"
+                    }
+                );
+            }
+            Ok(0)
+        }
+        TopologyCommand::Plan { shards, grace } => {
+            let planned = plan(client, shard_count(shards)?, lead(grace)).await?;
+            print_plan(&planned);
+            Ok(0)
+        }
+        TopologyCommand::Apply {
+            shards,
+            grace,
+            force,
+            wait,
+        } => match apply(client, shard_count(shards)?, lead(grace), force).await? {
+            Applied::NoChange(planned) => {
+                print_plan(&planned);
+                Ok(0)
+            }
+            Applied::Written(planned) => {
+                let next = planned
+                    .plan
+                    .next
+                    .as_ref()
+                    .expect("a written plan has a next topology");
+                let epoch = next.latest();
+                println!(
+                    "applied: epoch {} with {} shards activates at {}",
+                    epoch.epoch,
+                    epoch.shard_count,
+                    timestamp(epoch.activate_at_ms)
+                );
+                if wait {
+                    let left = epoch.activate_at_ms - noetl_bus::unix_now_ms();
+                    if left > 0 {
+                        tokio::time::sleep(Duration::from_millis(left.unsigned_abs())).await;
+                    }
+                    println!("epoch {} is in force", epoch.epoch);
+                }
+                Ok(0)
+            }
+        },
+        TopologyCommand::Drain {
+            shard,
+            wait,
+            timeout,
+        } => {
+            let shard = ShardId::new(shard);
+            let give_up = tokio::time::Instant::now() + Duration::from_millis(timeout.0);
+            loop {
+                let stats = drain(client, shard).await?;
+                println!(
+                    "shard {shard}: draining, {} execution(s), {} unfinished",
+                    stats.executions, stats.unfinished
+                );
+                if stats.unfinished == 0 {
+                    println!("shard {shard} is drained: noetlctl topology retire {shard} --data keep|discard");
+                    return Ok(0);
+                }
+                if !wait || tokio::time::Instant::now() >= give_up {
+                    return Ok(EXIT_NOT_YET);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        TopologyCommand::Retire { shard, data } => {
+            let data = match data {
+                DataChoice::Keep => RetiredData::Kept,
+                DataChoice::Discard => RetiredData::Discarded,
+            };
+            let shard = ShardId::new(shard);
+            retire(client, shard, data).await?;
+            match data {
+                RetiredData::Kept => println!(
+                    "shard {shard} retired; its database stays, and its executions stay readable while a server serves it"
+                ),
+                RetiredData::Discarded => println!(
+                    "shard {shard} retired; its executions now answer 410 Gone, and its database may be deleted"
+                ),
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_epochs(topology: &Topology, now_ms: i64) {
+    let in_force = topology.epoch_at(now_ms).epoch;
+    println!("epochs:");
+    for epoch in topology.epochs() {
+        let marker = if epoch.epoch == in_force {
+            "  (in force)"
+        } else if epoch.activate_at_ms > now_ms {
+            "  (pending)"
+        } else {
+            ""
+        };
+        println!(
+            "  {:>3}  {:>3} shards  from {}{marker}",
+            epoch.epoch,
+            epoch.shard_count,
+            timestamp(epoch.activate_at_ms)
+        );
+    }
+}
+
+fn print_plan(planned: &Planned) {
+    let plan = &planned.plan;
+    if plan.next.is_none() {
+        println!(
+            "no change: the topology already has {} shards",
+            plan.current
+        );
+        return;
+    }
+    println!("plan: {} -> {} shards", plan.current, plan.desired);
+    if let Some(at) = plan.activate_at_ms() {
+        let seconds = (at - planned.now_ms) as f64 / 1_000.0;
+        println!("  activates at {} (in {seconds:.1} s)", timestamp(at));
+    }
+    if !plan.added.is_empty() {
+        println!("  shards added:    {}", list(&plan.added));
+    }
+    if !plan.draining.is_empty() {
+        println!(
+            "  shards draining: {} (they keep serving their executions; retire them once drained)",
+            list(&plan.draining)
+        );
+    }
+    println!("  shard readiness:");
+    for shard in &planned.shards {
+        let needed = if plan.added.contains(&shard.shard) {
+            "  (must be ready)"
+        } else {
+            ""
+        };
+        println!(
+            "    {:>3}  {:<10}  {}{needed}",
+            shard.shard,
+            state_name(shard.state),
+            if shard.ready {
+                "ready"
+            } else {
+                "no ready server"
+            }
+        );
+    }
+    let not_ready = planned.not_ready();
+    if !not_ready.is_empty() {
+        println!(
+            "  apply would refuse: no ready server for shard(s) {}",
+            list(&not_ready)
+        );
+    }
+}
+
+pub fn timestamp(unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix_ms} ms"))
 }

@@ -1,0 +1,137 @@
+//! The playbook catalog: `playbook push` registers a file as the next version of its name,
+//! `playbook list` shows every name and its latest version, `playbook get` prints one version.
+
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cli::PlaybookCommand;
+use crate::executions::print_json;
+use crate::http::{Error, Gateway};
+use crate::input::{self, Source};
+use crate::table::Table;
+
+/// `201` of `POST /playbooks`.
+#[derive(Debug, Clone, Deserialize)]
+struct Registered {
+    name: String,
+    version: u64,
+    #[serde(default)]
+    created_at: String,
+}
+
+/// `200` of `GET /playbooks`.
+#[derive(Debug, Clone, Deserialize)]
+struct Catalog {
+    playbooks: Vec<CatalogEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct CatalogEntry {
+    name: String,
+    latest_version: u64,
+    #[serde(default)]
+    updated_at: String,
+}
+
+/// `200` of `GET /playbooks/{name}` and `GET /playbooks/{name}/versions/{version}`.
+#[derive(Debug, Clone, Deserialize)]
+struct Version {
+    name: String,
+    version: u64,
+    #[serde(default)]
+    created_at: String,
+    playbook: Value,
+}
+
+pub async fn run(gateway: &Gateway, command: PlaybookCommand) -> Result<u8, Error> {
+    match command {
+        PlaybookCommand::Push { file, json } => {
+            let playbook =
+                input::playbook_document(input::read_document(&Source::from_arg(&file))?)?;
+            let url = gateway.url(&["playbooks"], &[])?;
+            let (raw, registered): (Value, Registered) = gateway
+                .json(gateway.request(Method::POST, url).json(&playbook))
+                .await?;
+            if json {
+                print_json(&raw);
+            } else {
+                println!(
+                    "registered playbook {} version {} at {}",
+                    registered.name, registered.version, registered.created_at
+                );
+            }
+        }
+        PlaybookCommand::List { json } => {
+            let url = gateway.url(&["playbooks"], &[])?;
+            let (raw, catalog): (Value, Catalog) =
+                gateway.json(gateway.request(Method::GET, url)).await?;
+            if json {
+                print_json(&raw);
+            } else if catalog.playbooks.is_empty() {
+                eprintln!(
+                    "noetlctl: the catalog is empty (add one with `noetlctl playbook push FILE`)"
+                );
+            } else {
+                print!("{}", render_catalog(&catalog.playbooks));
+            }
+        }
+        PlaybookCommand::Get {
+            name,
+            version,
+            json,
+        } => {
+            let version_text = version.map(|v| v.to_string());
+            let segments: Vec<&str> = match &version_text {
+                Some(v) => vec!["playbooks", &name, "versions", v],
+                None => vec!["playbooks", &name],
+            };
+            let url = gateway.url(&segments, &[])?;
+            let (raw, found): (Value, Version) =
+                gateway.json(gateway.request(Method::GET, url)).await?;
+            if json {
+                print_json(&raw);
+            } else {
+                // The playbook alone on stdout, so it can be saved, edited and pushed again.
+                eprintln!(
+                    "playbook {} version {}, registered at {}",
+                    found.name, found.version, found.created_at
+                );
+                print_json(&found.playbook);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn render_catalog(entries: &[CatalogEntry]) -> String {
+    let mut table = Table::new(["NAME", "LATEST", "UPDATED"]);
+    for entry in entries {
+        table.row([
+            entry.name.clone(),
+            entry.latest_version.to_string(),
+            entry.updated_at.clone(),
+        ]);
+    }
+    table.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_prints_names_and_latest_versions() {
+        let catalog: Catalog = serde_json::from_value(serde_json::json!({"playbooks": [
+            {"name": "diamond", "latest_version": 3, "updated_at": "2026-11-23T10:00:00Z"},
+            {"name": "hello", "latest_version": 1, "updated_at": "2026-11-22T09:00:00Z"}
+        ]}))
+        .expect("the documented shape");
+        assert_eq!(
+            render_catalog(&catalog.playbooks),
+            "NAME     LATEST  UPDATED\n\
+             diamond  3       2026-11-23T10:00:00Z\n\
+             hello    1       2026-11-22T09:00:00Z\n"
+        );
+    }
+}
