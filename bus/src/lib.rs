@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use noetl_contract::message::{Reply, WireError};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 
 pub use async_nats::{Client, Message, Subscriber};
@@ -56,14 +57,101 @@ pub fn unix_now_ms() -> i64 {
 /// How to reach NATS.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
+    /// Without credentials: they come from [`NatsSecurity`], so the URL can be logged.
     pub url: String,
     /// Shown in NATS monitoring (`noetl-gateway`, `noetl-server`, …).
     pub client_name: String,
+    pub security: NatsSecurity,
+}
+
+/// NATS credentials and TLS: the `nats_*` settings every binary shares (flattened into its
+/// settings, so `NOETL_NATS_USER`, `NOETL_NATS_PASSWORD`, `NOETL_NATS_CREDS_FILE`,
+/// `NOETL_NATS_TLS_CA_FILE`, `NOETL_NATS_TLS_REQUIRED`). The password never prints.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct NatsSecurity {
+    #[serde(deserialize_with = "lenient_text")]
+    pub nats_user: Option<String>,
+    #[serde(deserialize_with = "lenient_secret")]
+    pub nats_password: Option<secrecy::SecretString>,
+    /// A `.creds` file (JWT and nkey seed), instead of user and password.
+    pub nats_creds_file: Option<std::path::PathBuf>,
+    /// A PEM file of the CA that signed the server's certificate (implies TLS).
+    pub nats_tls_ca_file: Option<std::path::PathBuf>,
+    pub nats_tls_required: bool,
+}
+
+impl NatsSecurity {
+    /// Refuses combinations that cannot be meant: a password without a user, or both a user
+    /// and a creds file.
+    pub fn validate(&self) -> Result<(), Error> {
+        match (&self.nats_user, &self.nats_password, &self.nats_creds_file) {
+            (None, Some(_), _) => Err(Error::Connect(
+                "nats_password is set without nats_user".to_owned(),
+            )),
+            (Some(_), _, Some(_)) => Err(Error::Connect(
+                "set either nats_user (and nats_password) or nats_creds_file, not both".to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Environment values that look like numbers (`NOETL_NATS_PASSWORD=12345`) arrive as numbers
+/// from the settings loader; a user name or password is text whatever it looks like.
+fn lenient_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        String(String),
+        Integer(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(
+        Option::<Text>::deserialize(deserializer)?.map(|text| match text {
+            Text::String(s) => s,
+            Text::Integer(n) => n.to_string(),
+            Text::Float(n) => n.to_string(),
+            Text::Bool(b) => b.to_string(),
+        }),
+    )
+}
+
+fn lenient_secret<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<secrecy::SecretString>, D::Error> {
+    Ok(lenient_text(deserializer)?.map(secrecy::SecretString::from))
 }
 
 /// Connects, retrying the initial connection, so processes may start before NATS does.
 pub async fn connect(config: &NatsConfig) -> Result<Client, Error> {
-    async_nats::ConnectOptions::new()
+    use secrecy::ExposeSecret;
+    let security = &config.security;
+    security.validate()?;
+    let mut options = match &security.nats_creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| Error::Connect(format!("reading {}: {e}", path.display())))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let Some(user) = &security.nats_user {
+        let password = security
+            .nats_password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned())
+            .unwrap_or_default();
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(ca) = &security.nats_tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if security.nats_tls_required {
+        options = options.require_tls(true);
+    }
+    options
         .name(&config.client_name)
         .retry_on_initial_connect()
         .max_reconnects(None)

@@ -93,6 +93,33 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub nats_url: String,
+    /// NATS user (topology commands); its password comes from NOETL_NATS_PASSWORD.
+    #[arg(
+        long,
+        env = "NOETL_NATS_USER",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub nats_user: Option<String>,
+    /// NATS password, from the environment only (a flag would show in the process list).
+    #[arg(skip = std::env::var("NOETL_NATS_PASSWORD").ok())]
+    pub nats_password: Option<String>,
+    /// NATS credentials file (.creds), instead of a user and password.
+    #[arg(
+        long,
+        env = "NOETL_NATS_CREDS_FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of the NATS server's TLS certificate.
+    #[arg(
+        long,
+        env = "NOETL_NATS_TLS_CA_FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub nats_tls_ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -341,12 +368,27 @@ pub async fn run(cli: Cli) -> ExitCode {
         gateway_url,
         token,
         nats_url,
+        nats_user,
+        nats_password,
+        nats_creds_file,
+        nats_tls_ca_file,
         command,
     } = cli;
+    let nats = noetl_bus::NatsConfig {
+        url: nats_url,
+        client_name: "noetlctl".to_owned(),
+        security: noetl_bus::NatsSecurity {
+            nats_user,
+            nats_password: nats_password.map(secrecy::SecretString::from),
+            nats_creds_file,
+            nats_tls_ca_file,
+            nats_tls_required: false,
+        },
+    };
     // Built only by the commands that talk to the gateway.
     let gateway = || Gateway::new(gateway_url, token);
     let outcome = match command {
-        Command::Topology(command) => Ok(topology::run(&nats_url, command).await),
+        Command::Topology(command) => Ok(topology::run(&nats, command).await),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -243,9 +243,9 @@ pub fn list(shards: &[ShardId]) -> String {
 
 /// Runs a topology command against the cluster's NATS and returns the exit code; messages go
 /// to stdout, errors to stderr.
-pub async fn run(nats_url: &str, command: TopologyCommand) -> u8 {
+pub async fn run(nats: &noetl_bus::NatsConfig, command: TopologyCommand) -> u8 {
     let outcome = async {
-        let client = connect(nats_url).await?;
+        let client = connect(nats).await?;
         topology_command(&client, command).await
     }
     .await;
@@ -262,18 +262,15 @@ pub async fn run(nats_url: &str, command: TopologyCommand) -> u8 {
     }
 }
 
-async fn connect(url: &str) -> Result<Client, Error> {
-    let config = noetl_bus::NatsConfig {
-        url: url.to_owned(),
-        client_name: "noetlctl".to_owned(),
-    };
+async fn connect(config: &noetl_bus::NatsConfig) -> Result<Client, Error> {
+    let url = config.url.as_str();
     let unreachable = || {
         Error::Bus(noetl_bus::Error::Connect(format!(
             "cannot reach NATS at {} within {CONNECT_TIMEOUT:?}",
             noetl_contract::shards::redact(url)
         )))
     };
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, noetl_bus::connect(&config))
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, noetl_bus::connect(config))
         .await
         .map_err(|_| unreachable())??;
     // The client retries in the background; make sure it actually got through.

@@ -305,6 +305,7 @@ async fn async_nats_client(cluster: &Cluster) -> noetl_bus::Client {
     noetl_bus::connect(&noetl_bus::NatsConfig {
         url: cluster.nats.url().to_owned(),
         client_name: "e2e-test".to_owned(),
+        security: noetl_bus::NatsSecurity::default(),
     })
     .await
     .expect("connect to NATS")

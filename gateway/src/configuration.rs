@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use noetl_bus::nodes::{NodeChoice, NodeLeases};
-use noetl_bus::NatsConfig;
+use noetl_bus::{NatsConfig, NatsSecurity};
 use noetl_contract::NodeId;
 use noetl_service::LogFormat;
 use serde::Deserialize;
@@ -28,6 +28,9 @@ pub struct Args {
 #[serde(default)]
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials and TLS (`nats_user`, `nats_password`, `nats_creds_file`, …).
+    #[serde(flatten)]
+    pub nats_security: NatsSecurity,
     pub listen: SocketAddr,
     /// Node id (0–1023) for the snowflake ids this gateway mints; unset: any free one. Either
     /// way the gateway mints only while it holds the id's lease in NATS.
@@ -48,6 +51,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_security: NatsSecurity::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             node_id: None,
             node_lease_ttl_ms: 15_000,
@@ -95,6 +99,7 @@ impl GatewayConfig {
             nats: NatsConfig {
                 url: settings.nats_url,
                 client_name: "noetl-gateway".to_owned(),
+                security: settings.nats_security,
             },
             listen: settings.listen,
             node_leases: NodeLeases {

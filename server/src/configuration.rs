@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use noetl_bus::NatsConfig;
+use noetl_bus::{NatsConfig, NatsSecurity};
 use noetl_contract::shards::ShardMap;
 use noetl_contract::ShardId;
 use noetl_service::LogFormat;
@@ -33,6 +33,9 @@ pub struct Args {
 #[serde(default)]
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials and TLS (`nats_user`, `nats_password`, `nats_creds_file`, …).
+    #[serde(flatten)]
+    pub nats_security: NatsSecurity,
     /// `NOETL_SHARDS`: one database per shard, comma-separated.
     pub shards: Option<String>,
     /// Health, readiness and metrics endpoint.
@@ -62,6 +65,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_security: NatsSecurity::default(),
             shards: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_batch: 1_000,
@@ -142,6 +146,7 @@ impl ServerConfig {
             nats: NatsConfig {
                 url: settings.nats_url,
                 client_name: "noetl-server".to_owned(),
+                security: settings.nats_security,
             },
             shards,
             serve,

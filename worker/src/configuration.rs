@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use noetl_bus::NatsConfig;
+use noetl_bus::{NatsConfig, NatsSecurity};
 use noetl_contract::playbook::{check_pool, DEFAULT_POOL};
 use noetl_service::LogFormat;
 use serde::{Deserialize, Deserializer};
@@ -38,6 +38,9 @@ pub struct Args {
 #[serde(default)]
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials and TLS (`nats_user`, `nats_password`, `nats_creds_file`, …).
+    #[serde(flatten)]
+    pub nats_security: NatsSecurity,
     /// Pools to consume; `NOETL_POOLS=a,b` or a TOML list.
     #[serde(deserialize_with = "pool_list")]
     pub pools: Vec<String>,
@@ -60,6 +63,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_security: NatsSecurity::default(),
             pools: vec![DEFAULT_POOL.to_owned()],
             concurrency: 64,
             name: None,
@@ -137,6 +141,7 @@ impl WorkerConfig {
             nats: NatsConfig {
                 url: settings.nats_url,
                 client_name: format!("noetl-worker-{name}"),
+                security: settings.nats_security,
             },
             pools: distinct,
             concurrency: settings.concurrency,

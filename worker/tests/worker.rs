@@ -30,6 +30,7 @@ async fn connect(nats: &NatsServer) -> Client {
     let client = noetl_bus::connect(&NatsConfig {
         url: nats.url().to_owned(),
         client_name: "fake-shard".to_owned(),
+        security: noetl_bus::NatsSecurity::default(),
     })
     .await
     .expect("connect");

@@ -277,6 +277,7 @@ pub async fn connect(nats_url: &str) -> noetl_bus::Client {
     noetl_bus::connect(&noetl_bus::NatsConfig {
         url: nats_url.to_owned(),
         client_name: "e2e-test".to_owned(),
+        security: noetl_bus::NatsSecurity::default(),
     })
     .await
     .expect("connect to NATS")
