@@ -461,6 +461,32 @@ async fn noetlctl_submit_wait_exits_by_how_the_execution_ended() {
     std::fs::remove_file(&failing).ok();
     assert_eq!(failed.status.code(), Some(6), "{}", describe(&failed));
 
+    // The YAML example goes through the catalog and runs by name.
+    let nightly = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/nightly.yaml");
+    let (pushed, ran) = tokio::task::spawn_blocking({
+        let gateway = gateway.clone();
+        move || {
+            (
+                noetlctl(&gateway, &["playbook", "push", nightly]),
+                noetlctl(
+                    &gateway,
+                    &[
+                        "submit",
+                        "--wait",
+                        "--timeout",
+                        "60s",
+                        "--playbook",
+                        "nightly",
+                    ],
+                ),
+            )
+        }
+    })
+    .await
+    .expect("noetlctl");
+    assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
+    assert_eq!(ran.status.code(), Some(0), "{}", describe(&ran));
+
     let listed = tokio::task::spawn_blocking(move || noetlctl(&gateway, &["list", "--json"]))
         .await
         .expect("noetlctl");
@@ -468,7 +494,7 @@ async fn noetlctl_submit_wait_exits_by_how_the_execution_ended() {
     let body: Value = serde_json::from_slice(&listed.stdout).expect("list --json prints JSON");
     assert_eq!(
         body["executions"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{body}"
     );
     worker.stop().await;
