@@ -41,9 +41,9 @@ async fn bulk_load(pools: &[PgPool], per_shard: usize) -> anyhow::Result<()> {
             sqlx::query(
                 "INSERT INTO executions (execution_id, playbook_name, playbook, status, labels)
                  SELECT id, 'bulk', '{}'::jsonb,
-                        CASE WHEN id % 100 = 0 THEN 'failed' ELSE 'succeeded' END,
+                        CASE WHEN n % 100 = 0 THEN 'failed' ELSE 'succeeded' END,
                         '{}'::jsonb
-                 FROM UNNEST($1::bigint[]) AS t(id)",
+                 FROM UNNEST($1::bigint[]) WITH ORDINALITY AS t(id, n)",
             )
             .bind(chunk)
             .execute(pool)

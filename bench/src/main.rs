@@ -53,8 +53,9 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Worker concurrencies for the end-to-end scenarios (comma-separated); empty skips them.
-    #[arg(long, value_delimiter = ',', default_value = "2,64")]
+    /// Worker concurrencies for the end-to-end scenarios (comma-separated); the flag without a
+    /// value skips them.
+    #[arg(long, value_delimiter = ',', default_value = "2,64", num_args = 0..)]
     worker_concurrency: Vec<usize>,
     /// Executions per end-to-end scenario (the 5-step chain runs a fifth as many).
     #[arg(long, default_value_t = 2_000)]
