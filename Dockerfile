@@ -18,6 +18,8 @@
 
 # The toolchain CI tests with; the workspace's rust-version (1.85) is the oldest it supports.
 ARG RUST_VERSION=1.95
+# The builder and the runtime image use the same Debian release, so the binaries find the glibc
+# they were linked against (--build-arg DEBIAN_RELEASE=trixie moves both).
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS planner
@@ -32,8 +34,11 @@ ENV CARGO_TERM_COLOR=never
 COPY --from=planner /recipe/ ./
 RUN cargo build --release --locked \
         --bin noetl-gateway --bin noetl-server --bin noetl-worker --bin noetlctl
-# Our code. COPY keeps the files' own modification times, which can be older than the stub
-# build's artifacts; touching every source makes cargo rebuild our crates for certain.
+# Our code, in place of the stubs (removed first, so that no empty src/main.rs or src/lib.rs of
+# the stub workspace is left beside the real sources). COPY keeps the files' own modification
+# times, which can be older than the stub build's artifacts; touching every source makes cargo
+# rebuild our crates for certain.
+RUN find . -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
 COPY . .
 RUN find . -path ./target -prune -o -name '*.rs' -exec touch {} + \
     && cargo build --release --locked \
