@@ -19,7 +19,7 @@ BENCH_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra reshard down status env logs clean-state deps build lint test validate-deploy bench
+.PHONY: help up infra reshard down status env logs clean-state deps build lint test schemathesis validate-deploy bench
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -70,13 +70,17 @@ lint: ## rustfmt check and clippy with warnings as errors
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # The end-to-end tests spawn the server binary, so the binaries are built before the tests run.
-test: lint deps build ## lint, then the whole test suite (nextest when installed)
+test: lint deps build ## lint, then the whole test suite (nextest when installed), then schemathesis
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace"; cargo nextest run --workspace; \
 	else \
 		echo "cargo-nextest not installed; cargo test --workspace"; cargo test --workspace; \
 	fi
+	@$(MAKE) --no-print-directory schemathesis
 	@$(MAKE) --no-print-directory validate-deploy
+
+schemathesis: deps ## fuzz the HTTP API against its OpenAPI document (own NATS, PostgreSQL, server, gateway)
+	scripts/schemathesis.sh
 
 # Offline: no Docker engine or cluster needed (installs kubectl, shellcheck, python3-venv if missing).
 validate-deploy: ## check deploy/ and the Dockerfile: render overlays, Kubernetes schemas, nats.conf, shellcheck

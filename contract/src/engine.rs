@@ -17,6 +17,7 @@ use crate::playbook::Playbook;
 /// Lifecycle of one step: `pending → dispatched → running → succeeded | failed | skipped |
 /// cancelled`; a retry goes back to `dispatched` with the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,

@@ -13,11 +13,14 @@
 //! - [`engine`]: the orchestration decision, `(state, event) → (state, actions)`.
 //! - [`playbook`]: the playbook model and its validation.
 //! - [`template`]: rendering step arguments (minijinja).
+//! - `openapi` (feature `openapi`): OpenAPI schemas of the newtypes with a custom wire form.
 
 pub mod command;
 pub mod engine;
 pub mod id;
 pub mod message;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod playbook;
 pub mod routing;
 pub mod shards;

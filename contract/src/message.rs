@@ -26,6 +26,7 @@ pub struct SubmitCommand {
 
 /// Lifecycle state of an execution (SPEC §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionStatus {
     Pending,
@@ -77,23 +78,31 @@ pub struct SubmitReceipt {
 
 /// An execution as stored in its shard, with the state of every step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutionView {
     pub execution_id: ExecutionId,
     pub shard: ShardId,
     pub status: ExecutionStatus,
     pub playbook_name: String,
     /// The catalog version it ran, when it was submitted by reference.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub playbook_version: Option<u32>,
     /// The playbook's default input overridden by the submitted input.
     pub input: serde_json::Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelsSchema))]
     pub labels: Labels,
+    /// RFC 3339.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    /// RFC 3339: the last change of the execution or one of its steps.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     pub steps: Vec<StepView>,
 }
 
 /// One step of an execution: its state, current attempt, result and timings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepView {
     pub name: String,
     pub status: StepStatus,
@@ -103,9 +112,13 @@ pub struct StepView {
     pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub started_at: Option<String>,
+    /// RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub finished_at: Option<String>,
 }
 
@@ -118,10 +131,15 @@ pub struct EventsQuery {
 
 /// One entry of an execution's event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventView {
+    /// Its position in the log, from 1.
     pub seq: i64,
+    /// What happened: `execution_created`, `step_dispatched`, `step_succeeded`, …
     pub kind: String,
     pub payload: serde_json::Value,
+    /// RFC 3339.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
 }
 
@@ -204,14 +222,21 @@ pub struct ListQuery {
 
 /// An execution in a listing, without its steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutionSummary {
     pub execution_id: ExecutionId,
     pub shard: ShardId,
     pub status: ExecutionStatus,
     pub playbook_name: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub playbook_version: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelsSchema))]
     pub labels: Labels,
+    /// RFC 3339.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    /// RFC 3339.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
 }
 

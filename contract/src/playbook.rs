@@ -19,26 +19,38 @@ pub const BUILTIN_ACTIONS: [&str; 5] = ["noop", "sleep", "http", "shell", "fail"
 
 /// A small DAG of steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Playbook {
+    /// 1 to 128 letters, digits, `_`, `-` or `.`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,128}$"))]
     pub name: String,
     /// Default input, overridden key by key by the execution's input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Map<String, serde_json::Value>>,
+    /// 1 to 1,000 steps; their `needs` form a DAG.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 1000))]
     pub steps: Vec<Step>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Step {
+    /// Unique in the playbook; 1 to 128 letters, digits, `_`, `-` or `.`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,128}$"))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::ActionSchema))]
     pub action: String,
     /// Action arguments; strings are templates over `{input, steps.<name>.result}`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub with: serde_json::Map<String, serde_json::Value>,
+    /// Names of the steps that must succeed before this one runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub needs: Vec<String>,
+    /// The worker pool that runs it (`default` when absent): 1 to 64 letters, digits, `_` or `-`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
@@ -48,8 +60,11 @@ pub struct Step {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Retry {
+    /// Attempts in all, the first included.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles on each further attempt.
     #[serde(default)]
@@ -171,6 +186,7 @@ pub const DEFAULT_POOL: &str = "default";
 
 /// A step as a dry run shows it: what it runs, where, and after what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedStep {
     pub name: String,
     pub action: String,

@@ -21,6 +21,7 @@ pub const MIN_GRACE_MS: i64 = 1_000;
 
 /// One entry of the topology history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Epoch {
     pub epoch: u64,
     /// Unix milliseconds from which ids are routed with this epoch's shard count.
@@ -38,6 +39,7 @@ pub struct Route {
 
 /// What the operator said should happen to a retired shard's database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RetiredData {
     /// The database stays; a server may keep serving reads of its executions.
@@ -48,6 +50,7 @@ pub enum RetiredData {
 
 /// A shard taken out of service for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Retirement {
     pub shard: ShardId,
     pub retired_at_ms: i64,
@@ -56,6 +59,7 @@ pub struct Retirement {
 
 /// The state of a shard at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ShardState {
     /// New executions route to it.

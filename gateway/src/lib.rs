@@ -5,12 +5,14 @@
 //! - [`routes`]: the HTTP handlers.
 //! - [`extract`]: body and path extractors that reject with problem documents.
 //! - [`problem`]: the error codes and problem documents.
+//! - [`openapi`]: the OpenAPI document of the API, generated from the code.
 //! - [`dispatch`]: the only module that talks to NATS.
 //! - [`state`]: the topology view and the id generator.
 
 pub mod configuration;
 pub mod dispatch;
 pub mod extract;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod state;
@@ -89,6 +91,27 @@ impl Gateway {
     }
 }
 
+/// Every route [`router`] serves, as (method, path). The OpenAPI document describes exactly
+/// these; tests in [`openapi`] check it against both the document and the router's code.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/executions"),
+    ("GET", "/api/v1/executions"),
+    ("POST", "/api/v1/playbooks"),
+    ("GET", "/api/v1/playbooks"),
+    ("GET", "/api/v1/playbooks/{name}"),
+    ("GET", "/api/v1/playbooks/{name}/versions/{version}"),
+    ("GET", "/api/v1/executions/{id}"),
+    ("POST", "/api/v1/executions/{id}/cancel"),
+    ("GET", "/api/v1/executions/{id}/events"),
+    ("GET", "/api/v1/executions/{id}/stream"),
+    ("GET", "/api/v1/route/{id}"),
+    ("GET", "/api/v1/topology"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
 fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) -> Router {
     let api = Router::new()
         .route(
@@ -109,7 +132,8 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) ->
         .route("/executions/{id}/events", get(routes::events::page))
         .route("/executions/{id}/stream", get(routes::events::stream))
         .route("/route/{id}", get(routes::route::route))
-        .route("/topology", get(routes::topology::show));
+        .route("/topology", get(routes::topology::show))
+        .route("/openapi.json", get(openapi::serve));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(routes::health::healthz))

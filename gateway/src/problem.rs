@@ -4,9 +4,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use noetl_contract::ExecutionId;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Stable machine-readable error codes of the HTTP API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
     /// The body is not JSON.
@@ -104,13 +105,19 @@ impl Code {
 }
 
 /// An API error: rendered as a problem document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
+    /// `urn:noetl:problem:` followed by the code.
     #[serde(rename = "type")]
+    #[schema(example = "urn:noetl:problem:execution_not_found")]
     kind: String,
+    /// A short summary of the code, the same for every problem with it.
+    #[schema(value_type = String)]
     title: &'static str,
+    /// The HTTP status code of the response.
     status: u16,
     code: Code,
+    /// What went wrong with this request, for people; never internals.
     detail: String,
     /// Set when the request minted an id whose fate is unknown (e.g. the shard timed out):
     /// the client can look the execution up before retrying.

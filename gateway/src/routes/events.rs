@@ -14,6 +14,7 @@ use futures::Stream;
 use noetl_contract::message::{EventView, EventsQuery, ExecutionStatus};
 use noetl_contract::{ExecutionId, Route};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::IdParam;
 use crate::problem::{Code, Problem};
@@ -24,17 +25,22 @@ const MAX_LIMIT: u32 = 1_000;
 /// How often a live stream asks the shard for new events.
 const STREAM_POLL: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// Return events with a sequence number greater than this (0: from the start).
     #[serde(default)]
+    #[param(minimum = 0, default = 0)]
     pub after_seq: i64,
+    /// At most this many events (1 to 1,000; default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of an execution's event log, in sequence order.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventsResponse {
     pub execution_id: ExecutionId,
     pub status: ExecutionStatus,
@@ -44,6 +50,17 @@ pub struct EventsResponse {
     pub next_after_seq: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}/events",
+    tag = "executions",
+    operation_id = "list_execution_events",
+    summary = "Page through an execution's events",
+    description = "The event log in sequence order, after `after_seq`. A client following the \
+        log stops once `status` is terminal and a page comes back without `next_after_seq`.",
+    params(crate::openapi::IdPath, PageParams),
+    responses((status = 200, description = "A page of events.", body = EventsResponse)),
+)]
 pub async fn page(
     State(state): State<Arc<AppState>>,
     IdParam(id): IdParam,
@@ -82,6 +99,38 @@ pub async fn page(
 
 /// Streams the log from the start (or after `Last-Event-ID`), then live, and ends once the
 /// execution is terminal and every event has been sent.
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}/stream",
+    tag = "executions",
+    operation_id = "stream_execution_events",
+    summary = "Follow an execution's events live (Server-Sent Events)",
+    description = "The event log from the start (or after `Last-Event-ID`), then live as it \
+        grows. Each event has `id` = its sequence number, `event` = its kind and `data` = the \
+        `EventView` as JSON. Once the execution is terminal and every event has been sent, a last \
+        event `end` carries the final status (`succeeded`, `failed` or `cancelled`) as its data, \
+        and the stream closes. Comments keep the connection alive meanwhile. Problems found \
+        before the stream starts (bad id, unknown execution, shard down) are answered as problem \
+        documents.",
+    params(
+        crate::openapi::IdPath,
+        (
+            "Last-Event-ID" = Option<String>,
+            Header,
+            nullable = false,
+            description = "Resume after this sequence number (what a reconnecting EventSource \
+                sends); anything that is not a number means from the start."
+        ),
+    ),
+    responses((
+        status = 200,
+        description = "A stream of `text/event-stream` events, ending with `event: end`. The \
+            schema describes each event.",
+        body = crate::openapi::StreamEvent,
+        content_type = "text/event-stream",
+        example = json!("id: 1\nevent: execution_created\ndata: {\"seq\":1,\"kind\":\"execution_created\",\"payload\":{},\"created_at\":\"2025-01-01T00:00:00Z\"}\n\nevent: end\ndata: succeeded\n\n"),
+    )),
+)]
 pub async fn stream(
     State(state): State<Arc<AppState>>,
     IdParam(id): IdParam,

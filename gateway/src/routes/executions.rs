@@ -14,19 +14,23 @@ use noetl_contract::playbook::{validate_labels, PlannedStep, Playbook, Step};
 use noetl_contract::{ExecutionId, Route, ShardId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{ApiBody, IdParam};
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
 
 /// Body of `POST /api/v1/executions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
+    #[schema(value_type = crate::openapi::PlaybookSource)]
     pub playbook: PlaybookSpec,
+    /// The execution's input: overrides the playbook's default input key by key.
     #[serde(default)]
     pub input: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
+    #[schema(value_type = noetl_contract::openapi::LabelsSchema)]
     pub labels: Labels,
 }
 
@@ -45,7 +49,8 @@ pub struct PlaybookSpec {
     pub steps: Option<Vec<Step>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitParams {
     /// Validate and show what would run, persisting nothing.
@@ -53,7 +58,8 @@ pub struct SubmitParams {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// Where to find an execution and what can be done with it.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Links {
     #[serde(rename = "self")]
     pub this: String,
@@ -76,24 +82,29 @@ impl Links {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A committed execution.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Submitted {
     pub execution_id: ExecutionId,
     pub shard: ShardId,
     pub status: ExecutionStatus,
+    /// RFC 3339 commit time.
+    #[schema(format = DateTime)]
     pub created_at: String,
     pub links: Links,
 }
 
 /// The answer to a dry run: what the execution would get, and its steps in an order they
 /// can run in.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DryRun {
     pub dry_run: bool,
     pub execution_id: ExecutionId,
     pub shard: ShardId,
     pub epoch: u64,
     pub playbook_name: String,
+    /// The catalog version, when the playbook was given by reference.
+    #[schema(required = true)]
     pub playbook_version: Option<u32>,
     pub plan: Vec<PlannedStep>,
 }
@@ -103,6 +114,62 @@ pub const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotenc
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/executions",
+    tag = "executions",
+    operation_id = "submit_execution",
+    summary = "Submit an execution",
+    description = "Runs a playbook: given inline (with `steps`) or by reference to the catalog \
+        (`name` and an optional `version`, no `steps`). The answer comes once the owning shard has \
+        committed the execution. With `?dry_run=true` the playbook is resolved and validated and \
+        the answer shows the id and shard the execution would get and its steps in an order they \
+        can run in; nothing is persisted. With an `Idempotency-Key`, a repeat of the same request \
+        (the same body, in JSON or YAML) answers 200 with the execution the first one created, and \
+        the same key with another body is refused (422).",
+    params(
+        SubmitParams,
+        (
+            "Idempotency-Key" = Option<String>,
+            Header,
+            description = "Makes retries safe: the first request with the key creates the \
+                execution, later ones with the same body get it back (200, `Idempotency-Replayed: \
+                true`). 1 to 255 visible ASCII characters. A dry run does not record it.",
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = "^[!-~]+$"
+        ),
+    ),
+    request_body(
+        description = "The playbook (inline or a catalog reference), the input and labels. \
+            Sent as JSON (`application/json`, or any `application/*+json`) or as YAML \
+            (`application/yaml`, `application/x-yaml`, `text/yaml`), with the same shape.",
+        content(
+            (SubmitRequest = "application/json"),
+            (SubmitRequest = "application/yaml"),
+        ),
+    ),
+    responses(
+        (
+            status = 201,
+            description = "The execution is committed in its shard.",
+            body = Submitted,
+            headers(("Location" = String, description = "The execution's URL path.")),
+        ),
+        (
+            status = 200,
+            description = "A dry run (`DryRun`: nothing was persisted), or the replay of an \
+                earlier request with the same `Idempotency-Key` and body (`Submitted`, with \
+                `Idempotency-Replayed: true`).",
+            body = crate::openapi::SubmitOk,
+            headers(
+                ("Location" = String, description = "Replays only: the execution's URL path."),
+                ("Idempotency-Replayed" = String, description = "`true` on a replay; absent on a dry run."),
+            ),
+        ),
+    ),
+)]
 pub async fn submit(
     State(state): State<Arc<AppState>>,
     params: Result<Query<SubmitParams>, axum::extract::rejection::QueryRejection>,
@@ -336,7 +403,8 @@ async fn submit_fresh(state: &AppState, request: Resolved) -> Result<Response, P
 /// Fresh ids tried before giving up on a submit whose ids keep colliding.
 const MINT_ATTEMPTS: usize = 3;
 
-#[derive(Debug, Serialize)]
+/// An execution with the state of every step, and its links.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ExecutionResponse {
     #[serde(flatten)]
     pub execution: ExecutionView,
@@ -350,6 +418,16 @@ impl ExecutionResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}",
+    tag = "executions",
+    operation_id = "get_execution",
+    summary = "Get an execution",
+    description = "The execution as its shard has it now, with the state of every step.",
+    params(crate::openapi::IdPath),
+    responses((status = 200, description = "The execution.", body = ExecutionResponse)),
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     IdParam(id): IdParam,
@@ -361,6 +439,17 @@ pub async fn get(
 }
 
 /// `POST /api/v1/executions/{id}/cancel`: idempotent; answers with the execution as it is now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/executions/{id}/cancel",
+    tag = "executions",
+    operation_id = "cancel_execution",
+    summary = "Cancel an execution",
+    description = "Cancels the execution's unfinished steps. Idempotent: cancelling a finished \
+        execution changes nothing. Answers with the execution as it is now.",
+    params(crate::openapi::IdPath),
+    responses((status = 200, description = "The execution after the cancel.", body = ExecutionResponse)),
+)]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     IdParam(id): IdParam,

@@ -14,10 +14,33 @@ use crate::state::AppState;
 
 const SHARD_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    summary = "Liveness",
+    description = "The process is up and serving HTTP; nothing else is checked.",
+    responses((status = 200, description = "Always `ok`.", body = String, content_type = "text/plain", example = json!("ok"))),
+)]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    summary = "Readiness",
+    description = "Ready when NATS is connected, the topology view is fresh, the gateway holds a \
+        node-id lease, and every shard that holds or receives executions answers with a working \
+        database (retired shards are shown, not required). Both answers carry the same report.",
+    responses(
+        (status = 200, description = "Ready to serve.", body = crate::openapi::Readiness),
+        (status = 503, description = "Not ready; the report says what is missing.", body = crate::openapi::Readiness),
+    ),
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
     let nats = state.dispatcher.is_connected();
     let node = state.lease.current();

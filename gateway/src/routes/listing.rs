@@ -16,6 +16,7 @@ use noetl_contract::{ExecutionId, NodeId, ShardId, ShardState};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
@@ -24,28 +25,37 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1_000;
 const CURSOR_PREFIX: &str = "c1.";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// At most this many executions (1 to 1,000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only executions in this state.
+    #[param(value_type = Option<ExecutionStatus>)]
     pub status: Option<String>,
     /// Label selector: `key=value` pairs separated by commas; all must match.
+    #[param(example = "team=data,env=prod")]
     pub labels: Option<String>,
     /// Playbook name.
     pub playbook: Option<String>,
     /// RFC 3339; executions created at or after it (by the time in their id).
+    #[param(format = DateTime)]
     pub created_after: Option<String>,
     /// RFC 3339; executions created before it.
+    #[param(format = DateTime)]
     pub created_before: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of executions across every shard, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse {
     pub executions: Vec<ExecutionSummary>,
     /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
     /// Whether some shard did not answer, so the page may miss its executions.
     pub partial: bool,
@@ -144,6 +154,19 @@ impl ListParams {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions",
+    tag = "executions",
+    operation_id = "list_executions",
+    summary = "List executions across every shard",
+    description = "Executions newest first (by id, which is time-ordered), a page at a time: pass \
+        `next_cursor` as `cursor` for the next page; pages never overlap or leave gaps. Every \
+        shard is asked; one that does not answer in time is named in `missing_shards` and the \
+        page is marked `partial` (never silently short). Retired shards are not listed.",
+    params(ListParams),
+    responses((status = 200, description = "A page of executions.", body = ListResponse)),
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,

@@ -11,35 +11,50 @@ use axum::Json;
 use noetl_contract::message::CatalogEntry;
 use noetl_contract::playbook::Playbook;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::extract::ApiBody;
 use crate::problem::{Code, Problem};
 use crate::routes::executions::playbook_not_found;
 use crate::state::AppState;
 
-#[derive(Debug, Serialize)]
+/// The version a publish stored.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Published {
     pub name: String,
+    /// Numbered from 1 per name.
+    #[schema(minimum = 1)]
     pub version: u32,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// One version of a playbook in the catalog.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PlaybookVersion {
     pub name: String,
+    #[schema(minimum = 1)]
     pub version: u32,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     pub playbook: Playbook,
 }
 
-#[derive(Debug, Serialize)]
+/// A playbook name in the catalog and its newest version.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CatalogItem {
     pub name: String,
+    #[schema(minimum = 1)]
     pub latest_version: u32,
+    /// RFC 3339: when the newest version was published.
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// Every playbook name in the catalog, by name.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CatalogList {
     pub playbooks: Vec<CatalogItem>,
 }
@@ -65,6 +80,21 @@ impl From<CatalogEntry> for PlaybookVersion {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/playbooks",
+    tag = "playbooks",
+    operation_id = "publish_playbook",
+    summary = "Publish a playbook",
+    description = "Validates the playbook and stores it as the next version of its name \
+        (versions are numbered from 1). Executions submitted by reference run a stored version.",
+    request_body(
+        description = "The playbook, as JSON (`application/json`, or any `application/*+json`) \
+            or YAML (`application/yaml`, `application/x-yaml`, `text/yaml`).",
+        content((Playbook = "application/json"), (Playbook = "application/yaml")),
+    ),
+    responses((status = 201, description = "Stored as a new version.", body = Published)),
+)]
 pub async fn publish(
     State(state): State<Arc<AppState>>,
     ApiBody(playbook): ApiBody<Playbook>,
@@ -84,6 +114,14 @@ pub async fn publish(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/playbooks",
+    tag = "playbooks",
+    operation_id = "list_playbooks",
+    summary = "List the catalog",
+    responses((status = 200, description = "Every name with its newest version.", body = CatalogList)),
+)]
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<CatalogList>, Problem> {
     let playbooks = state
         .dispatcher
@@ -99,6 +137,15 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<CatalogList
     Ok(Json(CatalogList { playbooks }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/playbooks/{name}",
+    tag = "playbooks",
+    operation_id = "get_playbook",
+    summary = "The newest version of a playbook",
+    params(("name" = String, Path, description = "The playbook's name.", pattern = "^[A-Za-z0-9_.-]{1,128}$")),
+    responses((status = 200, description = "The newest version.", body = PlaybookVersion)),
+)]
 pub async fn latest(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -111,6 +158,18 @@ pub async fn latest(
     Ok(Json(entry.into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/playbooks/{name}/versions/{version}",
+    tag = "playbooks",
+    operation_id = "get_playbook_version",
+    summary = "One version of a playbook",
+    params(
+        ("name" = String, Path, description = "The playbook's name.", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
+        ("version" = u32, Path, description = "The version number (from 1)."),
+    ),
+    responses((status = 200, description = "That version.", body = PlaybookVersion)),
+)]
 pub async fn version(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, u32)>, axum::extract::rejection::PathRejection>,

@@ -6,16 +6,19 @@ use axum::extract::State;
 use axum::Json;
 use noetl_contract::{ExecutionId, ShardCount, ShardId};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::extract::IdParam;
 use crate::problem::Problem;
 use crate::state::AppState;
 
-#[derive(Debug, Serialize)]
+/// Where an execution id lives, and what it encodes.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RouteResponse {
     pub execution_id: ExecutionId,
     pub shard: ShardId,
     pub shard_count: ShardCount,
+    /// The topology epoch in force at the id's timestamp.
     pub epoch: u64,
     /// Decoded from the id: Unix milliseconds, gateway node, sequence.
     pub minted_at_ms: i64,
@@ -23,6 +26,17 @@ pub struct RouteResponse {
     pub sequence: u16,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/route/{id}",
+    tag = "cluster",
+    operation_id = "route_execution",
+    summary = "Which shard an execution id belongs to",
+    description = "Computed from the id and the topology alone (the shard is not asked), so it \
+        answers for any well-formed id, whether or not such an execution exists.",
+    params(crate::openapi::IdPath),
+    responses((status = 200, description = "The shard and epoch.", body = RouteResponse)),
+)]
 pub async fn route(
     State(state): State<Arc<AppState>>,
     IdParam(id): IdParam,

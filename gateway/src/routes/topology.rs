@@ -8,14 +8,20 @@ use axum::Json;
 use noetl_contract::topology::{Epoch, Retirement};
 use noetl_contract::{ShardId, ShardState};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
 
-#[derive(Debug, Serialize)]
+/// The topology as this gateway sees it.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TopologyResponse {
+    /// How far in the future a new epoch activates, and how long the gateway may mint after
+    /// its last confirmed read of the topology.
     pub grace_ms: i64,
+    /// The append-only history: each epoch routes ids minted from its `activate_at_ms` on.
     pub epochs: Vec<Epoch>,
+    /// Shards taken out of service.
     pub retired: Vec<Retirement>,
     /// The epoch new executions get now.
     pub epoch_in_force: u64,
@@ -26,12 +32,23 @@ pub struct TopologyResponse {
     pub fresh: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// A shard and its state now.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ShardView {
     pub shard: ShardId,
     pub state: ShardState,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/topology",
+    tag = "cluster",
+    operation_id = "get_topology",
+    summary = "The cluster topology",
+    description = "The topology epochs and retired shards as this gateway last read them, every \
+        shard's state now, and whether the view is fresh enough to mint ids.",
+    responses((status = 200, description = "The topology.", body = TopologyResponse)),
+)]
 pub async fn show(State(state): State<Arc<AppState>>) -> Result<Json<TopologyResponse>, Problem> {
     let topology = state.topology.current().ok_or_else(|| {
         Problem::new(
