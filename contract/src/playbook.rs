@@ -165,6 +165,11 @@ fn check_name(path: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `name` is a valid playbook (and so catalog) name: what the catalog can hold.
+pub fn is_valid_name(name: &str) -> bool {
+    check_name("name", name).is_ok()
+}
+
 /// Pool names become a NATS subject token, so they are narrower than names: no `.`.
 pub fn check_pool(path: &str, pool: &str) -> Result<(), Error> {
     if pool.is_empty()

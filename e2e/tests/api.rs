@@ -330,6 +330,29 @@ async fn catalog_playbooks_are_versioned_and_executions_keep_the_version_they_ra
             "{problem}"
         );
     }
+    // Names no playbook can have are not found, without asking NATS (schemathesis found the
+    // empty one answered 503).
+    let long = "a".repeat(2_000);
+    for body in [
+        json!({"playbook": {"name": ""}}),
+        json!({"playbook": {"name": "", "version": 1}}),
+        json!({"playbook": {"name": long}}),
+    ] {
+        let (status, problem) = cluster.post_json("/api/v1/executions", &body).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (404, Some("playbook_not_found")),
+            "{problem}"
+        );
+    }
+    let (status, problem) = cluster.get_json(&format!("/api/v1/playbooks/{long}")).await;
+    assert_eq!(status, 404, "{problem}");
+    let (status, problem) = cluster.get_json("/api/v1/playbooks/%FF").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{problem}"
+    );
     let (status, problem) = cluster
         .get_json("/api/v1/playbooks/nightly/versions/x")
         .await;

@@ -84,11 +84,16 @@ impl Dispatcher {
         }
     }
 
+    /// `None` when the catalog has no such playbook; a name no playbook can have is not looked
+    /// up at all.
     pub async fn catalog_get(
         &self,
         name: &str,
         version: Option<u32>,
     ) -> Result<Option<CatalogEntry>, Problem> {
+        if !noetl_contract::playbook::is_valid_name(name) || version == Some(0) {
+            return Ok(None);
+        }
         noetl_bus::catalog::get(&self.client, name, version)
             .await
             .map_err(bus_unavailable)

@@ -390,7 +390,9 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
             Internal,
         ],
         ("get", "/api/v1/playbooks") => &[BusUnavailable, Internal],
-        ("get", "/api/v1/playbooks/{name}") => &[PlaybookNotFound, BusUnavailable, Internal],
+        ("get", "/api/v1/playbooks/{name}") => {
+            &[InvalidRequest, PlaybookNotFound, BusUnavailable, Internal]
+        }
         ("get", "/api/v1/playbooks/{name}/versions/{version}") => {
             &[InvalidRequest, PlaybookNotFound, BusUnavailable, Internal]
         }

@@ -148,8 +148,9 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<CatalogList
 )]
 pub async fn latest(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<PlaybookVersion>, Problem> {
+    let Path(name) = path.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
     let entry = state
         .dispatcher
         .catalog_get(&name, None)
@@ -174,10 +175,13 @@ pub async fn version(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, u32)>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<PlaybookVersion>, Problem> {
-    let Path((name, version)) = path.map_err(|_| {
+    let Path((name, version)) = path.map_err(|e| {
         Problem::new(
             Code::InvalidRequest,
-            "the version in /playbooks/{name}/versions/{version} must be a positive whole number",
+            format!(
+                "/playbooks/{{name}}/versions/{{version}} takes a UTF-8 name and a whole-number version: {}",
+                e.body_text()
+            ),
         )
     })?;
     let entry = state
