@@ -9,6 +9,21 @@ use crate::id::ExecutionId;
 use crate::playbook::Playbook;
 use crate::routing::ShardId;
 
+/// The tenant of executions submitted without authentication.
+pub const DEFAULT_TENANT: &str = "default";
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_owned()
+}
+
+/// Whose execution a read, a cancel or a listing is for: the shard answers `not_found` for an
+/// execution of another tenant, exactly as for a missing one. `None`: any tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionQuery {
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
 /// Labels attached to an execution: small string pairs for selection.
 pub type Labels = BTreeMap<String, String>;
 
@@ -20,6 +35,9 @@ pub struct SubmitCommand {
     /// The catalog version of `playbook`, when it was submitted by reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playbook_version: Option<u32>,
+    /// Who submitted it (from the caller's token).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     pub input: serde_json::Value,
     pub labels: Labels,
 }
@@ -123,10 +141,13 @@ pub struct StepView {
 }
 
 /// Which events to read: those after `after_seq`, at most `limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsQuery {
     pub after_seq: i64,
     pub limit: u32,
+    /// As in [`ExecutionQuery`].
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// One entry of an execution's event log.
@@ -218,6 +239,9 @@ pub struct ListQuery {
     /// Every one of these labels must be present with this value.
     pub labels: Labels,
     pub playbook: Option<String>,
+    /// Only this tenant's executions (`None`: every tenant's).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// An execution in a listing, without its steps.

@@ -141,6 +141,7 @@ fn command(id: noetl_contract::ExecutionId) -> SubmitCommand {
         execution_id: id,
         playbook: serde_json::from_value(request["playbook"].clone()).expect("valid playbook"),
         playbook_version: None,
+        tenant: noetl_contract::message::DEFAULT_TENANT.to_owned(),
         input: request["input"].clone(),
         labels: serde_json::from_value(request["labels"].clone()).expect("labels"),
     }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use noetl_bus::nodes::{NodeChoice, NodeLeases};
 use noetl_bus::{NatsConfig, NatsSecurity};
+
+use crate::auth::Auth;
 use noetl_contract::NodeId;
 use noetl_service::LogFormat;
 use serde::Deserialize;
@@ -44,6 +46,11 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// TOML file of bearer tokens (name, tenant, scopes, SHA-256 digest); unset: the API is
+    /// open and every caller is the tenant `default` with every scope.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Whether `/healthz`, `/readyz` and `/metrics` need a token too.
+    pub auth_protect_ops: bool,
     pub log_format: LogFormat,
 }
 
@@ -58,6 +65,8 @@ impl Default for Settings {
             idempotency_ttl_hours: 24,
             request_timeout_ms: 5_000,
             body_limit_bytes: 1024 * 1024,
+            auth_tokens_file: None,
+            auth_protect_ops: false,
             log_format: LogFormat::Text,
         }
     }
@@ -71,6 +80,7 @@ pub struct GatewayConfig {
     pub idempotency_ttl: Duration,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    pub auth: Auth,
 }
 
 impl GatewayConfig {
@@ -109,6 +119,10 @@ impl GatewayConfig {
             idempotency_ttl: Duration::from_secs(settings.idempotency_ttl_hours * 3_600),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             body_limit_bytes: settings.body_limit_bytes,
+            auth: match &settings.auth_tokens_file {
+                Some(path) => Auth::from_file(path, settings.auth_protect_ops)?,
+                None => Auth::open(),
+            },
         })
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use noetl_bus::idempotency::{Claim, Record};
 use noetl_bus::Client;
 use noetl_contract::message::{
-    CatalogEntry, CatalogSummary, EventPage, EventsQuery, ExecutionList, ExecutionView, ListQuery,
-    PingReply, SubmitCommand, SubmitReceipt, WireErrorCode,
+    CatalogEntry, CatalogSummary, EventPage, EventsQuery, ExecutionList, ExecutionQuery,
+    ExecutionView, ListQuery, PingReply, SubmitCommand, SubmitReceipt, WireErrorCode,
 };
 use noetl_contract::playbook::Playbook;
 use noetl_contract::subject::{self, ShardRequest};
@@ -36,12 +36,29 @@ impl Dispatcher {
             .map_err(|e| to_problem(route.shard, e).with_execution_id(id))
     }
 
-    pub async fn get(&self, route: Route, id: ExecutionId) -> Result<ExecutionView, Problem> {
-        self.ask(ShardRequest::Get, route, id, &()).await
+    /// The execution, if it belongs to `tenant` (otherwise it is not found).
+    pub async fn get(
+        &self,
+        route: Route,
+        id: ExecutionId,
+        tenant: String,
+    ) -> Result<ExecutionView, Problem> {
+        let query = ExecutionQuery {
+            tenant: Some(tenant),
+        };
+        self.ask(ShardRequest::Get, route, id, &query).await
     }
 
-    pub async fn cancel(&self, route: Route, id: ExecutionId) -> Result<ExecutionView, Problem> {
-        self.ask(ShardRequest::Cancel, route, id, &()).await
+    pub async fn cancel(
+        &self,
+        route: Route,
+        id: ExecutionId,
+        tenant: String,
+    ) -> Result<ExecutionView, Problem> {
+        let query = ExecutionQuery {
+            tenant: Some(tenant),
+        };
+        self.ask(ShardRequest::Cancel, route, id, &query).await
     }
 
     pub async fn events(

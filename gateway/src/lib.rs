@@ -2,6 +2,7 @@
 //! answers only once the shard has committed. It never touches a shard database.
 //!
 //! - [`configuration`]: settings and their validation.
+//! - [`auth`]: bearer tokens, tenants and scopes.
 //! - [`routes`]: the HTTP handlers.
 //! - [`extract`]: body and path extractors that reject with problem documents.
 //! - [`problem`]: the error codes and problem documents.
@@ -9,6 +10,7 @@
 //! - [`dispatch`]: the only module that talks to NATS.
 //! - [`state`]: the topology view and the id generator.
 
+pub mod auth;
 pub mod configuration;
 pub mod dispatch;
 pub mod extract;
@@ -47,6 +49,9 @@ pub struct Gateway {
 impl Gateway {
     pub async fn bind(config: GatewayConfig, cancel: &CancellationToken) -> anyhow::Result<Self> {
         let metrics = noetl_service::install_metrics();
+        if config.auth.is_open() {
+            tracing::warn!("no auth_tokens_file: the API is open, every caller is the tenant `default` with every scope");
+        }
         let client = noetl_bus::connect(&config.nats).await?;
         let topology = noetl_bus::topology::watch(client.clone(), cancel.child_token());
         let holder = format!("noetl-gateway {} pid {}", config.listen, std::process::id());
@@ -71,7 +76,7 @@ impl Gateway {
             .with_context(|| format!("failed to listen on {}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(state, metrics, config.body_limit_bytes),
+            router: router(state, metrics, config.body_limit_bytes, config.auth),
         })
     }
 
@@ -112,7 +117,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
 ];
 
-fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) -> Router {
+fn router(
+    state: Arc<AppState>,
+    metrics: PrometheusHandle,
+    body_limit: usize,
+    auth: auth::Auth,
+) -> Router {
     let api = Router::new()
         .route(
             "/executions",
@@ -133,15 +143,22 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, body_limit: usize) ->
         .route("/executions/{id}/stream", get(routes::events::stream))
         .route("/route/{id}", get(routes::route::route))
         .route("/topology", get(routes::topology::show))
-        .route("/openapi.json", get(openapi::serve));
+        .route("/openapi.json", get(openapi::serve))
+        .route_layer(middleware::from_fn_with_state(auth.clone(), auth::api));
     Router::new()
         .nest("/api/v1", api)
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .with_state(state)
-        .route(
-            "/metrics",
-            get(|State(m): State<PrometheusHandle>| async move { m.render() }).with_state(metrics),
+        .with_state(state.clone())
+        .merge(
+            Router::new()
+                .route("/healthz", get(routes::health::healthz))
+                .route("/readyz", get(routes::health::readyz))
+                .with_state(state)
+                .route(
+                    "/metrics",
+                    get(|State(m): State<PrometheusHandle>| async move { m.render() })
+                        .with_state(metrics),
+                )
+                .route_layer(middleware::from_fn_with_state(auth, auth::ops)),
         )
         .fallback(|| async {
             Problem::new(

@@ -262,7 +262,7 @@ pub struct Readiness {
 }
 
 /// Every code, in the order the `Code` schema lists them.
-pub const ALL_CODES: [Code; 20] = [
+pub const ALL_CODES: [Code; 22] = [
     Code::InvalidJson,
     Code::InvalidRequest,
     Code::InvalidPlaybook,
@@ -271,6 +271,8 @@ pub const ALL_CODES: [Code; 20] = [
     Code::UnsupportedMediaType,
     Code::RouteNotFound,
     Code::MethodNotAllowed,
+    Code::Unauthorized,
+    Code::Forbidden,
     Code::ExecutionNotFound,
     Code::PlaybookNotFound,
     Code::IdempotencyKeyReused,
@@ -301,6 +303,10 @@ fn meaning(code: Code) -> &'static str {
         Code::InvalidExecutionId => "the `{id}` in the path is not an execution id",
         Code::PayloadTooLarge => "the body is over the size limit",
         Code::UnsupportedMediaType => "the body is neither JSON nor YAML",
+        Code::Unauthorized => {
+            "no valid `Authorization: Bearer` token (the gateway was configured with tokens)"
+        }
+        Code::Forbidden => "the token lacks the scope this route needs (submit, read or admin)",
         Code::RouteNotFound => "no such route",
         Code::MethodNotAllowed => "the route exists, but not with this method",
         Code::ExecutionNotFound => "no execution with that id",
@@ -402,6 +408,15 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
     Some(codes)
 }
 
+/// What every API route but the document itself can answer when the gateway has tokens.
+pub fn auth_problems(path: &str) -> &'static [Code] {
+    if path.starts_with("/api/v1/") && path != "/api/v1/openapi.json" {
+        &[Code::Unauthorized, Code::Forbidden]
+    } else {
+        &[]
+    }
+}
+
 /// The operations of a path item, by lower-case method.
 fn operations_mut(item: &mut utoipa::openapi::PathItem) -> Vec<(&'static str, &mut Operation)> {
     [
@@ -432,7 +447,7 @@ impl Modify for ProblemResponses {
                     continue;
                 };
                 let mut by_status: BTreeMap<u16, BTreeSet<usize>> = BTreeMap::new();
-                for &code in codes {
+                for &code in codes.iter().chain(auth_problems(path)) {
                     let index = ALL_CODES
                         .iter()
                         .position(|&c| c == code)

@@ -26,6 +26,10 @@ pub enum Code {
     RouteNotFound,
     /// The route exists but not with this method.
     MethodNotAllowed,
+    /// No valid bearer token.
+    Unauthorized,
+    /// The token lacks the scope the route needs.
+    Forbidden,
     /// No execution with that id.
     ExecutionNotFound,
     /// The catalog has no such playbook, or no such version of it.
@@ -65,6 +69,8 @@ impl Code {
                 StatusCode::NOT_FOUND
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
             Code::ExecutionRetired => StatusCode::GONE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::ShardUnavailable
@@ -91,6 +97,8 @@ impl Code {
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
             Code::IdempotencyKeyReused => "Idempotency key reused",
+            Code::Unauthorized => "Unauthorized",
+            Code::Forbidden => "Forbidden",
             Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
             Code::TopologyUnavailable => "Topology unavailable",
@@ -168,6 +176,9 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -141,6 +141,7 @@ impl Orchestrator {
             execution_id: command.execution_id,
             playbook_name: command.playbook.name.clone(),
             playbook_version: command.playbook_version,
+            tenant: command.tenant.clone(),
             playbook: to_json(&command.playbook),
             input: to_json(&state.input),
             labels: to_json(&command.labels),

@@ -172,6 +172,19 @@ pub async fn record_epochs(pool: &PgPool, epochs: &[Epoch], now_ms: i64) -> Resu
     Ok(())
 }
 
+/// Whether execution `id` exists and belongs to `tenant` (any tenant when `None`).
+pub async fn visible(pool: &PgPool, id: ExecutionId, tenant: Option<&str>) -> Result<bool, Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT execution_id FROM executions
+         WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)",
+    )
+    .bind(id.get())
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// How many executions the shard holds, and how many are not finished.
 pub async fn shard_counts(pool: &PgPool) -> Result<(u64, u64), Error> {
     let (total, unfinished): (i64, i64) = sqlx::query_as(
@@ -202,6 +215,7 @@ pub struct NewExecution {
     pub execution_id: ExecutionId,
     pub playbook_name: String,
     pub playbook_version: Option<u32>,
+    pub tenant: String,
     pub playbook: String,
     pub input: String,
     pub labels: String,
@@ -277,15 +291,15 @@ pub async fn insert_executions(
     let inserted = sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::bigint[], $23::int[])
+                                  $6::text[], $7::bigint[], $23::int[], $24::text[])
                  AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
-                      playbook_version)
+                      playbook_version, tenant)
          ), inserted AS (
              INSERT INTO executions
                  (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
-                  playbook_version)
+                  playbook_version, tenant)
              SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb,
-                    status, last_event_seq, playbook_version
+                    status, last_event_seq, playbook_version, tenant
              FROM input
              ON CONFLICT (execution_id) DO NOTHING
              RETURNING execution_id, status, created_at
@@ -344,6 +358,7 @@ pub async fn insert_executions(
             .map(|r| r.playbook_version.and_then(|v| i32::try_from(v).ok()))
             .collect::<Vec<_>>(),
     )
+    .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
     let mut committed = inserted
@@ -646,14 +661,18 @@ pub async fn next_command_due_in_ms(pool: &PgPool) -> Result<Option<i64>, Error>
 pub async fn events_page(
     pool: &PgPool,
     id: ExecutionId,
+    tenant: Option<&str>,
     after_seq: i64,
     limit: i64,
 ) -> Result<Option<EventPage>, Error> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM executions WHERE execution_id = $1")
-            .bind(id.get())
-            .fetch_optional(pool)
-            .await?;
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM executions
+         WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)",
+    )
+    .bind(id.get())
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
     let Some(status) = status else {
         return Ok(None);
     };
@@ -697,13 +716,15 @@ pub async fn get_execution(
     pool: &PgPool,
     shard: ShardId,
     id: ExecutionId,
+    tenant: Option<&str>,
 ) -> Result<Option<ExecutionView>, Error> {
     let row = sqlx::query(
         "SELECT execution_id, status, playbook_name, playbook_version, input, labels, created_at,
                 updated_at
-         FROM executions WHERE execution_id = $1",
+         FROM executions WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)",
     )
     .bind(id.get())
+    .bind(tenant)
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else {
@@ -782,6 +803,7 @@ pub async fn list_executions(
            AND ($3::text IS NULL OR status = $3)
            AND ($4::jsonb IS NULL OR labels @> $4::jsonb)
            AND ($5::text IS NULL OR playbook_name = $5)
+           AND ($7::text IS NULL OR tenant = $7)
          ORDER BY execution_id DESC
          LIMIT $6",
     )
@@ -791,6 +813,7 @@ pub async fn list_executions(
     .bind(labels)
     .bind(query.playbook.as_deref())
     .bind(i64::from(query.limit))
+    .bind(query.tenant.as_deref())
     .fetch_all(pool)
     .await?;
     rows.iter()

@@ -11,8 +11,8 @@ use noetl_bus::{Client, Message};
 use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepReport};
 use noetl_contract::engine::Event;
 use noetl_contract::message::{
-    EventPage, EventsQuery, ExecutionList, ExecutionView, ListQuery, PingReply, Reply, ShardStats,
-    SubmitCommand, SubmitReceipt, WireError, WireErrorCode,
+    EventPage, EventsQuery, ExecutionList, ExecutionQuery, ExecutionView, ListQuery, PingReply,
+    Reply, ShardStats, SubmitCommand, SubmitReceipt, WireError, WireErrorCode,
 };
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, ShardId, Topology};
@@ -230,11 +230,23 @@ async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireE
 
 async fn get(shard: &Shard, message: &Message) -> Result<ExecutionView, WireError> {
     let id = routed_id(shard, message)?;
-    read_view(shard, id).await
+    let query = execution_query(message)?;
+    read_view(shard, id, query.tenant.as_deref()).await
 }
 
-async fn read_view(shard: &Shard, id: ExecutionId) -> Result<ExecutionView, WireError> {
-    match persistence::get_execution(&shard.pool, shard.id, id).await {
+/// The body of a get or a cancel: whose execution it is for (`null` from older gateways).
+fn execution_query(message: &Message) -> Result<ExecutionQuery, WireError> {
+    noetl_bus::decode::<Option<ExecutionQuery>>(&message.subject, &message.payload)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))
+}
+
+async fn read_view(
+    shard: &Shard,
+    id: ExecutionId,
+    tenant: Option<&str>,
+) -> Result<ExecutionView, WireError> {
+    match persistence::get_execution(&shard.pool, shard.id, id, tenant).await {
         Ok(Some(view)) => Ok(view),
         Ok(None) => Err(not_found(id)),
         Err(e) => Err(database_failed(shard, id, &e)),
@@ -308,12 +320,20 @@ async fn heartbeat(shard: &Shard, message: &Message) -> Result<HeartbeatAck, Wir
 
 async fn cancel(shard: &Shard, message: &Message) -> Result<ExecutionView, WireError> {
     let id = routed_id(shard, message)?;
+    let query = execution_query(message)?;
+    let tenant = query.tenant.as_deref();
+    // An execution's tenant never changes, so checking it before the locked apply is enough.
+    match persistence::visible(&shard.pool, id, tenant).await {
+        Ok(true) => {}
+        Ok(false) => return Err(not_found(id)),
+        Err(e) => return Err(database_failed(shard, id, &e)),
+    }
     match shard.orchestrator.apply(id, Event::Cancel).await {
         Ok(Applied::NotFound) => return Err(not_found(id)),
         Ok(_) => {}
         Err(e) => return Err(database_failed(shard, id, &e)),
     }
-    read_view(shard, id).await
+    read_view(shard, id, tenant).await
 }
 
 async fn stats(shard: &Shard) -> Result<ShardStats, WireError> {
@@ -354,7 +374,15 @@ async fn events(shard: &Shard, message: &Message) -> Result<EventPage, WireError
     let query: EventsQuery = noetl_bus::decode(&message.subject, &message.payload)
         .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
     let limit = i64::from(query.limit.clamp(1, MAX_EVENTS_PAGE));
-    match persistence::events_page(&shard.pool, id, query.after_seq, limit).await {
+    match persistence::events_page(
+        &shard.pool,
+        id,
+        query.tenant.as_deref(),
+        query.after_seq,
+        limit,
+    )
+    .await
+    {
         Ok(Some(page)) => Ok(page),
         Ok(None) => Err(not_found(id)),
         Err(e) => Err(database_failed(shard, id, &e)),

@@ -76,6 +76,7 @@ fn new_execution(raw_id: i64) -> NewExecution {
         execution_id: ExecutionId::new(raw_id).expect("valid id"),
         playbook_name: "grouped".to_owned(),
         playbook_version: None,
+        tenant: noetl_contract::message::DEFAULT_TENANT.to_owned(),
         playbook: r#"{"name":"grouped","steps":[{"name":"a","action":"noop"}]}"#.to_owned(),
         input: "{}".to_owned(),
         labels: "{}".to_owned(),

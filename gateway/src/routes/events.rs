@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Extension;
 use axum::Json;
 use futures::Stream;
 use noetl_contract::message::{EventView, EventsQuery, ExecutionStatus};
@@ -16,6 +17,7 @@ use noetl_contract::{ExecutionId, Route};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Principal;
 use crate::extract::IdParam;
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
@@ -63,6 +65,7 @@ pub struct EventsResponse {
 )]
 pub async fn page(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     IdParam(id): IdParam,
     params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventsResponse>, Problem> {
@@ -83,6 +86,7 @@ pub async fn page(
             EventsQuery {
                 after_seq: params.after_seq,
                 limit,
+                tenant: Some(principal.tenant),
             },
         )
         .await?;
@@ -133,6 +137,7 @@ pub async fn page(
 )]
 pub async fn stream(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     IdParam(id): IdParam,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
@@ -151,11 +156,13 @@ pub async fn stream(
             EventsQuery {
                 after_seq,
                 limit: MAX_LIMIT,
+                tenant: Some(principal.tenant.clone()),
             },
         )
         .await?;
     let cursor = Cursor {
         state,
+        tenant: principal.tenant,
         route,
         id,
         after_seq,
@@ -172,6 +179,7 @@ pub async fn stream(
 
 struct Cursor {
     state: Arc<AppState>,
+    tenant: String,
     route: Route,
     id: ExecutionId,
     after_seq: i64,
@@ -213,6 +221,7 @@ impl Cursor {
             let query = EventsQuery {
                 after_seq: self.after_seq,
                 limit: MAX_LIMIT,
+                tenant: Some(self.tenant.clone()),
             };
             match self
                 .state

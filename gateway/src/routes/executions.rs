@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use noetl_bus::idempotency::{Claim, Record};
 use noetl_contract::message::{ExecutionStatus, ExecutionView, Labels, SubmitCommand};
 use noetl_contract::playbook::{validate_labels, PlannedStep, Playbook, Step};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Principal;
 use crate::extract::{ApiBody, IdParam};
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
@@ -172,6 +173,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 )]
 pub async fn submit(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<SubmitParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     ApiBody(request): ApiBody<SubmitRequest>,
@@ -189,6 +191,7 @@ pub async fn submit(
         playbook_version,
         input: serde_json::Value::Object(request.input.unwrap_or_default()),
         labels: request.labels,
+        tenant: principal.tenant,
     };
     if params.dry_run {
         let (execution_id, route) = state.mint()?;
@@ -216,6 +219,7 @@ struct Resolved {
     playbook_version: Option<u32>,
     input: serde_json::Value,
     labels: Labels,
+    tenant: String,
 }
 
 impl Resolved {
@@ -226,6 +230,7 @@ impl Resolved {
             playbook_version: self.playbook_version,
             input: self.input.clone(),
             labels: self.labels.clone(),
+            tenant: self.tenant.clone(),
         }
     }
 }
@@ -321,7 +326,7 @@ async fn submit_idempotent(
     };
     match state
         .dispatcher
-        .claim_idempotency_key(&hex_digest(key.as_bytes()), &record)
+        .claim_idempotency_key(&hex_digest(format!("{}\n{key}", request.tenant).as_bytes()), &record)
         .await?
     {
         Claim::First => {
@@ -430,11 +435,12 @@ impl ExecutionResponse {
 )]
 pub async fn get(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     IdParam(id): IdParam,
 ) -> Result<Json<ExecutionResponse>, Problem> {
     let route = state.route(id)?;
     Ok(ExecutionResponse::new(
-        state.dispatcher.get(route, id).await?,
+        state.dispatcher.get(route, id, principal.tenant).await?,
     ))
 }
 
@@ -452,10 +458,11 @@ pub async fn get(
 )]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     IdParam(id): IdParam,
 ) -> Result<Json<ExecutionResponse>, Problem> {
     let route = state.route(id)?;
     Ok(ExecutionResponse::new(
-        state.dispatcher.cancel(route, id).await?,
+        state.dispatcher.cancel(route, id, principal.tenant).await?,
     ))
 }

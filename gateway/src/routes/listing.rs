@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::{Extension, Json};
 use noetl_contract::message::{ExecutionStatus, ExecutionSummary, Labels, ListQuery};
 use noetl_contract::playbook::validate_labels;
 use noetl_contract::{ExecutionId, NodeId, ShardId, ShardState};
@@ -18,6 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Principal;
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
 
@@ -150,6 +151,7 @@ impl ListParams {
                 .transpose()?
                 .unwrap_or_default(),
             playbook: self.playbook.clone(),
+            tenant: None,
         })
     }
 }
@@ -169,10 +171,14 @@ impl ListParams {
 )]
 pub async fn list(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ListResponse>, Problem> {
     let Query(params) = params.map_err(|e| invalid(e.body_text()))?;
-    let query = params.query()?;
+    let query = ListQuery {
+        tenant: Some(principal.tenant),
+        ..params.query()?
+    };
     let topology = state.topology.current().ok_or_else(|| {
         Problem::new(
             Code::TopologyUnavailable,
