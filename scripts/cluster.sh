@@ -594,6 +594,29 @@ start_worker() {
 		"$(bin_dir)/noetl-worker"
 }
 
+readonly DEV_TOKEN_FILE=$STATE_DIR/dev-token
+readonly TOKENS_FILE=$STATE_DIR/tokens.toml
+
+# A development token for the local gateway (tenant `dev`, every scope), made once per state
+# dir: the gateway keeps only its SHA-256 digest (tokens.toml), the token itself is in dev-token.
+ensure_dev_token() {
+	[[ -s $DEV_TOKEN_FILE && -s $TOKENS_FILE ]] && return 0
+	local token digest
+	token=ntl_dev_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	digest=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+	(umask 077 && printf '%s\n' "$token" >"$DEV_TOKEN_FILE")
+	cat >"$TOKENS_FILE" <<-EOF
+		# Written by scripts/cluster.sh: the local development token (its digest only).
+		[[tokens]]
+		name = "dev"
+		tenant = "dev"
+		scopes = ["submit", "read", "admin"]
+		sha256 = "$digest"
+	EOF
+}
+
+dev_token() { cat "$DEV_TOKEN_FILE" 2>/dev/null; }
+
 start_gateway() {
 	local pid
 	if pid=$(live_pid gateway); then
@@ -604,9 +627,11 @@ start_gateway() {
 	say "starting noetl-gateway on $GATEWAY_URL"
 	# No NOETL_NODE_ID: the gateway leases any free node id, so a gateway that was killed
 	# without giving its lease back does not keep the next one from minting until the lease expires.
+	ensure_dev_token
 	start_detached gateway env \
 		NOETL_NATS_URL="$NATS_URL" \
 		NOETL_LISTEN="127.0.0.1:$GATEWAY_PORT" \
+		NOETL_AUTH_TOKENS_FILE="$TOKENS_FILE" \
 		"$(bin_dir)/noetl-gateway"
 }
 
@@ -737,6 +762,7 @@ run_example() {
 	[[ $EXAMPLE_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "EXAMPLE_TIMEOUT must be a whole number of seconds, not \"$EXAMPLE_TIMEOUT\""
 	say "submitting $EXAMPLE: POST $api"
 	response=$(curl -sS --max-time 30 --fail-with-body -X POST -H 'content-type: application/json' \
+		-H "authorization: Bearer $(dev_token)" \
 		--data-binary "@$body" "$api") ||
 		die "submitting the example failed: ${response:-no response} (log: $LOG_DIR/gateway.log)"
 	print_json "$response"
@@ -745,13 +771,14 @@ run_example() {
 
 	# The stream replays the log from the start and closes by itself once the execution ended.
 	say "following it: GET $api/$id/stream (Server-Sent Events, up to ${EXAMPLE_TIMEOUT}s)"
-	if ! curl -sS -N --max-time "$EXAMPLE_TIMEOUT" --fail-with-body "$api/$id/stream" | print_events; then
+	if ! curl -sS -N --max-time "$EXAMPLE_TIMEOUT" --fail-with-body -H "authorization: Bearer $(dev_token)" \
+		"$api/$id/stream" | print_events; then
 		die "execution $id did not end within ${EXAMPLE_TIMEOUT}s, or its event stream broke;" \
 			"make logs shows the worker's, server's and gateway's logs"
 	fi
 
 	say "the execution as it ended: GET $api/$id"
-	response=$(curl -sS --max-time 30 --fail-with-body "$api/$id") ||
+	response=$(curl -sS --max-time 30 --fail-with-body -H "authorization: Bearer $(dev_token)" "$api/$id") ||
 		die "reading execution $id failed: ${response:-no response} (log: $LOG_DIR/gateway.log)"
 	print_execution "$response"
 	status=$(string_field status "$response") || true
@@ -832,6 +859,7 @@ cmd_up() {
 	say "local cluster is up with $shards shard(s)"
 	cat <<-EOF
 		  gateway       $GATEWAY_URL  (API under /api/v1; /healthz, /readyz, /metrics)
+		  dev token     $(dev_token)  (tenant dev, every scope: -H "authorization: Bearer \$NOETL_TOKEN" after eval "\$(make -s env)")
 		  server        $SERVER_URL  (/healthz, /readyz, /metrics), serving every shard database
 		  worker        $WORKER_URL  (/healthz, /readyz, /metrics), pool default, no shell
 		  topology      $(bin_dir)/noetlctl topology show  (make reshard SHARDS=N changes the shard count)
@@ -1024,6 +1052,7 @@ cmd_env() {
 	[[ -f $SHARDS_FILE ]] || die "no local cluster in $STATE_DIR; make up first"
 	anything_running || warn "the local cluster is not running (make up)"
 	printf "export NOETL_GATEWAY_URL='%s'\n" "$GATEWAY_URL"
+	[[ -s $DEV_TOKEN_FILE ]] && printf "export NOETL_TOKEN='%s'\n" "$(dev_token)"
 	printf "export NOETL_NATS_URL='%s'\n" "$NATS_URL"
 	printf "export NOETL_SHARDS='%s'\n" "$(shards_value)"
 	# noetlctl (and the other binaries) of this build, for the commands make reshard prints.
