@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{gateway_settings, hello_request, id_of, start_gateway_with, Cluster};
+use common::{gateway_settings, hello_request, id_of, poll_readyz, start_gateway_with, Cluster};
 use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -89,6 +89,10 @@ sha256 = "{}"
     let cancel = CancellationToken::new();
     let (url, task) = start_gateway_with(settings, &cancel).await;
     let http = reqwest::Client::new();
+    poll_readyz(&http, &url, "the gateway to be ready", |status, _| {
+        status == 200
+    })
+    .await;
     let a = Caller {
         http: &http,
         url: &url,

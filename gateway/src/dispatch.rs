@@ -43,14 +43,22 @@ impl Dispatcher {
         id: ExecutionId,
         tenant: String,
     ) -> Result<ExecutionView, Problem> {
-        let query = ExecutionQuery {
-            tenant: Some(tenant),
-        };
-        self.ask(ShardRequest::Get, route, id, &query).await
+        self.ask_as(ShardRequest::Get, route, id, tenant).await
     }
 
+    /// Cancels the execution, if it belongs to `tenant`, and answers with it as it is now.
     pub async fn cancel(
         &self,
+        route: Route,
+        id: ExecutionId,
+        tenant: String,
+    ) -> Result<ExecutionView, Problem> {
+        self.ask_as(ShardRequest::Cancel, route, id, tenant).await
+    }
+
+    async fn ask_as(
+        &self,
+        kind: ShardRequest,
         route: Route,
         id: ExecutionId,
         tenant: String,
@@ -58,7 +66,7 @@ impl Dispatcher {
         let query = ExecutionQuery {
             tenant: Some(tenant),
         };
-        self.ask(ShardRequest::Cancel, route, id, &query).await
+        self.ask(kind, route, id, &query).await
     }
 
     pub async fn events(
