@@ -142,9 +142,15 @@ impl Cluster {
         };
         let ready = poll_readyz(&http, &gateway_url, what, |status, body| match &served {
             None => status == 200,
-            Some(served) => served
-                .iter()
-                .all(|shard| body["shards"][shard.to_string()] == json!(true)),
+            // Not ready as a whole (a shard has no server), but minting: a confirmed topology
+            // view and a node-id lease.
+            Some(served) => {
+                body["topology_fresh"] == json!(true)
+                    && !body["node_id"].is_null()
+                    && served
+                        .iter()
+                        .all(|shard| body["shards"][shard.to_string()] == json!(true))
+            }
         });
         tokio::select! {
             () = ready => {}
