@@ -165,6 +165,29 @@ fn check_name(path: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where `value` holds a NUL character (in a key or a string), as a path below `at`, e.g.
+/// `input.a[2]`: PostgreSQL's `jsonb` cannot store it, so such a submit is refused up front
+/// instead of failing the transaction it would share with other executions.
+pub fn find_nul(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if text.contains('\0') => Some(at.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_nul(item, &format!("{at}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let path = format!("{at}.{key}");
+            if key.contains('\0') {
+                Some(path)
+            } else {
+                find_nul(item, &path)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// Whether `name` is a valid playbook (and so catalog) name: what the catalog can hold.
 pub fn is_valid_name(name: &str) -> bool {
     check_name("name", name).is_ok()
@@ -451,6 +474,19 @@ mod tests {
             json!({"name": "x", "steps": [{"name": "a", "action": "noop", "neds": []}]}),
         );
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_found_in_keys_and_strings() {
+        assert_eq!(
+            find_nul(&json!({"a": [1, "x\u{0}"]}), "input"),
+            Some("input.a[1]".to_owned())
+        );
+        assert_eq!(
+            find_nul(&json!({"k\u{0}": 1}), "input"),
+            Some("input.k\u{0}".to_owned())
+        );
+        assert_eq!(find_nul(&json!({"a": ["fine"]}), "input"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use noetl_bus::idempotency::{Claim, Record};
 use noetl_contract::message::{ExecutionStatus, ExecutionView, Labels, SubmitCommand};
-use noetl_contract::playbook::{validate_labels, PlannedStep, Playbook, Step};
+use noetl_contract::playbook::{find_nul, validate_labels, PlannedStep, Playbook, Step};
 use noetl_contract::{ExecutionId, Route, ShardId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -186,10 +186,24 @@ pub async fn submit(
         .map_err(|e| Problem::new(Code::InvalidPlaybook, format!("playbook.{e}")))?;
     validate_labels(&request.labels)
         .map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
+    let input = serde_json::Value::Object(request.input.unwrap_or_default());
+    let playbook_json = serde_json::to_value(&playbook)
+        .map_err(|_| Problem::new(Code::Internal, "could not encode the playbook"))?;
+    let labels_json = serde_json::to_value(&request.labels)
+        .map_err(|_| Problem::new(Code::Internal, "could not encode the labels"))?;
+    if let Some(at) = find_nul(&input, "input")
+        .or_else(|| find_nul(&playbook_json, "playbook"))
+        .or_else(|| find_nul(&labels_json, "labels"))
+    {
+        return Err(Problem::new(
+            Code::InvalidRequest,
+            format!("{at}: text may not contain the NUL character (U+0000)"),
+        ));
+    }
     let resolved = Resolved {
         playbook,
         playbook_version,
-        input: serde_json::Value::Object(request.input.unwrap_or_default()),
+        input,
         labels: request.labels,
         tenant: principal.tenant,
     };
