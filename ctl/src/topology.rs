@@ -74,6 +74,18 @@ pub struct ShardReadiness {
     pub ready: bool,
 }
 
+impl ShardReadiness {
+    /// `shard  state  ready`, as `show` and `plan` print it.
+    fn row(&self) -> String {
+        let ready = if self.ready {
+            "ready"
+        } else {
+            "no ready server"
+        };
+        format!("{:>3}  {:<10}  {ready}", self.shard, state_name(self.state))
+    }
+}
+
 /// Pings every shard in `shards` in parallel.
 pub async fn readiness(
     client: &Client,
@@ -309,16 +321,7 @@ async fn topology_command(client: &Client, command: TopologyCommand) -> Result<u
                 readiness(client, &current, current.max_shard_count().shards(), now_ms).await;
             println!("shards:");
             for shard in shards {
-                println!(
-                    "  {:>3}  {:<10}  {}",
-                    shard.shard,
-                    state_name(shard.state),
-                    if shard.ready {
-                        "ready"
-                    } else {
-                        "no ready server"
-                    }
-                );
+                println!("  {}", shard.row());
             }
             Ok(0)
         }
@@ -453,16 +456,7 @@ fn print_plan(planned: &Planned) {
         } else {
             ""
         };
-        println!(
-            "    {:>3}  {:<10}  {}{needed}",
-            shard.shard,
-            state_name(shard.state),
-            if shard.ready {
-                "ready"
-            } else {
-                "no ready server"
-            }
-        );
+        println!("    {}{needed}", shard.row());
     }
     let not_ready = planned.not_ready();
     if !not_ready.is_empty() {

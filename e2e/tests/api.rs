@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{hello_request, id_of, Cluster};
+use common::{describe, hello_request, id_of, Cluster};
 use futures::StreamExt;
 use noetl_contract::{shard_of, ExecutionId, IdGenerator, NodeId};
 use serde_json::{json, Value};
@@ -443,21 +443,7 @@ async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
 }
 
 fn noetlctl(gateway_url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(noetl_test_support::cargo_bin("noetlctl"))
-        .arg("--gateway-url")
-        .arg(gateway_url)
-        .args(args)
-        .output()
-        .expect("noetlctl runs")
-}
-
-fn describe(output: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    common::noetlctl("--gateway-url", gateway_url, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,10 +317,7 @@ async fn a_minted_id_that_already_exists_is_never_returned_to_the_caller() {
     let cluster = Cluster::start(2).await;
     // Another minter with the gateway's node id (as if it had the same lease) took sequence 0
     // of every millisecond of the next 20 seconds, so the gateway's first id collides for sure.
-    let (_, ready) = cluster.get_json("/readyz").await;
-    let node = ready["node_id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("a ready gateway names its node id: {ready}"));
+    let node = cluster.gateway_node().await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")

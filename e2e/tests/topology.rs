@@ -7,8 +7,8 @@ mod common;
 use std::process::Output;
 
 use common::{
-    connect, eventually, gateway_settings, hello_request, id_of, start_gateway_with, Cluster,
-    DEADLINE,
+    connect, describe, eventually, gateway_settings, hello_request, id_of, start_gateway_with,
+    stdout, Cluster, DEADLINE,
 };
 use noetl_contract::{ShardCount, Topology};
 use serde_json::Value;
@@ -77,10 +77,7 @@ async fn a_gateway_that_cannot_confirm_its_topology_stops_minting_within_the_gra
 async fn a_gateway_configured_with_a_leased_node_id_cannot_mint() {
     let cluster = Cluster::start(1).await;
     // A node id the cluster's own gateway does not hold.
-    let (_, ready) = cluster.get_json("/readyz").await;
-    let taken = ready["node_id"]
-        .as_u64()
-        .expect("a ready gateway holds a node id");
+    let taken = cluster.gateway_node().await;
     let node = u32::try_from((taken + 1) % 1024).expect("small");
     let fixed = |node: u32| noetl_gateway::configuration::Settings {
         node_id: Some(node),
@@ -230,25 +227,7 @@ async fn a_server_refuses_a_topology_that_rewrites_an_epoch_in_force() {
 }
 
 fn noetlctl(nats_url: &str, args: &[&str]) -> Output {
-    std::process::Command::new(noetl_test_support::cargo_bin("noetlctl"))
-        .arg("--nats-url")
-        .arg(nats_url)
-        .args(args)
-        .output()
-        .expect("noetlctl runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        stdout(output),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    common::noetlctl("--nats-url", nats_url, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

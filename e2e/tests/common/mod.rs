@@ -278,6 +278,40 @@ impl Cluster {
     }
 }
 
+/// Runs the `noetlctl` binary with `flag` (`--nats-url` or `--gateway-url`) set to `url`.
+pub fn noetlctl(flag: &str, url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(noetl_test_support::cargo_bin("noetlctl"))
+        .arg(flag)
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("noetlctl runs")
+}
+
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's exit code and output, for assertion messages.
+pub fn describe(output: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        stdout(output),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+impl Cluster {
+    /// The node id the cluster's gateway leases (it is ready, so it holds one).
+    pub async fn gateway_node(&self) -> u64 {
+        let (_, ready) = self.get_json("/readyz").await;
+        ready["node_id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a ready gateway names its node id: {ready}"))
+    }
+}
+
 /// A NATS client for a test's own requests.
 pub async fn connect(nats_url: &str) -> noetl_bus::Client {
     noetl_bus::connect(&noetl_bus::NatsConfig {
