@@ -14,12 +14,12 @@ export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 # scripts/cluster.sh from the environment; make passes command-line ones on. Left unset, the shard
 # count and ports keep what .state was last started with, else their defaults (see `make help`).
 
-# Passed to the benchmark binary as is, e.g. make bench BENCH_ARGS="--shards 4 --concurrency 64 --seconds 30"
+# Passed to the benchmark binary as is, e.g. make bench BENCH_ARGS="--shards 1,2 --concurrency 16,64 --seconds 5"
 BENCH_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra reshard down status env logs clean-state deps build lint test schemathesis validate-deploy bench
+.PHONY: help up infra reshard down status env logs clean-state deps build lint test schemathesis validate-deploy bench bench-quick
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -33,7 +33,8 @@ help: ## list the targets and settings
 	@echo "  SHARD_SERVER_PORT=19100             reshard's server for shard K listens on SHARD_SERVER_PORT + K"
 	@echo "  STATE_DIR=.state    READY_TIMEOUT=60  EXAMPLE_TIMEOUT=60     RUST_LOG=info"
 	@echo "  EXAMPLE=examples/diamond.json       the submit body up runs and follows to its end"
-	@echo "  BENCH_ARGS=         passed to the benchmark (--shards, --concurrency, --seconds)"
+	@echo "  BENCH_ARGS=         passed to the benchmark (--shards, --concurrency, --seconds, --skip-peers, …;"
+	@echo "                      target/release/noetl-bench --help lists them)"
 
 up: ## install deps, build, start NATS, PostgreSQL, server, worker, gateway; run examples/diamond.json
 	@$(CLUSTER) up
@@ -78,6 +79,7 @@ test: lint deps build ## lint, then the whole test suite (nextest when installed
 	fi
 	@$(MAKE) --no-print-directory schemathesis
 	@$(MAKE) --no-print-directory validate-deploy
+	@$(MAKE) --no-print-directory bench-quick
 
 schemathesis: deps ## fuzz the HTTP API against its OpenAPI document (own NATS, PostgreSQL, server, gateway)
 	scripts/schemathesis.sh
@@ -86,7 +88,16 @@ schemathesis: deps ## fuzz the HTTP API against its OpenAPI document (own NATS, 
 validate-deploy: ## check deploy/ and the Dockerfile: render overlays, Kubernetes schemas, nats.conf, shellcheck
 	scripts/validate-deploy.sh
 
-# The benchmark starts the release noetl-server and noetl-gateway binaries as processes.
-bench: deps ## run the submit benchmark (release build) with BENCH_ARGS
+# The benchmark starts the release noetl-server, noetl-gateway and noetl-worker binaries as
+# processes, installs Celery and graphile-worker under .state/bench/peers, and writes
+# .state/bench/results/<timestamp>/ (results.json, results.md, PNG charts).
+bench: ## the full benchmark (release build, about 30 min): scenarios × shards × concurrency, baselines, peers, growth
+	scripts/ensure-deps.sh --bench
 	cargo build --release --bins
 	target/release/noetl-bench $(BENCH_ARGS)
+
+# A check that the harness works end to end (tiny counts, debug build), not a speed: under 3 min.
+bench-quick: ## the benchmark in quick mode (debug build), as make test runs it
+	scripts/ensure-deps.sh --bench
+	cargo build --workspace --bins
+	target/debug/noetl-bench --quick $(BENCH_ARGS)

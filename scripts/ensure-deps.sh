@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the programs the local cluster and the test suite start are installed:
-# nats-server, the PostgreSQL server binaries and curl.
+# nats-server, the PostgreSQL server binaries and curl; with --bench also what the benchmark's
+# peers need (redis-server, node and npm, python3 with venv).
 # Whatever is missing is installed with apt-get (through sudo when not root); when everything is
 # present apt is not touched at all.
 #
@@ -48,6 +49,12 @@ missing_packages() {
 	find_nats_server >/dev/null || echo nats-server
 	find_pg_bindir >/dev/null 2>&1 || echo postgresql
 	command -v curl >/dev/null || echo curl
+	if [[ ${ENSURE_BENCH_DEPS:-} == 1 ]]; then
+		command -v redis-server >/dev/null || echo redis-server
+		command -v node >/dev/null || echo nodejs
+		command -v npm >/dev/null || echo npm
+		python3 -c 'import ensurepip, venv' 2>/dev/null || echo python3-venv
+	fi
 }
 
 install_packages() {
@@ -85,10 +92,17 @@ ensure_deps() {
 }
 
 main() {
+	if [[ ${1:-} == --bench ]]; then
+		ENSURE_BENCH_DEPS=1
+	fi
 	ensure_deps
 	printf 'nats-server: %s (%s)\n' "$(find_nats_server)" "$(nats-server --version 2>&1)"
 	printf 'postgresql:  %s\n' "$(find_pg_bindir)"
 	printf 'curl:        %s\n' "$(command -v curl)"
+	if [[ ${ENSURE_BENCH_DEPS:-} == 1 ]]; then
+		printf 'redis:       %s\n' "$(command -v redis-server)"
+		printf 'node:        %s (%s)\n' "$(command -v node)" "$(node --version)"
+	fi
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

@@ -23,11 +23,12 @@ pub struct ListReport {
     pub phases: Vec<Phase>,
 }
 
-/// Stores about `per_shard × shards` executions: 1% failed, the rest succeeded.
-async fn bulk_load(pools: &[PgPool], per_shard: usize) -> anyhow::Result<()> {
+/// Stores about `per_shard × shards` executions: 1% failed, the rest succeeded. Their ids carry
+/// `node`, so loads with different nodes never collide.
+pub async fn bulk_load(pools: &[PgPool], per_shard: usize, node: u32) -> anyhow::Result<()> {
     let count = ShardCount::new(u32::try_from(pools.len())?)?;
     let total = per_shard * pools.len();
-    let mut generator = IdGenerator::new(NodeId::try_from(1_001)?);
+    let mut generator = IdGenerator::new(NodeId::try_from(node)?);
     // One id every 10 ms, ending a minute ago.
     let start = noetl_bus::unix_now_ms() - 60_000 - total as i64 * 10;
     let mut by_shard: Vec<Vec<i64>> =
@@ -69,7 +70,7 @@ pub async fn run(
         pools.len()
     );
     let started = Instant::now();
-    bulk_load(pools, per_shard).await?;
+    bulk_load(pools, per_shard, 1_001).await?;
     let load_seconds = started.elapsed().as_secs_f64();
     let mut phases = Vec::new();
     for (name, query) in [
@@ -80,7 +81,7 @@ pub async fn run(
         let url = format!("{gateway}/api/v1/executions?{query}");
         let http = http.clone();
         phases.push(
-            load(name, concurrency, duration, move || {
+            load(name, concurrency, duration, None, move || {
                 let request = http.get(&url);
                 async move {
                     match request.send().await {

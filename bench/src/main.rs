@@ -1,19 +1,29 @@
-//! Benchmark of noetl-dispatch on one machine, with baselines measured in the same run.
+//! Benchmark of noetl-dispatch on one machine, with baselines and peers measured in the same run.
 //!
-//! - Submit: committed submits/s and submit latency through the gateway, beside the raw NATS
-//!   request/reply rate.
-//! - End to end ([`e2e`]): executions/s from submit to terminal state for a single `noop` step and a
-//!   5-step chain, submit-to-terminal latency and dispatch latency (command committed → worker
-//!   started), at several worker concurrencies.
-//! - Listing ([`list`]): first-page latency of `GET /api/v1/executions` with every shard holding
-//!   `--list-rows-per-shard` executions.
+//! For each shard count it starts a fresh cluster ([`cluster`]) and measures:
+//! - submit only: committed submits/s and latency through the gateway at each client concurrency,
+//!   then at half of the peak rate;
+//! - end to end ([`e2e`]): a single `noop` step, a 5-step chain and a fan-out of 10 joined by
+//!   one, at each client concurrency, from the shard databases' own timestamps;
+//! - CPU seconds per 1,000 executions and peak memory of every process ([`procs`]).
 //!
-//! Starts its own nats-server and PostgreSQL (durable: fsync and synchronous_commit on, as in
-//! production) and the release `noetl-server`, `noetl-gateway` and `noetl-worker` binaries.
-//! Figures are only comparable within one run: report ratios, not absolutes.
+//! Also: the parts' own ceilings ([`baselines`]), Celery and graphile-worker doing the same
+//! no-op work ([`peers`]), submit and listing cost as one shard grows to millions of executions
+//! ([`growth`], loaded with [`list`]'s bulk path), and the report ([`report`]): results.json,
+//! results.md and PNG charts in a results directory.
+//!
+//! Everything runs on loopback: its own nats-server and PostgreSQL (durable: fsync and
+//! synchronous_commit on, as in production), the release binaries, a private redis-server.
+//! Figures are only comparable within one run: read the ratios, not the absolutes.
 
+mod baselines;
+mod cluster;
 mod e2e;
+mod growth;
 mod list;
+mod peers;
+mod procs;
+mod report;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,81 +34,152 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Parser;
-use futures::StreamExt;
 use hdrhistogram::Histogram;
-use noetl_test_support::{cargo_bin, free_port, NatsServer, Postgres, PostgresOptions, Process};
+use noetl_test_support::{cargo_bin, Process};
 use serde::Serialize;
 
-#[derive(Debug, Parser)]
+use crate::cluster::Cluster;
+use crate::procs::ProcessCost;
+
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "noetl-bench",
-    about = "Submit throughput and latency through the gateway"
+    about = "Throughput, latency and cost of noetl-dispatch beside raw NATS/PostgreSQL and peer dispatchers"
 )]
-struct Args {
-    /// Shard databases (one PostgreSQL instance, one database per shard).
-    #[arg(long, default_value_t = 2)]
-    shards: u32,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Length of each measured phase.
-    #[arg(long, default_value_t = 10)]
+pub struct Args {
+    /// A small run that checks the harness end to end in well under 3 minutes (not a speed).
+    #[arg(long)]
+    quick: bool,
+    /// Shard counts to measure, each on a fresh cluster (one PostgreSQL, a database per shard).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    shards: Vec<u32>,
+    /// Client concurrencies of the sweep: requests in flight at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    concurrency: Vec<usize>,
+    /// Worker concurrency: steps (or peer tasks) run at once by the one worker process.
+    #[arg(long, default_value_t = 32)]
+    worker_concurrency: usize,
+    /// Length of each time-boxed phase (submit only, baselines, growth).
+    #[arg(long, default_value_t = 8)]
     seconds: u64,
-    /// Unmeasured load before the measured phase (connections, caches, JIT of the planner).
+    /// Unmeasured submits before the first measured phase of a cluster.
     #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
-    /// PostgreSQL with fsync off (faster, not what production runs).
-    #[arg(long)]
-    relaxed_durability: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Worker concurrencies for the end-to-end scenarios (comma-separated); the flag without a
-    /// value skips them.
-    #[arg(long, value_delimiter = ',', default_value = "2,64", num_args = 0..)]
-    worker_concurrency: Vec<usize>,
-    /// Executions per end-to-end scenario (the 5-step chain runs a fifth as many).
+    /// Executions per end-to-end run of a single step (chains run a fifth, fan-outs a tenth).
     #[arg(long, default_value_t = 2_000)]
     e2e_executions: usize,
-    /// Executions loaded into each shard before measuring the listing; 0 skips it.
+    /// Stored executions in one shard at which growth is measured; the flag without a value
+    /// skips growth.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000000,2500000,5000000", num_args = 0..)]
+    growth_checkpoints: Vec<usize>,
+    /// Submitting clients during growth.
+    #[arg(long, default_value_t = 16)]
+    growth_concurrency: usize,
+    /// Executions loaded into each shard of the last cluster before measuring the listing; 0
+    /// skips it.
     #[arg(long, default_value_t = 0)]
     list_rows_per_shard: usize,
     /// Clients reading the first page at once.
     #[arg(long, default_value_t = 4)]
     list_concurrency: usize,
+    /// Do not install or run Celery and graphile-worker.
+    #[arg(long)]
+    skip_peers: bool,
+    /// Tasks per peer run (default: as many as the single-step end-to-end run).
+    #[arg(long)]
+    peer_executions: Option<usize>,
+    /// Where the peers are installed (a Python venv, node_modules).
+    #[arg(long, default_value = ".state/bench")]
+    state_dir: PathBuf,
+    /// Where results go (default: <state-dir>/results/<UTC timestamp>).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+    /// PostgreSQL with fsync off (faster, not what production runs).
+    #[arg(long)]
+    relaxed_durability: bool,
+}
+
+impl Args {
+    /// `--quick` replaces the sizes with tiny ones.
+    fn effective(mut self) -> Self {
+        if self.quick {
+            self.shards = vec![1, 2];
+            self.concurrency = vec![1, 8];
+            self.worker_concurrency = 8;
+            self.seconds = 1;
+            self.warmup_seconds = 1;
+            self.e2e_executions = 50;
+            self.growth_checkpoints = vec![0, 20_000];
+            self.growth_concurrency = 4;
+            self.list_rows_per_shard = 0;
+            self.peer_executions = Some(50);
+        }
+        self
+    }
+}
+
+/// Latency quantiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: histogram.max() as f64 / 1000.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub operations: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub latency: Percentiles,
+}
+
+/// A submit-only phase of one cluster.
+#[derive(Debug, Serialize)]
+pub struct SubmitRun {
+    pub shards: u32,
+    pub client_concurrency: usize,
+    /// Submits/s the clients were paced to, when they were.
+    pub target_rate: Option<f64>,
+    pub phase: Phase,
+    pub cpu: Vec<ProcessCost>,
+    pub cpu_seconds_per_1000_total: f64,
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct Phase {
-    name: String,
-    operations: u64,
-    errors: u64,
-    seconds: f64,
-    per_second: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    shards: u32,
-    concurrency: usize,
-    durable_postgres: bool,
-    phases: Vec<Phase>,
-    submit_to_nats_ratio: f64,
-    mean_commit_batch: Option<f64>,
-    end_to_end: Vec<e2e::Scenario>,
-    list: Option<list::ListReport>,
+pub struct ClusterMemory {
+    pub shards: u32,
+    pub mean_commit_batch: Option<f64>,
+    pub peak: Vec<procs::PeakMemory>,
 }
 
 /// Runs `operation` from `concurrency` tasks for `duration`; counts successes and records
-/// the latency of each in microseconds.
-pub(crate) async fn load<F, Fut>(
+/// the latency of each in microseconds. With a `rate`, the tasks together start at most that
+/// many operations per second (each on its own schedule), else each starts the next as soon as
+/// the last ends.
+pub async fn load<F, Fut>(
     name: &str,
     concurrency: usize,
     duration: Duration,
+    rate: Option<f64>,
     operation: F,
 ) -> Phase
 where
@@ -108,13 +189,25 @@ where
     let operation = Arc::new(operation);
     let started = Instant::now();
     let deadline = started + duration;
-    let workers = (0..concurrency).map(|_| {
+    let period = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r.max(1e-3)));
+    let workers = (0..concurrency).map(|i| {
         let operation = operation.clone();
         tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut errors = 0u64;
+            let mut pacing = period.map(|p| {
+                // Spread the tasks' schedules over one period.
+                let offset = p.mul_f64(i as f64 / concurrency as f64);
+                let mut interval =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, p);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                interval
+            });
             while Instant::now() < deadline {
+                if let Some(interval) = pacing.as_mut() {
+                    interval.tick().await;
+                }
                 let sent = Instant::now();
                 if operation().await {
                     let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -134,47 +227,14 @@ where
         errors += e;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Phase {
         name: name.to_owned(),
         operations: histogram.len(),
         errors,
         seconds,
         per_second: histogram.len() as f64 / seconds,
-        p50_ms: ms(0.5),
-        p90_ms: ms(0.9),
-        p99_ms: ms(0.99),
-        max_ms: histogram.max() as f64 / 1000.0,
+        latency: Percentiles::of(&histogram),
     }
-}
-
-/// Raw NATS request/reply with a payload the size of a submit: the bus's own ceiling here.
-async fn nats_baseline(
-    url: &str,
-    payload: Bytes,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<Phase> {
-    let responder = async_nats::connect(url).await?;
-    let mut requests = responder.subscribe("bench.echo").await?;
-    responder.flush().await?;
-    let echo = tokio::spawn(async move {
-        while let Some(message) = requests.next().await {
-            if let Some(reply) = message.reply {
-                let _ = responder
-                    .publish(reply, Bytes::from_static(b"{\"ok\":{}}"))
-                    .await;
-            }
-        }
-    });
-    let requester = async_nats::connect(url).await?;
-    let phase = load("raw NATS request/reply", concurrency, duration, move || {
-        let (requester, payload) = (requester.clone(), payload.clone());
-        async move { requester.request("bench.echo", payload).await.is_ok() }
-    })
-    .await;
-    echo.abort();
-    Ok(phase)
 }
 
 pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
@@ -212,181 +272,230 @@ pub(crate) fn spawn(binary: &str, envs: &[(&str, String)]) -> Process {
     Process::spawn(command)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::ensure!(
-        args.shards >= 1 && args.concurrency >= 1 && args.seconds >= 1,
-        "shards, concurrency and seconds must be positive"
-    );
-    eprintln!(
-        "starting nats-server, PostgreSQL ({} shards), noetl-server and noetl-gateway…",
-        args.shards
-    );
-    let nats = NatsServer::start();
-    let pg = Postgres::start_with(PostgresOptions {
-        durable: !args.relaxed_durability,
-    });
-    let shards = pg.create_shards("bench", args.shards);
-    let (server_port, gateway_port) = (free_port(), free_port());
-    let _server = spawn(
-        "noetl-server",
-        &[
-            ("NOETL_NATS_URL", nats.url().to_owned()),
-            ("NOETL_SHARDS", shards),
-            ("NOETL_LISTEN", format!("127.0.0.1:{server_port}")),
-        ],
-    );
-    let _gateway = spawn(
-        "noetl-gateway",
-        &[
-            ("NOETL_NATS_URL", nats.url().to_owned()),
-            ("NOETL_LISTEN", format!("127.0.0.1:{gateway_port}")),
-        ],
-    );
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    let gateway = format!("http://127.0.0.1:{gateway_port}");
-    wait_ready(&http, &format!("{gateway}/readyz"))
-        .await
-        .context("the gateway")?;
-
-    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        // A pool no worker serves: the submit phase measures submits, and its commands must
-        // not queue ahead of the end-to-end scenarios'.
+/// A submit whose step runs in a pool no worker serves: submit-only phases measure submits, and
+/// their commands never queue ahead of the end-to-end scenarios'.
+fn submit_only_body() -> anyhow::Result<Bytes> {
+    Ok(Bytes::from(serde_json::to_vec(&serde_json::json!({
         "playbook": {"name": "bench", "steps": [{"name": "a", "action": "noop", "pool": "submit-only"}]},
         "input": {"n": 1},
         "labels": {"bench": "submit"}
-    }))?);
-    let submit = {
-        let (http, url, body) = (
-            http.clone(),
-            format!("{gateway}/api/v1/executions"),
-            body.clone(),
-        );
-        move || {
-            let request = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.clone());
-            async move { matches!(request.send().await, Ok(r) if r.status().as_u16() == 201) }
-        }
-    };
-    let duration = Duration::from_secs(args.seconds);
-    eprintln!("warming up for {} s…", args.warmup_seconds);
-    load(
-        "warm-up",
-        args.concurrency,
-        Duration::from_secs(args.warmup_seconds),
-        submit.clone(),
-    )
-    .await;
-    eprintln!("measuring raw NATS request/reply for {} s…", args.seconds);
-    let nats_phase = nats_baseline(nats.url(), body.clone(), args.concurrency, duration).await?;
-    eprintln!(
-        "measuring committed submits through the gateway for {} s…",
-        args.seconds
-    );
-    let submit_phase = load(
-        "gateway submit (committed)",
-        args.concurrency,
-        duration,
-        submit,
-    )
-    .await;
+    }))?))
+}
 
-    let metrics = http
-        .get(format!("http://127.0.0.1:{server_port}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let mut end_to_end = Vec::new();
-    for &workers in &args.worker_concurrency {
-        let setup = e2e::Setup {
-            http: &http,
-            gateway: &gateway,
-            nats_url: nats.url(),
-            pg: &pg,
-            shards: args.shards,
-            submit_concurrency: args.concurrency,
-        };
-        end_to_end.extend(e2e::run(&setup, workers, args.e2e_executions).await?);
+pub(crate) fn submitter(
+    http: &reqwest::Client,
+    gateway: &str,
+    body: Bytes,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static
+{
+    let (http, url) = (http.clone(), format!("{gateway}/api/v1/executions"));
+    move || {
+        let request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        Box::pin(async move { matches!(request.send().await, Ok(r) if r.status().as_u16() == 201) })
     }
-    let list = if args.list_rows_per_shard > 0 {
-        let pools: Vec<sqlx::PgPool> = (0..args.shards)
-            .map(|i| sqlx::PgPool::connect_lazy(&pg.url(&format!("bench_{i}"))))
-            .collect::<Result<_, _>>()?;
-        Some(
-            list::run(
+}
+
+/// A submit-only phase with the CPU every process spent on it.
+pub(crate) async fn submit_run(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    concurrency: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> anyhow::Result<SubmitRun> {
+    let name = match rate {
+        Some(r) => format!("submit, paced to {r:.0}/s"),
+        None => "submit (committed)".to_owned(),
+    };
+    eprintln!(
+        "{name}: {} shard(s), {concurrency} client(s), {} s…",
+        cluster.shards,
+        duration.as_secs()
+    );
+    let before = cluster.watched.snapshot();
+    let phase = load(
+        &name,
+        concurrency,
+        duration,
+        rate,
+        submitter(http, &cluster.gateway, submit_only_body()?),
+    )
+    .await;
+    let cpu = cluster
+        .watched
+        .snapshot()
+        .cost_since(&before, phase.operations);
+    Ok(SubmitRun {
+        shards: cluster.shards,
+        client_concurrency: concurrency,
+        target_rate: rate,
+        cpu_seconds_per_1000_total: procs::total_per_1000(&cpu),
+        phase,
+        cpu,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse().effective();
+    anyhow::ensure!(
+        !args.shards.is_empty()
+            && args.shards.iter().all(|&s| s >= 1)
+            && !args.concurrency.is_empty()
+            && args.concurrency.iter().all(|&c| c >= 1)
+            && args.seconds >= 1
+            && args.worker_concurrency >= 1,
+        "shards, concurrencies, worker concurrency and seconds must be positive"
+    );
+    let results_dir = args.results_dir.clone().unwrap_or_else(|| {
+        args.state_dir
+            .join("results")
+            .join(report::timestamp_for_path())
+    });
+    std::fs::create_dir_all(&results_dir)
+        .with_context(|| format!("creating {}", results_dir.display()))?;
+    let started = Instant::now();
+    let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(max_concurrency.max(args.growth_concurrency))
+        .build()?;
+    let duration = Duration::from_secs(args.seconds);
+    let peers_installed = if args.skip_peers {
+        Err("skipped: --skip-peers".to_owned())
+    } else {
+        peers::install(&args.state_dir.join("peers")).await
+    };
+
+    let mut results = report::Results::new(&args);
+    for (index, &shards) in args.shards.iter().enumerate() {
+        let cluster = Cluster::start(
+            &http,
+            shards,
+            args.worker_concurrency,
+            !args.relaxed_durability,
+        )
+        .await?;
+        load(
+            "warm-up",
+            max_concurrency,
+            Duration::from_secs(args.warmup_seconds),
+            None,
+            submitter(&http, &cluster.gateway, submit_only_body()?),
+        )
+        .await;
+        if index == 0 {
+            let pool = cluster.side_database("bench_baseline")?;
+            results.baselines = Some(
+                baselines::run(
+                    cluster.nats.url(),
+                    &pool,
+                    submit_only_body()?,
+                    max_concurrency,
+                    duration,
+                )
+                .await?,
+            );
+            pool.close().await;
+        }
+        let mut peak: f64 = 0.0;
+        for &concurrency in &args.concurrency {
+            let run = submit_run(&cluster, &http, concurrency, duration, None).await?;
+            peak = peak.max(run.phase.per_second);
+            results.submit.push(run);
+        }
+        results
+            .submit
+            .push(submit_run(&cluster, &http, max_concurrency, duration, Some(peak / 2.0)).await?);
+        for kind in e2e::Kind::ALL {
+            let executions = match kind {
+                e2e::Kind::Single => args.e2e_executions,
+                e2e::Kind::Chain5 => args.e2e_executions / 5,
+                e2e::Kind::FanOut10 => args.e2e_executions / 10,
+            }
+            .max(1);
+            for &concurrency in &args.concurrency {
+                results.e2e.push(
+                    e2e::run(
+                        &cluster,
+                        &http,
+                        kind,
+                        concurrency,
+                        args.worker_concurrency,
+                        executions,
+                    )
+                    .await?,
+                );
+            }
+        }
+        if index == 0 {
+            results.peers = Some(match &peers_installed {
+                Ok(installed) => {
+                    peers::run(
+                        installed,
+                        &cluster,
+                        &args.concurrency,
+                        args.worker_concurrency,
+                        args.peer_executions.unwrap_or(args.e2e_executions),
+                    )
+                    .await
+                }
+                Err(reason) => peers::Peers::skipped(reason),
+            });
+        }
+        if index + 1 == args.shards.len() && args.list_rows_per_shard > 0 {
+            results.list = Some(
+                list::run(
+                    &http,
+                    &cluster.gateway,
+                    &cluster.pools,
+                    args.list_rows_per_shard,
+                    args.list_concurrency,
+                    duration,
+                )
+                .await?,
+            );
+        }
+        let metrics = http
+            .get(&cluster.server_metrics)
+            .send()
+            .await?
+            .text()
+            .await?;
+        results.memory.push(ClusterMemory {
+            shards,
+            mean_commit_batch: mean_batch(&metrics),
+            peak: cluster.watched.peak_memory(),
+        });
+    }
+    if !args.growth_checkpoints.is_empty() {
+        let cluster =
+            Cluster::start(&http, 1, args.worker_concurrency, !args.relaxed_durability).await?;
+        results.growth = Some(
+            growth::run(
+                &cluster,
                 &http,
-                &gateway,
-                &pools,
-                args.list_rows_per_shard,
+                &args.growth_checkpoints,
+                args.growth_concurrency,
                 args.list_concurrency,
                 duration,
             )
             .await?,
-        )
-    } else {
-        None
-    };
-    let report = Report {
-        shards: args.shards,
-        concurrency: args.concurrency,
-        durable_postgres: !args.relaxed_durability,
-        submit_to_nats_ratio: submit_phase.per_second / nats_phase.per_second,
-        phases: vec![nats_phase, submit_phase],
-        mean_commit_batch: mean_batch(&metrics),
-        end_to_end,
-        list,
-    };
-    print_table(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        );
     }
+    results.total_seconds = started.elapsed().as_secs_f64();
+    let charts = peers_installed.as_ref().ok().map(|i| i.python.clone());
+    report::write(&results_dir, &mut results, charts.as_deref())?;
+    println!(
+        "{}",
+        std::fs::read_to_string(results_dir.join("results.md"))?
+    );
+    eprintln!(
+        "results in {} ({:.0} s)",
+        results_dir.display(),
+        results.total_seconds
+    );
     Ok(())
-}
-
-fn print_table(report: &Report) {
-    println!(
-        "\n{} shards, concurrency {}, PostgreSQL durable: {}",
-        report.shards, report.concurrency, report.durable_postgres
-    );
-    println!(
-        "| {:<28} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} |",
-        "phase", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"
-    );
-    println!(
-        "|{:-<30}|{:->12}|{:->10}|{:->10}|{:->10}|{:->10}|{:->9}|",
-        "", "", "", "", "", "", ""
-    );
-    for p in &report.phases {
-        println!(
-            "| {:<28} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2} | {:>7} |",
-            p.name, p.per_second, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.errors
-        );
-    }
-    println!(
-        "\ncommitted submits / raw NATS request-reply = {:.2}",
-        report.submit_to_nats_ratio
-    );
-    if let Some(batch) = report.mean_commit_batch {
-        println!("mean group-commit batch: {batch:.1} executions per transaction");
-    }
-    e2e::print_table(&report.end_to_end);
-    if let Some(list) = &report.list {
-        println!(
-            "\nlisting, {} executions per shard (loaded in {:.0} s):",
-            list.rows_per_shard, list.load_seconds
-        );
-        for p in &list.phases {
-            println!(
-                "| {:<32} | {:>8.0}/s | p50 {:>7.2} ms | p99 {:>7.2} ms | max {:>7.2} ms | errors {} |",
-                p.name, p.per_second, p.p50_ms, p.p99_ms, p.max_ms, p.errors
-            );
-        }
-    }
 }

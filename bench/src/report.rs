@@ -1,0 +1,599 @@
+//! The results of one run: `results.json` (everything measured), `results.md` (the tables,
+//! the ratios and the targets) and PNG charts drawn by `bench/charts.py` with the matplotlib of
+//! the peers' venv.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::baselines::Baselines;
+use crate::e2e::Scenario;
+use crate::growth::Growth;
+use crate::list::ListReport;
+use crate::peers::Peers;
+use crate::{Args, ClusterMemory, SubmitRun};
+
+/// Submit p99 target at half of the peak submit rate.
+const SUBMIT_P99_TARGET_MS: f64 = 10.0;
+/// End-to-end single-step executions/s over the better peer's.
+const PEER_RATIO_TARGET: f64 = 3.0;
+/// Cost per execution, 5M stored vs empty.
+const GROWTH_COST_TOLERANCE: f64 = 0.2;
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub started_utc: String,
+    pub command: String,
+    pub machine: Machine,
+    pub quick: bool,
+    pub durable_postgres: bool,
+    pub worker_concurrency: usize,
+    pub total_seconds: f64,
+    pub baselines: Option<Baselines>,
+    pub submit: Vec<SubmitRun>,
+    pub e2e: Vec<Scenario>,
+    pub peers: Option<Peers>,
+    pub growth: Option<Growth>,
+    pub list: Option<ListReport>,
+    pub memory: Vec<ClusterMemory>,
+    pub summary: Option<Summary>,
+}
+
+/// The ratios and targets, computed from the rest.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub peak_submits_per_second: f64,
+    pub peak_submit_shards: u32,
+    pub submit_to_nats_request_reply: Option<f64>,
+    pub submit_to_jetstream_publish: Option<f64>,
+    pub submit_to_postgres_rows: Option<f64>,
+    /// Per shard count: (paced rate, achieved rate, p99 ms).
+    pub half_peak_submit_p99_ms: Vec<(u32, f64, f64, f64)>,
+    pub best_e2e_single_per_second: f64,
+    pub best_e2e_single_shards: u32,
+    pub best_peer: Option<(String, f64)>,
+    pub ours_over_best_peer: Option<f64>,
+    pub growth_cost_ratio: Option<f64>,
+}
+
+impl Results {
+    pub fn new(args: &Args) -> Self {
+        Self {
+            started_utc: timestamp(false),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            machine: machine(),
+            quick: args.quick,
+            durable_postgres: !args.relaxed_durability,
+            worker_concurrency: args.worker_concurrency,
+            total_seconds: 0.0,
+            baselines: None,
+            submit: Vec::new(),
+            e2e: Vec::new(),
+            peers: None,
+            growth: None,
+            list: None,
+            memory: Vec::new(),
+            summary: None,
+        }
+    }
+
+    fn summarize(&self) -> Summary {
+        let unpaced = || self.submit.iter().filter(|r| r.target_rate.is_none());
+        let peak = unpaced().max_by(|a, b| a.phase.per_second.total_cmp(&b.phase.per_second));
+        let peak_rate = peak.map_or(0.0, |r| r.phase.per_second);
+        let ratio = |base: f64| (base > 0.0).then(|| peak_rate / base);
+        let singles = || self.e2e.iter().filter(|s| s.name == "noop-1");
+        let best =
+            singles().max_by(|a, b| a.executions_per_second.total_cmp(&b.executions_per_second));
+        let best_peer = self.peers.as_ref().and_then(|p| {
+            p.peers
+                .iter()
+                .flat_map(|peer| {
+                    peer.runs
+                        .iter()
+                        .map(move |r| (peer.name.clone(), r.executions_per_second))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+        });
+        let best_rate = best.map_or(0.0, |s| s.executions_per_second);
+        Summary {
+            peak_submits_per_second: peak_rate,
+            peak_submit_shards: peak.map_or(0, |r| r.shards),
+            submit_to_nats_request_reply: self
+                .baselines
+                .as_ref()
+                .and_then(|b| ratio(b.nats_request_reply.per_second)),
+            submit_to_jetstream_publish: self
+                .baselines
+                .as_ref()
+                .and_then(|b| ratio(b.jetstream_publish.per_second)),
+            submit_to_postgres_rows: self
+                .baselines
+                .as_ref()
+                .and_then(|b| ratio(b.postgres_rows_per_second)),
+            half_peak_submit_p99_ms: self
+                .submit
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.shards,
+                        r.target_rate?,
+                        r.phase.per_second,
+                        r.phase.latency.p99_ms,
+                    ))
+                })
+                .collect(),
+            best_e2e_single_per_second: best_rate,
+            best_e2e_single_shards: best.map_or(0, |s| s.shards),
+            ours_over_best_peer: best_peer
+                .as_ref()
+                .filter(|p| p.1 > 0.0)
+                .map(|p| best_rate / p.1),
+            best_peer,
+            growth_cost_ratio: self.growth.as_ref().map(|g| g.cost_ratio_last_to_first),
+        }
+    }
+}
+
+fn timestamp(for_path: bool) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = if for_path {
+        "[year][month][day]T[hour][minute][second]Z"
+    } else {
+        "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+    };
+    time::format_description::parse_borrowed::<2>(format)
+        .ok()
+        .and_then(|f| now.format(&f).ok())
+        .unwrap_or_else(|| now.unix_timestamp().to_string())
+}
+
+pub fn timestamp_for_path() -> String {
+    timestamp(true)
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |text: &str, key: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_owned())
+    };
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model: field(&cpuinfo, "model name").unwrap_or_default(),
+        memory_gib: field(&meminfo, "MemTotal")
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0 / 1024.0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    }
+}
+
+/// Writes results.json and results.md, then the charts when a Python with matplotlib is there.
+pub fn write(dir: &Path, results: &mut Results, python: Option<&Path>) -> anyhow::Result<()> {
+    results.summary = Some(results.summarize());
+    let json = dir.join("results.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(results)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(dir.join("results.md"), markdown(results))?;
+    match python {
+        Some(python) => {
+            let status = Command::new(python)
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts.py"))
+                .arg(&json)
+                .arg(dir)
+                .status()
+                .context("running bench/charts.py")?;
+            anyhow::ensure!(status.success(), "bench/charts.py failed");
+        }
+        None => {
+            eprintln!("charts skipped: no venv with matplotlib (the peers' install did not run)")
+        }
+    }
+    Ok(())
+}
+
+fn n(value: f64) -> String {
+    if value >= 100.0 {
+        let whole = value.round() as i64;
+        let digits = whole.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn opt(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"))
+}
+
+fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let s = r.summary.as_ref();
+    let _ = writeln!(md, "# noetl-bench results, {}\n", r.started_utc);
+    let _ = writeln!(
+        md,
+        "Machine: {} CPUs ({}), {:.0} GiB, Linux {}; PostgreSQL durable: {}; worker concurrency {}; run took {:.0} s{}.\n",
+        r.machine.cpus,
+        r.machine.cpu_model,
+        r.machine.memory_gib,
+        r.machine.kernel,
+        r.durable_postgres,
+        r.worker_concurrency,
+        r.total_seconds,
+        if r.quick { " (quick mode: checks the harness, not a speed)" } else { "" }
+    );
+    let _ = writeln!(md, "Command: `{}`\n", r.command);
+
+    if let Some(b) = &r.baselines {
+        let _ = writeln!(md, "## Baselines (same run)\n");
+        let _ = writeln!(
+            md,
+            "| baseline | ops/s | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|"
+        );
+        for (p, note) in [
+            (&b.nats_request_reply, ""),
+            (&b.jetstream_publish, ""),
+            (&b.postgres_batched_insert, " (batches)"),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {}{note} | {} | {} | {} | {} |",
+                p.name,
+                n(p.per_second),
+                n(p.latency.p50_ms),
+                n(p.latency.p99_ms),
+                n(p.latency.p999_ms)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nPostgreSQL rows/s ({} per batch, one durable commit each): {}.\n",
+            crate::baselines::PG_BATCH,
+            n(b.postgres_rows_per_second)
+        );
+        if let Some(s) = s {
+            let _ = writeln!(
+                md,
+                "Peak committed submits/s ({}, {} shard(s)) ÷ raw NATS request/reply = {}, ÷ JetStream publish = {}, ÷ PostgreSQL rows inserted = {}.\n",
+                n(s.peak_submits_per_second),
+                s.peak_submit_shards,
+                opt(s.submit_to_nats_request_reply),
+                opt(s.submit_to_jetstream_publish),
+                opt(s.submit_to_postgres_rows)
+            );
+        }
+    }
+
+    let _ = writeln!(md, "## Submit only (committed, `201 Created`)\n");
+    let _ = writeln!(
+        md,
+        "| shards | clients | paced to /s | submits/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1,000 |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for run in &r.submit {
+        let p = &run.phase;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            run.shards,
+            run.client_concurrency,
+            run.target_rate.map_or_else(|| "–".to_owned(), n),
+            n(p.per_second),
+            n(p.latency.p50_ms),
+            n(p.latency.p90_ms),
+            n(p.latency.p99_ms),
+            n(p.latency.p999_ms),
+            p.errors,
+            n(run.cpu_seconds_per_1000_total)
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n## End to end (submit → terminal), from the shard databases' timestamps\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | shards | clients | executions | executions/s | steps/s | e2e p50 ms | p90 | p99 | p99.9 | dispatch p50 ms | dispatch p99 | failed | CPU s / 1,000 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for e in &r.e2e {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            e.name,
+            e.shards,
+            e.client_concurrency,
+            e.executions,
+            n(e.executions_per_second),
+            n(e.executions_per_second * e.steps_per_execution as f64),
+            n(e.e2e.p50_ms),
+            n(e.e2e.p90_ms),
+            n(e.e2e.p99_ms),
+            n(e.e2e.p999_ms),
+            n(e.dispatch.p50_ms),
+            n(e.dispatch.p99_ms),
+            e.failed,
+            n(e.cpu_seconds_per_1000_total)
+        );
+    }
+
+    cpu_breakdown(&mut md, r);
+
+    if let Some(peers) = &r.peers {
+        let _ = writeln!(
+            md,
+            "\n## Peers: the same no-op work (one task per execution), worker concurrency {}\n",
+            r.worker_concurrency
+        );
+        if let Some(reason) = &peers.skipped {
+            let _ = writeln!(md, "Peers {reason}.\n");
+        }
+        let first_shards = r.e2e.first().map_or(1, |e| e.shards);
+        let _ = writeln!(
+            md,
+            "| peer | clients | tasks | tasks/s | p50 ms | p90 | p99 | p99.9 | failed | CPU s / 1,000 | ours (noop-1, {first_shards} shard) ÷ peer |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for peer in &peers.peers {
+            if let Some(error) = &peer.error {
+                let _ = writeln!(
+                    md,
+                    "| {} | – | – | – | – | – | – | – | – | – | error: {} |",
+                    peer.name,
+                    error.replace('|', "/")
+                );
+            }
+            for run in &peer.runs {
+                let ours = r
+                    .e2e
+                    .iter()
+                    .find(|e| {
+                        e.name == "noop-1"
+                            && e.shards == first_shards
+                            && e.client_concurrency == run.client_concurrency
+                    })
+                    .map(|e| e.executions_per_second);
+                let _ = writeln!(
+                    md,
+                    "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    peer.name,
+                    peer.version,
+                    run.client_concurrency,
+                    run.executions,
+                    n(run.executions_per_second),
+                    n(run.e2e.p50_ms),
+                    n(run.e2e.p90_ms),
+                    n(run.e2e.p99_ms),
+                    n(run.e2e.p999_ms),
+                    run.failed,
+                    n(run.cpu_seconds_per_1000_total),
+                    ours.map_or_else(
+                        || "–".to_owned(),
+                        |o| format!("{:.2}", o / run.executions_per_second.max(1e-9))
+                    )
+                );
+            }
+        }
+        for peer in &peers.peers {
+            if !peer.peak_memory.is_empty() {
+                let mem: Vec<String> = peer
+                    .peak_memory
+                    .iter()
+                    .map(|m| format!("{} {:.0} MiB", m.process, m.vm_hwm_mib))
+                    .collect();
+                let _ = writeln!(md, "\n{} peak memory: {}.", peer.name, mem.join(", "));
+            }
+        }
+    }
+
+    if let Some(g) = &r.growth {
+        let _ = writeln!(
+            md,
+            "\n## Growth: one shard from empty to {} stored executions\n",
+            g.points.last().map_or(0, |p| p.stored_executions)
+        );
+        let _ = writeln!(
+            md,
+            "| stored executions | load s | submits/s | submit p50 ms | p99 ms | p99.9 ms | CPU s / 1,000 submits | list p50 ms | list p99 ms | lists/s |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for p in &g.points {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                n(p.stored_executions as f64),
+                n(p.load_seconds),
+                n(p.submit.phase.per_second),
+                n(p.submit.phase.latency.p50_ms),
+                n(p.submit.phase.latency.p99_ms),
+                n(p.submit.phase.latency.p999_ms),
+                n(p.submit.cpu_seconds_per_1000_total),
+                n(p.list_first_page.latency.p50_ms),
+                n(p.list_first_page.latency.p99_ms),
+                n(p.list_first_page.per_second)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nLast ÷ first checkpoint: CPU per submit {:.2}, submit p50 {:.2}, submits/s {:.2}.",
+            g.cost_ratio_last_to_first,
+            g.submit_p50_ratio_last_to_first,
+            g.submit_rate_ratio_last_to_first
+        );
+    }
+
+    if let Some(list) = &r.list {
+        let _ = writeln!(
+            md,
+            "\n## Listing, {} executions per shard (loaded in {:.0} s)\n",
+            list.rows_per_shard, list.load_seconds
+        );
+        let _ = writeln!(
+            md,
+            "| phase | pages/s | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|"
+        );
+        for p in &list.phases {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                p.name,
+                n(p.per_second),
+                n(p.latency.p50_ms),
+                n(p.latency.p99_ms),
+                n(p.latency.p999_ms)
+            );
+        }
+    }
+
+    let _ = writeln!(
+        md,
+        "\n## Peak memory (VmHWM; the largest process of each tree)\n"
+    );
+    let names: Vec<String> = r
+        .memory
+        .first()
+        .map(|m| m.peak.iter().map(|p| p.process.clone()).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "| shards | mean commit batch | {} |",
+        names.join(" MiB | ") + " MiB"
+    );
+    let _ = writeln!(md, "|---|---|{}", "---|".repeat(names.len()));
+    for m in &r.memory {
+        let cells: Vec<String> = m
+            .peak
+            .iter()
+            .map(|p| format!("{:.0}", p.vm_hwm_mib))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            m.shards,
+            m.mean_commit_batch
+                .map_or_else(|| "–".to_owned(), |b| format!("{b:.1}")),
+            cells.join(" | ")
+        );
+    }
+
+    if let Some(s) = s {
+        targets(&mut md, s);
+    }
+    md
+}
+
+/// Where the CPU of the busiest run of each kind went.
+fn cpu_breakdown(md: &mut String, r: &Results) {
+    let mut rows: Vec<(String, &[crate::procs::ProcessCost])> = Vec::new();
+    for run in r.submit.iter().filter(|run| run.target_rate.is_none()) {
+        if r.submit
+            .iter()
+            .filter(|o| o.shards == run.shards && o.target_rate.is_none())
+            .all(|o| o.client_concurrency <= run.client_concurrency)
+        {
+            rows.push((
+                format!(
+                    "submit, {} shard(s), {} clients",
+                    run.shards, run.client_concurrency
+                ),
+                &run.cpu,
+            ));
+        }
+    }
+    for e in &r.e2e {
+        if r.e2e
+            .iter()
+            .filter(|o| o.shards == e.shards && o.name == e.name)
+            .all(|o| o.client_concurrency <= e.client_concurrency)
+        {
+            rows.push((
+                format!(
+                    "{}, {} shard(s), {} clients",
+                    e.name, e.shards, e.client_concurrency
+                ),
+                &e.cpu,
+            ));
+        }
+    }
+    let Some((_, first)) = rows.first() else {
+        return;
+    };
+    let names: Vec<&str> = first.iter().map(|c| c.process.as_str()).collect();
+    let _ = writeln!(
+        md,
+        "\n## CPU seconds per 1,000 executions, per process (highest client concurrency)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | {} |\n|---|{}",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
+    for (name, costs) in rows {
+        let cells: Vec<String> = costs
+            .iter()
+            .map(|c| format!("{:.3}", c.cpu_seconds_per_1000))
+            .collect();
+        let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
+    }
+}
+
+fn targets(md: &mut String, s: &Summary) {
+    let _ = writeln!(md, "\n## Targets\n");
+    match (&s.best_peer, s.ours_over_best_peer) {
+        (Some((peer, rate)), Some(ratio)) => {
+            let _ = writeln!(
+                md,
+                "- End-to-end single step ≥ {PEER_RATIO_TARGET}× the better peer: best noop-1 {} executions/s ({} shard(s)) ÷ best peer {} ({} tasks/s) = **{ratio:.2}×**: {}.",
+                n(s.best_e2e_single_per_second),
+                s.best_e2e_single_shards,
+                peer,
+                n(*rate),
+                if ratio >= PEER_RATIO_TARGET { "met".to_owned() } else { format!("missed, {:.0}% short of {PEER_RATIO_TARGET}×", (1.0 - ratio / PEER_RATIO_TARGET) * 100.0) }
+            );
+        }
+        _ => {
+            let _ = writeln!(md, "- End-to-end single step ≥ {PEER_RATIO_TARGET}× the better peer: not measured (no peer ran).");
+        }
+    }
+    for (shards, paced, achieved, p99) in &s.half_peak_submit_p99_ms {
+        let _ = writeln!(
+            md,
+            "- Submit p99 < {SUBMIT_P99_TARGET_MS} ms at half of peak, {shards} shard(s) (paced to {}/s, achieved {}/s): p99 **{p99:.2} ms**: {}.",
+            n(*paced),
+            n(*achieved),
+            if *p99 < SUBMIT_P99_TARGET_MS { "met".to_owned() } else { format!("missed by {:.2} ms ({:.1}×)", p99 - SUBMIT_P99_TARGET_MS, p99 / SUBMIT_P99_TARGET_MS) }
+        );
+    }
+    if let Some(ratio) = s.growth_cost_ratio {
+        let _ = writeln!(
+            md,
+            "- Cost per execution within ±{:.0}% from empty to the largest checkpoint: CPU per submit ratio **{ratio:.2}**: {}.",
+            GROWTH_COST_TOLERANCE * 100.0,
+            if (ratio - 1.0).abs() <= GROWTH_COST_TOLERANCE { "met".to_owned() } else { format!("missed by {:.0} points", ((ratio - 1.0).abs() - GROWTH_COST_TOLERANCE) * 100.0) }
+        );
+    }
+}
