@@ -14,17 +14,29 @@ use crate::wait_for;
 pub struct NatsServer {
     process: Process,
     url: String,
+    host: String,
     dir: TempDir,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Like [`NatsServer::start`], listening on `host` (a local address, e.g. the root end of a
+    /// veth pair that a network namespace reaches the server through).
+    pub fn start_on(host: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("noetl-nats-")
             .tempdir()
             .expect("creating a temp dir for nats-server");
-        let (process, url) = launch(dir.path(), "-1");
-        Self { process, url, dir }
+        let (process, url) = launch(dir.path(), host, "-1");
+        Self {
+            process,
+            url,
+            host: host.to_owned(),
+            dir,
+        }
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -50,7 +62,7 @@ impl NatsServer {
             .next()
             .expect("the URL ends in a port")
             .to_owned();
-        let (process, url) = launch(self.dir.path(), &port);
+        let (process, url) = launch(self.dir.path(), &self.host, &port);
         assert_eq!(url, self.url, "restarted on the same address");
         self.process = process;
     }
@@ -58,11 +70,11 @@ impl NatsServer {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn launch(dir: &Path, port: &str) -> (Process, String) {
+fn launch(dir: &Path, host: &str, port: &str) -> (Process, String) {
     let store: PathBuf = dir.join("jetstream");
     let mut command = Command::new(binary());
     command
-        .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+        .args(["-a", host, "-p", port, "-js", "-sd"])
         .arg(&store)
         .arg("--ports_file_dir")
         .arg(dir)

@@ -29,9 +29,13 @@ pub struct PostgresOptions {
 #[derive(Debug)]
 pub struct Postgres {
     // Field order is drop order: the server stops before its directory is removed.
-    _process: Process,
+    process: Process,
     port: u16,
     bin: PathBuf,
+    data: PathBuf,
+    options: PostgresOptions,
+    listen_addresses: String,
+    run_as: Option<(u32, u32)>,
     _dir: TempDir,
 }
 
@@ -41,6 +45,12 @@ impl Postgres {
     }
 
     pub fn start_with(options: PostgresOptions) -> Self {
+        Self::start_listening(options, "127.0.0.1")
+    }
+
+    /// Like [`Postgres::start_with`], listening on `listen_addresses` (PostgreSQL's
+    /// comma-separated setting; readiness is checked on the first).
+    pub fn start_listening(options: PostgresOptions, listen_addresses: &str) -> Self {
         let bin = bin_dir();
         let run_as = postgres_user_if_root();
         let template = template_dir(&bin, run_as);
@@ -50,22 +60,27 @@ impl Postgres {
             .expect("creating a temp dir for PostgreSQL");
         let data = dir.path().join("data");
         run(Command::new("cp").arg("-a").arg(&template).arg(&data));
+        if listen_addresses != "127.0.0.1" {
+            // The template trusts loopback only; a client on another local address (a network
+            // namespace behind a veth pair) connects from that address's subnet.
+            append(&data.join("pg_hba.conf"), "host all all samenet trust\n");
+        }
         chown_tree(dir.path(), run_as);
         // A port can be taken between choosing it and binding it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            let mut process = Process::spawn(server_command(&bin, &data, port, options, run_as));
-            let ready = wait_for("PostgreSQL to accept connections", TIMEOUT, || {
-                if !process.is_running() {
-                    return Some(false);
-                }
-                is_ready(&bin, port).then_some(true)
-            });
-            if ready {
+            let command = server_command(&bin, &data, port, options, listen_addresses, run_as);
+            let mut process = Process::spawn(command);
+            let host = first_address(listen_addresses);
+            if wait_ready(&bin, host, port, &mut process) {
                 return Self {
-                    _process: process,
+                    process,
                     port,
                     bin,
+                    data,
+                    options,
+                    listen_addresses: listen_addresses.to_owned(),
+                    run_as,
                     _dir: dir,
                 };
             }
@@ -73,6 +88,42 @@ impl Postgres {
         panic!(
             "PostgreSQL did not start; see {}",
             data.join("postgres.log").display()
+        );
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend quits at once without a checkpoint, as in a
+    /// crash; the next start runs crash recovery from the WAL.
+    pub fn stop_immediate(&mut self) {
+        let mut pg_ctl = Command::new(self.bin.join("pg_ctl"));
+        pg_ctl
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            pg_ctl.uid(uid).gid(gid);
+        }
+        run(&mut pg_ctl);
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port and data directory, and waits until it accepts
+    /// connections.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let command = server_command(
+            &self.bin,
+            &self.data,
+            self.port,
+            self.options,
+            &self.listen_addresses,
+            self.run_as,
+        );
+        self.process = Process::spawn(command);
+        let host = first_address(&self.listen_addresses);
+        assert!(
+            wait_ready(&self.bin, host, self.port, &mut self.process),
+            "PostgreSQL did not restart; see {}",
+            self.data.join("postgres.log").display()
         );
     }
 
@@ -113,11 +164,39 @@ impl Postgres {
     }
 }
 
+fn append(path: &Path, line: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("failed to append to {}: {e}", path.display()));
+}
+
+fn first_address(listen_addresses: &str) -> &str {
+    listen_addresses
+        .split(',')
+        .next()
+        .unwrap_or("127.0.0.1")
+        .trim()
+}
+
+/// Whether the server came up (`false`: it exited during start-up).
+fn wait_ready(bin: &Path, host: &str, port: u16, process: &mut Process) -> bool {
+    wait_for("PostgreSQL to accept connections", TIMEOUT, || {
+        if !process.is_running() {
+            return Some(false);
+        }
+        is_ready(bin, host, port).then_some(true)
+    })
+}
+
 fn server_command(
     bin: &Path,
     data: &Path,
     port: u16,
     options: PostgresOptions,
+    listen_addresses: &str,
     run_as: Option<(u32, u32)>,
 ) -> Command {
     let durability = if options.durable { "on" } else { "off" };
@@ -126,7 +205,8 @@ fn server_command(
         .arg("-D")
         .arg(data)
         .args(["-p", &port.to_string()])
-        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("listen_addresses={listen_addresses}"))
         .arg("-c")
         .arg(format!("unix_socket_directories={}", data.display()))
         .args(["-c", &format!("fsync={durability}")])
@@ -142,15 +222,19 @@ fn server_command(
     command
 }
 
+/// Appends, so a restarted server's log follows the crashed one's.
 fn log_file(path: &Path) -> Stdio {
-    std::fs::File::create(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null())
 }
 
-fn is_ready(bin: &Path, port: u16) -> bool {
+fn is_ready(bin: &Path, host: &str, port: u16) -> bool {
     Command::new(bin.join("pg_isready"))
-        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-q", "-h", host, "-p", &port.to_string()])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)

@@ -1,0 +1,274 @@
+//! The cluster under test, all on local addresses: nats-server, one PostgreSQL with a database
+//! per shard, two servers serving every shard (the second inside a network namespace when one
+//! can be made), two workers and a gateway, each a spawned binary of this workspace.
+//!
+//! Processes are spawned from the runner's main thread only: test-support ties each child to
+//! the thread that spawned it (`PR_SET_PDEATHSIG`), and the main thread lives as long as the run.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use noetl_contract::ShardCount;
+use noetl_test_support::{cargo_bin, free_port, NatsServer, Postgres, PostgresOptions, Process};
+use sqlx::PgPool;
+
+use crate::netns::Netns;
+
+/// Lease and ack wait short enough that a paused process outlives them within seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub step_lease_ms: u64,
+    pub dispatch_lease_ms: u64,
+    pub ack_wait_ms: u64,
+}
+
+/// One spawned binary, which can be killed, paused and started again with the same settings.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    program: PathBuf,
+    env: Vec<(String, String)>,
+    netns: Option<String>,
+    ready_url: String,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Node {
+    fn new(
+        name: &str,
+        binary: &str,
+        env: Vec<(String, String)>,
+        ready_url: String,
+        logs: &Path,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            program: cargo_bin(binary),
+            env,
+            netns: None,
+            ready_url,
+            log: logs.join(format!("{name}.log")),
+            process: None,
+        }
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("failed to open {}", self.log.display()))?;
+        command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().context("failed to share the log file")?)
+            .stderr(log);
+        self.process = Some(Process::spawn(command));
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let Some(process) = &self.process else {
+            bail!("{} is not running", self.name);
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(process.id().to_string())
+            .status()
+            .context("failed to run kill")?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.name);
+        }
+        Ok(())
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub async fn wait_ready(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(response) = http.get(&self.ready_url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after {timeout:?} (log: {})",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Everything the runner started; dropping it stops every process and removes the namespace.
+#[derive(Debug)]
+pub struct Cluster {
+    // Field order is drop order: the binaries stop before NATS, PostgreSQL and the namespace.
+    pub gateway: Node,
+    pub workers: Vec<Node>,
+    pub servers: Vec<Node>,
+    pub pools: Vec<PgPool>,
+    pub nats: NatsServer,
+    pub pg: Postgres,
+    pub netns: Option<Netns>,
+    pub shard_count: ShardCount,
+    pub gateway_url: String,
+}
+
+pub const READY: Duration = Duration::from_secs(90);
+
+impl Cluster {
+    pub async fn start(
+        shards: u32,
+        timing: Timing,
+        netns: Option<Netns>,
+        logs: &Path,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let shard_count = ShardCount::new(shards).context("at least one shard")?;
+        let nats_host = netns.as_ref().map_or("127.0.0.1", |n| n.nats.host.as_str());
+        let nats = NatsServer::start_on(nats_host);
+        let listen = match &netns {
+            Some(netns) => format!("127.0.0.1,{}", netns.postgres.host),
+            None => "127.0.0.1".to_owned(),
+        };
+        // Durable, as in production: an immediate stop must not lose a commit that was answered.
+        let pg = Postgres::start_listening(PostgresOptions { durable: true }, &listen);
+        let dsns = pg.create_shards("chaos", shards);
+        let pools = (0..shards)
+            .map(|i| PgPool::connect_lazy(&pg.url(&format!("chaos_{i}"))))
+            .collect::<Result<Vec<_>, _>>()
+            .context("failed to open the shard pools")?;
+
+        let common = |extra: &[(&str, String)]| {
+            let mut env = vec![("NOETL_NATS_URL".to_owned(), nats.url().to_owned())];
+            env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+            env
+        };
+        let server_env = |dsns: &str, listen: &str| {
+            common(&[
+                ("NOETL_SHARDS", dsns.to_owned()),
+                ("NOETL_LISTEN", listen.to_owned()),
+                ("NOETL_STEP_LEASE_MS", timing.step_lease_ms.to_string()),
+                (
+                    "NOETL_DISPATCH_LEASE_MS",
+                    timing.dispatch_lease_ms.to_string(),
+                ),
+            ])
+        };
+        let mut servers = Vec::new();
+        let port = free_port();
+        servers.push(Node::new(
+            "server-0",
+            "noetl-server",
+            server_env(&dsns, &format!("127.0.0.1:{port}")),
+            format!("http://127.0.0.1:{port}/readyz"),
+            logs,
+        ));
+        let port = free_port();
+        let (listen, dsns_1) = match &netns {
+            // The namespace reaches PostgreSQL at the root end of its own pair.
+            Some(netns) => (
+                format!("{}:{port}", netns.nats.inner),
+                dsns.replace("127.0.0.1", &netns.postgres.host),
+            ),
+            None => (format!("127.0.0.1:{port}"), dsns.clone()),
+        };
+        let mut server = Node::new(
+            "server-1",
+            "noetl-server",
+            server_env(&dsns_1, &listen),
+            format!("http://{listen}/readyz"),
+            logs,
+        );
+        server.netns = netns.as_ref().map(|n| n.name.clone());
+        servers.push(server);
+
+        let workers = (0..2)
+            .map(|i| {
+                let port = free_port();
+                Node::new(
+                    &format!("worker-{i}"),
+                    "noetl-worker",
+                    common(&[
+                        ("NOETL_LISTEN", format!("127.0.0.1:{port}")),
+                        ("NOETL_CONCURRENCY", "16".to_owned()),
+                        ("NOETL_ACK_WAIT_MS", timing.ack_wait_ms.to_string()),
+                    ]),
+                    format!("http://127.0.0.1:{port}/readyz"),
+                    logs,
+                )
+            })
+            .collect();
+        let port = free_port();
+        let gateway_url = format!("http://127.0.0.1:{port}");
+        let gateway = Node::new(
+            "gateway",
+            "noetl-gateway",
+            common(&[("NOETL_LISTEN", format!("127.0.0.1:{port}"))]),
+            format!("{gateway_url}/readyz"),
+            logs,
+        );
+        let mut cluster = Self {
+            gateway,
+            workers,
+            servers,
+            pools,
+            nats,
+            pg,
+            netns,
+            shard_count,
+            gateway_url,
+        };
+        // The first server creates the topology; the others find it.
+        cluster.servers[0].start()?;
+        cluster.servers[0].wait_ready(http, READY).await?;
+        cluster.servers[1].start()?;
+        for worker in &mut cluster.workers {
+            worker.start()?;
+        }
+        cluster.gateway.start()?;
+        cluster.wait_ready(http).await?;
+        Ok(cluster)
+    }
+
+    /// Every process answers `/readyz` with 200.
+    pub async fn wait_ready(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+        for node in self
+            .servers
+            .iter()
+            .chain(&self.workers)
+            .chain([&self.gateway])
+        {
+            node.wait_ready(http, READY).await?;
+        }
+        Ok(())
+    }
+}

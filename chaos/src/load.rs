@@ -1,0 +1,225 @@
+//! The steady load: clients submitting a four-step diamond at a fixed rate, a quarter of them
+//! with an `Idempotency-Key` that they retry with the same body until they get an answer, and
+//! the client's own log of every execution id it was given (`201 Created`, or a replay).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use noetl_contract::ExecutionId;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+/// One answer that named an execution: the client was told it exists.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ack {
+    pub execution_id: ExecutionId,
+    pub idempotency_key: Option<String>,
+    pub status: u16,
+    pub at_ms: i64,
+}
+
+/// What the clients were told, kept in memory for the checks and appended to a JSON-lines file.
+#[derive(Debug)]
+pub struct ClientLog {
+    acks: Mutex<Vec<Ack>>,
+    file: Mutex<BufWriter<File>>,
+    refused: AtomicU64,
+}
+
+impl ClientLog {
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
+        let file =
+            File::create(path).with_context(|| format!("failed to create {}", path.display()))?;
+        Ok(Self {
+            acks: Mutex::new(Vec::new()),
+            file: Mutex::new(BufWriter::new(file)),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    fn record(&self, ack: Ack) {
+        if let Ok(mut file) = self.file.lock() {
+            if let Ok(line) = serde_json::to_string(&ack) {
+                let _ = writeln!(file, "{line}");
+            }
+        }
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.push(ack);
+        }
+    }
+
+    pub fn flush(&self) {
+        if let Ok(mut file) = self.file.lock() {
+            let _ = file.flush();
+        }
+    }
+
+    /// How many answers named an execution so far.
+    pub fn len(&self) -> usize {
+        self.acks.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Submits that got no execution (refused, timed out, connection failed).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The answers from index `from` on.
+    pub fn since(&self, from: usize) -> Vec<Ack> {
+        self.acks
+            .lock()
+            .map(|a| a.get(from..).map(<[Ack]>::to_vec).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Idempotency keys that the client was given two different executions for.
+    pub fn keys_answered_twice(&self) -> usize {
+        let acks = self.acks.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut by_key: HashMap<String, ExecutionId> = HashMap::new();
+        let mut conflicts = 0;
+        for ack in acks {
+            if let Some(key) = ack.idempotency_key {
+                match by_key.get(&key) {
+                    Some(id) if *id != ack.execution_id => conflicts += 1,
+                    Some(_) => {}
+                    None => {
+                        by_key.insert(key, ack.execution_id);
+                    }
+                }
+            }
+        }
+        conflicts
+    }
+}
+
+/// The running clients; [`Load::stop`] lets each finish its submit (and its key's retries).
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+/// The label that carries the idempotency key, so the shard databases show which key made which
+/// execution.
+pub const KEY_LABEL: &str = "chaos_key";
+
+impl Load {
+    /// `clients` clients together submitting `rate` executions per second.
+    pub fn start(
+        http: reqwest::Client,
+        gateway: &str,
+        rate: u32,
+        clients: u32,
+        run: &str,
+        log: Arc<ClientLog>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let period = Duration::from_secs_f64(f64::from(clients) / f64::from(rate.max(1)));
+        let url = format!("{gateway}/api/v1/executions");
+        let clients = (0..clients)
+            .map(|client| {
+                let (http, url, stop, log) = (http.clone(), url.clone(), stop.clone(), log.clone());
+                let run = run.to_owned();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        n += 1;
+                        let key = (n % 4 == 0).then(|| format!("{run}-{client}-{n}"));
+                        submit(&http, &url, key, &log).await;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            let _ = client.await;
+        }
+    }
+}
+
+fn body(key: Option<&str>) -> Value {
+    let step = |name: &str, action: &str, needs: &[&str]| {
+        let mut step = json!({
+            "name": name,
+            "action": action,
+            "needs": needs,
+            "retry": {"max_attempts": 5, "backoff": "100ms"}
+        });
+        if action == "sleep" {
+            step["with"] = json!({"ms": 20});
+        }
+        step
+    };
+    let mut labels = json!({"suite": "chaos"});
+    if let Some(key) = key {
+        labels[KEY_LABEL] = json!(key);
+    }
+    json!({
+        "playbook": {
+            "name": "chaos-diamond",
+            "steps": [
+                step("a", "noop", &[]),
+                step("b", "sleep", &["a"]),
+                step("c", "sleep", &["a"]),
+                step("d", "noop", &["b", "c"]),
+            ]
+        },
+        "input": {},
+        "labels": labels
+    })
+}
+
+/// Attempts a keyed submit gets before the client gives up on its key.
+const KEY_ATTEMPTS: u32 = 40;
+
+async fn submit(http: &reqwest::Client, url: &str, key: Option<String>, log: &ClientLog) {
+    let body = body(key.as_deref());
+    let attempts = if key.is_some() { KEY_ATTEMPTS } else { 1 };
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            // A client's retry pace, not synchronisation.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let mut request = http.post(url).json(&body);
+        if let Some(key) = &key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let Ok(response) = request.send().await else {
+            log.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let id = answer["execution_id"]
+            .as_str()
+            .and_then(|s| s.parse::<ExecutionId>().ok());
+        match (status, id) {
+            (200 | 201, Some(execution_id)) => {
+                log.record(Ack {
+                    execution_id,
+                    idempotency_key: key.clone(),
+                    status,
+                    at_ms: crate::now_ms(),
+                });
+                return;
+            }
+            _ => {
+                log.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The results: one row per injection, a table per fault, written as markdown and JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::check::Duplicates;
+use crate::faults::Fault;
+
+#[derive(Debug, Serialize)]
+pub struct Injection {
+    pub fault: Fault,
+    pub round: u32,
+    pub detail: String,
+    /// Injection to heal.
+    pub fault_ms: u64,
+    /// Executions the clients were given from the injection until the backlog had drained.
+    pub executions: usize,
+    pub lost: u64,
+    pub lost_ids: Vec<String>,
+    pub duplicated: u64,
+    pub misrouted: u64,
+    /// Of the executions checked, those that ended `failed` (terminal, not lost).
+    pub failed: u64,
+    /// Heal to backlog drained; `None`: not within the deadline.
+    pub recovery_ms: Option<u64>,
+}
+
+impl Injection {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} | executions {} lost {} duplicated {} misrouted {} failed {} recovery {}",
+            self.detail,
+            self.executions,
+            self.lost,
+            self.duplicated,
+            self.misrouted,
+            self.failed,
+            seconds(self.recovery_ms)
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub seed: u64,
+    pub shards: u32,
+    pub netns: bool,
+    pub skipped: Vec<Fault>,
+    pub seconds: u64,
+    /// Executions the clients were given in the whole run.
+    pub executions: usize,
+    pub refused_submits: u64,
+    pub failed_executions: u64,
+    pub final_lost: u64,
+    pub final_lost_ids: Vec<String>,
+    pub final_duplicates: Duplicates,
+    pub final_misrouted: u64,
+    pub final_drain_ms: Option<u64>,
+    pub injections: Vec<Injection>,
+}
+
+fn seconds(ms: Option<u64>) -> String {
+    ms.map_or_else(
+        || "not recovered".to_owned(),
+        |ms| format!("{:.1} s", ms as f64 / 1000.0),
+    )
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.final_lost == 0
+            && self.final_duplicates.total() == 0
+            && self.final_misrouted == 0
+            && self.final_drain_ms.is_some()
+            && self.injections.iter().all(|i| {
+                i.lost == 0 && i.duplicated == 0 && i.misrouted == 0 && i.recovery_ms.is_some()
+            })
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut by_fault: BTreeMap<Fault, Vec<&Injection>> = BTreeMap::new();
+        for injection in &self.injections {
+            by_fault.entry(injection.fault).or_default().push(injection);
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "noetl-chaos {} run: {} shards, seed {}, {} s, {} executions acknowledged to clients ({} submits refused or timed out while faults lasted, {} executions ended failed)\n",
+            self.mode,
+            self.shards,
+            self.seed,
+            self.seconds,
+            self.executions,
+            self.refused_submits,
+            self.failed_executions
+        );
+        let _ = writeln!(
+            out,
+            "| fault | injections | executions during | lost | duplicated | misrouted | recovery (mean / max) |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+        for (fault, rows) in &by_fault {
+            let recovered: Vec<u64> = rows.iter().filter_map(|r| r.recovery_ms).collect();
+            let recovery = if recovered.len() == rows.len() && !recovered.is_empty() {
+                let mean = recovered.iter().sum::<u64>() / recovered.len() as u64;
+                let max = recovered.iter().copied().max().unwrap_or_default();
+                format!("{} / {}", seconds(Some(mean)), seconds(Some(max)))
+            } else {
+                format!(
+                    "{} of {} not recovered",
+                    rows.len() - recovered.len(),
+                    rows.len()
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                fault.describe(),
+                rows.len(),
+                rows.iter().map(|r| r.executions).sum::<usize>(),
+                rows.iter().map(|r| r.lost).sum::<u64>(),
+                rows.iter().map(|r| r.duplicated).sum::<u64>(),
+                rows.iter().map(|r| r.misrouted).sum::<u64>(),
+                recovery
+            );
+        }
+        for fault in &self.skipped {
+            let _ = writeln!(
+                out,
+                "| {} | skipped: no network namespace | | | | | |",
+                fault.describe()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| **whole run, at the end** | {} | {} | {} | {} | {} | drained in {} |",
+            self.injections.len(),
+            self.executions,
+            self.final_lost,
+            self.final_duplicates.total(),
+            self.final_misrouted,
+            seconds(self.final_drain_ms)
+        );
+        let _ = writeln!(
+            out,
+            "\nresult: {}",
+            if self.passed() {
+                "PASS: nothing lost, duplicated or misrouted; every execution terminal"
+            } else {
+                "FAIL"
+            }
+        );
+        out
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join("results.md"), self.markdown())
+            .context("failed to write results.md")?;
+        let json = serde_json::to_vec_pretty(self).context("failed to encode the results")?;
+        std::fs::write(dir.join("results.json"), json).context("failed to write results.json")
+    }
+}
