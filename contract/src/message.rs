@@ -185,6 +185,9 @@ pub enum WireErrorCode {
     BadRequest,
     /// The shard's database is unreachable or failing.
     ShardUnavailable,
+    /// The shard's server has as many requests in flight as it takes (`max_in_flight`); the
+    /// request was not started.
+    Overloaded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

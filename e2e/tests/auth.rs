@@ -3,18 +3,12 @@
 
 mod common;
 
-use common::{gateway_settings, hello_request, id_of, poll_readyz, start_gateway_with, Cluster};
+use common::{
+    digest, gateway_settings, hello_request, id_of, poll_readyz, start_gateway_with, Cluster,
+};
 use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-
-fn digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 struct Caller<'a> {
     http: &'a reqwest::Client,

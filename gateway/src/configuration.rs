@@ -1,6 +1,7 @@
 //! Gateway settings: defaults < file < `NOETL_*` environment, validated once.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use noetl_bus::nodes::{NodeChoice, NodeLeases};
 use noetl_bus::{NatsConfig, NatsSecurity};
 
 use crate::auth::Auth;
+use crate::limits::TenantRate;
 use noetl_contract::NodeId;
 use noetl_service::LogFormat;
 use serde::Deserialize;
@@ -44,6 +46,13 @@ pub struct Settings {
     pub idempotency_ttl_hours: u64,
     /// How long to wait for a shard to answer.
     pub request_timeout_ms: u64,
+    /// Deadline of a whole HTTP request, body included (504 `request_timeout` past it); at
+    /// least `request_timeout_ms`.
+    pub http_timeout_ms: u64,
+    /// Requests per second each tenant may make (429 `rate_limited` past it); 0: unlimited.
+    pub rate_limit_per_second: u32,
+    /// Requests a tenant may make at once above its rate; 0: as many as `rate_limit_per_second`.
+    pub rate_limit_burst: u32,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
     /// TOML file of bearer tokens (name, tenant, scopes, SHA-256 digest); unset: the API is
@@ -64,6 +73,9 @@ impl Default for Settings {
             node_lease_ttl_ms: 15_000,
             idempotency_ttl_hours: 24,
             request_timeout_ms: 5_000,
+            http_timeout_ms: 30_000,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
             body_limit_bytes: 1024 * 1024,
             auth_tokens_file: None,
             auth_protect_ops: false,
@@ -79,6 +91,8 @@ pub struct GatewayConfig {
     pub node_leases: NodeLeases,
     pub idempotency_ttl: Duration,
     pub request_timeout: Duration,
+    pub http_timeout: Duration,
+    pub rate: Option<TenantRate>,
     pub body_limit_bytes: usize,
     pub auth: Auth,
 }
@@ -102,6 +116,17 @@ impl GatewayConfig {
             "request_timeout_ms must be positive"
         );
         anyhow::ensure!(
+            settings.http_timeout_ms >= settings.request_timeout_ms,
+            "http_timeout_ms ({}) must be at least request_timeout_ms ({}): a shard's answer \
+             must be able to arrive before the request's deadline",
+            settings.http_timeout_ms,
+            settings.request_timeout_ms
+        );
+        let rate = NonZeroU32::new(settings.rate_limit_per_second).map(|per_second| TenantRate {
+            per_second,
+            burst: NonZeroU32::new(settings.rate_limit_burst).unwrap_or(per_second),
+        });
+        anyhow::ensure!(
             settings.body_limit_bytes > 0,
             "body_limit_bytes must be positive"
         );
@@ -118,6 +143,8 @@ impl GatewayConfig {
             },
             idempotency_ttl: Duration::from_secs(settings.idempotency_ttl_hours * 3_600),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            http_timeout: Duration::from_millis(settings.http_timeout_ms),
+            rate,
             body_limit_bytes: settings.body_limit_bytes,
             auth: match &settings.auth_tokens_file {
                 Some(path) => Auth::from_file(path, settings.auth_protect_ops)?,

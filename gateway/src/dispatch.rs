@@ -174,6 +174,14 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 Code::ShardUnavailable,
                 format!("shard {shard}: {}", remote.message),
             ),
+            WireErrorCode::Overloaded => {
+                metrics::counter!("noetl_gateway_shard_overloaded_total", "shard" => shard.to_string())
+                    .increment(1);
+                Problem::new(
+                    Code::ShardOverloaded,
+                    format!("shard {shard} is overloaded: {}", remote.message),
+                )
+            }
             WireErrorCode::Misrouted => {
                 // Gateway and server disagree on the topology: transient while it propagates.
                 tracing::error!(%shard, message = %remote.message, "shard refused a request as misrouted");

@@ -3,6 +3,7 @@
 //!
 //! - [`configuration`]: settings and their validation.
 //! - [`auth`]: bearer tokens, tenants and scopes.
+//! - [`limits`]: the per-tenant request rate and the request deadline.
 //! - [`routes`]: the HTTP handlers.
 //! - [`extract`]: body and path extractors that reject with problem documents.
 //! - [`problem`]: the error codes and problem documents.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod configuration;
 pub mod dispatch;
 pub mod extract;
+pub mod limits;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -76,7 +78,7 @@ impl Gateway {
             .with_context(|| format!("failed to listen on {}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(state, metrics, config.body_limit_bytes, config.auth),
+            router: router(state, metrics, &config),
         })
     }
 
@@ -117,12 +119,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
 ];
 
-fn router(
-    state: Arc<AppState>,
-    metrics: PrometheusHandle,
-    body_limit: usize,
-    auth: auth::Auth,
-) -> Router {
+fn router(state: Arc<AppState>, metrics: PrometheusHandle, config: &GatewayConfig) -> Router {
+    let auth = config.auth.clone();
     let api = Router::new()
         .route(
             "/executions",
@@ -144,6 +142,11 @@ fn router(
         .route("/route/{id}", get(routes::route::route))
         .route("/topology", get(routes::topology::show))
         .route("/openapi.json", get(openapi::serve))
+        // The later layer runs first: authentication names the tenant the rate is counted for.
+        .route_layer(middleware::from_fn_with_state(
+            limits::RateLimit::new(config.rate),
+            limits::per_tenant,
+        ))
         .route_layer(middleware::from_fn_with_state(auth.clone(), auth::api));
     Router::new()
         .nest("/api/v1", api)
@@ -172,7 +175,11 @@ fn router(
                 "this route does not accept that method",
             )
         })
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            config.http_timeout,
+            limits::deadline,
+        ))
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http().on_failure(()))
         .layer(CatchPanicLayer::custom(|_| {

@@ -262,7 +262,7 @@ pub struct Readiness {
 }
 
 /// Every code, in the order the `Code` schema lists them.
-pub const ALL_CODES: [Code; 22] = [
+pub const ALL_CODES: [Code; 25] = [
     Code::InvalidJson,
     Code::InvalidRequest,
     Code::InvalidPlaybook,
@@ -278,6 +278,9 @@ pub const ALL_CODES: [Code; 22] = [
     Code::IdempotencyKeyReused,
     Code::BusUnavailable,
     Code::ShardUnavailable,
+    Code::ShardOverloaded,
+    Code::RateLimited,
+    Code::RequestTimeout,
     Code::TopologyUnavailable,
     Code::TopologyStale,
     Code::NodeLeaseUnavailable,
@@ -320,6 +323,16 @@ fn meaning(code: Code) -> &'static str {
             "the owning shard did not answer in time, or its database is down; when a submit \
              minted an id first, `execution_id` names it (look it up before retrying)"
         }
+        Code::ShardOverloaded => {
+            "the owning shard has as many requests in flight as it takes (`max_in_flight`); \
+             retry after `Retry-After` seconds"
+        }
+        Code::RateLimited => {
+            "the caller's tenant is over its request rate; retry after `Retry-After` seconds"
+        }
+        Code::RequestTimeout => {
+            "the request did not complete within the gateway's deadline (`http_timeout_ms`)"
+        }
         Code::TopologyUnavailable => "the gateway has not read the cluster topology yet",
         Code::TopologyStale => {
             "the gateway could not confirm the topology within the grace period, so minting \
@@ -353,6 +366,7 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
         ExecutionRetired,
         TopologyUnavailable,
         ShardUnavailable,
+        ShardOverloaded,
         Internal,
     ];
     let codes: &'static [Code] = match (method, path) {
@@ -368,6 +382,7 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
             Internal,
             BusUnavailable,
             ShardUnavailable,
+            ShardOverloaded,
             TopologyUnavailable,
             TopologyStale,
             NodeLeaseUnavailable,
@@ -408,10 +423,16 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
     Some(codes)
 }
 
-/// What every API route but the document itself can answer when the gateway has tokens.
-pub fn auth_problems(path: &str) -> &'static [Code] {
+/// What every API route but the document itself can answer, from the gateway's guards: tokens
+/// (when the gateway has them), the tenant's rate and the request deadline.
+pub fn guard_problems(path: &str) -> &'static [Code] {
     if path.starts_with("/api/v1/") && path != "/api/v1/openapi.json" {
-        &[Code::Unauthorized, Code::Forbidden]
+        &[
+            Code::Unauthorized,
+            Code::Forbidden,
+            Code::RateLimited,
+            Code::RequestTimeout,
+        ]
     } else {
         &[]
     }
@@ -447,7 +468,7 @@ impl Modify for ProblemResponses {
                     continue;
                 };
                 let mut by_status: BTreeMap<u16, BTreeSet<usize>> = BTreeMap::new();
-                for &code in codes.iter().chain(auth_problems(path)) {
+                for &code in codes.iter().chain(guard_problems(path)) {
                     let index = ALL_CODES
                         .iter()
                         .position(|&c| c == code)
@@ -513,7 +534,7 @@ fn problem_response(status: u16, codes: &[Code]) -> utoipa::openapi::Response {
         PROBLEM_JSON,
         ContentBuilder::new().schema(Some(schema)).build(),
     );
-    if status == 503 {
+    if matches!(status, 429 | 503) {
         response = response.header(
             "Retry-After",
             HeaderBuilder::new()

@@ -40,6 +40,12 @@ pub enum Code {
     BusUnavailable,
     /// The owning shard did not answer in time, or its database is down.
     ShardUnavailable,
+    /// The owning shard has as much work in flight as it may take.
+    ShardOverloaded,
+    /// The tenant is over its request rate.
+    RateLimited,
+    /// The request did not complete within the gateway's deadline.
+    RequestTimeout,
     /// The gateway has not yet read the cluster topology.
     TopologyUnavailable,
     /// The gateway's view of the topology is older than the grace: minting now could misroute.
@@ -69,11 +75,14 @@ impl Code {
                 StatusCode::NOT_FOUND
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::ExecutionRetired => StatusCode::GONE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::ShardUnavailable
+            | Code::ShardOverloaded
             | Code::TopologyUnavailable
             | Code::TopologyStale
             | Code::NodeLeaseUnavailable
@@ -101,6 +110,9 @@ impl Code {
             Code::Forbidden => "Forbidden",
             Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
+            Code::ShardOverloaded => "Shard overloaded",
+            Code::RateLimited => "Too many requests",
+            Code::RequestTimeout => "Request timed out",
             Code::TopologyUnavailable => "Topology unavailable",
             Code::TopologyStale => "Topology view stale",
             Code::NodeLeaseUnavailable => "No node-id lease",
@@ -151,6 +163,12 @@ impl Problem {
 
     pub fn with_execution_id(mut self, id: ExecutionId) -> Self {
         self.execution_id = Some(id);
+        self
+    }
+
+    /// Tells the client how many seconds to wait before retrying (`Retry-After`).
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
         self
     }
 

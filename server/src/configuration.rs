@@ -46,7 +46,8 @@ pub struct Settings {
     pub committers_per_shard: usize,
     /// Database connections per shard.
     pub pool_size: u32,
-    /// Requests per shard being handled at once; more wait in the NATS client's buffer.
+    /// Requests per shard being handled at once; more are refused at once with `overloaded`
+    /// (the gateway answers 503 `shard_overloaded`). Pings are always answered.
     pub max_in_flight: usize,
     /// A running step must heartbeat within this, or its attempt is presumed dead.
     pub step_lease_ms: u64,

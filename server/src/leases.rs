@@ -1,6 +1,7 @@
 //! The lease scanner of one shard: an in-flight attempt whose lease ran out is presumed lost
 //! (its worker died, or its command never arrived) and handed back to the engine, which retries
-//! it within the step's budget or fails the step.
+//! it within the step's budget or fails the step. Every few scans it also samples the shard's
+//! backlog gauges (outbox, pending commands).
 
 use std::time::Duration;
 
@@ -11,14 +12,19 @@ use crate::persistence;
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 const SCAN_LIMIT: i64 = 256;
+/// Scans between two samples of the backlog gauges.
+const SAMPLE_EVERY_SCANS: u32 = 10;
 
 /// Scans until `cancel`.
 pub async fn run(orchestrator: Orchestrator, cancel: CancellationToken) {
     let shard = orchestrator.shard();
-    loop {
+    for scan in 0_u32.. {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(SCAN_EVERY) => {}
+        }
+        if scan % SAMPLE_EVERY_SCANS == 0 {
+            sample_backlog(&orchestrator).await;
         }
         let expired = match persistence::expired_leases(orchestrator.pool(), SCAN_LIMIT).await {
             Ok(expired) => expired,
@@ -41,5 +47,17 @@ pub async fn run(orchestrator: Orchestrator, cancel: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+async fn sample_backlog(orchestrator: &Orchestrator) {
+    let shard = orchestrator.shard().to_string();
+    match persistence::backlog(orchestrator.pool()).await {
+        Ok((outbox, pending)) => {
+            metrics::gauge!("noetl_server_outbox_backlog", "shard" => shard.clone())
+                .set(outbox as f64);
+            metrics::gauge!("noetl_server_pending_commands", "shard" => shard).set(pending as f64);
+        }
+        Err(e) => tracing::warn!(%shard, error = %e, "sampling the backlog failed"),
     }
 }

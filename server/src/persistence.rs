@@ -579,6 +579,19 @@ pub async fn lease_expired(
     Ok(expired.is_some())
 }
 
+/// The shard's backlog: commands in the outbox not yet stored by JetStream, and steps
+/// dispatched or running (commands handed out and not yet reported).
+pub async fn backlog(pool: &PgPool) -> Result<(i64, i64), Error> {
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM outbox) AS outbox,
+                (SELECT count(*) FROM execution_steps
+                 WHERE status IN ('dispatched', 'running')) AS pending",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("outbox")?, row.try_get("pending")?))
+}
+
 /// In-flight attempts whose lease has run out: `(execution, step, attempt)`.
 pub async fn expired_leases(
     pool: &PgPool,

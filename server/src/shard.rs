@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use noetl_bus::{Client, Message};
-use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepReport};
+use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
 use noetl_contract::engine::Event;
 use noetl_contract::message::{
     EventPage, EventsQuery, ExecutionList, ExecutionQuery, ExecutionView, ListQuery, PingReply,
@@ -86,11 +86,16 @@ pub async fn serve(
                 }
             },
         };
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        // A full shard says so at once rather than queueing without bound; pings still
+        // answer, so readiness reflects the database, not the load.
+        let permit = match in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if matches!(request, Request::Ping) => None,
+            Err(_) => {
+                refuse_overloaded(&shard, &message, max_in_flight).await;
+                continue;
+            }
+        };
         let shard = shard.clone();
         handlers.spawn(async move {
             handle(&shard, request, message).await;
@@ -150,6 +155,18 @@ async fn handle(shard: &Shard, request: Request, message: Message) {
     };
     if let Err(e) = sent {
         tracing::warn!(shard = %shard.id, error = %e, "failed to reply");
+    }
+}
+
+async fn refuse_overloaded(shard: &Shard, message: &Message, max_in_flight: usize) {
+    metrics::counter!("noetl_server_overloaded_total", "shard" => shard.id.to_string())
+        .increment(1);
+    let refusal = wire_error(
+        WireErrorCode::Overloaded,
+        format!("{max_in_flight} requests are in flight on this shard's server"),
+    );
+    if let Err(e) = answer::<()>(shard, message, Err(refusal)).await {
+        tracing::warn!(shard = %shard.id, error = %e, "failed to refuse an overloaded request");
     }
 }
 
@@ -288,13 +305,22 @@ fn body<T: serde::de::DeserializeOwned>(
 async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError> {
     let id = routed_id(shard, message)?;
     let report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
+    let outcome_label = match report.outcome {
+        StepOutcome::Succeeded { .. } => "succeeded",
+        StepOutcome::Failed { .. } => "failed",
+    };
+    let run_seconds = (report.finished_at_ms - report.started_at_ms).max(0) as f64 / 1_000.0;
     let event = Event::Finished {
         step: report.step_index as usize,
         attempt: report.attempt,
         outcome: report.outcome,
     };
     match shard.orchestrator.report(id, event).await {
-        Some(Applied::Changed(_)) => Ok(ReportAck::Recorded),
+        Some(Applied::Changed(_)) => {
+            metrics::histogram!("noetl_server_step_seconds", "shard" => shard.id.to_string(), "outcome" => outcome_label)
+                .record(run_seconds);
+            Ok(ReportAck::Recorded)
+        }
         Some(Applied::Stale(_)) => Ok(ReportAck::Stale),
         Some(Applied::NotFound) => Err(not_found(id)),
         None => Err(wire_error(

@@ -524,6 +524,7 @@ mod tests {
     fn a_shard_that_cannot_record_yet_gets_the_report_again() {
         for retry in [
             remote(WireErrorCode::ShardUnavailable),
+            remote(WireErrorCode::Overloaded),
             remote(WireErrorCode::Misrouted),
             Err(noetl_bus::Error::TimedOut {
                 subject: "s".into(),

@@ -62,15 +62,20 @@ pub fn server_config_on(
     serve: Option<Vec<u32>>,
     listen: &str,
 ) -> ServerConfig {
-    let settings = ServerSettings {
+    ServerConfig::from_settings(server_settings(nats_url, shards, listen), serve)
+        .expect("valid server config")
+}
+
+/// The settings of the tests' servers.
+pub fn server_settings(nats_url: &str, shards: &str, listen: &str) -> ServerSettings {
+    ServerSettings {
         nats_url: nats_url.to_owned(),
         shards: Some(shards.to_owned()),
         listen: listen.parse().expect("valid address"),
         // Short leases, so tests of dead workers finish in seconds.
         step_lease_ms: 2_000,
         ..ServerSettings::default()
-    };
-    ServerConfig::from_settings(settings, serve).expect("valid server config")
+    }
 }
 
 pub fn gateway_settings(nats_url: &str) -> GatewaySettings {
@@ -117,6 +122,23 @@ impl Cluster {
     /// Like [`Cluster::start_serving`]; with `grace_ms`, the topology is created with that
     /// grace before the server starts.
     pub async fn start_with(shards: u32, serve: Option<Vec<u32>>, grace_ms: Option<i64>) -> Self {
+        Self::launch(shards, serve, grace_ms, |_, _| {}).await
+    }
+
+    /// Like [`Cluster::start`], with the server's and the gateway's settings changed by `tune`.
+    pub async fn start_tuned(
+        shards: u32,
+        tune: impl FnOnce(&mut ServerSettings, &mut GatewaySettings),
+    ) -> Self {
+        Self::launch(shards, None, None, tune).await
+    }
+
+    async fn launch(
+        shards: u32,
+        serve: Option<Vec<u32>>,
+        grace_ms: Option<i64>,
+        tune: impl FnOnce(&mut ServerSettings, &mut GatewaySettings),
+    ) -> Self {
         noetl_service::init_tracing(noetl_service::LogFormat::Text);
         let nats = NatsServer::start();
         let pg = Postgres::start();
@@ -130,11 +152,13 @@ impl Cluster {
         }
         let cancel = CancellationToken::new();
         let server_ops = format!("127.0.0.1:{}", noetl_test_support::free_port());
-        let mut server = tokio::spawn(noetl_server::run(
-            server_config_on(nats.url(), &shard_dsns, serve.clone(), &server_ops),
-            cancel.clone(),
-        ));
-        let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
+        let mut server_settings = server_settings(nats.url(), &shard_dsns, &server_ops);
+        let mut gateway_settings = gateway_settings(nats.url());
+        tune(&mut server_settings, &mut gateway_settings);
+        let server_config = ServerConfig::from_settings(server_settings, serve.clone())
+            .expect("valid server config");
+        let mut server = tokio::spawn(noetl_server::run(server_config, cancel.clone()));
+        let (gateway_url, gateway) = start_gateway_with(gateway_settings, &cancel).await;
         let http = reqwest::Client::new();
         let (what, served) = match &serve {
             None => ("the gateway to be ready", None),
@@ -310,6 +334,15 @@ impl Cluster {
             .as_u64()
             .unwrap_or_else(|| panic!("a ready gateway names its node id: {ready}"))
     }
+}
+
+/// The SHA-256 digest of a token, in hex, as a tokens file holds it.
+pub fn digest(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A NATS client for a test's own requests.

@@ -1,0 +1,223 @@
+//! Limits and backpressure: a tenant over its rate gets 429 with `Retry-After` (others do not
+//! notice), an oversized body gets 413 without the gateway buffering it, and a shard with as
+//! much work in flight as it takes answers 503 at once instead of queueing.
+
+mod common;
+
+use common::{digest, eventually, hello_request, id_of, Cluster, DEADLINE};
+use noetl_test_support::{cargo_bin, free_port, Process};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_not() {
+    let tokens = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(
+        tokens.path(),
+        format!(
+        "[[tokens]]\nname = \"a\"\ntenant = \"tenant-a\"\nscopes = [\"read\"]\nsha256 = \"{}\"\n\n\
+         [[tokens]]\nname = \"b\"\ntenant = \"tenant-b\"\nscopes = [\"read\"]\nsha256 = \"{}\"\n",
+        digest("token-a"),
+        digest("token-b"),
+    ),
+    )
+    .expect("write the tokens file");
+    let path = tokens.path().to_owned();
+    let cluster = Cluster::start_tuned(1, |_, gateway| {
+        gateway.auth_tokens_file = Some(path);
+        gateway.rate_limit_per_second = 1;
+        gateway.rate_limit_burst = 3;
+    })
+    .await;
+    let get = |token: &'static str| {
+        cluster
+            .http
+            .get(cluster.url("/api/v1/topology"))
+            .bearer_auth(token)
+            .send()
+    };
+
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..20 {
+        let response = get("token-a").await.expect("the gateway answers");
+        statuses.push(response.status().as_u16());
+        if response.status().as_u16() == 429 {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            let body: Value = response.json().await.expect("a problem document");
+            limited = Some((retry_after, body));
+        }
+    }
+    // The burst is let through whole, then the tenant is held to its rate.
+    assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
+    let (retry_after, body) = limited.unwrap_or_else(|| panic!("no 429 in {statuses:?}"));
+    assert!(retry_after.is_some_and(|secs| secs >= 1), "{retry_after:?}");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    assert_eq!(body["status"], 429, "{body}");
+    // Another tenant has its own budget.
+    let other = get("token-b").await.expect("the gateway answers");
+    assert_eq!(other.status().as_u16(), 200);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_and_the_gateway_does_not_buffer_them() {
+    let cluster = Cluster::start(1).await;
+    let port = free_port();
+    let mut command = std::process::Command::new(cargo_bin("noetl-gateway"));
+    command
+        .env("NOETL_NATS_URL", cluster.nats.url())
+        .env("NOETL_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOETL_BODY_LIMIT_BYTES", (1024 * 1024).to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    let gateway = Process::spawn(command);
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the gateway process to be ready", DEADLINE, || async {
+        let response = cluster
+            .http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        (response.status().as_u16() == 200)
+            .then_some(())
+            .ok_or_else(|| format!("readyz {}", response.status()))
+    })
+    .await;
+    let before = peak_memory_kib(gateway.id());
+
+    // 16 clients at once, each offering 64 MiB: buffered, that would be a gigabyte.
+    const OFFERED: usize = 64 * 1024 * 1024;
+    let uploads: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(upload(port, OFFERED)))
+        .collect();
+    for upload in uploads {
+        let (status_line, body) = upload.await.expect("upload task");
+        assert!(status_line.contains(" 413 "), "{status_line}\n{body}");
+        assert!(body.contains("payload_too_large"), "{body}");
+    }
+    let grown_mib = (peak_memory_kib(gateway.id()) - before) / 1024;
+    assert!(
+        grown_mib < 128,
+        "the gateway's peak memory grew by {grown_mib} MiB while refusing oversized bodies"
+    );
+    drop(gateway);
+    cluster.stop().await;
+}
+
+/// Posts a chunked body of up to `offered` bytes on a raw connection, writing until the gateway
+/// stops reading, and returns the response's status line and body.
+async fn upload(port: u16, offered: usize) -> (String, String) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let write = tokio::spawn(async move {
+        let head = "POST /api/v1/executions HTTP/1.1\r\nHost: gateway\r\n\
+                    Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        for _ in 0..offered / chunk.len() {
+            writer.write_all(&framed).await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await
+    });
+    let mut response = Vec::new();
+    // The gateway answers and closes; a reset after the answer is expected.
+    let _ = reader.read_to_end(&mut response).await;
+    write.abort();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Peak resident memory (VmHWM) of a process.
+fn peak_memory_kib(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in kB")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_with_its_requests_in_flight_answers_503_at_once() {
+    let cluster = Cluster::start_tuned(1, |server, _| server.max_in_flight = 1).await;
+    let pool = cluster.pool(0).await;
+    // Holding the executions table keeps the first submit in flight on the shard.
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let first = {
+        let (http, url) = (cluster.http.clone(), cluster.url("/api/v1/executions"));
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .json(&hello_request())
+                .send()
+                .await
+                .expect("the gateway answers");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    eventually("the first submit to wait on the lock", DEADLINE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        (waiting > 0)
+            .then_some(())
+            .ok_or_else(|| "no backend waits on a lock".to_owned())
+    })
+    .await;
+
+    let response = cluster
+        .http
+        .post(cluster.url("/api/v1/executions"))
+        .json(&hello_request())
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.expect("a problem document");
+    assert_eq!(body["code"], "shard_overloaded", "{body}");
+
+    lock.rollback().await.expect("release the lock");
+    let (status, body) = first.await.expect("first submit");
+    assert_eq!(status, 201, "{body}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE execution_id = $1")
+        .bind(id_of(&body).get())
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        stored, 1,
+        "the refused submit stored nothing, the first one is stored"
+    );
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM executions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(total, 1, "the refused submit stored nothing");
+    pool.close().await;
+    cluster.stop().await;
+}
