@@ -16,7 +16,10 @@
 #  6. the Dockerfile's dependency stage: the stub workspace deploy/docker/stub-workspace.sh makes is
 #     one cargo accepts with the lock file as it is (`cargo metadata --locked`), with the four
 #     binaries the Dockerfile builds and the manifests run
-#  7. shellcheck on deploy/**/*.sh and scripts/*.sh
+#  7. deploy/grafana/noetl-dispatch.json against the metrics the Rust code emits: every query names
+#     only emitted metrics and their labels, every emitted metric has a panel and a row in the table
+#     of wiki/operations.md (deploy/tools/check_dashboard.py)
+#  8. shellcheck on deploy/**/*.sh and scripts/*.sh
 # Prints each step and a summary; exits 1 if any check failed.
 #
 # Settings (environment): STATE_DIR (<repo>/.state).
@@ -254,7 +257,18 @@ print(" ".join(sorted(t["name"] for p in meta["packages"] if p["id"] in members
 	rm -rf "$stub"
 }
 
-# --- 7. shell scripts ---------------------------------------------------------------------------
+# --- 7. Grafana dashboard -----------------------------------------------------------------------
+
+check_dashboard() {
+	say "deploy/grafana/noetl-dispatch.json against the metrics in the code"
+	if python3 "$DEPLOY/tools/check_dashboard.py" --repo "$REPO_ROOT"; then
+		pass "dashboard: queries name emitted metrics and labels; every metric has a panel and a row in wiki/operations.md"
+	else
+		fail "dashboard: the dashboard or wiki/operations.md is out of step with the metrics the code emits"
+	fi
+}
+
+# --- 8. shell scripts ---------------------------------------------------------------------------
 
 check_shell() {
 	say "shellcheck"
@@ -277,6 +291,7 @@ main() {
 	check_nats
 	check_shard_files
 	check_dockerfile
+	check_dashboard
 	check_shell
 	say "summary"
 	printf '%s\n' "${RESULTS[@]}"
