@@ -16,10 +16,12 @@ export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
 # Passed to the benchmark binary as is, e.g. make bench BENCH_ARGS="--shards 1,2 --concurrency 16,64 --seconds 5"
 BENCH_ARGS ?=
+# Passed to the chaos runner as is, e.g. make chaos CHAOS_ARGS="--only kill-server,restart-nats --rounds 5"
+CHAOS_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra reshard down status env logs clean-state deps build lint test schemathesis validate-deploy bench bench-quick
+.PHONY: help up infra reshard down status env logs clean-state deps build lint test schemathesis validate-deploy bench chaos chaos-short bench-quick
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -35,6 +37,8 @@ help: ## list the targets and settings
 	@echo "  EXAMPLE=examples/diamond.json       the submit body up runs and follows to its end"
 	@echo "  BENCH_ARGS=         passed to the benchmark (--shards, --concurrency, --seconds, --skip-peers, …;"
 	@echo "                      target/release/noetl-bench --help lists them)"
+	@echo "  CHAOS_ARGS=         passed to the chaos runner (--only, --rounds, --rate, --shards, --seed;"
+	@echo "                      target/debug/noetl-chaos --help lists them)"
 
 up: ## install deps, build, start NATS, PostgreSQL, server, worker, gateway; run examples/diamond.json
 	@$(CLUSTER) up
@@ -80,6 +84,7 @@ test: lint deps build ## lint, then the whole test suite (nextest when installed
 	@$(MAKE) --no-print-directory schemathesis
 	@$(MAKE) --no-print-directory validate-deploy
 	@$(MAKE) --no-print-directory bench-quick
+	@$(MAKE) --no-print-directory chaos-short
 
 schemathesis: deps ## fuzz the HTTP API against its OpenAPI document (own NATS, PostgreSQL, server, gateway)
 	scripts/schemathesis.sh
@@ -101,3 +106,13 @@ bench-quick: ## the benchmark in quick mode (debug build), as make test runs it
 	scripts/ensure-deps.sh --bench
 	cargo build --workspace --bins
 	target/debug/noetl-bench --quick $(BENCH_ARGS)
+
+# The chaos runner starts its own NATS, PostgreSQL and the debug binaries; the partition faults
+# need root (network namespaces) and are skipped, with a message, without it.
+chaos: deps ## fault injection under load, full: every fault 3 times, >= 10,000 executions (~25 min)
+	cargo build --workspace --bins
+	target/debug/noetl-chaos --mode full $(CHAOS_ARGS)
+
+chaos-short: deps ## fault injection under load, short (< 5 min, CI): every fault once, short holds
+	cargo build --workspace --bins
+	target/debug/noetl-chaos --mode short $(CHAOS_ARGS)

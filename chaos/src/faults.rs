@@ -97,7 +97,7 @@ impl Rng {
 }
 
 /// Copies re-sent per duplicate fault.
-const DUPLICATES: usize = 32;
+pub const DUPLICATES: usize = 32;
 
 pub async fn inject(
     fault: Fault,

@@ -232,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
         log.clone(),
     );
 
+    warm_up(&log, &captured).await?;
     let started = Instant::now();
     let mut injections = Vec::new();
     let mut checked = 0;
@@ -247,6 +248,11 @@ async fn main() -> anyhow::Result<()> {
         for fault in order {
             let before = Duration::from_secs(rng.between(plan.before_secs.0, plan.before_secs.1));
             tokio::time::sleep(before).await;
+            // Unfinished at the moment of the fault: the executions it can hurt, beside those
+            // submitted while it lasts.
+            let in_flight = check::unfinished_before(&cluster.pools, first_id_at(now_ms()))
+                .await
+                .unwrap_or_default();
             let acked_at_start = log.len();
             let t0 = Instant::now();
             eprint!(
@@ -273,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
                 round: round + 1,
                 detail,
                 fault_ms: duration_ms(healed - t0),
+                in_flight,
                 executions: log.len() - acked_at_start,
                 lost: lost.len() as u64,
                 lost_ids: lost.iter().take(20).map(ToString::to_string).collect(),
@@ -326,6 +333,27 @@ async fn main() -> anyhow::Result<()> {
     } else {
         anyhow::bail!("invariants violated; see {}", dir.display())
     }
+}
+
+/// Waits until executions complete and enough commands and reports went by to copy.
+async fn warm_up(log: &ClientLog, captured: &capture::Captured) -> anyhow::Result<()> {
+    let deadline = Instant::now() + cluster::READY;
+    let enough = |queue: &std::sync::Mutex<std::collections::VecDeque<capture::Copy>>| {
+        queue
+            .lock()
+            .map(|q| q.len() >= faults::DUPLICATES)
+            .unwrap_or(false)
+    };
+    while !(log.len() >= 20 && enough(&captured.commands) && enough(&captured.reports)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no steady load after {:?}: {} executions acknowledged",
+            cluster::READY,
+            log.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 fn duration_ms(d: Duration) -> u64 {

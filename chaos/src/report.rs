@@ -17,6 +17,8 @@ pub struct Injection {
     pub detail: String,
     /// Injection to heal.
     pub fault_ms: u64,
+    /// Executions not yet terminal when the fault was injected.
+    pub in_flight: u64,
     /// Executions the clients were given from the injection until the backlog had drained.
     pub executions: usize,
     pub lost: u64,
@@ -32,8 +34,9 @@ pub struct Injection {
 impl Injection {
     pub fn summary(&self) -> String {
         format!(
-            "{} | executions {} lost {} duplicated {} misrouted {} failed {} recovery {}",
+            "{} | in flight {} + submitted {} | lost {} duplicated {} misrouted {} failed {} | recovery {}",
             self.detail,
+            self.in_flight,
             self.executions,
             self.lost,
             self.duplicated,
@@ -101,7 +104,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| fault | injections | executions during | lost | duplicated | misrouted | recovery (mean / max) |"
+            "| fault | injections | executions during (in flight + submitted) | lost | duplicated | misrouted | recovery (mean / max) |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
         for (fault, rows) in &by_fault {
@@ -119,9 +122,10 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} + {} | {} | {} | {} | {} |",
                 fault.describe(),
                 rows.len(),
+                rows.iter().map(|r| r.in_flight).sum::<u64>(),
                 rows.iter().map(|r| r.executions).sum::<usize>(),
                 rows.iter().map(|r| r.lost).sum::<u64>(),
                 rows.iter().map(|r| r.duplicated).sum::<u64>(),
