@@ -219,7 +219,7 @@ impl Cluster {
                     "noetl-worker",
                     common(&[
                         ("NOETL_LISTEN", format!("127.0.0.1:{port}")),
-                        ("NOETL_CONCURRENCY", "16".to_owned()),
+                        ("NOETL_CONCURRENCY", "64".to_owned()),
                         ("NOETL_ACK_WAIT_MS", timing.ack_wait_ms.to_string()),
                     ]),
                     format!("http://127.0.0.1:{port}/readyz"),

@@ -160,7 +160,8 @@ fn body(key: Option<&str>) -> Value {
             "retry": {"max_attempts": 5, "backoff": "100ms"}
         });
         if action == "sleep" {
-            step["with"] = json!({"ms": 20});
+            // Long enough that a fault finds executions in flight on every process.
+            step["with"] = json!({"ms": 1_000});
         }
         step
     };
