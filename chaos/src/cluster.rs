@@ -40,14 +40,14 @@ pub struct Node {
 impl Node {
     fn new(
         name: &str,
-        binary: &str,
+        program: &Path,
         env: Vec<(String, String)>,
         ready_url: String,
         logs: &Path,
     ) -> Self {
         Self {
             name: name.to_owned(),
-            program: cargo_bin(binary),
+            program: program.to_owned(),
             env,
             netns: None,
             ready_url,
@@ -127,6 +127,33 @@ impl Node {
     }
 }
 
+/// The binaries under test, copied at start-up so that a rebuild in the shared target
+/// directory during the run cannot change what a restarted process runs.
+#[derive(Debug)]
+struct Binaries {
+    server: PathBuf,
+    worker: PathBuf,
+    gateway: PathBuf,
+}
+
+impl Binaries {
+    fn copy_into(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        let copy = |name: &str| -> anyhow::Result<PathBuf> {
+            let to = dir.join(name);
+            std::fs::copy(cargo_bin(name), &to)
+                .with_context(|| format!("failed to copy {name}"))?;
+            Ok(to)
+        };
+        Ok(Self {
+            server: copy("noetl-server")?,
+            worker: copy("noetl-worker")?,
+            gateway: copy("noetl-gateway")?,
+        })
+    }
+}
+
 /// Everything the runner started; dropping it stops every process and removes the namespace.
 #[derive(Debug)]
 pub struct Cluster {
@@ -149,10 +176,12 @@ impl Cluster {
         shards: u32,
         timing: Timing,
         netns: Option<Netns>,
-        logs: &Path,
+        run_dir: &Path,
         http: &reqwest::Client,
     ) -> anyhow::Result<Self> {
         let shard_count = ShardCount::new(shards).context("at least one shard")?;
+        let bins = Binaries::copy_into(&run_dir.join("bin"))?;
+        let logs = &run_dir.join("logs");
         let nats_host = netns.as_ref().map_or("127.0.0.1", |n| n.nats.host.as_str());
         let nats = NatsServer::start_on(nats_host);
         let listen = match &netns {
@@ -187,7 +216,7 @@ impl Cluster {
         let port = free_port();
         servers.push(Node::new(
             "server-0",
-            "noetl-server",
+            &bins.server,
             server_env(&dsns, &format!("127.0.0.1:{port}")),
             format!("http://127.0.0.1:{port}/readyz"),
             logs,
@@ -203,7 +232,7 @@ impl Cluster {
         };
         let mut server = Node::new(
             "server-1",
-            "noetl-server",
+            &bins.server,
             server_env(&dsns_1, &listen),
             format!("http://{listen}/readyz"),
             logs,
@@ -216,7 +245,7 @@ impl Cluster {
                 let port = free_port();
                 Node::new(
                     &format!("worker-{i}"),
-                    "noetl-worker",
+                    &bins.worker,
                     common(&[
                         ("NOETL_LISTEN", format!("127.0.0.1:{port}")),
                         ("NOETL_CONCURRENCY", "64".to_owned()),
@@ -231,7 +260,7 @@ impl Cluster {
         let gateway_url = format!("http://127.0.0.1:{port}");
         let gateway = Node::new(
             "gateway",
-            "noetl-gateway",
+            &bins.gateway,
             common(&[("NOETL_LISTEN", format!("127.0.0.1:{port}"))]),
             format!("{gateway_url}/readyz"),
             logs,

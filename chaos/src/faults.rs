@@ -205,3 +205,25 @@ async fn pause(node: &crate::cluster::Node, hold: Duration) -> anyhow::Result<()
     tokio::time::sleep(hold).await;
     node.signal("CONT")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_holds_stay_within_their_range_and_reach_both_ends() {
+        let mut rng = Rng::new(42);
+        let drawn: Vec<u64> = (0..1_000).map(|_| rng.between(30, 60)).collect();
+        assert!(drawn.iter().all(|d| (30..=60).contains(d)));
+        assert!(drawn.contains(&30) && drawn.contains(&60));
+    }
+
+    #[test]
+    fn only_partitions_need_the_namespace() {
+        let needing: Vec<Fault> = Fault::ALL.into_iter().filter(|f| f.needs_netns()).collect();
+        assert_eq!(
+            needing,
+            [Fault::PartitionServerNats, Fault::PartitionServerPostgres]
+        );
+    }
+}

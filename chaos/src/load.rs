@@ -224,3 +224,37 @@ async fn submit(http: &reqwest::Client, url: &str, key: Option<String>, log: &Cl
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(id: i64, key: Option<&str>) -> Ack {
+        Ack {
+            execution_id: ExecutionId::new(id).expect("a valid id"),
+            idempotency_key: key.map(str::to_owned),
+            status: 201,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_key_answered_with_two_executions_is_a_duplicate_and_a_replay_is_not() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = ClientLog::create(&dir.path().join("log.jsonl")).expect("a log");
+        log.record(ack(1, Some("k1")));
+        log.record(ack(1, Some("k1")));
+        log.record(ack(2, None));
+        log.record(ack(3, None));
+        assert_eq!(log.keys_answered_twice(), 0);
+        log.record(ack(4, Some("k1")));
+        assert_eq!(log.keys_answered_twice(), 1);
+        assert_eq!(log.since(3).len(), 2);
+    }
+
+    #[test]
+    fn keyed_bodies_carry_their_key_as_a_label() {
+        assert_eq!(body(Some("k"))["labels"][KEY_LABEL], json!("k"));
+        assert!(body(None)["labels"].get(KEY_LABEL).is_none());
+    }
+}

@@ -214,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         "starting nats-server, PostgreSQL ({} shards), 2 servers, 2 workers, a gateway…",
         args.shards
     );
-    let mut cluster = Cluster::start(args.shards, TIMING, netns, &logs, &http).await?;
+    let mut cluster = Cluster::start(args.shards, TIMING, netns, &dir, &http).await?;
     let nats = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(cluster.nats.url())
@@ -324,6 +324,8 @@ async fn main() -> anyhow::Result<()> {
         injections,
     };
     drop(cluster);
+    // The copies of the binaries are 100 MB and say nothing the logs do not.
+    let _ = std::fs::remove_dir_all(dir.join("bin"));
     let table = report.markdown();
     println!("{table}");
     report.write(&dir)?;
@@ -373,5 +375,26 @@ async fn recover(cluster: &Cluster, bound: i64, healed: Instant) -> Option<Durat
             return None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use noetl_contract::{ExecutionId, NodeId};
+
+    #[test]
+    fn first_id_at_bounds_the_ids_of_its_millisecond_from_below() {
+        let ms = 1_795_000_000_123;
+        let first = ExecutionId::from_parts(ms, NodeId::try_from(0).expect("node 0"), 0)
+            .expect("a valid id");
+        let last_before = ExecutionId::from_parts(
+            ms - 1,
+            NodeId::try_from(u32::from(NodeId::MAX)).expect("the largest node"),
+            4_095,
+        )
+        .expect("a valid id");
+        assert_eq!(first_id_at(ms), first.get());
+        assert!(last_before.get() < first_id_at(ms));
     }
 }

@@ -169,3 +169,63 @@ impl Report {
         std::fs::write(dir.join("results.json"), json).context("failed to write results.json")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injection(lost: u64, recovery_ms: Option<u64>) -> Injection {
+        Injection {
+            fault: Fault::KillServer,
+            round: 1,
+            detail: String::new(),
+            fault_ms: 0,
+            in_flight: 3,
+            executions: 10,
+            lost,
+            lost_ids: Vec::new(),
+            duplicated: 0,
+            misrouted: 0,
+            failed: 0,
+            recovery_ms,
+        }
+    }
+
+    fn report(injections: Vec<Injection>) -> Report {
+        Report {
+            mode: "short".to_owned(),
+            seed: 1,
+            shards: 2,
+            netns: true,
+            skipped: Vec::new(),
+            seconds: 1,
+            executions: 10,
+            refused_submits: 0,
+            failed_executions: 0,
+            final_lost: 0,
+            final_lost_ids: Vec::new(),
+            final_duplicates: Duplicates::default(),
+            final_misrouted: 0,
+            final_drain_ms: Some(5),
+            injections,
+        }
+    }
+
+    #[test]
+    fn a_loss_or_a_backlog_that_never_drains_fails_the_run() {
+        assert!(report(vec![injection(0, Some(1_000))]).passed());
+        assert!(!report(vec![injection(1, Some(1_000))]).passed());
+        assert!(!report(vec![injection(0, None)]).passed());
+        let mut duplicated = report(vec![injection(0, Some(1_000))]);
+        duplicated.final_duplicates.terminal_twice = 1;
+        assert!(!duplicated.passed());
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_fault_and_one_for_the_whole_run() {
+        let table = report(vec![injection(0, Some(1_500)), injection(0, Some(500))]).markdown();
+        assert!(table.contains("| SIGKILL server | 2 | 6 + 20 | 0 | 0 | 0 | 1.0 s / 1.5 s |"));
+        assert!(table.contains("**whole run, at the end**"));
+        assert!(table.contains("PASS"));
+    }
+}
