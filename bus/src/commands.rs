@@ -50,7 +50,13 @@ pub async fn stream(client: &Client) -> Result<stream::Stream, Error> {
 pub async fn publish(client: &Client, pool: &str, command: &StepCommand) -> Result<(), Error> {
     let payload = serde_json::to_vec(command).map_err(|e| Error::Transport(e.to_string()))?;
     let js = jetstream::new(client.clone());
-    let publish = jetstream::context::Publish::build()
+    let mut publish = jetstream::context::Publish::build();
+    for (name, values) in crate::trace::headers().iter() {
+        for value in values {
+            publish = publish.header(name.clone(), value.clone());
+        }
+    }
+    let publish = publish
         .message_id(command.message_id())
         .payload(Bytes::from(payload));
     let subject = subject::command(pool, command.shard, command.execution_id);

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod idempotency;
 pub mod nodes;
 pub mod topology;
+pub mod trace;
 
 use std::time::Duration;
 
@@ -179,6 +180,7 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
     })?;
     let request = async_nats::Request::new()
         .payload(Bytes::from(payload))
+        .headers(trace::headers())
         .timeout(Some(timeout));
     let message = client
         .send_request(subject.clone(), request)

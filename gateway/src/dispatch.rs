@@ -13,6 +13,8 @@ use noetl_contract::playbook::Playbook;
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, Route, ShardId};
 
+use tracing::Instrument as _;
+
 use crate::problem::{Code, Problem};
 
 #[derive(Debug, Clone)]
@@ -32,6 +34,7 @@ impl Dispatcher {
         let id = command.execution_id;
         let subject = subject::shard_request(ShardRequest::Submit, route.shard, id);
         noetl_bus::request(&self.client, subject, command, self.timeout)
+            .instrument(execution_span(ShardRequest::Submit, route, id))
             .await
             .map_err(|e| to_problem(route.shard, e).with_execution_id(id))
     }
@@ -87,6 +90,7 @@ impl Dispatcher {
     ) -> Result<Resp, Problem> {
         let subject = subject::shard_request(kind, route.shard, id);
         noetl_bus::request(&self.client, subject, body, self.timeout)
+            .instrument(execution_span(kind, route, id))
             .await
             .map_err(|e| to_problem(route.shard, e))
     }
@@ -157,6 +161,13 @@ impl Dispatcher {
     pub fn is_connected(&self) -> bool {
         noetl_bus::is_connected(&self.client)
     }
+}
+
+/// The span of a request about execution `id`, in the execution's trace.
+fn execution_span(kind: ShardRequest, route: Route, id: ExecutionId) -> tracing::Span {
+    let span = tracing::info_span!("gateway_request", request = ?kind, shard = %route.shard, execution_id = %id);
+    noetl_bus::trace::join(&span, id, None);
+    span
 }
 
 fn bus_unavailable(error: noetl_bus::Error) -> Problem {

@@ -12,6 +12,7 @@ use noetl_contract::ShardId;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::persistence;
 
@@ -64,7 +65,10 @@ async fn relay_once(
     }
     let publishes = due.iter().map(|row| async move {
         match serde_json::from_value::<StepCommand>(row.command.clone()) {
-            Ok(command) => match noetl_bus::commands::publish(client, &row.pool, &command).await {
+            Ok(command) => match noetl_bus::commands::publish(client, &row.pool, &command)
+                .instrument(dispatch_span(&command))
+                .await
+            {
                 Ok(()) => Some(row.id),
                 Err(e) => {
                     tracing::debug!(error = %e, "publish failed; the command stays in the outbox");
@@ -94,4 +98,17 @@ async fn relay_once(
             .increment(failed as u64);
     }
     Ok(stored.len())
+}
+
+/// The span of publishing a command, in its execution's trace: the worker's step span is its
+/// child.
+fn dispatch_span(command: &StepCommand) -> tracing::Span {
+    let span = tracing::info_span!(
+        "dispatch",
+        execution_id = %command.execution_id,
+        step = %command.step,
+        attempt = command.attempt,
+    );
+    noetl_bus::trace::join(&span, command.execution_id, None);
+    span
 }

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::commit::Committer;
 use crate::orchestrate::{Applied, Orchestrator};
@@ -97,10 +98,14 @@ pub async fn serve(
             }
         };
         let shard = shard.clone();
-        handlers.spawn(async move {
-            handle(&shard, request, message).await;
-            drop(permit);
-        });
+        let span = request_span(&shard, request, &message);
+        handlers.spawn(
+            async move {
+                handle(&shard, request, message).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     // Dropping the subscriptions unsubscribes; queued requests go to other replicas or time out.
     drop(requests);
@@ -156,6 +161,20 @@ async fn handle(shard: &Shard, request: Request, message: Message) {
     if let Err(e) = sent {
         tracing::warn!(shard = %shard.id, error = %e, "failed to reply");
     }
+}
+
+/// A request about one execution runs in a span of the execution's trace, a child of the
+/// sender's span its headers name.
+fn request_span(shard: &Shard, request: Request, message: &Message) -> tracing::Span {
+    let Request::Execution(kind) = request else {
+        return tracing::Span::none();
+    };
+    let Some(id) = subject::execution_id_of(&message.subject) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!("shard_request", request = ?kind, shard = %shard.id, execution_id = %id);
+    noetl_bus::trace::join(&span, id, message.headers.as_ref());
+    span
 }
 
 async fn refuse_overloaded(shard: &Shard, message: &Message, max_in_flight: usize) {

@@ -15,6 +15,8 @@ pub struct NatsServer {
     process: Process,
     url: String,
     host: String,
+    /// Extra command-line arguments (credentials), kept for restarts.
+    args: Vec<String>,
     dir: TempDir,
 }
 
@@ -26,15 +28,26 @@ impl NatsServer {
     /// Like [`NatsServer::start`], listening on `host` (a local address, e.g. the root end of a
     /// veth pair that a network namespace reaches the server through).
     pub fn start_on(host: &str) -> Self {
+        Self::start_with(host, Vec::new())
+    }
+
+    /// Like [`NatsServer::start`], accepting only clients that log in as `user` with `password`.
+    pub fn start_with_user(user: &str, password: &str) -> Self {
+        let args = ["--user", user, "--pass", password].map(str::to_owned);
+        Self::start_with("127.0.0.1", args.to_vec())
+    }
+
+    fn start_with(host: &str, args: Vec<String>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("noetl-nats-")
             .tempdir()
             .expect("creating a temp dir for nats-server");
-        let (process, url) = launch(dir.path(), host, "-1");
+        let (process, url) = launch(dir.path(), host, "-1", &args);
         Self {
             process,
             url,
             host: host.to_owned(),
+            args,
             dir,
         }
     }
@@ -62,7 +75,7 @@ impl NatsServer {
             .next()
             .expect("the URL ends in a port")
             .to_owned();
-        let (process, url) = launch(self.dir.path(), &self.host, &port);
+        let (process, url) = launch(self.dir.path(), &self.host, &port, &self.args);
         assert_eq!(url, self.url, "restarted on the same address");
         self.process = process;
     }
@@ -70,7 +83,7 @@ impl NatsServer {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn launch(dir: &Path, host: &str, port: &str) -> (Process, String) {
+fn launch(dir: &Path, host: &str, port: &str, args: &[String]) -> (Process, String) {
     let store: PathBuf = dir.join("jetstream");
     let mut command = Command::new(binary());
     command
@@ -78,6 +91,7 @@ fn launch(dir: &Path, host: &str, port: &str) -> (Process, String) {
         .arg(&store)
         .arg("--ports_file_dir")
         .arg(dir)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut process = Process::spawn(command);

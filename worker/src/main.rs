@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings: Settings = noetl_service::load_settings(args.config.as_deref())?;
-    noetl_service::init_tracing(settings.log_format);
+    let _telemetry = noetl_service::init_telemetry(settings.log_format, "noetl-worker")?;
     let config = WorkerConfig::from_settings(settings, args.pools, args.allow_shell)?;
     let cancel = CancellationToken::new();
     noetl_service::shutdown_on_signal(cancel.clone());

@@ -11,8 +11,8 @@
 //! 3. The action runs under the command's timeout. Every `min(lease, ack_wait) / 3` the worker
 //!    heartbeats the shard (extending the attempt's lease) and tells JetStream it is still
 //!    working (`+WPI`); a `stop` answer cancels the action and the command is acked unreported.
-//! 4. The [`StepReport`] goes to the owning shard until the shard answers; only then is the
-//!    command acked. `stale` (a newer attempt owns the step) is acked too. If the worker shuts
+//! 4. The [`StepReport`] goes to the owning shard until the shard answers, heartbeats going
+//!    on meanwhile so the attempt keeps its lease; only then is the command acked. `stale` (a newer attempt owns the step) is acked too. If the worker shuts
 //!    down before the shard answered, the command is left unacked, so JetStream redelivers it.
 //!
 //! On cancellation the pools stop pulling (commands that arrive meanwhile are handed back with
@@ -235,6 +235,7 @@ async fn handle(
         attempt = command.attempt,
         action = %command.action,
     );
+    noetl_bus::trace::join(&span, command.execution_id, delivery.headers.as_ref());
     runner
         .step(&pool, &delivery, &command)
         .instrument(span)
@@ -282,7 +283,7 @@ impl Runner {
         let started = Instant::now();
         let outcome = tokio::select! {
             outcome = self.registry.execute(&command.action, &command.with, &ctx, timeout, &stop) => outcome,
-            never = self.keep_alive(delivery, interval, Some(beat)) => match never {},
+            never = self.keep_alive(delivery, interval, &beat) => match never {},
         };
         let elapsed = started.elapsed();
         metrics::histogram!("noetl_worker_step_seconds", "action" => action)
@@ -316,9 +317,18 @@ impl Runner {
             finished_at_ms: noetl_bus::unix_now_ms(),
             worker: self.worker.clone(),
         };
+        // The attempt keeps its lease while its result waits for an answer: a report that lands
+        // on a server that cannot answer (paused, cut off from its database) is retried, and
+        // without heartbeats the lease ran out meanwhile and a finished step ran again (found by
+        // noetl-chaos: five attempts of a `noop` lost this way failed an execution).
+        let beat = ShardBeat {
+            command,
+            heartbeat: &heartbeat,
+            stop: &stop,
+        };
         let settled = tokio::select! {
             settled = self.report(command, &report) => settled,
-            never = self.keep_alive(delivery, interval, None) => match never {},
+            never = self.keep_alive(delivery, interval, &beat) => match never {},
         };
         let reply = match settled {
             Some(reply) => {
@@ -338,12 +348,13 @@ impl Runner {
     }
 
     /// Every `interval`: tells JetStream the command is still in hand and, while the action
-    /// runs, heartbeats the shard; a `stop` answer fires the step's stop token.
+    /// runs or its report is unanswered, heartbeats the shard; a `stop` answer fires the step's
+    /// stop token.
     async fn keep_alive(
         &self,
         delivery: &Delivery,
         interval: Duration,
-        shard: Option<ShardBeat<'_>>,
+        beat: &ShardBeat<'_>,
     ) -> Infallible {
         let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -352,7 +363,6 @@ impl Runner {
             if let Err(error) = delivery.ack_with(AckKind::Progress).await {
                 tracing::warn!(%error, "could not extend the command's ack deadline");
             }
-            let Some(beat) = &shard else { continue };
             if beat.stop.is_cancelled() {
                 continue;
             }
