@@ -501,3 +501,40 @@ async fn progress_keeps_a_step_longer_than_the_ack_deadline_from_redelivery() {
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_a_report_waits_for_an_answer() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "unanswered";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let mut heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    let worker = Worker::start(&nats, pool, 30_000);
+    // A 300 ms lease: a heartbeat every 100 ms.
+    let sent = StepCommand {
+        lease_ms: 300,
+        ..command(29, 1, "noop", Value::Null)
+    };
+    noetl_bus::commands::publish(&client, pool, &sent)
+        .await
+        .expect("publish");
+    // The step has finished; its report goes unanswered, as on a server that cannot reach its
+    // database. The attempt must keep its lease meanwhile.
+    next_request(&mut results).await;
+    while heartbeats.try_recv().is_ok() {}
+    for _ in 0..3 {
+        let heartbeat = tokio::time::timeout(WAIT, heartbeats.recv())
+            .await
+            .expect("heartbeats while the report is unanswered")
+            .expect("the fake shard still listens");
+        assert_eq!(heartbeat.attempt, 1);
+    }
+    let message = next_request(&mut results).await;
+    answer(&client, &message, ReportAck::Recorded).await;
+    drained(&client, pool).await;
+    worker.stop().await;
+}
