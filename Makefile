@@ -109,7 +109,7 @@ bench-quick: ## the benchmark in quick mode (debug build), as make test runs it
 
 # The chaos runner starts its own NATS, PostgreSQL and the debug binaries; the partition faults
 # need root (network namespaces) and are skipped, with a message, without it.
-chaos: deps ## fault injection under load, full: every fault 3 times, >= 10,000 executions (~25 min)
+chaos: deps ## fault injection under load, full: every fault 3 times, >= 10,000 executions (~15 min)
 	cargo build --workspace --bins
 	target/debug/noetl-chaos --mode full $(CHAOS_ARGS)
 
