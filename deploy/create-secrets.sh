@@ -4,8 +4,14 @@
 #                     route-password (the NATS users, and the NATS servers' route password)
 #   noetl-shard-K     host, port, user, password, database of shard K's PostgreSQL, for
 #                     K = 0 .. SHARDS-1 (the in-cluster database noetl-postgres-K)
+#   noetl-api-tokens  tokens.toml: the gateway's bearer tokens, as SHA-256 digests; created with
+#                     one token `admin` (scopes submit, read, admin) of the tenant --tenant
 # A Secret that already exists is left exactly as it is, so this is safe to run again, and after
 # adding a shard it creates only the new shard's Secret. Nothing is printed but the names.
+# The admin token itself is written only to the file --admin-token-file names (created with mode
+# 0600; an existing file is never overwritten), never printed nor put on a command line; that
+# flag is needed while noetl-api-tokens does not exist. More tokens: wiki/operations.md,
+# "API tokens".
 # Passwords are hex: NOETL_SHARDS entries cannot hold ',' or ';', and the route password goes
 # into a URL.
 #
@@ -13,7 +19,10 @@
 # password and database (wiki/operations.md shows the command).
 #
 # Usage: deploy/create-secrets.sh [--namespace noetl] [--shards N] [--context CONTEXT]
-#   --shards   default: as many as deploy/base has postgres-shard-K.yaml files
+#                                  [--admin-token-file PATH] [--tenant TENANT]
+#   --shards            default: as many as deploy/base has postgres-shard-K.yaml files
+#   --admin-token-file  where to write the admin token of a new noetl-api-tokens (a new file)
+#   --tenant            the admin token's tenant; default: default
 
 set -euo pipefail
 
@@ -21,6 +30,8 @@ DEPLOY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly DEPLOY
 namespace=noetl
 shards=""
+admin_token_file=""
+tenant=default
 kubectl=(kubectl)
 
 die() {
@@ -42,8 +53,17 @@ while (($#)); do
 		kubectl+=(--context "${2:?--context needs a value}")
 		shift 2
 		;;
+	--admin-token-file)
+		admin_token_file=${2:?--admin-token-file needs a value}
+		shift 2
+		;;
+	--tenant)
+		tenant=${2:?--tenant needs a value}
+		shift 2
+		;;
 	-h | --help)
-		sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		# The comment block at the top of this file.
+		sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed -n 's/^# \{0,1\}//p'
 		exit 0
 		;;
 	*) die "unknown argument: $1 (see --help)" ;;
@@ -57,6 +77,12 @@ if [[ -z $shards ]]; then
 	done
 fi
 [[ $shards =~ ^[1-9][0-9]*$ ]] || die "--shards must be a number of 1 or more, not \"$shards\""
+# Stricter than the gateway (1 to 128 characters), so the name needs no quoting in TOML or YAML.
+[[ $tenant =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] ||
+	die "--tenant must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+if [[ -n $admin_token_file && -e $admin_token_file ]]; then
+	die "$admin_token_file exists; give --admin-token-file a path that does not"
+fi
 
 # 48 hex characters (192 bits).
 password() {
@@ -65,6 +91,30 @@ password() {
 
 exists() {
 	"${kubectl[@]}" --namespace "$namespace" get secret "$1" >/dev/null 2>&1
+}
+
+# Creates noetl-api-tokens with one admin token: the token goes to $admin_token_file only (mode
+# 0600, created here: noclobber refuses a file that appeared meanwhile), the Secret gets its
+# SHA-256 digest. printf is a shell builtin, so the token is never a process argument.
+create_api_tokens() {
+	local token digest
+	token=ntl_$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+	digest=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+	(umask 077 && set -o noclobber && printf '%s\n' "$token" >"$admin_token_file") ||
+		die "cannot create $admin_token_file"
+	if ! {
+		printf 'apiVersion: v1\nkind: Secret\nmetadata:\n  name: noetl-api-tokens\n'
+		printf '  labels:\n    app.kubernetes.io/part-of: noetl-dispatch\n'
+		printf 'type: Opaque\nstringData:\n  tokens.toml: |\n'
+		printf '    [[tokens]]\n    name = "admin"\n    tenant = "%s"\n' "$tenant"
+		printf '    scopes = ["submit", "read", "admin"]\n    sha256 = "%s"\n' "$digest"
+	} | "${kubectl[@]}" --namespace "$namespace" create -f - >/dev/null; then
+		# A token without its Secret opens nothing; remove it so that a second run can write the file.
+		rm -f "$admin_token_file"
+		die "creating secret $namespace/noetl-api-tokens failed"
+	fi
+	printf 'created secret %s/noetl-api-tokens (token "admin", tenant %s; the token is in %s)\n' \
+		"$namespace" "$tenant" "$admin_token_file"
 }
 
 # Reads `key value` lines on stdin and creates the Secret from them. The manifest goes through a
@@ -82,6 +132,11 @@ create() {
 	} | "${kubectl[@]}" --namespace "$namespace" create -f - >/dev/null
 	printf 'created secret %s/%s\n' "$namespace" "$name"
 }
+
+# Asked before anything is created, so a missing flag leaves the cluster as it was.
+if ! exists noetl-api-tokens && [[ -z $admin_token_file ]]; then
+	die "the Secret noetl-api-tokens does not exist: give --admin-token-file PATH to receive its admin token"
+fi
 
 if ! "${kubectl[@]}" get namespace "$namespace" >/dev/null 2>&1; then
 	"${kubectl[@]}" create namespace "$namespace" >/dev/null
@@ -104,3 +159,13 @@ for ((k = 0; k < shards; k++)); do
 	printf 'host noetl-postgres-%d\nport 5432\nuser noetl\npassword %s\ndatabase noetl\n' "$k" "$(password)" |
 		create "noetl-shard-$k"
 done
+
+if exists noetl-api-tokens; then
+	printf 'kept secret %s/noetl-api-tokens (exists)\n' "$namespace"
+	if [[ -n $admin_token_file ]]; then
+		printf 'wrote no token to %s: add tokens to the existing Secret (wiki/operations.md, "API tokens")\n' \
+			"$admin_token_file"
+	fi
+else
+	create_api_tokens
+fi

@@ -9,7 +9,8 @@
 #  3. checks every rendered object against the Kubernetes schemas of the version deploy/kind/cluster.yaml
 #     pins (strict: no unknown field), and the rules of these manifests (deploy/tools/check_manifests.py:
 #     probes, resources, security, one server pod and one database per shard, NOETL_SHARDS assembled
-#     from the per-shard Secrets, NATS routes, references; production renders no Secret)
+#     from the per-shard Secrets, NATS routes, the gateway reading its tokens from the Secret
+#     noetl-api-tokens, references; production renders no Secret)
 #  4. deploy/base/nats.conf: `nats-server -t`, then every role's permissions against a running
 #     nats-server on loopback (deploy/tools/check_nats_permissions.py)
 #  5. the per-shard Postgres manifests are the copies deploy/add-shard.sh makes

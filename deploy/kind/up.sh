@@ -2,10 +2,11 @@
 # Brings noetl-dispatch up on a local kind cluster and runs an example execution through it:
 #   1. creates the kind cluster (deploy/kind/cluster.yaml) unless it exists,
 #   2. builds the image (Dockerfile) and loads it into the cluster's node,
-#   3. applies deploy/overlays/kind with that image,
+#   3. applies deploy/overlays/kind with that image and the API token of .state/kind (generated
+#      once: .state/kind/api-token holds the token, the gateway's Secret only its digest),
 #   4. waits until NATS, the shard databases, the servers, the worker and the gateway are ready,
 #   5. port-forwards the gateway, waits until its /readyz says every shard answers, submits
-#      examples/diamond.json, follows its event stream and fails unless it succeeded.
+#      examples/diamond.json with that token, follows its event stream and fails unless it succeeded.
 # Running it again rebuilds the image and rolls out only what changed.
 #
 # Needs: docker (a running engine), kind (v0.25.0 or newer), kubectl (1.27 or newer), curl;
@@ -27,6 +28,9 @@ readonly NAMESPACE=noetl
 readonly IMAGE=noetl-dispatch
 readonly GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
 readonly KUBECTL=(kubectl --context "kind-$CLUSTER_NAME")
+readonly KIND_STATE=$REPO_ROOT/.state/kind
+readonly API_TOKEN_FILE=$KIND_STATE/api-token
+readonly TOKENS_FILE=$KIND_STATE/tokens.toml
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -80,13 +84,41 @@ build_image() {
 	printf '%s\n' "$tag"
 }
 
-# The kind overlay with the image just built: a kustomization over it in .state/kind (kustomize
-# takes only relative paths to other kustomizations), applied with `kubectl apply -k`.
+# The gateway's API token for this cluster (tenant `dev`, every scope), made once per state dir,
+# as `make up` makes its own: the token goes into api-token (mode 0600), its SHA-256 digest into
+# tokens.toml, which becomes the Secret noetl-api-tokens. It is never printed nor put on a command
+# line (curl reads it from a header file).
+ensure_api_token() {
+	mkdir -p "$KIND_STATE"
+	if [[ ! -s $API_TOKEN_FILE || ! -s $TOKENS_FILE ]]; then
+		local token digest
+		token=ntl_kind_$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+		digest=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+		(umask 077 && printf '%s\n' "$token" >"$API_TOKEN_FILE")
+		cat >"$TOKENS_FILE" <<-EOF
+			# Written by deploy/kind/up.sh: the kind cluster's API token (its digest only).
+			[[tokens]]
+			name = "dev"
+			tenant = "dev"
+			scopes = ["submit", "read", "admin"]
+			sha256 = "$digest"
+		EOF
+		say "generated an API token into ${API_TOKEN_FILE#"$REPO_ROOT"/}"
+	fi
+	(umask 077 && printf 'authorization: Bearer %s\n' "$(<"$API_TOKEN_FILE")" >"$WORK_DIR/auth-header")
+}
+
+# The kind overlay with the image just built and this cluster's token: a kustomization over it in
+# .state/kind (kustomize takes only relative paths to other kustomizations), applied with
+# `kubectl apply -k`. Its tokens.toml replaces the overlay's placeholder Secret; the gateway reads
+# the file once at start-up, so the pod template carries the file's digest and a new token rolls
+# the gateway.
 apply_manifests() {
-	local tag=$1 dir=$REPO_ROOT/.state/kind
-	mkdir -p "$dir"
-	cat >"$dir/kustomization.yaml" <<-EOF
-		# Written by deploy/kind/up.sh: deploy/overlays/kind with the image it built and loaded.
+	local tag=$1 tokens_digest
+	tokens_digest=$(sha256sum "$TOKENS_FILE" | cut -d' ' -f1)
+	cat >"$KIND_STATE/kustomization.yaml" <<-EOF
+		# Written by deploy/kind/up.sh: deploy/overlays/kind with the image it built and loaded, and
+		# the API token digest of tokens.toml (the token is in api-token).
 		apiVersion: kustomize.config.k8s.io/v1beta1
 		kind: Kustomization
 		resources:
@@ -94,9 +126,28 @@ apply_manifests() {
 		images:
 		- name: $IMAGE
 		  newTag: $tag
+		secretGenerator:
+		- name: noetl-api-tokens
+		  behavior: replace
+		  files:
+		  - tokens.toml
+		patches:
+		- target:
+		    kind: Deployment
+		    name: noetl-gateway
+		  patch: |-
+		    apiVersion: apps/v1
+		    kind: Deployment
+		    metadata:
+		      name: noetl-gateway
+		    spec:
+		      template:
+		        metadata:
+		          annotations:
+		            noetl.io/api-tokens-sha256: "$tokens_digest"
 	EOF
 	say "applying deploy/overlays/kind with image $IMAGE:$tag"
-	"${KUBECTL[@]}" apply -k "$dir"
+	"${KUBECTL[@]}" apply -k "$KIND_STATE"
 }
 
 wait_for_rollouts() {
@@ -162,18 +213,18 @@ run_example() {
 	[[ $body == /* ]] || body=$REPO_ROOT/$body
 	[[ -f $body ]] || die "the example $EXAMPLE does not exist"
 	say "submitting $EXAMPLE: POST $api"
-	response=$(curl -sS --max-time 30 --fail-with-body -X POST -H 'content-type: application/json' \
-		--data-binary "@$body" "$api") || die "submitting the example failed: ${response:-no response}"
+	response=$(curl -sS --max-time 30 --fail-with-body -X POST -H "@$WORK_DIR/auth-header" \
+		-H 'content-type: application/json' --data-binary "@$body" "$api") || die "submitting the example failed: ${response:-no response}"
 	print_json "$response"
 	id=$(string_field execution_id "$response")
 	[[ $id =~ ^[0-9]+$ ]] || die "the submit response has no execution_id"
 
 	# The stream replays the event log and closes by itself once the execution has ended.
 	say "following it: GET $api/$id/stream (up to ${EXAMPLE_TIMEOUT}s)"
-	curl -sS -N --max-time "$EXAMPLE_TIMEOUT" --fail-with-body "$api/$id/stream" | sed -un 's/^event: /  /p' ||
+	curl -sS -N --max-time "$EXAMPLE_TIMEOUT" --fail-with-body -H "@$WORK_DIR/auth-header" "$api/$id/stream" | sed -un 's/^event: /  /p' ||
 		die "execution $id did not end within ${EXAMPLE_TIMEOUT}s, or its event stream broke"
 
-	response=$(curl -sS --max-time 30 --fail-with-body "$api/$id") ||
+	response=$(curl -sS --max-time 30 --fail-with-body -H "@$WORK_DIR/auth-header" "$api/$id") ||
 		die "reading execution $id failed: ${response:-no response}"
 	print_json "$response"
 	status=$(string_field status "$response")
@@ -187,6 +238,7 @@ main() {
 	create_cluster
 	local tag
 	tag=$(build_image)
+	ensure_api_token
 	apply_manifests "$tag"
 	wait_for_rollouts
 	port_forward
@@ -197,6 +249,8 @@ main() {
 		noetl-dispatch runs in the kind cluster $CLUSTER_NAME, namespace $NAMESPACE (kubectl context kind-$CLUSTER_NAME).
 		  the gateway:  kubectl -n $NAMESPACE port-forward service/noetl-gateway $GATEWAY_PORT:8080
 		                then $GATEWAY_URL/api/v1/executions (this script's port-forward ends with it)
+		  API token:    in ${API_TOKEN_FILE#"$REPO_ROOT"/} (tenant dev, every scope):
+		                -H "authorization: Bearer \$(cat ${API_TOKEN_FILE#"$REPO_ROOT"/})"
 		  noetlctl:     kubectl -n $NAMESPACE exec deploy/noetl-ctl -- noetlctl topology show
 		  pods:         kubectl -n $NAMESPACE get pods
 		  logs:         kubectl -n $NAMESPACE logs statefulset/noetl-server   (or deploy/noetl-gateway, …)

@@ -19,12 +19,17 @@ The rules:
   pods; NOETL_SHARDS has N entries, entry K built from the SHARD_K_* variables, which come from
   the Secret noetl-shard-K.
 - NATS: three servers, routes naming exactly its pods, JetStream syncing every write.
+- API tokens: the gateway's NOETL_AUTH_TOKENS_FILE names the file tokens.toml of the Secret
+  noetl-api-tokens, mounted read-only (without it the API would be open to anyone); a rendered
+  tokens.toml is valid (entries with name, tenant, scopes, and sha256 of 64 hex digits).
 - references: Services, PodDisruptionBudgets and the HorizontalPodAutoscaler point at workloads
   that exist; every ConfigMap and Secret a pod uses exists (an overlay given with --external-secrets
   must render no Secret at all: its Secrets are created beforehand, and the list is printed).
 """
 
 import argparse
+import base64
+import posixpath
 import re
 import sys
 
@@ -200,6 +205,73 @@ def check_nats(report, overlay, objects):
     report.note("nats: %s servers, routes to each, sync_interval: always" % replicas)
 
 
+TOKENS_SECRET = "noetl-api-tokens"
+TOKENS_KEY = "tokens.toml"
+SCOPES = {"submit", "read", "admin"}
+
+
+def check_tokens_file(report, where, text):
+    try:
+        import tomllib
+    except ImportError:  # Python before 3.11: the file is not checked
+        report.note("api tokens: %s not parsed (no tomllib before Python 3.11)" % where)
+        return
+    try:
+        tokens = tomllib.loads(text).get("tokens")
+    except tomllib.TOMLDecodeError as e:
+        report.check(False, "%s: not TOML: %s" % (where, e))
+        return
+    if not report.check(isinstance(tokens, list) and tokens, "%s: lists no [[tokens]]" % where):
+        return
+    for i, token in enumerate(tokens):
+        at = "%s: tokens[%d]" % (where, i)
+        report.check(set(token) == {"name", "tenant", "scopes", "sha256"},
+                     at + ": has %s, not exactly name, tenant, scopes, sha256" % sorted(token))
+        report.check(isinstance(token.get("tenant"), str) and 1 <= len(token["tenant"]) <= 128,
+                     at + ": tenant is not 1 to 128 characters")
+        scopes = token.get("scopes")
+        report.check(isinstance(scopes, list) and scopes and set(scopes) <= SCOPES,
+                     at + ": scopes %r are not some of %s" % (scopes, sorted(SCOPES)))
+        report.check(re.fullmatch(r"[0-9a-fA-F]{64}", str(token.get("sha256", ""))) is not None,
+                     at + ": sha256 is not 64 hex digits")
+
+
+def check_api_tokens(report, overlay, objects):
+    gateway = find(objects, "Deployment", "noetl-gateway")
+    if not report.check(gateway is not None, "%s: no Deployment noetl-gateway" % overlay):
+        return
+    spec = pod_spec(gateway)
+    container = next((c for c in spec["containers"] if c["name"] == "gateway"), spec["containers"][0])
+    path = env_of(container).get("NOETL_AUTH_TOKENS_FILE", {}).get("value")
+    where = "%s: %s" % (overlay, name_of(gateway))
+    if not report.check(bool(path), where + ": NOETL_AUTH_TOKENS_FILE is not set, so the API is open"):
+        return
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    # The file a path names: the mount holding it, then the Secret item at the rest of the path.
+    found = None
+    for mount in container.get("volumeMounts", []):
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(directory) or "subPath" in mount:
+            continue
+        secret = volumes.get(mount["name"], {}).get("secret", {})
+        rest = path[len(directory):]
+        items = secret.get("items") or [{"key": TOKENS_KEY, "path": TOKENS_KEY}]
+        key = next((item["key"] for item in items if posixpath.normpath(item["path"]) == rest), None)
+        found = (secret.get("secretName"), key, mount.get("readOnly") is True)
+    report.check(found == (TOKENS_SECRET, TOKENS_KEY, True),
+                 where + ": NOETL_AUTH_TOKENS_FILE %s is not key %s of Secret %s mounted read-only (found %s)"
+                 % (path, TOKENS_KEY, TOKENS_SECRET, found))
+    secret = find(objects, "Secret", TOKENS_SECRET)
+    if secret is not None:
+        text = secret.get("stringData", {}).get(TOKENS_KEY)
+        if text is None and TOKENS_KEY in secret.get("data", {}):
+            text = base64.b64decode(secret["data"][TOKENS_KEY]).decode("utf-8")
+        if report.check(text is not None, "%s: Secret %s has no key %s" % (overlay, TOKENS_SECRET, TOKENS_KEY)):
+            check_tokens_file(report, "%s: Secret %s %s" % (overlay, TOKENS_SECRET, TOKENS_KEY), text)
+    report.note("api tokens: the gateway reads %s from Secret %s (read-only)%s"
+                % (path, TOKENS_SECRET, ", its tokens.toml rendered and checked" if secret is not None else ""))
+
+
 def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -230,7 +302,8 @@ def check_references(report, overlay, objects, external_secrets):
                 report.check(find(objects, "ConfigMap", volume["configMap"]["name"]) is not None,
                              "%s: %s mounts ConfigMap %s, which is not rendered" % (overlay, name_of(obj), volume["configMap"]["name"]))
             if "secret" in volume:
-                needed_secrets.setdefault(volume["secret"]["secretName"], set())
+                needed_secrets.setdefault(volume["secret"]["secretName"], set()).update(
+                    item["key"] for item in volume["secret"].get("items", []))
         for container in spec.get("containers", []):
             for e in container.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
@@ -273,6 +346,7 @@ def main():
         check_workloads(report, overlay, objects, set(filter(None, args.binaries.split(","))))
         check_shards(report, overlay, objects)
         check_nats(report, overlay, objects)
+        check_api_tokens(report, overlay, objects)
         check_references(report, overlay, objects, overlay in args.external_secrets)
     for failure in report.failures:
         print("FAIL " + failure)
