@@ -73,6 +73,8 @@ impl Node {
         command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
+            // Plain text in the log files.
+            .env("NO_COLOR", "1")
             .stdout(log.try_clone().context("failed to share the log file")?)
             .stderr(log);
         self.process = Some(Process::spawn(command));
