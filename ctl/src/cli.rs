@@ -26,7 +26,7 @@ use url::Url;
 
 use crate::http::{self, Gateway, Token};
 use crate::input::{self, CatalogRef, Label};
-use crate::{executions, follow, playbooks, topology};
+use crate::{bench, executions, follow, playbooks, topology};
 
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -178,6 +178,28 @@ pub enum Command {
     /// The cluster topology: its epochs, the shards' states, and changes of the shard count.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Load the running cluster with single-noop executions: submits/s, end-to-end
+    /// executions/s and their latency percentiles (the full harness is `make bench`).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Submits in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// How long to submit.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
+    /// Only submit: do not follow the executions to their end.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Give up following after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub follow_timeout: u64,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -412,6 +434,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             async { executions::route(&gateway()?, id, json).await }.await
         }
         Command::Playbook(command) => async { playbooks::run(&gateway()?, command).await }.await,
+        Command::Bench(args) => async { bench::run(&gateway()?, args).await }.await,
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

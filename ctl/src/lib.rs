@@ -9,11 +9,13 @@
 //! - [`sse`]: the Server-Sent Events parser `watch` reads the stream with.
 //! - [`playbooks`]: the catalog: push, list, get.
 //! - [`table`]: plain-text tables and short forms of values.
+//! - [`bench`]: load a running cluster with no-op executions and report rates and latencies.
 //! - [`topology`]: show, plan, apply, drain and retire: each reads the topology document,
 //!   asks the shards' servers what it needs to know, and writes with compare-and-set.
 //!
 //! `main.rs` parses, calls [`cli::run`] and exits with the code it returns.
 
+pub mod bench;
 pub mod cli;
 pub mod executions;
 pub mod follow;
