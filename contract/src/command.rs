@@ -44,6 +44,50 @@ pub enum StepOutcome {
     Failed { error: String },
 }
 
+impl StepOutcome {
+    /// Replaces every NUL character (in the result's strings and keys, or in the error) with
+    /// U+FFFD, which PostgreSQL can store: neither `jsonb` nor `text` holds U+0000, and a
+    /// program's output or an HTTP body may contain it. Returns whether anything was replaced.
+    pub fn scrub_nul(&mut self) -> bool {
+        match self {
+            StepOutcome::Succeeded { result } => scrub_value(result),
+            StepOutcome::Failed { error } => scrub_text(error),
+        }
+    }
+}
+
+fn scrub_text(text: &mut String) -> bool {
+    if !text.contains('\0') {
+        return false;
+    }
+    *text = text.replace('\0', "\u{FFFD}");
+    true
+}
+
+fn scrub_value(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => scrub_text(text),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, item| scrub_value(item) | any),
+        Value::Object(fields) => {
+            let mut any = false;
+            if fields.keys().any(|key| key.contains('\0')) {
+                *fields = std::mem::take(fields)
+                    .into_iter()
+                    .map(|(key, item)| (key.replace('\0', "\u{FFFD}"), item))
+                    .collect();
+                any = true;
+            }
+            fields
+                .values_mut()
+                .fold(any, |any, item| scrub_value(item) | any)
+        }
+        _ => false,
+    }
+}
+
 /// A worker's report of a finished attempt, sent to [`crate::subject::shard_request`] with
 /// [`crate::subject::ShardRequest::Result`]. The worker acks the command only after the shard
 /// answered.
@@ -95,6 +139,31 @@ pub enum HeartbeatAck {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nul_characters_of_a_result_or_an_error_become_replacement_characters() {
+        let mut outcome = StepOutcome::Succeeded {
+            result: json!({"body": "a\u{0}b", "k\u{0}": [1, "\u{0}"], "n": 1}),
+        };
+        assert!(outcome.scrub_nul());
+        assert_eq!(
+            outcome,
+            StepOutcome::Succeeded {
+                result: json!({"body": "a\u{FFFD}b", "k\u{FFFD}": [1, "\u{FFFD}"], "n": 1})
+            }
+        );
+        assert!(!outcome.scrub_nul(), "nothing left to replace");
+        let mut failed = StepOutcome::Failed {
+            error: "exit 1: \u{0}".into(),
+        };
+        assert!(failed.scrub_nul());
+        assert_eq!(
+            failed,
+            StepOutcome::Failed {
+                error: "exit 1: \u{FFFD}".into()
+            }
+        );
+    }
 
     #[test]
     fn report_shape_is_flat_and_tagged() {

@@ -369,3 +369,33 @@ async fn a_template_that_fails_at_run_time_fails_its_step_with_the_reason() {
     assert_eq!(step(&done, "second")["status"], "skipped");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_holding_nul_characters_is_stored_with_replacement_characters() {
+    // PostgreSQL stores no U+0000 in jsonb or text; an HTTP body (or a program's output) may
+    // hold one, and the report must still be recorded rather than retried forever.
+    let app = axum::Router::new().route("/nul", axum::routing::get(|| async { "a\0b" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/nul", listener.local_addr().expect("an address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cluster = Cluster::start(1).await;
+    let worker = Worker::start(cluster.nats.url());
+    let id = submit(
+        &cluster,
+        json!([{"name": "fetch", "action": "http", "with": {"url": url}}]),
+    )
+    .await;
+    let execution = cluster
+        .wait_for_execution(id, "the fetch to end", is_terminal)
+        .await;
+    assert_eq!(execution["status"], "succeeded", "{execution}");
+    assert_eq!(
+        step(&execution, "fetch")["result"]["body"],
+        "a\u{FFFD}b",
+        "{execution}"
+    );
+    worker.stop().await;
+    cluster.stop().await;
+}

@@ -323,7 +323,10 @@ fn body<T: serde::de::DeserializeOwned>(
 
 async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError> {
     let id = routed_id(shard, message)?;
-    let report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
+    let mut report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
+    if report.outcome.scrub_nul() {
+        tracing::debug!(execution_id = %id, step = report.step_index, "replaced NUL characters in a result");
+    }
     let outcome_label = match report.outcome {
         StepOutcome::Succeeded { .. } => "succeeded",
         StepOutcome::Failed { .. } => "failed",
