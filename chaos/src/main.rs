@@ -168,6 +168,18 @@ fn first_id_at(unix_ms: i64) -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to listen for SIGTERM")?;
+    // On a signal the run is dropped where it stands, and with it every process it started and
+    // the network namespace.
+    tokio::select! {
+        result = run(args) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; every process stopped"),
+        _ = terminate.recv() => anyhow::bail!("terminated; every process stopped"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut plan = plan(args.mode);
     if let Some(rounds) = args.rounds {
         plan.rounds = rounds;
