@@ -65,7 +65,14 @@ fn connect_options(dsn: &ShardDsn) -> Result<PgConnectOptions, Error> {
         .port(dsn.port)
         .username(&dsn.user)
         .database(&dsn.database)
-        .application_name("noetl-server");
+        .application_name("noetl-server")
+        // A server cut off from its database (or paused) while inside a transaction would hold
+        // the execution's row lock until its TCP connection delivers again, which after a long
+        // partition takes tens of seconds of retransmission backoff; PostgreSQL ends such a
+        // session instead, so another server can take the execution over (its changes roll
+        // back; see wiki/reliability.md). No transaction of the server waits longer than the
+        // relay's JetStream publish acknowledgements (5 s).
+        .options([("idle_in_transaction_session_timeout", "10s")]);
     if let Some(password) = &dsn.password {
         options = options.password(password.expose_secret());
     }
