@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{digest, eventually, hello_request, id_of, Cluster, DEADLINE};
+use common::{digest, eventually, hello_request, id_of, poll_readyz, Cluster, DEADLINE};
 use noetl_test_support::{cargo_bin, free_port, Process};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,17 +77,12 @@ async fn oversized_bodies_get_413_and_the_gateway_does_not_buffer_them() {
         .stdout(std::process::Stdio::null());
     let gateway = Process::spawn(command);
     let url = format!("http://127.0.0.1:{port}");
-    eventually("the gateway process to be ready", DEADLINE, || async {
-        let response = cluster
-            .http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        (response.status().as_u16() == 200)
-            .then_some(())
-            .ok_or_else(|| format!("readyz {}", response.status()))
-    })
+    poll_readyz(
+        &cluster.http,
+        &url,
+        "the gateway process to be ready",
+        |status, _| status == 200,
+    )
     .await;
     let before = peak_memory_kib(gateway.id());
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::{digest, eventually, DEADLINE};
+use common::{digest, eventually, poll_readyz, DEADLINE};
 use noetl_contract::ExecutionId;
 use noetl_test_support::{cargo_bin, free_port, NatsServer, Postgres, Process};
 use serde_json::Value;
@@ -81,15 +81,9 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
     let http = reqwest::Client::new();
     let gateway = format!("http://127.0.0.1:{gateway_port}");
     for port in ports {
-        eventually("every process to be ready", DEADLINE, || async {
-            let response = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            (response.status().as_u16() == 200)
-                .then_some(())
-                .ok_or_else(|| format!("{port}: {}", response.status()))
+        let url = format!("http://127.0.0.1:{port}");
+        poll_readyz(&http, &url, "every process to be ready", |status, _| {
+            status == 200
         })
         .await;
     }
@@ -164,14 +158,7 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
         ),
     ];
     for (port, names) in expectations {
-        let scraped = http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let scraped = scrape(&http, port).await.expect("metrics");
         for name in names {
             let total = sum_of(&scraped, name);
             // The topology's first epoch is 0; everything else counted work.
@@ -191,14 +178,7 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
                 "noetl_server_pending_commands",
             ] {
                 eventually("the backlog gauges to be sampled", DEADLINE, || async {
-                    let scraped = http
-                        .get(format!("http://127.0.0.1:{port}/metrics"))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .text()
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let scraped = scrape(&http, port).await?;
                     sum_of(&scraped, gauge)
                         .map(drop)
                         .ok_or_else(|| format!("no {gauge}"))
@@ -210,17 +190,20 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
 
     // Traces: one trace for the execution, with spans from all three processes.
     let trace = noetl_bus::trace::trace_id(id).to_string();
+    let in_trace = |pick: fn(&(String, String, String)) -> String| -> BTreeSet<String> {
+        spans
+            .lock()
+            .expect("spans")
+            .iter()
+            .filter(|span| span.1 == trace)
+            .map(pick)
+            .collect()
+    };
     eventually(
         "spans of the execution from every process",
         DEADLINE,
         || async {
-            let seen: BTreeSet<String> = spans
-                .lock()
-                .expect("spans")
-                .iter()
-                .filter(|(_, trace_id, _)| *trace_id == trace)
-                .map(|(service, _, _)| service.clone())
-                .collect();
+            let seen = in_trace(|span| span.0.clone());
             let all: BTreeSet<String> = ["noetl-gateway", "noetl-server", "noetl-worker"]
                 .map(str::to_owned)
                 .into();
@@ -230,13 +213,7 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
         },
     )
     .await;
-    let names: BTreeSet<String> = spans
-        .lock()
-        .expect("spans")
-        .iter()
-        .filter(|(_, trace_id, _)| *trace_id == trace)
-        .map(|(_, _, name)| name.clone())
-        .collect();
+    let names = in_trace(|span| span.2.clone());
     for name in ["gateway_request", "shard_request", "dispatch", "step"] {
         assert!(names.contains(name), "no {name} span in {names:?}");
     }
@@ -313,6 +290,16 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
         }
     }
     assert!(lines > 100, "only {lines} log lines at trace level");
+}
+
+/// The `/metrics` text of the process listening on `port`.
+async fn scrape(http: &reqwest::Client, port: u16) -> Result<String, String> {
+    let response = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    response.text().await.map_err(|e| e.to_string())
 }
 
 /// The sum of every sample of metric `name` (all label sets); `None` when it has none.
