@@ -16,7 +16,17 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// The processes of one run, by the name the report gives them.
 #[derive(Debug, Clone, Default)]
 pub struct Watched {
-    roots: Vec<(String, u32)>,
+    roots: Vec<Root>,
+}
+
+#[derive(Debug, Clone)]
+struct Root {
+    name: String,
+    pid: u32,
+    /// With its descendants. The harness itself is watched alone: the processes it starts are
+    /// its children and are watched by their own names (what it spent on children that already
+    /// exited, like the peers' drivers, is in its own counters).
+    tree: bool,
 }
 
 /// CPU seconds of each watched process (with its descendants) at one moment.
@@ -39,20 +49,33 @@ pub struct PeakMemory {
 
 impl Watched {
     pub fn add(&mut self, name: &str, pid: u32) {
-        self.roots.push((name.to_owned(), pid));
+        self.roots.push(Root {
+            name: name.to_owned(),
+            pid,
+            tree: true,
+        });
     }
 
     pub fn pid_of(&self, name: &str) -> Option<u32> {
-        self.roots
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, pid)| *pid)
+        self.roots.iter().find(|r| r.name == name).map(|r| r.pid)
     }
 
     /// The harness itself, which generates the load.
     pub fn with_self(mut self) -> Self {
-        self.add("bench (load generator)", std::process::id());
+        self.roots.push(Root {
+            name: "bench (load generator)".to_owned(),
+            pid: std::process::id(),
+            tree: false,
+        });
         self
+    }
+
+    fn processes(&self, table: &HashMap<u32, Stat>, root: &Root) -> Vec<u32> {
+        if root.tree {
+            tree(table, root.pid)
+        } else {
+            vec![root.pid]
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -60,13 +83,14 @@ impl Watched {
         Snapshot(
             self.roots
                 .iter()
-                .map(|(name, pid)| {
-                    let ticks: u64 = tree(&table, *pid)
+                .map(|root| {
+                    let ticks: u64 = self
+                        .processes(&table, root)
                         .iter()
                         .filter_map(|p| table.get(p))
                         .map(|stat| stat.cpu_ticks)
                         .sum();
-                    (name.clone(), ticks as f64 / TICKS_PER_SECOND)
+                    (root.name.clone(), ticks as f64 / TICKS_PER_SECOND)
                 })
                 .collect(),
         )
@@ -77,9 +101,10 @@ impl Watched {
         let table = process_table();
         self.roots
             .iter()
-            .map(|(name, pid)| PeakMemory {
-                process: name.clone(),
-                vm_hwm_mib: tree(&table, *pid)
+            .map(|root| PeakMemory {
+                process: root.name.clone(),
+                vm_hwm_mib: self
+                    .processes(&table, root)
                     .iter()
                     .filter_map(|p| vm_hwm_kib(*p))
                     .max()
