@@ -109,10 +109,12 @@ bench-quick: ## the benchmark in quick mode (debug build), as make test runs it
 
 # The chaos runner starts its own NATS, PostgreSQL and the debug binaries; the partition faults
 # need root (network namespaces) and are skipped, with a message, without it.
-chaos: deps ## fault injection under load, full: every fault 3 times, >= 10,000 executions (~15 min)
+chaos: ## fault injection under load, full: every fault 3 times, >= 10,000 executions (~15 min)
+	scripts/ensure-deps.sh --chaos
 	cargo build --workspace --bins
 	target/debug/noetl-chaos --mode full $(CHAOS_ARGS)
 
-chaos-short: deps ## fault injection under load, short (< 5 min, CI): every fault once, short holds
+chaos-short: ## fault injection under load, short (< 5 min, CI): every fault once, short holds
+	scripts/ensure-deps.sh --chaos
 	cargo build --workspace --bins
 	target/debug/noetl-chaos --mode short $(CHAOS_ARGS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the programs the local cluster and the test suite start are installed:
 # nats-server, the PostgreSQL server binaries and curl; with --bench also what the benchmark's
-# peers need (redis-server, node and npm, python3 with venv).
+# peers need (redis-server, node and npm, python3 with venv); with --chaos also iproute2 (`ip netns`,
+# for the chaos runner's partitions).
 # Whatever is missing is installed with apt-get (through sudo when not root); when everything is
 # present apt is not touched at all.
 #
@@ -55,6 +56,9 @@ missing_packages() {
 		command -v npm >/dev/null || echo npm
 		python3 -c 'import ensurepip, venv' 2>/dev/null || echo python3-venv
 	fi
+	if [[ ${ENSURE_CHAOS_DEPS:-} == 1 ]]; then
+		command -v ip >/dev/null || echo iproute2
+	fi
 }
 
 install_packages() {
@@ -94,6 +98,9 @@ ensure_deps() {
 main() {
 	if [[ ${1:-} == --bench ]]; then
 		ENSURE_BENCH_DEPS=1
+	fi
+	if [[ ${1:-} == --chaos ]]; then
+		ENSURE_CHAOS_DEPS=1
 	fi
 	ensure_deps
 	printf 'nats-server: %s (%s)\n' "$(find_nats_server)" "$(nats-server --version 2>&1)"

@@ -88,13 +88,14 @@ impl Node {
         }
     }
 
-    /// Sends `signal` (`STOP`, `CONT`) with kill(1).
+    /// Sends `signal` (`STOP`, `CONT`) with the shell's `kill` (the workspace allows no unsafe
+    /// code, and a shell is always there where procps may not be).
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let Some(process) = &self.process else {
             bail!("{} is not running", self.name);
         };
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
+        let status = Command::new("sh")
+            .args(["-c", r#"kill -s "$0" "$1""#, signal])
             .arg(process.id().to_string())
             .status()
             .context("failed to run kill")?;
