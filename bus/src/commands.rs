@@ -32,7 +32,7 @@ pub async fn stream(client: &Client) -> Result<stream::Stream, Error> {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
-            num_replicas: 1,
+            num_replicas: crate::replicas(),
             ..Default::default()
         })
         .await;

@@ -65,9 +65,10 @@ pub struct NatsConfig {
     pub security: NatsSecurity,
 }
 
-/// NATS credentials and TLS: the `nats_*` settings every binary shares (flattened into its
-/// settings, so `NOETL_NATS_USER`, `NOETL_NATS_PASSWORD`, `NOETL_NATS_CREDS_FILE`,
-/// `NOETL_NATS_TLS_CA_FILE`, `NOETL_NATS_TLS_REQUIRED`). The password never prints.
+/// NATS credentials, TLS and JetStream replicas: the `nats_*` settings every binary shares
+/// (flattened into its settings, so `NOETL_NATS_USER`, `NOETL_NATS_PASSWORD`,
+/// `NOETL_NATS_CREDS_FILE`, `NOETL_NATS_TLS_CA_FILE`, `NOETL_NATS_TLS_REQUIRED`,
+/// `NOETL_NATS_REPLICAS`). The password never prints.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default)]
 pub struct NatsSecurity {
@@ -80,6 +81,9 @@ pub struct NatsSecurity {
     /// A PEM file of the CA that signed the server's certificate (implies TLS).
     pub nats_tls_ca_file: Option<std::path::PathBuf>,
     pub nats_tls_required: bool,
+    /// Replicas of the JetStream streams and key-value buckets this process creates (1 to 5;
+    /// unset: 1). A server also raises the streams that exist with fewer ([`raise_replicas`]).
+    pub nats_replicas: Option<usize>,
 }
 
 impl NatsSecurity {
@@ -93,8 +97,16 @@ impl NatsSecurity {
             (Some(_), _, Some(_)) => Err(Error::Connect(
                 "set either nats_user (and nats_password) or nats_creds_file, not both".to_owned(),
             )),
+            _ if !(1..=5).contains(&self.replicas()) => Err(Error::Connect(format!(
+                "nats_replicas must be 1 to 5 (JetStream's limit), not {}",
+                self.replicas()
+            ))),
             _ => Ok(()),
         }
+    }
+
+    fn replicas(&self) -> usize {
+        self.nats_replicas.unwrap_or(1)
     }
 }
 
@@ -132,6 +144,7 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, Error> {
     use secrecy::ExposeSecret;
     let security = &config.security;
     security.validate()?;
+    REPLICAS.store(security.replicas(), std::sync::atomic::Ordering::Relaxed);
     let mut options = match &security.nats_creds_file {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
@@ -160,6 +173,58 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, Error> {
         .connect(config.url.as_str())
         .await
         .map_err(|e| Error::Connect(e.to_string()))
+}
+
+/// The replicas of the streams this process creates: `nats_replicas` of its last [`connect`]
+/// (one setting per process, like the connection itself).
+static REPLICAS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+pub(crate) fn replicas() -> usize {
+    REPLICAS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The product's streams: the command stream and the key-value buckets' streams.
+fn streams() -> Vec<String> {
+    use noetl_contract::subject;
+    let buckets = [
+        subject::TOPOLOGY_BUCKET,
+        subject::NODES_BUCKET,
+        subject::CATALOG_BUCKET,
+        subject::IDEMPOTENCY_BUCKET,
+    ];
+    std::iter::once(subject::COMMAND_STREAM.to_owned())
+        .chain(buckets.iter().map(|bucket| format!("KV_{bucket}")))
+        .collect()
+}
+
+/// Raises every existing stream of the product that has fewer than [`replicas`] to that
+/// many (JetStream copies the data to the new replicas); streams not created yet are left to
+/// whoever creates them, with the same setting. Returns the streams raised.
+pub async fn raise_replicas(client: &Client) -> Result<Vec<String>, Error> {
+    let js = async_nats::jetstream::new(client.clone());
+    let wanted = replicas();
+    let mut raised = Vec::new();
+    for name in streams() {
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            continue;
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::Transport(format!("reading stream {name}: {e}")))?;
+        if info.config.num_replicas >= wanted {
+            continue;
+        }
+        let config = async_nats::jetstream::stream::Config {
+            num_replicas: wanted,
+            ..info.config.clone()
+        };
+        js.update_stream(config)
+            .await
+            .map_err(|e| Error::Transport(format!("raising the replicas of {name}: {e}")))?;
+        raised.push(name);
+    }
+    Ok(raised)
 }
 
 pub fn is_connected(client: &Client) -> bool {
@@ -257,7 +322,7 @@ pub async fn kv_bucket(
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas(),
             max_age: max_age.unwrap_or_default(),
             ..Default::default()
         })

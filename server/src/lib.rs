@@ -95,6 +95,13 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
         noetl_bus::commands::stream(&client)
     })
     .await?;
+    let raised = retry_bus("raise the replicas of the streams", &cancel, || {
+        noetl_bus::raise_replicas(&client)
+    })
+    .await?;
+    if !raised.is_empty() {
+        tracing::info!(streams = ?raised, "raised the replicas of JetStream streams to nats_replicas");
+    }
     let committers = TaskTracker::new();
     let background = TaskTracker::new();
     let mut shards = Vec::with_capacity(pools.len());

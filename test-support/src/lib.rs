@@ -4,7 +4,7 @@
 //! is stopped when dropped. Children are also tied to the lifetime of the thread that started
 //! them (`PR_SET_PDEATHSIG`), so a test killed by a timeout leaves nothing running.
 //!
-//! - [`NatsServer`]: JetStream-enabled NATS.
+//! - [`NatsServer`]: JetStream-enabled NATS; [`NatsCluster`]: several, routed into one cluster.
 //! - [`Postgres`]: a private PostgreSQL cluster, with helpers to create shard databases.
 //! - [`Process`]: a spawned binary of this workspace, killed on drop.
 
@@ -15,7 +15,7 @@ mod nats;
 mod postgres;
 mod process;
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use postgres::{Postgres, PostgresOptions};
 pub use process::{cargo_bin, Process};
 

@@ -81,6 +81,49 @@ impl NatsServer {
     }
 }
 
+/// `size` nats-servers routed into one JetStream cluster, for replicated streams.
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start(size: usize) -> Self {
+        let routes: Vec<String> = (0..size)
+            .map(|_| format!("nats://127.0.0.1:{}", crate::free_port()))
+            .collect();
+        let servers = routes
+            .iter()
+            .enumerate()
+            .map(|(i, listen)| {
+                let others: Vec<&str> = routes
+                    .iter()
+                    .filter(|route| *route != listen)
+                    .map(String::as_str)
+                    .collect();
+                let args = [
+                    "--server_name",
+                    &format!("noetl-{i}"),
+                    "--cluster_name",
+                    "noetl",
+                    "--cluster",
+                    listen,
+                    "--routes",
+                    &others.join(","),
+                ]
+                .map(str::to_owned);
+                NatsServer::start_with("127.0.0.1", args.to_vec())
+            })
+            .collect();
+        Self { servers }
+    }
+
+    /// The client URL of the first server (the others share the cluster).
+    pub fn url(&self) -> &str {
+        self.servers[0].url()
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn launch(dir: &Path, host: &str, port: &str, args: &[String]) -> (Process, String) {
