@@ -14,8 +14,14 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 async function main() {
   const [connectionString, count, concurrency, reportFile] = process.argv.slice(2);
   const pgPool = new Pool({ connectionString, max: Number(concurrency) + 1 });
+  // The runner installs the schema; migrating here too raced with it on a fresh database.
+  for (const waitStarted = Date.now(); ; ) {
+    const { rows } = await pgPool.query("SELECT to_regclass('graphile_worker.jobs') AS jobs");
+    if (rows[0].jobs !== null) break;
+    if (Date.now() - waitStarted > 60000) throw new Error("the runner never installed its schema");
+    await sleep(100);
+  }
   const utils = await makeWorkerUtils({ pgPool });
-  await utils.migrate();
   fs.rmSync(reportFile, { force: true });
   const started = Date.now();
   let next = 0;

@@ -7,11 +7,24 @@
 const fs = require("fs");
 const { run } = require("graphile-worker");
 
+// Starting can fail while the database is still settling: try again for a while.
+async function start(options) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await run(options);
+    } catch (error) {
+      if (attempt >= 30) throw error;
+      console.error(`graphile-worker did not start (attempt ${attempt}): ${error}`);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+}
+
 async function main() {
   const [connectionString, concurrency] = process.argv.slice(2);
   let latencies = [];
   let lastEnd = 0;
-  const runner = await run({
+  const runner = await start({
     connectionString,
     concurrency: Number(concurrency),
     pollInterval: 1000,
