@@ -29,6 +29,8 @@ fn scripts() -> PathBuf {
 
 #[derive(Debug, Clone)]
 pub struct Installed {
+    /// Where the peers live; their workers' logs go there too.
+    dir: PathBuf,
     pub python: PathBuf,
     celery: PathBuf,
     node_modules: PathBuf,
@@ -94,6 +96,7 @@ pub async fn install(dir: &Path) -> Result<Installed, String> {
     let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
     let venv = dir.join("venv");
     let installed = Installed {
+        dir: dir.clone(),
         python: venv.join("bin/python"),
         celery: venv.join("bin/celery"),
         node_modules: dir.join("node/node_modules"),
@@ -145,6 +148,11 @@ pub async fn install(dir: &Path) -> Result<Installed, String> {
     .map_err(|e| e.to_string())??;
     std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
     Ok(installed)
+}
+
+/// A peer worker's stderr, kept for when a run fails.
+fn log(installed: &Installed, name: &str) -> Stdio {
+    std::fs::File::create(installed.dir.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -238,7 +246,10 @@ fn sweep(
         Ok(())
     })();
     if let Err(error) = result {
-        eprintln!("peer {name}: {error:#}");
+        let error = error.context(format!(
+            "{name} (its worker's log is in the peers' directory)"
+        ));
+        eprintln!("peer {error:#}");
         peer.error = Some(format!("{error:#}"));
     }
     // The harness's own peak says nothing about the peer.
@@ -323,7 +334,7 @@ fn celery(installed: &Installed, workload: &Workload) -> Peer {
         .current_dir(scripts())
         .env("BENCH_REDIS_URL", &redis_url)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log(installed, "celery-worker.log"));
     let worker = Process::spawn(worker);
     let mut watched = Watched::default();
     watched.add("redis-server", redis.id());
@@ -363,7 +374,7 @@ fn graphile(
         .args([url, &workload.worker_concurrency.to_string()])
         .env("NODE_PATH", &installed.node_modules)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log(installed, "graphile-worker.log"));
     let worker = Process::spawn(worker);
     let mut watched = Watched::default();
     watched.add("graphile-worker (node)", worker.id());
