@@ -405,6 +405,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             nats_creds_file,
             nats_tls_ca_file,
             nats_tls_required: false,
+            // noetlctl creates no stream: the servers own the replica count.
+            nats_replicas: None,
         },
     };
     // Built only by the commands that talk to the gateway.
