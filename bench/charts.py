@@ -46,6 +46,9 @@ def throughput(results, out):
                         label=peer["name"].split(" (")[0],
                     )
         ax.set_xscale("log", base=2)
+        ticks = sorted({r["client_concurrency"] for r in results["submit"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{kind}: {'submits' if kind == 'submit' else 'executions'}/s")
         ax.set_xlabel("client concurrency")
         ax.grid(alpha=0.3)
