@@ -68,7 +68,7 @@ pub struct NatsConfig {
 /// NATS credentials, TLS and JetStream replicas: the `nats_*` settings every binary shares
 /// (flattened into its settings, so `NOETL_NATS_USER`, `NOETL_NATS_PASSWORD`,
 /// `NOETL_NATS_CREDS_FILE`, `NOETL_NATS_TLS_CA_FILE`, `NOETL_NATS_TLS_REQUIRED`,
-/// `NOETL_NATS_REPLICAS`). The password never prints.
+/// `NOETL_NATS_REPLICAS`, `NOETL_NATS_INBOX_PREFIX`). The password never prints.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default)]
 pub struct NatsSecurity {
@@ -84,6 +84,10 @@ pub struct NatsSecurity {
     /// Replicas of the JetStream streams and key-value buckets this process creates (1 to 5;
     /// unset: 1). A server also raises the streams that exist with fewer ([`raise_replicas`]).
     pub nats_replicas: Option<usize>,
+    /// Prefix of the subjects replies come back on (default `_INBOX`): giving each role its
+    /// own (`_INBOX_worker`, …) lets NATS permissions keep a role from reading another's
+    /// replies.
+    pub nats_inbox_prefix: Option<String>,
 }
 
 impl NatsSecurity {
@@ -101,6 +105,17 @@ impl NatsSecurity {
                 "nats_replicas must be 1 to 5 (JetStream's limit), not {}",
                 self.replicas()
             ))),
+            _ if self
+                .nats_inbox_prefix
+                .as_deref()
+                .is_some_and(|prefix| !is_subject_prefix(prefix)) =>
+            {
+                Err(Error::Connect(
+                    "nats_inbox_prefix must be subject tokens of letters, digits, `_` and `-` \
+                     joined by `.` (for example `_INBOX_worker`)"
+                        .to_owned(),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -108,6 +123,16 @@ impl NatsSecurity {
     fn replicas(&self) -> usize {
         self.nats_replicas.unwrap_or(1)
     }
+}
+
+/// Letters, digits, `_` and `-` in non-empty tokens joined by `.`: no wildcard, no space.
+fn is_subject_prefix(prefix: &str) -> bool {
+    prefix.split('.').all(|token| {
+        !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
 }
 
 /// Environment values that look like numbers (`NOETL_NATS_PASSWORD=12345`) arrive as numbers
@@ -164,6 +189,9 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, Error> {
     }
     if security.nats_tls_required {
         options = options.require_tls(true);
+    }
+    if let Some(prefix) = &security.nats_inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
     }
     options
         .name(&config.client_name)

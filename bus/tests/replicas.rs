@@ -75,11 +75,25 @@ async fn streams_get_the_configured_replicas_and_existing_ones_are_raised() {
 }
 
 #[test]
-fn replicas_beyond_jetstreams_limit_are_refused() {
+fn replicas_beyond_jetstreams_limit_and_malformed_inbox_prefixes_are_refused() {
     let security = NatsSecurity {
         nats_replicas: Some(7),
         ..NatsSecurity::default()
     };
     let error = security.validate().expect_err("refused");
     assert!(error.to_string().contains("nats_replicas"), "{error}");
+    for (prefix, valid) in [
+        ("_INBOX_worker", true),
+        ("_INBOX.worker", true),
+        ("_INBOX.>", false),
+        ("a b", false),
+        ("", false),
+        ("x.", false),
+    ] {
+        let security = NatsSecurity {
+            nats_inbox_prefix: Some(prefix.to_owned()),
+            ..NatsSecurity::default()
+        };
+        assert_eq!(security.validate().is_ok(), valid, "{prefix:?}");
+    }
 }

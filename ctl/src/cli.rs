@@ -407,6 +407,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             nats_tls_required: false,
             // noetlctl creates no stream: the servers own the replica count.
             nats_replicas: None,
+            nats_inbox_prefix: None,
         },
     };
     // Built only by the commands that talk to the gateway.

@@ -55,7 +55,9 @@ EXPECTATIONS = {
         ("pub", "$KV.noetl_playbooks.nightly", True),
         ("pub", "$JS.API.DIRECT.GET.KV_noetl_topology.$KV.noetl_topology.topology", True),
         ("pub", "$JS.API.STREAM.CREATE.KV_noetl_nodes", True),
-        ("sub", "_INBOX.gw.*", True),
+        ("sub", "_INBOX_gateway.gw.*", True),
+        ("sub", "_INBOX.gw.*", False),
+        ("sub", "_INBOX_worker.>", False),
         ("pub", "noetl.v1.shard.0.result.383249752327471104", False),
         ("pub", "noetl.v1.shard.0.heartbeat.383249752327471104", False),
         ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", False),
@@ -72,6 +74,8 @@ EXPECTATIONS = {
     ],
     "server": [
         ("sub", "noetl.v1.shard.0.submit.*", True),
+        ("sub", "_INBOX_server.s.*", True),
+        ("sub", "_INBOX_gateway.>", False),
         ("sub", "noetl.v1.shard.0.result.*", True),
         ("sub", "noetl.v1.shard.0.ping", True),
         ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", True),
@@ -97,7 +101,10 @@ EXPECTATIONS = {
         ("pub", "$JS.API.CONSUMER.CREATE.NOETL_COMMANDS.noetl-worker-default.noetl.v1.cmd.default.>", True),
         ("pub", "$JS.API.CONSUMER.MSG.NEXT.NOETL_COMMANDS.noetl-worker-default", True),
         ("pub", "$JS.ACK.NOETL_COMMANDS.noetl-worker-default.1.2.3.1795441068983.0", True),
-        ("sub", "_INBOX.worker.*", True),
+        ("sub", "_INBOX_worker.w.*", True),
+        ("sub", "_INBOX.worker.*", False),
+        ("sub", "_INBOX_gateway.>", False),
+        ("sub", "_INBOX_server.>", False),
         ("pub", "noetl.v1.shard.0.submit.383249752327471104", False),
         ("pub", "noetl.v1.shard.0.get.383249752327471104", False),
         ("pub", "noetl.v1.shard.0.events.383249752327471104", False),
@@ -176,12 +183,12 @@ def start_server(nats_server, config, workdir):
     raise SystemExit("error: nats-server did not start (its log is above)")
 
 
-async def connect(port, user, password, errors):
+async def connect(port, user, password, errors, inbox_prefix=b"_INBOX"):
     async def on_error(e):
         errors.append(str(e))
 
     return await nats.connect(
-        "nats://127.0.0.1:%d" % port, user=user, password=password,
+        "nats://127.0.0.1:%d" % port, user=user, password=password, inbox_prefix=inbox_prefix,
         error_cb=on_error, allow_reconnect=False, connect_timeout=3)
 
 
@@ -232,7 +239,7 @@ async def check_replies(port):
     """A gateway's request reaches a server subscribed to its shard, and the server's reply
     (allowed only as a response, not as a publish to _INBOX) reaches the gateway."""
     server = await connect(port, "server", PASSWORD_OF["server"], [])
-    gateway = await connect(port, "gateway", PASSWORD_OF["gateway"], [])
+    gateway = await connect(port, "gateway", PASSWORD_OF["gateway"], [], b"_INBOX_gateway")
 
     async def answer(msg):
         await msg.respond(b"ok")

@@ -37,7 +37,9 @@ impl NatsServer {
         Self::start_with("127.0.0.1", args.to_vec())
     }
 
-    fn start_with(host: &str, args: Vec<String>) -> Self {
+    /// Like [`NatsServer::start_on`], with extra command-line arguments (a configuration file,
+    /// cluster routes); the process environment is inherited, for a configuration's `$VARS`.
+    pub fn start_with(host: &str, args: Vec<String>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("noetl-nats-")
             .tempdir()
