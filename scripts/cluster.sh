@@ -205,9 +205,23 @@ record_settings() {
 
 # --- state directory --------------------------------------------------------------------------
 
+# What the project's other tools keep in the same state dir (make test's schemathesis and deploy
+# checks, make bench, make chaos, deploy/kind): not a sign of someone else's directory.
+readonly TOOL_DIRS=" bench chaos kind schemathesis venv venv-deploy deploy-render "
+
+# Entries of the state dir that neither this script nor the project's tools made.
+foreign_entries() {
+	local entry name
+	for entry in "$STATE_DIR"/* "$STATE_DIR"/.[!.]*; do
+		[[ -e $entry ]] || continue
+		name=${entry##*/}
+		[[ $TOOL_DIRS == *" $name "* ]] || printf '%s\n' "$name"
+	done
+}
+
 prepare_state_dir() {
 	[[ $STATE_DIR != *[\',\\]* ]] || die "STATE_DIR must not contain quotes, commas or backslashes: $STATE_DIR"
-	if [[ -d $STATE_DIR && ! -f $STATE_MARKER && -n $(ls -A "$STATE_DIR") ]]; then
+	if [[ -d $STATE_DIR && ! -f $STATE_MARKER && -n $(foreign_entries) ]]; then
 		die "$STATE_DIR exists but was not made by this script; move it away or pick another STATE_DIR"
 	fi
 	mkdir -p "$STATE_DIR" "$LOG_DIR" "$NATS_STORE" "$PG_DIR"
