@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::capture::Captured;
 use crate::cluster::Cluster;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// Also the value of `--only` (kebab-case, as in results.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
     KillGateway,

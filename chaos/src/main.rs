@@ -64,47 +64,13 @@ struct Args {
     rounds: Option<u32>,
     /// Only these faults (comma-separated, e.g. kill-server,restart-nats).
     #[arg(long, value_enum, value_delimiter = ',')]
-    only: Vec<FaultArg>,
+    only: Vec<Fault>,
     /// Where each run gets its directory of results and logs.
     #[arg(long, default_value = ".state/chaos")]
     out: PathBuf,
     /// Seed of the random moments and victims (default: the clock).
     #[arg(long)]
     seed: Option<u64>,
-}
-
-/// [`Fault`] as a command-line value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum FaultArg {
-    KillGateway,
-    KillServer,
-    KillWorker,
-    PauseServer,
-    PauseWorker,
-    RestartNats,
-    RestartPostgres,
-    PartitionServerNats,
-    PartitionServerPostgres,
-    DuplicateCommand,
-    DuplicateResult,
-}
-
-impl From<FaultArg> for Fault {
-    fn from(arg: FaultArg) -> Self {
-        match arg {
-            FaultArg::KillGateway => Fault::KillGateway,
-            FaultArg::KillServer => Fault::KillServer,
-            FaultArg::KillWorker => Fault::KillWorker,
-            FaultArg::PauseServer => Fault::PauseServer,
-            FaultArg::PauseWorker => Fault::PauseWorker,
-            FaultArg::RestartNats => Fault::RestartNats,
-            FaultArg::RestartPostgres => Fault::RestartPostgres,
-            FaultArg::PartitionServerNats => Fault::PartitionServerNats,
-            FaultArg::PartitionServerPostgres => Fault::PartitionServerPostgres,
-            FaultArg::DuplicateCommand => Fault::DuplicateCommand,
-            FaultArg::DuplicateResult => Fault::DuplicateResult,
-        }
-    }
 }
 
 /// What a mode sets.
@@ -209,7 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut faults: Vec<Fault> = if args.only.is_empty() {
         Fault::ALL.to_vec()
     } else {
-        args.only.iter().map(|f| Fault::from(*f)).collect()
+        args.only.clone()
     };
     let skipped: Vec<Fault> = faults
         .iter()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::{digest, eventually, poll_readyz, DEADLINE};
+use common::{digest, eventually, poll_readyz, wait_for_success, DEADLINE};
 use noetl_contract::ExecutionId;
 use noetl_test_support::{cargo_bin, free_port, NatsServer, Postgres, Process};
 use serde_json::Value;
@@ -110,21 +110,7 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
         .as_str()
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("an execution id in {submitted}"));
-    eventually("the example to succeed", DEADLINE, || async {
-        let view: Value = http
-            .get(format!("{gateway}/api/v1/executions/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        (view["status"] == "succeeded")
-            .then_some(())
-            .ok_or_else(|| view.to_string())
-    })
-    .await;
+    wait_for_success(&http, &gateway, Some(TOKEN), &id.to_string()).await;
 
     // Metrics: each process shows the work it did.
     let expectations: [(u16, &[&str]); 3] = [

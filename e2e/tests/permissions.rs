@@ -9,7 +9,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{eventually, poll_readyz, DEADLINE};
+use common::{poll_readyz, wait_for_success};
 use noetl_test_support::{cargo_bin, free_port, NatsServer, Postgres, Process};
 use serde_json::{json, Value};
 
@@ -137,20 +137,7 @@ async fn the_binaries_work_as_their_nats_users() {
     }
     assert_eq!(ids[0], ids[1], "the key's replay names the same execution");
     for id in [&ids[0], &ids[2]] {
-        eventually("the execution to succeed", DEADLINE, || async {
-            let view: Value = http
-                .get(format!("{gateway}/api/v1/executions/{id}"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            (view["status"] == "succeeded")
-                .then_some(())
-                .ok_or_else(|| view.to_string())
-        })
-        .await;
+        wait_for_success(&http, &gateway, None, id).await;
     }
     let listed: Value = http
         .get(format!("{gateway}/api/v1/executions"))

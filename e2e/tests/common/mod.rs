@@ -345,6 +345,33 @@ pub fn digest(token: &str) -> String {
         .collect()
 }
 
+/// Polls `GET {gateway_url}/api/v1/executions/{id}` (with `token` when given) until the
+/// execution has succeeded, or panics after [`DEADLINE`].
+pub async fn wait_for_success(
+    http: &reqwest::Client,
+    gateway_url: &str,
+    token: Option<&str>,
+    id: &str,
+) {
+    eventually("the execution to succeed", DEADLINE, || async {
+        let mut request = http.get(format!("{gateway_url}/api/v1/executions/{id}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let view: Value = request
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        (view["status"] == "succeeded")
+            .then_some(())
+            .ok_or_else(|| view.to_string())
+    })
+    .await;
+}
+
 /// A NATS client for a test's own requests.
 pub async fn connect(nats_url: &str) -> noetl_bus::Client {
     noetl_bus::connect(&noetl_bus::NatsConfig {
