@@ -5,6 +5,7 @@
 //! (into the outbox), commit, then wake the relay. Several replicas of one shard stay correct
 //! because they take turns on the lock.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use noetl_contract::command::StepCommand;
@@ -18,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
-use crate::persistence::{self, NewExecution, OutboxRow, StepRow};
+use crate::persistence::{self, Beat, NewExecution, OutboxRow, StepRow};
 
 /// How long attempts may stay silent before they are presumed lost.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +65,16 @@ pub struct Orchestrator {
     inner: Arc<Inner>,
     /// Worker reports, applied many per transaction.
     reports: Batcher<(ExecutionId, Event), Option<Applied>>,
+    /// Heartbeats' lease extensions, many per statement.
+    beats: Batcher<Beat, Touched>,
 }
+
+/// A heartbeat's write: the step's status and whether an earlier beat of the attempt was seen,
+/// or `None` when the attempt no longer owns its step.
+type Touched = Result<Option<(StepStatus, bool)>, persistence::Error>;
+
+/// Concurrent heartbeat batches per shard (each holds one connection of the relaxed pool).
+const BEAT_BATCHES: usize = 2;
 
 #[derive(Debug)]
 struct Inner {
@@ -82,6 +92,52 @@ struct Outcome {
     applied: Applied,
     queued_commands: bool,
     finished: Option<ExecutionStatus>,
+}
+
+impl Outcome {
+    fn unchanged(applied: Applied) -> Self {
+        Self {
+            applied,
+            queued_commands: false,
+            finished: None,
+        }
+    }
+}
+
+/// One locked execution while a batch's events are applied to it.
+struct Working {
+    state: ExecutionState,
+    last_event_seq: i64,
+    /// Whether any event applied (there is something to write).
+    changed: bool,
+    /// The latest row of each changed step.
+    steps: BTreeMap<usize, StepRow>,
+    events: Vec<(String, String)>,
+    outbox: Vec<OutboxRow>,
+}
+
+impl Working {
+    fn new(state: ExecutionState, last_event_seq: i64) -> Self {
+        Self {
+            state,
+            last_event_seq,
+            changed: false,
+            steps: BTreeMap::new(),
+            events: Vec::new(),
+            outbox: Vec::new(),
+        }
+    }
+
+    fn into_change(self, execution_id: ExecutionId) -> persistence::ExecutionChange {
+        persistence::ExecutionChange {
+            execution_id,
+            status: self.state.status,
+            last_event_seq: self.last_event_seq,
+            steps: self.steps.into_values().collect(),
+            events: self.events,
+            outbox: self.outbox,
+        }
+    }
 }
 
 impl Orchestrator {
@@ -111,7 +167,21 @@ impl Orchestrator {
                 async move { inner.apply_batch(items).await }
             },
         );
-        Self { inner, reports }
+        let beat_inner = inner.clone();
+        let beats = Batcher::spawn(
+            batching.max_batch,
+            BEAT_BATCHES,
+            batching.tracker,
+            move |beats| {
+                let inner = beat_inner.clone();
+                async move { inner.touch_batch(beats).await }
+            },
+        );
+        Self {
+            inner,
+            reports,
+            beats,
+        }
     }
 
     pub fn shard(&self) -> ShardId {
@@ -201,17 +271,30 @@ impl Orchestrator {
         attempt: u32,
     ) -> Result<Option<StepStatus>, persistence::Error> {
         let inner = &self.inner;
-        let lease_ms = millis(inner.leases.step_lease_ms);
-        match persistence::touch_attempt(&inner.relaxed, id, step, attempt, lease_ms).await? {
+        let beat = Beat {
+            execution_id: id,
+            step,
+            attempt,
+        };
+        let touched =
+            self.beats
+                .submit(beat)
+                .await
+                .unwrap_or(Err(persistence::Error::Unavailable(
+                    "the shard is shutting down",
+                )))?;
+        match touched {
             Some((StepStatus::Dispatched, true)) => {
                 let started = Event::Started {
                     step: step as usize,
                     attempt,
                 };
                 let mut tx = inner.relaxed.begin().await?;
-                let outcome = inner.apply_in(&mut tx, id, started, Guard::None).await?;
+                let outcome = inner
+                    .apply_in(&mut tx, &[(id, started, Guard::None)])
+                    .await?;
                 tx.commit().await?;
-                Ok(Some(match outcome.applied {
+                Ok(Some(match outcome[0].applied {
                     Applied::Changed(_) => StepStatus::Running,
                     // Another heartbeat got there first, or the report did; the next
                     // heartbeat or the report itself settles it.
@@ -242,29 +325,45 @@ impl Inner {
         guard: Guard,
     ) -> Result<Applied, persistence::Error> {
         let mut tx = self.pool.begin().await?;
-        let outcome = self.apply_in(&mut tx, id, event, guard).await?;
+        let outcomes = self.apply_in(&mut tx, &[(id, event, guard)]).await?;
         tx.commit().await?;
-        self.after_commit(std::slice::from_ref(&outcome));
-        Ok(outcome.applied)
+        self.after_commit(&outcomes);
+        Ok(outcomes[0].applied)
     }
 
-    /// Applies many reports in one transaction, locking executions in id order so concurrent
-    /// batches cannot deadlock. If the batch fails, each report is retried on its own, so one
-    /// bad report cannot hold back the others.
+    /// Writes many heartbeats in one statement; if that fails, each on its own, so one bad
+    /// beat cannot hold back the others.
+    async fn touch_batch(&self, beats: Vec<Beat>) -> Vec<Touched> {
+        let lease_ms = millis(self.leases.step_lease_ms);
+        match persistence::touch_attempts(&self.relaxed, &beats, lease_ms).await {
+            Ok(touched) => touched.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::warn!(shard = %self.shard, error = %e, beats = beats.len(), "heartbeat batch failed; writing one by one");
+                let mut touched = Vec::with_capacity(beats.len());
+                for beat in beats {
+                    let one = persistence::touch_attempts(&self.relaxed, &[beat], lease_ms).await;
+                    touched.push(one.map(|mut t| t.pop().flatten()));
+                }
+                touched
+            }
+        }
+    }
+
+    /// Applies many reports in one transaction (one statement to lock and read, one to write).
+    /// If the batch fails, each report is retried on its own, so one bad report cannot hold
+    /// back the others.
     async fn apply_batch(&self, items: Vec<(ExecutionId, Event)>) -> Vec<Option<Applied>> {
         metrics::histogram!("noetl_server_report_batch_size", "shard" => self.shard.to_string())
             .record(items.len() as f64);
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| items[i].0);
+        let guarded: Vec<_> = items
+            .iter()
+            .map(|(id, event)| (*id, event.clone(), Guard::None))
+            .collect();
         let batched = async {
             let mut tx = self.pool.begin().await?;
-            let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
-            for &i in &order {
-                let (id, event) = items[i].clone();
-                outcomes[i] = Some(self.apply_in(&mut tx, id, event, Guard::None).await?);
-            }
+            let outcomes = self.apply_in(&mut tx, &guarded).await?;
             tx.commit().await?;
-            Ok::<_, persistence::Error>(outcomes.into_iter().flatten().collect::<Vec<_>>())
+            Ok::<_, persistence::Error>(outcomes)
         };
         match batched.await {
             Ok(outcomes) => {
@@ -288,67 +387,71 @@ impl Inner {
         }
     }
 
-    /// Applies `event` to execution `id` under its row lock, inside `tx`.
+    /// Applies each event, in order, to its execution under the execution's row lock, inside
+    /// `tx`: locks and reads every execution named in one statement, decides in memory (events
+    /// of one execution apply one after the other to its state), writes every change in one
+    /// statement. One outcome per item.
     async fn apply_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        id: ExecutionId,
-        event: Event,
-        guard: Guard,
-    ) -> Result<Outcome, persistence::Error> {
-        let Some(locked) = persistence::lock_execution(tx, id).await? else {
-            return Ok(Outcome {
-                applied: Applied::NotFound,
-                queued_commands: false,
-                finished: None,
-            });
-        };
-        if let Guard::LeaseExpired { step, attempt } = guard {
-            if !persistence::lease_expired(tx, id, step, attempt).await? {
-                return Ok(Outcome {
-                    applied: Applied::Stale(locked.status),
-                    queued_commands: false,
-                    finished: None,
-                });
+        items: &[(ExecutionId, Event, Guard)],
+    ) -> Result<Vec<Outcome>, persistence::Error> {
+        let mut ids: Vec<ExecutionId> = items.iter().map(|(id, _, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut working = BTreeMap::new();
+        for locked in persistence::lock_executions(tx, &ids).await? {
+            let playbook: Playbook = serde_json::from_value(locked.playbook)
+                .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
+            let state = ExecutionState {
+                playbook,
+                input: locked.input,
+                status: locked.status,
+                steps: locked.steps,
+            };
+            working.insert(
+                locked.execution_id,
+                Working::new(state, locked.last_event_seq),
+            );
+        }
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (id, event, guard) in items {
+            let Some(work) = working.get_mut(id) else {
+                outcomes.push(Outcome::unchanged(Applied::NotFound));
+                continue;
+            };
+            if let Guard::LeaseExpired { step, attempt } = *guard {
+                if !persistence::lease_expired(tx, *id, step, attempt).await? {
+                    outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
+                    continue;
+                }
             }
-        }
-        let playbook: Playbook = serde_json::from_value(locked.playbook)
-            .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
-        let mut state = ExecutionState {
-            playbook,
-            input: locked.input,
-            status: locked.status,
-            steps: locked.steps,
-        };
-        let decision = engine::decide(&mut state, event);
-        if !decision.applied {
-            return Ok(Outcome {
-                applied: Applied::Stale(state.status),
-                queued_commands: false,
-                finished: None,
+            let decision = engine::decide(&mut work.state, event.clone());
+            if !decision.applied {
+                outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
+                continue;
+            }
+            for &i in &decision.changed {
+                work.steps
+                    .insert(i, self.step_row(&work.state, &decision, i));
+            }
+            let outbox = self.outbox_rows(*id, &work.state, &decision);
+            outcomes.push(Outcome {
+                applied: Applied::Changed(work.state.status),
+                queued_commands: !outbox.is_empty(),
+                finished: decision.finished,
             });
+            work.changed = true;
+            work.events.extend(event_rows(&decision));
+            work.outbox.extend(outbox);
         }
-        let steps: Vec<StepRow> = decision
-            .changed
-            .iter()
-            .map(|&i| self.step_row(&state, &decision, i))
+        let changes: Vec<persistence::ExecutionChange> = working
+            .into_iter()
+            .filter(|(_, work)| work.changed)
+            .map(|(id, work)| work.into_change(id))
             .collect();
-        let outbox = self.outbox_rows(id, &state, &decision);
-        persistence::save_decision(
-            tx,
-            id,
-            state.status,
-            locked.last_event_seq,
-            &steps,
-            &event_rows(&decision),
-            &outbox,
-        )
-        .await?;
-        Ok(Outcome {
-            applied: Applied::Changed(state.status),
-            queued_commands: !outbox.is_empty(),
-            finished: decision.finished,
-        })
+        persistence::save_changes(tx, &changes).await?;
+        Ok(outcomes)
     }
 
     fn after_commit(&self, outcomes: &[Outcome]) {

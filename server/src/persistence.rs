@@ -36,6 +36,8 @@ pub enum Error {
     WrongShard { recorded: i32, configured: u32 },
     #[error("stored row is malformed: {0}")]
     Malformed(String),
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -272,29 +274,21 @@ pub async fn insert_executions(
     rows: &[NewExecution],
 ) -> Result<Vec<Committed>, Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.execution_id.get()).collect();
-    let mut steps = StepColumns::default();
-    let (mut event_ids, mut event_seqs, mut event_kinds, mut event_payloads) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut outbox_ids, mut outbox_pools, mut outbox_commands, mut outbox_delays) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut columns = ChangeColumns::default();
     for row in rows {
-        let id = row.execution_id.get();
-        for step in &row.steps {
-            steps.push(id, step);
-        }
-        for (seq, (kind, payload)) in (1i64..).zip(&row.events) {
-            event_ids.push(id);
-            event_seqs.push(seq);
-            event_kinds.push(kind.as_str());
-            event_payloads.push(payload.as_str());
-        }
-        for command in &row.outbox {
-            outbox_ids.push(id);
-            outbox_pools.push(command.pool.as_str());
-            outbox_commands.push(command.command.as_str());
-            outbox_delays.push(command.delay_ms);
-        }
+        columns.push(row.execution_id, 0, &row.steps, &row.events, &row.outbox);
     }
+    let ChangeColumns {
+        steps,
+        event_ids,
+        event_seqs,
+        event_kinds,
+        event_payloads,
+        outbox_ids,
+        outbox_pools,
+        outbox_commands,
+        outbox_delays,
+    } = columns;
     let inserted = sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -390,6 +384,49 @@ pub async fn insert_executions(
     Ok(committed)
 }
 
+/// Steps, events and commands of many executions as parallel arrays for `UNNEST`.
+#[derive(Default)]
+struct ChangeColumns<'a> {
+    steps: StepColumns,
+    event_ids: Vec<i64>,
+    event_seqs: Vec<i64>,
+    event_kinds: Vec<&'a str>,
+    event_payloads: Vec<&'a str>,
+    outbox_ids: Vec<i64>,
+    outbox_pools: Vec<&'a str>,
+    outbox_commands: Vec<&'a str>,
+    outbox_delays: Vec<i64>,
+}
+
+impl<'a> ChangeColumns<'a> {
+    /// Adds one execution's rows; its events are numbered from `after_seq + 1`.
+    fn push(
+        &mut self,
+        id: ExecutionId,
+        after_seq: i64,
+        steps: &'a [StepRow],
+        events: &'a [(String, String)],
+        outbox: &'a [OutboxRow],
+    ) {
+        let id = id.get();
+        for step in steps {
+            self.steps.push(id, step);
+        }
+        for (seq, (kind, payload)) in (after_seq + 1..).zip(events) {
+            self.event_ids.push(id);
+            self.event_seqs.push(seq);
+            self.event_kinds.push(kind);
+            self.event_payloads.push(payload);
+        }
+        for command in outbox {
+            self.outbox_ids.push(id);
+            self.outbox_pools.push(&command.pool);
+            self.outbox_commands.push(&command.command);
+            self.outbox_delays.push(command.delay_ms);
+        }
+    }
+}
+
 /// Step rows as parallel arrays for `UNNEST`.
 #[derive(Default)]
 struct StepColumns {
@@ -421,6 +458,7 @@ impl StepColumns {
 /// The state of an execution read under its row lock.
 #[derive(Debug)]
 pub struct LockedExecution {
+    pub execution_id: ExecutionId,
     pub status: ExecutionStatus,
     pub playbook: serde_json::Value,
     pub input: serde_json::Value,
@@ -428,61 +466,106 @@ pub struct LockedExecution {
     pub steps: Vec<StepState>,
 }
 
-/// Locks an execution's row for the rest of `tx` and reads its state. Every change to a
-/// running execution goes through this lock, so replicas of one shard take turns.
-pub async fn lock_execution(
+/// Locks the rows of the executions `ids` (those that exist) for the rest of `tx`, in id order
+/// so concurrent batches cannot deadlock, and reads their state. Every change to a running
+/// execution goes through this lock, so replicas of one shard take turns.
+pub async fn lock_executions(
     tx: &mut Transaction<'_, Postgres>,
-    id: ExecutionId,
-) -> Result<Option<LockedExecution>, Error> {
-    let row = sqlx::query(
-        "SELECT status, playbook, input, last_event_seq FROM executions
-         WHERE execution_id = $1 FOR UPDATE",
+    ids: &[ExecutionId],
+) -> Result<Vec<LockedExecution>, Error> {
+    let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    let rows = sqlx::query(
+        "SELECT execution_id, status, playbook, input, last_event_seq FROM executions
+         WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
     )
-    .bind(id.get())
-    .fetch_optional(&mut **tx)
+    .bind(&raw)
+    .fetch_all(&mut **tx)
     .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
     // A statement of its own, after the lock: under READ COMMITTED it takes a fresh snapshot,
     // so it sees what the transaction that held the lock before us committed. (Read in the
     // locking statement, the steps would come from the snapshot taken before the wait, and a
     // report queued behind another for the same step would record its result twice.)
-    let steps: serde_json::Value = sqlx::query_scalar(
-        "SELECT coalesce(json_agg(json_build_object(
-                     'status', status, 'attempt', attempt, 'result', result, 'error', error)
-                 ORDER BY step_index), '[]'::json)
-         FROM execution_steps WHERE execution_id = $1",
+    let step_rows = sqlx::query(
+        "SELECT execution_id, status, attempt, result, error FROM execution_steps
+         WHERE execution_id = ANY($1) ORDER BY execution_id, step_index",
     )
-    .bind(id.get())
-    .fetch_one(&mut **tx)
+    .bind(&raw)
+    .fetch_all(&mut **tx)
     .await?;
-    let steps: Vec<StepState> = serde_json::from_value(steps)
-        .map_err(|e| Error::Malformed(format!("steps of {id}: {e}")))?;
-    Ok(Some(LockedExecution {
-        status: status(&row)?,
-        playbook: row.try_get("playbook")?,
-        input: row.try_get("input")?,
-        last_event_seq: row.try_get("last_event_seq")?,
-        steps,
-    }))
+    let mut step_rows = step_rows.iter().peekable();
+    rows.iter()
+        .map(|row| {
+            let id = execution_id(row)?;
+            let mut steps = Vec::new();
+            while let Some(step) = step_rows.next_if(|s| execution_id(s).ok() == Some(id)) {
+                let status: String = step.try_get("status")?;
+                let attempt: i32 = step.try_get("attempt")?;
+                steps.push(StepState {
+                    status: StepStatus::parse(&status).ok_or_else(|| {
+                        Error::Malformed(format!("step status {status:?} of {id}"))
+                    })?,
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    result: step.try_get("result")?,
+                    error: step.try_get("error")?,
+                });
+            }
+            Ok(LockedExecution {
+                execution_id: id,
+                status: status(row)?,
+                playbook: row.try_get("playbook")?,
+                input: row.try_get("input")?,
+                last_event_seq: row.try_get("last_event_seq")?,
+                steps,
+            })
+        })
+        .collect()
 }
 
-/// Writes what a decision changed, inside the transaction that locked the execution.
-pub async fn save_decision(
+/// What decisions changed in one execution, to write inside the transaction that locked it.
+#[derive(Debug)]
+pub struct ExecutionChange {
+    pub execution_id: ExecutionId,
+    pub status: ExecutionStatus,
+    /// The log's last sequence number before `events`.
+    pub last_event_seq: i64,
+    /// At most one row per step.
+    pub steps: Vec<StepRow>,
+    pub events: Vec<(String, String)>,
+    pub outbox: Vec<OutboxRow>,
+}
+
+/// Writes the changes of many executions in one statement.
+pub async fn save_changes(
     tx: &mut Transaction<'_, Postgres>,
-    id: ExecutionId,
-    status: ExecutionStatus,
-    last_event_seq: i64,
-    steps: &[StepRow],
-    events: &[(String, String)],
-    outbox: &[OutboxRow],
+    changes: &[ExecutionChange],
 ) -> Result<(), Error> {
-    let raw = id.get();
-    let mut columns = StepColumns::default();
-    for step in steps {
-        columns.push(raw, step);
+    if changes.is_empty() {
+        return Ok(());
     }
+    let mut columns = ChangeColumns::default();
+    for c in changes {
+        columns.push(
+            c.execution_id,
+            c.last_event_seq,
+            &c.steps,
+            &c.events,
+            &c.outbox,
+        );
+    }
+    let ChangeColumns {
+        steps,
+        event_ids,
+        event_seqs,
+        event_kinds,
+        event_payloads,
+        outbox_ids,
+        outbox_pools,
+        outbox_commands,
+        outbox_delays,
+    } = columns;
     sqlx::query(
         "WITH changed_steps AS (
              UPDATE execution_steps AS s SET
@@ -494,74 +577,126 @@ pub async fn save_decision(
                  finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
                                     THEN now() END,
                  updated_at = now()
-             FROM UNNEST($4::int[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bigint[])
-                 AS u(step_index, status, attempt, result, error, lease_ms)
-             WHERE s.execution_id = $1 AND s.step_index = u.step_index
+             FROM UNNEST($4::bigint[], $5::int[], $6::text[], $7::int[], $8::text[], $9::text[],
+                         $10::bigint[])
+                 AS u(execution_id, step_index, status, attempt, result, error, lease_ms)
+             WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index
          ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
-             SELECT $1, $3 + ord, kind, payload::jsonb
-             FROM UNNEST($10::text[], $11::text[]) WITH ORDINALITY AS e(kind, payload, ord)
+             SELECT execution_id, seq, kind, payload::jsonb
+             FROM UNNEST($11::bigint[], $12::bigint[], $13::text[], $14::text[])
+                 AS e(execution_id, seq, kind, payload)
          ), new_commands AS (
              INSERT INTO outbox (execution_id, pool, command, not_before)
-             SELECT $1, pool, command::jsonb, now() + delay_ms * interval '1 millisecond'
-             FROM UNNEST($12::text[], $13::text[], $14::bigint[]) AS o(pool, command, delay_ms)
+             SELECT execution_id, pool, command::jsonb,
+                    now() + delay_ms * interval '1 millisecond'
+             FROM UNNEST($15::bigint[], $16::text[], $17::text[], $18::bigint[])
+                 AS o(execution_id, pool, command, delay_ms)
          )
-         UPDATE executions SET status = $2, last_event_seq = $3 + $15, updated_at = now()
-         WHERE execution_id = $1",
+         UPDATE executions AS x SET status = u.status, last_event_seq = u.last_event_seq,
+                updated_at = now()
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(execution_id, status, last_event_seq)
+         WHERE x.execution_id = u.execution_id",
     )
-    .bind(raw)
-    .bind(status.as_str())
-    .bind(last_event_seq)
-    .bind(&columns.indexes)
-    .bind(&columns.statuses)
-    .bind(&columns.attempts)
-    .bind(&columns.results)
-    .bind(&columns.errors)
-    .bind(&columns.lease_ms)
-    .bind(events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
-    .bind(outbox.iter().map(|o| o.pool.as_str()).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.execution_id.get()).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.status.as_str()).collect::<Vec<_>>())
     .bind(
-        outbox
+        changes
             .iter()
-            .map(|o| o.command.as_str())
+            .map(|c| c.last_event_seq + c.events.len() as i64)
             .collect::<Vec<_>>(),
     )
-    .bind(outbox.iter().map(|o| o.delay_ms).collect::<Vec<_>>())
-    .bind(events.len() as i64)
+    .bind(&steps.execution_ids)
+    .bind(&steps.indexes)
+    .bind(&steps.statuses)
+    .bind(&steps.attempts)
+    .bind(&steps.results)
+    .bind(&steps.errors)
+    .bind(&steps.lease_ms)
+    .bind(&event_ids)
+    .bind(&event_seqs)
+    .bind(&event_kinds)
+    .bind(&event_payloads)
+    .bind(&outbox_ids)
+    .bind(&outbox_pools)
+    .bind(&outbox_commands)
+    .bind(&outbox_delays)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// A heartbeat's write: extends an in-flight attempt's lease and notes when it started.
-/// Returns the step's status and whether an earlier heartbeat of this attempt was seen, or
-/// `None` when the attempt no longer owns its step (superseded, finished, cancelled).
-/// Meant for the relaxed pool.
-pub async fn touch_attempt(
+/// One heartbeat to write: an attempt of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    pub execution_id: ExecutionId,
+    pub step: u32,
+    pub attempt: u32,
+}
+
+/// Heartbeats' writes, one statement for many: extends each in-flight attempt's lease and
+/// notes when it started. Returns, per beat, the step's status and whether an earlier
+/// heartbeat of this attempt was seen, or `None` when the attempt no longer owns its step
+/// (superseded, finished, cancelled). Meant for the relaxed pool.
+pub async fn touch_attempts(
     pool: &PgPool,
-    id: ExecutionId,
-    step: u32,
-    attempt: u32,
+    beats: &[Beat],
     lease_ms: i64,
-) -> Result<Option<(StepStatus, bool)>, Error> {
-    let row: Option<(String, bool)> = sqlx::query_as(
+) -> Result<Vec<Option<(StepStatus, bool)>>, Error> {
+    // Rows are taken in (execution, step) order, as report transactions write them, so two
+    // batches do not wait for each other crosswise.
+    let mut order: Vec<&Beat> = beats.iter().collect();
+    order.sort_by_key(|b| (b.execution_id, b.step));
+    // `started_at` set by an earlier heartbeat holds that transaction's `now()`, which is
+    // earlier than this one's: that is how a beat knows it is not the first.
+    let rows: Vec<(i64, i32, i32, String, bool)> = sqlx::query_as(
         "UPDATE execution_steps AS s
          SET lease_expires_at = now() + $4 * interval '1 millisecond',
              started_at = coalesce(s.started_at, now())
-         FROM (SELECT started_at IS NOT NULL AS seen FROM execution_steps
-               WHERE execution_id = $1 AND step_index = $2 FOR UPDATE) AS before
-         WHERE s.execution_id = $1 AND s.step_index = $2 AND s.attempt = $3
-           AND s.status IN ('dispatched', 'running')
-         RETURNING s.status, before.seen",
+         FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS b(execution_id, step_index, attempt)
+         WHERE s.execution_id = b.execution_id AND s.step_index = b.step_index
+           AND s.attempt = b.attempt AND s.status IN ('dispatched', 'running')
+         RETURNING s.execution_id, s.step_index, s.attempt, s.status, s.started_at < now()",
     )
-    .bind(id.get())
-    .bind(i32::try_from(step).unwrap_or(i32::MAX))
-    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .bind(
+        order
+            .iter()
+            .map(|b| b.execution_id.get())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        order
+            .iter()
+            .map(|b| i32::try_from(b.step).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        order
+            .iter()
+            .map(|b| i32::try_from(b.attempt).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
     .bind(lease_ms)
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(row.and_then(|(status, seen)| StepStatus::parse(&status).map(|s| (s, seen))))
+    let touched: std::collections::HashMap<(i64, i64, i64), (StepStatus, bool)> = rows
+        .into_iter()
+        .filter_map(|(id, step, attempt, status, seen)| {
+            let status = StepStatus::parse(&status)?;
+            Some(((id, i64::from(step), i64::from(attempt)), (status, seen)))
+        })
+        .collect();
+    Ok(beats
+        .iter()
+        .map(|b| {
+            let key = (
+                b.execution_id.get(),
+                i64::from(b.step),
+                i64::from(b.attempt),
+            );
+            touched.get(&key).copied()
+        })
+        .collect())
 }
 
 /// Whether the attempt's lease is still expired, locking its step row for the rest of `tx`
@@ -633,15 +768,17 @@ pub struct PendingCommand {
     pub command: serde_json::Value,
 }
 
-/// Locks up to `limit` due outbox rows for the rest of `tx`, skipping rows another relay of
-/// the same shard holds.
-pub async fn due_commands(
+/// Takes up to `limit` due outbox rows out of the outbox within `tx`, skipping rows another
+/// relay of the same shard holds: they are gone once `tx` commits, and back if it rolls back.
+pub async fn take_due_commands(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<PendingCommand>, Error> {
     sqlx::query(
-        "SELECT id, pool, command FROM outbox WHERE not_before <= now()
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox WHERE not_before <= now()
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, pool, command",
     )
     .bind(limit)
     .fetch_all(&mut **tx)
@@ -658,10 +795,10 @@ pub async fn due_commands(
 }
 
 /// Deletes outbox rows JetStream has stored.
-pub async fn delete_commands(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), Error> {
+pub async fn delete_commands(pool: &PgPool, ids: &[i64]) -> Result<(), Error> {
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(ids)
-        .execute(&mut **tx)
+        .execute(pool)
         .await?;
     Ok(())
 }

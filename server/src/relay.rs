@@ -52,14 +52,17 @@ pub async fn run(
     }
 }
 
-/// Publishes one batch of due commands; returns how many were stored by JetStream.
+/// Publishes one batch of due commands; returns how many were stored by JetStream. The rows
+/// are deleted in the transaction that took them, which commits if every publish was stored;
+/// otherwise it rolls back and only the stored rows are deleted, so the failed ones (and only
+/// they) are published again on a later pass.
 async fn relay_once(
     pool: &PgPool,
     client: &Client,
     shard: &str,
 ) -> Result<usize, persistence::Error> {
     let mut tx = pool.begin().await?;
-    let due = persistence::due_commands(&mut tx, BATCH).await?;
+    let due = persistence::take_due_commands(&mut tx, BATCH).await?;
     if due.is_empty() {
         return Ok(0);
     }
@@ -89,14 +92,16 @@ async fn relay_once(
         .flatten()
         .collect();
     let failed = due.len() - stored.len();
-    persistence::delete_commands(&mut tx, &stored).await?;
-    tx.commit().await?;
-    metrics::counter!("noetl_server_commands_published_total", "shard" => shard.to_owned())
-        .increment(stored.len() as u64);
-    if failed > 0 {
+    if failed == 0 {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+        persistence::delete_commands(pool, &stored).await?;
         metrics::counter!("noetl_server_command_publish_failures_total", "shard" => shard.to_owned())
             .increment(failed as u64);
     }
+    metrics::counter!("noetl_server_commands_published_total", "shard" => shard.to_owned())
+        .increment(stored.len() as u64);
     Ok(stored.len())
 }
 
