@@ -803,15 +803,16 @@ pub async fn delete_commands(pool: &PgPool, ids: &[i64]) -> Result<(), Error> {
     Ok(())
 }
 
-/// When the next outbox row becomes due, if any row is waiting.
+/// In how many milliseconds the next outbox row becomes due (0 when one is due now), or
+/// `None` when the outbox is empty.
 pub async fn next_command_due_in_ms(pool: &PgPool) -> Result<Option<i64>, Error> {
+    // No GREATEST here: it skips NULLs, and would turn "empty" (a NULL min) into "due now".
     let due: Option<f64> = sqlx::query_scalar(
-        "SELECT GREATEST(0, EXTRACT(EPOCH FROM (min(not_before) - now())) * 1000)::float8
-         FROM outbox",
+        "SELECT (EXTRACT(EPOCH FROM (min(not_before) - now())) * 1000)::float8 FROM outbox",
     )
     .fetch_one(pool)
     .await?;
-    Ok(due.map(|ms| ms as i64))
+    Ok(due.map(|ms| ms.max(0.0) as i64))
 }
 
 /// A page of an execution's event log, and its status.

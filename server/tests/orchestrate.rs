@@ -15,39 +15,13 @@ use tokio_util::task::TaskTracker;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_queued_behind_the_lock_see_what_it_committed() {
     let pg = Postgres::start();
-    pg.create_database("orchestrate");
-    let map = ShardMap::parse(&pg.url("orchestrate")).expect("valid DSN");
-    let dsn = map.get(ShardId::new(0)).expect("one shard");
-    let pool = persistence::pool(dsn, 16).expect("pool");
-    persistence::migrate(&pool).await.expect("migrate");
     let tracker = TaskTracker::new();
-    let orchestrator = Orchestrator::new(
-        ShardId::new(0),
-        Pools {
-            pool: pool.clone(),
-            relaxed: persistence::relaxed_pool(dsn, 4).expect("pool"),
-        },
-        Leases {
-            step_lease_ms: 30_000,
-            dispatch_lease_ms: 300_000,
-            default_timeout_ms: 60_000,
-        },
-        Arc::new(tokio::sync::Notify::new()),
-        Batching {
-            tracker: &tracker,
-            max_batch: 100,
-            parallel: 2,
-        },
-    );
+    let orchestrator = orchestrator(&pg, "orchestrate", &tracker).await;
+    let pool = orchestrator.pool().clone();
     let id = ExecutionId::new(4_242).expect("valid id");
-    let command: SubmitCommand = serde_json::from_value(serde_json::json!({
-        "execution_id": id,
-        "playbook": {"name": "once", "steps": [{"name": "only", "action": "noop"}]},
-        "input": {},
-        "labels": {}
-    }))
-    .expect("valid command");
-    persistence::insert_executions(&pool, &[orchestrator.prepare(&command)])
+    let playbook =
+        serde_json::json!({"name": "once", "steps": [{"name": "only", "action": "noop"}]});
+    persistence::insert_executions(&pool, &[orchestrator.prepare(&submit(id.get(), playbook))])
         .await
         .expect("insert");
 
@@ -125,6 +99,231 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
     .await
     .expect("count");
     assert_eq!(results, 0, "nothing recorded behind the holder's back");
+    drop(orchestrator);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// A shard's orchestrator on a fresh database of its own.
+async fn orchestrator(pg: &Postgres, database: &str, tracker: &TaskTracker) -> Orchestrator {
+    pg.create_database(database);
+    let map = ShardMap::parse(&pg.url(database)).expect("valid DSN");
+    let dsn = map.get(ShardId::new(0)).expect("one shard");
+    let pool = persistence::pool(dsn, 16).expect("pool");
+    persistence::migrate(&pool).await.expect("migrate");
+    Orchestrator::new(
+        ShardId::new(0),
+        Pools {
+            pool,
+            relaxed: persistence::relaxed_pool(dsn, 4).expect("pool"),
+        },
+        Leases {
+            step_lease_ms: 30_000,
+            dispatch_lease_ms: 300_000,
+            default_timeout_ms: 60_000,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+        Batching {
+            tracker,
+            max_batch: 100,
+            parallel: 2,
+        },
+    )
+}
+
+fn submit(id: i64, playbook: serde_json::Value) -> SubmitCommand {
+    serde_json::from_value(serde_json::json!({
+        "execution_id": ExecutionId::new(id).expect("valid id"),
+        "playbook": playbook,
+        "input": {},
+        "labels": {}
+    }))
+    .expect("valid command")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_many_executions_applied_together_advance_each_once() {
+    let pg = Postgres::start();
+    let tracker = TaskTracker::new();
+    let orchestrator = orchestrator(&pg, "batched", &tracker).await;
+    let pool = orchestrator.pool().clone();
+    // Two parallel steps joined by a third: each execution gets two reports at once, and its
+    // join must be dispatched exactly once whichever order they apply in.
+    let playbook = serde_json::json!({"name": "join", "steps": [
+        {"name": "a", "action": "noop"},
+        {"name": "b", "action": "noop"},
+        {"name": "c", "action": "noop", "needs": ["a", "b"]}
+    ]});
+    let ids: Vec<i64> = (1..=20).map(|i| 10_000 + i).collect();
+    let rows: Vec<_> = ids
+        .iter()
+        .map(|&id| orchestrator.prepare(&submit(id, playbook.clone())))
+        .collect();
+    persistence::insert_executions(&pool, &rows)
+        .await
+        .expect("insert");
+    let finished = |step| Event::Finished {
+        step,
+        attempt: 1,
+        outcome: StepOutcome::Succeeded {
+            result: serde_json::json!({"step": step}),
+        },
+    };
+    let reports = ids.iter().flat_map(|&id| {
+        let id = ExecutionId::new(id).expect("valid id");
+        // Each report twice, as a worker retrying an unanswered report sends it.
+        [0, 1, 0, 1].map(|step| orchestrator.report(id, finished(step)))
+    });
+    let applied = futures::future::join_all(reports).await;
+    let changed = applied
+        .iter()
+        .filter(|a| matches!(a, Some(Applied::Changed(_))))
+        .count();
+    assert_eq!(
+        changed,
+        2 * ids.len(),
+        "each result recorded once: {applied:?}"
+    );
+    assert!(applied.iter().all(Option::is_some), "{applied:?}");
+
+    for &id in &ids {
+        let kinds: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, kind FROM execution_events WHERE execution_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+        let seqs: Vec<i64> = kinds.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "gapless log of {id}"
+        );
+        let count = |kind: &str| kinds.iter().filter(|(_, k)| k == kind).count();
+        assert_eq!(count("step_succeeded"), 2, "{id}: {kinds:?}");
+        assert_eq!(
+            count("step_dispatched"),
+            3,
+            "a, b, then c once: {id}: {kinds:?}"
+        );
+        let (status, last_seq): (String, i64) =
+            sqlx::query_as("SELECT status, last_event_seq FROM executions WHERE execution_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("execution");
+        assert_eq!(status, "running", "{id} waits for c");
+        assert_eq!(last_seq, seqs.len() as i64, "{id}");
+        let c: (String, i32) = sqlx::query_as(
+            "SELECT status, attempt FROM execution_steps WHERE execution_id = $1 AND step_index = 2",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("step c");
+        assert_eq!(c, ("dispatched".to_owned(), 1), "{id}");
+    }
+    let commands: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("outbox");
+    assert_eq!(
+        commands,
+        3 * ids.len() as i64,
+        "a and b at submit, c once per execution"
+    );
+    drop(orchestrator);
+    tracker.close();
+    tracker.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_written_together_keep_their_own_answers() {
+    let pg = Postgres::start();
+    let tracker = TaskTracker::new();
+    let orchestrator = orchestrator(&pg, "beats", &tracker).await;
+    let pool = orchestrator.pool().clone();
+    let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
+    let ids: Vec<ExecutionId> = (1..=30)
+        .map(|i| ExecutionId::new(20_000 + i).expect("valid id"))
+        .collect();
+    let rows: Vec<_> = ids
+        .iter()
+        .map(|id| orchestrator.prepare(&submit(id.get(), playbook.clone())))
+        .collect();
+    persistence::insert_executions(&pool, &rows)
+        .await
+        .expect("insert");
+    // Attempt 1 owns each step; attempt 2 does not exist.
+    let beats = ids
+        .iter()
+        .flat_map(|&id| [1, 2, 1].map(|attempt| orchestrator.heartbeat(id, 0, attempt)));
+    let answers = futures::future::join_all(beats).await;
+    for (i, answer) in answers.iter().enumerate() {
+        let answer = answer.as_ref().expect("heartbeat written");
+        match i % 3 {
+            1 => assert_eq!(
+                *answer, None,
+                "a heartbeat of an attempt that does not own the step"
+            ),
+            _ => assert!(answer.is_some(), "beat {i}: {answer:?}"),
+        }
+    }
+    let started: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM execution_steps WHERE started_at IS NOT NULL
+         AND lease_expires_at > now() + interval '20 seconds'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("steps");
+    assert_eq!(
+        started,
+        ids.len() as i64,
+        "every owning beat set started_at and the step lease"
+    );
+    drop(orchestrator);
+    tracker.close();
+    tracker.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_waits_when_the_outbox_is_empty() {
+    let pg = Postgres::start();
+    let tracker = TaskTracker::new();
+    let orchestrator = orchestrator(&pg, "outbox", &tracker).await;
+    let pool = orchestrator.pool().clone();
+    assert_eq!(
+        persistence::next_command_due_in_ms(&pool)
+            .await
+            .expect("query"),
+        None,
+        "an empty outbox has nothing due (it once answered 'due now', and the relay spun)"
+    );
+    let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
+    let row = orchestrator.prepare(&submit(30_001, playbook));
+    persistence::insert_executions(&pool, &[row])
+        .await
+        .expect("insert");
+    assert_eq!(
+        persistence::next_command_due_in_ms(&pool)
+            .await
+            .expect("query"),
+        Some(0),
+        "a command committed now is due now"
+    );
+    sqlx::query("UPDATE outbox SET not_before = now() + interval '1 hour'")
+        .execute(&pool)
+        .await
+        .expect("delay");
+    let due = persistence::next_command_due_in_ms(&pool)
+        .await
+        .expect("query")
+        .expect("a row waits");
+    assert!(
+        (3_000_000..=3_600_000).contains(&due),
+        "due in about an hour: {due} ms"
+    );
     drop(orchestrator);
     tracker.close();
     tracker.wait().await;
