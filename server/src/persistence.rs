@@ -45,19 +45,24 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A pool for one shard database. Connections are opened lazily, so an unreachable database
 /// surfaces on first use rather than here.
 pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
-    Ok(PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect_options(dsn)?))
+    Ok(pool_options(size).connect_lazy_with(connect_options(dsn)?))
 }
 
 /// A pool whose commits do not wait for their WAL flush, for writes whose loss in a crash is
 /// harmless (heartbeats: a lost one only lets a lease run out).
 pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(size)
+        .connect_lazy_with(connect_options(dsn)?.options([("synchronous_commit", "off")])))
+}
+
+fn pool_options(size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect_options(dsn)?.options([("synchronous_commit", "off")])))
+        // No ping before every use: it was a round trip on the path of every request, and a
+        // connection that broke meanwhile fails its statement instead, which every caller
+        // already handles (the worker retries its report, a submit is answered 503).
+        .test_before_acquire(false)
 }
 
 fn connect_options(dsn: &ShardDsn) -> Result<PgConnectOptions, Error> {
