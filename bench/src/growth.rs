@@ -1,6 +1,7 @@
 //! Growth: submit and first-page listing on one shard as it fills from empty to millions of
 //! stored executions, loaded between checkpoints with [`crate::list::bulk_load`], not through the
-//! API. Cost per execution (CPU seconds of every process per 1,000 submits) should stay flat.
+//! API, and settled ([`crate::list::settle`]) before each checkpoint is measured. Cost per
+//! execution (CPU seconds of every process per 1,000 submits) should stay flat.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub async fn run(
             // A node id per load keeps the ids of different loads apart.
             crate::list::bulk_load(&cluster.pools, more, 1_001 + u32::try_from(index)?).await?;
             loaded = checkpoint;
+        } else {
+            crate::list::settle(&cluster.pools).await?;
         }
         let load_seconds = started.elapsed().as_secs_f64();
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM executions")

@@ -51,7 +51,25 @@ pub async fn bulk_load(pools: &[PgPool], per_shard: usize, node: u32) -> anyhow:
             .await
             .context("bulk insert")?;
         }
-        sqlx::query("ANALYZE executions").execute(pool).await?;
+    }
+    settle(pools).await
+}
+
+/// Brings the shards to the state a shard that grew over months would be in: vacuumed and
+/// analysed (autovacuum would have done it as the rows arrived; after a bulk load it would
+/// instead scan millions of rows during the next measurement), with a checkpoint behind it (the
+/// load's WAL would otherwise trigger one mid-measurement, and full-page images after it).
+/// Growth settles its empty checkpoint too, so every checkpoint starts from the same state.
+pub async fn settle(pools: &[PgPool]) -> anyhow::Result<()> {
+    for pool in pools {
+        sqlx::raw_sql("VACUUM (ANALYZE) executions, execution_steps, execution_events, outbox")
+            .execute(pool)
+            .await
+            .context("vacuum after the bulk load")?;
+        sqlx::raw_sql("CHECKPOINT")
+            .execute(pool)
+            .await
+            .context("checkpoint after the bulk load")?;
     }
     Ok(())
 }

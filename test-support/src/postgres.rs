@@ -21,7 +21,8 @@ const SUPERUSER: &str = "postgres";
 /// How the instance trades durability for speed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PostgresOptions {
-    /// `fsync` and `synchronous_commit` on, as in production (benchmarks). Tests leave it off.
+    /// `fsync` and `synchronous_commit` on and production-sized buffers (benchmarks). Tests
+    /// leave it off.
     pub durable: bool,
 }
 
@@ -216,6 +217,14 @@ fn server_command(
         .args(["-c", "logging_collector=off"])
         .stdout(Stdio::null())
         .stderr(log_file(&data.join("postgres.log")));
+    if options.durable {
+        // Sized as a production shard would be, not PostgreSQL's defaults for a small box: a
+        // cache that holds the hot part of a shard of millions of executions, and WAL room for
+        // bursts without a checkpoint (and its full-page images) every few seconds.
+        command
+            .args(["-c", "shared_buffers=1GB"])
+            .args(["-c", "max_wal_size=4GB"]);
+    }
     if let Some((uid, gid)) = run_as {
         command.uid(uid).gid(gid);
     }
