@@ -639,6 +639,22 @@ pub struct Beat {
     pub attempt: u32,
 }
 
+/// [`touch_attempts`]' statement. `started_at` set by an earlier heartbeat holds that
+/// transaction's `now()`, which is earlier than this one's: that is how a beat knows it is not
+/// the first.
+///
+/// The in-flight statuses are a parameter (`$5`), not literals. With literals the statement
+/// matches the predicate of the partial lease index, and a planner whose statistics were gathered
+/// at an idle moment (no step in flight) takes that index for one row and walks all of it for
+/// every beat of the batch: 8 ms a batch under load, against 0.2 ms by the primary key.
+const TOUCH_ATTEMPTS: &str = "UPDATE execution_steps AS s
+     SET lease_expires_at = now() + $4 * interval '1 millisecond',
+         started_at = coalesce(s.started_at, now())
+     FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS b(execution_id, step_index, attempt)
+     WHERE s.execution_id = b.execution_id AND s.step_index = b.step_index
+       AND s.attempt = b.attempt AND s.status = ANY($5::text[])
+     RETURNING s.execution_id, s.step_index, s.attempt, s.status, s.started_at < now()";
+
 /// Heartbeats' writes, one statement for many: extends each in-flight attempt's lease and
 /// notes when it started. Returns, per beat, the step's status and whether an earlier
 /// heartbeat of this attempt was seen, or `None` when the attempt no longer owns its step
@@ -652,38 +668,34 @@ pub async fn touch_attempts(
     // batches do not wait for each other crosswise.
     let mut order: Vec<&Beat> = beats.iter().collect();
     order.sort_by_key(|b| (b.execution_id, b.step));
-    // `started_at` set by an earlier heartbeat holds that transaction's `now()`, which is
-    // earlier than this one's: that is how a beat knows it is not the first.
-    let rows: Vec<(i64, i32, i32, String, bool)> = sqlx::query_as(
-        "UPDATE execution_steps AS s
-         SET lease_expires_at = now() + $4 * interval '1 millisecond',
-             started_at = coalesce(s.started_at, now())
-         FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS b(execution_id, step_index, attempt)
-         WHERE s.execution_id = b.execution_id AND s.step_index = b.step_index
-           AND s.attempt = b.attempt AND s.status IN ('dispatched', 'running')
-         RETURNING s.execution_id, s.step_index, s.attempt, s.status, s.started_at < now()",
-    )
-    .bind(
-        order
-            .iter()
-            .map(|b| b.execution_id.get())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        order
-            .iter()
-            .map(|b| i32::try_from(b.step).unwrap_or(i32::MAX))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        order
-            .iter()
-            .map(|b| i32::try_from(b.attempt).unwrap_or(i32::MAX))
-            .collect::<Vec<_>>(),
-    )
-    .bind(lease_ms)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(i64, i32, i32, String, bool)> = sqlx::query_as(TOUCH_ATTEMPTS)
+        .bind(
+            order
+                .iter()
+                .map(|b| b.execution_id.get())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            order
+                .iter()
+                .map(|b| i32::try_from(b.step).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            order
+                .iter()
+                .map(|b| i32::try_from(b.attempt).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(lease_ms)
+        .bind(
+            &[
+                StepStatus::Dispatched.as_str(),
+                StepStatus::Running.as_str(),
+            ][..],
+        )
+        .fetch_all(pool)
+        .await?;
     let touched: std::collections::HashMap<(i64, i64, i64), (StepStatus, bool)> = rows
         .into_iter()
         .filter_map(|(id, step, attempt, status, seen)| {
@@ -1004,4 +1016,78 @@ fn status(row: &sqlx::postgres::PgRow) -> Result<ExecutionStatus, Error> {
 fn rfc3339(at: OffsetDateTime) -> Result<String, Error> {
     at.format(&Rfc3339)
         .map_err(|e| Error::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use noetl_contract::shards::ShardMap;
+    use noetl_test_support::Postgres;
+
+    use super::*;
+
+    /// The heartbeat statement goes by the primary key even when the statistics say no step is
+    /// in flight (gathered at an idle moment) while thousands are: the partial lease index, which
+    /// such statistics make look empty, would be walked whole for every beat.
+    #[tokio::test]
+    async fn heartbeats_find_their_steps_by_primary_key_whatever_the_statistics_say() {
+        let pg = Postgres::start();
+        pg.create_database("plans");
+        let map = ShardMap::parse(&pg.url("plans")).expect("valid DSN");
+        let pool = pool(map.get(ShardId::new(0)).expect("one shard"), 2).expect("pool");
+        migrate(&pool).await.expect("migrate");
+        let steps = |status: &'static str, from: i64| {
+            sqlx::query(
+                "INSERT INTO execution_steps (execution_id, step_index, name, status, attempt,
+                                              lease_expires_at)
+                 SELECT id, 0, 'only', $2, 1, now() + interval '1 minute'
+                 FROM generate_series($1, $1 + 4999) AS id",
+            )
+            .bind(from)
+            .bind(status)
+        };
+        steps("succeeded", 1)
+            .execute(&pool)
+            .await
+            .expect("finished steps");
+        sqlx::query("ANALYZE execution_steps")
+            .execute(&pool)
+            .await
+            .expect("analyze");
+        steps("dispatched", 10_001)
+            .execute(&pool)
+            .await
+            .expect("steps in flight");
+
+        let mut connection = pool.acquire().await.expect("connection");
+        sqlx::raw_sql(&format!(
+            "SET plan_cache_mode = force_generic_plan;
+             PREPARE beat(bigint[], int[], int[], bigint, text[]) AS {TOUCH_ATTEMPTS}"
+        ))
+        .execute(&mut *connection)
+        .await
+        .expect("prepare");
+        let plan: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN (FORMAT TEXT) EXECUTE beat('{10001,10002}', '{0,0}', '{1,1}', 1000,
+                                                '{dispatched,running}')",
+        )
+        .fetch_all(&mut *connection)
+        .await
+        .expect("explain");
+        let plan = plan.join("\n");
+        assert!(plan.contains("execution_steps_pkey"), "{plan}");
+        assert!(!plan.contains("in_flight_leases"), "{plan}");
+
+        let touched = touch_attempts(
+            &pool,
+            &[Beat {
+                execution_id: ExecutionId::new(10_001).expect("valid id"),
+                step: 0,
+                attempt: 1,
+            }],
+            1_000,
+        )
+        .await
+        .expect("heartbeat");
+        assert_eq!(touched, vec![Some((StepStatus::Dispatched, false))]);
+    }
 }
