@@ -116,20 +116,35 @@ impl Serialize for ExecutionId {
 }
 
 impl<'de> Deserialize<'de> for ExecutionId {
+    /// A decimal string (as ids are written) or an integer. A visitor rather than an untagged
+    /// enum: that would try the integer first and build (and drop) an error for every id
+    /// written as a string, on the path of every message.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
+        struct IdVisitor;
+
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = ExecutionId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an execution id: a decimal string or an integer")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ExecutionId, E> {
+                ExecutionId::new(n).map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ExecutionId, E> {
+                i64::try_from(n)
+                    .map_err(|_| E::custom(Error::InvalidId(n.to_string())))
+                    .and_then(|n| self.visit_i64(n))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ExecutionId, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom("execution id must be a decimal string or an integer")
-        })? {
-            Raw::Number(n) => ExecutionId::new(n),
-            Raw::Text(s) => s.parse(),
-        }
-        .map_err(serde::de::Error::custom)
+
+        deserializer.deserialize_any(IdVisitor)
     }
 }
 
@@ -297,6 +312,14 @@ mod tests {
         assert!(serde_json::from_str::<ExecutionId>("\"-1\"").is_err());
         assert!(serde_json::from_str::<ExecutionId>("\"12a\"").is_err());
         assert!(serde_json::from_str::<ExecutionId>("-5").is_err());
+        assert!(serde_json::from_str::<ExecutionId>("18446744073709551615").is_err());
+        let wrong_type = serde_json::from_str::<ExecutionId>("true").expect_err("a boolean");
+        assert!(
+            wrong_type
+                .to_string()
+                .contains("decimal string or an integer"),
+            "{wrong_type}"
+        );
     }
 
     #[test]

@@ -432,10 +432,11 @@ impl Runner {
         }
     }
 
-    /// Acks once the server confirms it; a lost ack only means a redelivery, which the shard
-    /// answers with `stale` or `stop`.
+    /// Acks without waiting for JetStream to confirm it: a lost ack only means a redelivery,
+    /// which the shard answers with `stale` or `stop`, so a confirmation (one more round trip
+    /// while the step holds its permit) would buy nothing.
     async fn ack(&self, delivery: &Delivery) {
-        if let Err(error) = delivery.double_ack().await {
+        if let Err(error) = delivery.ack().await {
             tracing::warn!(%error, "could not ack the command; it will be redelivered");
         }
     }
