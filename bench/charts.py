@@ -97,7 +97,8 @@ def growth(results, out):
     for key, label in [("p50_ms", "p50"), ("p99_ms", "p99")]:
         axes[0].plot(stored, [p["submit"]["phase"]["latency"][key] for p in g["points"]], marker="o", label=f"submit {label}")
         axes[2].plot(stored, [p["list_first_page"]["latency"][key] for p in g["points"]], marker="o", label=f"list {label}")
-    axes[1].plot(stored, [p["submit"]["cpu_seconds_per_1000_total"] for p in g["points"]], marker="o", color="C3")
+    axes[1].plot(stored, [p["submit"]["cpu_seconds_per_1000_total"] for p in g["points"]], marker="o", color="C3", label="as fast as possible")
+    axes[1].plot(stored, [p["paced_submit"]["cpu_seconds_per_1000_total"] for p in g["points"]], marker="o", color="C2", label=f"paced to {g['paced_rate']:.0f}/s")
     axes[0].set_title("submit latency (ms)")
     axes[1].set_title("CPU s per 1,000 submits (all processes)")
     axes[1].set_ylim(bottom=0)
@@ -105,8 +106,8 @@ def growth(results, out):
     for ax in axes:
         ax.set_xlabel("stored executions in the shard (millions)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "growth.png", dpi=80)
     plt.close(fig)

@@ -2,6 +2,11 @@
 //! stored executions, loaded between checkpoints with [`crate::list::bulk_load`], not through the
 //! API, and settled ([`crate::list::settle`]) before each checkpoint is measured. Cost per
 //! execution (CPU seconds of every process per 1,000 submits) should stay flat.
+//!
+//! Each checkpoint measures submits twice: as fast as the clients can, and paced to one fixed
+//! rate (half of what the empty shard sustained). Cost per operation falls as load rises (more
+//! work per batch, per wake-up, per system call, in every process, the gateway and NATS too), so
+//! only the paced figures compare the shard's size alone; the unpaced ones mix in the rate.
 
 use std::time::{Duration, Instant};
 
@@ -16,14 +21,20 @@ pub struct GrowthPoint {
     pub stored_executions: i64,
     pub load_seconds: f64,
     pub submit: SubmitRun,
+    /// Submits paced to [`Growth::paced_rate`], the same at every checkpoint.
+    pub paced_submit: SubmitRun,
     pub list_first_page: Phase,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Growth {
     pub points: Vec<GrowthPoint>,
-    /// CPU per 1,000 submits at the last checkpoint ÷ at the first.
+    /// Submits/s of every checkpoint's paced phase: half the first checkpoint's unpaced rate.
+    pub paced_rate: f64,
+    /// CPU per 1,000 submits at the last checkpoint ÷ at the first, unpaced.
     pub cost_ratio_last_to_first: f64,
+    /// The same at the paced rate: the shard's size alone.
+    pub paced_cost_ratio_last_to_first: f64,
     pub submit_p50_ratio_last_to_first: f64,
     pub submit_rate_ratio_last_to_first: f64,
 }
@@ -37,7 +48,8 @@ pub async fn run(
     duration: Duration,
 ) -> anyhow::Result<Growth> {
     let mut loaded = 0usize;
-    let mut points = Vec::new();
+    let mut points: Vec<GrowthPoint> = Vec::new();
+    let mut paced_rate = None;
     for (index, &checkpoint) in checkpoints.iter().enumerate() {
         let more = checkpoint.saturating_sub(loaded);
         let started = Instant::now();
@@ -54,6 +66,9 @@ pub async fn run(
             .fetch_one(&cluster.pools[0])
             .await?;
         let submit = submit_run(cluster, http, concurrency, duration, None).await?;
+        let rate = *paced_rate.get_or_insert(submit.phase.per_second / 2.0);
+        eprintln!("growth: submits paced to {rate:.0}/s at {stored} stored…");
+        let paced_submit = submit_run(cluster, http, concurrency, duration, Some(rate)).await?;
         eprintln!("growth: list first page at {stored} stored…");
         let url = format!("{}/api/v1/executions?limit=100", cluster.gateway);
         let client = http.clone();
@@ -83,6 +98,7 @@ pub async fn run(
             stored_executions: stored,
             load_seconds,
             submit,
+            paced_submit,
             list_first_page,
         });
     }
@@ -91,7 +107,9 @@ pub async fn run(
         _ => 0.0,
     };
     Ok(Growth {
+        paced_rate: paced_rate.unwrap_or(0.0),
         cost_ratio_last_to_first: ratio(&|p| p.submit.cpu_seconds_per_1000_total),
+        paced_cost_ratio_last_to_first: ratio(&|p| p.paced_submit.cpu_seconds_per_1000_total),
         submit_p50_ratio_last_to_first: ratio(&|p| p.submit.phase.latency.p50_ms),
         submit_rate_ratio_last_to_first: ratio(&|p| p.submit.phase.per_second),
         points,

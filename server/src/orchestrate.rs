@@ -324,7 +324,7 @@ impl Inner {
         event: Event,
         guard: Guard,
     ) -> Result<Applied, persistence::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = persistence::begin_generic(&self.pool).await?;
         let outcomes = self.apply_in(&mut tx, &[(id, event, guard)]).await?;
         tx.commit().await?;
         self.after_commit(&outcomes);
@@ -360,7 +360,7 @@ impl Inner {
             .map(|(id, event)| (*id, event.clone(), Guard::None))
             .collect();
         let batched = async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = persistence::begin_generic(&self.pool).await?;
             let outcomes = self.apply_in(&mut tx, &guarded).await?;
             tx.commit().await?;
             Ok::<_, persistence::Error>(outcomes)

@@ -63,6 +63,18 @@ pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
     )
 }
 
+/// Begins a transaction whose statements are planned generically, for the orchestrator's and
+/// the relay's writes. They take arrays of ids (`= ANY($1)`, `UNNEST`) or a batch limit, and for
+/// those PostgreSQL's default makes a fresh plan for the values at hand on nearly every call:
+/// planning was about a third of the report path's time in the database (pg_stat_statements:
+/// 2,385 plans for 2,581 calls of the write; 13 for 3,024 with this). Reads keep the default,
+/// which the listing's optional filters need.
+pub async fn begin_generic(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Error> {
+    Ok(pool
+        .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+        .await?)
+}
+
 fn pool_options(size: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(size)
@@ -1100,5 +1112,29 @@ mod tests {
         .await
         .expect("heartbeat");
         assert_eq!(touched, vec![Some((StepStatus::Dispatched, false))]);
+    }
+
+    #[tokio::test]
+    async fn generic_planning_lasts_only_for_its_transaction() {
+        let pg = Postgres::start();
+        pg.create_database("generic");
+        let map = ShardMap::parse(&pg.url("generic")).expect("valid DSN");
+        let pool = pool(map.get(ShardId::new(0)).expect("one shard"), 1).expect("pool");
+        let mode = "SELECT current_setting('plan_cache_mode')";
+        let mut tx = begin_generic(&pool).await.expect("begin");
+        let inside: String = sqlx::query_scalar(mode)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("inside");
+        tx.commit().await.expect("commit");
+        // The pool has one connection: this is the same one, back in the pool.
+        let after: String = sqlx::query_scalar(mode)
+            .fetch_one(&pool)
+            .await
+            .expect("after");
+        assert_eq!(
+            (inside.as_str(), after.as_str()),
+            ("force_generic_plan", "auto")
+        );
     }
 }

@@ -61,7 +61,7 @@ async fn relay_once(
     client: &Client,
     shard: &str,
 ) -> Result<usize, persistence::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = persistence::begin_generic(pool).await?;
     let due = persistence::take_due_commands(&mut tx, BATCH).await?;
     if due.is_empty() {
         return Ok(0);
