@@ -48,7 +48,7 @@ pub async fn run(
     duration: Duration,
 ) -> anyhow::Result<Growth> {
     let mut loaded = 0usize;
-    let mut points: Vec<GrowthPoint> = Vec::new();
+    let mut points = Vec::new();
     let mut paced_rate = None;
     for (index, &checkpoint) in checkpoints.iter().enumerate() {
         let more = checkpoint.saturating_sub(loaded);

@@ -65,11 +65,11 @@ pub async fn settle(pools: &[PgPool]) -> anyhow::Result<()> {
         sqlx::raw_sql("VACUUM (ANALYZE) executions, execution_steps, execution_events, outbox")
             .execute(pool)
             .await
-            .context("vacuum after the bulk load")?;
+            .context("vacuum before measuring")?;
         sqlx::raw_sql("CHECKPOINT")
             .execute(pool)
             .await
-            .context("checkpoint after the bulk load")?;
+            .context("checkpoint before measuring")?;
     }
     Ok(())
 }

@@ -1046,15 +1046,21 @@ mod tests {
 
     use super::*;
 
+    /// A fresh database on `pg`, as the DSN of a one-shard map.
+    fn shard_dsn(pg: &Postgres, database: &str) -> ShardDsn {
+        pg.create_database(database);
+        let map = ShardMap::parse(&pg.url(database)).expect("valid DSN");
+        map.get(ShardId::new(0)).expect("one shard").clone()
+    }
+
     /// The heartbeat statement goes by the primary key even when the statistics say no step is
     /// in flight (gathered at an idle moment) while thousands are: the partial lease index, which
     /// such statistics make look empty, would be walked whole for every beat.
     #[tokio::test]
     async fn heartbeats_find_their_steps_by_primary_key_whatever_the_statistics_say() {
         let pg = Postgres::start();
-        pg.create_database("plans");
-        let map = ShardMap::parse(&pg.url("plans")).expect("valid DSN");
-        let pool = pool(map.get(ShardId::new(0)).expect("one shard"), 2).expect("pool");
+        let dsn = shard_dsn(&pg, "plans");
+        let pool = pool(&dsn, 2).expect("pool");
         migrate(&pool).await.expect("migrate");
         let steps = |status: &'static str, from: i64| {
             sqlx::query(
@@ -1080,7 +1086,7 @@ mod tests {
             .expect("steps in flight");
 
         // Planned as the heartbeats' own pool plans it.
-        let relaxed = relaxed_pool(map.get(ShardId::new(0)).expect("one shard"), 1).expect("pool");
+        let relaxed = relaxed_pool(&dsn, 1).expect("pool");
         let mut connection = relaxed.acquire().await.expect("connection");
         sqlx::raw_sql(&format!(
             "PREPARE beat(bigint[], int[], int[], bigint, text[]) AS {TOUCH_ATTEMPTS}"
@@ -1117,9 +1123,7 @@ mod tests {
     #[tokio::test]
     async fn generic_planning_lasts_only_for_its_transaction() {
         let pg = Postgres::start();
-        pg.create_database("generic");
-        let map = ShardMap::parse(&pg.url("generic")).expect("valid DSN");
-        let pool = pool(map.get(ShardId::new(0)).expect("one shard"), 1).expect("pool");
+        let pool = pool(&shard_dsn(&pg, "generic"), 1).expect("pool");
         let mode = "SELECT current_setting('plan_cache_mode')";
         let mut tx = begin_generic(&pool).await.expect("begin");
         let inside: String = sqlx::query_scalar(mode)
