@@ -2,17 +2,16 @@
 //! throughput is not capped by one WAL flush per execution.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use noetl_contract::message::{WireError, WireErrorCode};
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
 use crate::persistence::{self, Committed, NewExecution};
+use crate::relay::{self, Relay};
 
 type Outcome = Result<Committed, WireError>;
 
@@ -24,23 +23,19 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts `parallel` committer tasks for `shard` on `tracker`; `relay` is woken after each
-    /// batch, since new executions put their first commands in the outbox.
+    /// Starts `parallel` committer tasks for `shard` on `tracker`; each batch's first commands
+    /// are handed to `relay` once committed.
     pub fn spawn(
         shard: ShardId,
         pool: PgPool,
-        relay: Arc<Notify>,
+        relay: Relay,
         max_batch: usize,
         parallel: usize,
         tracker: &TaskTracker,
     ) -> Self {
         let batcher = Batcher::spawn(max_batch, parallel, tracker, move |rows| {
             let (pool, relay) = (pool.clone(), relay.clone());
-            async move {
-                let outcomes = commit_batch(shard, &pool, rows).await;
-                relay.notify_one();
-                outcomes
-            }
+            async move { commit_batch(shard, &pool, &relay, rows).await }
         });
         Self { batcher }
     }
@@ -54,7 +49,12 @@ impl Committer {
     }
 }
 
-async fn commit_batch(shard: ShardId, pool: &PgPool, batch: Vec<NewExecution>) -> Vec<Outcome> {
+async fn commit_batch(
+    shard: ShardId,
+    pool: &PgPool,
+    relay: &Relay,
+    batch: Vec<NewExecution>,
+) -> Vec<Outcome> {
     let shard_label = shard.to_string();
     metrics::histogram!("noetl_server_commit_batch_size", "shard" => shard_label.clone())
         .record(batch.len() as f64);
@@ -82,6 +82,16 @@ async fn commit_batch(shard: ShardId, pool: &PgPool, batch: Vec<NewExecution>) -
     };
     metrics::histogram!("noetl_server_commit_seconds", "shard" => shard_label.clone())
         .record(started.elapsed().as_secs_f64());
+    let outbox_ids = committed
+        .iter()
+        .filter(|c| c.created)
+        .map(|c| (c.execution_id, c.outbox_ids.clone()))
+        .collect();
+    let (handoffs, due_now) = relay::handoffs(
+        rows.into_iter().map(|row| (row.execution_id, row.outbox)),
+        outbox_ids,
+    );
+    relay.committed(handoffs, due_now);
     let mut by_id: HashMap<ExecutionId, Committed> =
         committed.into_iter().map(|c| (c.execution_id, c)).collect();
     order

@@ -35,8 +35,9 @@ use tokio_util::task::TaskTracker;
 pub use configuration::ServerConfig;
 
 const START_RETRY: Duration = Duration::from_secs(1);
-/// Connections per shard for heartbeats (single statements that do not wait for the WAL).
-const HEARTBEAT_CONNECTIONS: u32 = 4;
+/// Connections per shard for heartbeats and the relay's deletes of handed-off commands (single
+/// statements that do not wait for the WAL).
+const RELAXED_CONNECTIONS: u32 = 5;
 
 /// Runs the server until `cancel`, then drains: stops taking requests, finishes those in
 /// flight, commits what is queued.
@@ -110,14 +111,16 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             .shards
             .get(shard)
             .context("serve only lists shards of NOETL_SHARDS")?;
+        let pools = orchestrate::Pools {
+            pool: pool.clone(),
+            relaxed: persistence::relaxed_pool(dsn, RELAXED_CONNECTIONS)?,
+        };
+        let (relay, feed) = relay::Relay::new();
         let orchestrator = orchestrate::Orchestrator::new(
             shard,
-            orchestrate::Pools {
-                pool: pool.clone(),
-                relaxed: persistence::relaxed_pool(dsn, HEARTBEAT_CONNECTIONS)?,
-            },
+            pools.clone(),
             config.leases,
-            Arc::new(tokio::sync::Notify::new()),
+            relay.clone(),
             orchestrate::Batching {
                 tracker: &committers,
                 max_batch: config.max_batch,
@@ -126,16 +129,16 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
         );
         background.spawn(relay::run(
             shard,
-            pool.clone(),
+            pools,
             client.clone(),
-            orchestrator.relay(),
+            feed,
             cancel.clone(),
         ));
         background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
         let committer = commit::Committer::spawn(
             shard,
             pool.clone(),
-            orchestrator.relay(),
+            relay,
             config.max_batch,
             config.committers_per_shard,
             &committers,

@@ -2,7 +2,7 @@
 //!
 //! Every change to an execution happens in one transaction that holds the execution's row lock:
 //! read the state, [`engine::decide`], write the changed steps, the new events and the commands
-//! (into the outbox), commit, then wake the relay. Several replicas of one shard stay correct
+//! (into the outbox), commit, then hand the commands to the relay. Several replicas of one shard stay correct
 //! because they take turns on the lock.
 
 use std::collections::BTreeMap;
@@ -15,11 +15,11 @@ use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::PgPool;
 use sqlx::{Postgres, Transaction};
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
 use crate::persistence::{self, Beat, NewExecution, OutboxRow, StepRow};
+use crate::relay::{self, Handoff, Relay};
 
 /// How long attempts may stay silent before they are presumed lost.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +38,8 @@ pub struct Leases {
 pub struct Pools {
     /// Every write that must be durable before it is acknowledged.
     pub pool: PgPool,
-    /// Commits without waiting for the WAL flush: heartbeats only.
+    /// Commits without waiting for the WAL flush: heartbeats, and the relay's deletes of
+    /// commands it was handed (a lost one only has a pass publish them again).
     pub relaxed: PgPool,
 }
 
@@ -83,14 +84,13 @@ struct Inner {
     /// Commits without waiting for the WAL flush: heartbeats only.
     relaxed: PgPool,
     leases: Leases,
-    /// Woken after every commit that queued commands.
-    relay: Arc<Notify>,
+    /// Told after every commit that queued commands.
+    relay: Relay,
 }
 
 /// What one applied event led to, for the caller to act on after the commit.
 struct Outcome {
     applied: Applied,
-    queued_commands: bool,
     finished: Option<ExecutionStatus>,
 }
 
@@ -98,10 +98,17 @@ impl Outcome {
     fn unchanged(applied: Applied) -> Self {
         Self {
             applied,
-            queued_commands: false,
             finished: None,
         }
     }
+}
+
+/// What a transaction's events led to: one outcome per event, and the commands it queued, for
+/// the relay once it commits.
+struct Applying {
+    outcomes: Vec<Outcome>,
+    handoffs: Vec<Handoff>,
+    due_now: bool,
 }
 
 /// One locked execution while a batch's events are applied to it.
@@ -146,7 +153,7 @@ impl Orchestrator {
         shard: ShardId,
         pools: Pools,
         leases: Leases,
-        relay: Arc<Notify>,
+        relay: Relay,
         batching: Batching<'_>,
     ) -> Self {
         let Pools { pool, relaxed } = pools;
@@ -194,10 +201,6 @@ impl Orchestrator {
 
     pub fn leases(&self) -> Leases {
         self.inner.leases
-    }
-
-    pub fn relay(&self) -> Arc<Notify> {
-        self.inner.relay.clone()
     }
 
     /// Starts a submitted execution in memory: its steps, first events and first commands,
@@ -290,11 +293,11 @@ impl Orchestrator {
                     attempt,
                 };
                 let mut tx = inner.relaxed.begin().await?;
-                let outcome = inner
+                let applying = inner
                     .apply_in(&mut tx, &[(id, started, Guard::None)])
                     .await?;
                 tx.commit().await?;
-                Ok(Some(match outcome[0].applied {
+                Ok(Some(match inner.after_commit(applying)[0].applied {
                     Applied::Changed(_) => StepStatus::Running,
                     // Another heartbeat got there first, or the report did; the next
                     // heartbeat or the report itself settles it.
@@ -325,10 +328,9 @@ impl Inner {
         guard: Guard,
     ) -> Result<Applied, persistence::Error> {
         let mut tx = persistence::begin_generic(&self.pool).await?;
-        let outcomes = self.apply_in(&mut tx, &[(id, event, guard)]).await?;
+        let applying = self.apply_in(&mut tx, &[(id, event, guard)]).await?;
         tx.commit().await?;
-        self.after_commit(&outcomes);
-        Ok(outcomes[0].applied)
+        Ok(self.after_commit(applying)[0].applied)
     }
 
     /// Writes many heartbeats in one statement; if that fails, each on its own, so one bad
@@ -361,15 +363,16 @@ impl Inner {
             .collect();
         let batched = async {
             let mut tx = persistence::begin_generic(&self.pool).await?;
-            let outcomes = self.apply_in(&mut tx, &guarded).await?;
+            let applying = self.apply_in(&mut tx, &guarded).await?;
             tx.commit().await?;
-            Ok::<_, persistence::Error>(outcomes)
+            Ok::<_, persistence::Error>(applying)
         };
         match batched.await {
-            Ok(outcomes) => {
-                self.after_commit(&outcomes);
-                outcomes.into_iter().map(|o| Some(o.applied)).collect()
-            }
+            Ok(applying) => self
+                .after_commit(applying)
+                .into_iter()
+                .map(|o| Some(o.applied))
+                .collect(),
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, reports = items.len(), "report batch failed; applying one by one");
                 let mut applied = Vec::with_capacity(items.len());
@@ -395,7 +398,7 @@ impl Inner {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         items: &[(ExecutionId, Event, Guard)],
-    ) -> Result<Vec<Outcome>, persistence::Error> {
+    ) -> Result<Applying, persistence::Error> {
         let mut ids: Vec<ExecutionId> = items.iter().map(|(id, _, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -435,33 +438,45 @@ impl Inner {
                 work.steps
                     .insert(i, self.step_row(&work.state, &decision, i));
             }
-            let outbox = self.outbox_rows(*id, &work.state, &decision);
             outcomes.push(Outcome {
                 applied: Applied::Changed(work.state.status),
-                queued_commands: !outbox.is_empty(),
                 finished: decision.finished,
             });
             work.changed = true;
             work.events.extend(event_rows(&decision));
-            work.outbox.extend(outbox);
+            work.outbox
+                .extend(self.outbox_rows(*id, &work.state, &decision));
         }
         let changes: Vec<persistence::ExecutionChange> = working
             .into_iter()
             .filter(|(_, work)| work.changed)
             .map(|(id, work)| work.into_change(id))
             .collect();
-        persistence::save_changes(tx, &changes).await?;
-        Ok(outcomes)
+        let outbox_ids = persistence::save_changes(tx, &changes).await?;
+        let (handoffs, due_now) = relay::handoffs(
+            changes.into_iter().map(|c| (c.execution_id, c.outbox)),
+            outbox_ids.into_iter().collect(),
+        );
+        Ok(Applying {
+            outcomes,
+            handoffs,
+            due_now,
+        })
     }
 
-    fn after_commit(&self, outcomes: &[Outcome]) {
-        if outcomes.iter().any(|o| o.queued_commands) {
-            self.relay.notify_one();
-        }
+    /// Hands the committed commands to the relay; returns the outcomes.
+    fn after_commit(&self, applying: Applying) -> Vec<Outcome> {
+        let Applying {
+            outcomes,
+            handoffs,
+            due_now,
+        } = applying;
+        self.relay.committed(handoffs, due_now);
         for status in outcomes.iter().filter_map(|o| o.finished) {
             metrics::counter!("noetl_server_executions_finished_total", "shard" => self.shard.to_string(), "status" => status.as_str())
                 .increment(1);
         }
+        outcomes
     }
 
     fn step_row(&self, state: &ExecutionState, decision: &Decision, index: usize) -> StepRow {
@@ -515,7 +530,7 @@ impl Inner {
                 };
                 OutboxRow {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
-                    command: to_json(&command),
+                    command,
                     delay_ms: millis(dispatch.delay_ms),
                 }
             })

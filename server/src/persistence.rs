@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{StepState, StepStatus};
 use noetl_contract::message::{
     EventPage, EventView, ExecutionStatus, ExecutionSummary, ExecutionView, Labels, ListQuery,
@@ -15,6 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::orchestrate::to_json;
 
 /// Failures the server branches on.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +280,8 @@ pub struct StepRow {
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
     pub pool: String,
-    pub command: String,
+    pub command: StepCommand,
+    /// Backoff before it may run (a retry's); 0 for now.
     pub delay_ms: i64,
 }
 
@@ -289,6 +293,8 @@ pub struct Committed {
     pub created_at: String,
     /// `false` when the id was committed before (a retried submit).
     pub created: bool,
+    /// The outbox rows of its first commands, when `created`.
+    pub outbox_ids: Vec<i64>,
 }
 
 /// Commits many executions (rows, steps, first events, first commands) in one statement, so
@@ -354,8 +360,13 @@ pub async fn insert_executions(
              FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::bigint[])
                  AS o(execution_id, pool, command, delay_ms)
              WHERE o.execution_id IN (SELECT execution_id FROM inserted)
+             RETURNING id, execution_id
          )
-         SELECT execution_id, status, created_at FROM inserted",
+         SELECT i.execution_id, i.status, i.created_at, c.outbox_ids
+         FROM inserted i LEFT JOIN (
+             SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands
+             GROUP BY execution_id
+         ) c USING (execution_id)",
     )
     .bind(&ids)
     .bind(rows.iter().map(|r| r.playbook_name.as_str()).collect::<Vec<_>>())
@@ -419,7 +430,7 @@ struct ChangeColumns<'a> {
     event_payloads: Vec<&'a str>,
     outbox_ids: Vec<i64>,
     outbox_pools: Vec<&'a str>,
-    outbox_commands: Vec<&'a str>,
+    outbox_commands: Vec<String>,
     outbox_delays: Vec<i64>,
 }
 
@@ -446,8 +457,9 @@ impl<'a> ChangeColumns<'a> {
         for command in outbox {
             self.outbox_ids.push(id);
             self.outbox_pools.push(&command.pool);
-            self.outbox_commands.push(&command.command);
-            self.outbox_delays.push(command.delay_ms);
+            self.outbox_commands.push(to_json(&command.command));
+            self.outbox_delays
+                .push(crate::relay::due_after_ms(outbox, command));
         }
     }
 }
@@ -562,13 +574,14 @@ pub struct ExecutionChange {
     pub outbox: Vec<OutboxRow>,
 }
 
-/// Writes the changes of many executions in one statement.
+/// Writes the changes of many executions in one statement. Returns the outbox rows of each
+/// execution that queued commands.
 pub async fn save_changes(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[ExecutionChange],
-) -> Result<(), Error> {
+) -> Result<Vec<(ExecutionId, Vec<i64>)>, Error> {
     if changes.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut columns = ChangeColumns::default();
     for c in changes {
@@ -617,14 +630,28 @@ pub async fn save_changes(
                     now() + delay_ms * interval '1 millisecond'
              FROM UNNEST($15::bigint[], $16::text[], $17::text[], $18::bigint[])
                  AS o(execution_id, pool, command, delay_ms)
+             RETURNING id, execution_id
+         ), changed_executions AS (
+             UPDATE executions AS x SET status = u.status, last_event_seq = u.last_event_seq,
+                    updated_at = now()
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[])
+                 AS u(execution_id, status, last_event_seq)
+             WHERE x.execution_id = u.execution_id
          )
-         UPDATE executions AS x SET status = u.status, last_event_seq = u.last_event_seq,
-                updated_at = now()
-         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(execution_id, status, last_event_seq)
-         WHERE x.execution_id = u.execution_id",
+         SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands GROUP BY execution_id",
     )
-    .bind(changes.iter().map(|c| c.execution_id.get()).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.status.as_str()).collect::<Vec<_>>())
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.execution_id.get())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.status.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         changes
             .iter()
@@ -646,9 +673,11 @@ pub async fn save_changes(
     .bind(&outbox_pools)
     .bind(&outbox_commands)
     .bind(&outbox_delays)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|row| Ok((execution_id(row)?, row.try_get("outbox_ids")?)))
+    .collect()
 }
 
 /// One heartbeat to write: an attempt of a step.
@@ -832,12 +861,16 @@ pub async fn take_due_commands(
     .collect()
 }
 
-/// Deletes outbox rows JetStream has stored.
+/// Deletes outbox rows JetStream has stored, skipping rows a relay pass holds (it publishes and
+/// deletes them itself; JetStream stores the command once).
 pub async fn delete_commands(pool: &PgPool, ids: &[i64]) -> Result<(), Error> {
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox WHERE id = ANY($1) FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -899,11 +932,17 @@ pub async fn events_page(
 }
 
 fn committed_from_row(row: &sqlx::postgres::PgRow, created: bool) -> Result<Committed, Error> {
+    let outbox_ids: Option<Vec<i64>> = if created {
+        row.try_get("outbox_ids")?
+    } else {
+        None
+    };
     Ok(Committed {
         execution_id: execution_id(row)?,
         status: status(row)?,
         created_at: rfc3339(row.try_get("created_at")?)?,
         created,
+        outbox_ids: outbox_ids.unwrap_or_default(),
     })
 }
 

@@ -2,33 +2,144 @@
 //! once stored. A publish that fails (NATS down) leaves its row for the next pass, so an outage
 //! delays work but never loses it; a command published twice is dropped by JetStream's
 //! de-duplication (same message id).
+//!
+//! Commands are handed off: the task that committed them passes them here at once (see
+//! [`Relay::hand_off`]), and the relay publishes them without reading them back. Their rows
+//! became due only [`HANDOFF_GRACE`] after their commit, so a pass of the relay takes them only
+//! if the handoff never happened (the server died after the commit, the queue was full, NATS
+//! was down): the outbox stays the record, the handoff only saves a pass of the relay (three
+//! round trips and a commit that waits for the WAL) and a millisecond of dispatch latency.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use noetl_bus::Client;
 use noetl_contract::command::StepCommand;
-use noetl_contract::ShardId;
+use noetl_contract::{ExecutionId, ShardId};
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::persistence;
+use crate::persistence::{self, OutboxRow};
 
 const BATCH: i64 = 512;
 /// Longest wait between passes when nothing wakes the relay (delayed retries, failed publishes).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How long after its commit a handed-off command becomes due for a pass of the relay: far
+/// longer than a handoff takes, far shorter than JetStream's de-duplication window, so a
+/// command the handoff published and a pass publishes again is stored once.
+pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
+/// Commit batches waiting to be handed off; beyond that they wait out their grace.
+const HANDOFF_QUEUE: usize = 1024;
 
-/// Relays until `cancel`.
+/// Committed commands of one execution, handed off together: the rows are deleted only if
+/// every command was stored, since their ids are known per execution, not per command.
+#[derive(Debug)]
+pub struct Handoff {
+    pub outbox_ids: Vec<i64>,
+    pub commands: Vec<OutboxRow>,
+}
+
+/// Whether an execution's new commands are handed off: all of them or none, and only when none
+/// is delayed (a retry's backoff), since a delayed one must wait for a pass anyway.
+pub fn hands_off(commands: &[OutboxRow]) -> bool {
+    !commands.is_empty() && commands.iter().all(|c| c.delay_ms == 0)
+}
+
+/// When the outbox row of `command`, among `commands` of one execution, becomes due, in
+/// milliseconds after the commit.
+pub fn due_after_ms(commands: &[OutboxRow], command: &OutboxRow) -> i64 {
+    if hands_off(commands) {
+        HANDOFF_GRACE.as_millis() as i64
+    } else {
+        command.delay_ms
+    }
+}
+
+/// Pairs the commands of committed executions with their outbox rows (`outbox_ids`, per
+/// execution): the handoffs, and whether other commands are due for a pass now.
+pub fn handoffs(
+    commands: impl IntoIterator<Item = (ExecutionId, Vec<OutboxRow>)>,
+    mut outbox_ids: HashMap<ExecutionId, Vec<i64>>,
+) -> (Vec<Handoff>, bool) {
+    let mut handoffs = Vec::new();
+    let mut due_now = false;
+    for (id, commands) in commands {
+        if !hands_off(&commands) {
+            due_now |= commands.iter().any(|c| c.delay_ms == 0);
+            continue;
+        }
+        // Missing only if the write did not return them; they wait out their grace.
+        if let Some(outbox_ids) = outbox_ids.remove(&id) {
+            handoffs.push(Handoff {
+                outbox_ids,
+                commands,
+            });
+        }
+    }
+    (handoffs, due_now)
+}
+
+/// How committers and the orchestrator reach their shard's relay.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    wake: Arc<Notify>,
+    handoffs: mpsc::Sender<Vec<Handoff>>,
+}
+
+/// The relay's end of a [`Relay`], for [`run`].
+#[derive(Debug)]
+pub struct Feed {
+    wake: Arc<Notify>,
+    handoffs: mpsc::Receiver<Vec<Handoff>>,
+}
+
+impl Relay {
+    pub fn new() -> (Self, Feed) {
+        let wake = Arc::new(Notify::new());
+        let (sender, receiver) = mpsc::channel(HANDOFF_QUEUE);
+        (
+            Self {
+                wake: wake.clone(),
+                handoffs: sender,
+            },
+            Feed {
+                wake,
+                handoffs: receiver,
+            },
+        )
+    }
+
+    /// After a commit: hands off the commands that are handed off, and wakes a pass for any
+    /// other command that is due now. Must not be called before the commit is durable.
+    pub fn committed(&self, handoffs: Vec<Handoff>, due_now: bool) {
+        if due_now {
+            self.wake.notify_one();
+        }
+        if handoffs.is_empty() {
+            return;
+        }
+        if self.handoffs.try_send(handoffs).is_err() {
+            // Full or closed (shutting down): the rows wait out their grace for a pass.
+            tracing::debug!("handoff queue full; the commands wait for the relay's pass");
+        }
+    }
+}
+
+/// Relays until `cancel`: handed-off commands as they come, and passes over the outbox for
+/// anything else that is due. `relaxed` deletes handed-off rows: a delete lost in a crash only
+/// has a pass publish them again, which JetStream de-duplicates.
 pub async fn run(
     shard: ShardId,
-    pool: PgPool,
+    pools: crate::orchestrate::Pools,
     client: Client,
-    wake: Arc<Notify>,
+    mut feed: Feed,
     cancel: CancellationToken,
 ) {
     let label = shard.to_string();
+    let crate::orchestrate::Pools { pool, relaxed } = pools;
     loop {
         let full = match relay_once(&pool, &client, &label).await {
             Ok(published) => published == BATCH as usize,
@@ -44,12 +155,77 @@ pub async fn run(
             Ok(Some(ms)) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_POLL),
             _ => IDLE_POLL,
         };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = feed.wake.notified() => break,
+                () = &mut sleep => break,
+                Some(first) = feed.handoffs.recv() => {
+                    let mut handoffs = first;
+                    while handoffs.len() < BATCH as usize {
+                        match feed.handoffs.try_recv() {
+                            Ok(more) => handoffs.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    publish_handoffs(&relaxed, &client, &label, handoffs).await;
+                }
+            }
         }
     }
+}
+
+/// Publishes handed-off commands and deletes the rows of each execution whose commands were all
+/// stored; the others stay for a pass after their grace.
+async fn publish_handoffs(relaxed: &PgPool, client: &Client, shard: &str, handoffs: Vec<Handoff>) {
+    let publishes = handoffs.iter().map(|handoff| async move {
+        let commands = handoff
+            .commands
+            .iter()
+            .map(|row| publish(client, &row.pool, &row.command));
+        let stored = futures::future::join_all(commands).await;
+        (handoff, stored.iter().filter(|ok| **ok).count())
+    });
+    let (mut ids, mut stored, mut failed) = (Vec::new(), 0, 0);
+    for (handoff, count) in futures::future::join_all(publishes).await {
+        stored += count;
+        failed += handoff.commands.len() - count;
+        if count == handoff.commands.len() {
+            ids.extend_from_slice(&handoff.outbox_ids);
+        }
+    }
+    count_published(shard, stored, failed);
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(e) = persistence::delete_commands(relaxed, &ids).await {
+        tracing::debug!(error = %e, "deleting handed-off commands failed; a pass publishes them again");
+    }
+}
+
+/// Publishes one command; `false` when JetStream did not store it.
+async fn publish(client: &Client, pool: &str, command: &StepCommand) -> bool {
+    match noetl_bus::commands::publish(client, pool, command)
+        .instrument(dispatch_span(command))
+        .await
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "publish failed; the command stays in the outbox");
+            false
+        }
+    }
+}
+
+fn count_published(shard: &str, stored: usize, failed: usize) {
+    if failed > 0 {
+        metrics::counter!("noetl_server_command_publish_failures_total", "shard" => shard.to_owned())
+            .increment(failed as u64);
+    }
+    metrics::counter!("noetl_server_commands_published_total", "shard" => shard.to_owned())
+        .increment(stored as u64);
 }
 
 /// Publishes one batch of due commands; returns how many were stored by JetStream. The rows
@@ -68,16 +244,7 @@ async fn relay_once(
     }
     let publishes = due.iter().map(|row| async move {
         match serde_json::from_value::<StepCommand>(row.command.clone()) {
-            Ok(command) => match noetl_bus::commands::publish(client, &row.pool, &command)
-                .instrument(dispatch_span(&command))
-                .await
-            {
-                Ok(()) => Some(row.id),
-                Err(e) => {
-                    tracing::debug!(error = %e, "publish failed; the command stays in the outbox");
-                    None
-                }
-            },
+            Ok(command) => publish(client, &row.pool, &command).await.then_some(row.id),
             Err(e) => {
                 // Only this server writes the outbox, so this is a bug; dropping the row is the
                 // only way not to retry it forever. The step's lease will expire and retry it.
@@ -97,11 +264,8 @@ async fn relay_once(
     } else {
         tx.rollback().await?;
         persistence::delete_commands(pool, &stored).await?;
-        metrics::counter!("noetl_server_command_publish_failures_total", "shard" => shard.to_owned())
-            .increment(failed as u64);
     }
-    metrics::counter!("noetl_server_commands_published_total", "shard" => shard.to_owned())
-        .increment(stored.len() as u64);
+    count_published(shard, stored.len(), failed);
     Ok(stored.len())
 }
 
@@ -116,4 +280,68 @@ fn dispatch_span(command: &StepCommand) -> tracing::Span {
     );
     noetl_bus::trace::join(&span, command.execution_id, None);
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
+        OutboxRow {
+            pool: "default".to_owned(),
+            command: StepCommand {
+                execution_id: ExecutionId::new(execution).expect("valid id"),
+                shard: ShardId::new(0),
+                step_index: step,
+                step: format!("s{step}"),
+                attempt: 1,
+                action: "noop".to_owned(),
+                with: serde_json::json!({}),
+                timeout_ms: 1_000,
+                lease_ms: 1_000,
+            },
+            delay_ms,
+        }
+    }
+
+    fn id(n: i64) -> ExecutionId {
+        ExecutionId::new(n).expect("valid id")
+    }
+
+    #[test]
+    fn only_executions_whose_commands_are_all_due_now_are_handed_off() {
+        let commands = vec![
+            (id(1), vec![row(1, 0, 0), row(1, 1, 0)]),
+            (id(2), vec![row(2, 0, 0), row(2, 1, 5_000)]),
+            (id(3), vec![row(3, 0, 5_000)]),
+            (id(4), vec![]),
+        ];
+        let outbox_ids = HashMap::from([
+            (id(1), vec![10, 11]),
+            (id(2), vec![20, 21]),
+            (id(3), vec![30]),
+        ]);
+        let (handed, due_now) = handoffs(commands.clone(), outbox_ids.clone());
+        assert_eq!(handed.len(), 1);
+        assert_eq!(handed[0].outbox_ids, [10, 11]);
+        assert_eq!(handed[0].commands.len(), 2);
+        assert!(
+            due_now,
+            "execution 2's undelayed command waits for a pass, now"
+        );
+
+        let (handed, due_now) = handoffs(commands[2..].to_vec(), outbox_ids);
+        assert!(handed.is_empty());
+        assert!(!due_now, "a delayed command is not due now");
+    }
+
+    #[test]
+    fn handed_off_rows_wait_out_the_grace_and_others_their_delay() {
+        let all_now = [row(1, 0, 0), row(1, 1, 0)];
+        let grace = HANDOFF_GRACE.as_millis() as i64;
+        assert_eq!(due_after_ms(&all_now, &all_now[0]), grace);
+        let mixed = [row(2, 0, 0), row(2, 1, 5_000)];
+        assert_eq!(due_after_ms(&mixed, &mixed[0]), 0);
+        assert_eq!(due_after_ms(&mixed, &mixed[1]), 5_000);
+    }
 }

@@ -1,15 +1,20 @@
 //! Applying events under the execution's row lock, against a real PostgreSQL.
 
-use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use noetl_contract::command::StepOutcome;
+use futures::StreamExt;
+
+use noetl_contract::command::{StepCommand, StepOutcome};
 use noetl_contract::engine::Event;
 use noetl_contract::message::SubmitCommand;
 use noetl_contract::shards::ShardMap;
 use noetl_contract::{ExecutionId, ShardId};
+use noetl_server::commit::Committer;
 use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator, Pools};
 use noetl_server::persistence;
-use noetl_test_support::Postgres;
+use noetl_server::relay::{self, Relay, HANDOFF_GRACE};
+use noetl_test_support::{NatsServer, Postgres};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,25 +109,35 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
     tracker.wait().await;
 }
 
-/// A shard's orchestrator on a fresh database of its own.
+/// A shard's orchestrator on a fresh database of its own, with no relay running.
 async fn orchestrator(pg: &Postgres, database: &str, tracker: &TaskTracker) -> Orchestrator {
+    let pools = shard_pools(pg, database).await;
+    orchestrator_on(pools, tracker, Relay::new().0)
+}
+
+/// The pools of a fresh, migrated shard database.
+async fn shard_pools(pg: &Postgres, database: &str) -> Pools {
     pg.create_database(database);
     let map = ShardMap::parse(&pg.url(database)).expect("valid DSN");
     let dsn = map.get(ShardId::new(0)).expect("one shard");
     let pool = persistence::pool(dsn, 16).expect("pool");
     persistence::migrate(&pool).await.expect("migrate");
+    Pools {
+        pool,
+        relaxed: persistence::relaxed_pool(dsn, 4).expect("pool"),
+    }
+}
+
+fn orchestrator_on(pools: Pools, tracker: &TaskTracker, relay: Relay) -> Orchestrator {
     Orchestrator::new(
         ShardId::new(0),
-        Pools {
-            pool,
-            relaxed: persistence::relaxed_pool(dsn, 4).expect("pool"),
-        },
+        pools,
         Leases {
             step_lease_ms: 30_000,
             dispatch_lease_ms: 300_000,
             default_timeout_ms: 60_000,
         },
-        Arc::new(tokio::sync::Notify::new()),
+        relay,
         Batching {
             tracker,
             max_batch: 100,
@@ -305,12 +320,25 @@ async fn the_relay_waits_when_the_outbox_is_empty() {
     persistence::insert_executions(&pool, &[row])
         .await
         .expect("insert");
+    let due = persistence::next_command_due_in_ms(&pool)
+        .await
+        .expect("query")
+        .expect("a row waits");
+    let grace = HANDOFF_GRACE.as_millis() as i64;
+    assert!(
+        (0..=grace).contains(&due),
+        "a command that is handed off is due for a pass within its grace: {due} ms"
+    );
+    sqlx::query("UPDATE outbox SET not_before = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .expect("overdue");
     assert_eq!(
         persistence::next_command_due_in_ms(&pool)
             .await
             .expect("query"),
         Some(0),
-        "a command committed now is due now"
+        "an overdue command is due now"
     );
     sqlx::query("UPDATE outbox SET not_before = now() + interval '1 hour'")
         .execute(&pool)
@@ -325,6 +353,98 @@ async fn the_relay_waits_when_the_outbox_is_empty() {
         "due in about an hour: {due} ms"
     );
     drop(orchestrator);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Commands handed to the relay after their commit are published without waiting for a pass,
+/// and their rows deleted; a command whose handoff never happened (its server died after the
+/// commit) is published by a pass. JetStream stores each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
+    let pg = Postgres::start();
+    let nats = NatsServer::start();
+    let client = noetl_bus::connect(&noetl_bus::NatsConfig {
+        url: nats.url().to_owned(),
+        client_name: "handoff-test".to_owned(),
+        security: noetl_bus::NatsSecurity::default(),
+    })
+    .await
+    .expect("connect to NATS");
+    let stream = noetl_bus::commands::stream(&client).await.expect("stream");
+    let tracker = TaskTracker::new();
+    let pools = shard_pools(&pg, "handoff").await;
+    let pool = pools.pool.clone();
+    let (relay, feed) = Relay::new();
+    let orchestrator = orchestrator_on(pools.clone(), &tracker, relay.clone());
+    let committer = Committer::spawn(ShardId::new(0), pool.clone(), relay, 10, 1, &tracker);
+    let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
+
+    // Handed off while the relay is not running yet; then its row is made due only in an
+    // hour, so no pass can publish it: only the handoff can.
+    let handed = committer
+        .commit(orchestrator.prepare(&submit(40_001, playbook.clone())))
+        .await
+        .expect("commit");
+    assert!(handed.created);
+    sqlx::query("UPDATE outbox SET not_before = now() + interval '1 hour'")
+        .execute(&pool)
+        .await
+        .expect("delay");
+    // Committed without a handoff, as by a server that died right after its commit.
+    let missed = orchestrator.prepare(&submit(40_002, playbook));
+    persistence::insert_executions(&pool, &[missed])
+        .await
+        .expect("insert");
+    sqlx::query("UPDATE outbox SET not_before = now() WHERE execution_id = 40002")
+        .execute(&pool)
+        .await
+        .expect("due now");
+
+    let cancel = CancellationToken::new();
+    let relaying = tokio::spawn(relay::run(
+        ShardId::new(0),
+        pools,
+        client.clone(),
+        feed,
+        cancel.clone(),
+    ));
+    let consumer = noetl_bus::commands::pool_consumer(&client, "default", Duration::from_secs(60))
+        .await
+        .expect("consumer");
+    let mut received = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.len() < 2 {
+        assert!(Instant::now() < deadline, "received only {received:?}");
+        let batch = noetl_bus::commands::pull(&consumer, 2, Duration::from_secs(1))
+            .await
+            .expect("pull");
+        let deliveries: Vec<_> = batch.collect().await;
+        for delivery in deliveries {
+            let delivery = delivery.expect("delivery");
+            let command: StepCommand =
+                serde_json::from_slice(&delivery.payload).expect("a command");
+            received.insert(command.execution_id.get());
+        }
+    }
+    assert_eq!(received.into_iter().collect::<Vec<_>>(), [40_001, 40_002]);
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        if rows == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows} outbox rows left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = stream.get_info().await.expect("stream info").state.messages;
+    assert_eq!(stored, 2, "each command stored once");
+
+    cancel.cancel();
+    relaying.await.expect("relay task");
+    drop((orchestrator, committer));
     tracker.close();
     tracker.wait().await;
 }
