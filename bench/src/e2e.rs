@@ -2,8 +2,10 @@
 //! clients, let the cluster's worker run them, and measure from the shard databases' own
 //! timestamps, so the measurement adds no load: executions/s from the first submit to the last
 //! terminal state, submit-to-terminal latency (`updated_at - created_at` of each execution) and
-//! dispatch latency (first step's `started_at - created_at`: commit, outbox, relay, JetStream,
-//! worker pull, first heartbeat).
+//! dispatch latency (command committed → worker started: from the commit of the submit's
+//! transaction, `pg_xact_commit_timestamp` of its first event row, to the first step's
+//! `started_at`, which the shard sets when the worker's first heartbeat lands, just before the
+//! step starts: handoff to the relay, JetStream, worker pull, first heartbeat).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,12 +179,16 @@ pub async fn run(
     for pool in &cluster.pools {
         let rows: Vec<Timing> = sqlx::query_as(
             "SELECT EXTRACT(EPOCH FROM (e.updated_at - e.created_at))::float8 * 1e6 AS total_us,
-                    EXTRACT(EPOCH FROM (s.started_at - e.created_at))::float8 * 1e6 AS dispatch_us,
+                    EXTRACT(EPOCH FROM (s.started_at - pg_xact_commit_timestamp(ev.xmin)))::float8
+                        * 1e6 AS dispatch_us,
                     EXTRACT(EPOCH FROM (s.finished_at - s.started_at))::float8 * 1e6 AS step_us,
                     e.status,
                     EXTRACT(EPOCH FROM e.updated_at)::float8 AS ended
              FROM executions e JOIN execution_steps s
                ON s.execution_id = e.execution_id AND s.step_index = 0
+             -- Written by the submit's transaction and never updated, so its xmin is that
+             -- transaction's.
+             JOIN execution_events ev ON ev.execution_id = e.execution_id AND ev.seq = 1
              WHERE e.playbook_name = $1",
         )
         .bind(&name)

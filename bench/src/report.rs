@@ -22,6 +22,10 @@ const SUBMIT_P99_TARGET_MS: f64 = 10.0;
 const PEER_RATIO_TARGET: f64 = 3.0;
 /// Cost per execution, 5M stored vs empty.
 const GROWTH_COST_TOLERANCE: f64 = 0.2;
+/// End-to-end single-step executions/s on a 2-core machine (issue 3).
+const SINGLE_STEP_TARGET_PER_SECOND: f64 = 5_000.0;
+/// Dispatch latency p50, command committed → worker started (issue 3).
+const DISPATCH_P50_TARGET_MS: f64 = 2.0;
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
@@ -62,6 +66,8 @@ pub struct Summary {
     pub half_peak_submit_p99_ms: Vec<(u32, f64, f64, f64)>,
     pub best_e2e_single_per_second: f64,
     pub best_e2e_single_shards: u32,
+    /// The lowest dispatch p50 of the single-step runs: (shards, clients, ms).
+    pub lowest_single_dispatch_p50: Option<(u32, usize, f64)>,
     pub best_peer: Option<(String, f64)>,
     pub ours_over_best_peer: Option<f64>,
     pub growth_cost_ratio: Option<f64>,
@@ -138,6 +144,9 @@ impl Results {
                 .collect(),
             best_e2e_single_per_second: best_rate,
             best_e2e_single_shards: best.map_or(0, |s| s.shards),
+            lowest_single_dispatch_p50: singles()
+                .min_by(|a, b| a.dispatch.p50_ms.total_cmp(&b.dispatch.p50_ms))
+                .map(|s| (s.shards, s.client_concurrency, s.dispatch.p50_ms)),
             ours_over_best_peer: best_peer
                 .as_ref()
                 .filter(|p| p.1 > 0.0)
@@ -571,6 +580,19 @@ fn cpu_breakdown(md: &mut String, r: &Results) {
     }
 }
 
+/// "met", or how far `value` is below `target`.
+fn shortfall(value: f64, target: f64) -> String {
+    if value >= target {
+        "met".to_owned()
+    } else {
+        format!(
+            "missed, {:.0}% short ({:.2}× to go)",
+            (1.0 - value / target) * 100.0,
+            target / value.max(f64::MIN_POSITIVE)
+        )
+    }
+}
+
 fn targets(md: &mut String, s: &Summary) {
     let _ = writeln!(md, "\n## Targets\n");
     match (&s.best_peer, s.ours_over_best_peer) {
@@ -588,6 +610,25 @@ fn targets(md: &mut String, s: &Summary) {
         _ => {
             let _ = writeln!(md, "- End-to-end single step ≥ {PEER_RATIO_TARGET}× the better peer: not measured (no peer ran).");
         }
+    }
+    let _ = writeln!(
+        md,
+        "- End-to-end single step ≥ {} executions/s: best noop-1 **{}/s** ({} shard(s)): {}.",
+        n(SINGLE_STEP_TARGET_PER_SECOND),
+        n(s.best_e2e_single_per_second),
+        s.best_e2e_single_shards,
+        shortfall(s.best_e2e_single_per_second, SINGLE_STEP_TARGET_PER_SECOND)
+    );
+    if let Some((shards, clients, p50)) = s.lowest_single_dispatch_p50 {
+        let verdict = if p50 <= DISPATCH_P50_TARGET_MS {
+            "met".to_owned()
+        } else {
+            format!("missed by {:.2} ms", p50 - DISPATCH_P50_TARGET_MS)
+        };
+        let _ = writeln!(
+            md,
+            "- Dispatch p50 ≤ {DISPATCH_P50_TARGET_MS} ms (command committed → worker started): lowest noop-1 p50 **{p50:.2} ms** ({shards} shard(s), {clients} client(s)): {verdict}.",
+        );
     }
     for (shards, paced, achieved, p99) in &s.half_peak_submit_p99_ms {
         let _ = writeln!(
@@ -617,5 +658,21 @@ fn targets(md: &mut String, s: &Summary) {
             verdict(ratio),
             verdict(unpaced)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shortfall_says_how_far_from_the_target() {
+        assert_eq!(shortfall(6_000.0, 5_000.0), "met");
+        assert_eq!(shortfall(5_000.0, 5_000.0), "met");
+        assert_eq!(
+            shortfall(1_250.0, 5_000.0),
+            "missed, 75% short (4.00× to go)"
+        );
+        assert_eq!(shortfall(0.0, 5_000.0).split(',').next(), Some("missed"));
     }
 }

@@ -215,6 +215,9 @@ fn server_command(
         .args(["-c", &format!("full_page_writes={durability}")])
         .args(["-c", "max_connections=300"])
         .args(["-c", "logging_collector=off"])
+        // The benchmark measures dispatch latency from the commit of the submit's transaction
+        // (`pg_xact_commit_timestamp`), not from its start.
+        .args(["-c", "track_commit_timestamp=on"])
         .stdout(Stdio::null())
         .stderr(log_file(&data.join("postgres.log")));
     if options.durable {
