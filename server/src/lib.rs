@@ -115,7 +115,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             pool: pool.clone(),
             relaxed: persistence::relaxed_pool(dsn, RELAXED_CONNECTIONS)?,
         };
-        let (relay, feed) = relay::Relay::new();
+        let (relay, feed) = relay::Relay::new(shard);
         let orchestrator = orchestrate::Orchestrator::new(
             shard,
             pools.clone(),

@@ -85,6 +85,7 @@ pub fn handoffs(
 /// How committers and the orchestrator reach their shard's relay.
 #[derive(Debug, Clone)]
 pub struct Relay {
+    shard: ShardId,
     wake: Arc<Notify>,
     handoffs: mpsc::Sender<Vec<Handoff>>,
 }
@@ -97,11 +98,12 @@ pub struct Feed {
 }
 
 impl Relay {
-    pub fn new() -> (Self, Feed) {
+    pub fn new(shard: ShardId) -> (Self, Feed) {
         let wake = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel(HANDOFF_QUEUE);
         (
             Self {
+                shard,
                 wake: wake.clone(),
                 handoffs: sender,
             },
@@ -121,9 +123,12 @@ impl Relay {
         if handoffs.is_empty() {
             return;
         }
+        let commands: usize = handoffs.iter().map(|h| h.commands.len()).sum();
         if self.handoffs.try_send(handoffs).is_err() {
             // Full or closed (shutting down): the rows wait out their grace for a pass.
-            tracing::debug!("handoff queue full; the commands wait for the relay's pass");
+            tracing::debug!(shard = %self.shard, commands, "handoff queue full; the commands wait for a pass");
+            metrics::counter!("noetl_server_command_handoffs_missed_total", "shard" => self.shard.to_string())
+                .increment(commands as u64);
         }
     }
 }
@@ -333,6 +338,35 @@ mod tests {
         let (handed, due_now) = handoffs(commands[2..].to_vec(), outbox_ids);
         assert!(handed.is_empty());
         assert!(!due_now, "a delayed command is not due now");
+    }
+
+    #[test]
+    fn commands_that_find_the_handoff_queue_full_are_counted_and_left_for_a_pass() {
+        let metrics = noetl_service::install_metrics();
+        // A shard number no other test uses, so the counter is this test's alone.
+        let (relay, mut feed) = Relay::new(ShardId::new(91));
+        let handoff = |outbox_id: i64, commands: Vec<OutboxRow>| Handoff {
+            outbox_ids: vec![outbox_id],
+            commands,
+        };
+        for n in 0..HANDOFF_QUEUE {
+            relay.committed(vec![handoff(n as i64, vec![row(1, 0, 0)])], false);
+        }
+        relay.committed(vec![handoff(-1, vec![row(2, 0, 0), row(2, 1, 0)])], false);
+        let rendered = metrics.render();
+        assert!(
+            rendered.contains("noetl_server_command_handoffs_missed_total{shard=\"91\"} 2"),
+            "{rendered}"
+        );
+        let mut queued = 0;
+        while let Ok(batch) = feed.handoffs.try_recv() {
+            assert_eq!(batch[0].outbox_ids, [queued as i64]);
+            queued += 1;
+        }
+        assert_eq!(
+            queued, HANDOFF_QUEUE,
+            "the batch that did not fit was not queued"
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
 /// A shard's orchestrator on a fresh database of its own, with no relay running.
 async fn orchestrator(pg: &Postgres, database: &str, tracker: &TaskTracker) -> Orchestrator {
     let pools = shard_pools(pg, database).await;
-    orchestrator_on(pools, tracker, Relay::new().0)
+    orchestrator_on(pools, tracker, Relay::new(ShardId::new(0)).0)
 }
 
 /// The pools of a fresh, migrated shard database.
@@ -375,7 +375,7 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     let tracker = TaskTracker::new();
     let pools = shard_pools(&pg, "handoff").await;
     let pool = pools.pool.clone();
-    let (relay, feed) = Relay::new();
+    let (relay, feed) = Relay::new(ShardId::new(0));
     let orchestrator = orchestrator_on(pools.clone(), &tracker, relay.clone());
     let committer = Committer::spawn(ShardId::new(0), pool.clone(), relay, 10, 1, &tracker);
     let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
