@@ -68,7 +68,7 @@ async fn commit_batch(
         }
     }
     let started = Instant::now();
-    let committed = match persistence::insert_executions(pool, &rows).await {
+    let mut committed = match persistence::insert_executions(pool, &rows).await {
         Ok(committed) => committed,
         Err(e) => {
             tracing::error!(%shard, error = %e, executions = rows.len(), "group commit failed");
@@ -83,9 +83,9 @@ async fn commit_batch(
     metrics::histogram!("noetl_server_commit_seconds", "shard" => shard_label.clone())
         .record(started.elapsed().as_secs_f64());
     let outbox_ids = committed
-        .iter()
+        .iter_mut()
         .filter(|c| c.created)
-        .map(|c| (c.execution_id, c.outbox_ids.clone()))
+        .map(|c| (c.execution_id, std::mem::take(&mut c.outbox_ids)))
         .collect();
     let (handoffs, due_now) = relay::handoffs(
         rows.into_iter().map(|row| (row.execution_id, row.outbox)),

@@ -54,7 +54,7 @@ pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
 /// A pool whose commits do not wait for their WAL flush, for writes whose loss in a crash is
 /// harmless (heartbeats: a lost one only lets a lease run out).
 ///
-/// Its statements are always planned generically (see [`TOUCH_ATTEMPTS`]): a plan made for the
+/// Its statements are always planned generically (see `TOUCH_ATTEMPTS`): a plan made for the
 /// values at hand folds the in-flight statuses into constants, which lets the planner pick the
 /// partial lease index whenever the statistics say it is empty.
 pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
@@ -293,7 +293,8 @@ pub struct Committed {
     pub created_at: String,
     /// `false` when the id was committed before (a retried submit).
     pub created: bool,
-    /// The outbox rows of its first commands, when `created`.
+    /// The outbox rows of its first commands, when `created` (the committer takes them for the
+    /// relay).
     pub outbox_ids: Vec<i64>,
 }
 

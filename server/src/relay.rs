@@ -4,7 +4,7 @@
 //! de-duplication (same message id).
 //!
 //! Commands are handed off: the task that committed them passes them here at once (see
-//! [`Relay::hand_off`]), and the relay publishes them without reading them back. Their rows
+//! [`Relay::committed`]), and the relay publishes them without reading them back. Their rows
 //! became due only [`HANDOFF_GRACE`] after their commit, so a pass of the relay takes them only
 //! if the handoff never happened (the server died after the commit, the queue was full, NATS
 //! was down): the outbox stays the record, the handoff only saves a pass of the relay (three
@@ -44,7 +44,7 @@ pub struct Handoff {
 
 /// Whether an execution's new commands are handed off: all of them or none, and only when none
 /// is delayed (a retry's backoff), since a delayed one must wait for a pass anyway.
-pub fn hands_off(commands: &[OutboxRow]) -> bool {
+fn hands_off(commands: &[OutboxRow]) -> bool {
     !commands.is_empty() && commands.iter().all(|c| c.delay_ms == 0)
 }
 
@@ -125,8 +125,8 @@ impl Relay {
         }
         let commands: usize = handoffs.iter().map(|h| h.commands.len()).sum();
         if self.handoffs.try_send(handoffs).is_err() {
-            // Full or closed (shutting down): the rows wait out their grace for a pass.
-            tracing::debug!(shard = %self.shard, commands, "handoff queue full; the commands wait for a pass");
+            // Full, or closed (shutting down): the rows wait out their grace for a pass.
+            tracing::debug!(shard = %self.shard, commands, "handoff queue full or closed; the commands wait for a pass");
             metrics::counter!("noetl_server_command_handoffs_missed_total", "shard" => self.shard.to_string())
                 .increment(commands as u64);
         }
@@ -134,8 +134,8 @@ impl Relay {
 }
 
 /// Relays until `cancel`: handed-off commands as they come, and passes over the outbox for
-/// anything else that is due. `relaxed` deletes handed-off rows: a delete lost in a crash only
-/// has a pass publish them again, which JetStream de-duplicates.
+/// anything else that is due. Handed-off rows are deleted through `pools.relaxed`: a delete lost
+/// in a crash only has a pass publish them again, which JetStream de-duplicates.
 pub async fn run(
     shard: ShardId,
     pools: crate::orchestrate::Pools,
