@@ -2,8 +2,8 @@
 //!
 //! Every change to an execution happens in one transaction that holds the execution's row lock:
 //! read the state, [`engine::decide`], write the changed steps, the new events and the commands
-//! (into the outbox), commit, then hand the commands to the relay. Several replicas of one shard stay correct
-//! because they take turns on the lock.
+//! (into the outbox), commit, then hand the commands to the relay. Several replicas of one shard
+//! stay correct because they take turns on the lock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

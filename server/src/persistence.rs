@@ -281,7 +281,7 @@ pub struct StepRow {
 pub struct OutboxRow {
     pub pool: String,
     pub command: StepCommand,
-    /// Backoff before it may run (a retry's); 0 for now.
+    /// Backoff before it may run (a retry's); 0 when it may run at once.
     pub delay_ms: i64,
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::orchestrate::Pools;
 use crate::persistence::{self, OutboxRow};
 
 const BATCH: i64 = 512;
@@ -138,13 +139,13 @@ impl Relay {
 /// in a crash only has a pass publish them again, which JetStream de-duplicates.
 pub async fn run(
     shard: ShardId,
-    pools: crate::orchestrate::Pools,
+    pools: Pools,
     client: Client,
     mut feed: Feed,
     cancel: CancellationToken,
 ) {
     let label = shard.to_string();
-    let crate::orchestrate::Pools { pool, relaxed } = pools;
+    let Pools { pool, relaxed } = pools;
     loop {
         let full = match relay_once(&pool, &client, &label).await {
             Ok(published) => published == BATCH as usize,
