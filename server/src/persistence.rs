@@ -56,25 +56,38 @@ pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
 ///
 /// Its statements are always planned generically (see `TOUCH_ATTEMPTS`): a plan made for the
 /// values at hand folds the in-flight statuses into constants, which lets the planner pick the
-/// partial lease index whenever the statistics say it is empty.
+/// partial lease index whenever the statistics say it is empty. And never by a sequential scan
+/// (see [`NO_SEQUENTIAL_SCANS`]).
 pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
     Ok(
         pool_options(size).connect_lazy_with(connect_options(dsn)?.options([
             ("synchronous_commit", "off"),
             ("plan_cache_mode", "force_generic_plan"),
+            NO_SEQUENTIAL_SCANS,
         ])),
     )
 }
+
+/// The setting that keeps generic plans off sequential scans. A generic plan is made once per
+/// connection and kept for its life, so one made at start-up, while a table was nearly empty,
+/// scanned the whole table for every later call as it grew: the handoff's delete of a few
+/// outbox rows by id walked every row of the outbox (dead ones too, until a vacuum), and that was
+/// a tenth of PostgreSQL's time at full load. Every statement planned this way finds its rows
+/// through an index.
+pub const NO_SEQUENTIAL_SCANS: (&str, &str) = ("enable_seqscan", "off");
 
 /// Begins a transaction whose statements are planned generically, for the orchestrator's and
 /// the relay's writes. They take arrays of ids (`= ANY($1)`, `UNNEST`) or a batch limit, and for
 /// those PostgreSQL's default makes a fresh plan for the values at hand on nearly every call:
 /// planning was about a third of the report path's time in the database (pg_stat_statements:
 /// 2,385 plans for 2,581 calls of the write; 13 for 3,024 with this). Reads keep the default,
-/// which the listing's optional filters need.
+/// which the listing's optional filters need. Generic plans here avoid sequential scans, as in
+/// the relaxed pool ([`NO_SEQUENTIAL_SCANS`]).
 pub async fn begin_generic(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Error> {
     Ok(pool
-        .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+        .begin_with(
+            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off",
+        )
         .await?)
 }
 
@@ -862,21 +875,20 @@ pub async fn take_due_commands(
     .collect()
 }
 
+/// [`delete_commands`]' statement.
+const DELETE_COMMANDS: &str = "DELETE FROM outbox WHERE id IN (
+     SELECT id FROM outbox WHERE id = ANY($1) FOR UPDATE SKIP LOCKED)";
+
 /// Deletes outbox rows JetStream has stored, skipping rows a relay pass holds (it publishes and
 /// deletes them itself; JetStream stores the command once).
 pub async fn delete_commands(pool: &PgPool, ids: &[i64]) -> Result<(), Error> {
-    sqlx::query(
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox WHERE id = ANY($1) FOR UPDATE SKIP LOCKED)",
-    )
-    .bind(ids)
-    .execute(pool)
-    .await?;
+    sqlx::query(DELETE_COMMANDS).bind(ids).execute(pool).await?;
     Ok(())
 }
 
 /// In how many milliseconds the next outbox row becomes due (0 when one is due now), or
-/// `None` when the outbox is empty.
+/// `None` when the outbox is empty. The statement has no parameter, so PostgreSQL plans it once
+/// per connection: meant for the relaxed pool, whose plans use the index.
 pub async fn next_command_due_in_ms(pool: &PgPool) -> Result<Option<i64>, Error> {
     // No GREATEST here: it skips NULLs, and would turn "empty" (a NULL min) into "due now".
     let due: Option<f64> = sqlx::query_scalar(
@@ -1160,25 +1172,67 @@ mod tests {
         assert_eq!(touched, vec![Some((StepStatus::Dispatched, false))]);
     }
 
+    /// The handoff's delete keeps finding its rows by id after the outbox grew, though its
+    /// plan was made while the outbox was empty (a server's first handoff after start-up).
+    #[tokio::test]
+    async fn a_plan_made_on_an_empty_outbox_still_deletes_by_id_once_it_is_large() {
+        let pg = Postgres::start();
+        let dsn = shard_dsn(&pg, "grown");
+        let pool = pool(&dsn, 1).expect("pool");
+        migrate(&pool).await.expect("migrate");
+        let relaxed = relaxed_pool(&dsn, 1).expect("pool");
+        let mut connection = relaxed.acquire().await.expect("connection");
+        sqlx::raw_sql(&format!("PREPARE handoff(bigint[]) AS {DELETE_COMMANDS}"))
+            .execute(&mut *connection)
+            .await
+            .expect("prepare");
+        let explain = "EXPLAIN (FORMAT TEXT) EXECUTE handoff('{1,2}')";
+        let plan = |lines: Vec<String>| lines.join("\n");
+        let when_empty = plan(
+            sqlx::query_scalar(explain)
+                .fetch_all(&mut *connection)
+                .await
+                .expect("explain"),
+        );
+        sqlx::query(
+            "INSERT INTO outbox (execution_id, pool, command)
+             SELECT id, 'default', '{}' FROM generate_series(1, 20000) AS id",
+        )
+        .execute(&pool)
+        .await
+        .expect("fill the outbox");
+        let when_large = plan(
+            sqlx::query_scalar(explain)
+                .fetch_all(&mut *connection)
+                .await
+                .expect("explain"),
+        );
+        for plan in [&when_empty, &when_large] {
+            assert!(plan.contains("outbox_pkey"), "{plan}");
+            assert!(!plan.contains("Seq Scan"), "{plan}");
+        }
+    }
+
     #[tokio::test]
     async fn generic_planning_lasts_only_for_its_transaction() {
         let pg = Postgres::start();
         let pool = pool(&shard_dsn(&pg, "generic"), 1).expect("pool");
-        let mode = "SELECT current_setting('plan_cache_mode')";
+        let settings =
+            "SELECT current_setting('plan_cache_mode') || ' ' || current_setting('enable_seqscan')";
         let mut tx = begin_generic(&pool).await.expect("begin");
-        let inside: String = sqlx::query_scalar(mode)
+        let inside: String = sqlx::query_scalar(settings)
             .fetch_one(&mut *tx)
             .await
             .expect("inside");
         tx.commit().await.expect("commit");
         // The pool has one connection: this is the same one, back in the pool.
-        let after: String = sqlx::query_scalar(mode)
+        let after: String = sqlx::query_scalar(settings)
             .fetch_one(&pool)
             .await
             .expect("after");
         assert_eq!(
             (inside.as_str(), after.as_str()),
-            ("force_generic_plan", "auto")
+            ("force_generic_plan off", "auto on")
         );
     }
 }

@@ -157,7 +157,7 @@ pub async fn run(
         if full {
             continue;
         }
-        let wait = match persistence::next_command_due_in_ms(&pool).await {
+        let wait = match persistence::next_command_due_in_ms(&relaxed).await {
             Ok(Some(ms)) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_POLL),
             _ => IDLE_POLL,
         };
