@@ -1095,6 +1095,7 @@ fn rfc3339(at: OffsetDateTime) -> Result<String, Error> {
 mod tests {
     use noetl_contract::shards::ShardMap;
     use noetl_test_support::Postgres;
+    use sqlx::PgConnection;
 
     use super::*;
 
@@ -1105,15 +1106,21 @@ mod tests {
         map.get(ShardId::new(0)).expect("one shard").clone()
     }
 
+    /// A fresh, migrated shard database on `pg`: its DSN and a pool of two connections.
+    async fn migrated_shard(pg: &Postgres, database: &str) -> (ShardDsn, PgPool) {
+        let dsn = shard_dsn(pg, database);
+        let pool = pool(&dsn, 2).expect("pool");
+        migrate(&pool).await.expect("migrate");
+        (dsn, pool)
+    }
+
     /// The heartbeat statement goes by the primary key even when the statistics say no step is
     /// in flight (gathered at an idle moment) while thousands are: the partial lease index, which
     /// such statistics make look empty, would be walked whole for every beat.
     #[tokio::test]
     async fn heartbeats_find_their_steps_by_primary_key_whatever_the_statistics_say() {
         let pg = Postgres::start();
-        let dsn = shard_dsn(&pg, "plans");
-        let pool = pool(&dsn, 2).expect("pool");
-        migrate(&pool).await.expect("migrate");
+        let (dsn, pool) = migrated_shard(&pg, "plans").await;
         let steps = |status: &'static str, from: i64| {
             sqlx::query(
                 "INSERT INTO execution_steps (execution_id, step_index, name, status, attempt,
@@ -1177,9 +1184,7 @@ mod tests {
     #[tokio::test]
     async fn a_plan_made_on_an_empty_outbox_still_deletes_by_id_once_it_is_large() {
         let pg = Postgres::start();
-        let dsn = shard_dsn(&pg, "grown");
-        let pool = pool(&dsn, 1).expect("pool");
-        migrate(&pool).await.expect("migrate");
+        let (dsn, pool) = migrated_shard(&pg, "grown").await;
         let relaxed = relaxed_pool(&dsn, 1).expect("pool");
         let mut connection = relaxed.acquire().await.expect("connection");
         sqlx::raw_sql(&format!("PREPARE handoff(bigint[]) AS {DELETE_COMMANDS}"))
@@ -1187,13 +1192,7 @@ mod tests {
             .await
             .expect("prepare");
         let explain = "EXPLAIN (FORMAT TEXT) EXECUTE handoff('{1,2}')";
-        let plan = |lines: Vec<String>| lines.join("\n");
-        let when_empty = plan(
-            sqlx::query_scalar(explain)
-                .fetch_all(&mut *connection)
-                .await
-                .expect("explain"),
-        );
+        let when_empty = explained(&mut connection, explain).await;
         sqlx::query(
             "INSERT INTO outbox (execution_id, pool, command)
              SELECT id, 'default', '{}' FROM generate_series(1, 20000) AS id",
@@ -1201,16 +1200,20 @@ mod tests {
         .execute(&pool)
         .await
         .expect("fill the outbox");
-        let when_large = plan(
-            sqlx::query_scalar(explain)
-                .fetch_all(&mut *connection)
-                .await
-                .expect("explain"),
-        );
+        let when_large = explained(&mut connection, explain).await;
         for plan in [&when_empty, &when_large] {
             assert!(plan.contains("outbox_pkey"), "{plan}");
             assert!(!plan.contains("Seq Scan"), "{plan}");
         }
+    }
+
+    /// The plan `explain` prints, one string.
+    async fn explained(connection: &mut PgConnection, explain: &str) -> String {
+        let lines: Vec<String> = sqlx::query_scalar(explain)
+            .fetch_all(connection)
+            .await
+            .expect("explain");
+        lines.join("\n")
     }
 
     #[tokio::test]
