@@ -1,5 +1,6 @@
 //! Every query the server runs against a shard database, and nothing else.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use noetl_contract::command::StepCommand;
@@ -54,41 +55,47 @@ pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
 /// A pool whose commits do not wait for their WAL flush, for writes whose loss in a crash is
 /// harmless (heartbeats: a lost one only lets a lease run out).
 ///
-/// Its statements are always planned generically (see `TOUCH_ATTEMPTS`): a plan made for the
-/// values at hand folds the in-flight statuses into constants, which lets the planner pick the
-/// partial lease index whenever the statistics say it is empty. And never by a sequential scan
-/// (see [`NO_SEQUENTIAL_SCANS`]).
+/// Its statements are always planned generically, without sequential scans (see
+/// `GENERIC_PLANNING` and `TOUCH_ATTEMPTS`): a plan made for the values at hand folds the
+/// in-flight statuses into constants, which lets the planner pick the partial lease index
+/// whenever the statistics say it is empty.
 pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
-    Ok(
-        pool_options(size).connect_lazy_with(connect_options(dsn)?.options([
-            ("synchronous_commit", "off"),
-            ("plan_cache_mode", "force_generic_plan"),
-            NO_SEQUENTIAL_SCANS,
-        ])),
-    )
+    let settings = [("synchronous_commit", "off")]
+        .into_iter()
+        .chain(GENERIC_PLANNING);
+    Ok(pool_options(size).connect_lazy_with(connect_options(dsn)?.options(settings)))
 }
 
-/// The setting that keeps generic plans off sequential scans. A generic plan is made once per
-/// connection and kept for its life, so one made at start-up, while a table was nearly empty,
-/// scanned the whole table for every later call as it grew: the handoff's delete of a few
-/// outbox rows by id walked every row of the outbox (dead ones too, until a vacuum), and that was
-/// a tenth of PostgreSQL's time at full load. Every statement planned this way finds its rows
-/// through an index.
-pub const NO_SEQUENTIAL_SCANS: (&str, &str) = ("enable_seqscan", "off");
+/// The settings of generic planning, for the relaxed pool's connections and for
+/// [`begin_generic`]'s transactions. A generic plan is made once per connection and kept for
+/// its life, so sequential scans are off: one made at start-up, while a table was nearly empty,
+/// scanned the whole table for every later call as it grew (the handoff's delete of a few
+/// outbox rows by id walked every row of the outbox, dead ones too until a vacuum, a tenth of
+/// PostgreSQL's time at full load). Every statement planned this way finds its rows through an
+/// index.
+const GENERIC_PLANNING: [(&str, &str); 2] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+];
+
+/// [`begin_generic`]'s statement: `GENERIC_PLANNING` for one transaction.
+static BEGIN_GENERIC: LazyLock<String> = LazyLock::new(|| {
+    GENERIC_PLANNING
+        .iter()
+        .fold("BEGIN".to_owned(), |statement, (name, value)| {
+            format!("{statement}; SET LOCAL {name} = {value}")
+        })
+});
 
 /// Begins a transaction whose statements are planned generically, for the orchestrator's and
 /// the relay's writes. They take arrays of ids (`= ANY($1)`, `UNNEST`) or a batch limit, and for
 /// those PostgreSQL's default makes a fresh plan for the values at hand on nearly every call:
 /// planning was about a third of the report path's time in the database (pg_stat_statements:
 /// 2,385 plans for 2,581 calls of the write; 13 for 3,024 with this). Reads keep the default,
-/// which the listing's optional filters need. Generic plans here avoid sequential scans, as in
-/// the relaxed pool ([`NO_SEQUENTIAL_SCANS`]).
+/// which the listing's optional filters need. The plans avoid sequential scans, as in the
+/// relaxed pool (`GENERIC_PLANNING`).
 pub async fn begin_generic(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Error> {
-    Ok(pool
-        .begin_with(
-            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off",
-        )
-        .await?)
+    Ok(pool.begin_with(BEGIN_GENERIC.as_str()).await?)
 }
 
 fn pool_options(size: u32) -> PgPoolOptions {
