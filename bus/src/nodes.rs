@@ -124,9 +124,12 @@ pub fn hold(
                     renewing
                 }
             };
+            // The next attempt is due `every` after this one was sent, not after it returned:
+            // validity counts from the send, so a slow call (a JetStream stream created on a
+            // loaded host can take seconds) must not push the renewal past the lease's end.
             tokio::select! {
                 () = cancel.cancelled() => break,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep_until(sent + every) => {}
             }
         }
         shared.set(None);
