@@ -5,8 +5,9 @@
 //! terminal state, submit-to-terminal latency (`updated_at - created_at` of each execution) and
 //! dispatch latency (command committed → worker started: from the commit of the submit's
 //! transaction, `pg_xact_commit_timestamp` of its first event row, to the first step's
-//! `started_at`, which the shard sets when the worker's first heartbeat lands, just before the
-//! step starts: handoff to the relay, JetStream, worker pull, first heartbeat).
+//! `started_at`, when the worker started its action, by the worker's clock: handoff to the
+//! relay, JetStream, worker pull, and for an action with effects the starting check; `noop`
+//! has none).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -90,9 +91,9 @@ pub struct Scenario {
     pub executions_per_second: f64,
     /// Submit to terminal state.
     pub e2e: Percentiles,
-    /// Submit to the first step's first heartbeat.
+    /// Submit's commit to the first step's start.
     pub dispatch: Percentiles,
-    /// First step: first heartbeat → result recorded (the action plus the report round trip).
+    /// First step: start → result recorded (the action plus the report round trip).
     pub step_p50_ms: f64,
     pub cpu: Vec<ProcessCost>,
     pub cpu_seconds_per_1000_total: f64,

@@ -114,15 +114,24 @@ pub enum ReportAck {
     Stale,
 }
 
-/// "Still working on it": extends the attempt's lease. Sent to
-/// [`crate::subject::shard_request`] with [`crate::subject::ShardRequest::Heartbeat`];
-/// the first one also marks the step running.
+/// Sent to [`crate::subject::shard_request`] with [`crate::subject::ShardRequest::Heartbeat`]:
+/// before the action starts, the `starting` check (may this attempt start?); while it runs,
+/// "still working on it", which extends the attempt's lease and marks the step running.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub execution_id: ExecutionId,
     pub step_index: u32,
     pub attempt: u32,
     pub worker: String,
+    /// The check before the action starts: the shard answers whether the attempt still owns
+    /// its step and writes nothing, so a step that ends soon costs no write for its start (its
+    /// result records it). Absent (false) from workers that predate it: every beat writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
+    /// When the action started, by the worker's clock (the step's `started_at`, never later
+    /// than the shard's now); absent on the `starting` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
 }
 
 /// The shard's answer to a heartbeat.

@@ -152,11 +152,13 @@ pub enum Event {
     Created,
     /// A worker began an attempt (its first heartbeat).
     Started { step: usize, attempt: u32 },
-    /// A worker finished an attempt.
+    /// A worker finished an attempt, which it started at `started_at_ms` by its clock (the
+    /// step's `started_at` when no heartbeat recorded one; the decision does not depend on it).
     Finished {
         step: usize,
         attempt: u32,
         outcome: StepOutcome,
+        started_at_ms: i64,
     },
     /// An attempt's lease ran out: its worker is presumed dead.
     LeaseExpired { step: usize, attempt: u32 },
@@ -236,6 +238,7 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
             step,
             attempt,
             outcome,
+            started_at_ms: _,
         } => {
             if !is_current(state, step, attempt) {
                 return decision;
@@ -502,6 +505,7 @@ mod tests {
             step,
             attempt,
             outcome: StepOutcome::Succeeded { result },
+            started_at_ms: 1,
         }
     }
 
@@ -512,6 +516,7 @@ mod tests {
             outcome: StepOutcome::Failed {
                 error: "boom".into(),
             },
+            started_at_ms: 1,
         }
     }
 
@@ -751,6 +756,7 @@ mod tests {
                     } else {
                         StepOutcome::Failed { error: "x".into() }
                     },
+                    started_at_ms: 1,
                 }
             }),
             (step, attempt).prop_map(|(step, attempt)| Event::LeaseExpired { step, attempt }),

@@ -23,7 +23,8 @@ async fn progress(pools: &[PgPool]) -> (i64, i64) {
         .fetch_one(pool)
         .await
         .expect("count terminal");
-        // On a worker now: started (a heartbeat was seen) and not finished.
+        // On a worker now: started (a heartbeat after the starting check, one second into the
+        // step, recorded its start) and not finished.
         running += sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM execution_steps
              WHERE status IN ('dispatched', 'running') AND started_at IS NOT NULL",
@@ -67,9 +68,10 @@ async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
         .map(|shard| PgPool::connect_lazy(&pg.url(&format!("noetl_shard_{shard}"))).expect("pool"))
         .collect();
 
+    // Sleeps longer than the worker's first beat, so running steps are seen as started.
     let chain = json!({"playbook": {"name": "chain", "steps": [
-        {"name": "one", "action": "sleep", "with": {"ms": 300}, "retry": {"max_attempts": 5}},
-        {"name": "two", "action": "sleep", "with": {"ms": 300}, "needs": ["one"], "retry": {"max_attempts": 5}},
+        {"name": "one", "action": "sleep", "with": {"ms": 1500}, "retry": {"max_attempts": 5}},
+        {"name": "two", "action": "sleep", "with": {"ms": 1500}, "needs": ["one"], "retry": {"max_attempts": 5}},
         {"name": "three", "action": "noop", "needs": ["two"], "retry": {"max_attempts": 5}}
     ]}});
     let mut ids: Vec<ExecutionId> = Vec::new();

@@ -66,13 +66,13 @@ pub struct Orchestrator {
     inner: Arc<Inner>,
     /// Worker reports, applied many per transaction.
     reports: Batcher<(ExecutionId, Event), Option<Applied>>,
-    /// Heartbeats' lease extensions, many per statement.
-    beats: Batcher<Beat, Touched>,
+    /// Heartbeats (lease extensions and starting checks), many per statement.
+    beats: Batcher<Beat, Owned>,
 }
 
-/// A heartbeat's write: the step's status and whether an earlier beat of the attempt was seen,
-/// or `None` when the attempt no longer owns its step.
-type Touched = Result<Option<(StepStatus, bool)>, persistence::Error>;
+/// A heartbeat's answer from the database: the step's status, or `None` when the attempt no
+/// longer owns its step.
+type Owned = Result<Option<StepStatus>, persistence::Error>;
 
 /// Concurrent heartbeat batches per shard (each holds one connection of the relaxed pool).
 const BEAT_BATCHES: usize = 2;
@@ -181,7 +181,7 @@ impl Orchestrator {
             batching.tracker,
             move |beats| {
                 let inner = beat_inner.clone();
-                async move { inner.touch_batch(beats).await }
+                async move { inner.beat_batch(beats).await }
             },
         );
         Self {
@@ -260,34 +260,28 @@ impl Orchestrator {
         self.reports.submit((id, event)).await.flatten()
     }
 
-    /// A heartbeat: extends the attempt's lease; from the second one on, marks the step
-    /// running. `None` when the attempt no longer owns its step (the worker must stop).
+    /// A heartbeat. A `starting` check only reads whether the attempt still owns its step;
+    /// any other beat extends the attempt's lease, records when it started, and marks a
+    /// still-`dispatched` step running. `None` when the attempt no longer owns its step (the
+    /// worker must stop, or not start).
     ///
     /// Heartbeats write through the relaxed pool, whose commits do not wait for the WAL flush:
     /// one lost in a crash only lets the lease run out, which is the crash's consequence anyway,
     /// and a lost `step_started` loses its sequence number with it, so the log stays gapless.
-    /// A step that ends before its second heartbeat gets `step_started` with its result.
-    pub async fn heartbeat(
-        &self,
-        id: ExecutionId,
-        step: u32,
-        attempt: u32,
-    ) -> Result<Option<StepStatus>, persistence::Error> {
+    /// A step that ends before its first beat after the check gets `step_started` with its
+    /// result, and its `started_at` from the report.
+    pub async fn heartbeat(&self, beat: Beat) -> Result<Option<StepStatus>, persistence::Error> {
         let inner = &self.inner;
-        let beat = Beat {
-            execution_id: id,
-            step,
-            attempt,
-        };
-        let touched =
+        let (id, step, attempt) = (beat.execution_id, beat.step, beat.attempt);
+        let owned =
             self.beats
                 .submit(beat)
                 .await
                 .unwrap_or(Err(persistence::Error::Unavailable(
                     "the shard is shutting down",
                 )))?;
-        match touched {
-            Some((StepStatus::Dispatched, true)) => {
+        match owned {
+            Some(StepStatus::Dispatched) if !beat.starting => {
                 let started = Event::Started {
                     step: step as usize,
                     attempt,
@@ -304,7 +298,7 @@ impl Orchestrator {
                     _ => StepStatus::Dispatched,
                 }))
             }
-            touched => Ok(touched.map(|(status, _)| status)),
+            owned => Ok(owned),
         }
     }
 }
@@ -333,20 +327,20 @@ impl Inner {
         Ok(self.after_commit(applying)[0].applied)
     }
 
-    /// Writes many heartbeats in one statement; if that fails, each on its own, so one bad
+    /// Handles many heartbeats in one statement; if that fails, each on its own, so one bad
     /// beat cannot hold back the others.
-    async fn touch_batch(&self, beats: Vec<Beat>) -> Vec<Touched> {
+    async fn beat_batch(&self, beats: Vec<Beat>) -> Vec<Owned> {
         let lease_ms = millis(self.leases.step_lease_ms);
-        match persistence::touch_attempts(&self.relaxed, &beats, lease_ms).await {
-            Ok(touched) => touched.into_iter().map(Ok).collect(),
+        match persistence::beat_attempts(&self.relaxed, &beats, lease_ms).await {
+            Ok(owned) => owned.into_iter().map(Ok).collect(),
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, beats = beats.len(), "heartbeat batch failed; writing one by one");
-                let mut touched = Vec::with_capacity(beats.len());
+                let mut owned = Vec::with_capacity(beats.len());
                 for beat in beats {
-                    let one = persistence::touch_attempts(&self.relaxed, &[beat], lease_ms).await;
-                    touched.push(one.map(|mut t| t.pop().flatten()));
+                    let one = persistence::beat_attempts(&self.relaxed, &[beat], lease_ms).await;
+                    owned.push(one.map(|mut t| t.pop().flatten()));
                 }
-                touched
+                owned
             }
         }
     }
@@ -434,9 +428,22 @@ impl Inner {
                 outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
                 continue;
             }
+            // A report brings its attempt's start, for a step no heartbeat recorded as started.
+            let reported_start = match event {
+                Event::Finished {
+                    step,
+                    started_at_ms,
+                    ..
+                } => Some((*step, *started_at_ms)),
+                _ => None,
+            };
             for &i in &decision.changed {
-                work.steps
-                    .insert(i, self.step_row(&work.state, &decision, i));
+                let mut row = self.step_row(&work.state, &decision, i);
+                row.started_at_ms = reported_start
+                    .filter(|(step, _)| *step == i)
+                    .map(|(_, at)| at)
+                    .or_else(|| work.steps.get(&i).and_then(|r| r.started_at_ms));
+                work.steps.insert(i, row);
             }
             outcomes.push(Outcome {
                 applied: Applied::Changed(work.state.status),
@@ -501,6 +508,7 @@ impl Inner {
             result: step.result.as_ref().map(to_json),
             error: step.error.clone(),
             lease_ms,
+            started_at_ms: None,
         }
     }
 

@@ -56,7 +56,7 @@ pub fn pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
 /// harmless (heartbeats: a lost one only lets a lease run out).
 ///
 /// Its statements are always planned generically, without sequential scans (see
-/// `GENERIC_PLANNING` and `TOUCH_ATTEMPTS`): a plan made for the values at hand folds the
+/// `GENERIC_PLANNING` and `BEAT_ATTEMPTS`): a plan made for the values at hand folds the
 /// in-flight statuses into constants, which lets the planner pick the partial lease index
 /// whenever the statistics say it is empty.
 pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
@@ -294,6 +294,9 @@ pub struct StepRow {
     pub error: Option<String>,
     /// From now; `None` clears the lease (the step is not in flight).
     pub lease_ms: Option<i64>,
+    /// When the worker started the attempt that finished it (unix ms, its clock): the step's
+    /// `started_at` when no heartbeat recorded one.
+    pub started_at_ms: Option<i64>,
 }
 
 /// A command to put in the outbox.
@@ -496,6 +499,7 @@ struct StepColumns {
     results: Vec<Option<String>>,
     errors: Vec<Option<String>>,
     lease_ms: Vec<Option<i64>>,
+    started_at_ms: Vec<Option<i64>>,
 }
 
 impl StepColumns {
@@ -510,6 +514,7 @@ impl StepColumns {
         self.results.push(step.result.clone());
         self.errors.push(step.error.clone());
         self.lease_ms.push(step.lease_ms);
+        self.started_at_ms.push(step.started_at_ms);
     }
 }
 
@@ -632,13 +637,15 @@ pub async fn save_changes(
                  lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
                  started_at = CASE WHEN u.status = 'running' THEN coalesce(s.started_at, now())
                                    WHEN u.status = 'dispatched' THEN NULL
-                                   ELSE s.started_at END,
+                                   ELSE coalesce(s.started_at, least(now(),
+                                       to_timestamp(u.started_ms / 1000.0))) END,
                  finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
                                     THEN now() END,
                  updated_at = now()
              FROM UNNEST($4::bigint[], $5::int[], $6::text[], $7::int[], $8::text[], $9::text[],
-                         $10::bigint[])
-                 AS u(execution_id, step_index, status, attempt, result, error, lease_ms)
+                         $10::bigint[], $19::bigint[])
+                 AS u(execution_id, step_index, status, attempt, result, error, lease_ms,
+                      started_ms)
              WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index
          ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -694,6 +701,7 @@ pub async fn save_changes(
     .bind(&outbox_pools)
     .bind(&outbox_commands)
     .bind(&outbox_delays)
+    .bind(&steps.started_at_ms)
     .fetch_all(&mut **tx)
     .await?
     .iter()
@@ -701,45 +709,62 @@ pub async fn save_changes(
     .collect()
 }
 
-/// One heartbeat to write: an attempt of a step.
+/// One heartbeat: an attempt of a step, and whether it is the check before the action starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Beat {
     pub execution_id: ExecutionId,
     pub step: u32,
     pub attempt: u32,
+    /// The check before the action starts: read, nothing written.
+    pub starting: bool,
+    /// When the action started (unix ms, the worker's clock), if the worker said.
+    pub started_at_ms: Option<i64>,
 }
 
-/// [`touch_attempts`]' statement. `started_at` set by an earlier heartbeat holds that
-/// transaction's `now()`, which is earlier than this one's: that is how a beat knows it is not
-/// the first.
+/// [`beat_attempts`]' statement. Beats that are not `starting` extend the lease and set
+/// `started_at` (the worker's start, never later than now; now when the worker did not say);
+/// `starting` checks only read. Both match only an attempt that owns its in-flight step.
 ///
 /// The in-flight statuses are a parameter (`$5`), not literals, and the relaxed pool plans
 /// generically, so the planner cannot prove the partial lease index's predicate. If it could,
 /// statistics gathered at an idle moment (no step in flight) would have it take that index for
 /// one row and walk all of it for every beat of the batch: 8 ms a batch under load, against
 /// 0.2 ms by the primary key.
-const TOUCH_ATTEMPTS: &str = "UPDATE execution_steps AS s
-     SET lease_expires_at = now() + $4 * interval '1 millisecond',
-         started_at = coalesce(s.started_at, now())
-     FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS b(execution_id, step_index, attempt)
-     WHERE s.execution_id = b.execution_id AND s.step_index = b.step_index
-       AND s.attempt = b.attempt AND s.status = ANY($5::text[])
-     RETURNING s.execution_id, s.step_index, s.attempt, s.status, s.started_at < now()";
+const BEAT_ATTEMPTS: &str = "WITH b AS (
+         SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::int[], $6::bool[], $7::bigint[])
+             AS b(execution_id, step_index, attempt, starting, started_ms)
+     ), touched AS (
+         UPDATE execution_steps AS s
+         SET lease_expires_at = now() + $4 * interval '1 millisecond',
+             started_at = coalesce(s.started_at, least(now(), to_timestamp(b.started_ms / 1000.0)),
+                                   now())
+         FROM b
+         WHERE NOT b.starting AND s.execution_id = b.execution_id
+           AND s.step_index = b.step_index AND s.attempt = b.attempt
+           AND s.status = ANY($5::text[])
+         RETURNING s.execution_id, s.step_index, s.attempt, s.status
+     )
+     SELECT execution_id, step_index, attempt, status FROM touched
+     UNION ALL
+     SELECT s.execution_id, s.step_index, s.attempt, s.status
+     FROM b JOIN execution_steps AS s
+       ON s.execution_id = b.execution_id AND s.step_index = b.step_index
+     WHERE b.starting AND s.attempt = b.attempt AND s.status = ANY($5::text[])";
 
-/// Heartbeats' writes, one statement for many: extends each in-flight attempt's lease and
-/// notes when it started. Returns, per beat, the step's status and whether an earlier
-/// heartbeat of this attempt was seen, or `None` when the attempt no longer owns its step
-/// (superseded, finished, cancelled). Meant for the relaxed pool.
-pub async fn touch_attempts(
+/// Heartbeats, one statement for many: each beat that is not a `starting` check extends its
+/// attempt's lease and notes when it started. Returns, per beat, the step's status, or `None`
+/// when the attempt no longer owns its step (superseded, finished, cancelled). Meant for the
+/// relaxed pool.
+pub async fn beat_attempts(
     pool: &PgPool,
     beats: &[Beat],
     lease_ms: i64,
-) -> Result<Vec<Option<(StepStatus, bool)>>, Error> {
+) -> Result<Vec<Option<StepStatus>>, Error> {
     // Rows are taken in (execution, step) order, as report transactions write them, so two
     // batches do not wait for each other crosswise.
     let mut order: Vec<&Beat> = beats.iter().collect();
     order.sort_by_key(|b| (b.execution_id, b.step));
-    let rows: Vec<(i64, i32, i32, String, bool)> = sqlx::query_as(TOUCH_ATTEMPTS)
+    let rows: Vec<(i64, i32, i32, String)> = sqlx::query_as(BEAT_ATTEMPTS)
         .bind(
             order
                 .iter()
@@ -765,13 +790,15 @@ pub async fn touch_attempts(
                 StepStatus::Running.as_str(),
             ][..],
         )
+        .bind(order.iter().map(|b| b.starting).collect::<Vec<_>>())
+        .bind(order.iter().map(|b| b.started_at_ms).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
-    let touched: std::collections::HashMap<(i64, i64, i64), (StepStatus, bool)> = rows
+    let owned: std::collections::HashMap<(i64, i64, i64), StepStatus> = rows
         .into_iter()
-        .filter_map(|(id, step, attempt, status, seen)| {
+        .filter_map(|(id, step, attempt, status)| {
             let status = StepStatus::parse(&status)?;
-            Some(((id, i64::from(step), i64::from(attempt)), (status, seen)))
+            Some(((id, i64::from(step), i64::from(attempt)), status))
         })
         .collect();
     Ok(beats
@@ -782,7 +809,7 @@ pub async fn touch_attempts(
                 i64::from(b.step),
                 i64::from(b.attempt),
             );
-            touched.get(&key).copied()
+            owned.get(&key).copied()
         })
         .collect())
 }
@@ -1155,14 +1182,16 @@ mod tests {
         let relaxed = relaxed_pool(&dsn, 1).expect("pool");
         let mut connection = relaxed.acquire().await.expect("connection");
         sqlx::raw_sql(&format!(
-            "PREPARE beat(bigint[], int[], int[], bigint, text[]) AS {TOUCH_ATTEMPTS}"
+            "PREPARE beat(bigint[], int[], int[], bigint, text[], bool[], bigint[]) AS \
+             {BEAT_ATTEMPTS}"
         ))
         .execute(&mut *connection)
         .await
         .expect("prepare");
         let plan: Vec<String> = sqlx::query_scalar(
             "EXPLAIN (FORMAT TEXT) EXECUTE beat('{10001,10002}', '{0,0}', '{1,1}', 1000,
-                                                '{dispatched,running}')",
+                                                '{dispatched,running}', '{false,true}',
+                                                '{1,NULL}')",
         )
         .fetch_all(&mut *connection)
         .await
@@ -1172,18 +1201,20 @@ mod tests {
         assert!(!plan.contains("in_flight_leases"), "{plan}");
 
         drop(connection);
-        let touched = touch_attempts(
+        let touched = beat_attempts(
             &relaxed,
             &[Beat {
                 execution_id: ExecutionId::new(10_001).expect("valid id"),
                 step: 0,
                 attempt: 1,
+                starting: false,
+                started_at_ms: None,
             }],
             1_000,
         )
         .await
         .expect("heartbeat");
-        assert_eq!(touched, vec![Some((StepStatus::Dispatched, false))]);
+        assert_eq!(touched, vec![Some(StepStatus::Dispatched)]);
     }
 
     /// The handoff's delete keeps finding its rows by id after the outbox grew, though its

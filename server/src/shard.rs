@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 
 use crate::commit::Committer;
 use crate::orchestrate::{Applied, Orchestrator};
-use crate::persistence;
+use crate::persistence::{self, Beat};
 
 /// Everything a request handler of one shard needs.
 #[derive(Debug)]
@@ -336,6 +336,7 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
         step: report.step_index as usize,
         attempt: report.attempt,
         outcome: report.outcome,
+        started_at_ms: report.started_at_ms,
     };
     match shard.orchestrator.report(id, event).await {
         Some(Applied::Changed(_)) => {
@@ -355,11 +356,14 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
 async fn heartbeat(shard: &Shard, message: &Message) -> Result<HeartbeatAck, WireError> {
     let id = routed_id(shard, message)?;
     let beat: Heartbeat = body(message, id, |h: &Heartbeat| h.execution_id)?;
-    match shard
-        .orchestrator
-        .heartbeat(id, beat.step_index, beat.attempt)
-        .await
-    {
+    let beat = Beat {
+        execution_id: id,
+        step: beat.step_index,
+        attempt: beat.attempt,
+        starting: beat.starting,
+        started_at_ms: beat.started_at_ms,
+    };
+    match shard.orchestrator.heartbeat(beat).await {
         Ok(Some(_)) => Ok(HeartbeatAck::Continue),
         Ok(None) => Ok(HeartbeatAck::Stop),
         Err(e) => Err(database_failed(shard, id, &e)),

@@ -6,12 +6,13 @@ use futures::StreamExt;
 
 use noetl_contract::command::{StepCommand, StepOutcome};
 use noetl_contract::engine::Event;
+use noetl_contract::engine::StepStatus;
 use noetl_contract::message::SubmitCommand;
 use noetl_contract::shards::ShardMap;
 use noetl_contract::{ExecutionId, ShardId};
 use noetl_server::commit::Committer;
 use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator, Pools};
-use noetl_server::persistence;
+use noetl_server::persistence::{self, Beat};
 use noetl_server::relay::{self, Relay, HANDOFF_GRACE};
 use noetl_test_support::{NatsServer, Postgres};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,7 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
         outcome: StepOutcome::Succeeded {
             result: serde_json::json!({"n": 1}),
         },
+        started_at_ms: 1,
     };
     let queued = tokio::spawn({
         let orchestrator = orchestrator.clone();
@@ -183,6 +185,7 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
         outcome: StepOutcome::Succeeded {
             result: serde_json::json!({"step": step}),
         },
+        started_at_ms: 1,
     };
     let reports = ids.iter().flat_map(|&id| {
         let id = ExecutionId::new(id).expect("valid id");
@@ -253,6 +256,10 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
     tracker.wait().await;
 }
 
+/// Starting checks, beats and reports of many steps, batched together: a check answers
+/// without writing (the dispatch lease stands, no `started_at`), a beat marks its step running
+/// from the worker's start, a report of a step that was never beaten records that start, and
+/// an attempt that does not own its step is told to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_written_together_keep_their_own_answers() {
     let pg = Postgres::start();
@@ -270,33 +277,123 @@ async fn heartbeats_written_together_keep_their_own_answers() {
     persistence::insert_executions(&pool, &rows)
         .await
         .expect("insert");
-    // Attempt 1 owns each step; attempt 2 does not exist.
-    let beats = ids
-        .iter()
-        .flat_map(|&id| [1, 2, 1].map(|attempt| orchestrator.heartbeat(id, 0, attempt)));
-    let answers = futures::future::join_all(beats).await;
-    for (i, answer) in answers.iter().enumerate() {
-        let answer = answer.as_ref().expect("heartbeat written");
-        match i % 3 {
-            1 => assert_eq!(
-                *answer, None,
-                "a heartbeat of an attempt that does not own the step"
-            ),
-            _ => assert!(answer.is_some(), "beat {i}: {answer:?}"),
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    // Started a minute ago by the worker's clock; a clock a minute ahead is clamped to now.
+    let started_ms = now_ms - 60_000;
+    let beat = |id, attempt, starting, started_at_ms| {
+        orchestrator.heartbeat(Beat {
+            execution_id: id,
+            step: 0,
+            attempt,
+            starting,
+            started_at_ms,
+        })
+    };
+    let (checks, beats, ahead, reports) = tokio::join!(
+        // Attempt 1 owns each step; attempt 2 does not exist.
+        futures::future::join_all(
+            ids[..10]
+                .iter()
+                .flat_map(|&id| [beat(id, 1, true, None), beat(id, 2, true, None)])
+        ),
+        futures::future::join_all(ids[10..15].iter().flat_map(|&id| {
+            [
+                beat(id, 1, false, Some(started_ms)),
+                beat(id, 2, false, Some(started_ms)),
+            ]
+        })),
+        futures::future::join_all(ids[15..20].iter().map(|&id| beat(
+            id,
+            1,
+            false,
+            Some(now_ms + 60_000)
+        ))),
+        futures::future::join_all(ids[20..].iter().map(|&id| {
+            orchestrator.report(
+                id,
+                Event::Finished {
+                    step: 0,
+                    attempt: 1,
+                    outcome: StepOutcome::Succeeded {
+                        result: serde_json::json!({}),
+                    },
+                    started_at_ms: started_ms,
+                },
+            )
+        })),
+    );
+    for answers in [&checks, &beats] {
+        for (i, answer) in answers.iter().enumerate() {
+            let answer = answer.as_ref().expect("heartbeat handled");
+            if i % 2 == 1 {
+                assert_eq!(*answer, None, "an attempt that does not own its step");
+            } else {
+                assert!(answer.is_some(), "beat {i}: {answer:?}");
+            }
         }
     }
-    let started: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM execution_steps WHERE started_at IS NOT NULL
-         AND lease_expires_at > now() + interval '20 seconds'",
+    for answer in &ahead {
+        assert_eq!(
+            *answer.as_ref().expect("heartbeat handled"),
+            Some(StepStatus::Running)
+        );
+    }
+    for answer in &reports {
+        assert!(matches!(answer, Some(Applied::Changed(_))), "{answer:?}");
+    }
+
+    // Per step: status, seconds from started_at to now, seconds of lease left, events.
+    type Seen = (i64, String, Option<f64>, Option<f64>, Vec<String>);
+    let steps: Vec<Seen> = sqlx::query_as(
+        "SELECT s.execution_id, s.status,
+                EXTRACT(EPOCH FROM now() - s.started_at)::float8,
+                EXTRACT(EPOCH FROM s.lease_expires_at - now())::float8,
+                (SELECT array_agg(kind ORDER BY seq) FROM execution_events e
+                 WHERE e.execution_id = s.execution_id)
+         FROM execution_steps s ORDER BY s.execution_id",
     )
-    .fetch_one(&pool)
+    .fetch_all(&pool)
     .await
     .expect("steps");
-    assert_eq!(
-        started,
-        ids.len() as i64,
-        "every owning beat set started_at and the step lease"
-    );
+    assert_eq!(steps.len(), ids.len());
+    for (i, (id, status, since_start, lease_left, events)) in steps.into_iter().enumerate() {
+        let started = events.contains(&"step_started".to_owned());
+        match i {
+            0..10 => {
+                assert_eq!(status, "dispatched", "{id}: a check writes nothing");
+                assert_eq!(since_start, None, "{id}");
+                assert!(lease_left > Some(200.0), "{id}: {lease_left:?}");
+                assert!(!started, "{id}: {events:?}");
+            }
+            10..20 => {
+                assert_eq!(status, "running", "{id}");
+                assert!(
+                    lease_left < Some(60.0),
+                    "{id}: the step lease, {lease_left:?}"
+                );
+                assert!(started, "{id}: {events:?}");
+                let since_start = since_start.expect("started_at");
+                if i < 15 {
+                    assert!(
+                        since_start >= 59.0,
+                        "{id}: the worker's start, {since_start}"
+                    );
+                } else {
+                    assert!(since_start >= 0.0, "{id}: not in the future, {since_start}");
+                }
+            }
+            _ => {
+                assert_eq!(status, "succeeded", "{id}");
+                assert_eq!(lease_left, None, "{id}");
+                let since_start = since_start.expect("started_at from the report");
+                assert!(since_start >= 59.0, "{id}: {since_start}");
+                assert!(started, "{id}: {events:?}");
+            }
+        }
+    }
     drop(orchestrator);
     tracker.close();
     tracker.wait().await;

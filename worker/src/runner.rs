@@ -6,11 +6,15 @@
 //! backoff. Per command:
 //!
 //! 1. An undecodable payload is terminated (`+TERM`: never redelivered), logged and counted.
-//! 2. A first heartbeat marks the step running at the shard; `stop` means "do not start"
-//!    (cancelled execution, superseded attempt), and the command is acked unrun.
-//! 3. The action runs under the command's timeout. Every `min(lease, ack_wait) / 3` the worker
-//!    heartbeats the shard (extending the attempt's lease) and tells JetStream it is still
-//!    working (`+WPI`); a `stop` answer cancels the action and the command is acked unreported.
+//! 2. A `starting` heartbeat asks the shard whether the attempt may start (it writes nothing);
+//!    `stop` means "do not start" (cancelled execution, superseded attempt), and the command is
+//!    acked unrun. An action without effects ([`crate::actions::Action::has_effects`]: `noop`, `fail`) skips
+//!    the question, since its fenced report is all it does.
+//! 3. The action runs under the command's timeout. After [`FIRST_BEAT_AFTER`] (sooner if the
+//!    interval is shorter), then every `min(lease, ack_wait) / 3`, the worker heartbeats the
+//!    shard (extending the attempt's lease, marking the step running, with the action's start
+//!    time) and tells JetStream it is still working (`+WPI`); a `stop` answer cancels the action
+//!    and the command is acked unreported.
 //! 4. The [`StepReport`] goes to the owning shard until the shard answers, heartbeats going
 //!    on meanwhile so the attempt keeps its lease; only then is the command acked. `stale` (a newer attempt owns the step) is acked too. If the worker shuts
 //!    down before the shard answered, the command is left unacked, so JetStream redelivers it.
@@ -46,6 +50,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 const MAX_PULL: usize = 256;
 /// Shortest interval between heartbeats, however short the lease.
 const MIN_BEAT: Duration = Duration::from_millis(50);
+/// When a running step's first heartbeat goes (after the starting check), unless its interval
+/// is shorter: a step that ends sooner costs its shard no write for its start (the report
+/// records it); a longer one gets the step lease and its `running` mark this soon.
+const FIRST_BEAT_AFTER: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -251,24 +259,34 @@ struct ShardBeat<'a> {
 
 impl Runner {
     async fn step(&self, pool: &str, delivery: &Delivery, command: &StepCommand) {
-        let action = self
-            .registry
-            .get(&command.action)
-            .map_or("unknown", |action| action.name());
+        let known = self.registry.get(&command.action);
+        let action = known.map_or("unknown", |action| action.name());
+        // An unknown action fails at once without doing anything, like an effect-free one.
+        let has_effects = known.is_some_and(|action| action.has_effects());
         let interval = beat_interval(command.lease_ms, self.ack_wait);
-        let heartbeat = Heartbeat {
+        let check = Heartbeat {
             execution_id: command.execution_id,
             step_index: command.step_index,
             attempt: command.attempt,
             worker: self.worker.clone(),
+            starting: true,
+            started_at_ms: None,
         };
-        if self.heartbeat(command, &heartbeat, interval).await == Some(HeartbeatAck::Stop) {
+        if has_effects
+            && self.heartbeat(command, &check, interval).await == Some(HeartbeatAck::Stop)
+        {
             tracing::info!("the shard says stop; not starting the step");
             count_step(pool, action, "stopped");
             self.ack(delivery).await;
             return;
         }
 
+        let started_at_ms = noetl_bus::unix_now_ms();
+        let heartbeat = Heartbeat {
+            starting: false,
+            started_at_ms: Some(started_at_ms),
+            ..check
+        };
         let stop = CancellationToken::new();
         let beat = ShardBeat {
             command,
@@ -279,11 +297,11 @@ impl Runner {
             attempt: command.attempt,
         };
         let timeout = Duration::from_millis(command.timeout_ms);
-        let started_at_ms = noetl_bus::unix_now_ms();
         let started = Instant::now();
+        let first_beat = interval.min(FIRST_BEAT_AFTER);
         let outcome = tokio::select! {
             outcome = self.registry.execute(&command.action, &command.with, &ctx, timeout, &stop) => outcome,
-            never = self.keep_alive(delivery, interval, &beat) => match never {},
+            never = self.keep_alive(delivery, first_beat, interval, &beat) => match never {},
         };
         let elapsed = started.elapsed();
         metrics::histogram!("noetl_worker_step_seconds", "action" => action)
@@ -328,7 +346,7 @@ impl Runner {
         };
         let settled = tokio::select! {
             settled = self.report(command, &report) => settled,
-            never = self.keep_alive(delivery, interval, &beat) => match never {},
+            never = self.keep_alive(delivery, interval, interval, &beat) => match never {},
         };
         let reply = match settled {
             Some(reply) => {
@@ -347,16 +365,17 @@ impl Runner {
             .increment(1);
     }
 
-    /// Every `interval`: tells JetStream the command is still in hand and, while the action
-    /// runs or its report is unanswered, heartbeats the shard; a `stop` answer fires the step's
-    /// stop token.
+    /// After `first`, then every `interval`: tells JetStream the command is still in hand and,
+    /// while the action runs or its report is unanswered, heartbeats the shard; a `stop` answer
+    /// fires the step's stop token.
     async fn keep_alive(
         &self,
         delivery: &Delivery,
+        first: Duration,
         interval: Duration,
         beat: &ShardBeat<'_>,
     ) -> Infallible {
-        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut ticks = tokio::time::interval_at(Instant::now() + first, interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;

@@ -28,6 +28,10 @@ impl Action for Fail {
         "fail"
     }
 
+    fn has_effects(&self) -> bool {
+        false
+    }
+
     fn run<'a>(&'a self, with: &'a Value, ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult> {
         Box::pin(async move {
             let args: Args = arguments(self.name(), with)?;

@@ -42,6 +42,14 @@ pub trait Action: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Runs one attempt. The future is dropped when the attempt times out or is cancelled.
     fn run<'a>(&'a self, with: &'a Value, ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult>;
+    /// Whether an attempt can change anything besides its result (a request sent, a process
+    /// run, a worker slot held for a while). Such an attempt first asks its shard whether it
+    /// may start, so a cancelled execution's steps never start and a superseded attempt never
+    /// runs. An attempt that cannot (`noop`, `fail`) runs at once: its report is fenced, so
+    /// running one that should not have run changes nothing.
+    fn has_effects(&self) -> bool {
+        true
+    }
 }
 
 /// Failures building the registry.

@@ -13,6 +13,10 @@ impl Action for Noop {
         "noop"
     }
 
+    fn has_effects(&self) -> bool {
+        false
+    }
+
     fn run<'a>(&'a self, _with: &'a Value, _ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult> {
         Box::pin(async { Ok(json!({})) })
     }
