@@ -1248,21 +1248,21 @@ mod tests {
             ("handoff(bigint[])", DELETE_COMMANDS, "handoff('{1,2}')"),
             ("pass(bigint)", TAKE_DUE_COMMANDS, "pass(512)"),
         ];
-        let mut plans = Vec::new();
         for (signature, statement, _) in statements {
             sqlx::raw_sql(&format!("PREPARE {signature} AS {statement}"))
                 .execute(&mut *connection)
                 .await
                 .expect("prepare");
         }
-        for (_, _, execute) in statements {
-            let explain = format!("EXPLAIN (FORMAT TEXT) EXECUTE {execute}");
-            plans.push(explained(&mut connection, &explain).await);
-        }
-        sqlx::query(fill).execute(&pool).await.expect("refill");
-        for (_, _, execute) in statements {
-            let explain = format!("EXPLAIN (FORMAT TEXT) EXECUTE {execute}");
-            plans.push(explained(&mut connection, &explain).await);
+        let mut plans = Vec::new();
+        for grown in [false, true] {
+            if grown {
+                sqlx::query(fill).execute(&pool).await.expect("refill");
+            }
+            for (_, _, execute) in statements {
+                let explain = format!("EXPLAIN (FORMAT TEXT) EXECUTE {execute}");
+                plans.push(explained(&mut connection, &explain).await);
+            }
         }
         for plan in &plans {
             assert!(plan.contains("InitPlan"), "{plan}");
