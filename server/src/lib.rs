@@ -135,9 +135,11 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             cancel.clone(),
         ));
         background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
+        // Each committer task holds one connection at a time.
+        let connections = u32::try_from(config.committers_per_shard).unwrap_or(u32::MAX);
         let committer = commit::Committer::spawn(
             shard,
-            pool.clone(),
+            persistence::generic_pool(dsn, connections)?,
             relay,
             config.max_batch,
             config.committers_per_shard,

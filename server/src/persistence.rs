@@ -66,6 +66,14 @@ pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
     Ok(pool_options(size).connect_lazy_with(connect_options(dsn)?.options(settings)))
 }
 
+/// A pool whose statements are always planned generically (`GENERIC_PLANNING`), with durable
+/// commits: the committers' inserts of new executions. Under PostgreSQL's default the insert
+/// (four inserts over arrays) was planned afresh on nearly every call, a cost per transaction
+/// that a moderate load, whose batches hold one or two submits, paid per submit.
+pub fn generic_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
+    Ok(pool_options(size).connect_lazy_with(connect_options(dsn)?.options(GENERIC_PLANNING)))
+}
+
 /// The settings of generic planning, for the relaxed pool's connections and for
 /// [`begin_generic`]'s transactions. A generic plan is made once per connection and kept for
 /// its life, so sequential scans are off: one made at start-up, while a table was nearly empty,
