@@ -37,27 +37,33 @@ impl<T, R> std::fmt::Debug for Batcher<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Starts `parallel` tasks on `tracker`, each calling `handle` with up to `max_batch` items;
-    /// `handle` returns one result per item, in order.
-    pub fn spawn<F, Fut>(
+    /// Starts `parallel` tasks on `tracker`, each with a state of its own from `state` (its
+    /// database connection) and calling `handle` with it and up to `max_batch` items; `handle`
+    /// gives the state back with one result per item, in order.
+    pub fn spawn<S, F, Fut>(
         max_batch: usize,
         parallel: usize,
         tracker: &TaskTracker,
+        state: impl Fn() -> S,
         handle: F,
     ) -> Self
     where
-        F: Fn(Vec<T>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Vec<R>> + Send,
+        S: Send + 'static,
+        F: Fn(S, Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = (S, Vec<R>)> + Send,
     {
         let (queue, receiver) = mpsc::channel(max_batch * parallel * 2);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..parallel {
             let (receiver, handle) = (receiver.clone(), handle.clone());
+            let mut state = state();
             tracker.spawn(async move {
                 while let Some(batch) = next_batch(&receiver, max_batch).await {
                     let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) =
                         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-                    for (reply, result) in replies.into_iter().zip(handle(items).await) {
+                    let (kept, results) = handle(state, items).await;
+                    state = kept;
+                    for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(result);
                     }
                 }

@@ -23,8 +23,8 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts `parallel` committer tasks for `shard` on `tracker`; each batch's first commands
-    /// are handed to `relay` once committed.
+    /// Starts `parallel` committer tasks for `shard` on `tracker`, each holding a connection of
+    /// `pool`; each batch's first commands are handed to `relay` once committed.
     pub fn spawn(
         shard: ShardId,
         pool: PgPool,
@@ -33,9 +33,13 @@ impl Committer {
         parallel: usize,
         tracker: &TaskTracker,
     ) -> Self {
-        let batcher = Batcher::spawn(max_batch, parallel, tracker, move |rows| {
-            let (pool, relay) = (pool.clone(), relay.clone());
-            async move { commit_batch(shard, &pool, &relay, rows).await }
+        let held = move || persistence::Held::new(pool.clone());
+        let batcher = Batcher::spawn(max_batch, parallel, tracker, held, move |mut held, rows| {
+            let relay = relay.clone();
+            async move {
+                let outcomes = commit_batch(shard, &mut held, &relay, rows).await;
+                (held, outcomes)
+            }
         });
         Self { batcher }
     }
@@ -51,7 +55,7 @@ impl Committer {
 
 async fn commit_batch(
     shard: ShardId,
-    pool: &PgPool,
+    held: &mut persistence::Held,
     relay: &Relay,
     batch: Vec<NewExecution>,
 ) -> Vec<Outcome> {
@@ -68,7 +72,11 @@ async fn commit_batch(
         }
     }
     let started = Instant::now();
-    let mut committed = match persistence::insert_executions(pool, &rows).await {
+    let inserted = match held.connection().await {
+        Ok(connection) => persistence::insert_executions(connection, &rows).await,
+        Err(e) => Err(e),
+    };
+    let mut committed = match held.checked(inserted) {
         Ok(committed) => committed,
         Err(e) => {
             tracing::error!(%shard, error = %e, executions = rows.len(), "group commit failed");

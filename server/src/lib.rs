@@ -111,9 +111,12 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             .shards
             .get(shard)
             .context("serve only lists shards of NOETL_SHARDS")?;
+        // Each committer task, and each task applying report batches, holds one connection.
+        let connections = u32::try_from(config.committers_per_shard).unwrap_or(u32::MAX);
         let pools = orchestrate::Pools {
             pool: pool.clone(),
             relaxed: persistence::relaxed_pool(dsn, RELAXED_CONNECTIONS)?,
+            reports: persistence::generic_pool(dsn, connections)?,
         };
         let (relay, feed) = relay::Relay::new(shard);
         let orchestrator = orchestrate::Orchestrator::new(
@@ -135,8 +138,6 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             cancel.clone(),
         ));
         background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
-        // Each committer task holds one connection at a time.
-        let connections = u32::try_from(config.committers_per_shard).unwrap_or(u32::MAX);
         let committer = commit::Committer::spawn(
             shard,
             persistence::generic_pool(dsn, connections)?,

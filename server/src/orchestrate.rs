@@ -13,8 +13,7 @@ use noetl_contract::engine::{self, Decision, Event, ExecutionState, StepStatus};
 use noetl_contract::message::{ExecutionStatus, SubmitCommand};
 use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
 use noetl_contract::{ExecutionId, ShardId};
-use sqlx::PgPool;
-use sqlx::{Postgres, Transaction};
+use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
@@ -41,6 +40,9 @@ pub struct Pools {
     /// Commits without waiting for the WAL flush: heartbeats, and the relay's deletes of
     /// commands it was handed (a lost one only has a pass publish them again).
     pub relaxed: PgPool,
+    /// Durable and generically planned ([`persistence::generic_pool`]): one connection for
+    /// each task that applies report batches, which keeps it.
+    pub reports: PgPool,
 }
 
 /// Where and how report batches run.
@@ -156,7 +158,12 @@ impl Orchestrator {
         relay: Relay,
         batching: Batching<'_>,
     ) -> Self {
-        let Pools { pool, relaxed } = pools;
+        let Pools {
+            pool,
+            relaxed,
+            reports,
+        } = pools;
+        let (report_pool, beat_pool) = (reports, relaxed.clone());
         let inner = Arc::new(Inner {
             shard,
             pool,
@@ -169,9 +176,13 @@ impl Orchestrator {
             batching.max_batch,
             batching.parallel,
             batching.tracker,
-            move |items| {
+            move || persistence::Held::new(report_pool.clone()),
+            move |mut held, items| {
                 let inner = batch_inner.clone();
-                async move { inner.apply_batch(items).await }
+                async move {
+                    let applied = inner.apply_batch(&mut held, items).await;
+                    (held, applied)
+                }
             },
         );
         let beat_inner = inner.clone();
@@ -179,9 +190,13 @@ impl Orchestrator {
             batching.max_batch,
             BEAT_BATCHES,
             batching.tracker,
-            move |beats| {
+            move || persistence::Held::new(beat_pool.clone()),
+            move |mut held, beats| {
                 let inner = beat_inner.clone();
-                async move { inner.beat_batch(beats).await }
+                async move {
+                    let owned = inner.beat_batch(&mut held, beats).await;
+                    (held, owned)
+                }
             },
         );
         Self {
@@ -329,9 +344,13 @@ impl Inner {
 
     /// Handles many heartbeats in one statement; if that fails, each on its own, so one bad
     /// beat cannot hold back the others.
-    async fn beat_batch(&self, beats: Vec<Beat>) -> Vec<Owned> {
+    async fn beat_batch(&self, held: &mut persistence::Held, beats: Vec<Beat>) -> Vec<Owned> {
         let lease_ms = millis(self.leases.step_lease_ms);
-        match persistence::beat_attempts(&self.relaxed, &beats, lease_ms).await {
+        let batched = match held.connection().await {
+            Ok(connection) => persistence::beat_attempts(connection, &beats, lease_ms).await,
+            Err(e) => Err(e),
+        };
+        match held.checked(batched) {
             Ok(owned) => owned.into_iter().map(Ok).collect(),
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, beats = beats.len(), "heartbeat batch failed; writing one by one");
@@ -348,7 +367,11 @@ impl Inner {
     /// Applies many reports in one transaction (one statement to lock and read, one to write).
     /// If the batch fails, each report is retried on its own, so one bad report cannot hold
     /// back the others.
-    async fn apply_batch(&self, items: Vec<(ExecutionId, Event)>) -> Vec<Option<Applied>> {
+    async fn apply_batch(
+        &self,
+        held: &mut persistence::Held,
+        items: Vec<(ExecutionId, Event)>,
+    ) -> Vec<Option<Applied>> {
         metrics::histogram!("noetl_server_report_batch_size", "shard" => self.shard.to_string())
             .record(items.len() as f64);
         let guarded: Vec<_> = items
@@ -356,12 +379,13 @@ impl Inner {
             .map(|(id, event)| (*id, event.clone(), Guard::None))
             .collect();
         let batched = async {
-            let mut tx = persistence::begin_generic(&self.pool).await?;
+            let mut tx = held.connection().await?.begin().await?;
             let applying = self.apply_in(&mut tx, &guarded).await?;
             tx.commit().await?;
             Ok::<_, persistence::Error>(applying)
         };
-        match batched.await {
+        let batched = batched.await;
+        match held.checked(batched) {
             Ok(applying) => self
                 .after_commit(applying)
                 .into_iter()

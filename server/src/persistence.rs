@@ -13,8 +13,9 @@ use noetl_contract::shards::ShardDsn;
 use noetl_contract::topology::Epoch;
 use noetl_contract::{ExecutionId, ShardCount, ShardId};
 use secrecy::ExposeSecret;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Row, Transaction};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -67,7 +68,7 @@ pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
 }
 
 /// A pool whose statements are always planned generically (`GENERIC_PLANNING`), with durable
-/// commits: the committers' inserts of new executions. Under PostgreSQL's default the insert
+/// commits: the committers' inserts of new executions, and the report batches. Under PostgreSQL's default the insert
 /// (four inserts over arrays) was planned afresh on nearly every call, a cost per transaction
 /// that a moderate load, whose batches hold one or two submits, paid per submit.
 pub fn generic_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
@@ -95,8 +96,9 @@ static BEGIN_GENERIC: LazyLock<String> = LazyLock::new(|| {
         })
 });
 
-/// Begins a transaction whose statements are planned generically, for the orchestrator's and
-/// the relay's writes. They take arrays of ids (`= ANY($1)`, `UNNEST`) or a batch limit, and for
+/// Begins a transaction whose statements are planned generically, for the orchestrator's
+/// writes outside report batches (whose tasks keep a connection of a [`generic_pool`]) and the
+/// relay's passes. They take arrays of ids (`= ANY($1)`, `UNNEST`) or a batch limit, and for
 /// those PostgreSQL's default makes a fresh plan for the values at hand on nearly every call:
 /// planning was about a third of the report path's time in the database (pg_stat_statements:
 /// 2,385 plans for 2,581 calls of the write; 13 for 3,024 with this). Reads keep the default,
@@ -104,6 +106,48 @@ static BEGIN_GENERIC: LazyLock<String> = LazyLock::new(|| {
 /// relaxed pool (`GENERIC_PLANNING`).
 pub async fn begin_generic(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Error> {
     Ok(pool.begin_with(BEGIN_GENERIC.as_str()).await?)
+}
+
+/// A connection one task keeps for all its statements, taken from `pool` at first use.
+///
+/// sqlx gives a connection back to its pool only after a round trip to the database (it pings
+/// the connection on release, to catch one left broken or mid-statement). On the hot paths,
+/// where every batch or delete was one checkout, that was a round trip more per transaction,
+/// and a wake-up of the server and of a PostgreSQL backend, for nothing. A held connection is
+/// given up only when a statement on it failed (it may be broken); the next use takes another.
+#[derive(Debug)]
+pub struct Held {
+    pool: PgPool,
+    connection: Option<PoolConnection<Postgres>>,
+}
+
+impl Held {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            connection: None,
+        }
+    }
+
+    /// The held connection, taken from the pool if there is none.
+    pub async fn connection(&mut self) -> Result<&mut PgConnection, Error> {
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?,
+        };
+        Ok(self.connection.insert(connection))
+    }
+
+    /// Passes on the outcome of work on the connection; after an error the connection is
+    /// closed, since it may be broken.
+    pub fn checked<T>(&mut self, outcome: Result<T, Error>) -> Result<T, Error> {
+        if outcome.is_err() {
+            if let Some(mut broken) = self.connection.take() {
+                broken.close_on_drop();
+            }
+        }
+        outcome
+    }
 }
 
 fn pool_options(size: u32) -> PgPoolOptions {
@@ -333,7 +377,7 @@ pub struct Committed {
 /// one transaction (and one WAL flush) covers the whole batch. Ids that already exist are left
 /// untouched and reported with `created: false`. `rows` must not repeat an id.
 pub async fn insert_executions(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     rows: &[NewExecution],
 ) -> Result<Vec<Committed>, Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.execution_id.get()).collect();
@@ -428,7 +472,7 @@ pub async fn insert_executions(
             .collect::<Vec<_>>(),
     )
     .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?;
     let mut committed = inserted
         .iter()
@@ -443,7 +487,7 @@ pub async fn insert_executions(
         )
         .bind(&ids)
         .bind(&fresh)
-        .fetch_all(pool)
+        .fetch_all(&mut *connection)
         .await?;
         for row in &existing {
             committed.push(committed_from_row(row, false)?);
@@ -764,7 +808,7 @@ const BEAT_ATTEMPTS: &str = "WITH b AS (
 /// when the attempt no longer owns its step (superseded, finished, cancelled). Meant for the
 /// relaxed pool.
 pub async fn beat_attempts(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     beats: &[Beat],
     lease_ms: i64,
 ) -> Result<Vec<Option<StepStatus>>, Error> {
@@ -800,7 +844,7 @@ pub async fn beat_attempts(
         )
         .bind(order.iter().map(|b| b.starting).collect::<Vec<_>>())
         .bind(order.iter().map(|b| b.started_at_ms).collect::<Vec<_>>())
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     let owned: std::collections::HashMap<(i64, i64, i64), StepStatus> = rows
         .into_iter()
@@ -930,8 +974,11 @@ const DELETE_COMMANDS: &str = "DELETE FROM outbox WHERE id = ANY(ARRAY(
 
 /// Deletes outbox rows JetStream has stored, skipping rows a relay pass holds (it publishes and
 /// deletes them itself; JetStream stores the command once).
-pub async fn delete_commands(pool: &PgPool, ids: &[i64]) -> Result<(), Error> {
-    sqlx::query(DELETE_COMMANDS).bind(ids).execute(pool).await?;
+pub async fn delete_commands(executor: impl PgExecutor<'_>, ids: &[i64]) -> Result<(), Error> {
+    sqlx::query(DELETE_COMMANDS)
+        .bind(ids)
+        .execute(executor)
+        .await?;
     Ok(())
 }
 
@@ -1161,6 +1208,37 @@ mod tests {
         let pool = pool(&dsn, 2).expect("pool");
         migrate(&pool).await.expect("migrate");
         (dsn, pool)
+    }
+
+    /// A held connection is the same backend at every use (no checkout, so no ping on release),
+    /// and one the database ended is given up after the statement that failed on it: the next
+    /// use has another.
+    #[tokio::test]
+    async fn a_held_connection_is_kept_and_replaced_once_it_broke() {
+        let pg = Postgres::start();
+        let (_, pool) = migrated_shard(&pg, "held").await;
+        let mut held = Held::new(pool.clone());
+        async fn backend(held: &mut Held) -> Result<i32, Error> {
+            let connection = held.connection().await?;
+            let pid = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(connection)
+                .await;
+            held.checked(pid.map_err(Error::from))
+        }
+        let first = backend(&mut held).await.expect("first use");
+        assert_eq!(backend(&mut held).await.expect("second use"), first);
+        let in_use = pool.size() as usize - pool.num_idle();
+        assert_eq!(in_use, 1, "the held connection never went back to the pool");
+
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .expect("terminate");
+        assert!(ended);
+        assert!(backend(&mut held).await.is_err(), "its backend is gone");
+        let next = backend(&mut held).await.expect("a new connection");
+        assert_ne!(next, first);
     }
 
     /// The heartbeat statement goes by the primary key even when the statistics say no step is

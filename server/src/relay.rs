@@ -34,6 +34,11 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
 /// Commit batches waiting to be handed off; beyond that they wait out their grace.
 const HANDOFF_QUEUE: usize = 1024;
+/// How long the rows of stored handoffs may wait to be deleted, so one delete serves the
+/// handoffs of many commits: under a moderate load a commit batch holds one or two executions,
+/// and a delete of its own per batch was as many transactions again as the submits. Far
+/// shorter than [`HANDOFF_GRACE`], so a pass never finds the rows due.
+const DELETE_LINGER: Duration = Duration::from_millis(20);
 
 /// Committed commands of one execution, handed off together: the rows are deleted only if
 /// every command was stored, since their ids are known per execution, not per command.
@@ -135,8 +140,8 @@ impl Relay {
 }
 
 /// Relays until `cancel`: handed-off commands as they come, and passes over the outbox for
-/// anything else that is due. Handed-off rows are deleted through `pools.relaxed`: a delete lost
-/// in a crash only has a pass publish them again, which JetStream de-duplicates.
+/// anything else that is due. The rows of stored handoffs are deleted many at a time
+/// ([`StoredRows`]).
 pub async fn run(
     shard: ShardId,
     pools: Pools,
@@ -145,7 +150,9 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let label = shard.to_string();
-    let Pools { pool, relaxed } = pools;
+    let Pools { pool, relaxed, .. } = pools;
+    let mut stored = StoredRows::default();
+    let mut deletes = persistence::Held::new(relaxed.clone());
     loop {
         let full = match relay_once(&pool, &client, &label).await {
             Ok(published) => published == BATCH as usize,
@@ -165,9 +172,13 @@ pub async fn run(
         tokio::pin!(sleep);
         loop {
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => {
+                    stored.delete(&mut deletes).await;
+                    return;
+                }
                 () = feed.wake.notified() => break,
                 () = &mut sleep => break,
+                () = stored.due(), if stored.is_pending() => stored.delete(&mut deletes).await,
                 Some(first) = feed.handoffs.recv() => {
                     let mut handoffs = first;
                     while handoffs.len() < BATCH as usize {
@@ -176,16 +187,73 @@ pub async fn run(
                             Err(_) => break,
                         }
                     }
-                    publish_handoffs(&relaxed, &client, &label, handoffs).await;
+                    stored.add(publish_handoffs(&client, &label, handoffs).await);
+                    if stored.is_full() {
+                        stored.delete(&mut deletes).await;
+                    }
                 }
             }
         }
     }
 }
 
-/// Publishes handed-off commands and deletes the rows of each execution whose commands were all
-/// stored; the others stay for a pass after their grace.
-async fn publish_handoffs(relaxed: &PgPool, client: &Client, shard: &str, handoffs: Vec<Handoff>) {
+/// Outbox rows whose handed-off commands JetStream stored, waiting to be deleted together: at
+/// most [`DELETE_LINGER`] after the first of them, or at once when there are a batch of them.
+#[derive(Debug, Default)]
+struct StoredRows {
+    ids: Vec<i64>,
+    /// When the oldest of `ids` must be deleted.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl StoredRows {
+    fn add(&mut self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + DELETE_LINGER);
+        self.ids.extend(ids);
+    }
+
+    fn is_pending(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    fn is_full(&self) -> bool {
+        self.ids.len() >= BATCH as usize
+    }
+
+    /// Resolves at the deadline (never while nothing is pending).
+    async fn due(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Deletes the rows through `held`, a connection of the relaxed pool: a delete lost in a
+    /// crash (or failed) only has a pass publish them again after their grace, which JetStream
+    /// de-duplicates.
+    async fn delete(&mut self, held: &mut persistence::Held) {
+        self.deadline = None;
+        let ids = std::mem::take(&mut self.ids);
+        if ids.is_empty() {
+            return;
+        }
+        let deleted = match held.connection().await {
+            Ok(connection) => persistence::delete_commands(connection, &ids).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = held.checked(deleted) {
+            tracing::debug!(error = %e, "deleting handed-off commands failed; a pass publishes them again");
+        }
+    }
+}
+
+/// Publishes handed-off commands; returns the rows of each execution whose commands were all
+/// stored, to delete. The others stay for a pass after their grace.
+async fn publish_handoffs(client: &Client, shard: &str, handoffs: Vec<Handoff>) -> Vec<i64> {
     let publishes = handoffs.iter().map(|handoff| async move {
         let commands = handoff
             .commands
@@ -203,12 +271,7 @@ async fn publish_handoffs(relaxed: &PgPool, client: &Client, shard: &str, handof
         }
     }
     count_published(shard, stored, failed);
-    if ids.is_empty() {
-        return;
-    }
-    if let Err(e) = persistence::delete_commands(relaxed, &ids).await {
-        tracing::debug!(error = %e, "deleting handed-off commands failed; a pass publishes them again");
-    }
+    ids
 }
 
 /// Publishes one command; `false` when JetStream did not store it.

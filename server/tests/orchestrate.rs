@@ -27,9 +27,12 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
     let id = ExecutionId::new(4_242).expect("valid id");
     let playbook =
         serde_json::json!({"name": "once", "steps": [{"name": "only", "action": "noop"}]});
-    persistence::insert_executions(&pool, &[orchestrator.prepare(&submit(id.get(), playbook))])
-        .await
-        .expect("insert");
+    persistence::insert_executions(
+        &mut pool.acquire().await.expect("connection"),
+        &[orchestrator.prepare(&submit(id.get(), playbook))],
+    )
+    .await
+    .expect("insert");
 
     // Hold the execution's lock while copies of the report queue behind it, as they do when a
     // worker's retried report meets the original; then finish the step in the holding
@@ -127,6 +130,7 @@ async fn shard_pools(pg: &Postgres, database: &str) -> Pools {
     Pools {
         pool,
         relaxed: persistence::relaxed_pool(dsn, 4).expect("pool"),
+        reports: persistence::generic_pool(dsn, 2).expect("pool"),
     }
 }
 
@@ -176,7 +180,7 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
         .iter()
         .map(|&id| orchestrator.prepare(&submit(id, playbook.clone())))
         .collect();
-    persistence::insert_executions(&pool, &rows)
+    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &rows)
         .await
         .expect("insert");
     let finished = |step| Event::Finished {
@@ -274,7 +278,7 @@ async fn heartbeats_written_together_keep_their_own_answers() {
         .iter()
         .map(|id| orchestrator.prepare(&submit(id.get(), playbook.clone())))
         .collect();
-    persistence::insert_executions(&pool, &rows)
+    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &rows)
         .await
         .expect("insert");
     let now_ms = std::time::SystemTime::now()
@@ -414,7 +418,7 @@ async fn the_relay_waits_when_the_outbox_is_empty() {
     );
     let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
     let row = orchestrator.prepare(&submit(30_001, playbook));
-    persistence::insert_executions(&pool, &[row])
+    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &[row])
         .await
         .expect("insert");
     let due = persistence::next_command_due_in_ms(&pool)
@@ -490,7 +494,7 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
         .expect("delay");
     // Committed without a handoff, as by a server that died right after its commit.
     let missed = orchestrator.prepare(&submit(40_002, playbook));
-    persistence::insert_executions(&pool, &[missed])
+    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &[missed])
         .await
         .expect("insert");
     sqlx::query("UPDATE outbox SET not_before = now() WHERE execution_id = 40002")
