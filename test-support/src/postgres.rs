@@ -71,7 +71,7 @@ impl Postgres {
         for _ in 0..5 {
             let port = free_port();
             let command = server_command(&bin, &data, port, options, listen_addresses, run_as);
-            let mut process = Process::spawn(command);
+            let mut process = Process::spawn_stopped_by(command, libc::SIGQUIT);
             let host = first_address(listen_addresses);
             if wait_ready(&bin, host, port, &mut process) {
                 return Self {
@@ -119,7 +119,7 @@ impl Postgres {
             &self.listen_addresses,
             self.run_as,
         );
-        self.process = Process::spawn(command);
+        self.process = Process::spawn_stopped_by(command, libc::SIGQUIT);
         let host = first_address(&self.listen_addresses);
         assert!(
             wait_ready(&self.bin, host, self.port, &mut self.process),

@@ -4,13 +4,13 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
-/// Makes the child receive SIGKILL when the thread that spawned it exits.
-pub(crate) fn die_with_parent(command: &mut Command) -> &mut Command {
+/// Makes the child receive `signal` when the thread that spawned it exits.
+pub(crate) fn die_with_parent(command: &mut Command, signal: libc::c_int) -> &mut Command {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent; this is the
     // documented way to tie a child's lifetime to its parent's.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -18,19 +18,33 @@ pub(crate) fn die_with_parent(command: &mut Command) -> &mut Command {
     }
 }
 
-/// A spawned process, killed (SIGKILL) and reaped on drop.
+/// A spawned process, stopped (SIGKILL unless said otherwise) and reaped on drop.
 #[derive(Debug)]
 pub struct Process {
     child: Child,
+    /// Sent on drop, and by the kernel when the spawning thread exits.
+    stop_signal: libc::c_int,
 }
 
 impl Process {
-    pub fn spawn(mut command: Command) -> Self {
+    pub fn spawn(command: Command) -> Self {
+        Self::spawn_stopped_by(command, libc::SIGKILL)
+    }
+
+    /// Like [`Process::spawn`], with `signal` instead of SIGKILL on drop and when the parent
+    /// dies: for a process that must take its own children down with it. PostgreSQL's
+    /// postmaster ends every backend on SIGQUIT (its immediate shutdown) and exits once they are
+    /// gone; after SIGKILL its backends run on until they notice, and one busy in a long
+    /// statement does not notice (one ran for 40 minutes after a benchmark was stopped).
+    pub fn spawn_stopped_by(mut command: Command, signal: libc::c_int) -> Self {
         let program = command.get_program().to_string_lossy().into_owned();
-        let child = die_with_parent(&mut command)
+        let child = die_with_parent(&mut command, signal)
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start {program}: {e}"));
-        Self { child }
+        Self {
+            child,
+            stop_signal: signal,
+        }
     }
 
     pub fn id(&self) -> u32 {
@@ -51,7 +65,16 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.kill();
+        if self.stop_signal == libc::SIGKILL || !self.is_running() {
+            self.kill();
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill has no memory effects; the child is not reaped yet (is_running), so
+            // its pid cannot have been reused.
+            unsafe { libc::kill(pid, self.stop_signal) };
+        }
+        let _ = self.child.wait();
     }
 }
 
