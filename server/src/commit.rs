@@ -72,10 +72,8 @@ async fn commit_batch(
         }
     }
     let started = Instant::now();
-    let inserted = match held.connection().await {
-        Ok(connection) => persistence::insert_executions(connection, &rows).await,
-        Err(e) => Err(e),
-    };
+    let inserted =
+        async { persistence::insert_executions(held.connection().await?, &rows).await }.await;
     let mut committed = match held.checked(inserted) {
         Ok(committed) => committed,
         Err(e) => {

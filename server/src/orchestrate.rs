@@ -161,9 +161,9 @@ impl Orchestrator {
         let Pools {
             pool,
             relaxed,
-            reports,
+            reports: report_pool,
         } = pools;
-        let (report_pool, beat_pool) = (reports, relaxed.clone());
+        let beat_pool = relaxed.clone();
         let inner = Arc::new(Inner {
             shard,
             pool,
@@ -346,10 +346,9 @@ impl Inner {
     /// beat cannot hold back the others.
     async fn beat_batch(&self, held: &mut persistence::Held, beats: Vec<Beat>) -> Vec<Owned> {
         let lease_ms = millis(self.leases.step_lease_ms);
-        let batched = match held.connection().await {
-            Ok(connection) => persistence::beat_attempts(connection, &beats, lease_ms).await,
-            Err(e) => Err(e),
-        };
+        let batched =
+            async { persistence::beat_attempts(held.connection().await?, &beats, lease_ms).await }
+                .await;
         match held.checked(batched) {
             Ok(owned) => owned.into_iter().map(Ok).collect(),
             Err(e) => {

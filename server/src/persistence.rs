@@ -68,9 +68,10 @@ pub fn relaxed_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
 }
 
 /// A pool whose statements are always planned generically (`GENERIC_PLANNING`), with durable
-/// commits: the committers' inserts of new executions, and the report batches. Under PostgreSQL's default the insert
-/// (four inserts over arrays) was planned afresh on nearly every call, a cost per transaction
-/// that a moderate load, whose batches hold one or two submits, paid per submit.
+/// commits: the committers' inserts of new executions, and the report batches. Under
+/// PostgreSQL's default the insert (four inserts over arrays) was planned afresh on nearly
+/// every call, a cost per transaction that a moderate load, whose batches hold one or two
+/// submits, paid per submit.
 pub fn generic_pool(dsn: &ShardDsn, size: u32) -> Result<PgPool, Error> {
     Ok(pool_options(size).connect_lazy_with(connect_options(dsn)?.options(GENERIC_PLANNING)))
 }

@@ -241,10 +241,8 @@ impl StoredRows {
         if ids.is_empty() {
             return;
         }
-        let deleted = match held.connection().await {
-            Ok(connection) => persistence::delete_commands(connection, &ids).await,
-            Err(e) => Err(e),
-        };
+        let deleted =
+            async { persistence::delete_commands(held.connection().await?, &ids).await }.await;
         if let Err(e) = held.checked(deleted) {
             tracing::debug!(error = %e, "deleting handed-off commands failed; a pass publishes them again");
         }
