@@ -46,6 +46,11 @@ pub struct Settings {
     pub pools: Vec<String>,
     /// Steps running at once, across all pools.
     pub concurrency: usize,
+    /// Finished steps whose result may wait at once for the owning shard to record it. Such a
+    /// step holds one of these rather than one of `concurrency`, so a shard that takes its time
+    /// to answer does not idle the worker; when all are taken, finished steps keep their running
+    /// slot until one is free.
+    pub pending_reports: usize,
     /// Names this worker in reports and heartbeats; default `<hostname>-<pid>`.
     pub name: Option<String>,
     /// Cap on each captured output (HTTP body, stdout, stderr).
@@ -66,6 +71,7 @@ impl Default for Settings {
             nats_security: NatsSecurity::default(),
             pools: vec![DEFAULT_POOL.to_owned()],
             concurrency: 64,
+            pending_reports: 256,
             name: None,
             max_output_bytes: 64 * 1024,
             ack_wait_ms: 30_000,
@@ -97,6 +103,7 @@ pub struct WorkerConfig {
     /// Distinct, valid pool names; at least one.
     pub pools: Vec<String>,
     pub concurrency: usize,
+    pub pending_reports: usize,
     pub name: String,
     pub max_output_bytes: usize,
     pub ack_wait: Duration,
@@ -126,6 +133,7 @@ impl WorkerConfig {
         );
         for (name, value) in [
             ("concurrency", settings.concurrency as u64),
+            ("pending_reports", settings.pending_reports as u64),
             ("max_output_bytes", settings.max_output_bytes as u64),
             ("ack_wait_ms", settings.ack_wait_ms),
             ("request_timeout_ms", settings.request_timeout_ms),
@@ -145,6 +153,7 @@ impl WorkerConfig {
             },
             pools: distinct,
             concurrency: settings.concurrency,
+            pending_reports: settings.pending_reports,
             name,
             max_output_bytes: settings.max_output_bytes,
             ack_wait: Duration::from_millis(settings.ack_wait_ms),
@@ -174,6 +183,7 @@ mod tests {
         let config = WorkerConfig::from_settings(Settings::default(), None, false).expect("valid");
         assert_eq!(config.pools, vec!["default".to_owned()]);
         assert_eq!(config.concurrency, 64);
+        assert_eq!(config.pending_reports, 256);
         assert_eq!(config.max_output_bytes, 64 * 1024);
         assert_eq!(config.ack_wait, Duration::from_secs(30));
         assert!(
@@ -217,12 +227,18 @@ mod tests {
     }
 
     #[test]
-    fn zero_concurrency_is_refused() {
+    fn zero_concurrency_or_pending_reports_is_refused() {
         let settings = Settings {
             concurrency: 0,
             ..Settings::default()
         };
         let error = WorkerConfig::from_settings(settings, None, false).expect_err("zero");
         assert!(error.to_string().contains("concurrency"), "{error}");
+        let settings = Settings {
+            pending_reports: 0,
+            ..Settings::default()
+        };
+        let error = WorkerConfig::from_settings(settings, None, false).expect_err("zero");
+        assert!(error.to_string().contains("pending_reports"), "{error}");
     }
 }

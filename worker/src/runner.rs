@@ -1,8 +1,12 @@
 //! The worker's only module that talks to NATS: pulling commands, heartbeats, reports, acks.
 //!
-//! Each pool pulls from its durable consumer only as many commands as it holds permits for
-//! (the permits, `concurrency` of them, are shared by all pools), so no command waits in a
-//! buffer while its ack deadline runs out. A vanished or broken consumer is opened again with
+//! Each pool pulls from its durable consumer only as many commands as it holds running slots
+//! for (`concurrency` of them, shared by all pools), so no command waits in a buffer while its
+//! ack deadline runs out. A step gives its running slot up once its action is over, for one of
+//! the `pending_reports` slots held while its result waits for the shard: the shard's answer
+//! (a batched, durable transaction, milliseconds under load) does not idle the worker, and
+//! when every reporting slot is taken finished steps keep their running slots, so the worker
+//! pulls no more than the shards take. A vanished or broken consumer is opened again with
 //! backoff. Per command:
 //!
 //! 1. An undecodable payload is terminated (`+TERM`: never redelivered), logged and counted.
@@ -65,6 +69,8 @@ struct Runner {
     worker: String,
     ack_wait: Duration,
     request_timeout: Duration,
+    /// Slots of finished steps whose result the shard has not answered yet.
+    reporting: Arc<Semaphore>,
     /// The process's shutdown: stop pulling, and stop retrying reports.
     shutdown: CancellationToken,
 }
@@ -82,6 +88,7 @@ pub async fn run(
         worker: config.name.clone(),
         ack_wait: config.ack_wait,
         request_timeout: config.request_timeout,
+        reporting: Arc::new(Semaphore::new(config.pending_reports)),
         shutdown: cancel,
     });
     let permits = Arc::new(Semaphore::new(config.concurrency));
@@ -211,12 +218,12 @@ async fn pull(
     }
 }
 
-/// Everything about one delivered command; `_permit` is returned when it is done.
+/// Everything about one delivered command; `running` is returned once its action is over.
 async fn handle(
     runner: Arc<Runner>,
     pool: Arc<str>,
     delivery: Delivery,
-    _permit: OwnedSemaphorePermit,
+    running: OwnedSemaphorePermit,
 ) {
     if delivery.info().is_ok_and(|info| info.delivered > 1) {
         metrics::counter!("noetl_worker_redeliveries_total", "pool" => pool.to_string())
@@ -245,7 +252,7 @@ async fn handle(
     );
     noetl_bus::trace::join(&span, command.execution_id, delivery.headers.as_ref());
     runner
-        .step(&pool, &delivery, &command)
+        .step(&pool, &delivery, &command, running)
         .instrument(span)
         .await;
 }
@@ -258,7 +265,13 @@ struct ShardBeat<'a> {
 }
 
 impl Runner {
-    async fn step(&self, pool: &str, delivery: &Delivery, command: &StepCommand) {
+    async fn step(
+        &self,
+        pool: &str,
+        delivery: &Delivery,
+        command: &StepCommand,
+        running: OwnedSemaphorePermit,
+    ) {
         let known = self.registry.get(&command.action);
         let action = known.map_or("unknown", |action| action.name());
         // An unknown action fails at once without doing anything, like an effect-free one.
@@ -344,8 +357,12 @@ impl Runner {
             heartbeat: &heartbeat,
             stop: &stop,
         };
+        let reported = async {
+            let _reporting = self.reporting_slot(running).await;
+            self.report(command, &report).await
+        };
         let settled = tokio::select! {
-            settled = self.report(command, &report) => settled,
+            settled = reported => settled,
             never = self.keep_alive(delivery, interval, interval, &beat) => match never {},
         };
         let reply = match settled {
@@ -411,6 +428,14 @@ impl Runner {
                 None
             }
         }
+    }
+
+    /// Trades a finished step's running slot for a reporting slot, once one is free.
+    async fn reporting_slot(&self, running: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed, so this waits for a slot and never fails.
+        let reporting = self.reporting.clone().acquire_owned().await.ok();
+        drop(running);
+        reporting
     }
 
     /// Sends the report until the shard settles it; `None` when shutdown came first.

@@ -45,18 +45,26 @@ struct Worker {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// The tests' worker settings: four steps at once on `pool`, quick to give up on an answer.
+fn settings(nats: &NatsServer, pool: &str, ack_wait_ms: u64) -> Settings {
+    Settings {
+        nats_url: nats.url().to_owned(),
+        pools: vec![pool.to_owned()],
+        concurrency: 4,
+        name: Some(WORKER.to_owned()),
+        ack_wait_ms,
+        request_timeout_ms: 300,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..Settings::default()
+    }
+}
+
 impl Worker {
     fn start(nats: &NatsServer, pool: &str, ack_wait_ms: u64) -> Self {
-        let settings = Settings {
-            nats_url: nats.url().to_owned(),
-            pools: vec![pool.to_owned()],
-            concurrency: 4,
-            name: Some(WORKER.to_owned()),
-            ack_wait_ms,
-            request_timeout_ms: 300,
-            listen: "127.0.0.1:0".parse().expect("address"),
-            ..Settings::default()
-        };
+        Self::start_with(settings(nats, pool, ack_wait_ms))
+    }
+
+    fn start_with(settings: Settings) -> Self {
         let config = WorkerConfig::from_settings(settings, None, false).expect("valid config");
         let cancel = CancellationToken::new();
         let task = tokio::spawn(noetl_worker::run(config, cancel.clone()));
@@ -542,6 +550,79 @@ async fn heartbeats_go_on_while_a_report_waits_for_an_answer() {
     }
     let message = next_request(&mut results).await;
     answer(&client, &message, ReportAck::Recorded).await;
+    drained(&client, pool).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_step_waits_for_its_report_in_a_reporting_slot_not_a_running_one() {
+    let nats = NatsServer::start();
+    let client = connect(&nats).await;
+    let pool = "reporting-slots";
+    let mut results = subscribe(&client, ShardRequest::Result).await;
+    let _heartbeats = answer_heartbeats(
+        client.clone(),
+        subscribe(&client, ShardRequest::Heartbeat).await,
+        |_| HeartbeatAck::Continue,
+    );
+    // One step runs at once; two finished ones may wait for the shard.
+    let worker = Worker::start_with(Settings {
+        concurrency: 1,
+        pending_reports: 2,
+        ..settings(&nats, pool, 30_000)
+    });
+    for id in 1..=3 {
+        noetl_bus::commands::publish(&client, pool, &command(id, 1, "noop", Value::Null))
+            .await
+            .expect("publish");
+    }
+    let report_id = |message: &Message| report_of(message).execution_id.get();
+
+    // The first two report while neither is answered: each gave its one running slot up when
+    // its action ended.
+    let deadline = Instant::now() + WAIT;
+    let mut reporting = std::collections::BTreeSet::new();
+    while reporting.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "only {reporting:?} reported: a step waiting for its answer kept the running slot"
+        );
+        reporting.insert(report_id(&next_request(&mut results).await));
+    }
+    assert_eq!(reporting, [1, 2].into());
+    // The third is in hand (the freed running slot pulled it) and unacked, like the first two.
+    eventually("the third command in hand", || async {
+        queue_state(&client, pool).await == (3, 3, 0)
+    })
+    .await;
+
+    // Both reporting slots are taken, so the third reports only once the shard has answered
+    // the first; until then only the first two's retries arrive.
+    let mut first_answered = false;
+    loop {
+        let message = next_request(&mut results).await;
+        match report_id(&message) {
+            1 => {
+                answer(&client, &message, ReportAck::Recorded).await;
+                first_answered = true;
+            }
+            3 => {
+                assert!(
+                    first_answered,
+                    "the third step reported while both reporting slots were taken"
+                );
+                answer(&client, &message, ReportAck::Recorded).await;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let shard = client.clone();
+    tokio::spawn(async move {
+        while let Some(message) = results.next().await {
+            answer(&shard, &message, ReportAck::Recorded).await;
+        }
+    });
     drained(&client, pool).await;
     worker.stop().await;
 }
