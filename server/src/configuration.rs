@@ -70,7 +70,7 @@ impl Default for Settings {
             shards: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_batch: 1_000,
-            committers_per_shard: 2,
+            committers_per_shard: 1,
             pool_size: 16,
             max_in_flight: 4_096,
             step_lease_ms: 30_000,

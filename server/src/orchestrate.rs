@@ -76,8 +76,9 @@ pub struct Orchestrator {
 /// longer owns its step.
 type Owned = Result<Option<StepStatus>, persistence::Error>;
 
-/// Concurrent heartbeat batches per shard (each holds one connection of the relaxed pool).
-const BEAT_BATCHES: usize = 2;
+/// Concurrent heartbeat batches per shard (each holds one connection of the relaxed pool): one,
+/// as one committer, so a moderate load makes fewer, larger batches.
+const BEAT_BATCHES: usize = 1;
 
 #[derive(Debug)]
 struct Inner {

@@ -6,8 +6,17 @@
 //! - [`install_metrics`]: the Prometheus recorder behind each process's `/metrics`.
 //! - [`shutdown_on_signal`]: SIGTERM/SIGINT cancel the root token; a second signal exits.
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` for processes without an API of their own.
+//!
+//! Every binary that links this crate allocates with mimalloc (the `ALLOCATOR` static).
 
 pub mod ops;
+
+/// The global allocator of the services. Each submit, command and report allocates and frees
+/// many small buffers on several threads; with glibc's allocator that was about 6% of the
+/// services' CPU time under load (`malloc`, `free`, `malloc_consolidate`, `unlink_chunk` in a
+/// `perf` profile of a submit burst).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::Path;
 
