@@ -21,8 +21,8 @@ const SUPERUSER: &str = "postgres";
 /// How the instance trades durability for speed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PostgresOptions {
-    /// `fsync` and `synchronous_commit` on and production-sized buffers (benchmarks). Tests
-    /// leave it off.
+    /// `fsync` and `synchronous_commit` on, production-sized buffers and WAL files made ahead
+    /// (benchmarks, chaos runs). Tests leave it off.
     pub durable: bool,
 }
 
@@ -74,6 +74,9 @@ impl Postgres {
             let mut process = Process::spawn_stopped_by(command, libc::SIGQUIT);
             let host = first_address(listen_addresses);
             if wait_ready(&bin, host, port, &mut process) {
+                if options.durable {
+                    preallocate_wal(&bin, host, port);
+                }
                 return Self {
                     process,
                     port,
@@ -192,6 +195,57 @@ fn wait_ready(bin: &Path, host: &str, port: u16, process: &mut Process) -> bool 
     })
 }
 
+/// WAL files (of 16 MiB) a durable instance keeps for reuse, and makes at start.
+const WAL_SEGMENTS_KEPT: usize = 64;
+
+/// Leaves a durable instance's WAL as on a database that has been running: after a checkpoint
+/// PostgreSQL renames old WAL files for reuse (up to `min_wal_size`), while a fresh cluster
+/// creates each new 16 MiB file by writing zeros and syncing it, holding the WAL write lock
+/// meanwhile. Under a benchmark's load that was a new file every two seconds and a stall of
+/// every commit for the 20–30 ms the write took here, which set the submits' p99.
+/// So: switch to a new WAL file `WAL_SEGMENTS_KEPT` times (each switch needs a record written
+/// since the last), then checkpoint, which turns those files into recycled ones.
+fn preallocate_wal(bin: &Path, host: &str, port: u16) {
+    use std::io::Write as _;
+    let mut script = String::from("CREATE TABLE wal_warmup (n int);\n");
+    for n in 0..WAL_SEGMENTS_KEPT {
+        script.push_str(&format!(
+            "INSERT INTO wal_warmup VALUES ({n});\nSELECT pg_switch_wal();\n"
+        ));
+    }
+    script.push_str("DROP TABLE wal_warmup;\nCHECKPOINT;\n");
+    let mut psql = Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            host,
+            "-U",
+            SUPERUSER,
+            "-p",
+        ])
+        .arg(port.to_string())
+        .args(["-d", "postgres", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    psql.stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes())
+        .expect("psql reads its script");
+    let output = psql.wait_with_output().expect("psql ends");
+    assert!(
+        output.status.success(),
+        "pre-allocating WAL failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn server_command(
     bin: &Path,
     data: &Path,
@@ -226,7 +280,8 @@ fn server_command(
         // bursts without a checkpoint (and its full-page images) every few seconds.
         command
             .args(["-c", "shared_buffers=1GB"])
-            .args(["-c", "max_wal_size=4GB"]);
+            .args(["-c", "max_wal_size=4GB"])
+            .args(["-c", &format!("min_wal_size={}MB", WAL_SEGMENTS_KEPT * 16)]);
     }
     if let Some((uid, gid)) = run_as {
         command.uid(uid).gid(gid);
