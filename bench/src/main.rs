@@ -65,8 +65,10 @@ pub struct Args {
     /// Unmeasured submits before the first measured phase of a cluster.
     #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
-    /// Executions per end-to-end run of a single step (chains run a fifth, fan-outs a tenth).
-    #[arg(long, default_value_t = 2_000)]
+    /// Executions per end-to-end run of a single step (chains run a fifth, fan-outs a tenth): at
+    /// 64 clients 10,000 take a few seconds, long enough that the first second's ramp and
+    /// `/proc`'s 10 ms CPU ticks weigh little.
+    #[arg(long, default_value_t = 10_000)]
     e2e_executions: usize,
     /// Stored executions in one shard at which growth is measured; the flag without a value
     /// skips growth.
