@@ -11,13 +11,6 @@
 
 pub mod ops;
 
-/// The global allocator of the services. Each submit, command and report allocates and frees
-/// many small buffers on several threads; with glibc's allocator that was about 6% of the
-/// services' CPU time under load (`malloc`, `free`, `malloc_consolidate`, `unlink_chunk` in a
-/// `perf` profile of a submit burst).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::Path;
 
 use anyhow::Context;
@@ -26,6 +19,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The global allocator of the services. Each submit, command and report allocates and frees
+/// many small buffers on several threads; with glibc's allocator that was about 6% of the
+/// services' CPU time under load (`malloc`, `free`, `malloc_consolidate`, `unlink_chunk` in a
+/// `perf` profile of the benchmark's paced submit phase).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Reads settings: serde defaults, then the optional TOML file, then `NOETL_*` variables
 /// (`NOETL_NATS_URL` → `nats_url`).

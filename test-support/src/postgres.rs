@@ -202,48 +202,29 @@ const WAL_SEGMENTS_KEPT: usize = 64;
 /// PostgreSQL renames old WAL files for reuse (up to `min_wal_size`), while a fresh cluster
 /// creates each new 16 MiB file by writing zeros and syncing it, holding the WAL write lock
 /// meanwhile. Under a benchmark's load that was a new file every two seconds and a stall of
-/// every commit for the 20–30 ms the write took here, which set the submits' p99.
+/// every commit for the 20–30 ms the write took here, a part of the submits' p99.
 /// So: switch to a new WAL file `WAL_SEGMENTS_KEPT` times (each switch needs a record written
 /// since the last), then checkpoint, which turns those files into recycled ones.
 fn preallocate_wal(bin: &Path, host: &str, port: u16) {
-    use std::io::Write as _;
-    let mut script = String::from("CREATE TABLE wal_warmup (n int);\n");
+    let mut psql = Command::new(bin.join("psql"));
+    psql.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        host,
+        "-U",
+        SUPERUSER,
+        "-p",
+    ])
+    .arg(port.to_string())
+    .args(["-d", "postgres", "-c", "CREATE TABLE wal_warmup (n int)"]);
     for n in 0..WAL_SEGMENTS_KEPT {
-        script.push_str(&format!(
-            "INSERT INTO wal_warmup VALUES ({n});\nSELECT pg_switch_wal();\n"
-        ));
+        psql.args(["-c", &format!("INSERT INTO wal_warmup VALUES ({n})")])
+            .args(["-c", "SELECT pg_switch_wal()"]);
     }
-    script.push_str("DROP TABLE wal_warmup;\nCHECKPOINT;\n");
-    let mut psql = Command::new(bin.join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            host,
-            "-U",
-            SUPERUSER,
-            "-p",
-        ])
-        .arg(port.to_string())
-        .args(["-d", "postgres", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    psql.stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(script.as_bytes())
-        .expect("psql reads its script");
-    let output = psql.wait_with_output().expect("psql ends");
-    assert!(
-        output.status.success(),
-        "pre-allocating WAL failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run(psql.args(["-c", "DROP TABLE wal_warmup", "-c", "CHECKPOINT"]));
 }
 
 fn server_command(
