@@ -50,6 +50,8 @@ missing_packages() {
 	find_nats_server >/dev/null || echo nats-server
 	find_pg_bindir >/dev/null 2>&1 || echo postgresql
 	command -v curl >/dev/null || echo curl
+	# The C compiler: Rust links with it, and mimalloc (the services' allocator) is built with it.
+	command -v cc >/dev/null || echo gcc
 	if [[ ${ENSURE_BENCH_DEPS:-} == 1 ]]; then
 		command -v redis-server >/dev/null || echo redis-server
 		command -v node >/dev/null || echo nodejs
