@@ -1,10 +1,10 @@
 """Draws the PNG charts of one noetl-bench run from its results.json (matplotlib, no display).
 
 usage: charts.py RESULTS_JSON OUT_DIR
-- throughput_vs_concurrency.png: submits/s and end-to-end executions/s per shard count, and
-  the peers' tasks/s, against client concurrency;
+- throughput_vs_concurrency.png: submits/s per shard count, end-to-end executions/s per shard
+  count and worker concurrency, and the peers' tasks/s, against client concurrency;
 - latency_percentiles.png: p50/p90/p99/p99.9 of submits and of each end-to-end scenario at the
-  highest client concurrency, per shard count;
+  highest client concurrency, per shard count (and worker concurrency: w2 is 2);
 - growth.png: submit latency, CPU per 1,000 submits and first-page listing latency as one
   shard fills.
 """
@@ -29,11 +29,17 @@ def throughput(results, out):
                 runs = [r for r in results["submit"] if r["shards"] == shards and r["target_rate"] is None]
                 xs = [r["client_concurrency"] for r in runs]
                 ys = [r["phase"]["per_second"] for r in runs]
-            else:
-                runs = [e for e in results["e2e"] if e["shards"] == shards and e["name"] == kind]
+                ax.plot(xs, ys, marker="o", label=f"{shards} shard(s)")
+                continue
+            for workers in sorted({e["worker_concurrency"] for e in results["e2e"]}):
+                runs = [
+                    e
+                    for e in results["e2e"]
+                    if e["shards"] == shards and e["name"] == kind and e["worker_concurrency"] == workers
+                ]
                 xs = [e["client_concurrency"] for e in runs]
                 ys = [e["executions_per_second"] for e in runs]
-            ax.plot(xs, ys, marker="o", label=f"{shards} shard(s)")
+                ax.plot(xs, ys, marker="o", label=f"{shards} shard(s), worker concurrency {workers}")
         if kind == "noop-1" and results.get("peers"):
             for peer in results["peers"]["peers"]:
                 runs = peer["runs"]
@@ -43,7 +49,7 @@ def throughput(results, out):
                         [r["executions_per_second"] for r in runs],
                         marker="s",
                         linestyle="--",
-                        label=peer["name"].split(" (")[0],
+                        label=f"{peer['name'].split(' (')[0]}, worker concurrency {peer['worker_concurrency']}",
                     )
         ax.set_xscale("log", base=2)
         ticks = sorted({r["client_concurrency"] for r in results["submit"]})
@@ -69,7 +75,7 @@ def latency(results, out):
             rows.append((f"submit ½peak s{r['shards']}", r["phase"]["latency"]))
     for e in results["e2e"]:
         if e["client_concurrency"] == top:
-            rows.append((f"{e['name']} s{e['shards']}", e["e2e"]))
+            rows.append((f"{e['name']} s{e['shards']} w{e['worker_concurrency']}", e["e2e"]))
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))

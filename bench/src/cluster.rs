@@ -14,8 +14,11 @@ pub struct Cluster {
     pub server_metrics: String,
     pub pools: Vec<PgPool>,
     pub watched: Watched,
+    /// Steps the running worker runs at once.
+    workers: usize,
+    worker_port: u16,
     // Field order is drop order: the binaries stop before the servers they talk to.
-    _worker: Process,
+    worker: Process,
     _gateway: Process,
     _server: Process,
     pub pg: Postgres,
@@ -51,21 +54,12 @@ impl Cluster {
                 ("NOETL_LISTEN", format!("127.0.0.1:{gateway_port}")),
             ],
         );
-        let worker = crate::spawn(
-            "noetl-worker",
-            &[
-                ("NOETL_NATS_URL", nats.url().to_owned()),
-                ("NOETL_LISTEN", format!("127.0.0.1:{worker_port}")),
-                ("NOETL_CONCURRENCY", worker_concurrency.to_string()),
-            ],
-        );
+        let worker = spawn_worker(nats.url(), worker_port, worker_concurrency);
         let gateway = format!("http://127.0.0.1:{gateway_port}");
         crate::wait_ready(http, &format!("{gateway}/readyz"))
             .await
             .context("the gateway")?;
-        crate::wait_ready(http, &format!("http://127.0.0.1:{worker_port}/readyz"))
-            .await
-            .context("the worker")?;
+        worker_ready(http, worker_port).await?;
         let pools: Vec<PgPool> = (0..shards)
             .map(|i| PgPool::connect_lazy(&pg.url(&format!("bench_{i}"))))
             .collect::<Result<_, _>>()?;
@@ -81,12 +75,34 @@ impl Cluster {
             server_metrics: format!("http://127.0.0.1:{server_port}/metrics"),
             pools,
             watched: watched.with_self(),
-            _worker: worker,
+            workers: worker_concurrency,
+            worker_port,
+            worker,
             _gateway: gateway_process,
             _server: server,
             pg,
             nats,
         })
+    }
+
+    /// Has the worker run `concurrency` steps at once: when it runs another number, stops it
+    /// (every execution of the runs before has ended, so it is idle) and starts one that does,
+    /// watched under the same name.
+    pub async fn worker_concurrency(
+        &mut self,
+        http: &reqwest::Client,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        if concurrency == self.workers {
+            return Ok(());
+        }
+        eprintln!("restarting noetl-worker with worker concurrency {concurrency}…");
+        // Gone before its successor starts, so the two never share the port or the pool.
+        self.worker.kill();
+        self.worker = spawn_worker(self.nats.url(), self.worker_port, concurrency);
+        self.workers = concurrency;
+        self.watched.add("noetl-worker", self.worker.id());
+        worker_ready(http, self.worker_port).await
     }
 
     /// A pool on a database of this cluster's PostgreSQL that no shard uses.
@@ -103,4 +119,21 @@ async fn postmaster_pid(pool: &PgPool) -> anyhow::Result<u32> {
         .await
         .context("asking PostgreSQL for a backend pid")?;
     crate::procs::parent_of(u32::try_from(backend)?).context("the postmaster's pid")
+}
+
+fn spawn_worker(nats_url: &str, port: u16, concurrency: usize) -> Process {
+    crate::spawn(
+        "noetl-worker",
+        &[
+            ("NOETL_NATS_URL", nats_url.to_owned()),
+            ("NOETL_LISTEN", format!("127.0.0.1:{port}")),
+            ("NOETL_CONCURRENCY", concurrency.to_string()),
+        ],
+    )
+}
+
+async fn worker_ready(http: &reqwest::Client, port: u16) -> anyhow::Result<()> {
+    crate::wait_ready(http, &format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .context("the worker")
 }

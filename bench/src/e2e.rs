@@ -126,7 +126,11 @@ pub async fn run(
     executions: usize,
 ) -> anyhow::Result<Scenario> {
     // A playbook name per run, so the databases tell this scenario's executions apart.
-    let name = format!("{}-s{}-c{client_concurrency}", kind.name(), cluster.shards);
+    let name = format!(
+        "{}-s{}-w{worker_concurrency}-c{client_concurrency}",
+        kind.name(),
+        cluster.shards
+    );
     eprintln!(
         "end to end: {executions} × {name}, {client_concurrency} client(s), worker concurrency {worker_concurrency}…"
     );

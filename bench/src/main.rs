@@ -56,9 +56,11 @@ pub struct Args {
     /// Client concurrencies of the sweep: requests in flight at once.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     concurrency: Vec<usize>,
-    /// Worker concurrency: steps (or peer tasks) run at once by the one worker process.
-    #[arg(long, default_value_t = 32)]
-    worker_concurrency: usize,
+    /// Worker concurrencies: steps run at once by the one worker process. The end-to-end
+    /// scenarios run at each (the worker is restarted between them); the peers run at the
+    /// highest, and are compared with our runs at that one.
+    #[arg(long, value_delimiter = ',', default_value = "2,64")]
+    worker_concurrency: Vec<usize>,
     /// Length of each time-boxed phase (submit only, baselines, growth).
     #[arg(long, default_value_t = 8)]
     seconds: u64,
@@ -107,7 +109,7 @@ impl Args {
         if self.quick {
             self.shards = vec![1, 2];
             self.concurrency = vec![1, 8];
-            self.worker_concurrency = 8;
+            self.worker_concurrency = vec![2, 8];
             self.seconds = 1;
             self.warmup_seconds = 1;
             self.e2e_executions = 50;
@@ -116,7 +118,16 @@ impl Args {
             self.list_rows_per_shard = 0;
             self.peer_executions = Some(50);
         }
+        // Ascending, so the worker restarts with more slots each time and the last (the peers')
+        // is the highest.
+        self.worker_concurrency.sort_unstable();
+        self.worker_concurrency.dedup();
         self
+    }
+
+    /// The worker concurrency the peers run at: the highest measured.
+    fn peer_worker_concurrency(&self) -> usize {
+        self.worker_concurrency.last().copied().unwrap_or(1)
     }
 }
 
@@ -349,7 +360,8 @@ async fn main() -> anyhow::Result<()> {
             && !args.concurrency.is_empty()
             && args.concurrency.iter().all(|&c| c >= 1)
             && args.seconds >= 1
-            && args.worker_concurrency >= 1,
+            && !args.worker_concurrency.is_empty()
+            && args.worker_concurrency.iter().all(|&w| w >= 1),
         "shards, concurrencies, worker concurrency and seconds must be positive"
     );
     let results_dir = args.results_dir.clone().unwrap_or_else(|| {
@@ -373,10 +385,10 @@ async fn main() -> anyhow::Result<()> {
 
     let mut results = report::Results::new(&args);
     for (index, &shards) in args.shards.iter().enumerate() {
-        let cluster = Cluster::start(
+        let mut cluster = Cluster::start(
             &http,
             shards,
-            args.worker_concurrency,
+            args.worker_concurrency[0],
             !args.relaxed_durability,
         )
         .await?;
@@ -411,25 +423,20 @@ async fn main() -> anyhow::Result<()> {
         results
             .submit
             .push(submit_run(&cluster, &http, max_concurrency, duration, Some(peak / 2.0)).await?);
-        for kind in e2e::Kind::ALL {
-            let executions = match kind {
-                e2e::Kind::Single => args.e2e_executions,
-                e2e::Kind::Chain5 => args.e2e_executions / 5,
-                e2e::Kind::FanOut10 => args.e2e_executions / 10,
-            }
-            .max(1);
-            for &concurrency in &args.concurrency {
-                results.e2e.push(
-                    e2e::run(
-                        &cluster,
-                        &http,
-                        kind,
-                        concurrency,
-                        args.worker_concurrency,
-                        executions,
-                    )
-                    .await?,
-                );
+        for &workers in &args.worker_concurrency {
+            cluster.worker_concurrency(&http, workers).await?;
+            for kind in e2e::Kind::ALL {
+                let executions = match kind {
+                    e2e::Kind::Single => args.e2e_executions,
+                    e2e::Kind::Chain5 => args.e2e_executions / 5,
+                    e2e::Kind::FanOut10 => args.e2e_executions / 10,
+                }
+                .max(1);
+                for &concurrency in &args.concurrency {
+                    results.e2e.push(
+                        e2e::run(&cluster, &http, kind, concurrency, workers, executions).await?,
+                    );
+                }
             }
         }
         if index == 0 {
@@ -439,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
                         installed,
                         &cluster,
                         &args.concurrency,
-                        args.worker_concurrency,
+                        args.peer_worker_concurrency(),
                         args.peer_executions.unwrap_or(args.e2e_executions),
                     )
                     .await
@@ -473,8 +480,13 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     if !args.growth_checkpoints.is_empty() {
-        let cluster =
-            Cluster::start(&http, 1, args.worker_concurrency, !args.relaxed_durability).await?;
+        let cluster = Cluster::start(
+            &http,
+            1,
+            args.peer_worker_concurrency(),
+            !args.relaxed_durability,
+        )
+        .await?;
         results.growth = Some(
             growth::run(
                 &cluster,

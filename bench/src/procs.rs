@@ -48,12 +48,18 @@ pub struct PeakMemory {
 }
 
 impl Watched {
+    /// Watches `pid` and its descendants as `name`, in place of what was watched by that name
+    /// (a restarted process).
     pub fn add(&mut self, name: &str, pid: u32) {
-        self.roots.push(Root {
+        let root = Root {
             name: name.to_owned(),
             pid,
             tree: true,
-        });
+        };
+        match self.roots.iter_mut().find(|r| r.name == name) {
+            Some(existing) => *existing = root,
+            None => self.roots.push(root),
+        }
     }
 
     pub fn pid_of(&self, name: &str) -> Option<u32> {

@@ -42,7 +42,8 @@ pub struct Results {
     pub machine: Machine,
     pub quick: bool,
     pub durable_postgres: bool,
-    pub worker_concurrency: usize,
+    /// The end-to-end scenarios ran at each; the peers at the highest.
+    pub worker_concurrency: Vec<usize>,
     pub total_seconds: f64,
     pub baselines: Option<Baselines>,
     pub submit: Vec<SubmitRun>,
@@ -66,9 +67,14 @@ pub struct Summary {
     pub half_peak_submit_p99_ms: Vec<(u32, f64, f64, f64)>,
     pub best_e2e_single_per_second: f64,
     pub best_e2e_single_shards: u32,
-    /// The lowest dispatch p50 of the single-step runs: (shards, clients, ms).
-    pub lowest_single_dispatch_p50: Option<(u32, usize, f64)>,
-    pub best_peer: Option<(String, f64)>,
+    pub best_e2e_single_workers: usize,
+    /// The lowest dispatch p50 of the single-step runs: (shards, worker concurrency, clients,
+    /// ms).
+    pub lowest_single_dispatch_p50: Option<(u32, usize, usize, f64)>,
+    /// The better peer's best run: (peer, worker concurrency, tasks/s).
+    pub best_peer: Option<(String, usize, f64)>,
+    /// Our best single-step executions/s at the better peer's worker concurrency.
+    pub best_e2e_single_at_peer_workers: Option<f64>,
     pub ours_over_best_peer: Option<f64>,
     pub growth_cost_ratio: Option<f64>,
     /// (paced rate, ratio) of the growth run's paced phases.
@@ -83,7 +89,7 @@ impl Results {
             machine: machine(),
             quick: args.quick,
             durable_postgres: !args.relaxed_durability,
-            worker_concurrency: args.worker_concurrency,
+            worker_concurrency: args.worker_concurrency.clone(),
             total_seconds: 0.0,
             baselines: None,
             submit: Vec::new(),
@@ -102,19 +108,32 @@ impl Results {
         let peak_rate = peak.map_or(0.0, |r| r.phase.per_second);
         let ratio = |base: f64| (base > 0.0).then(|| peak_rate / base);
         let singles = || self.e2e.iter().filter(|s| s.name == "noop-1");
-        let best =
-            singles().max_by(|a, b| a.executions_per_second.total_cmp(&b.executions_per_second));
+        let fastest = |a: &&Scenario, b: &&Scenario| {
+            a.executions_per_second.total_cmp(&b.executions_per_second)
+        };
+        let best = singles().max_by(fastest);
         let best_peer = self.peers.as_ref().and_then(|p| {
             p.peers
                 .iter()
                 .flat_map(|peer| {
-                    peer.runs
-                        .iter()
-                        .map(move |r| (peer.name.clone(), r.executions_per_second))
+                    peer.runs.iter().map(move |r| {
+                        (
+                            peer.name.clone(),
+                            peer.worker_concurrency,
+                            r.executions_per_second,
+                        )
+                    })
                 })
-                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .max_by(|a, b| a.2.total_cmp(&b.2))
         });
         let best_rate = best.map_or(0.0, |s| s.executions_per_second);
+        // Compared at equal worker concurrency.
+        let best_at_peer_workers = best_peer.as_ref().and_then(|(_, workers, _)| {
+            singles()
+                .filter(|s| s.worker_concurrency == *workers)
+                .max_by(fastest)
+                .map(|s| s.executions_per_second)
+        });
         Summary {
             peak_submits_per_second: peak_rate,
             peak_submit_shards: peak.map_or(0, |r| r.shards),
@@ -144,13 +163,23 @@ impl Results {
                 .collect(),
             best_e2e_single_per_second: best_rate,
             best_e2e_single_shards: best.map_or(0, |s| s.shards),
+            best_e2e_single_workers: best.map_or(0, |s| s.worker_concurrency),
             lowest_single_dispatch_p50: singles()
                 .min_by(|a, b| a.dispatch.p50_ms.total_cmp(&b.dispatch.p50_ms))
-                .map(|s| (s.shards, s.client_concurrency, s.dispatch.p50_ms)),
+                .map(|s| {
+                    (
+                        s.shards,
+                        s.worker_concurrency,
+                        s.client_concurrency,
+                        s.dispatch.p50_ms,
+                    )
+                }),
             ours_over_best_peer: best_peer
                 .as_ref()
-                .filter(|p| p.1 > 0.0)
-                .map(|p| best_rate / p.1),
+                .zip(best_at_peer_workers)
+                .filter(|(p, _)| p.2 > 0.0)
+                .map(|(p, ours)| ours / p.2),
+            best_e2e_single_at_peer_workers: best_at_peer_workers,
             best_peer,
             growth_cost_ratio: self.growth.as_ref().map(|g| g.cost_ratio_last_to_first),
             growth_paced_cost_ratio: self
@@ -243,6 +272,19 @@ fn n(value: f64) -> String {
     }
 }
 
+/// The worker concurrency the peers ran at: the highest.
+fn peer_workers(r: &Results) -> usize {
+    r.worker_concurrency.iter().copied().max().unwrap_or(0)
+}
+
+fn list(values: &[usize]) -> String {
+    values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn opt(value: Option<f64>) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"))
 }
@@ -253,13 +295,14 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "# noetl-bench results, {}\n", r.started_utc);
     let _ = writeln!(
         md,
-        "Machine: {} CPUs ({}), {:.0} GiB, Linux {}; PostgreSQL durable: {}; worker concurrency {}; run took {:.0} s{}.\n",
+        "Machine: {} CPUs ({}), {:.0} GiB, Linux {}; PostgreSQL durable: {}; worker concurrency {} (end to end), {} (peers); run took {:.0} s{}.\n",
         r.machine.cpus,
         r.machine.cpu_model,
         r.machine.memory_gib,
         r.machine.kernel,
         r.durable_postgres,
-        r.worker_concurrency,
+        list(&r.worker_concurrency),
+        peer_workers(r),
         r.total_seconds,
         if r.quick { " (quick mode: checks the harness, not a speed)" } else { "" }
     );
@@ -334,14 +377,15 @@ fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| scenario | shards | clients | executions | executions/s | steps/s | e2e p50 ms | p90 | p99 | p99.9 | dispatch p50 ms | dispatch p99 | failed | CPU s / 1,000 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| scenario | shards | worker concurrency | clients | executions | executions/s | steps/s | e2e p50 ms | p90 | p99 | p99.9 | dispatch p50 ms | dispatch p99 | failed | CPU s / 1,000 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for e in &r.e2e {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             e.name,
             e.shards,
+            e.worker_concurrency,
             e.client_concurrency,
             e.executions,
             n(e.executions_per_second),
@@ -363,7 +407,7 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(
             md,
             "\n## Peers: the same no-op work (one task per execution), worker concurrency {}\n",
-            r.worker_concurrency
+            peer_workers(r)
         );
         if let Some(reason) = &peers.skipped {
             let _ = writeln!(md, "Peers {reason}.\n");
@@ -371,7 +415,8 @@ fn markdown(r: &Results) -> String {
         let first_shards = r.e2e.first().map_or(1, |e| e.shards);
         let _ = writeln!(
             md,
-            "| peer | clients | tasks | tasks/s | p50 ms | p90 | p99 | p99.9 | failed | CPU s / 1,000 | ours (noop-1, {first_shards} shard) ÷ peer |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| peer | clients | tasks | tasks/s | p50 ms | p90 | p99 | p99.9 | failed | CPU s / 1,000 | ours (noop-1, {first_shards} shard, worker concurrency {}) ÷ peer |\n|---|---|---|---|---|---|---|---|---|---|---|",
+            peer_workers(r)
         );
         for peer in &peers.peers {
             if let Some(error) = &peer.error {
@@ -389,6 +434,7 @@ fn markdown(r: &Results) -> String {
                     .find(|e| {
                         e.name == "noop-1"
                             && e.shards == first_shards
+                            && e.worker_concurrency == peer.worker_concurrency
                             && e.client_concurrency == run.client_concurrency
                     })
                     .map(|e| e.executions_per_second);
@@ -545,13 +591,17 @@ fn cpu_breakdown(md: &mut String, r: &Results) {
     for e in &r.e2e {
         if r.e2e
             .iter()
-            .filter(|o| o.shards == e.shards && o.name == e.name)
+            .filter(|o| {
+                o.shards == e.shards
+                    && o.name == e.name
+                    && o.worker_concurrency == e.worker_concurrency
+            })
             .all(|o| o.client_concurrency <= e.client_concurrency)
         {
             rows.push((
                 format!(
-                    "{}, {} shard(s), {} clients",
-                    e.name, e.shards, e.client_concurrency
+                    "{}, {} shard(s), worker concurrency {}, {} clients",
+                    e.name, e.shards, e.worker_concurrency, e.client_concurrency
                 ),
                 &e.cpu,
             ));
@@ -596,12 +646,11 @@ fn shortfall(value: f64, target: f64) -> String {
 fn targets(md: &mut String, s: &Summary) {
     let _ = writeln!(md, "\n## Targets\n");
     match (&s.best_peer, s.ours_over_best_peer) {
-        (Some((peer, rate)), Some(ratio)) => {
+        (Some((peer, workers, rate)), Some(ratio)) => {
             let _ = writeln!(
                 md,
-                "- End-to-end single step ≥ {PEER_RATIO_TARGET}× the better peer: best noop-1 {} executions/s ({} shard(s)) ÷ best peer {} ({} tasks/s) = **{ratio:.2}×**: {}.",
-                n(s.best_e2e_single_per_second),
-                s.best_e2e_single_shards,
+                "- End-to-end single step ≥ {PEER_RATIO_TARGET}× the better peer at equal worker concurrency ({workers}): best noop-1 {} executions/s ÷ best peer {} ({} tasks/s) = **{ratio:.2}×**: {}.",
+                n(s.best_e2e_single_at_peer_workers.unwrap_or(0.0)),
                 peer,
                 n(*rate),
                 if ratio >= PEER_RATIO_TARGET { "met".to_owned() } else { format!("missed, {:.0}% short of {PEER_RATIO_TARGET}×", (1.0 - ratio / PEER_RATIO_TARGET) * 100.0) }
@@ -613,13 +662,14 @@ fn targets(md: &mut String, s: &Summary) {
     }
     let _ = writeln!(
         md,
-        "- End-to-end single step ≥ {} executions/s: best noop-1 **{}/s** ({} shard(s)): {}.",
+        "- End-to-end single step ≥ {} executions/s: best noop-1 **{}/s** ({} shard(s), worker concurrency {}): {}.",
         n(SINGLE_STEP_TARGET_PER_SECOND),
         n(s.best_e2e_single_per_second),
         s.best_e2e_single_shards,
+        s.best_e2e_single_workers,
         shortfall(s.best_e2e_single_per_second, SINGLE_STEP_TARGET_PER_SECOND)
     );
-    if let Some((shards, clients, p50)) = s.lowest_single_dispatch_p50 {
+    if let Some((shards, workers, clients, p50)) = s.lowest_single_dispatch_p50 {
         let verdict = if p50 <= DISPATCH_P50_TARGET_MS {
             "met".to_owned()
         } else {
@@ -627,7 +677,7 @@ fn targets(md: &mut String, s: &Summary) {
         };
         let _ = writeln!(
             md,
-            "- Dispatch p50 ≤ {DISPATCH_P50_TARGET_MS} ms (command committed → worker started): lowest noop-1 p50 **{p50:.2} ms** ({shards} shard(s), {clients} client(s)): {verdict}.",
+            "- Dispatch p50 ≤ {DISPATCH_P50_TARGET_MS} ms (command committed → worker started): lowest noop-1 p50 **{p50:.2} ms** ({shards} shard(s), worker concurrency {workers}, {clients} client(s)): {verdict}.",
         );
     }
     for (shards, paced, achieved, p99) in &s.half_peak_submit_p99_ms {
