@@ -96,7 +96,7 @@ validate-deploy: ## check deploy/ and the Dockerfile: render overlays, Kubernete
 # The benchmark starts the release noetl-server, noetl-gateway and noetl-worker binaries as
 # processes, installs Celery and graphile-worker under .state/bench/peers, and writes
 # .state/bench/results/<timestamp>/ (results.json, results.md, PNG charts).
-bench: ## the full benchmark (release build, about 30 min): scenarios × shards × concurrency, baselines, peers, growth
+bench: ## the full benchmark (release build, about 13 min): scenarios × shards × concurrency, baselines, peers, growth
 	scripts/ensure-deps.sh --bench
 	cargo build --release --bins
 	target/release/noetl-bench $(BENCH_ARGS)
