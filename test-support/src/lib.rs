@@ -33,10 +33,63 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut ready: impl FnMut() -> Opt
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// Where [`free_port`] looks: from here up to the kernel's ephemeral range.
+const LOWEST_TEST_PORT: u16 = 10_000;
+
+/// A loopback port that was free a moment ago, for a server a test is about to start.
+///
+/// It is below the kernel's ephemeral range (`ip_local_port_range`), which the kernel draws on
+/// for every `bind(…:0)` and outgoing connection, of this process and of every other test
+/// running beside it. A port from that range could be handed to one of those between this call
+/// and the server's own bind, and was: a test's gateway, bound to port 0, got the port just
+/// chosen for its server, whose bind then failed. Ports are drawn at random, so concurrent
+/// test processes rarely try the same one, and each is checked by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    let ephemeral_start = ephemeral_ports().0;
+    for _ in 0..1_000 {
+        let port = fastrand::u16(LOWEST_TEST_PORT..ephemeral_start);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOWEST_TEST_PORT} and {ephemeral_start} in 1,000 tries")
+}
+
+/// The kernel's ephemeral port range, or Linux's default when it cannot be read (or leaves
+/// too little room below it).
+fn ephemeral_ports() -> (u16, u16) {
+    const LINUX_DEFAULT: (u16, u16) = (32_768, 60_999);
+    let read = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let range = read.and_then(|text| {
+        let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+        Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
+    });
+    range
+        .filter(|(start, _)| *start >= LOWEST_TEST_PORT + 1_000)
+        .unwrap_or(LINUX_DEFAULT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_bindable_and_outside_the_range_the_kernel_hands_out() {
+        let (ephemeral_start, _) = ephemeral_ports();
+        for _ in 0..50 {
+            let port = free_port();
+            assert!(
+                (LOWEST_TEST_PORT..ephemeral_start).contains(&port),
+                "{port} is outside {LOWEST_TEST_PORT}..{ephemeral_start}"
+            );
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
+    }
+
+    #[test]
+    fn a_port_bound_to_zero_is_never_one_free_port_would_choose() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = listener.local_addr().expect("its address").port();
+        assert!(port >= ephemeral_ports().0, "the kernel handed out {port}");
+    }
 }
