@@ -126,7 +126,7 @@ impl Args {
     }
 
     /// The worker concurrency the peers run at: the highest measured.
-    fn peer_worker_concurrency(&self) -> usize {
+    pub(crate) fn peer_worker_concurrency(&self) -> usize {
         self.worker_concurrency.last().copied().unwrap_or(1)
     }
 }

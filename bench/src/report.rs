@@ -42,8 +42,10 @@ pub struct Results {
     pub machine: Machine,
     pub quick: bool,
     pub durable_postgres: bool,
-    /// The end-to-end scenarios ran at each; the peers at the highest.
+    /// The end-to-end scenarios ran at each.
     pub worker_concurrency: Vec<usize>,
+    /// The peers ran at this one, the highest.
+    pub peer_worker_concurrency: usize,
     pub total_seconds: f64,
     pub baselines: Option<Baselines>,
     pub submit: Vec<SubmitRun>,
@@ -90,6 +92,7 @@ impl Results {
             quick: args.quick,
             durable_postgres: !args.relaxed_durability,
             worker_concurrency: args.worker_concurrency.clone(),
+            peer_worker_concurrency: args.peer_worker_concurrency(),
             total_seconds: 0.0,
             baselines: None,
             submit: Vec::new(),
@@ -272,11 +275,6 @@ fn n(value: f64) -> String {
     }
 }
 
-/// The worker concurrency the peers ran at: the highest.
-fn peer_workers(r: &Results) -> usize {
-    r.worker_concurrency.iter().copied().max().unwrap_or(0)
-}
-
 fn list(values: &[usize]) -> String {
     values
         .iter()
@@ -302,7 +300,7 @@ fn markdown(r: &Results) -> String {
         r.machine.kernel,
         r.durable_postgres,
         list(&r.worker_concurrency),
-        peer_workers(r),
+        r.peer_worker_concurrency,
         r.total_seconds,
         if r.quick { " (quick mode: checks the harness, not a speed)" } else { "" }
     );
@@ -407,7 +405,7 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(
             md,
             "\n## Peers: the same no-op work (one task per execution), worker concurrency {}\n",
-            peer_workers(r)
+            r.peer_worker_concurrency
         );
         if let Some(reason) = &peers.skipped {
             let _ = writeln!(md, "Peers {reason}.\n");
@@ -416,7 +414,7 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(
             md,
             "| peer | clients | tasks | tasks/s | p50 ms | p90 | p99 | p99.9 | failed | CPU s / 1,000 | ours (noop-1, {first_shards} shard, worker concurrency {}) ÷ peer |\n|---|---|---|---|---|---|---|---|---|---|---|",
-            peer_workers(r)
+            r.peer_worker_concurrency
         );
         for peer in &peers.peers {
             if let Some(error) = &peer.error {

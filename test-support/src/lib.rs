@@ -45,27 +45,24 @@ const LOWEST_TEST_PORT: u16 = 10_000;
 /// chosen for its server, whose bind then failed. Ports are drawn at random, so concurrent
 /// test processes rarely try the same one, and each is checked by binding it.
 pub fn free_port() -> u16 {
-    let ephemeral_start = ephemeral_ports().0;
+    let ceiling = ephemeral_start();
     for _ in 0..1_000 {
-        let port = fastrand::u16(LOWEST_TEST_PORT..ephemeral_start);
+        let port = fastrand::u16(LOWEST_TEST_PORT..ceiling);
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free loopback port between {LOWEST_TEST_PORT} and {ephemeral_start} in 1,000 tries")
+    panic!("no free loopback port between {LOWEST_TEST_PORT} and {ceiling} in 1,000 tries")
 }
 
-/// The kernel's ephemeral port range, or Linux's default when it cannot be read (or leaves
-/// too little room below it).
-fn ephemeral_ports() -> (u16, u16) {
-    const LINUX_DEFAULT: (u16, u16) = (32_768, 60_999);
-    let read = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
-    let range = read.and_then(|text| {
-        let mut bounds = text.split_whitespace().map(str::parse::<u16>);
-        Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
-    });
-    range
-        .filter(|(start, _)| *start >= LOWEST_TEST_PORT + 1_000)
+/// The first port of the kernel's ephemeral range, or Linux's default when it cannot be read
+/// (or leaves too little room below it).
+fn ephemeral_start() -> u16 {
+    const LINUX_DEFAULT: u16 = 32_768;
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|start| *start >= LOWEST_TEST_PORT + 1_000)
         .unwrap_or(LINUX_DEFAULT)
 }
 
@@ -75,12 +72,12 @@ mod tests {
 
     #[test]
     fn free_ports_are_bindable_and_outside_the_range_the_kernel_hands_out() {
-        let (ephemeral_start, _) = ephemeral_ports();
+        let ceiling = ephemeral_start();
         for _ in 0..50 {
             let port = free_port();
             assert!(
-                (LOWEST_TEST_PORT..ephemeral_start).contains(&port),
-                "{port} is outside {LOWEST_TEST_PORT}..{ephemeral_start}"
+                (LOWEST_TEST_PORT..ceiling).contains(&port),
+                "{port} is outside {LOWEST_TEST_PORT}..{ceiling}"
             );
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
         }
@@ -90,6 +87,6 @@ mod tests {
     fn a_port_bound_to_zero_is_never_one_free_port_would_choose() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let port = listener.local_addr().expect("its address").port();
-        assert!(port >= ephemeral_ports().0, "the kernel handed out {port}");
+        assert!(port >= ephemeral_start(), "the kernel handed out {port}");
     }
 }
