@@ -70,9 +70,10 @@ deps: ## install nats-server, PostgreSQL and curl if missing
 build: ## build every binary (debug)
 	cargo build --workspace --bins
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, no modules that import each other in a circle
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/check-module-cycles.py
 
 # The end-to-end tests spawn the server binary, so the binaries are built before the tests run.
 test: lint deps build ## lint, then the whole test suite (nextest when installed), then schemathesis
