@@ -1,4 +1,4 @@
--- Every topology epoch a server of this shard has seen (SPEC §3.3). A server refuses a topology
+-- Every topology epoch a server of this shard has seen (wiki/spec.md §3.3). A server refuses a topology
 -- document that drops or rewrites an epoch recorded here once that epoch is in force: ids may
 -- have been minted under it, and routing them differently would misroute them.
 CREATE TABLE topology_epochs (

@@ -1,4 +1,4 @@
-//! Idempotency keys (SPEC §4.3) in the `noetl_idempotency` key-value bucket, whose values
+//! Idempotency keys (wiki/spec.md §4.3) in the `noetl_idempotency` key-value bucket, whose values
 //! expire a TTL (at least 24 h) after they were written.
 //!
 //! The first submit with a key records the id it minted and a digest of its request, with

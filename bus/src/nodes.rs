@@ -1,4 +1,4 @@
-//! Node-id leases (SPEC §3.1): a gateway mints ids only under a node id it holds a lease on,
+//! Node-id leases (wiki/spec.md §3.1): a gateway mints ids only under a node id it holds a lease on,
 //! so two live gateways never share one.
 //!
 //! A lease is a key `node.{id}` in the `noetl_nodes` key-value bucket, whose values expire

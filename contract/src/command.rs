@@ -1,5 +1,5 @@
 //! Step commands and their results: what the server dispatches to workers over JetStream and
-//! what workers report back to the owning shard (SPEC §4.3).
+//! what workers report back to the owning shard (wiki/spec.md §4.3).
 //!
 //! A command is identified by `(execution_id, step, attempt)`. Results and heartbeats carry the
 //! attempt, so the shard can fence them: only the current attempt of a step may report.

@@ -1,5 +1,5 @@
 //! The orchestration decision of one execution, as a pure function:
-//! `(state, event) → (new state, actions)` (SPEC §4.2, §4.3).
+//! `(state, event) → (new state, actions)` (wiki/spec.md §4.2, §4.3).
 //!
 //! The server loads an execution's state under its row lock, calls [`decide`], and then
 //! performs what the [`Decision`] lists: write the changed steps, append the records to the

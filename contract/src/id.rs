@@ -1,4 +1,4 @@
-//! Snowflake execution ids (SPEC §3.1).
+//! Snowflake execution ids (wiki/spec.md §3.1).
 //!
 //! Layout, most significant bit first: 1 sign bit (always 0) | 41 bits of milliseconds since
 //! [`CUSTOM_EPOCH_UNIX_MS`] | 10 bits node id | 12 bits sequence.

@@ -1,4 +1,4 @@
-//! The wire contract of noetl-dispatch, shared by every process (SPEC §3).
+//! The wire contract of noetl-dispatch, shared by every process (wiki/spec.md §3).
 //!
 //! This crate does no IO and knows nothing of tokio, sqlx, axum or NATS clients; it is the only
 //! place that computes a shard.

@@ -42,7 +42,7 @@ pub struct SubmitCommand {
     pub labels: Labels,
 }
 
-/// Lifecycle state of an execution (SPEC §4.2).
+/// Lifecycle state of an execution (wiki/spec.md §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]

@@ -1,4 +1,4 @@
-//! The playbook model (SPEC §4.1) and its validation, done before anything is persisted.
+//! The playbook model (wiki/spec.md §4.1) and its validation, done before anything is persisted.
 //!
 //! This is the shape every process agrees on. Running steps (templates, retries, timeouts in
 //! action) belongs to the server and worker; here we only check that a playbook is well formed.

@@ -1,4 +1,4 @@
-//! Shard routing (SPEC §3.2): the only place in the code base that computes a shard.
+//! Shard routing (wiki/spec.md §3.2): the only place in the code base that computes a shard.
 
 use std::fmt;
 use std::num::NonZeroU32;

@@ -1,4 +1,4 @@
-//! `NOETL_SHARDS` (SPEC §3.4): the shard databases by position, entry *i* is shard *i*.
+//! `NOETL_SHARDS` (wiki/spec.md §3.4): the shard databases by position, entry *i* is shard *i*.
 //!
 //! Each comma-separated entry is a `postgres://` URL or NoETL's key/value form
 //! `host=…;port=…;user=…;password=…;database=…`. Errors name the entry and never echo a password.

@@ -1,4 +1,4 @@
-//! NATS subjects (SPEC §3.5). Every subject is built here; they carry the shard and, where
+//! NATS subjects (wiki/spec.md §3.5). Every subject is built here; they carry the shard and, where
 //! there is one, the execution id: `noetl.v1.shard.{shard}.{kind}[.{execution_id}]`.
 //! Only numbers become tokens, so no user-supplied string can inject tokens or wildcards.
 

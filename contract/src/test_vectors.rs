@@ -1,4 +1,4 @@
-//! The shared vectors of SPEC §8 (`testdata/contract.json`, copied from `shared/vectors`),
+//! The shared vectors of wiki/spec.md §8 (`testdata/contract.json`, copied from `shared/vectors`),
 //! parsed for the unit tests of this crate.
 
 use serde::Deserialize;

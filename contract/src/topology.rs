@@ -1,4 +1,4 @@
-//! Topology epochs (SPEC §3.3): an append-only list of `{epoch, activate_at_ms, shard_count}`
+//! Topology epochs (wiki/spec.md §3.3): an append-only list of `{epoch, activate_at_ms, shard_count}`
 //! plus the shards that were retired. An id is routed with the epoch in force at the id's own
 //! timestamp, so appending an epoch never changes where an existing id lives.
 //!

@@ -1,4 +1,4 @@
-//! Topology commands (SPEC §3.3). Every change is computed by `noetl_contract::topology`,
+//! Topology commands (wiki/spec.md §3.3). Every change is computed by `noetl_contract::topology`,
 //! checked with `check_successor` against the revision that was read, and written with
 //! compare-and-set, so two operators applying at once cannot both win.
 //! These are the only commands that talk to NATS; [`run`] carries them out and prints what they

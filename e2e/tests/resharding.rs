@@ -1,4 +1,4 @@
-//! Changing the shard count of a live cluster (SPEC §3.3): under continuous submits, grow
+//! Changing the shard count of a live cluster (wiki/spec.md §3.3): under continuous submits, grow
 //! 2 → 4, then shrink 4 → 3. No submit fails except with the documented `topology_stale`, and
 //! afterwards every execution is in exactly the database that `route(id)` names, every one
 //! finished, and those submitted before a change are still readable.

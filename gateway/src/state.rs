@@ -1,5 +1,5 @@
 //! State shared by the handlers: the dispatcher, the topology view, the node-id lease and the
-//! id generator. [`AppState::mint`] is where the minting rule of SPEC §3.3 lives.
+//! id generator. [`AppState::mint`] is where the minting rule of wiki/spec.md §3.3 lives.
 
 use std::sync::Mutex;
 

@@ -1,4 +1,4 @@
-//! Accepting topology documents (SPEC §3.3): every document the bucket offers is checked
+//! Accepting topology documents (wiki/spec.md §3.3): every document the bucket offers is checked
 //! against the epochs recorded in the served shard databases before the shards route with it.
 //!
 //! A document that drops or rewrites an epoch already in force is refused loudly (error log,
