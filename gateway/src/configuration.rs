@@ -7,34 +7,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use noetl_bus::nodes::{NodeChoice, NodeLeases};
-use noetl_bus::{NatsConfig, NatsSecurity};
+use noetl_bus::NatsConfig;
+use noetl_contract::NodeId;
+use noetl_service::CommonSettings;
+use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::limits::TenantRate;
-use noetl_contract::NodeId;
-use noetl_service::LogFormat;
-use serde::Deserialize;
-
-/// Command-line flags of `noetl-gateway`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "noetl-gateway",
-    version,
-    about = "HTTP gateway of noetl-dispatch"
-)]
-pub struct Args {
-    /// Settings file (TOML); `NOETL_*` environment variables override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    pub nats_url: String,
-    /// NATS credentials and TLS (`nats_user`, `nats_password`, `nats_creds_file`, …).
-    #[serde(flatten)]
-    pub nats_security: NatsSecurity,
+    /// HTTP address of the API.
     pub listen: SocketAddr,
     /// Node id (0–1023) for the snowflake ids this gateway mints; unset: any free one. Either
     /// way the gateway mints only while it holds the id's lease in NATS.
@@ -60,14 +44,14 @@ pub struct Settings {
     pub auth_tokens_file: Option<PathBuf>,
     /// Whether `/healthz`, `/readyz` and `/metrics` need a token too.
     pub auth_protect_ops: bool,
-    pub log_format: LogFormat,
+    /// `nats_url`, the NATS credentials and `log_format`.
+    #[serde(flatten)]
+    pub common: CommonSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
-            nats_security: NatsSecurity::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             node_id: None,
             node_lease_ttl_ms: 15_000,
@@ -79,7 +63,7 @@ impl Default for Settings {
             body_limit_bytes: 1024 * 1024,
             auth_tokens_file: None,
             auth_protect_ops: false,
-            log_format: LogFormat::Text,
+            common: CommonSettings::default(),
         }
     }
 }
@@ -131,11 +115,7 @@ impl GatewayConfig {
             "body_limit_bytes must be positive"
         );
         Ok(Self {
-            nats: NatsConfig {
-                url: settings.nats_url,
-                client_name: "noetl-gateway".to_owned(),
-                security: settings.nats_security,
-            },
+            nats: settings.common.nats("noetl-gateway"),
             listen: settings.listen,
             node_leases: NodeLeases {
                 choice,

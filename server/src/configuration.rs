@@ -1,28 +1,19 @@
 //! Server settings: defaults < file < `NOETL_*` environment < command-line flags, validated once.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use noetl_bus::{NatsConfig, NatsSecurity};
+use noetl_bus::NatsConfig;
 use noetl_contract::shards::ShardMap;
 use noetl_contract::ShardId;
-use noetl_service::LogFormat;
+use noetl_service::CommonSettings;
 use serde::Deserialize;
 
 use crate::orchestrate::Leases;
 
-/// Command-line flags of `noetl-server`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "noetl-server",
-    version,
-    about = "Shard server of noetl-dispatch"
-)]
+/// The flags of `noetl-server` besides `--config`.
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Settings file (TOML); `NOETL_*` environment variables override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Serve only these shards (comma-separated positions in NOETL_SHARDS); default: all.
     #[arg(long, value_delimiter = ',')]
     pub shards: Option<Vec<u32>>,
@@ -32,10 +23,6 @@ pub struct Args {
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    pub nats_url: String,
-    /// NATS credentials and TLS (`nats_user`, `nats_password`, `nats_creds_file`, …).
-    #[serde(flatten)]
-    pub nats_security: NatsSecurity,
     /// `NOETL_SHARDS`: one database per shard, comma-separated.
     pub shards: Option<String>,
     /// Health, readiness and metrics endpoint.
@@ -59,14 +46,14 @@ pub struct Settings {
     /// the future a shard-count change activates, and how long a gateway mints on an
     /// unconfirmed view.
     pub topology_grace_ms: i64,
-    pub log_format: LogFormat,
+    /// `nats_url`, the NATS credentials and `log_format`.
+    #[serde(flatten)]
+    pub common: CommonSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
-            nats_security: NatsSecurity::default(),
             shards: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_batch: 1_000,
@@ -77,7 +64,7 @@ impl Default for Settings {
             dispatch_lease_ms: 300_000,
             default_step_timeout_ms: 3_600_000,
             topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
-            log_format: LogFormat::Text,
+            common: CommonSettings::default(),
         }
     }
 }
@@ -144,11 +131,7 @@ impl ServerConfig {
             }
         }
         Ok(Self {
-            nats: NatsConfig {
-                url: settings.nats_url,
-                client_name: "noetl-server".to_owned(),
-                security: settings.nats_security,
-            },
+            nats: settings.common.nats("noetl-server"),
             shards,
             serve,
             listen: settings.listen,

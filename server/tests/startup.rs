@@ -18,7 +18,7 @@ fn pool_for(pg: &Postgres, database: &str) -> sqlx::PgPool {
 
 fn config(nats: &NatsServer, shards: &str) -> ServerConfig {
     let settings = Settings {
-        nats_url: nats.url().to_owned(),
+        common: noetl_service::CommonSettings::new(nats.url()),
         shards: Some(shards.to_owned()),
         listen: "127.0.0.1:0".parse().expect("address"),
         ..Settings::default()

@@ -1,6 +1,7 @@
 //! Process plumbing shared by every binary of noetl-dispatch.
 //!
-//! - [`load_settings`]: defaults < file < `NOETL_…` environment, via the `config` crate.
+//! - [`settings`]: the command line every binary takes ([`CommandLine`]), how settings load,
+//!   defaults < file < `NOETL_…` environment, and the settings all share ([`CommonSettings`]).
 //! - [`init_telemetry`]: structured logs, text or JSON, and spans exported over OTLP when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`init_tracing`]: logs only).
 //! - [`install_metrics`]: the Prometheus recorder behind each process's `/metrics`.
@@ -10,15 +11,14 @@
 //! Every binary that links this crate allocates with mimalloc (the `ALLOCATOR` static).
 
 pub mod ops;
-
-use std::path::Path;
+pub mod settings;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+pub use settings::{CommandLine, CommonSettings, ConfigFlag, LogFormat, NoFlags};
 
 /// The global allocator of the services. Each submit, command and report allocates and frees
 /// many small buffers on several threads; with glibc's allocator that was about 6% of the
@@ -26,32 +26,6 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 /// `perf` profile of the benchmark's paced submit phase).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Reads settings: serde defaults, then the optional TOML file, then `NOETL_*` variables
-/// (`NOETL_NATS_URL` → `nats_url`).
-pub fn load_settings<T: DeserializeOwned>(file: Option<&Path>) -> anyhow::Result<T> {
-    let mut builder = config::Config::builder();
-    if let Some(file) = file {
-        builder = builder.add_source(
-            config::File::from(file)
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
-    }
-    builder
-        .add_source(config::Environment::with_prefix("NOETL").try_parsing(true))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .context("failed to load settings (file and NOETL_* environment)")
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); no span export.
 pub fn init_tracing(format: LogFormat) {

@@ -5,26 +5,17 @@
 //! environment variable can switch on unnoticed.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use noetl_bus::{NatsConfig, NatsSecurity};
+use noetl_bus::NatsConfig;
 use noetl_contract::playbook::{check_pool, DEFAULT_POOL};
-use noetl_service::LogFormat;
+use noetl_service::CommonSettings;
 use serde::{Deserialize, Deserializer};
 
-/// Command-line flags of `noetl-worker`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "noetl-worker",
-    version,
-    about = "Worker of noetl-dispatch: runs the steps of its pools"
-)]
+/// The flags of `noetl-worker` besides `--config`.
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Settings file (TOML); `NOETL_*` environment variables override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Allow the `shell` action (runs programs on this host); refused otherwise.
     #[arg(long)]
     pub allow_shell: bool,
@@ -37,10 +28,6 @@ pub struct Args {
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    pub nats_url: String,
-    /// NATS credentials and TLS (`nats_user`, `nats_password`, `nats_creds_file`, …).
-    #[serde(flatten)]
-    pub nats_security: NatsSecurity,
     /// Pools to consume; `NOETL_POOLS=a,b` or a TOML list.
     #[serde(deserialize_with = "pool_list")]
     pub pools: Vec<String>,
@@ -61,14 +48,14 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Health, readiness and metrics endpoint.
     pub listen: SocketAddr,
-    pub log_format: LogFormat,
+    /// `nats_url`, the NATS credentials and `log_format`.
+    #[serde(flatten)]
+    pub common: CommonSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
-            nats_security: NatsSecurity::default(),
             pools: vec![DEFAULT_POOL.to_owned()],
             concurrency: 64,
             pending_reports: 256,
@@ -77,7 +64,7 @@ impl Default for Settings {
             ack_wait_ms: 30_000,
             request_timeout_ms: 5_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
-            log_format: LogFormat::Text,
+            common: CommonSettings::default(),
         }
     }
 }
@@ -146,11 +133,7 @@ impl WorkerConfig {
         };
         ensure!(!name.is_empty(), "name must not be empty");
         Ok(Self {
-            nats: NatsConfig {
-                url: settings.nats_url,
-                client_name: format!("noetl-worker-{name}"),
-                security: settings.nats_security,
-            },
+            nats: settings.common.nats(format!("noetl-worker-{name}")),
             pools: distinct,
             concurrency: settings.concurrency,
             pending_reports: settings.pending_reports,
@@ -196,7 +179,13 @@ mod tests {
 
     #[test]
     fn pools_flag_overrides_settings_and_drops_repeats() {
-        let args = Args::parse_from(["noetl-worker", "--pools", "gpu,io,gpu", "--allow-shell"]);
+        let args = noetl_service::CommandLine::<Args>::parse_from([
+            "noetl-worker",
+            "--pools",
+            "gpu,io,gpu",
+            "--allow-shell",
+        ])
+        .flags;
         let config = WorkerConfig::from_settings(Settings::default(), args.pools, args.allow_shell)
             .expect("valid");
         assert_eq!(config.pools, vec!["gpu".to_owned(), "io".to_owned()]);

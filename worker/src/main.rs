@@ -1,13 +1,16 @@
-use clap::Parser;
+use noetl_service::CommandLine;
 use noetl_worker::configuration::{Args, Settings, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let settings: Settings = noetl_service::load_settings(args.config.as_deref())?;
-    let _telemetry = noetl_service::init_telemetry(settings.log_format, "noetl-worker")?;
-    let config = WorkerConfig::from_settings(settings, args.pools, args.allow_shell)?;
+    let args = CommandLine::<Args>::parse_as(
+        "noetl-worker",
+        "Worker of noetl-dispatch: runs the steps of its pools",
+    );
+    let settings: Settings = args.settings.load()?;
+    let _telemetry = noetl_service::init_telemetry(settings.common.log_format, "noetl-worker")?;
+    let config = WorkerConfig::from_settings(settings, args.flags.pools, args.flags.allow_shell)?;
     let cancel = CancellationToken::new();
     noetl_service::shutdown_on_signal(cancel.clone());
     noetl_worker::run(config, cancel).await

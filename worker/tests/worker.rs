@@ -48,7 +48,7 @@ struct Worker {
 /// The tests' worker settings: four steps at once on `pool`, quick to give up on an answer.
 fn settings(nats: &NatsServer, pool: &str, ack_wait_ms: u64) -> Settings {
     Settings {
-        nats_url: nats.url().to_owned(),
+        common: noetl_service::CommonSettings::new(nats.url()),
         pools: vec![pool.to_owned()],
         concurrency: 4,
         name: Some(WORKER.to_owned()),

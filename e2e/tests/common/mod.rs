@@ -69,7 +69,7 @@ pub fn server_config_on(
 /// The settings of the tests' servers.
 pub fn server_settings(nats_url: &str, shards: &str, listen: &str) -> ServerSettings {
     ServerSettings {
-        nats_url: nats_url.to_owned(),
+        common: noetl_service::CommonSettings::new(nats_url),
         shards: Some(shards.to_owned()),
         listen: listen.parse().expect("valid address"),
         // Short leases, so tests of dead workers finish in seconds.
@@ -80,7 +80,7 @@ pub fn server_settings(nats_url: &str, shards: &str, listen: &str) -> ServerSett
 
 pub fn gateway_settings(nats_url: &str) -> GatewaySettings {
     GatewaySettings {
-        nats_url: nats_url.to_owned(),
+        common: noetl_service::CommonSettings::new(nats_url),
         listen: "127.0.0.1:0".parse().expect("valid address"),
         request_timeout_ms: 2_000,
         ..GatewaySettings::default()
@@ -430,7 +430,7 @@ pub struct Worker {
 impl Worker {
     pub fn start(nats_url: &str) -> Self {
         let settings = noetl_worker::configuration::Settings {
-            nats_url: nats_url.to_owned(),
+            common: noetl_service::CommonSettings::new(nats_url),
             listen: "127.0.0.1:0".parse().expect("valid address"),
             ack_wait_ms: 5_000,
             ..noetl_worker::configuration::Settings::default()
