@@ -176,20 +176,35 @@ impl Auth {
     }
 }
 
-/// The scope a route needs: reads need `read`; submits and cancels `submit`; publishing a
-/// playbook `admin`. `None`: no token needed (the OpenAPI document).
-fn needed_scope(method: &Method, path: &str) -> Option<Scope> {
-    match (method, path) {
-        (_, "/api/v1/openapi.json") => None,
-        (&Method::POST, "/api/v1/playbooks") => Some(Scope::Admin),
-        (&Method::POST, _) => Some(Scope::Submit),
-        _ => Some(Scope::Read),
+/// What a route needs from the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Nothing: the OpenAPI document, and the operations routes unless `protect_ops`.
+    Nothing,
+    /// Any valid token: the operations routes with `protect_ops`.
+    Token,
+    /// A valid token with this scope.
+    Scope(Scope),
+}
+
+impl Auth {
+    /// What a route needs: reads need `read`; submits and cancels `submit`; publishing a
+    /// playbook `admin`; `/healthz`, `/readyz` and `/metrics` a token only with `protect_ops`.
+    fn need(&self, method: &Method, path: &str) -> Need {
+        match (method, path) {
+            (_, "/api/v1/openapi.json") => Need::Nothing,
+            (_, "/healthz" | "/readyz" | "/metrics") if self.protect_ops => Need::Token,
+            (_, "/healthz" | "/readyz" | "/metrics") => Need::Nothing,
+            (&Method::POST, "/api/v1/playbooks") => Need::Scope(Scope::Admin),
+            (&Method::POST, _) => Need::Scope(Scope::Submit),
+            _ => Need::Scope(Scope::Read),
+        }
     }
 }
 
-/// Middleware of the API routes: authenticates, checks the route's scope, and hands the
-/// handlers the [`Principal`].
-pub async fn api(
+/// Middleware of every route: authenticates the caller when the route needs it, checks the
+/// route's scope, and hands the handlers the [`Principal`].
+pub async fn guard(
     State(auth): State<Auth>,
     mut request: Request,
     next: Next,
@@ -199,9 +214,10 @@ pub async fn api(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let principal = match needed_scope(request.method(), &path) {
-        None => Principal::open(),
-        Some(scope) => {
+    let principal = match auth.need(request.method(), &path) {
+        Need::Nothing => Principal::open(),
+        Need::Token => auth.authenticate(header_of(&request))?,
+        Need::Scope(scope) => {
             let principal = auth.authenticate(header_of(&request))?;
             if !principal.scopes.contains(&scope) {
                 return Err(Problem::new(
@@ -213,19 +229,6 @@ pub async fn api(
         }
     };
     request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
-}
-
-/// Middleware of `/healthz`, `/readyz` and `/metrics` when `protect_ops` is set: any valid
-/// token.
-pub async fn ops(
-    State(auth): State<Auth>,
-    request: Request,
-    next: Next,
-) -> Result<Response, Problem> {
-    if auth.protect_ops {
-        auth.authenticate(header_of(&request))?;
-    }
     Ok(next.run(request).await)
 }
 
@@ -303,22 +306,26 @@ mod tests {
 
     #[test]
     fn routes_need_the_scope_of_what_they_do() {
-        assert_eq!(
-            needed_scope(&Method::GET, "/api/v1/executions/{id}"),
-            Some(Scope::Read)
-        );
-        assert_eq!(
-            needed_scope(&Method::POST, "/api/v1/executions"),
-            Some(Scope::Submit)
-        );
-        assert_eq!(
-            needed_scope(&Method::POST, "/api/v1/executions/{id}/cancel"),
-            Some(Scope::Submit)
-        );
-        assert_eq!(
-            needed_scope(&Method::POST, "/api/v1/playbooks"),
-            Some(Scope::Admin)
-        );
-        assert_eq!(needed_scope(&Method::GET, "/api/v1/openapi.json"), None);
+        let open = Auth::open();
+        let read = Need::Scope(Scope::Read);
+        let submit = Need::Scope(Scope::Submit);
+        for (method, path, need) in [
+            (Method::GET, "/api/v1/executions/{id}", read),
+            (Method::POST, "/api/v1/executions", submit),
+            (Method::POST, "/api/v1/executions/{id}/cancel", submit),
+            (Method::POST, "/api/v1/playbooks", Need::Scope(Scope::Admin)),
+            (Method::GET, "/api/v1/openapi.json", Need::Nothing),
+            (Method::GET, "/metrics", Need::Nothing),
+        ] {
+            assert_eq!(open.need(&method, path), need, "{method} {path}");
+        }
+        // With `protect_ops` the operations routes need a token; the document still nothing.
+        let protected = Auth {
+            protect_ops: true,
+            ..Auth::open()
+        };
+        assert_eq!(protected.need(&Method::GET, "/readyz"), Need::Token);
+        let document = protected.need(&Method::GET, "/api/v1/openapi.json");
+        assert_eq!(document, Need::Nothing);
     }
 }

@@ -39,27 +39,9 @@ impl Dispatcher {
             .map_err(|e| to_problem(route.shard, e).with_execution_id(id))
     }
 
-    /// The execution, if it belongs to `tenant` (otherwise it is not found).
-    pub async fn get(
-        &self,
-        route: Route,
-        id: ExecutionId,
-        tenant: String,
-    ) -> Result<ExecutionView, Problem> {
-        self.ask_as(ShardRequest::Get, route, id, tenant).await
-    }
-
-    /// Cancels the execution, if it belongs to `tenant`, and answers with it as it is now.
-    pub async fn cancel(
-        &self,
-        route: Route,
-        id: ExecutionId,
-        tenant: String,
-    ) -> Result<ExecutionView, Problem> {
-        self.ask_as(ShardRequest::Cancel, route, id, tenant).await
-    }
-
-    async fn ask_as(
+    /// Reads (`Get`) or cancels (`Cancel`) the execution, if it belongs to `tenant` (otherwise
+    /// it is not found), and answers with it as it is then.
+    pub async fn execution(
         &self,
         kind: ShardRequest,
         route: Route,

@@ -1,13 +1,18 @@
 //! Request extractors whose rejections are problem documents, never axum's plain-text ones.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use noetl_contract::ExecutionId;
+use noetl_contract::{ExecutionId, Route};
 use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
 
+use crate::auth::Principal;
 use crate::problem::{Code, Problem};
+use crate::state::AppState;
 
 /// A JSON or YAML body: 415 for another content type, 413 over the limit, 400 for a body that
 /// does not parse or whose shape does not match (naming the field, e.g.
@@ -117,6 +122,51 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
                 Problem::new(Code::InvalidExecutionId, e.to_string())
             })
     }
+}
+
+/// What a request about one execution (`/executions/{id}…`) needs: the state, the caller's
+/// tenant and the execution's id (400 unless valid). Routing the id is left to the handler
+/// ([`ExecutionRequest::route`]), once it has checked its other parameters.
+#[derive(Debug)]
+pub struct ExecutionRequest {
+    pub state: Arc<AppState>,
+    pub tenant: String,
+    pub id: ExecutionId,
+}
+
+impl ExecutionRequest {
+    /// The shard the execution lives on (410 when it was retired with its data discarded).
+    pub fn route(&self) -> Result<Route, Problem> {
+        self.state.route(self.id)
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for ExecutionRequest {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
+        // The authentication middleware puts the caller there before any handler runs.
+        let tenant = parts
+            .extensions
+            .get::<Principal>()
+            .map(|principal| principal.tenant.clone())
+            .ok_or_else(|| Problem::new(Code::Internal, "internal error"))?;
+        let IdParam(id) = IdParam::from_request_parts(parts, state).await?;
+        Ok(Self {
+            state: Arc::clone(state),
+            tenant,
+            id,
+        })
+    }
+}
+
+/// The `{id}` path parameter as the OpenAPI document describes it ([`IdParam`] reads it).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct IdPath {
+    /// An execution id: decimal digits, at most 9223372036854775807.
+    id: ExecutionId,
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl Gateway {
     }
 }
 
-/// Every route [`router`] serves, as (method, path). The OpenAPI document describes exactly
+/// Every route `router` serves, as (method, path). The OpenAPI document describes exactly
 /// these; tests in [`openapi`] check it against both the document and the router's code.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/executions"),
@@ -147,7 +147,7 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, config: &GatewayConfi
             limits::RateLimit::new(config.rate),
             limits::per_tenant,
         ))
-        .route_layer(middleware::from_fn_with_state(auth.clone(), auth::api));
+        .route_layer(middleware::from_fn_with_state(auth.clone(), auth::guard));
     Router::new()
         .nest("/api/v1", api)
         .with_state(state.clone())
@@ -161,7 +161,7 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, config: &GatewayConfi
                     get(|State(m): State<PrometheusHandle>| async move { m.render() })
                         .with_state(metrics),
                 )
-                .route_layer(middleware::from_fn_with_state(auth, auth::ops)),
+                .route_layer(middleware::from_fn_with_state(auth, auth::guard)),
         )
         .fallback(|| async {
             Problem::new(

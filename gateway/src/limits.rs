@@ -53,7 +53,7 @@ impl RateLimit {
     }
 }
 
-/// Middleware of the API routes, inside [`crate::auth::api`] (it needs the caller's tenant).
+/// Middleware of the API routes, inside [`crate::auth::guard`] (it needs the caller's tenant).
 pub async fn per_tenant(
     State(limit): State<RateLimit>,
     request: Request,

@@ -7,19 +7,16 @@
 //! status, each with its `code`s. The `Code` schema is derived from [`Code`], so it names every
 //! code there is.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use noetl_contract::ExecutionId;
-use serde::Serialize;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Ref, Schema, Type};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref, Schema, Type};
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
-use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::problem::{Code, Problem};
 use crate::routes::{self, executions};
@@ -109,251 +106,6 @@ pub async fn serve() -> impl IntoResponse {
 )]
 #[allow(dead_code)]
 fn metrics() {}
-
-/// The `{id}` path parameter.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct IdPath {
-    /// An execution id: decimal digits, at most 9223372036854775807.
-    id: ExecutionId,
-}
-
-/// One event of the live stream, as an event-stream parser sees it (OpenAPI 3.1 has no schema
-/// for a whole stream; the response's schema describes each event).
-#[derive(Debug)]
-pub struct StreamEvent;
-
-impl PartialSchema for StreamEvent {
-    fn schema() -> RefOr<Schema> {
-        let mut data = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .content_media_type("application/json")
-            .description(Some("The `EventView` as JSON."))
-            .build();
-        // utoipa has no builder for `contentSchema` (JSON Schema 2020-12); it serializes
-        // whatever the object's extensions hold, so it goes there.
-        data.extensions = Some(
-            [(
-                "contentSchema",
-                serde_json::json!({"$ref": "#/components/schemas/EventView"}),
-            )]
-            .into_iter()
-            .collect(),
-        );
-        let logged = ObjectBuilder::new()
-            .description(Some("An entry of the event log."))
-            .property(
-                "id",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some("^[0-9]+$"))
-                    .description(Some(
-                        "The entry's sequence number (`seq`): send it as `Last-Event-ID` to resume.",
-                    )),
-            )
-            .required("id")
-            .property(
-                "event",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some("The entry's kind (`kind`).")),
-            )
-            .required("event")
-            .property("data", data)
-            .required("data");
-        let end = ObjectBuilder::new()
-            .description(Some(
-                "The last event: the execution ended, and every entry before it was sent.",
-            ))
-            .property(
-                "event",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["end"])),
-            )
-            .required("event")
-            .property(
-                "data",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["succeeded", "failed", "cancelled"]))
-                    .description(Some("The execution's final status.")),
-            )
-            .required("data")
-            .property(
-                "id",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some(
-                        "The id of the entry before it, as event streams repeat it.",
-                    )),
-            );
-        AnyOfBuilder::new()
-            .item(logged)
-            .item(end)
-            .description(Some(
-                "One Server-Sent Event: an entry of the event log, or the `end` that closes the \
-                 stream. Between events the stream sends comments to keep the connection alive.",
-            ))
-            .into()
-    }
-}
-
-impl ToSchema for StreamEvent {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("StreamEvent")
-    }
-}
-
-/// The 200 answers of a submit: a replay of an earlier request with the same `Idempotency-Key`,
-/// or a dry run.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub enum SubmitOk {
-    Replayed(executions::Submitted),
-    DryRun(executions::DryRun),
-}
-
-// The handler reads both through one struct (`PlaybookSpec`) so errors can name the field;
-// the document tells them apart.
-/// The `playbook` of a submit: a playbook inline (with its steps), or a reference to one in the
-/// catalog (a name and an optional version, no steps).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub enum PlaybookSource {
-    Inline(noetl_contract::playbook::Playbook),
-    Reference(CatalogReference),
-}
-
-/// A playbook in the catalog, by the name it was published under.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct CatalogReference {
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
-    name: String,
-    /// The version to run; the newest when absent.
-    #[schema(minimum = 1)]
-    version: Option<u32>,
-}
-
-/// What `/readyz` checked. Before the gateway has read the topology, only `ready`, `nats`,
-/// `topology` and `node_id` are present.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct Readiness {
-    /// Whether every check passed.
-    ready: bool,
-    /// Whether the NATS connection is up.
-    nats: bool,
-    /// Whether the gateway has read the topology.
-    topology: bool,
-    /// Whether the topology view is fresh enough to mint ids.
-    topology_fresh: Option<bool>,
-    /// The node id this gateway leases; `null` while it holds none.
-    #[schema(required = true, maximum = 1023)]
-    node_id: Option<u16>,
-    /// For every shard of the topology (by number): whether its server answered with a
-    /// working database.
-    shards: Option<BTreeMap<String, bool>>,
-}
-
-/// Every code, in the order the `Code` schema lists them.
-pub const ALL_CODES: [Code; 25] = [
-    Code::InvalidJson,
-    Code::InvalidRequest,
-    Code::InvalidPlaybook,
-    Code::InvalidExecutionId,
-    Code::PayloadTooLarge,
-    Code::UnsupportedMediaType,
-    Code::RouteNotFound,
-    Code::MethodNotAllowed,
-    Code::Unauthorized,
-    Code::Forbidden,
-    Code::ExecutionNotFound,
-    Code::PlaybookNotFound,
-    Code::IdempotencyKeyReused,
-    Code::BusUnavailable,
-    Code::ShardUnavailable,
-    Code::ShardOverloaded,
-    Code::RateLimited,
-    Code::RequestTimeout,
-    Code::TopologyUnavailable,
-    Code::TopologyStale,
-    Code::NodeLeaseUnavailable,
-    Code::ExecutionRetired,
-    Code::ClockBehind,
-    Code::IdCollision,
-    Code::Internal,
-];
-
-/// What a code means, for the document. Exhaustive, so a new code does not compile until it
-/// is explained here (and a test then asks for it in [`ALL_CODES`]).
-fn meaning(code: Code) -> &'static str {
-    match code {
-        Code::InvalidJson => "the body is not JSON (or not YAML)",
-        Code::InvalidRequest => {
-            "the body, a query parameter or a header does not have the expected fields or \
-             types; `detail` names the field"
-        }
-        Code::InvalidPlaybook => {
-            "the playbook is malformed (duplicate or bad names, unknown actions, unknown needs, \
-             cycles, …); `detail` names the field"
-        }
-        Code::InvalidExecutionId => "the `{id}` in the path is not an execution id",
-        Code::PayloadTooLarge => "the body is over the size limit",
-        Code::UnsupportedMediaType => "the body is neither JSON nor YAML",
-        Code::Unauthorized => {
-            "no valid `Authorization: Bearer` token (the gateway was configured with tokens)"
-        }
-        Code::Forbidden => "the token lacks the scope this route needs (submit, read or admin)",
-        Code::RouteNotFound => "no such route",
-        Code::MethodNotAllowed => "the route exists, but not with this method",
-        Code::ExecutionNotFound => "no execution with that id",
-        Code::PlaybookNotFound => "the catalog has no such playbook, or no such version of it",
-        Code::IdempotencyKeyReused => {
-            "the `Idempotency-Key` was used before with another body; `execution_id` is the \
-             execution it created"
-        }
-        Code::BusUnavailable => "NATS (the catalog, the idempotency keys) did not answer",
-        Code::ShardUnavailable => {
-            "the owning shard did not answer in time, or its database is down; when a submit \
-             minted an id first, `execution_id` names it (look it up before retrying)"
-        }
-        Code::ShardOverloaded => {
-            "the owning shard has as many requests in flight as it takes (`max_in_flight`); \
-             retry after `Retry-After` seconds"
-        }
-        Code::RateLimited => {
-            "the caller's tenant is over its request rate; retry after `Retry-After` seconds"
-        }
-        Code::RequestTimeout => {
-            "the request did not complete within the gateway's deadline (`http_timeout_ms`)"
-        }
-        Code::TopologyUnavailable => "the gateway has not read the cluster topology yet",
-        Code::TopologyStale => {
-            "the gateway could not confirm the topology within the grace period, so minting \
-             could misroute"
-        }
-        Code::NodeLeaseUnavailable => "the gateway holds no node-id lease",
-        Code::ExecutionRetired => {
-            "the execution lived on a shard that was retired with its data discarded"
-        }
-        Code::ClockBehind => "the gateway's clock stepped back further than it may mint through",
-        Code::IdCollision => "freshly minted ids already existed: two gateways share a node id",
-        Code::Internal => "a bug on our side; the details are in the gateway's log",
-    }
-}
-
-pub fn code_name(code: Code) -> String {
-    serde_json::to_value(code)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .expect("a code serializes to a string")
-}
 
 /// The problem codes each operation can answer with, by (method, path).
 pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
@@ -467,19 +219,17 @@ impl Modify for ProblemResponses {
                 let Some(codes) = problems(method, path) else {
                     continue;
                 };
-                let mut by_status: BTreeMap<u16, BTreeSet<usize>> = BTreeMap::new();
-                for &code in codes.iter().chain(guard_problems(path)) {
-                    let index = ALL_CODES
-                        .iter()
-                        .position(|&c| c == code)
-                        .expect("ALL_CODES lists every code");
-                    by_status
-                        .entry(code.status().as_u16())
-                        .or_default()
-                        .insert(index);
+                // Per status, in the order of `Code::ALL`.
+                let mut by_status: BTreeMap<u16, Vec<Code>> = BTreeMap::new();
+                for code in Code::ALL {
+                    if codes.contains(&code) || guard_problems(path).contains(&code) {
+                        by_status
+                            .entry(code.status().as_u16())
+                            .or_default()
+                            .push(code);
+                    }
                 }
-                for (status, indexes) in by_status {
-                    let codes: Vec<Code> = indexes.into_iter().map(|i| ALL_CODES[i]).collect();
+                for (status, codes) in by_status {
                     operation.responses.responses.insert(
                         status.to_string(),
                         RefOr::T(problem_response(status, &codes)),
@@ -492,14 +242,14 @@ impl Modify for ProblemResponses {
             .as_mut()
             .and_then(|components| components.schemas.get_mut("Code"))
         {
-            let list: Vec<String> = ALL_CODES
+            let list: Vec<String> = Code::ALL
                 .iter()
                 .map(|&code| {
                     format!(
                         "- `{}` ({}): {}.",
-                        code_name(code),
+                        code.name(),
                         code.status().as_u16(),
-                        meaning(code)
+                        code.meaning()
                     )
                 })
                 .collect();
@@ -514,10 +264,10 @@ impl Modify for ProblemResponses {
 
 /// A problem answer with `status`: the `Problem` schema, its `code` narrowed to `codes`.
 fn problem_response(status: u16, codes: &[Code]) -> utoipa::openapi::Response {
-    let names: Vec<String> = codes.iter().map(|&code| code_name(code)).collect();
+    let names: Vec<String> = codes.iter().map(|&code| code.name()).collect();
     let description = codes
         .iter()
-        .map(|&code| format!("`{}`: {}.", code_name(code), meaning(code)))
+        .map(|&code| format!("`{}`: {}.", code.name(), code.meaning()))
         .collect::<Vec<_>>()
         .join(" ");
     let schema = AllOfBuilder::new()
@@ -552,6 +302,8 @@ fn problem_response(status: u16, codes: &[Code]) -> utoipa::openapi::Response {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json");
@@ -697,10 +449,10 @@ mod tests {
             .iter()
             .map(|v| v.as_str().expect("a string").to_owned())
             .collect();
-        let listed: Vec<String> = ALL_CODES.iter().map(|&code| code_name(code)).collect();
+        let listed: Vec<String> = Code::ALL.iter().map(|&code| code.name()).collect();
         assert_eq!(
             derived, listed,
-            "ALL_CODES must list every variant of Code, in order"
+            "Code::ALL must list every variant of Code, in order"
         );
         let problem = &document["components"]["schemas"]["Problem"];
         assert_eq!(

@@ -6,63 +6,72 @@ use noetl_contract::ExecutionId;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// Stable machine-readable error codes of the HTTP API.
+/// Stable machine-readable error codes of the HTTP API. Each is described once, here: the HTTP
+/// status it comes with ([`Code::status`]), the title of its problems ([`Code::title`]) and
+/// what it means ([`Code::meaning`]). The OpenAPI document and wiki/errors.md are generated
+/// from these (tests keep the committed copies in step).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
-    /// The body is not JSON.
     InvalidJson,
-    /// The JSON does not have the expected fields or types.
     InvalidRequest,
-    /// The playbook is malformed: duplicate names, unknown actions, cycles, …
     InvalidPlaybook,
-    /// A path parameter is not a valid execution id.
     InvalidExecutionId,
-    /// The body is over the size limit.
     PayloadTooLarge,
-    /// The body is not `application/json`.
     UnsupportedMediaType,
-    /// No such route.
     RouteNotFound,
-    /// The route exists but not with this method.
     MethodNotAllowed,
-    /// No valid bearer token.
     Unauthorized,
-    /// The token lacks the scope the route needs.
     Forbidden,
-    /// No execution with that id.
     ExecutionNotFound,
-    /// The catalog has no such playbook, or no such version of it.
     PlaybookNotFound,
-    /// The Idempotency-Key was used before with a different request body.
     IdempotencyKeyReused,
-    /// NATS (the catalog, the idempotency keys) did not answer.
     BusUnavailable,
-    /// The owning shard did not answer in time, or its database is down.
     ShardUnavailable,
-    /// The owning shard has as much work in flight as it may take.
     ShardOverloaded,
-    /// The tenant is over its request rate.
     RateLimited,
-    /// The request did not complete within the gateway's deadline.
     RequestTimeout,
-    /// The gateway has not yet read the cluster topology.
     TopologyUnavailable,
-    /// The gateway's view of the topology is older than the grace: minting now could misroute.
     TopologyStale,
-    /// The gateway holds no node-id lease (another gateway has its id, or NATS is unreachable).
     NodeLeaseUnavailable,
-    /// The execution lived on a shard that was retired with its data discarded.
     ExecutionRetired,
-    /// The gateway's clock stepped back further than it may mint through.
     ClockBehind,
-    /// Freshly minted ids already existed: two gateways share a node id.
     IdCollision,
-    /// A bug on our side; details are in the logs, not here.
     Internal,
 }
 
 impl Code {
+    /// Every code, in the order the `Code` schema lists them (a test checks that it names every
+    /// variant, in order).
+    pub const ALL: [Code; 25] = [
+        Code::InvalidJson,
+        Code::InvalidRequest,
+        Code::InvalidPlaybook,
+        Code::InvalidExecutionId,
+        Code::PayloadTooLarge,
+        Code::UnsupportedMediaType,
+        Code::RouteNotFound,
+        Code::MethodNotAllowed,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::ExecutionNotFound,
+        Code::PlaybookNotFound,
+        Code::IdempotencyKeyReused,
+        Code::BusUnavailable,
+        Code::ShardUnavailable,
+        Code::ShardOverloaded,
+        Code::RateLimited,
+        Code::RequestTimeout,
+        Code::TopologyUnavailable,
+        Code::TopologyStale,
+        Code::NodeLeaseUnavailable,
+        Code::ExecutionRetired,
+        Code::ClockBehind,
+        Code::IdCollision,
+        Code::Internal,
+    ];
+
+    /// The HTTP status of every problem with the code.
     pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidJson
@@ -93,7 +102,8 @@ impl Code {
         }
     }
 
-    fn title(self) -> &'static str {
+    /// A short summary: the `title` of every problem with the code.
+    pub fn title(self) -> &'static str {
         match self {
             Code::InvalidJson => "Body is not valid JSON",
             Code::InvalidRequest => "Request does not match the API",
@@ -103,11 +113,11 @@ impl Code {
             Code::UnsupportedMediaType => "Unsupported media type",
             Code::RouteNotFound => "No such route",
             Code::MethodNotAllowed => "Method not allowed",
+            Code::Unauthorized => "Unauthorized",
+            Code::Forbidden => "Forbidden",
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
             Code::IdempotencyKeyReused => "Idempotency key reused",
-            Code::Unauthorized => "Unauthorized",
-            Code::Forbidden => "Forbidden",
             Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
             Code::ShardOverloaded => "Shard overloaded",
@@ -121,6 +131,104 @@ impl Code {
             Code::IdCollision => "Execution id collision",
             Code::Internal => "Internal error",
         }
+    }
+
+    /// What the code means and what to do about it: a lower-case clause without a full stop,
+    /// the one explanation of the code there is.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Code::InvalidJson => "a JSON body does not parse (a syntax error, trailing characters)",
+            Code::InvalidRequest => {
+                "the body, a path or query parameter or a header does not match the API: an \
+                 unknown field, a wrong type, a YAML body that does not parse, invalid labels, a \
+                 malformed `Idempotency-Key`; `detail` names the field (e.g. \
+                 `playbook.steps[0].needs`)"
+            }
+            Code::InvalidPlaybook => {
+                "the playbook is malformed: bad or duplicate names, an unknown action, unknown or \
+                 cyclic `needs`, a bad pool name, a retry or timeout out of range, template \
+                 syntax, a limit passed; `detail` names the place (e.g. \
+                 `playbook.steps[1].action`)"
+            }
+            Code::InvalidExecutionId => {
+                "the `{id}` in the path is not an execution id: plain decimal digits of a \
+                 non-negative 64-bit integer"
+            }
+            Code::PayloadTooLarge => "the body is over the gateway's `body_limit_bytes`",
+            Code::UnsupportedMediaType => "the body's `Content-Type` is neither JSON nor YAML",
+            Code::RouteNotFound => "no such route; the API lives under `/api/v1`",
+            Code::MethodNotAllowed => "the route exists, but not with this method",
+            Code::Unauthorized => {
+                "no valid `Authorization: Bearer` token (the gateway has an `auth_tokens_file`)"
+            }
+            Code::Forbidden => {
+                "the token lacks the scope the route needs (`submit`, `read` or `admin`)"
+            }
+            Code::ExecutionNotFound => {
+                "the owning shard has no execution with this id (another tenant's execution is \
+                 answered the same way)"
+            }
+            Code::PlaybookNotFound => {
+                "the catalog has no playbook of that name, or not that version"
+            }
+            Code::IdempotencyKeyReused => {
+                "the `Idempotency-Key` was used before with another request body; `execution_id` \
+                 names the execution it created"
+            }
+            Code::BusUnavailable => "NATS did not answer a catalog or idempotency-key request",
+            Code::ShardUnavailable => {
+                "the owning shard has no server, did not answer within `request_timeout_ms`, its \
+                 database failed, or it refused the request as misrouted (gateway and server \
+                 disagree on the topology for a moment); when a submit minted an id first, \
+                 `execution_id` names it: look it up before retrying"
+            }
+            Code::ShardOverloaded => {
+                "the owning shard's server has `max_in_flight` requests in hand and refused this \
+                 one without starting it; retry after `Retry-After` seconds"
+            }
+            Code::RateLimited => {
+                "the caller's tenant is over its request rate (`rate_limit_per_second`); retry \
+                 after `Retry-After` seconds"
+            }
+            Code::RequestTimeout => {
+                "the request did not complete within the gateway's deadline (`http_timeout_ms`)"
+            }
+            Code::TopologyUnavailable => {
+                "the gateway has not read the cluster topology yet (no server has ever started, or \
+                 NATS is unreachable)"
+            }
+            Code::TopologyStale => {
+                "the gateway could not confirm its view of the topology within the grace, so \
+                 minting could misroute; it mints nothing until a read succeeds"
+            }
+            Code::NodeLeaseUnavailable => {
+                "the gateway holds no node-id lease (its fixed `node_id` is held by another \
+                 gateway, or NATS is unreachable)"
+            }
+            Code::ExecutionRetired => {
+                "the execution lived on a shard that was retired with its data discarded"
+            }
+            Code::ClockBehind => {
+                "the gateway's clock stepped back more than 1 s behind the last id it minted; it \
+                 refuses rather than mint a duplicate"
+            }
+            Code::IdCollision => {
+                "three freshly minted ids in a row already existed: the gateway's node id is \
+                 shared with another gateway"
+            }
+            Code::Internal => {
+                "a bug on our side; the body says nothing more, the details are in the gateway's \
+                 log"
+            }
+        }
+    }
+
+    /// The code as it is written in a problem document: `shard_unavailable`.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 }
 
@@ -151,7 +259,7 @@ impl Problem {
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
         let retry_after_secs = (code.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
         Self {
-            kind: format!("urn:noetl:problem:{}", code_name(code)),
+            kind: format!("urn:noetl:problem:{}", code.name()),
             title: code.title(),
             status: code.status().as_u16(),
             code,
@@ -177,13 +285,6 @@ impl Problem {
     }
 }
 
-fn code_name(code: Code) -> String {
-    serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.code.status();
@@ -201,5 +302,106 @@ impl IntoResponse for Problem {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ERRORS_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../wiki/errors.md");
+    const TABLE_HEADER: &str = "| code | status | title | meaning |";
+
+    /// The table of wiki/errors.md, rendered from the codes' descriptions.
+    fn markdown_table() -> String {
+        let mut table = format!("{TABLE_HEADER}\n|---|---|---|---|\n");
+        for code in Code::ALL {
+            table.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                code.name(),
+                code.status().as_u16(),
+                code.title(),
+                code.meaning()
+            ));
+        }
+        table
+    }
+
+    /// `page` with its table of codes (the header line and the table lines after it) replaced.
+    fn with_table(page: &str, table: &str) -> Option<String> {
+        let start = page.find(TABLE_HEADER)?;
+        let rest = &page[start..];
+        let length: usize = rest
+            .split_inclusive('\n')
+            .take_while(|line| line.starts_with('|'))
+            .map(str::len)
+            .sum();
+        Some(format!("{}{table}{}", &page[..start], &rest[length..]))
+    }
+
+    #[test]
+    fn wiki_errors_md_holds_the_table_the_codes_describe() {
+        let table = markdown_table();
+        let page = std::fs::read_to_string(ERRORS_MD).unwrap_or_default();
+        if std::env::var_os("NOETL_WRITE_ERRORS").is_some() {
+            let page = with_table(&page, &table).expect("wiki/errors.md has a table of codes");
+            std::fs::write(ERRORS_MD, page).expect("write wiki/errors.md");
+            return;
+        }
+        assert!(
+            page.contains(&table),
+            "the table of codes in wiki/errors.md is not the one the codes' descriptions render; \
+             regenerate it with `NOETL_WRITE_ERRORS=1 cargo test -p noetl-gateway errors_md` \
+             and commit it"
+        );
+    }
+
+    #[test]
+    fn a_table_is_replaced_up_to_its_last_line() {
+        let page = format!("intro\n\n{TABLE_HEADER}\n|---|\n| old |\n\nafter\n");
+        assert_eq!(
+            with_table(&page, "NEW\n").as_deref(),
+            Some("intro\n\nNEW\n\nafter\n")
+        );
+        assert_eq!(with_table("no table", "NEW\n"), None);
+    }
+
+    #[test]
+    fn every_description_fits_a_table_cell_and_a_sentence() {
+        for code in Code::ALL {
+            for text in [code.title(), code.meaning()] {
+                assert!(
+                    !text.contains(['|', '\n']) && !text.ends_with('.') && !text.contains("  "),
+                    "{code:?}: {text:?}"
+                );
+            }
+            assert!(!code.name().is_empty(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_problem_document_has_the_documented_shape_and_headers() {
+        let id = noetl_contract::ExecutionId::new(42).expect("valid id");
+        let problem =
+            Problem::new(Code::ShardUnavailable, "shard 1 did not answer").with_execution_id(id);
+        assert_eq!(
+            serde_json::to_value(&problem).expect("serialize"),
+            serde_json::json!({
+                "type": "urn:noetl:problem:shard_unavailable",
+                "title": "Shard unavailable",
+                "status": 503,
+                "code": "shard_unavailable",
+                "detail": "shard 1 did not answer",
+                "execution_id": "42",
+            })
+        );
+        let response = problem.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let headers = response.headers();
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        let unauthorized = Problem::new(Code::Unauthorized, "no token").into_response();
+        assert_eq!(unauthorized.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert!(unauthorized.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -2,25 +2,24 @@
 //! and `GET /api/v1/executions/{id}/stream` (Server-Sent Events, live, ending at the terminal
 //! state).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::Extension;
 use axum::Json;
 use futures::Stream;
-use noetl_contract::message::{EventView, EventsQuery, ExecutionStatus};
+use noetl_contract::message::{EventPage, EventView, EventsQuery, ExecutionStatus};
 use noetl_contract::{ExecutionId, Route};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-use crate::auth::Principal;
-use crate::extract::IdParam;
+use crate::extract::{ExecutionRequest, IdPath};
 use crate::problem::{Code, Problem};
-use crate::state::AppState;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1_000;
@@ -60,13 +59,11 @@ pub struct EventsResponse {
     summary = "Page through an execution's events",
     description = "The event log in sequence order, after `after_seq`. A client following the \
         log stops once `status` is terminal and a page comes back without `next_after_seq`.",
-    params(crate::openapi::IdPath, PageParams),
+    params(IdPath, PageParams),
     responses((status = 200, description = "A page of events.", body = EventsResponse)),
 )]
 pub async fn page(
-    State(state): State<Arc<AppState>>,
-    Extension(principal): Extension<Principal>,
-    IdParam(id): IdParam,
+    request: ExecutionRequest,
     params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventsResponse>, Problem> {
     let Query(params) = params.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
@@ -77,28 +74,123 @@ pub async fn page(
             format!("limit must be 1 to {MAX_LIMIT} and after_seq not negative"),
         ));
     }
-    let route = state.route(id)?;
-    let page = state
-        .dispatcher
-        .events(
-            route,
-            id,
-            EventsQuery {
-                after_seq: params.after_seq,
-                limit,
-                tenant: Some(principal.tenant),
-            },
-        )
-        .await?;
+    let route = request.route()?;
+    let page = read(&request, route, params.after_seq, limit).await?;
     let next_after_seq = (page.events.len() == limit as usize)
         .then(|| page.events.last().map(|e| e.seq))
         .flatten();
     Ok(Json(EventsResponse {
-        execution_id: id,
+        execution_id: request.id,
         status: page.status,
         events: page.events,
         next_after_seq,
     }))
+}
+
+/// At most `limit` events of the log after `after_seq`, from the execution's shard.
+async fn read(
+    request: &ExecutionRequest,
+    route: Route,
+    after_seq: i64,
+    limit: u32,
+) -> Result<EventPage, Problem> {
+    let query = EventsQuery {
+        after_seq,
+        limit,
+        tenant: Some(request.tenant.clone()),
+    };
+    request
+        .state
+        .dispatcher
+        .events(route, request.id, query)
+        .await
+}
+
+/// One event of the live stream, as an event-stream parser sees it (OpenAPI 3.1 has no schema
+/// for a whole stream; the response's schema describes each event).
+#[derive(Debug)]
+pub struct StreamEvent;
+
+impl PartialSchema for StreamEvent {
+    fn schema() -> RefOr<Schema> {
+        let mut data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .description(Some("The `EventView` as JSON."))
+            .build();
+        // utoipa has no builder for `contentSchema` (JSON Schema 2020-12); it serializes
+        // whatever the object's extensions hold, so it goes there.
+        data.extensions = Some(
+            [(
+                "contentSchema",
+                serde_json::json!({"$ref": "#/components/schemas/EventView"}),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        let logged = ObjectBuilder::new()
+            .description(Some("An entry of the event log."))
+            .property(
+                "id",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]+$"))
+                    .description(Some(
+                        "The entry's sequence number (`seq`): send it as `Last-Event-ID` to resume.",
+                    )),
+            )
+            .required("id")
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("The entry's kind (`kind`).")),
+            )
+            .required("event")
+            .property("data", data)
+            .required("data");
+        let end = ObjectBuilder::new()
+            .description(Some(
+                "The last event: the execution ended, and every entry before it was sent.",
+            ))
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["end"])),
+            )
+            .required("event")
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["succeeded", "failed", "cancelled"]))
+                    .description(Some("The execution's final status.")),
+            )
+            .required("data")
+            .property(
+                "id",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some(
+                        "The id of the entry before it, as event streams repeat it.",
+                    )),
+            );
+        AnyOfBuilder::new()
+            .item(logged)
+            .item(end)
+            .description(Some(
+                "One Server-Sent Event: an entry of the event log, or the `end` that closes the \
+                 stream. Between events the stream sends comments to keep the connection alive.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for StreamEvent {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("StreamEvent")
+    }
 }
 
 /// Streams the log from the start (or after `Last-Event-ID`), then live, and ends once the
@@ -117,7 +209,7 @@ pub async fn page(
         before the stream starts (bad id, unknown execution, shard down) are answered as problem \
         documents.",
     params(
-        crate::openapi::IdPath,
+        IdPath,
         (
             "Last-Event-ID" = Option<String>,
             Header,
@@ -130,41 +222,26 @@ pub async fn page(
         status = 200,
         description = "A stream of `text/event-stream` events, ending with `event: end`. The \
             schema describes each event.",
-        body = crate::openapi::StreamEvent,
+        body = StreamEvent,
         content_type = "text/event-stream",
         example = json!("id: 1\nevent: execution_created\ndata: {\"seq\":1,\"kind\":\"execution_created\",\"payload\":{},\"created_at\":\"2025-01-01T00:00:00Z\"}\n\nevent: end\ndata: succeeded\n\n"),
     )),
 )]
 pub async fn stream(
-    State(state): State<Arc<AppState>>,
-    Extension(principal): Extension<Principal>,
-    IdParam(id): IdParam,
+    request: ExecutionRequest,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
-    let route = state.route(id)?;
+    let route = request.route()?;
     let after_seq = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     // Fail fast with a problem document when the execution does not exist.
-    let first = state
-        .dispatcher
-        .events(
-            route,
-            id,
-            EventsQuery {
-                after_seq,
-                limit: MAX_LIMIT,
-                tenant: Some(principal.tenant.clone()),
-            },
-        )
-        .await?;
+    let first = read(&request, route, after_seq, MAX_LIMIT).await?;
     let cursor = Cursor {
-        state,
-        tenant: principal.tenant,
+        request,
         route,
-        id,
         after_seq,
         more: first.events.len() == MAX_LIMIT as usize,
         pending: first.events.into_iter().collect(),
@@ -178,10 +255,8 @@ pub async fn stream(
 }
 
 struct Cursor {
-    state: Arc<AppState>,
-    tenant: String,
+    request: ExecutionRequest,
     route: Route,
-    id: ExecutionId,
     after_seq: i64,
     pending: std::collections::VecDeque<EventView>,
     /// The last page was full: more events may be waiting right now.
@@ -218,17 +293,7 @@ impl Cursor {
             if !self.more {
                 tokio::time::sleep(STREAM_POLL).await;
             }
-            let query = EventsQuery {
-                after_seq: self.after_seq,
-                limit: MAX_LIMIT,
-                tenant: Some(self.tenant.clone()),
-            };
-            match self
-                .state
-                .dispatcher
-                .events(self.route, self.id, query)
-                .await
-            {
+            match read(&self.request, self.route, self.after_seq, MAX_LIMIT).await {
                 Ok(page) => {
                     self.last_status = page.status;
                     self.more = page.events.len() == MAX_LIMIT as usize;
@@ -237,7 +302,7 @@ impl Cursor {
                 // A shard that does not answer for a moment is retried; the client sees
                 // keep-alives meanwhile.
                 Err(problem) => {
-                    tracing::debug!(execution_id = %self.id, ?problem, "stream poll failed")
+                    tracing::debug!(execution_id = %self.request.id, ?problem, "stream poll failed")
                 }
             }
         }

@@ -11,13 +11,14 @@ use axum::{Extension, Json};
 use noetl_bus::idempotency::{Claim, Record};
 use noetl_contract::message::{ExecutionStatus, ExecutionView, Labels, SubmitCommand};
 use noetl_contract::playbook::{find_nul, validate_labels, PlannedStep, Playbook, Step};
+use noetl_contract::subject::ShardRequest;
 use noetl_contract::{ExecutionId, Route, ShardId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
-use crate::extract::{ApiBody, IdParam};
+use crate::extract::{ApiBody, ExecutionRequest, IdPath};
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
 
@@ -25,7 +26,7 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    #[schema(value_type = crate::openapi::PlaybookSource)]
+    #[schema(value_type = PlaybookSource)]
     pub playbook: PlaybookSpec,
     /// The execution's input: overrides the playbook's default input key by key.
     #[serde(default)]
@@ -48,6 +49,40 @@ pub struct PlaybookSpec {
     pub input: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub steps: Option<Vec<Step>>,
+}
+
+/// The 200 answers of a submit: a replay of an earlier request with the same `Idempotency-Key`,
+/// or a dry run.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum SubmitOk {
+    Replayed(Submitted),
+    DryRun(DryRun),
+}
+
+// The handler reads both through one struct (`PlaybookSpec`) so errors can name the field;
+// the document tells them apart.
+/// The `playbook` of a submit: a playbook inline (with its steps), or a reference to one in the
+/// catalog (a name and an optional version, no steps).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum PlaybookSource {
+    Inline(Playbook),
+    Reference(CatalogReference),
+}
+
+/// A playbook in the catalog, by the name it was published under.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CatalogReference {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
+    name: String,
+    /// The version to run; the newest when absent.
+    #[schema(minimum = 1)]
+    version: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -163,7 +198,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
             description = "A dry run (`DryRun`: nothing was persisted), or the replay of an \
                 earlier request with the same `Idempotency-Key` and body (`Submitted`, with \
                 `Idempotency-Replayed: true`).",
-            body = crate::openapi::SubmitOk,
+            body = SubmitOk,
             headers(
                 ("Location" = String, description = "Replays only: the execution's URL path."),
                 ("Idempotency-Replayed" = String, description = "`true` on a replay; absent on a dry run."),
@@ -431,9 +466,16 @@ pub struct ExecutionResponse {
 }
 
 impl ExecutionResponse {
-    fn new(execution: ExecutionView) -> Json<Self> {
+    /// Asks the execution's shard to read (`Get`) or cancel (`Cancel`) it, and links the answer.
+    async fn ask(request: ExecutionRequest, kind: ShardRequest) -> Result<Json<Self>, Problem> {
+        let route = request.route()?;
+        let execution = request
+            .state
+            .dispatcher
+            .execution(kind, route, request.id, request.tenant)
+            .await?;
         let links = Links::for_execution(execution.execution_id);
-        Json(Self { execution, links })
+        Ok(Json(Self { execution, links }))
     }
 }
 
@@ -444,18 +486,11 @@ impl ExecutionResponse {
     operation_id = "get_execution",
     summary = "Get an execution",
     description = "The execution as its shard has it now, with the state of every step.",
-    params(crate::openapi::IdPath),
+    params(IdPath),
     responses((status = 200, description = "The execution.", body = ExecutionResponse)),
 )]
-pub async fn get(
-    State(state): State<Arc<AppState>>,
-    Extension(principal): Extension<Principal>,
-    IdParam(id): IdParam,
-) -> Result<Json<ExecutionResponse>, Problem> {
-    let route = state.route(id)?;
-    Ok(ExecutionResponse::new(
-        state.dispatcher.get(route, id, principal.tenant).await?,
-    ))
+pub async fn get(request: ExecutionRequest) -> Result<Json<ExecutionResponse>, Problem> {
+    ExecutionResponse::ask(request, ShardRequest::Get).await
 }
 
 /// `POST /api/v1/executions/{id}/cancel`: idempotent; answers with the execution as it is now.
@@ -467,16 +502,9 @@ pub async fn get(
     summary = "Cancel an execution",
     description = "Cancels the execution's unfinished steps. Idempotent: cancelling a finished \
         execution changes nothing. Answers with the execution as it is now.",
-    params(crate::openapi::IdPath),
+    params(IdPath),
     responses((status = 200, description = "The execution after the cancel.", body = ExecutionResponse)),
 )]
-pub async fn cancel(
-    State(state): State<Arc<AppState>>,
-    Extension(principal): Extension<Principal>,
-    IdParam(id): IdParam,
-) -> Result<Json<ExecutionResponse>, Problem> {
-    let route = state.route(id)?;
-    Ok(ExecutionResponse::new(
-        state.dispatcher.cancel(route, id, principal.tenant).await?,
-    ))
+pub async fn cancel(request: ExecutionRequest) -> Result<Json<ExecutionResponse>, Problem> {
+    ExecutionResponse::ask(request, ShardRequest::Cancel).await
 }

@@ -8,7 +8,7 @@ use noetl_contract::{ExecutionId, ShardCount, ShardId};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::extract::IdParam;
+use crate::extract::{IdParam, IdPath};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -34,7 +34,7 @@ pub struct RouteResponse {
     summary = "Which shard an execution id belongs to",
     description = "Computed from the id and the topology alone (the shard is not asked), so it \
         answers for any well-formed id, whether or not such an execution exists.",
-    params(crate::openapi::IdPath),
+    params(IdPath),
     responses((status = 200, description = "The shard and epoch.", body = RouteResponse)),
 )]
 pub async fn route(
