@@ -213,7 +213,7 @@ pub fn check_pool(path: &str, pool: &str) -> Result<(), Error> {
 pub const DEFAULT_POOL: &str = "default";
 
 /// A step as a dry run shows it: what it runs, where, and after what.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedStep {
     pub name: String,

@@ -4,6 +4,7 @@
 //! end-to-end executions/s and latency from the executions' own `created_at`/`updated_at`.
 //! The full harness with baselines and peers is `make bench` (the `noetl-bench` binary).
 
+use clap::Args;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,9 +16,30 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::cli::BenchArgs;
-use crate::executions::{fetch, print_json, Execution};
+use noetl_contract::message::ExecutionView;
+
+use crate::follow::fetch;
 use crate::http::{Error, Gateway};
+use crate::render::print_json;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Submits in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// How long to submit.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
+    /// Only submit: do not follow the executions to their end.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Give up following after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub follow_timeout: u64,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// How often an unfinished execution is read again while following.
 const POLL: Duration = Duration::from_millis(100);
@@ -47,7 +69,11 @@ async fn submit_one(gateway: &Gateway, body: &Value) -> Result<ExecutionId, Erro
 }
 
 /// Reads the execution until it is terminal.
-async fn follow(gateway: &Gateway, id: ExecutionId, until: Instant) -> Result<Execution, Error> {
+async fn follow(
+    gateway: &Gateway,
+    id: ExecutionId,
+    until: Instant,
+) -> Result<ExecutionView, Error> {
     loop {
         let (_, execution) = fetch(gateway, id).await?;
         if execution.status.is_terminal() {
@@ -120,7 +146,7 @@ pub async fn run(gateway: &Gateway, args: BenchArgs) -> Result<u8, Error> {
     if !args.no_follow {
         eprintln!("following {} executions to their end…", ids.len());
         let until = Instant::now() + Duration::from_secs(args.follow_timeout);
-        let ended: Vec<Result<Execution, Error>> = futures::stream::iter(ids.iter().copied())
+        let ended: Vec<Result<ExecutionView, Error>> = futures::stream::iter(ids.iter().copied())
             .map(|id| follow(gateway, id, until))
             .buffer_unordered(concurrency)
             .collect()

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use noetl_contract::engine::StepStatus;
-use noetl_contract::message::{ExecutionStatus, StepView};
+use noetl_contract::message::{ExecutionStatus, ExecutionView, StepView};
 use noetl_contract::ExecutionId;
 use reqwest::header::ACCEPT;
+use serde_json::Value;
 
-use crate::cli::{EXIT_EXECUTION_CANCELLED, EXIT_EXECUTION_FAILED, EXIT_NOT_YET};
-use crate::executions::{self, step_finished, Execution};
+use crate::exit;
 use crate::http::{Error, Gateway};
+use crate::render::{self, step_finished};
 use crate::sse::{self, StreamItem};
 
 /// How often `--wait` reads the execution.
@@ -30,9 +31,9 @@ const LISTED_STEPS: usize = 12;
 pub fn exit_code(status: ExecutionStatus) -> u8 {
     match status {
         ExecutionStatus::Succeeded => 0,
-        ExecutionStatus::Failed => EXIT_EXECUTION_FAILED,
-        ExecutionStatus::Cancelled => EXIT_EXECUTION_CANCELLED,
-        ExecutionStatus::Pending | ExecutionStatus::Running => EXIT_NOT_YET,
+        ExecutionStatus::Failed => exit::EXECUTION_FAILED,
+        ExecutionStatus::Cancelled => exit::EXECUTION_CANCELLED,
+        ExecutionStatus::Pending | ExecutionStatus::Running => exit::NOT_YET,
     }
 }
 
@@ -58,6 +59,11 @@ impl Outage {
     }
 }
 
+/// Reads an execution: as received and typed.
+pub async fn fetch(gateway: &Gateway, id: ExecutionId) -> Result<(Value, ExecutionView), Error> {
+    gateway.get(&["executions", &id.to_string()], &[]).await
+}
+
 /// Polls the execution until it is final (or `timeout` passed), drawing a progress bar on
 /// stderr, then prints the table of its steps (or, with `json`, the execution's JSON).
 pub async fn wait(
@@ -69,9 +75,9 @@ pub async fn wait(
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut progress = Progress::new();
     let mut outage = Outage::default();
-    let mut last: Option<(serde_json::Value, Execution)> = None;
+    let mut last: Option<(Value, ExecutionView)> = None;
     loop {
-        match executions::fetch(gateway, id).await {
+        match fetch(gateway, id).await {
             Ok((raw, execution)) => {
                 outage.ok();
                 progress.show(&execution);
@@ -101,24 +107,22 @@ pub async fn wait(
                 "noetlctl: execution {id} is still {status} after {:?}; it goes on (follow it with `noetlctl watch {id}`)",
                 timeout.unwrap_or_default()
             );
-            return Ok(EXIT_NOT_YET);
+            return Ok(exit::NOT_YET);
         }
         let pause = deadline.map_or(POLL, |d| POLL.min(d - now));
         tokio::time::sleep(pause).await;
     }
 }
 
-fn print_final(raw: &serde_json::Value, execution: &Execution, json: bool) {
-    if json {
-        executions::print_json(raw);
-    } else {
+fn print_final(raw: &Value, execution: &ExecutionView, json: bool) {
+    render::answer(raw, json, || {
         println!(
             "execution {} {}",
             execution.execution_id,
             execution.status.as_str()
         );
-        print!("{}", executions::render_steps(&execution.steps));
-    }
+        print!("{}", render::steps(&execution.steps));
+    });
 }
 
 /// The progress bar on a terminal; on anything else (a CI log, a file) one line per change of
@@ -146,7 +150,7 @@ impl Progress {
         }
     }
 
-    fn show(&mut self, execution: &Execution) {
+    fn show(&mut self, execution: &ExecutionView) {
         let finished = execution
             .steps
             .iter()
@@ -288,7 +292,7 @@ pub async fn watch(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8,
                                         if json {
                                             println!("{raw}");
                                         } else {
-                                            println!("{}", executions::event_line(&event));
+                                            println!("{}", render::event_line(&event));
                                         }
                                     }
                                 }
@@ -337,38 +341,34 @@ mod tests {
     }
 
     #[test]
-    fn the_live_list_shows_every_step_while_they_fit() {
-        let list = live_lines(
-            &steps(&[
-                ("a", "succeeded", 1),
-                ("bb", "running", 2),
-                ("c", "pending", 0),
-            ]),
-            5,
-        );
-        assert_eq!(
-            list,
-            "  a   succeeded\n  bb  running (attempt 2)\n  c   pending"
-        );
-    }
-
-    #[test]
-    fn the_live_list_sums_up_quiet_steps_when_there_are_many() {
-        let list = live_lines(
-            &steps(&[
-                ("a", "succeeded", 1),
-                ("b", "running", 1),
-                ("c", "failed", 3),
-                ("d", "pending", 0),
-                ("e", "pending", 0),
-                ("f", "dispatched", 1),
-            ]),
-            2,
-        );
-        assert_eq!(
-            list,
-            "  b  running\n  c  failed (attempt 3)\n  … 1 succeeded, 2 pending, 1 more in flight or failed"
-        );
+    fn the_live_list_shows_every_step_while_they_fit_and_sums_up_the_quiet_ones_else() {
+        let few = [
+            ("a", "succeeded", 1),
+            ("bb", "running", 2),
+            ("c", "pending", 0),
+        ];
+        let many = [
+            ("a", "succeeded", 1),
+            ("b", "running", 1),
+            ("c", "failed", 3),
+            ("d", "pending", 0),
+            ("e", "pending", 0),
+            ("f", "dispatched", 1),
+        ];
+        for (states, max, expected) in [
+            (
+                &few[..],
+                5,
+                "  a   succeeded\n  bb  running (attempt 2)\n  c   pending",
+            ),
+            (
+                &many[..],
+                2,
+                "  b  running\n  c  failed (attempt 3)\n  … 1 succeeded, 2 pending, 1 more in flight or failed",
+            ),
+        ] {
+            assert_eq!(live_lines(&steps(states), max), expected);
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
-use crate::cli::{EXIT_CONFLICT, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE};
+use crate::exit;
+use crate::table::{single_line, truncate};
 
 /// How long connecting to the gateway may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,11 +48,11 @@ impl Error {
     /// `2` for bad input, `4` for a 409, `3` for any other 4xx, `1` for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Input(_) => EXIT_USAGE,
+            Error::Input(_) => exit::USAGE,
             Error::Problem { status, .. } | Error::Status { status, .. } => {
                 exit_code_for_status(*status)
             }
-            Error::Transport(_) | Error::Unexpected(_) => EXIT_FAILED,
+            Error::Transport(_) | Error::Unexpected(_) => exit::FAILED,
         }
     }
 
@@ -71,9 +72,9 @@ impl Error {
 /// The exit code of a request the gateway refused with `status`.
 pub fn exit_code_for_status(status: u16) -> u8 {
     match status {
-        409 => EXIT_CONFLICT,
-        400..=499 => EXIT_REFUSED,
-        _ => EXIT_FAILED,
+        409 => exit::CONFLICT,
+        400..=499 => exit::REFUSED,
+        _ => exit::FAILED,
     }
 }
 
@@ -235,6 +236,16 @@ impl Gateway {
         self.read(response).await
     }
 
+    /// `GET {base}/api/v1/{segments…}?{query}` and its JSON body, as received and typed.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<(serde_json::Value, T), Error> {
+        let url = self.url(segments, query)?;
+        self.json(self.request(Method::GET, url)).await
+    }
+
     /// Reads a successful answer's JSON body, as received and typed.
     pub async fn read<T: DeserializeOwned>(
         &self,
@@ -296,10 +307,7 @@ pub fn error_from_answer(status: StatusCode, body: &str) -> Error {
             let detail = if quoted.is_empty() {
                 reason.to_owned()
             } else {
-                format!(
-                    "{reason}: {}",
-                    crate::table::truncate(&quoted, QUOTED_BODY_CHARS)
-                )
+                format!("{reason}: {}", truncate(&quoted, QUOTED_BODY_CHARS))
             };
             Error::Status {
                 status: status.as_u16(),
@@ -324,13 +332,6 @@ fn chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// Control characters (newlines) from the gateway would break a one-line message or a table.
-pub fn single_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +345,7 @@ mod tests {
             error.to_string(),
             "invalid_playbook: playbook.steps[1]: unknown action `nope`"
         );
-        assert_eq!(error.exit_code(), EXIT_REFUSED);
+        assert_eq!(error.exit_code(), exit::REFUSED);
         assert!(!error.is_transient());
     }
 
@@ -360,24 +361,24 @@ mod tests {
             ),
             "{message}"
         );
-        assert_eq!(error.exit_code(), EXIT_FAILED);
+        assert_eq!(error.exit_code(), exit::FAILED);
         assert!(error.is_transient());
     }
 
     #[test]
     fn exit_codes_follow_the_status() {
-        assert_eq!(exit_code_for_status(409), EXIT_CONFLICT);
-        assert_eq!(exit_code_for_status(404), EXIT_REFUSED);
-        assert_eq!(exit_code_for_status(422), EXIT_REFUSED);
-        assert_eq!(exit_code_for_status(500), EXIT_FAILED);
-        assert_eq!(exit_code_for_status(503), EXIT_FAILED);
+        assert_eq!(exit_code_for_status(409), exit::CONFLICT);
+        assert_eq!(exit_code_for_status(404), exit::REFUSED);
+        assert_eq!(exit_code_for_status(422), exit::REFUSED);
+        assert_eq!(exit_code_for_status(500), exit::FAILED);
+        assert_eq!(exit_code_for_status(503), exit::FAILED);
         let conflict = error_from_answer(
             StatusCode::CONFLICT,
             r#"{"code":"idempotency_conflict","detail":"the key was used with another body"}"#,
         );
-        assert_eq!(conflict.exit_code(), EXIT_CONFLICT);
-        assert_eq!(Error::Input("bad file".into()).exit_code(), EXIT_USAGE);
-        assert_eq!(Error::Transport("down".into()).exit_code(), EXIT_FAILED);
+        assert_eq!(conflict.exit_code(), exit::CONFLICT);
+        assert_eq!(Error::Input("bad file".into()).exit_code(), exit::USAGE);
+        assert_eq!(Error::Transport("down".into()).exit_code(), exit::FAILED);
     }
 
     #[test]
@@ -393,7 +394,7 @@ mod tests {
         assert!(error.is_transient());
         let empty = error_from_answer(StatusCode::UNAUTHORIZED, "");
         assert_eq!(empty.to_string(), "http_401: Unauthorized");
-        assert_eq!(empty.exit_code(), EXIT_REFUSED);
+        assert_eq!(empty.exit_code(), exit::REFUSED);
         // JSON, but not a problem document.
         assert!(Problem::parse(r#"{"error":"nope"}"#).is_none());
     }

@@ -1,15 +1,42 @@
 //! The playbook catalog: `playbook push` registers a file as the next version of its name,
 //! `playbook list` shows every name and its latest version, `playbook get` prints one version.
 
+use clap::Subcommand;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cli::PlaybookCommand;
-use crate::executions::print_json;
 use crate::http::{Error, Gateway};
 use crate::input::{self, Source};
+use crate::render::{answer, print_json};
 use crate::table::Table;
+
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// Register a playbook (JSON or YAML; `-` for stdin) as the next version of its name.
+    Push {
+        #[arg(value_name = "FILE|-")]
+        file: String,
+        /// Print the gateway's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the catalog's playbooks and their latest versions.
+    List {
+        /// Print the gateway's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a playbook (its latest version by default) as JSON, ready to edit and push again.
+    Get {
+        name: String,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        version: Option<u64>,
+        /// Print the gateway's whole answer (name, version, created_at, playbook).
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 /// `201` of `POST /playbooks`.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,28 +80,24 @@ pub async fn run(gateway: &Gateway, command: PlaybookCommand) -> Result<u8, Erro
             let (raw, registered): (Value, Registered) = gateway
                 .json(gateway.request(Method::POST, url).json(&playbook))
                 .await?;
-            if json {
-                print_json(&raw);
-            } else {
+            answer(&raw, json, || {
                 println!(
                     "registered playbook {} version {} at {}",
                     registered.name, registered.version, registered.created_at
                 );
-            }
+            });
         }
         PlaybookCommand::List { json } => {
-            let url = gateway.url(&["playbooks"], &[])?;
-            let (raw, catalog): (Value, Catalog) =
-                gateway.json(gateway.request(Method::GET, url)).await?;
-            if json {
-                print_json(&raw);
-            } else if catalog.playbooks.is_empty() {
-                eprintln!(
-                    "noetlctl: the catalog is empty (add one with `noetlctl playbook push FILE`)"
-                );
-            } else {
-                print!("{}", render_catalog(&catalog.playbooks));
-            }
+            let (raw, catalog): (Value, Catalog) = gateway.get(&["playbooks"], &[]).await?;
+            answer(&raw, json, || {
+                if catalog.playbooks.is_empty() {
+                    eprintln!(
+                        "noetlctl: the catalog is empty (add one with `noetlctl playbook push FILE`)"
+                    );
+                } else {
+                    print!("{}", render_catalog(&catalog.playbooks));
+                }
+            });
         }
         PlaybookCommand::Get {
             name,
@@ -86,19 +109,15 @@ pub async fn run(gateway: &Gateway, command: PlaybookCommand) -> Result<u8, Erro
                 Some(v) => vec!["playbooks", &name, "versions", v],
                 None => vec!["playbooks", &name],
             };
-            let url = gateway.url(&segments, &[])?;
-            let (raw, found): (Value, Version) =
-                gateway.json(gateway.request(Method::GET, url)).await?;
-            if json {
-                print_json(&raw);
-            } else {
+            let (raw, found): (Value, Version) = gateway.get(&segments, &[]).await?;
+            answer(&raw, json, || {
                 // The playbook alone on stdout, so it can be saved, edited and pushed again.
                 eprintln!(
                     "playbook {} version {}, registered at {}",
                     found.name, found.version, found.created_at
                 );
                 print_json(&found.playbook);
-            }
+            });
         }
     }
     Ok(0)

@@ -1,5 +1,6 @@
 //! Plain-text tables and the short forms of values they show (no colours, no box drawing:
-//! the output goes through `grep`, `awk` and logs as well as terminals).
+//! the output goes through `grep`, `awk` and logs as well as terminals): one-line text, cut
+//! text, compact JSON, labels and times.
 
 /// A table with a header row; columns are left-aligned and two spaces apart, and no line ends
 /// in spaces.
@@ -19,10 +20,7 @@ impl Table {
 
     /// Adds a row; cells are made single-line, and missing cells are empty.
     pub fn row(&mut self, cells: impl IntoIterator<Item = String>) {
-        let mut row: Vec<String> = cells
-            .into_iter()
-            .map(|c| crate::http::single_line(&c))
-            .collect();
+        let mut row: Vec<String> = cells.into_iter().map(|c| single_line(&c)).collect();
         row.resize(self.header.len().max(row.len()), String::new());
         self.rows.push(row);
     }
@@ -61,6 +59,24 @@ impl Table {
         }
         out
     }
+}
+
+/// Control characters (newlines) from the gateway would break a one-line message or a table.
+pub fn single_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Unix milliseconds as an RFC 3339 time (the milliseconds themselves if out of range).
+pub fn timestamp(unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix_ms} ms"))
 }
 
 /// At most `max` characters: a longer text is cut and ends in `…`.

@@ -4,6 +4,7 @@
 //! These are the only commands that talk to NATS; [`run`] carries them out and prints what they
 //! found.
 
+use clap::{Subcommand, ValueEnum};
 use std::time::Duration;
 
 use noetl_bus::Client;
@@ -13,9 +14,63 @@ use noetl_contract::subject;
 use noetl_contract::topology::{Plan, RetiredData};
 use noetl_contract::{ShardCount, ShardId, ShardState, Topology};
 
-use crate::cli::{
-    DataChoice, TopologyCommand, EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_YET, EXIT_REFUSED,
-};
+use crate::exit;
+use crate::table::timestamp;
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Print the epochs and every shard's state and readiness.
+    Show {
+        /// Print the topology document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry run: what changing to N shards would do, and whether each shard is ready.
+    Plan {
+        #[arg(long = "shards", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        shards: u32,
+        /// Activate no sooner than this from now (never sooner than the cluster's grace).
+        #[arg(long, value_name = "DURATION", default_value = "0s")]
+        grace: Millis,
+    },
+    /// Append an epoch with N shards, activating a grace from now.
+    Apply {
+        #[arg(long = "shards", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        shards: u32,
+        /// Activate no sooner than this from now (never sooner than the cluster's grace).
+        #[arg(long, value_name = "DURATION", default_value = "0s")]
+        grace: Millis,
+        /// Apply even when a shard to add has no ready server (its executions fail until one starts).
+        #[arg(long)]
+        force: bool,
+        /// Return only once the new epoch is in force.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// How far a draining shard is: exit 0 when it has no unfinished executions, 5 otherwise.
+    Drain {
+        shard: u32,
+        /// Poll until it has none, or until --timeout.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: Millis,
+    },
+    /// Retire a drained shard for good, saying what happens to its database.
+    Retire {
+        shard: u32,
+        /// keep: the database stays and its executions stay readable while a server serves it;
+        /// discard: you will delete the database, and reads of its executions answer 410.
+        #[arg(long, value_enum)]
+        data: DataChoice,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DataChoice {
+    Keep,
+    Discard,
+}
 
 /// How long connecting to NATS may take before the command gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -266,9 +321,9 @@ pub async fn run(nats: &noetl_bus::NatsConfig, command: TopologyCommand) -> u8 {
         Err(e) => {
             eprintln!("noetlctl: {e}");
             match e {
-                Error::Refused(_) => EXIT_REFUSED,
-                Error::Conflict(_) => EXIT_CONFLICT,
-                Error::NoTopology | Error::Bus(_) => EXIT_FAILED,
+                Error::Refused(_) => exit::REFUSED,
+                Error::Conflict(_) => exit::CONFLICT,
+                Error::NoTopology | Error::Bus(_) => exit::FAILED,
             }
         }
     }
@@ -381,7 +436,7 @@ async fn topology_command(client: &Client, command: TopologyCommand) -> Result<u
                     return Ok(0);
                 }
                 if !wait || tokio::time::Instant::now() >= give_up {
-                    return Ok(EXIT_NOT_YET);
+                    return Ok(exit::NOT_YET);
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -465,14 +520,4 @@ fn print_plan(planned: &Planned) {
             list(&not_ready)
         );
     }
-}
-
-pub fn timestamp(unix_ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{unix_ms} ms"))
 }

@@ -1,0 +1,184 @@
+//! How executions, their steps and their events print: the field list and step table of
+//! `get`, `cancel` and `submit --wait`, the one-line events of `watch`, and pretty JSON.
+
+use noetl_contract::engine::StepStatus;
+use noetl_contract::message::{EventView, ExecutionView, StepView};
+use serde_json::Value;
+
+use crate::table::{self, single_line, Table};
+
+/// How much of a result, an input or a payload a table shows.
+pub const VALUE_CHARS: usize = 80;
+
+/// Pretty JSON on stdout.
+pub fn print_json(value: &Value) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        // A `Value` always serialises; print it compact if it somehow did not.
+        Err(_) => println!("{value}"),
+    }
+}
+
+/// With `json`, the gateway's answer as received; else what `text` prints for people.
+pub fn answer(raw: &Value, json: bool, text: impl FnOnce()) {
+    if json {
+        print_json(raw);
+    } else {
+        text();
+    }
+}
+
+/// The execution's fields, then a table of its steps.
+pub fn execution(execution: &ExecutionView) -> String {
+    let version = match execution.playbook_version {
+        Some(v) => format!(" (version {v})"),
+        None => String::new(),
+    };
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| {
+        out.push_str(&format!("{name:<10} {}\n", single_line(&value)));
+    };
+    field("execution", execution.execution_id.to_string());
+    field("status", execution.status.as_str().to_owned());
+    field("shard", execution.shard.to_string());
+    field("playbook", format!("{}{version}", execution.playbook_name));
+    field("labels", table::labels(&execution.labels));
+    if execution.input.as_object().is_some_and(|i| !i.is_empty()) {
+        field("input", table::compact(&execution.input, 2 * VALUE_CHARS));
+    }
+    field("created", execution.created_at.clone());
+    field("updated", execution.updated_at.clone());
+    out.push('\n');
+    out.push_str(&steps(&execution.steps));
+    out
+}
+
+/// A table of steps: name, status, attempt, time taken, and the result or the error.
+pub fn steps(steps: &[StepView]) -> String {
+    let mut table = Table::new(["STEP", "STATUS", "ATTEMPT", "TIME", "RESULT / ERROR"]);
+    for step in steps {
+        let outcome = match (&step.error, &step.result) {
+            (Some(error), _) => format!("error: {}", table::truncate(error, VALUE_CHARS)),
+            (None, Some(result)) => table::compact(result, VALUE_CHARS),
+            (None, None) => "-".to_owned(),
+        };
+        table.row([
+            step.name.clone(),
+            step.status.as_str().to_owned(),
+            step.attempt.to_string(),
+            took(step.started_at.as_deref(), step.finished_at.as_deref())
+                .unwrap_or_else(|| "-".to_owned()),
+            outcome,
+        ]);
+    }
+    table.render()
+}
+
+/// `1.25s` between two RFC 3339 times, if both parse.
+fn took(started: Option<&str>, finished: Option<&str>) -> Option<String> {
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    };
+    let elapsed = parse(finished?)? - parse(started?)?;
+    let millis = elapsed.whole_milliseconds();
+    (millis >= 0).then(|| format!("{:.2}s", millis as f64 / 1_000.0))
+}
+
+/// Whether a step will change no more.
+pub fn step_finished(status: StepStatus) -> bool {
+    matches!(
+        status,
+        StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled
+    )
+}
+
+/// One event on one line, for a stream (columns cannot be sized ahead of time).
+pub fn event_line(event: &EventView) -> String {
+    single_line(&format!(
+        "{:>4}  {}  {:<20}  {}",
+        event.seq,
+        event.created_at,
+        event.kind,
+        table::compact(&event.payload, VALUE_CHARS)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn failed_execution() -> ExecutionView {
+        serde_json::from_value(json!({
+            "execution_id": "320816801799737344",
+            "shard": 1,
+            "status": "failed",
+            "playbook_name": "diamond",
+            "playbook_version": 3,
+            "input": {"n": 3},
+            "labels": {"env": "dev"},
+            "created_at": "2026-11-23T10:00:00Z",
+            "updated_at": "2026-11-23T10:00:02Z",
+            "steps": [
+                {"name": "a", "status": "succeeded", "attempt": 1, "result": {"ok": true},
+                 "started_at": "2026-11-23T10:00:00.100Z", "finished_at": "2026-11-23T10:00:01.350Z"},
+                {"name": "b", "status": "failed", "attempt": 3, "error": "boom\nat line 2"},
+                {"name": "c", "status": "skipped", "attempt": 0}
+            ],
+            "links": {"self": "/api/v1/executions/320816801799737344"}
+        }))
+        .expect("the documented shape")
+    }
+
+    #[test]
+    fn an_execution_prints_its_fields_and_a_step_table() {
+        assert_eq!(
+            execution(&failed_execution()),
+            "execution  320816801799737344\n\
+             status     failed\n\
+             shard      1\n\
+             playbook   diamond (version 3)\n\
+             labels     env=dev\n\
+             input      {\"n\":3}\n\
+             created    2026-11-23T10:00:00Z\n\
+             updated    2026-11-23T10:00:02Z\n\
+             \n\
+             STEP  STATUS     ATTEMPT  TIME   RESULT / ERROR\n\
+             a     succeeded  1        1.25s  {\"ok\":true}\n\
+             b     failed     3        -      error: boom at line 2\n\
+             c     skipped    0        -      -\n"
+        );
+    }
+
+    #[test]
+    fn an_execution_from_a_gateway_without_versions_still_reads() {
+        let view: ExecutionView = serde_json::from_value(json!({
+            "execution_id": "42", "shard": 0, "status": "running", "playbook_name": "p",
+            "input": {}, "labels": {}, "created_at": "t", "updated_at": "t", "steps": []
+        }))
+        .expect("no playbook_version");
+        assert_eq!(view.playbook_version, None);
+        assert!(execution(&view).contains("playbook   p\n"));
+    }
+
+    #[test]
+    fn stream_lines_hold_seq_time_kind_and_payload() {
+        let event = EventView {
+            seq: 7,
+            kind: "step_succeeded".into(),
+            payload: json!({"step": "a"}),
+            created_at: "2026-11-23T10:00:00Z".into(),
+        };
+        assert_eq!(
+            event_line(&event),
+            "   7  2026-11-23T10:00:00Z  step_succeeded        {\"step\":\"a\"}"
+        );
+    }
+
+    #[test]
+    fn only_final_step_states_are_finished() {
+        assert!(step_finished(StepStatus::Skipped) && step_finished(StepStatus::Cancelled));
+        assert!(!step_finished(StepStatus::Running) && !step_finished(StepStatus::Pending));
+    }
+}
