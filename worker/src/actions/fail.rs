@@ -3,11 +3,10 @@
 //! With `with.until_attempt: N` it fails while the attempt is below N and then succeeds
 //! (with `{"attempt": n}`), so a test can make a step fail twice and pass on the third try.
 
-use futures::future::BoxFuture;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{arguments, optional_count, Action, ActionContext, ActionResult};
+use super::{optional_count, ActionContext, ActionResult, Typed};
 
 const DEFAULT_MESSAGE: &str = "failed on purpose";
 
@@ -16,45 +15,38 @@ pub struct Fail;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
     #[serde(default)]
     message: Option<String>,
     #[serde(default, deserialize_with = "optional_count")]
     until_attempt: Option<u64>,
 }
 
-impl Action for Fail {
-    fn name(&self) -> &'static str {
-        "fail"
-    }
+impl Typed for Fail {
+    const NAME: &'static str = "fail";
+    const HAS_EFFECTS: bool = false;
+    type Args = Args;
 
-    fn has_effects(&self) -> bool {
-        false
-    }
-
-    fn run<'a>(&'a self, with: &'a Value, ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult> {
-        Box::pin(async move {
-            let args: Args = arguments(self.name(), with)?;
-            match args.until_attempt {
-                Some(until) if u64::from(ctx.attempt) >= until => {
-                    Ok(json!({ "attempt": ctx.attempt }))
-                }
-                _ => Err(args.message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned())),
-            }
-        })
+    async fn call(&self, args: Args, ctx: &ActionContext) -> ActionResult {
+        match args.until_attempt {
+            Some(until) if u64::from(ctx.attempt) >= until => Ok(json!({ "attempt": ctx.attempt })),
+            _ => Err(args.message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned())),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
+    use super::super::run_attempt;
     use super::*;
 
     #[tokio::test]
     async fn fail_always_fails_with_its_message() {
-        let ctx = ActionContext { attempt: 7 };
-        let result = Fail.run(&json!({"message": "boom"}), &ctx).await;
+        let result = run_attempt(&Fail, json!({"message": "boom"}), 7).await;
         assert_eq!(result, Err("boom".to_owned()));
-        let result = Fail.run(&Value::Null, &ctx).await;
+        let result = run_attempt(&Fail, Value::Null, 7).await;
         assert_eq!(result, Err(DEFAULT_MESSAGE.to_owned()));
     }
 
@@ -63,8 +55,7 @@ mod tests {
         let with = json!({"message": "not yet", "until_attempt": 3});
         let mut results = Vec::new();
         for attempt in 1..=4 {
-            let ctx = ActionContext { attempt };
-            results.push(Fail.run(&with, &ctx).await);
+            results.push(run_attempt(&Fail, with.clone(), attempt).await);
         }
         assert_eq!(
             results,

@@ -14,13 +14,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{arguments, capped_text, optional_count, Action, ActionContext, ActionResult, Error};
+use super::{capped_text, optional_count, ActionContext, ActionResult, Error, Typed};
 
 #[derive(Debug)]
 pub struct Http {
@@ -43,7 +42,7 @@ impl Http {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
     url: String,
     #[serde(default = "default_method")]
     method: String,
@@ -59,51 +58,45 @@ fn default_method() -> String {
     "GET".to_owned()
 }
 
-impl Action for Http {
-    fn name(&self) -> &'static str {
-        "http"
-    }
+impl Typed for Http {
+    const NAME: &'static str = "http";
+    type Args = Args;
 
-    fn run<'a>(&'a self, with: &'a Value, _ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult> {
-        Box::pin(async move {
-            let args: Args = arguments(self.name(), with)?;
-            let request = self.request(args)?;
-            let mut response = request
-                .send()
-                .await
-                .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
-            let status = response.status().as_u16();
-            let headers = headers_json(response.headers());
-            let is_json = is_json(response.headers());
-            let mut body = Vec::new();
-            // One byte past the cap tells that the body was cut off; the rest is not read.
-            while body.len() <= self.max_output_bytes {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Err(format!("reading the response failed: {}", error_chain(&e)))
-                    }
-                }
+    async fn call(&self, args: Args, _: &ActionContext) -> ActionResult {
+        let request = self.request(args)?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let headers = headers_json(response.headers());
+        let is_json = is_json(response.headers());
+        let mut body = Vec::new();
+        // One byte past the cap tells that the body was cut off; the rest is not read.
+        while body.len() <= self.max_output_bytes {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return Err(format!("reading the response failed: {}", error_chain(&e))),
             }
-            let complete = body.len() <= self.max_output_bytes;
-            let parsed = if is_json && complete {
-                serde_json::from_slice::<Value>(&body).ok()
-            } else {
-                None
-            };
-            let (body, body_truncated) = capped_text(body, self.max_output_bytes);
-            let mut result = json!({
-                "status": status,
-                "headers": headers,
-                "body": body,
-                "body_truncated": body_truncated,
-            });
-            if let (Some(parsed), Some(fields)) = (parsed, result.as_object_mut()) {
-                fields.insert("json".to_owned(), parsed);
-            }
-            Ok(result)
-        })
+        }
+        let complete = body.len() <= self.max_output_bytes;
+        let parsed = if is_json && complete {
+            serde_json::from_slice::<Value>(&body).ok()
+        } else {
+            None
+        };
+        let (body, body_truncated) = capped_text(body, self.max_output_bytes);
+        let mut result = json!({
+            "status": status,
+            "headers": headers,
+            "body": body,
+            "body_truncated": body_truncated,
+        });
+        if let (Some(parsed), Some(fields)) = (parsed, result.as_object_mut()) {
+            fields.insert("json".to_owned(), parsed);
+        }
+        Ok(result)
     }
 }
 
@@ -190,6 +183,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::run_attempt;
     use super::*;
     use axum::http::StatusCode;
     use axum::routing::{get, post};
@@ -245,15 +239,20 @@ mod tests {
 
     async fn run(with: Value) -> ActionResult {
         let http = Http::new(1024).expect("client");
-        http.run(&with, &ActionContext { attempt: 1 }).await
+        run_attempt(&http, with, 1).await
+    }
+
+    /// The result of a GET of `path` on a fresh [`serve`].
+    async fn fetch(path: &str) -> Value {
+        let base = serve().await;
+        run(json!({ "url": format!("{base}{path}") }))
+            .await
+            .expect("an answer is a success")
     }
 
     #[tokio::test]
     async fn a_json_response_is_parsed() {
-        let base = serve().await;
-        let result = run(json!({"url": format!("{base}/json")}))
-            .await
-            .expect("succeeds");
+        let result = fetch("/json").await;
         assert_eq!(result["status"], 200);
         assert_eq!(result["json"], json!({"answer": 42}));
         assert_eq!(result["body"], r#"{"answer": 42}"#);
@@ -265,10 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_body_is_capped_and_not_parsed() {
-        let base = serve().await;
-        let result = run(json!({"url": format!("{base}/big")}))
-            .await
-            .expect("succeeds");
+        let result = fetch("/big").await;
         assert_eq!(result["body"], "y".repeat(1024));
         assert_eq!(result["body_truncated"], true);
         assert!(result.get("json").is_none(), "{result}");
@@ -296,10 +292,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_status_is_a_recorded_success() {
-        let base = serve().await;
-        let result = run(json!({"url": format!("{base}/missing")}))
-            .await
-            .expect("a 404 is an answer");
+        let result = fetch("/missing").await;
         assert_eq!(result["status"], 404);
         assert_eq!(result["headers"]["x-reason"], "gone");
         assert_eq!(result["body"], "nope");

@@ -1,5 +1,7 @@
 //! Step actions: what a worker can do, one file per action behind the [`Action`] trait.
 //!
+//! An action that only needs its arguments decoded implements [`Typed`] (its name, whether it
+//! has effects, the type of its `with`), and gets [`Action`] from it.
 //! [`Registry::builtin`] holds the built-ins (`noop`, `sleep`, `fail`, `http`, `shell`);
 //! [`Registry::execute`] runs one of them under the step's timeout and cancellation and turns
 //! whatever happens (success, failure, timeout, cancellation, panic) into a [`StepOutcome`].
@@ -15,6 +17,7 @@ mod shell;
 mod sleep;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -49,6 +52,37 @@ pub trait Action: Send + Sync + std::fmt::Debug {
     /// running one that should not have run changes nothing.
     fn has_effects(&self) -> bool {
         true
+    }
+}
+
+/// An action whose `with` decodes into [`Typed::Args`]. [`Action`] comes with it: `run`
+/// decodes `with` (`null` counts as `{}`) and fails the attempt with the error, naming the
+/// action, when it does not decode.
+pub trait Typed: Send + Sync + std::fmt::Debug {
+    /// The name steps use in `action`.
+    const NAME: &'static str;
+    /// As [`Action::has_effects`].
+    const HAS_EFFECTS: bool = true;
+    type Args: DeserializeOwned + Send;
+    /// Runs one attempt with the decoded arguments.
+    fn call<'a>(
+        &'a self,
+        args: Self::Args,
+        ctx: &'a ActionContext,
+    ) -> impl Future<Output = ActionResult> + Send + 'a;
+}
+
+impl<T: Typed> Action for T {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn run<'a>(&'a self, with: &'a Value, ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult> {
+        Box::pin(async move { self.call(arguments(T::NAME, with)?, ctx).await })
+    }
+
+    fn has_effects(&self) -> bool {
+        T::HAS_EFFECTS
     }
 }
 
@@ -126,11 +160,11 @@ impl Registry {
 
 /// Decodes an action's `with` (`null` counts as `{}`), naming the action in the error.
 fn arguments<T: DeserializeOwned>(action: &str, with: &Value) -> Result<T, String> {
-    let with = match with {
-        Value::Null => Value::Object(serde_json::Map::new()),
-        other => other.clone(),
-    };
-    serde_json::from_value(with).map_err(|e| format!("invalid arguments for {action}: {e}"))
+    match with {
+        Value::Null => T::deserialize(&Value::Object(serde_json::Map::new())),
+        other => T::deserialize(other),
+    }
+    .map_err(|e| format!("invalid arguments for {action}: {e}"))
 }
 
 /// A count given as a number or, since templates render to strings, as a string of digits.
@@ -178,6 +212,12 @@ fn capped_text(mut bytes: Vec<u8>, max: usize) -> (String, bool) {
     (String::from_utf8_lossy(&bytes).into_owned(), truncated)
 }
 
+/// Runs one attempt of `action` (`attempt` counts from 1), as the actions' tests do.
+#[cfg(test)]
+async fn run_attempt(action: &dyn Action, with: Value, attempt: u32) -> ActionResult {
+    action.run(&with, &ActionContext { attempt }).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,11 +227,19 @@ mod tests {
         Registry::builtin(false, 1024).expect("registry")
     }
 
-    fn ctx() -> ActionContext {
-        ActionContext { attempt: 1 }
-    }
-
     const LONG: Duration = Duration::from_secs(60);
+
+    /// Runs `name` once, as attempt 1, never cancelled.
+    async fn execute(
+        registry: &Registry,
+        name: &str,
+        with: Value,
+        timeout: Duration,
+    ) -> StepOutcome {
+        let ctx = ActionContext { attempt: 1 };
+        let never = CancellationToken::new();
+        registry.execute(name, &with, &ctx, timeout, &never).await
+    }
 
     #[derive(Debug)]
     struct Panics;
@@ -207,15 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_action_fails_the_attempt_naming_the_known_ones() {
-        let outcome = registry()
-            .execute(
-                "teleport",
-                &json!({}),
-                &ctx(),
-                LONG,
-                &CancellationToken::new(),
-            )
-            .await;
+        let outcome = execute(&registry(), "teleport", json!({}), LONG).await;
         let StepOutcome::Failed { error } = outcome else {
             panic!("expected a failure, got {outcome:?}");
         };
@@ -225,15 +265,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_attempt_longer_than_its_timeout_fails() {
-        let outcome = registry()
-            .execute(
-                "sleep",
-                &json!({"ms": 60_000}),
-                &ctx(),
-                Duration::from_millis(20),
-                &CancellationToken::new(),
-            )
-            .await;
+        let timeout = Duration::from_millis(20);
+        let outcome = execute(&registry(), "sleep", json!({"ms": 60_000}), timeout).await;
         assert_eq!(
             outcome,
             StepOutcome::Failed {
@@ -247,7 +280,7 @@ mod tests {
         let registry = registry();
         let cancel = CancellationToken::new();
         let with = json!({"ms": 600_000});
-        let context = ctx();
+        let context = ActionContext { attempt: 1 };
         let running = registry.execute("sleep", &with, &context, LONG, &cancel);
         cancel.cancel();
         assert_eq!(
@@ -262,15 +295,7 @@ mod tests {
     async fn a_panicking_action_fails_the_attempt() {
         let mut registry = registry();
         registry.register(Box::new(Panics));
-        let outcome = registry
-            .execute(
-                "panics",
-                &Value::Null,
-                &ctx(),
-                LONG,
-                &CancellationToken::new(),
-            )
-            .await;
+        let outcome = execute(&registry, "panics", Value::Null, LONG).await;
         assert_eq!(
             outcome,
             StepOutcome::Failed {
@@ -297,6 +322,17 @@ mod tests {
             assert!(error.contains("invalid arguments for t"), "{error}");
             assert!(error.contains("a whole number"), "{error}");
         }
+    }
+
+    #[test]
+    fn null_arguments_are_an_empty_object() {
+        #[derive(Debug, Deserialize)]
+        struct Args {
+            #[serde(default)]
+            n: Option<u64>,
+        }
+        let parsed: Args = arguments("t", &Value::Null).expect("null is {}");
+        assert_eq!(parsed.n, None);
     }
 
     #[test]

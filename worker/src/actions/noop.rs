@@ -1,35 +1,32 @@
 //! `noop`: does nothing and succeeds with `{}`; its `with` is ignored.
 
-use futures::future::BoxFuture;
-use serde_json::{json, Value};
+use serde::de::IgnoredAny;
+use serde_json::json;
 
-use super::{Action, ActionContext, ActionResult};
+use super::{ActionContext, ActionResult, Typed};
 
 #[derive(Debug)]
 pub struct Noop;
 
-impl Action for Noop {
-    fn name(&self) -> &'static str {
-        "noop"
-    }
+impl Typed for Noop {
+    const NAME: &'static str = "noop";
+    const HAS_EFFECTS: bool = false;
+    type Args = IgnoredAny;
 
-    fn has_effects(&self) -> bool {
-        false
-    }
-
-    fn run<'a>(&'a self, _with: &'a Value, _ctx: &'a ActionContext) -> BoxFuture<'a, ActionResult> {
-        Box::pin(async { Ok(json!({})) })
+    async fn call(&self, _: IgnoredAny, _: &ActionContext) -> ActionResult {
+        Ok(json!({}))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::run_attempt;
     use super::*;
 
     #[tokio::test]
-    async fn noop_succeeds_with_an_empty_object() {
-        let ctx = ActionContext { attempt: 1 };
-        let result = Noop.run(&json!({"ignored": true}), &ctx).await;
-        assert_eq!(result, Ok(json!({})));
+    async fn noop_succeeds_with_an_empty_object_whatever_its_arguments() {
+        for with in [json!({"ignored": true}), json!(null), json!([1, 2])] {
+            assert_eq!(run_attempt(&Noop, with, 1).await, Ok(json!({})));
+        }
     }
 }

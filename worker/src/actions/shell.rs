@@ -145,6 +145,7 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin, max: usize) -> std::io:
 
 #[cfg(test)]
 mod tests {
+    use super::super::run_attempt;
     use super::*;
 
     fn allowed() -> Shell {
@@ -152,7 +153,7 @@ mod tests {
     }
 
     async fn run(shell: &Shell, with: Value) -> ActionResult {
-        shell.run(&with, &ActionContext { attempt: 1 }).await
+        run_attempt(shell, with, 1).await
     }
 
     #[tokio::test]
@@ -174,25 +175,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_non_zero_exit_fails_with_the_code_and_stderr() {
-        let error = run(
-            &allowed(),
-            json!({"argv": ["sh", "-c", "echo out; echo broken >&2; exit 3"]}),
-        )
-        .await
-        .expect_err("exit 3 fails");
-        assert_eq!(error, "exit code 3; stderr: broken\n");
-    }
-
-    #[tokio::test]
-    async fn a_program_running_past_its_timeout_is_stopped() {
-        let error = run(
-            &allowed(),
-            json!({"argv": ["sleep", "600"], "timeout_ms": 50}),
-        )
-        .await
-        .expect_err("times out");
-        assert_eq!(error, "timed out after 50 ms");
+    async fn a_failing_or_overlong_program_fails_the_step_saying_why() {
+        for (with, expected) in [
+            (
+                json!({"argv": ["sh", "-c", "echo out; echo broken >&2; exit 3"]}),
+                "exit code 3; stderr: broken\n",
+            ),
+            (json!({"argv": ["sh", "-c", "exit 4"]}), "exit code 4"),
+            (
+                json!({"argv": ["sleep", "600"], "timeout_ms": 50}),
+                "timed out after 50 ms",
+            ),
+        ] {
+            let error = run(&allowed(), with.clone()).await.expect_err("fails");
+            assert_eq!(error, expected, "{with}");
+        }
     }
 
     #[tokio::test]

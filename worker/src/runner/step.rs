@@ -1,225 +1,34 @@
-//! The worker's only module that talks to NATS: pulling commands, heartbeats, reports, acks.
-//!
-//! Each pool pulls from its durable consumer only as many commands as it holds running slots
-//! for (`concurrency` of them, shared by all pools), so no command waits in a buffer while its
-//! ack deadline runs out. A step gives its running slot up once its action is over, for one of
-//! the `pending_reports` slots held while its result waits for the shard: the shard's answer
-//! (a batched, durable transaction, milliseconds under load) does not idle the worker, and
-//! when every reporting slot is taken finished steps keep their running slots, so the worker
-//! pulls no more than the shards take. A vanished or broken consumer is opened again with
-//! backoff. Per command:
-//!
-//! 1. An undecodable payload is terminated (`+TERM`: never redelivered), logged and counted.
-//! 2. A `starting` heartbeat asks the shard whether the attempt may start (it writes nothing);
-//!    `stop` means "do not start" (cancelled execution, superseded attempt), and the command is
-//!    acked unrun. An action without effects ([`crate::actions::Action::has_effects`]: `noop`, `fail`) skips
-//!    the question, since its fenced report is all it does.
-//! 3. The action runs under the command's timeout. After [`FIRST_BEAT_AFTER`] (sooner if the
-//!    interval is shorter), then every `min(lease, ack_wait) / 3`, the worker heartbeats the
-//!    shard (extending the attempt's lease, marking the step running, with the action's start
-//!    time) and tells JetStream it is still working (`+WPI`); a `stop` answer cancels the action
-//!    and the command is acked unreported.
-//! 4. The [`StepReport`] goes to the owning shard until the shard answers, heartbeats going
-//!    on meanwhile so the attempt keeps its lease; only then is the command acked. `stale` (a newer attempt owns the step) is acked too. If the worker shuts
-//!    down before the shard answered, the command is left unacked, so JetStream redelivers it.
-//!
-//! On cancellation the pools stop pulling (commands that arrive meanwhile are handed back with
-//! `-NAK`), and [`run`] returns once every step in hand has finished and reported.
+//! One delivered command, from decoding it to acking it: the starting check, the action under
+//! heartbeats, the report until the shard settles it, and the ack (steps 1 to 4 of the
+//! [`runner`](super) module).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use noetl_bus::commands::{self, AckKind, Delivery, PullConsumer};
-use noetl_bus::Client;
+use noetl_bus::commands::{AckKind, Delivery};
 use noetl_contract::command::{
     Heartbeat, HeartbeatAck, ReportAck, StepCommand, StepOutcome, StepReport,
 };
 use noetl_contract::message::WireErrorCode;
 use noetl_contract::subject::{self, ShardRequest};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::actions::{ActionContext, Registry};
-use crate::configuration::WorkerConfig;
+use super::{Backoff, Runner};
+use crate::actions::ActionContext;
 
-/// How long one pull waits for commands: short, so an idle pool soon gives its permits back
-/// to the others, and a draining worker soon stops pulling.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// Most commands asked for in one pull.
-const MAX_PULL: usize = 256;
 /// Shortest interval between heartbeats, however short the lease.
 const MIN_BEAT: Duration = Duration::from_millis(50);
 /// When a running step's first heartbeat goes (after the starting check), unless its interval
 /// is shorter: a step that ends sooner costs its shard no write for its start (the report
 /// records it); a longer one gets the step lease and its `running` mark this soon.
 const FIRST_BEAT_AFTER: Duration = Duration::from_secs(1);
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// What every pool loop and step task shares.
-#[derive(Debug)]
-struct Runner {
-    client: Client,
-    registry: Registry,
-    worker: String,
-    ack_wait: Duration,
-    request_timeout: Duration,
-    /// Slots of finished steps whose result the shard has not answered yet.
-    reporting: Arc<Semaphore>,
-    /// The process's shutdown: stop pulling, and stop retrying reports.
-    shutdown: CancellationToken,
-}
-
-/// Serves every configured pool until `cancel`, then waits for the steps in hand.
-pub async fn run(
-    client: Client,
-    config: &WorkerConfig,
-    registry: Registry,
-    cancel: CancellationToken,
-) {
-    let runner = Arc::new(Runner {
-        client,
-        registry,
-        worker: config.name.clone(),
-        ack_wait: config.ack_wait,
-        request_timeout: config.request_timeout,
-        reporting: Arc::new(Semaphore::new(config.pending_reports)),
-        shutdown: cancel,
-    });
-    let permits = Arc::new(Semaphore::new(config.concurrency));
-    let per_pull = (config.concurrency / config.pools.len()).clamp(1, MAX_PULL);
-    let steps = TaskTracker::new();
-    let pools = config.pools.iter().map(|pool| {
-        serve_pool(
-            runner.clone(),
-            Arc::from(pool.as_str()),
-            permits.clone(),
-            per_pull,
-            steps.clone(),
-        )
-    });
-    futures::future::join_all(pools).await;
-    steps.close();
-    if !steps.is_empty() {
-        tracing::info!(
-            steps = steps.len(),
-            "waiting for the steps in hand to finish"
-        );
-    }
-    steps.wait().await;
-}
-
-/// Opens the pool's consumer and pulls from it; opens it again whenever it breaks.
-async fn serve_pool(
-    runner: Arc<Runner>,
-    pool: Arc<str>,
-    permits: Arc<Semaphore>,
-    per_pull: usize,
-    steps: TaskTracker,
-) {
-    let cancel = runner.shutdown.clone();
-    let mut backoff = Backoff::new();
-    while !cancel.is_cancelled() {
-        let opened = tokio::select! {
-            () = cancel.cancelled() => return,
-            opened = commands::pool_consumer(&runner.client, &pool, runner.ack_wait) => opened,
-        };
-        let consumer = match opened {
-            Ok(consumer) => consumer,
-            Err(error) => {
-                tracing::warn!(%pool, %error, "cannot open the pool's consumer; retrying");
-                backoff.wait(&cancel).await;
-                continue;
-            }
-        };
-        tracing::info!(%pool, "consuming commands");
-        loop {
-            let pulled = pull(&runner, &pool, &consumer, &permits, per_pull, &steps).await;
-            match pulled {
-                Ok(Pulled::More) => backoff.reset(),
-                Ok(Pulled::Cancelled) => return,
-                Err(error) => {
-                    tracing::warn!(%pool, %error, "lost the pool's consumer; opening it again");
-                    metrics::counter!("noetl_worker_consumer_restarts_total", "pool" => pool.to_string())
-                        .increment(1);
-                    backoff.wait(&cancel).await;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-enum Pulled {
-    More,
-    Cancelled,
-}
-
-/// One pull: takes free permits (waiting for one), asks for that many commands, and starts a
-/// step task for each that arrives.
-async fn pull(
-    runner: &Arc<Runner>,
-    pool: &Arc<str>,
-    consumer: &PullConsumer,
-    permits: &Arc<Semaphore>,
-    per_pull: usize,
-    steps: &TaskTracker,
-) -> Result<Pulled, noetl_bus::Error> {
-    let cancel = &runner.shutdown;
-    let first = tokio::select! {
-        () = cancel.cancelled() => return Ok(Pulled::Cancelled),
-        permit = permits.clone().acquire_owned() => permit,
-    };
-    let Ok(first) = first else {
-        return Ok(Pulled::Cancelled);
-    };
-    let mut held = vec![first];
-    while held.len() < per_pull {
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => held.push(permit),
-            Err(_) => break,
-        }
-    }
-    let batch = commands::pull(consumer, held.len(), PULL_EXPIRES).await?;
-    tokio::pin!(batch);
-    let mut draining = false;
-    loop {
-        let next = tokio::select! {
-            () = cancel.cancelled(), if !draining => {
-                draining = true;
-                continue;
-            }
-            next = batch.next() => next,
-        };
-        let delivery = match next {
-            None if draining => return Ok(Pulled::Cancelled),
-            None => return Ok(Pulled::More),
-            Some(Err(error)) => return Err(error),
-            Some(Ok(delivery)) => delivery,
-        };
-        match held.pop() {
-            Some(permit) if !draining => {
-                let step = handle(runner.clone(), pool.clone(), delivery, permit);
-                steps.spawn(step);
-            }
-            _ => {
-                // Arrived as shutdown began (or beyond what was asked for): hand it straight
-                // back for another worker rather than let it wait out its ack deadline.
-                if let Err(error) = delivery.ack_with(AckKind::Nak(None)).await {
-                    tracing::debug!(%pool, %error, "could not hand a command back");
-                }
-            }
-        }
-    }
-}
 
 /// Everything about one delivered command; `running` is returned once its action is over.
-async fn handle(
+pub(super) async fn handle(
     runner: Arc<Runner>,
     pool: Arc<str>,
     delivery: Delivery,
@@ -529,34 +338,6 @@ fn count_step(pool: &str, action: &'static str, outcome: &'static str) {
     .increment(1);
 }
 
-/// Exponential delay between retries, from [`BACKOFF_START`] up to [`BACKOFF_MAX`].
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            next: BACKOFF_START,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_START;
-    }
-
-    /// Waits the current delay and doubles it; `false` when `cancel` fired first.
-    async fn wait(&mut self, cancel: &CancellationToken) -> bool {
-        let delay = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            () = cancel.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,20 +392,5 @@ mod tests {
         assert_eq!(beat_interval(9_000, ack_wait), Duration::from_secs(3));
         assert_eq!(beat_interval(600_000, ack_wait), Duration::from_secs(10));
         assert_eq!(beat_interval(0, ack_wait), MIN_BEAT);
-    }
-
-    #[tokio::test]
-    async fn backoff_doubles_up_to_its_cap_and_stops_on_cancel() {
-        let mut backoff = Backoff::new();
-        let cancel = CancellationToken::new();
-        cancel.cancel();
-        assert!(!backoff.wait(&cancel).await);
-        assert_eq!(backoff.next, BACKOFF_START * 2);
-        for _ in 0..10 {
-            backoff.wait(&cancel).await;
-        }
-        assert_eq!(backoff.next, BACKOFF_MAX);
-        backoff.reset();
-        assert_eq!(backoff.next, BACKOFF_START);
     }
 }
