@@ -48,8 +48,9 @@ new_password() {
 # Writes a new API token with every scope for the tenant `dev` to $2 (mode 0600) and its digest
 # to the tokens file $3 the gateway reads; the token is `$1_` and 48 random hex digits, $4 says
 # who wrote the file. With $5 (a name) and $6 (a file), a second token, `$5` with the scope read,
-# goes to $6 and its digest into the same tokens file. The tokens are never printed nor put on a
-# command line (printf is a shell builtin).
+# goes to $6 (without a newline after it: the file becomes a Secret's value, and that an
+# environment variable) and its digest into the same tokens file. The tokens are never printed
+# nor put on a command line (printf is a shell builtin).
 write_dev_tokens() {
 	local prefix=$1 token_file=$2 tokens_file=$3 writer=$4 second_name=${5:-} second_file=${6:-}
 	local token
@@ -61,7 +62,7 @@ write_dev_tokens() {
 		printf 'sha256 = "%s"\n' "$(printf '%s' "$token" | sha256_hex)"
 		if [[ -n $second_name ]]; then
 			token=${prefix}_$(random_hex 24)
-			(umask 077 && printf '%s\n' "$token" >"$second_file")
+			(umask 077 && printf '%s' "$token" >"$second_file")
 			printf '\n[[tokens]]\nname = "%s"\ntenant = "dev"\nscopes = ["read"]\n' "$second_name"
 			printf 'sha256 = "%s"\n' "$(printf '%s' "$token" | sha256_hex)"
 		fi

@@ -189,18 +189,21 @@ apply_manifests() {
 	sed 's/^/  /' "$WORK_DIR/applied"
 }
 
-# The path of $1 relative to the working directory, for the kustomization's `resources` (only
-# `..` steps and names; both are absolute paths without symlink tricks here).
+# The path of the directory $1 relative to the working directory, for the kustomization's
+# `resources` (kustomize wants a relative path to another kustomization).
 relative_path() {
-	local target=$1 here up=""
+	local target here up=""
 	here=$(pwd -P)
-	target=$(cd "$target" && pwd -P)
-	while [[ $target != "$here" && $target != "$here"/* ]]; do
+	target=$(cd "$1" && pwd -P)
+	while [[ $here != / && $target != "$here" && $target != "$here"/* ]]; do
 		here=$(dirname "$here")
 		up="../$up"
 	done
 	if [[ $target == "$here" ]]; then
-		printf '%s\n' "${up%/}"
+		up=${up%/}
+		printf '%s\n' "${up:-.}"
+	elif [[ $here == / ]]; then
+		printf '%s%s\n' "$up" "${target#/}"
 	else
 		printf '%s%s\n' "$up" "${target#"$here"/}"
 	fi
