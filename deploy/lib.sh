@@ -12,14 +12,14 @@ die() {
 # The SHA-256 digest of stdin, as 64 hex digits: sha256sum (GNU), shasum (macOS) or openssl.
 sha256_hex() {
 	local sum
-	if command -v sha256sum >/dev/null 2>&1; then
-		sum=$(sha256sum)
+	if command -v sha256sum >/dev/null 2>&1; then # portable: GNU first, then macOS's shasum
+		sum=$(sha256sum)                          # portable: only where it exists
 	elif command -v shasum >/dev/null 2>&1; then
 		sum=$(shasum -a 256)
 	elif command -v openssl >/dev/null 2>&1; then
 		sum=$(openssl dgst -sha256 -r)
 	else
-		die "no sha256sum, shasum or openssl to compute a SHA-256 digest with"
+		die "no sha256sum, shasum or openssl to compute a SHA-256 digest with" # portable: a message
 	fi
 	printf '%s\n' "${sum%% *}"
 }

@@ -270,8 +270,8 @@ test_create_secrets() {
 	local before
 	before=$(cat "$dir/store/"*)
 	run_secrets second-token || true
-	check "create-secrets.sh, run again: kept every Secret as it was, wrote no token" \
-		eval "[[ \$(cat $dir/store/*) == \"\$before\" && ! -e $dir/second-token ]]"
+	kept_all() { [[ $(cat "$dir/store/"*) == "$before" && ! -e $dir/second-token ]]; }
+	check "create-secrets.sh, run again: kept every Secret as it was, wrote no token" kept_all
 }
 
 main() {
