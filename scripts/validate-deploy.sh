@@ -28,11 +28,12 @@
 #     bash version they claim (deploy/tools/check_portable_shell.py); deploy/kind/up.sh and
 #     deploy/create-secrets.sh with stand-in docker, kind and kubectl (deploy/tests/stand-ins.sh)
 #  9. wiki/operations.md: every command block is marked as run here or Kubernetes-only, and the
-#     ones run here run against a throw-away local cluster (deploy/tests/operations-doc.sh)
+#     ones run here run against a throw-away local cluster on free ports, with the binaries of
+#     NOETL_BIN_DIR (target/debug; skipped when they are not built) (deploy/tests/operations-doc.sh)
 # Prints each step and a summary; exits 1 if any check failed. Needs bash 4 (and Linux: it
 # installs what it lacks with apt-get).
 #
-# Settings (environment): STATE_DIR (<repo>/.state).
+# Settings (environment): STATE_DIR (<repo>/.state), NOETL_BIN_DIR (<repo>/target/debug).
 
 set -euo pipefail
 
@@ -368,6 +369,19 @@ check_shell() {
 	fi
 }
 
+# --- 9. wiki/operations.md ---------------------------------------------------------------------
+
+check_operations_doc() {
+	say "wiki/operations.md: its command blocks, the local ones run against a throw-away local cluster"
+	local status=0
+	"$DEPLOY/tests/operations-doc.sh" || status=$?
+	case $status in
+	0) pass "operations.md: every shell block marked; the local ones ran against a local cluster; every noetlctl command it names exists" ;;
+	77) skip "operations.md: blocks marked, but the local ones not run (the binaries are not built: make build, or NOETL_BIN_DIR)" ;;
+	*) fail "operations.md: a shell block is unmarked, or a local one failed, or it names a noetlctl command that does not exist" ;;
+	esac
+}
+
 main() {
 	cd "$REPO_ROOT"
 	ensure_tools
@@ -379,13 +393,14 @@ main() {
 	check_dockerfile
 	check_dashboard
 	check_shell
+	check_operations_doc
 	say "summary"
 	printf '%s\n' "${RESULTS[@]}"
 	if ((FAILED)); then
 		printf 'validate-deploy: FAILED\n'
 		exit 1
 	fi
-	printf 'validate-deploy: every check passed (what this does not cover: building the image, running a cluster; see wiki/operations.md)\n'
+	printf 'validate-deploy: every check passed (what this does not cover: building the image, running a Kubernetes cluster; see wiki/operations.md)\n'
 }
 
 main "$@"
