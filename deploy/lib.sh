@@ -3,6 +3,15 @@
 # Written for bash 3.2 (macOS's /bin/bash) and for BSD as well as GNU tools, like the scripts that
 # source it (scripts/validate-deploy.sh checks both with deploy/tools/check_portable_shell.py).
 
+# Stops with a message unless this bash's major version is $1 or more (a script that needs bash 4
+# calls it first thing; macOS's /bin/bash is 3.2).
+require_bash() {
+	if ((BASH_VERSINFO[0] < $1)); then
+		printf 'error: %s needs bash %s or newer (this is %s)\n' "$0" "$1" "$BASH_VERSION" >&2
+		exit 1
+	fi
+}
+
 say() { printf '==> %s\n' "$*"; }
 die() {
 	printf 'error: %s\n' "$*" >&2

@@ -37,13 +37,11 @@
 
 set -euo pipefail
 
-if ((BASH_VERSINFO[0] < 4)); then
-	printf 'error: %s needs bash 4 or newer (this is %s)\n' "$0" "$BASH_VERSION" >&2
-	exit 1
-fi
-
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_ROOT
+# shellcheck source=../deploy/lib.sh source-path=SCRIPTDIR
+source "$REPO_ROOT/deploy/lib.sh"
+require_bash 4
 # shellcheck source=ensure-deps.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/ensure-deps.sh"
 
@@ -61,11 +59,8 @@ readonly BINARIES=(noetl-gateway noetl-server noetl-worker noetlctl)
 declare -a RESULTS=()
 FAILED=0
 
+# Each step set apart (die comes from deploy/lib.sh).
 say() { printf '\n==> %s\n' "$*"; }
-die() {
-	printf 'error: %s\n' "$*" >&2
-	exit 1
-}
 pass() { RESULTS+=("ok    $*"); }
 fail() {
 	RESULTS+=("FAIL  $*")
@@ -226,11 +221,11 @@ check_nats() {
 	else
 		fail "nats.conf: nats-server refuses passwords create-secrets.sh can make"
 	fi
-	# The users' and the routes' passwords from the same generator, as in production.
+	# The users' and the routes' passwords from the same generator (deploy/lib.sh), as in production.
 	local -a passwords=()
 	local variable
 	for variable in NATS_GATEWAY_PASSWORD NATS_SERVER_PASSWORD NATS_WORKER_PASSWORD NATS_OPERATOR_PASSWORD NATS_ROUTE_PASSWORD; do
-		passwords+=("$variable=$(generated_password)")
+		passwords+=("$variable=$(new_password)")
 	done
 	if env "${passwords[@]}" "$VENV/bin/python" "$DEPLOY/tools/check_nats_permissions.py" \
 		--config "$DEPLOY/base/nats.conf" --nats-server "$server"; then
@@ -238,15 +233,6 @@ check_nats() {
 	else
 		fail "nats.conf: role permissions"
 	fi
-}
-
-# A password from the generator deploy/create-secrets.sh uses.
-generated_password() {
-	(
-		# shellcheck source=../deploy/lib.sh source-path=SCRIPTDIR
-		source "$DEPLOY/lib.sh"
-		new_password
-	)
 }
 
 # --- 5. shard files -----------------------------------------------------------------------------

@@ -15,13 +15,11 @@
 
 set -euo pipefail
 
-if ((BASH_VERSINFO[0] < 4)); then
-	printf 'error: %s needs bash 4 or newer (this is %s)\n' "$0" "$BASH_VERSION" >&2
-	exit 1
-fi
-
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly REPO_ROOT
+# shellcheck source=../lib.sh source-path=SCRIPTDIR
+source "$REPO_ROOT/deploy/lib.sh"
+require_bash 4
 readonly CONF=$REPO_ROOT/deploy/base/nats.conf
 readonly VARIABLES=(NATS_ROUTE_PASSWORD NATS_GATEWAY_PASSWORD NATS_SERVER_PASSWORD NATS_WORKER_PASSWORD NATS_OPERATOR_PASSWORD)
 readonly SERVER=${1:?usage: $0 NATS_SERVER [COUNT]}

@@ -13,13 +13,11 @@
 
 set -euo pipefail
 
-if ((BASH_VERSINFO[0] < 4)); then
-	printf 'error: %s needs bash 4 or newer (this is %s)\n' "$0" "$BASH_VERSION" >&2
-	exit 1
-fi
-
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly REPO_ROOT
+# shellcheck source=../lib.sh source-path=SCRIPTDIR
+source "$REPO_ROOT/deploy/lib.sh"
+require_bash 4
 readonly TOOL=$REPO_ROOT/deploy/tools/operations_doc.py
 BIN_DIR=$(cd "${NOETL_BIN_DIR:-$REPO_ROOT/target/debug}" 2>/dev/null && pwd) || BIN_DIR=${NOETL_BIN_DIR:-$REPO_ROOT/target/debug}
 readonly BIN_DIR

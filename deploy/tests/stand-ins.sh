@@ -19,13 +19,11 @@
 
 set -euo pipefail
 
-if ((BASH_VERSINFO[0] < 4)); then
-	printf 'error: %s needs bash 4 or newer (this is %s)\n' "$0" "$BASH_VERSION" >&2
-	exit 1
-fi
-
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly REPO_ROOT
+# shellcheck source=../lib.sh source-path=SCRIPTDIR
+source "$REPO_ROOT/deploy/lib.sh"
+require_bash 4
 REAL_KUBECTL=$(command -v kubectl) || {
 	printf 'error: kubectl is needed (its kustomize renders what up.sh writes)\n' >&2
 	exit 1

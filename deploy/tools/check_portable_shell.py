@@ -5,7 +5,8 @@
 
 A bash script's first comment block either says it needs "bash 3.2 or newer" (it runs with
 macOS's /bin/bash and BSD tools: what an operator runs) or "bash 4" (and then checks
-BASH_VERSINFO before anything else runs, with a message saying so). A script that claims bash 3.2
+BASH_VERSINFO, or calls require_bash 4 of deploy/lib.sh, before anything else runs, with a
+message saying so). A script that claims bash 3.2
 must not use what bash 3.2 lacks or what only GNU tools do, as far as a line-by-line reading can
 tell (listed in RULES). There is no bash 3.2 on the Linux machines this runs on, so this reading
 is the check. A line may carry the comment `# portable: <why>` to pass anyway (a GNU tool tried
@@ -53,7 +54,7 @@ EMPTY_ARRAY = re.compile(r"(?:^|[\s;(])(?:local\s+(?:-a\s+)?|declare\s+-a\s+)?([
 EXEMPT = re.compile(r"#\s*portable:")
 NEEDS_32 = re.compile(r"^#.*\bbash 3\.2\b")
 NEEDS_4 = re.compile(r"^#.*\bbash 4\b")
-VERSION_CHECK = re.compile(r"BASH_VERSINFO\[0\]\s*<\s*4")
+VERSION_CHECK = re.compile(r"BASH_VERSINFO\[0\]\s*<\s*4|^\s*require_bash\s+4\b")
 
 
 def header(lines):
@@ -104,7 +105,7 @@ def check_script(report, path, text):
         # The check must come before the first function runs: within the first lines of code.
         code = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if report.check(any(VERSION_CHECK.search(line) for line in code[:12]),
-                        "%s: says it needs bash 4 but does not check BASH_VERSINFO near its start" % path):
+                        "%s: says it needs bash 4 but does not check BASH_VERSINFO (or call require_bash 4) near its start" % path):
             print("  ok  %s: needs bash 4, and checks it first" % path)
     else:
         report.check(False, "%s: its header says neither \"bash 3.2 or newer\" nor \"bash 4\"" % path)
