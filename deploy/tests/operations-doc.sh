@@ -5,8 +5,9 @@
 #      scripts/cluster.sh up in a temporary state directory, on free ports, with 2 shards, and
 #      the environment `scripts/cluster.sh env` prints (plus NOETL_TOKEN_FILE, its token's file);
 #   3. every `noetlctl …` the page names is a subcommand with the flags it names.
-# Steps 2 and 3 need the binaries built: NOETL_BIN_DIR (default target/debug, which `make test`
-# builds before it runs this); without them this says so and exits 77 after step 1.
+# Steps 2 and 3 need the binaries built: NOETL_BIN_DIR (default target/debug, or CARGO_TARGET_DIR's
+# debug/, which `make test` builds before it runs this); without them this says so and exits 77
+# after step 1.
 # scripts/cluster.sh builds release binaries itself; here it is given the ones at hand instead,
 # through a CARGO_TARGET_DIR whose release/ links to them and a `cargo` on PATH that builds nothing.
 # Run by scripts/validate-deploy.sh. Needs bash 4 (it is a test of this repository, run on Linux).
@@ -19,7 +20,8 @@ readonly REPO_ROOT
 source "$REPO_ROOT/deploy/lib.sh"
 require_bash 4
 readonly TOOL=$REPO_ROOT/deploy/tools/operations_doc.py
-BIN_DIR=$(cd "${NOETL_BIN_DIR:-$REPO_ROOT/target/debug}" 2>/dev/null && pwd) || BIN_DIR=${NOETL_BIN_DIR:-$REPO_ROOT/target/debug}
+BIN_DIR=${NOETL_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug}
+[[ $BIN_DIR == /* ]] || BIN_DIR=$REPO_ROOT/$BIN_DIR
 readonly BIN_DIR
 readonly BINARIES=(noetl-server noetl-worker noetl-gateway noetlctl)
 
