@@ -1,14 +1,13 @@
 //! The public API beyond one execution: listing across shards, Idempotency-Key, the playbook
 //! catalog and dry runs, against real NATS and PostgreSQL.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{describe, hello_request, id_of, Cluster};
 use futures::StreamExt;
 use noetl_contract::{shard_of, ExecutionId, IdGenerator, NodeId};
 use serde_json::{json, Value};
+
+use crate::harness::{describe, example, hello_request, id_of, Cluster, Worker};
 
 /// Stores `count` executions straight into their shard databases (the bulk path: what the
 /// listing reads is the databases), with ids minted an hour ago, one per millisecond; with
@@ -67,7 +66,7 @@ fn ids_of(page: &Value) -> Vec<ExecutionId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_visits_every_execution_once_newest_first_while_submits_continue() {
-    let cluster = Cluster::start(4).await;
+    let cluster = Cluster::builder().shards(4).start().await;
     let existing: HashSet<ExecutionId> = bulk_load(&cluster, 10_000).await.into_iter().collect();
 
     // Submits keep arriving while the client pages.
@@ -135,7 +134,7 @@ async fn paging_visits_every_execution_once_newest_first_while_submits_continue(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_filters_by_status_labels_playbook_and_time() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let bulk = bulk_load(&cluster, 50).await;
     let mut mine = Vec::new();
     for team in ["data", "web", "data"] {
@@ -194,7 +193,7 @@ async fn listing_filters_by_status_labels_playbook_and_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_does_not_answer_makes_the_listing_partial_and_names_it() {
     // Nobody serves shard 1.
-    let cluster = Cluster::start_serving(2, Some(vec![0])).await;
+    let cluster = Cluster::builder().shards(2).serve(&[0]).start().await;
     bulk_load_into(&cluster, 20, Some(0)).await;
     let body = page(&cluster, "limit=100").await;
     assert_eq!(body["partial"], true, "{body}");
@@ -231,7 +230,7 @@ async fn post_with_key(cluster: &Cluster, key: &str, body: &Value) -> (u16, Opti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submits_with_one_idempotency_key_create_one_execution() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let body = hello_request();
     let answers: Vec<(u16, Option<String>, Value)> = futures::stream::iter(0..50)
         .map(|_| post_with_key(&cluster, "order-4711", &body))
@@ -271,7 +270,7 @@ async fn concurrent_submits_with_one_idempotency_key_create_one_execution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_playbooks_are_versioned_and_executions_keep_the_version_they_ran() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::builder().start().await;
     let mut playbook = hello_request()["playbook"].clone();
     playbook["name"] = json!("nightly");
     let (status, v1) = cluster.post_json("/api/v1/playbooks", &playbook).await;
@@ -370,7 +369,7 @@ async fn catalog_playbooks_are_versioned_and_executions_keep_the_version_they_ra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     // PostgreSQL's jsonb cannot store U+0000: refused up front (schemathesis found it failing
     // the shard's whole commit batch).
     for (field, value) in [
@@ -392,8 +391,7 @@ async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
             "{problem}"
         );
     }
-    let diamond: Value =
-        serde_json::from_str(include_str!("../../examples/diamond.json")).expect("example");
+    let diamond = example("diamond.json");
     let (status, body) = cluster
         .post_json("/api/v1/executions?dry_run=true", &diamond)
         .await;
@@ -443,15 +441,15 @@ async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
 }
 
 fn noetlctl(gateway_url: &str, args: &[&str]) -> std::process::Output {
-    common::noetlctl("--gateway-url", gateway_url, args)
+    crate::harness::noetlctl("--gateway-url", gateway_url, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noetlctl_submit_wait_exits_by_how_the_execution_ended() {
-    let cluster = Cluster::start(2).await;
-    let worker = common::Worker::start(cluster.nats.url());
+    let cluster = Cluster::builder().shards(2).start().await;
+    let worker = Worker::start(cluster.nats.url());
     let diamond = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/diamond.json");
-    let gateway = cluster.gateway_url.clone();
+    let gateway = cluster.base_url.clone();
     let succeeded = tokio::task::spawn_blocking({
         let gateway = gateway.clone();
         move || noetlctl(&gateway, &["submit", "--wait", "--timeout", "60s", diamond])

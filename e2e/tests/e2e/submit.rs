@@ -1,19 +1,19 @@
 //! Submit → shard → Postgres over real NATS, through the gateway.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{hello_request, id_of, Cluster};
 use futures::StreamExt;
 use noetl_contract::message::{SubmitCommand, SubmitReceipt, WireErrorCode};
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{shard_of, IdGenerator, NodeId, ShardId};
+use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::harness::{connect, hello_request, id_of, Cluster};
+
 async fn submit_many_and_check_placement(shards: u32, executions: usize) {
-    let cluster = Cluster::start(shards).await;
+    let cluster = Cluster::builder().shards(shards).start().await;
     let body = hello_request();
     let ids: Vec<_> = futures::stream::iter(0..executions)
         .map(|_| cluster.post_json("/api/v1/executions", &body))
@@ -64,7 +64,7 @@ async fn executions_land_only_in_their_shard_with_four_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_execution_reads_back_with_its_first_event() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let (status, created) = cluster
         .post_json("/api/v1/executions", &hello_request())
         .await;
@@ -167,8 +167,8 @@ fn id_for_shard(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misrouted_submit_is_refused_and_writes_nothing() {
-    let cluster = Cluster::start(2).await;
-    let client = async_nats_client(&cluster).await;
+    let cluster = Cluster::builder().shards(2).start().await;
+    let client = connect(cluster.nats.url()).await;
     let mut generator = IdGenerator::new(NodeId::try_from(900).expect("valid node"));
     let id = id_for_shard(&mut generator, ShardId::new(0), cluster.shard_count);
 
@@ -202,12 +202,7 @@ async fn misrouted_submit_is_refused_and_writes_nothing() {
     );
 
     // The server and gateway share this test process, and so its metrics registry.
-    let metrics = reqwest::get(cluster.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = cluster.metrics().await.expect("metrics");
     assert!(
         metrics.contains("noetl_server_misrouted_total"),
         "{metrics}"
@@ -217,8 +212,8 @@ async fn misrouted_submit_is_refused_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitting_the_same_id_twice_returns_the_existing_execution() {
-    let cluster = Cluster::start(2).await;
-    let client = async_nats_client(&cluster).await;
+    let cluster = Cluster::builder().shards(2).start().await;
+    let client = connect(cluster.nats.url()).await;
     let mut generator = IdGenerator::new(NodeId::try_from(901).expect("valid node"));
     let id = id_for_shard(&mut generator, ShardId::new(1), cluster.shard_count);
     let subject = subject::shard_request(ShardRequest::Submit, ShardId::new(1), id);
@@ -268,12 +263,11 @@ async fn submitting_the_same_id_twice_returns_the_existing_execution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_without_a_server_answers_503_with_retry_after() {
     // Shard 1 has a database but no server.
-    let cluster = Cluster::start_serving(2, Some(vec![0])).await;
+    let cluster = Cluster::builder().shards(2).serve(&[0]).start().await;
     let mut saw_unavailable = false;
     for _ in 0..64 {
         let response = cluster
-            .http
-            .post(cluster.url("/api/v1/executions"))
+            .request(Method::POST, "/api/v1/executions")
             .json(&hello_request())
             .send()
             .await
@@ -302,19 +296,9 @@ async fn a_shard_without_a_server_answers_503_with_retry_after() {
     cluster.stop().await;
 }
 
-async fn async_nats_client(cluster: &Cluster) -> noetl_bus::Client {
-    noetl_bus::connect(&noetl_bus::NatsConfig {
-        url: cluster.nats.url().to_owned(),
-        client_name: "e2e-test".to_owned(),
-        security: noetl_bus::NatsSecurity::default(),
-    })
-    .await
-    .expect("connect to NATS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_id_that_already_exists_is_never_returned_to_the_caller() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     // Another minter with the gateway's node id (as if it had the same lease) took sequence 0
     // of every millisecond of the next 20 seconds, so the gateway's first id collides for sure.
     let node = cluster.gateway_node().await;
@@ -357,12 +341,7 @@ async fn a_minted_id_that_already_exists_is_never_returned_to_the_caller() {
         503 => assert_eq!(body["code"], "id_collision", "{body}"),
         other => panic!("unexpected {other}: {body}"),
     }
-    let metrics = reqwest::get(cluster.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = cluster.metrics().await.expect("metrics");
     assert!(
         metrics.contains("noetl_gateway_id_collisions_total"),
         "the collision was counted"
