@@ -5,7 +5,7 @@ use noetl_contract::ExecutionId;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{hello_request, id_of, Api, Cluster, Token};
+use crate::harness::{assert_problem, hello_request, id_of, Api, Cluster, Token};
 
 const TOKENS: [Token; 3] = [
     Token::new("a", "tenant-a", &["submit", "read"], "token-a"),
@@ -71,29 +71,17 @@ async fn tenants_see_only_their_own_executions_and_scopes_are_enforced() {
     let (status, body) = reader
         .post_json("/api/v1/executions", &hello_request())
         .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (403, Some("forbidden")),
-        "{body}"
-    );
+    assert_problem(status, &body, 403, "forbidden");
     let (status, _) = reader.get_json(&format!("/api/v1/executions/{id}")).await;
     assert_eq!(status, 200);
     let playbook = hello_request()["playbook"].clone();
     let (status, body) = a.post_json("/api/v1/playbooks", &playbook).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (403, Some("forbidden")),
-        "{body}"
-    );
+    assert_problem(status, &body, 403, "forbidden");
     let (status, _) = b.post_json("/api/v1/playbooks", &playbook).await;
     assert_eq!(status, 201);
     for caller in [&nobody, &forged] {
         let (status, body) = caller.get_json(&format!("/api/v1/executions/{id}")).await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (401, Some("unauthorized")),
-            "{body}"
-        );
+        assert_problem(status, &body, 401, "unauthorized");
     }
     // The document and the ops endpoints stay open unless configured otherwise.
     assert_eq!(nobody.get_json("/api/v1/openapi.json").await.0, 200);

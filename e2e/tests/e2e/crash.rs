@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use noetl_contract::{shard_of, ExecutionId};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{eventually, hello_request, id_of, Cluster, DEADLINE};
+use crate::harness::{eventually, id_of, Api, Cluster, DEADLINE};
 
 #[derive(Default)]
 struct Outcomes {
@@ -39,15 +39,10 @@ async fn every_201_survives_a_server_sigkill() {
     let stop = CancellationToken::new();
     let submitters: Vec<_> = (0..16)
         .map(|_| {
-            let (http, url, outcomes, stop) = (
-                cluster.http.clone(),
-                cluster.url("/api/v1/executions"),
-                outcomes.clone(),
-                stop.clone(),
-            );
+            let (api, outcomes, stop) = (Api::clone(&cluster), outcomes.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    let Ok(response) = http.post(&url).json(&hello_request()).send().await else {
+                    let Ok(response) = api.submit_hello().await else {
                         continue;
                     };
                     let status = response.status().as_u16();

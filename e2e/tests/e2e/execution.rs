@@ -24,6 +24,14 @@ async fn submit(cluster: &Cluster, steps: Value) -> ExecutionId {
     cluster.submit(&request(steps)).await
 }
 
+/// A cluster of `shards` shards with a worker, running an execution of `steps`.
+async fn running(shards: u32, steps: Value) -> (Cluster, Worker, ExecutionId) {
+    let cluster = Cluster::builder().shards(shards).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let id = submit(&cluster, steps).await;
+    (cluster, worker, id)
+}
+
 fn step<'a>(execution: &'a Value, name: &str) -> &'a Value {
     execution["steps"]
         .as_array()
@@ -47,10 +55,8 @@ fn events_of<'a>(events: &'a [Value], kind: &str, step: &str) -> Vec<&'a Value> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diamond_runs_its_branches_concurrently_and_joins_both_results() {
-    let cluster = Cluster::builder().shards(2).start().await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
+    let (cluster, worker, id) = running(
+        2,
         json!([
             {"name": "a", "action": "noop"},
             {"name": "b", "action": "sleep", "needs": ["a"], "with": {"ms": 400}},
@@ -133,16 +139,11 @@ async fn retries_succeed_within_the_budget_and_fail_beyond_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_during_a_long_step_ends_the_execution_and_later_steps_never_start() {
-    let cluster = Cluster::builder().shards(2).start().await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
-        json!([
-            {"name": "long", "action": "sleep", "with": {"ms": 60000}},
-            {"name": "after", "action": "noop", "needs": ["long"]}
-        ]),
-    )
-    .await;
+    let steps = json!([
+        {"name": "long", "action": "sleep", "with": {"ms": 60000}},
+        {"name": "after", "action": "noop", "needs": ["long"]}
+    ]);
+    let (cluster, worker, id) = running(2, steps).await;
     cluster
         .wait_for_execution(id, "the long step to run", |b| {
             step(b, "long")["status"] == "running"
@@ -229,10 +230,8 @@ async fn a_step_whose_worker_was_killed_is_redispatched_after_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_replays_then_follows_until_the_terminal_state() {
-    let cluster = Cluster::builder().start().await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
+    let (cluster, worker, id) = running(
+        1,
         json!([
             {"name": "one", "action": "sleep", "with": {"ms": 300}},
             {"name": "two", "action": "noop", "needs": ["one"]}
@@ -367,10 +366,8 @@ async fn a_result_holding_nul_characters_is_stored_with_replacement_characters()
         .expect("bind");
     let url = format!("http://{}/nul", listener.local_addr().expect("an address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let cluster = Cluster::builder().start().await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
+    let (cluster, worker, id) = running(
+        1,
         json!([{"name": "fetch", "action": "http", "with": {"url": url}}]),
     )
     .await;

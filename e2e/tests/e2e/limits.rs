@@ -158,12 +158,7 @@ async fn a_shard_with_its_requests_in_flight_answers_503_at_once() {
     })
     .await;
 
-    let response = cluster
-        .request(Method::POST, "/api/v1/executions")
-        .json(&hello_request())
-        .send()
-        .await
-        .expect("the gateway answers");
+    let response = cluster.submit_hello().await.expect("the gateway answers");
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.expect("a problem document");

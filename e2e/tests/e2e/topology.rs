@@ -8,8 +8,8 @@ use noetl_contract::{ShardCount, Topology};
 use serde_json::Value;
 
 use crate::harness::{
-    connect, describe, eventually, gateway_settings, hello_request, id_of, stdout, Api, Cluster,
-    Gateway, DEADLINE,
+    assert_problem, connect, describe, eventually, gateway_settings, hello_request, id_of, stdout,
+    Api, Cluster, Gateway, DEADLINE,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,11 +114,7 @@ async fn a_gateway_configured_with_a_leased_node_id_cannot_mint() {
             .api
             .post_json("/api/v1/executions", &hello_request())
             .await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (503, Some("node_lease_unavailable")),
-            "{body}"
-        );
+        assert_problem(status, &body, 503, "node_lease_unavailable");
     }
     let (_, ready) = second.api.get_json("/readyz").await;
     assert!(ready["node_id"].is_null(), "{ready}");

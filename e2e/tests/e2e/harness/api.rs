@@ -4,7 +4,7 @@ use noetl_contract::ExecutionId;
 use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 
-use super::{eventually, id_of, DEADLINE};
+use super::{eventually, hello_request, id_of, DEADLINE};
 
 /// The API of one gateway (or the ops endpoints of any process) at `base_url`, called with a
 /// bearer token when the caller has one.
@@ -65,6 +65,14 @@ impl Api {
         let (status, receipt) = self.post_json("/api/v1/executions", body).await;
         assert_eq!(status, 201, "{receipt}");
         id_of(&receipt)
+    }
+
+    /// Submits [`hello_request`], returning the whole response (headers too).
+    pub async fn submit_hello(&self) -> reqwest::Result<reqwest::Response> {
+        self.request(Method::POST, "/api/v1/executions")
+            .json(&hello_request())
+            .send()
+            .await
     }
 
     /// Polls an execution until `done(body)`, returning the last body.

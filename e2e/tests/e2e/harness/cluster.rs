@@ -38,42 +38,59 @@ pub fn gateway_settings(nats_url: &str) -> GatewaySettings {
     }
 }
 
+/// A component running as a task of the test process, until its own token is cancelled.
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Spawns `run`, which stops when `cancel` is cancelled.
+    fn spawn(
+        cancel: CancellationToken,
+        run: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> Self {
+        Self {
+            cancel,
+            task: tokio::spawn(run),
+        }
+    }
+
+    /// Stops it, failing unless `what` stopped cleanly.
+    async fn stop(self, what: &str) {
+        self.cancel.cancel();
+        self.task
+            .await
+            .unwrap_or_else(|e| panic!("{what} task: {e}"))
+            .unwrap_or_else(|e| panic!("{what} did not stop cleanly: {e:#}"));
+    }
+}
+
 /// A gateway running inside the test process.
 pub struct Gateway {
     pub api: Api,
-    cancel: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
 impl Gateway {
     pub async fn start(settings: GatewaySettings) -> Self {
+        let config = GatewayConfig::from_settings(settings).expect("valid gateway config");
         let cancel = CancellationToken::new();
-        let gateway = noetl_gateway::Gateway::bind(
-            GatewayConfig::from_settings(settings).expect("valid gateway config"),
-            &cancel,
-        )
-        .await
-        .expect("gateway binds");
+        let gateway = noetl_gateway::Gateway::bind(config, &cancel)
+            .await
+            .expect("gateway binds");
         let api = Api::new(format!("http://{}", gateway.local_addr()));
-        let task = tokio::spawn(gateway.run(cancel.clone()));
-        Self { api, cancel, task }
+        let running = Running::spawn(cancel.clone(), gateway.run(cancel));
+        Self { api, running }
     }
 
-    /// Stops the gateway, failing unless it stopped cleanly.
     pub async fn stop(self) {
-        self.cancel.cancel();
-        self.task
-            .await
-            .expect("gateway task")
-            .expect("gateway stopped cleanly");
+        self.running.stop("the gateway").await;
     }
 }
 
 /// A worker running inside the test process.
-pub struct Worker {
-    cancel: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
+pub struct Worker(Running);
 
 impl Worker {
     pub fn start(nats_url: &str) -> Self {
@@ -87,17 +104,14 @@ impl Worker {
             noetl_worker::configuration::WorkerConfig::from_settings(settings, None, false)
                 .expect("valid worker config");
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(noetl_worker::run(config, cancel.clone()));
-        Self { cancel, task }
+        Self(Running::spawn(
+            cancel.clone(),
+            noetl_worker::run(config, cancel),
+        ))
     }
 
-    /// Stops the worker, failing if it did not stop cleanly.
     pub async fn stop(self) {
-        self.cancel.cancel();
-        self.task
-            .await
-            .expect("worker task")
-            .expect("worker stopped cleanly");
+        self.0.stop("the worker").await;
     }
 }
 

@@ -113,6 +113,17 @@ pub fn hello_request() -> Value {
     })
 }
 
+/// Asserts that an answer of `status` with `body` is a problem document of `expected` with
+/// `code`.
+#[track_caller]
+pub fn assert_problem(status: u16, body: &Value, expected: u16, code: &str) {
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (expected, Some(code)),
+        "{body}"
+    );
+}
+
 pub fn id_of(body: &Value) -> ExecutionId {
     body["execution_id"]
         .as_str()
