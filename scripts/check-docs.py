@@ -18,10 +18,10 @@ paths   Every inline code span that names a repository path, whole (`server/src/
         `_ . - /` (so placeholders and globs such as `{id}`, `<shard>`, `…` and `*` never
         count, nor a single capital letter standing for a number, `postgres-shard-N.yaml`), and
         starts with a tracked top-level directory of the repository followed by `/` (as in
-        `server/src/relay.rs` or `wiki/`); top-level files exist by definition. A `:LINE` or
-        `:FROM-TO` suffix is allowed and ignored. Words in fenced code blocks are not checked,
-        and neither are paths relative to anything but the repository root (`.state/` and
-        `target/` are not tracked, so they never count).
+        `server/src/relay.rs` or `wiki/`); top-level files exist by definition. A `:LINE`,
+        `:FROM-TO` or `::item` suffix (`server/src/relay.rs::Relay`) is allowed and ignored.
+        Words in fenced code blocks are not checked, and neither are paths relative to anything
+        but the repository root (`.state/` and `target/` are not tracked, so they never count).
 
 With `--session FILE` it instead runs the shell session FILE holds between a line
 `<!-- docs-check: session -->` and a line `<!-- /docs-check -->`: the ```sh fenced blocks there,
@@ -51,15 +51,7 @@ SESSION_ENV = ("NOETL_GATEWAY_URL", "NOETL_TOKEN")
 SESSION_TIMEOUT_S = 120
 
 FENCE = re.compile(r"^\s{0,3}(```+|~~~+)\s*([\w+-]*)")
-INLINE_LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1")
-HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
-EXPLICIT_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
-SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
-# A single capital letter between separators stands for a number: `postgres-shard-N.yaml`.
-PLACEHOLDER = re.compile(r"(?:^|[-_./])[A-Z](?:[-_./]|$)")
-PATH_WORD = re.compile(r"^([A-Za-z0-9_.][A-Za-z0-9_./-]*?)(?::\d+(?:-\d+)?)?$")
 
 
 def tracked():
@@ -104,6 +96,10 @@ def slug(heading):
     return text.replace(" ", "-")
 
 
+HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+EXPLICIT_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
+
+
 @functools.cache
 def anchors(path):
     """The ids of a markdown file's headings and explicit anchors."""
@@ -117,6 +113,11 @@ def anchors(path):
             found.add(base if n == 0 else f"{base}-{n}")
         found.update(EXPLICIT_ANCHOR.findall(line))
     return found
+
+
+INLINE_LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
+SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
 def check_links(doc, text, files, dirs):
@@ -146,6 +147,11 @@ def check_links(doc, text, files, dirs):
                         f"{doc}:{number}: link to {target}: {resolved} has no heading #{anchor}"
                     )
     return checked, failures
+
+
+# A single capital letter between separators stands for a number: `postgres-shard-N.yaml`.
+PLACEHOLDER = re.compile(r"(?:^|[-_./])[A-Z](?:[-_./]|$)")
+PATH_WORD = re.compile(r"^([A-Za-z0-9_.][A-Za-z0-9_./-]*?)(?::\d+(?:-\d+)?|(?:::\w+)+)?$")
 
 
 def path_word(span):
