@@ -202,13 +202,8 @@ run_docs_session() {
 	local bin=$1 token digest
 	token=ntl_docs_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	digest=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-	cat >"$STATE_DIR/docs-tokens.toml" <<-EOF
-		[[tokens]]
-		name = "docs-check"
-		tenant = "docs"
-		scopes = ["submit", "read", "admin"]
-		sha256 = "$digest"
-	EOF
+	printf '[[tokens]]\nname = "docs-check"\ntenant = "docs"\nscopes = ["submit", "read", "admin"]\nsha256 = "%s"\n' \
+		"$digest" >"$STATE_DIR/docs-tokens.toml"
 	say "starting a second noetl-gateway, with API tokens, on $DOCS_GATEWAY_URL"
 	start docs-gateway env RUST_LOG="${RUST_LOG:-info}" NOETL_NATS_URL="nats://127.0.0.1:$NATS_PORT" \
 		NOETL_LISTEN="127.0.0.1:$DOCS_GATEWAY_PORT" NOETL_AUTH_TOKENS_FILE="$STATE_DIR/docs-tokens.toml" \
