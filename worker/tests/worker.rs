@@ -235,6 +235,29 @@ impl FakeShard {
     async fn drained(&self) {
         drained(&self.client, self.pool).await;
     }
+
+    /// How many steps of `action` the worker ended with `outcome` on this pool.
+    fn steps(&self, action: &str, outcome: &str) -> Option<f64> {
+        self.metric(
+            "noetl_worker_steps_total",
+            &[("action", action), ("outcome", outcome)],
+        )
+    }
+
+    /// The value of the worker's counter `name` for this pool whose labels include `labels`.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = noetl_service::install_metrics().render();
+        let pool = ("pool", self.pool);
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .find(|line| {
+                labels
+                    .iter()
+                    .chain([&pool])
+                    .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
 }
 
 async fn drained(client: &Client, pool: &str) {
@@ -242,19 +265,6 @@ async fn drained(client: &Client, pool: &str) {
         queue_state(client, pool).await == (0, 0, 0)
     })
     .await;
-}
-
-/// The value of a counter whose labels include `labels`.
-fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = noetl_service::install_metrics().render();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,17 +309,7 @@ async fn a_step_is_acked_only_after_the_shard_records_its_report() {
         );
         assert_eq!(heartbeat.started_at_ms, Some(report.started_at_ms));
     }
-    assert_eq!(
-        metric(
-            "noetl_worker_steps_total",
-            &[
-                ("pool", shard.pool),
-                ("action", "fail"),
-                ("outcome", "succeeded")
-            ]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(shard.steps("fail", "succeeded"), Some(1.0));
     worker.stop().await;
 }
 
@@ -356,10 +356,7 @@ async fn attempts_report_their_own_outcome_and_a_stale_answer_is_acked() {
     );
     shard.drained().await;
     assert_eq!(
-        metric(
-            "noetl_worker_reports_total",
-            &[("pool", shard.pool), ("reply", "stale")]
-        ),
+        shard.metric("noetl_worker_reports_total", &[("reply", "stale")]),
         Some(1.0)
     );
     worker.stop().await;
@@ -385,13 +382,10 @@ async fn an_undecodable_command_is_terminated_and_counted() {
     shard.answer(&message, ReportAck::Recorded).await;
     shard.drained().await;
     assert_eq!(
-        metric("noetl_worker_undecodable_total", &[("pool", shard.pool)]),
+        shard.metric("noetl_worker_undecodable_total", &[]),
         Some(1.0)
     );
-    assert_eq!(
-        metric("noetl_worker_redeliveries_total", &[("pool", shard.pool)]),
-        None
-    );
+    assert_eq!(shard.metric("noetl_worker_redeliveries_total", &[]), None);
     worker.stop().await;
 }
 
@@ -450,17 +444,7 @@ async fn a_stop_answer_cancels_the_step_and_acks_it_unreported() {
         shard.results.next().now_or_never().is_none(),
         "a stopped step reports nothing"
     );
-    assert_eq!(
-        metric(
-            "noetl_worker_steps_total",
-            &[
-                ("pool", shard.pool),
-                ("action", "sleep"),
-                ("outcome", "stopped")
-            ]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(shard.steps("sleep", "stopped"), Some(1.0));
     worker.stop().await;
 }
 
@@ -515,10 +499,7 @@ async fn progress_keeps_a_step_longer_than_the_ack_deadline_from_redelivery() {
     let message = shard.next_report().await;
     shard.answer(&message, ReportAck::Recorded).await;
     shard.drained().await;
-    assert_eq!(
-        metric("noetl_worker_redeliveries_total", &[("pool", shard.pool)]),
-        None
-    );
+    assert_eq!(shard.metric("noetl_worker_redeliveries_total", &[]), None);
     worker.stop().await;
 }
 
