@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Results, Summary};
-use crate::Phase;
+use crate::{Percentiles, Phase};
 
 /// Submit p99 target at half of the peak submit rate.
 const SUBMIT_P99_TARGET_MS: f64 = 10.0;
@@ -45,6 +45,17 @@ fn list(values: &[usize]) -> String {
 
 fn opt(value: Option<f64>) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"))
+}
+
+/// p50, p90, p99 and p99.9 in ms, as four cells.
+fn percentiles(p: &Percentiles) -> String {
+    format!(
+        "{} | {} | {} | {}",
+        n(p.p50_ms),
+        n(p.p90_ms),
+        n(p.p99_ms),
+        n(p.p999_ms)
+    )
 }
 
 /// A table of phases, one a row (the name with `note` after it): rate, p50, p99 and p99.9.
@@ -128,15 +139,12 @@ pub(super) fn markdown(r: &Results) -> String {
         let p = &run.phase;
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             run.shards,
             run.client_concurrency,
             run.target_rate.map_or_else(|| "–".to_owned(), n),
             n(p.per_second),
-            n(p.latency.p50_ms),
-            n(p.latency.p90_ms),
-            n(p.latency.p99_ms),
-            n(p.latency.p999_ms),
+            percentiles(&p.latency),
             p.errors,
             n(run.cpu_seconds_per_1000_total)
         );
@@ -153,7 +161,7 @@ pub(super) fn markdown(r: &Results) -> String {
     for e in &r.e2e {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             e.name,
             e.shards,
             e.worker_concurrency,
@@ -161,10 +169,7 @@ pub(super) fn markdown(r: &Results) -> String {
             e.executions,
             n(e.executions_per_second),
             n(e.executions_per_second * e.steps_per_execution as f64),
-            n(e.e2e.p50_ms),
-            n(e.e2e.p90_ms),
-            n(e.e2e.p99_ms),
-            n(e.e2e.p999_ms),
+            percentiles(&e.e2e),
             n(e.dispatch.p50_ms),
             n(e.dispatch.p99_ms),
             e.failed,
@@ -211,16 +216,13 @@ pub(super) fn markdown(r: &Results) -> String {
                     .map(|e| e.executions_per_second);
                 let _ = writeln!(
                     md,
-                    "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} ({}) | {} | {} | {} | {} | {} | {} | {} |",
                     peer.name,
                     peer.version,
                     run.client_concurrency,
                     run.executions,
                     n(run.executions_per_second),
-                    n(run.e2e.p50_ms),
-                    n(run.e2e.p90_ms),
-                    n(run.e2e.p99_ms),
-                    n(run.e2e.p999_ms),
+                    percentiles(&run.e2e),
                     run.failed,
                     n(run.cpu_seconds_per_1000_total),
                     ours.map_or_else(
