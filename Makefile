@@ -94,8 +94,10 @@ test: lint check-docs deps build ## lint, docs, then the whole test suite (nexte
 schemathesis: deps ## fuzz the HTTP API against its OpenAPI document, then run the README's curl session (own cluster, free ports)
 	scripts/schemathesis.sh
 
-# Offline: no Docker engine or cluster needed (installs kubectl, shellcheck, python3-venv if missing).
-validate-deploy: ## check deploy/ and the Dockerfile: render overlays, Kubernetes schemas, nats.conf, shellcheck
+# Offline: no Docker engine or Kubernetes cluster needed (installs kubectl, shellcheck, python3-venv if
+# missing). wiki/operations.md's local commands run against a throw-away local cluster (scripts/cluster.sh,
+# free ports) with the binaries of target/debug (NOETL_BIN_DIR), skipped when they are not built.
+validate-deploy: ## check deploy/ and the Dockerfile: renders, schemas, kind fit, nats.conf, scripts, operations.md's commands
 	scripts/validate-deploy.sh
 
 # The benchmark starts the release noetl-server, noetl-gateway and noetl-worker binaries as

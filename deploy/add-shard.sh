@@ -6,13 +6,17 @@
 #   deploy/base/server.yaml               SHARD_K_* from the Secret noetl-shard-K, entry K of
 #                                         NOETL_SHARDS, replicas K+1
 #   deploy/overlays/kind/secrets.yaml     a placeholder Secret noetl-shard-K
+#   deploy/overlays/kind/laptop.yaml      the kind requests of noetl-postgres-K
 # It changes files only; wiki/operations.md ("Growing the shard count") says how to roll it out
 # (the Secret in production, holding back the running servers, noetlctl topology apply).
 #
 # Usage: deploy/add-shard.sh K
 #        deploy/add-shard.sh --check     checks that every postgres-shard-K.yaml is the copy of
-#                                        postgres-shard-0.yaml this script would write (run by
-#                                        scripts/validate-deploy.sh)
+#                                        postgres-shard-0.yaml this script would write, and
+#                                        that the kind overlay patches each one's requests (run
+#                                        by scripts/validate-deploy.sh)
+#
+# Needs bash 3.2 or newer (macOS's /bin/bash will do), and BSD or GNU sed, awk and find.
 
 set -euo pipefail
 
@@ -20,11 +24,9 @@ DEPLOY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly DEPLOY
 readonly BASE=$DEPLOY/base
 readonly KIND_SECRETS=$DEPLOY/overlays/kind/secrets.yaml
-
-die() {
-	printf 'error: %s\n' "$*" >&2
-	exit 1
-}
+readonly KIND_PATCHES=$DEPLOY/overlays/kind/laptop.yaml
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$DEPLOY/lib.sh"
 
 # postgres-shard-0.yaml with shard K in place of shard 0.
 postgres_manifest() {
@@ -56,6 +58,14 @@ check() {
 			status=1
 		fi
 	done
+	for ((k = 0; k < n; k++)); do
+		if [[ -n $(kind_postgres_patch 0) && $(<"$KIND_PATCHES") == *"$(kind_postgres_patch "$k")"* ]]; then
+			printf '  ok  deploy/overlays/kind/laptop.yaml patches the requests of noetl-postgres-%d\n' "$k"
+		else
+			printf 'FAIL deploy/overlays/kind/laptop.yaml has no patch for noetl-postgres-%d like that of noetl-postgres-0\n' "$k"
+			status=1
+		fi
+	done
 	if [[ -n $(find "$BASE" -maxdepth 1 -name 'postgres-shard-*.yaml' ! -name 'postgres-shard-[0-9]*.yaml') ]] ||
 		[[ $(find "$BASE" -maxdepth 1 -name 'postgres-shard-*.yaml' | wc -l) -ne $n ]]; then
 		printf 'FAIL deploy/base has postgres-shard files that are not numbered 0..%d\n' "$((n - 1))"
@@ -64,11 +74,27 @@ check() {
 	return "$status"
 }
 
+# The kind overlay's patch of noetl-postgres-0 (its requests) with shard K in place of shard 0,
+# after a `---` line; nothing when laptop.yaml has no such patch.
+kind_postgres_patch() {
+	awk -v k="$1" '
+		function take() { if (doc ~ /\n  name: noetl-postgres-0\n/) found = doc; doc = "" }
+		/^---$/ { take(); next }
+		{ doc = doc $0 "\n" }
+		END {
+			take()
+			if (found == "") exit
+			gsub(/noetl-postgres-0\n/, "noetl-postgres-" k "\n", found)
+			printf "---\n%s", found
+		}
+	' "$KIND_PATCHES"
+}
+
 server_env_block() {
 	local k=$1 key
 	printf '        # Shard %d\n' "$k"
 	for key in host port user password database; do
-		printf '        - name: SHARD_%d_%s\n' "$k" "${key^^}"
+		printf '        - name: SHARD_%d_%s\n' "$k" "$(printf '%s' "$key" | tr '[:lower:]' '[:upper:]')"
 		printf '          valueFrom:\n'
 		printf '            secretKeyRef:\n'
 		printf '              name: noetl-shard-%d\n' "$k"
@@ -112,7 +138,11 @@ add() {
 
 	postgres_manifest "$k" >"$BASE/postgres-shard-$k.yaml"
 
-	sed -i "s/^- postgres-shard-$((k - 1))\\.yaml$/&\\n- postgres-shard-$k.yaml/" "$BASE/kustomization.yaml"
+	LAST="- postgres-shard-$((k - 1)).yaml" NEXT="- postgres-shard-$k.yaml" awk '
+		{ print }
+		$0 == ENVIRON["LAST"] { print ENVIRON["NEXT"] }
+	' "$BASE/kustomization.yaml" >"$BASE/kustomization.yaml.new"
+	mv "$BASE/kustomization.yaml.new" "$BASE/kustomization.yaml"
 
 	local block entry
 	block=$(server_env_block "$k")
@@ -126,12 +156,14 @@ add() {
 	mv "$BASE/server.yaml.new" "$BASE/server.yaml"
 
 	kind_secret "$k" >>"$KIND_SECRETS"
+	kind_postgres_patch "$k" >>"$KIND_PATCHES"
 
 	cat <<-EOF
 		Added shard $k to the manifests:
 		  deploy/base/postgres-shard-$k.yaml (new), deploy/base/kustomization.yaml,
 		  deploy/base/server.yaml (SHARD_${k}_*, NOETL_SHARDS entry $k, replicas $((k + 1))),
-		  deploy/overlays/kind/secrets.yaml (placeholder Secret noetl-shard-$k)
+		  deploy/overlays/kind/secrets.yaml (placeholder Secret noetl-shard-$k),
+		  deploy/overlays/kind/laptop.yaml (the kind requests of noetl-postgres-$k)
 		Check them with scripts/validate-deploy.sh, then roll out as wiki/operations.md says
 		("Growing the shard count"): create the Secret noetl-shard-$k (production), hold back the
 		running servers (partition $k), kubectl apply -k, wait for noetl-server-$k, then

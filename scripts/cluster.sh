@@ -38,6 +38,9 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_ROOT
 # shellcheck source=ensure-deps.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/ensure-deps.sh"
+# write_dev_tokens, shared with deploy/kind/up.sh
+# shellcheck source=../deploy/lib.sh source-path=SCRIPTDIR
+source "$REPO_ROOT/deploy/lib.sh"
 
 STATE_DIR=$(realpath -m "${STATE_DIR:-$REPO_ROOT/.state}")
 readonly STATE_DIR
@@ -615,18 +618,7 @@ readonly TOKENS_FILE=$STATE_DIR/tokens.toml
 # dir: the gateway keeps only its SHA-256 digest (tokens.toml), the token itself is in dev-token.
 ensure_dev_token() {
 	[[ -s $DEV_TOKEN_FILE && -s $TOKENS_FILE ]] && return 0
-	local token digest
-	token=ntl_dev_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-	digest=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-	(umask 077 && printf '%s\n' "$token" >"$DEV_TOKEN_FILE")
-	cat >"$TOKENS_FILE" <<-EOF
-		# Written by scripts/cluster.sh: the local development token (its digest only).
-		[[tokens]]
-		name = "dev"
-		tenant = "dev"
-		scopes = ["submit", "read", "admin"]
-		sha256 = "$digest"
-	EOF
+	write_dev_tokens ntl_dev "$DEV_TOKEN_FILE" "$TOKENS_FILE" scripts/cluster.sh
 }
 
 dev_token() { cat "$DEV_TOKEN_FILE" 2>/dev/null; }

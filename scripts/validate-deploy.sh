@@ -10,25 +10,38 @@
 #     pins (strict: no unknown field), and the rules of these manifests (deploy/tools/check_manifests.py:
 #     probes, resources, security, one server pod and one database per shard, NOETL_SHARDS assembled
 #     from the per-shard Secrets, NATS routes, the gateway reading its tokens from the Secret
-#     noetl-api-tokens, references; production renders no Secret)
-#  4. deploy/base/nats.conf: `nats-server -t`, then every role's permissions against a running
-#     nats-server on loopback (deploy/tools/check_nats_permissions.py)
-#  5. the per-shard Postgres manifests are the copies deploy/add-shard.sh makes
+#     noetl-api-tokens, references; production renders no Secret); the kind render's requests, with
+#     kind's own pods, fit a node of 2 CPUs and 2 GiB (deploy/tools/check_kind_fit.py)
+#  4. deploy/base/nats.conf: `nats-server -t`; 1,000 passwords of deploy/create-secrets.sh's
+#     generator and the worst it could draw, each accepted (deploy/tests/nats-passwords.sh); then
+#     every role's permissions against a running nats-server on loopback, with generated passwords
+#     (deploy/tools/check_nats_permissions.py)
+#  5. the per-shard Postgres manifests are the copies deploy/add-shard.sh makes; adding shard N to a
+#     copy of deploy/ gives manifests that pass the checks of step 3
 #  6. the Dockerfile's dependency stage: the stub workspace deploy/docker/stub-workspace.sh makes is
 #     one cargo accepts with the lock file as it is (`cargo metadata --locked`), with the four
 #     binaries the Dockerfile builds and the manifests run
 #  7. deploy/grafana/noetl-dispatch.json against the metrics the Rust code emits: every query names
 #     only emitted metrics and their labels, every emitted metric has a panel and a row in the table
 #     of wiki/operations.md (deploy/tools/check_dashboard.py)
-#  8. shellcheck on deploy/**/*.sh and scripts/*.sh
-# Prints each step and a summary; exits 1 if any check failed.
+#  8. shellcheck on deploy/**/*.sh and scripts/*.sh; deploy/'s scripts and this one against the
+#     bash version they claim (deploy/tools/check_portable_shell.py); deploy/kind/up.sh and
+#     deploy/create-secrets.sh with stand-in docker, kind and kubectl (deploy/tests/stand-ins.sh)
+#  9. wiki/operations.md: every command block is marked as run here or Kubernetes-only, and the
+#     ones run here run against a throw-away local cluster on free ports, with the binaries of
+#     NOETL_BIN_DIR (target/debug; skipped when they are not built) (deploy/tests/operations-doc.sh)
+# Prints each step and a summary; exits 1 if any check failed. Needs bash 4 (and Linux: it
+# installs what it lacks with apt-get).
 #
-# Settings (environment): STATE_DIR (<repo>/.state).
+# Settings (environment): STATE_DIR (<repo>/.state), NOETL_BIN_DIR (<repo>/target/debug).
 
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_ROOT
+# shellcheck source=../deploy/lib.sh source-path=SCRIPTDIR
+source "$REPO_ROOT/deploy/lib.sh"
+require_bash 4
 # shellcheck source=ensure-deps.sh source-path=SCRIPTDIR
 source "$REPO_ROOT/scripts/ensure-deps.sh"
 
@@ -46,11 +59,8 @@ readonly BINARIES=(noetl-gateway noetl-server noetl-worker noetlctl)
 declare -a RESULTS=()
 FAILED=0
 
+# Each step set apart (die comes from deploy/lib.sh).
 say() { printf '\n==> %s\n' "$*"; }
-die() {
-	printf 'error: %s\n' "$*" >&2
-	exit 1
-}
 pass() { RESULTS+=("ok    $*"); }
 fail() {
 	RESULTS+=("FAIL  $*")
@@ -180,6 +190,17 @@ check_manifests() {
 	else
 		fail "manifests: schemas of Kubernetes $version and the deployment rules"
 	fi
+	check_kind_fit "$RENDER_DIR"
+}
+
+# The kind render of $1 (kind.yaml, base.yaml) on one node of 2 CPUs and 2 GiB.
+check_kind_fit() {
+	say "the kind overlay's requests on one node of 2 CPUs and 2 GiB, with kind's own pods"
+	if "$VENV/bin/python" "$DEPLOY/tools/check_kind_fit.py" --kind "$1/kind.yaml" --base "$1/base.yaml"; then
+		pass "kind: the requests fit a 2-CPU, 2-GiB node with kind's own pods and a rollout's surge; base limits; no autoscaler"
+	else
+		fail "kind: the requests do not fit a 2-CPU, 2-GiB node, or limits or the autoscaler changed"
+	fi
 }
 
 # --- 4. nats.conf -------------------------------------------------------------------------------
@@ -195,8 +216,19 @@ check_nats() {
 	else
 		fail "nats.conf: nats-server -t refused it"
 	fi
-	if "$VENV/bin/python" "$DEPLOY/tools/check_nats_permissions.py" --config "$DEPLOY/base/nats.conf" \
-		--nats-server "$server"; then
+	if "$DEPLOY/tests/nats-passwords.sh" "$server" 1000; then
+		pass "nats.conf: 1,000 passwords of create-secrets.sh's generator, and its worst case, each accepted"
+	else
+		fail "nats.conf: nats-server refuses passwords create-secrets.sh can make"
+	fi
+	# The users' and the routes' passwords from the same generator (deploy/lib.sh), as in production.
+	local -a passwords=()
+	local variable
+	for variable in NATS_GATEWAY_PASSWORD NATS_SERVER_PASSWORD NATS_WORKER_PASSWORD NATS_OPERATOR_PASSWORD NATS_ROUTE_PASSWORD; do
+		passwords+=("$variable=$(new_password)")
+	done
+	if env "${passwords[@]}" "$VENV/bin/python" "$DEPLOY/tools/check_nats_permissions.py" \
+		--config "$DEPLOY/base/nats.conf" --nats-server "$server"; then
 		pass "nats.conf: each role's permissions (gateway, server, worker, operator) against a running nats-server"
 	else
 		fail "nats.conf: role permissions"
@@ -208,23 +240,44 @@ check_nats() {
 check_shard_files() {
 	say "per-shard manifests (deploy/add-shard.sh --check)"
 	if "$DEPLOY/add-shard.sh" --check; then
-		pass "postgres-shard-K.yaml: each is postgres-shard-0.yaml for its shard"
+		pass "postgres-shard-K.yaml: each is postgres-shard-0.yaml for its shard, with its kind requests"
 	else
 		fail "postgres-shard-K.yaml: not the copies deploy/add-shard.sh makes"
 	fi
+	check_added_shard
+}
+
+# deploy/add-shard.sh N on a copy of deploy/: the result passes --check, renders, passes the rules
+# of check_manifests.py with N+1 shards, and still fits the kind node.
+check_added_shard() {
+	local copy next
+	copy=$(mktemp -d)
+	cp -R "$DEPLOY" "$copy/deploy"
+	next=$(find "$DEPLOY/base" -maxdepth 1 -name 'postgres-shard-*.yaml' | wc -l | tr -d ' ')
+	say "deploy/add-shard.sh $next on a copy of deploy/"
+	mkdir -p "$copy/render"
+	if "$copy/deploy/add-shard.sh" "$next" >/dev/null && "$copy/deploy/add-shard.sh" --check &&
+		kubectl kustomize "$copy/deploy/overlays/kind" >"$copy/render/kind.yaml" 2>/dev/null &&
+		kubectl kustomize "$copy/deploy/base" >"$copy/render/base.yaml" 2>/dev/null &&
+		"$VENV/bin/python" "$DEPLOY/tools/check_manifests.py" --kubernetes-version "$(kubernetes_version)" \
+			"kind=$copy/render/kind.yaml"; then
+		pass "add-shard.sh $next: a copy with $((next + 1)) shards renders and passes the manifest rules"
+	else
+		fail "add-shard.sh $next: the copy it makes fails its checks"
+	fi
+	check_kind_fit "$copy/render"
+	rm -rf "$copy"
 }
 
 # --- 6. Dockerfile ------------------------------------------------------------------------------
 
 check_dockerfile() {
 	say "Dockerfile: the dependency stage's stub workspace"
-	local built binary missing=()
+	local built missing
 	built=$(grep -o -- '--bin [a-z-]*' "$REPO_ROOT/Dockerfile" | sort -u | sed 's/^--bin //' | tr '\n' ' ')
-	for binary in "${BINARIES[@]}"; do
-		[[ " $built" == *" $binary "* ]] || missing+=("$binary")
-	done
-	if ((${#missing[@]})); then
-		fail "Dockerfile: does not build ${missing[*]}"
+	missing=$(binaries_missing_from "$built")
+	if [[ -n $missing ]]; then
+		fail "Dockerfile: does not build $missing"
 	else
 		pass "Dockerfile: builds ${BINARIES[*]}"
 	fi
@@ -243,12 +296,9 @@ meta = json.load(open(sys.argv[1]))
 members = set(meta["workspace_members"])
 print(" ".join(sorted(t["name"] for p in meta["packages"] if p["id"] in members
                       for t in p["targets"] if "bin" in t["kind"])))' "$stub/metadata.json")
-		missing=()
-		for binary in "${BINARIES[@]}"; do
-			[[ " $bins " == *" $binary "* ]] || missing+=("$binary")
-		done
-		if ((${#missing[@]})); then
-			fail "Dockerfile: the stub workspace has no binary ${missing[*]}"
+		missing=$(binaries_missing_from "$bins")
+		if [[ -n $missing ]]; then
+			fail "Dockerfile: the stub workspace has no binary $missing"
 		else
 			pass "Dockerfile: the stub workspace is valid with Cargo.lock as it is and has ${BINARIES[*]}"
 		fi
@@ -256,6 +306,15 @@ print(" ".join(sorted(t["name"] for p in meta["packages"] if p["id"] in members
 		fail "Dockerfile: cargo refuses the stub workspace (cargo metadata --locked)"
 	fi
 	rm -rf "$stub"
+}
+
+# Those of BINARIES that are not among the words of $1.
+binaries_missing_from() {
+	local binary missing=""
+	for binary in "${BINARIES[@]}"; do
+		[[ " $1 " == *" $binary "* ]] || missing="$missing $binary"
+	done
+	printf '%s' "${missing# }"
 }
 
 # --- 7. Grafana dashboard -----------------------------------------------------------------------
@@ -281,6 +340,32 @@ check_shell() {
 	else
 		fail "shellcheck"
 	fi
+	say "deploy/'s scripts and scripts/validate-deploy.sh against the bash version they claim"
+	mapfile -t scripts < <(find "$DEPLOY" -name '*.sh' -type f | sort)
+	if python3 "$DEPLOY/tools/check_portable_shell.py" --self-test "${scripts[@]}" "$REPO_ROOT/scripts/validate-deploy.sh"; then
+		pass "portable shell: the scripts for bash 3.2 use nothing bash 3.2 or BSD tools lack; the others check for bash 4"
+	else
+		fail "portable shell: a script uses what the bash version it claims (or BSD tools) lacks"
+	fi
+	say "deploy/kind/up.sh and deploy/create-secrets.sh with stand-in docker, kind and kubectl"
+	if "$DEPLOY/tests/stand-ins.sh"; then
+		pass "stand-ins: up.sh stops at a failed build, save or load with its message, and otherwise applies and waits as it should; create-secrets.sh"
+	else
+		fail "stand-ins: up.sh or create-secrets.sh"
+	fi
+}
+
+# --- 9. wiki/operations.md ---------------------------------------------------------------------
+
+check_operations_doc() {
+	say "wiki/operations.md: its command blocks, the local ones run against a throw-away local cluster"
+	local status=0
+	"$DEPLOY/tests/operations-doc.sh" || status=$?
+	case $status in
+	0) pass "operations.md: every shell block marked; the local ones ran against a local cluster; every noetlctl command it names exists" ;;
+	77) skip "operations.md: blocks marked, but the local ones not run (the binaries are not built: make build, or NOETL_BIN_DIR)" ;;
+	*) fail "operations.md: a shell block is unmarked, or a local one failed, or it names a noetlctl command that does not exist" ;;
+	esac
 }
 
 main() {
@@ -294,13 +379,14 @@ main() {
 	check_dockerfile
 	check_dashboard
 	check_shell
+	check_operations_doc
 	say "summary"
 	printf '%s\n' "${RESULTS[@]}"
 	if ((FAILED)); then
 		printf 'validate-deploy: FAILED\n'
 		exit 1
 	fi
-	printf 'validate-deploy: every check passed (what this does not cover: building the image, running a cluster; see wiki/operations.md)\n'
+	printf 'validate-deploy: every check passed (what this does not cover: building the image, running a Kubernetes cluster; see wiki/operations.md)\n'
 }
 
 main "$@"

@@ -34,6 +34,8 @@ import os
 import re
 import sys
 
+from report import Report
+
 CRATES = ("gateway", "server", "worker", "bus", "service")
 MACRO = re.compile(r"\b(?:metrics::)?(counter|gauge|histogram)!\s*\(\s*\"([A-Za-z_:][A-Za-z0-9_:]*)\"")
 LABEL_KEY = re.compile(r"\"([A-Za-z_][A-Za-z0-9_]*)\"\s*=>")
@@ -51,19 +53,6 @@ def display_path(path):
     """A path as the reader ran it: relative when under the working directory."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
-
-
-class Report:
-    def __init__(self):
-        self.failures = []
-        self.passed = 0
-
-    def check(self, ok, what):
-        if ok:
-            self.passed += 1
-        else:
-            self.failures.append(what)
-        return ok
 
 
 class Metric:
@@ -324,10 +313,7 @@ def main():
     for metric in sorted(set(metrics) - shown):
         report.check(False, "%s (%s at %s) has no panel" % (metric, metrics[metric].kind, metrics[metric].sites[0]))
     check_docs(report, args.docs or os.path.join(args.repo, "wiki", "operations.md"), metrics)
-    for failure in report.failures:
-        print("FAIL " + failure)
-    print("dashboard: %d checks passed, %d failed" % (report.passed, len(report.failures)))
-    sys.exit(1 if report.failures else 0)
+    report.finish("dashboard")
 
 
 if __name__ == "__main__":

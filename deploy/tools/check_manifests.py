@@ -31,34 +31,13 @@ import argparse
 import base64
 import posixpath
 import re
-import sys
 
 import kubernetes_validate
-import yaml
+
+from report import Report, load_manifests
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 PINNED_TAG = re.compile(r":[0-9][0-9A-Za-z.\-]*$|:dev$")
-
-
-class Report:
-    def __init__(self):
-        self.failures = []
-        self.passed = 0
-
-    def check(self, ok, what):
-        if ok:
-            self.passed += 1
-        else:
-            self.failures.append(what)
-        return ok
-
-    def note(self, text):
-        print("  " + text)
-
-
-def load(path):
-    with open(path, encoding="utf-8") as f:
-        return [d for d in yaml.safe_load_all(f) if d]
 
 
 def name_of(obj):
@@ -338,7 +317,7 @@ def main():
     report = Report()
     for item in args.renders:
         overlay, _, path = item.partition("=")
-        objects = load(path)
+        objects = load_manifests(path)
         print("%s (%s): %d objects" % (overlay, path, len(objects)))
         if not report.check(bool(objects), "%s: rendered nothing" % overlay):
             continue
@@ -348,10 +327,7 @@ def main():
         check_nats(report, overlay, objects)
         check_api_tokens(report, overlay, objects)
         check_references(report, overlay, objects, overlay in args.external_secrets)
-    for failure in report.failures:
-        print("FAIL " + failure)
-    print("manifests: %d checks passed, %d failed" % (report.passed, len(report.failures)))
-    sys.exit(1 if report.failures else 0)
+    report.finish("manifests")
 
 
 if __name__ == "__main__":

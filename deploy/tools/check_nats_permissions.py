@@ -1,8 +1,8 @@
 """Checks the per-role NATS permissions of deploy/base/nats.conf against a real nats-server.
 
 Starts the nats-server given with --nats-server on free loopback ports, with the configuration
-file as it is (only its store and pid paths moved into a temporary directory, and dummy
-passwords in the environment), connects as each role with nats-py, and checks that every subject
+file as it is (only its store and pid paths moved into a temporary directory, and the passwords
+NATS_<USER>_PASSWORD of the environment, or fixed ones, as the StatefulSet passes them), connects as each role with nats-py, and checks that every subject
 a role must use is allowed and every subject it must not touch is refused: a worker cannot submit
 or listen on shard subjects, a gateway cannot write the topology, and so on.
 A refused publish or subscription makes the server send `-ERR 'Permissions Violation …'`; a
@@ -26,116 +26,74 @@ import time
 import nats
 from nats.errors import Error as NatsError
 
-PASSWORDS = {
-    "NATS_GATEWAY_PASSWORD": "gateway-secret",
-    "NATS_SERVER_PASSWORD": "server-secret",
-    "NATS_WORKER_PASSWORD": "worker-secret",
-    "NATS_OPERATOR_PASSWORD": "operator-secret",
-    "NATS_ROUTE_PASSWORD": "route-secret",
+# The password of each user, and of the routes: from the environment, as the StatefulSet passes
+# them (scripts/validate-deploy.sh sets them from deploy/lib.sh's generator, the one
+# deploy/create-secrets.sh uses), else fixed ones.
+VARIABLE_OF = {
+    "gateway": "NATS_GATEWAY_PASSWORD",
+    "server": "NATS_SERVER_PASSWORD",
+    "worker": "NATS_WORKER_PASSWORD",
+    "operator": "NATS_OPERATOR_PASSWORD",
+    "route": "NATS_ROUTE_PASSWORD",
 }
-PASSWORD_OF = {
-    "gateway": "gateway-secret",
-    "server": "server-secret",
-    "worker": "worker-secret",
-    "operator": "operator-secret",
-}
+PASSWORD_OF = {user: os.environ.get(variable) or user + "-secret" for user, variable in VARIABLE_OF.items()}
+ROLES = ("gateway", "server", "worker", "operator")
+ID = "383249752327471104"
 
-# Per role: (what, subject, allowed). "pub" publishes, "sub" subscribes.
-# Ids and shards are examples; the rules use wildcards for them.
+# Every subject is tried by every role: the roles named may publish to it (or subscribe to it),
+# every other role must be refused. Ids, shards and consumers are examples; the rules use
+# wildcards for them.
+PUBLISH = [
+    ("noetl.v1.shard.0.submit." + ID, "gateway"),
+    ("noetl.v1.shard.1.get." + ID, "gateway"),
+    ("noetl.v1.shard.1.events." + ID, "gateway"),
+    ("noetl.v1.shard.1.cancel." + ID, "gateway"),
+    ("noetl.v1.shard.3.list", "gateway operator"),
+    ("noetl.v1.shard.3.ping", "gateway operator"),
+    ("noetl.v1.shard.0.stats", "gateway operator"),
+    ("noetl.v1.shard.0.result." + ID, "worker"),
+    ("noetl.v1.shard.5.heartbeat." + ID, "worker"),
+    ("noetl.v1.cmd.default.shard.0." + ID, "server"),
+    ("$KV.noetl_nodes.node.17", "gateway"),
+    ("$KV.noetl_idempotency.abc", "gateway"),
+    ("$KV.noetl_playbooks.nightly", "gateway"),
+    ("$KV.noetl_topology.topology", "server operator"),
+    ("$JS.API.DIRECT.GET.KV_noetl_topology.$KV.noetl_topology.topology", "gateway server operator"),
+    ("$JS.API.STREAM.CREATE.KV_noetl_nodes", "gateway operator"),
+    ("$JS.API.STREAM.CREATE.KV_noetl_topology", "server operator"),
+    ("$JS.API.STREAM.CREATE.NOETL_COMMANDS", "server operator"),
+    ("$JS.API.STREAM.UPDATE.NOETL_COMMANDS", "server operator"),
+    ("$JS.API.STREAM.UPDATE.KV_noetl_idempotency", "server operator"),
+    ("$JS.API.STREAM.INFO.NOETL_COMMANDS", "server worker operator"),
+    ("$JS.API.STREAM.DELETE.NOETL_COMMANDS", "operator"),
+    ("$JS.API.STREAM.PURGE.KV_noetl_nodes", "operator"),
+    ("$JS.API.CONSUMER.CREATE.NOETL_COMMANDS.noetl-worker-default.noetl.v1.cmd.default.>", "worker operator"),
+    ("$JS.API.CONSUMER.MSG.NEXT.NOETL_COMMANDS.noetl-worker-default", "worker operator"),
+    ("$JS.API.CONSUMER.DELETE.NOETL_COMMANDS.noetl-worker-default", "operator"),
+    ("$JS.ACK.NOETL_COMMANDS.noetl-worker-default.1.2.3.1795441068983.0", "worker"),
+    # A server replies only to requests it received (allow_responses), never to any inbox.
+    ("_INBOX.someone.else", ""),
+]
+SUBSCRIBE = [
+    # Each role's replies come back on its own inbox prefix; the operator (noetlctl) keeps _INBOX.
+    ("_INBOX_gateway.gw.*", "gateway"),
+    ("_INBOX_gateway.>", "gateway"),
+    ("_INBOX_server.s.*", "server"),
+    ("_INBOX_server.>", "server"),
+    ("_INBOX_worker.w.*", "worker"),
+    ("_INBOX_worker.>", "worker"),
+    ("_INBOX.ctl.*", "operator"),
+    ("noetl.v1.shard.>", "server"),
+    ("noetl.v1.shard.0.submit.*", "server"),
+    ("noetl.v1.shard.0.ping", "server"),
+    ("noetl.v1.shard.*.result.*", "server"),
+    ("noetl.v1.cmd.>", ""),
+    ("$KV.noetl_topology.>", ""),
+]
 EXPECTATIONS = {
-    "gateway": [
-        ("pub", "noetl.v1.shard.0.submit.383249752327471104", True),
-        ("pub", "noetl.v1.shard.1.get.383249752327471104", True),
-        ("pub", "noetl.v1.shard.1.events.383249752327471104", True),
-        ("pub", "noetl.v1.shard.1.cancel.383249752327471104", True),
-        ("pub", "noetl.v1.shard.3.list", True),
-        ("pub", "noetl.v1.shard.3.ping", True),
-        ("pub", "$KV.noetl_nodes.node.17", True),
-        ("pub", "$KV.noetl_idempotency.abc", True),
-        ("pub", "$KV.noetl_playbooks.nightly", True),
-        ("pub", "$JS.API.DIRECT.GET.KV_noetl_topology.$KV.noetl_topology.topology", True),
-        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_nodes", True),
-        ("sub", "_INBOX_gateway.gw.*", True),
-        ("sub", "_INBOX.gw.*", False),
-        ("sub", "_INBOX_worker.>", False),
-        ("pub", "noetl.v1.shard.0.result.383249752327471104", False),
-        ("pub", "noetl.v1.shard.0.heartbeat.383249752327471104", False),
-        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", False),
-        ("pub", "$KV.noetl_topology.topology", False),
-        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_topology", False),
-        ("pub", "$JS.API.STREAM.CREATE.NOETL_COMMANDS", False),
-        ("pub", "$JS.API.STREAM.DELETE.NOETL_COMMANDS", False),
-        ("pub", "$JS.API.STREAM.UPDATE.NOETL_COMMANDS", False),
-        ("pub", "$JS.API.STREAM.PURGE.KV_noetl_nodes", False),
-        ("pub", "_INBOX.someone.else", False),
-        ("sub", "noetl.v1.shard.>", False),
-        ("sub", "noetl.v1.shard.0.submit.*", False),
-        ("sub", "noetl.v1.cmd.>", False),
-    ],
-    "server": [
-        ("sub", "noetl.v1.shard.0.submit.*", True),
-        ("sub", "_INBOX_server.s.*", True),
-        ("sub", "_INBOX_gateway.>", False),
-        ("sub", "noetl.v1.shard.0.result.*", True),
-        ("sub", "noetl.v1.shard.0.ping", True),
-        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", True),
-        ("pub", "$KV.noetl_topology.topology", True),
-        ("pub", "$JS.API.STREAM.CREATE.NOETL_COMMANDS", True),
-        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_topology", True),
-        ("pub", "$JS.API.STREAM.UPDATE.NOETL_COMMANDS", True),
-        ("pub", "$JS.API.STREAM.UPDATE.KV_noetl_idempotency", True),
-        ("pub", "noetl.v1.shard.0.submit.383249752327471104", False),
-        ("pub", "noetl.v1.shard.0.result.383249752327471104", False),
-        ("pub", "$KV.noetl_nodes.node.17", False),
-        ("pub", "$KV.noetl_idempotency.abc", False),
-        ("pub", "$JS.API.STREAM.DELETE.NOETL_COMMANDS", False),
-        ("pub", "$JS.API.STREAM.CREATE.KV_noetl_nodes", False),
-        # Replies only to requests it received (allow_responses), never to any inbox.
-        ("pub", "_INBOX.someone.else", False),
-        ("sub", "noetl.v1.cmd.>", False),
-    ],
-    "worker": [
-        ("pub", "noetl.v1.shard.0.result.383249752327471104", True),
-        ("pub", "noetl.v1.shard.5.heartbeat.383249752327471104", True),
-        ("pub", "$JS.API.STREAM.INFO.NOETL_COMMANDS", True),
-        ("pub", "$JS.API.CONSUMER.CREATE.NOETL_COMMANDS.noetl-worker-default.noetl.v1.cmd.default.>", True),
-        ("pub", "$JS.API.CONSUMER.MSG.NEXT.NOETL_COMMANDS.noetl-worker-default", True),
-        ("pub", "$JS.ACK.NOETL_COMMANDS.noetl-worker-default.1.2.3.1795441068983.0", True),
-        ("sub", "_INBOX_worker.w.*", True),
-        ("sub", "_INBOX.worker.*", False),
-        ("sub", "_INBOX_gateway.>", False),
-        ("sub", "_INBOX_server.>", False),
-        ("pub", "noetl.v1.shard.0.submit.383249752327471104", False),
-        ("pub", "noetl.v1.shard.0.get.383249752327471104", False),
-        ("pub", "noetl.v1.shard.0.events.383249752327471104", False),
-        ("pub", "noetl.v1.shard.0.cancel.383249752327471104", False),
-        ("pub", "noetl.v1.shard.0.list", False),
-        ("pub", "noetl.v1.shard.0.stats", False),
-        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", False),
-        ("pub", "$KV.noetl_topology.topology", False),
-        ("pub", "$KV.noetl_nodes.node.17", False),
-        ("pub", "$JS.API.STREAM.CREATE.NOETL_COMMANDS", False),
-        ("pub", "$JS.API.STREAM.DELETE.NOETL_COMMANDS", False),
-        ("pub", "$JS.API.STREAM.PURGE.NOETL_COMMANDS", False),
-        ("pub", "$JS.API.CONSUMER.DELETE.NOETL_COMMANDS.noetl-worker-default", False),
-        ("pub", "_INBOX.someone.else", False),
-        ("sub", "noetl.v1.shard.>", False),
-        ("sub", "noetl.v1.shard.0.submit.*", False),
-        ("sub", "noetl.v1.shard.*.result.*", False),
-        ("sub", "noetl.v1.cmd.>", False),
-        ("sub", "$KV.noetl_topology.>", False),
-    ],
-    "operator": [
-        ("pub", "noetl.v1.shard.0.ping", True),
-        ("pub", "noetl.v1.shard.0.stats", True),
-        ("pub", "$KV.noetl_topology.topology", True),
-        ("pub", "$JS.API.STREAM.UPDATE.NOETL_COMMANDS", True),
-        ("sub", "_INBOX.ctl.*", True),
-        ("pub", "noetl.v1.shard.0.submit.383249752327471104", False),
-        ("pub", "noetl.v1.shard.0.result.383249752327471104", False),
-        ("pub", "noetl.v1.cmd.default.shard.0.383249752327471104", False),
-        ("sub", "noetl.v1.shard.>", False),
-    ],
+    role: [("pub", subject, role in roles.split()) for subject, roles in PUBLISH]
+    + [("sub", subject, role in roles.split()) for subject, roles in SUBSCRIBE]
+    for role in ROLES
 }
 
 # In no role's allow list, so refused for every role; sent last as the sentinel.
@@ -158,12 +116,13 @@ def start_server(nats_server, config, workdir):
     with open(local, "w", encoding="utf-8") as f:
         f.write(text)
     port = free_port()
-    env = dict(os.environ, POD_NAME="nats-check-0", **PASSWORDS)
+    env = dict(os.environ, POD_NAME="nats-check-0",
+               **{VARIABLE_OF[user]: password for user, password in PASSWORD_OF.items()})
     log = open(os.path.join(workdir, "nats.log"), "w", encoding="utf-8")
     # The cluster block stays (it is part of what is checked); this one server is its only member,
     # with a route to itself as the StatefulSet gives each server routes to all three.
     cluster_port = free_port()
-    route = "nats://route:%s@127.0.0.1:%d" % (PASSWORDS["NATS_ROUTE_PASSWORD"], cluster_port)
+    route = "nats://route:%s@127.0.0.1:%d" % (PASSWORD_OF["route"], cluster_port)
     process = subprocess.Popen(
         [nats_server, "-c", local, "-a", "127.0.0.1", "-p", str(port), "-m", "0",
          "--cluster", "nats://127.0.0.1:%d" % cluster_port, "--routes", route],
@@ -270,7 +229,7 @@ async def check_refused_logins(port):
     async def quiet(_error):
         pass
 
-    for user, password in ((None, None), ("worker", "wrong"), ("route", PASSWORDS["NATS_ROUTE_PASSWORD"])):
+    for user, password in ((None, None), ("worker", "wrong"), ("route", PASSWORD_OF["route"])):
         try:
             nc = await nats.connect("nats://127.0.0.1:%d" % port, user=user, password=password,
                                     allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0,
