@@ -21,7 +21,7 @@ CHAOS_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra reshard down status env logs clean-state deps build lint test schemathesis validate-deploy bench chaos chaos-short bench-quick
+.PHONY: help up infra reshard down status env logs clean-state deps build lint check-docs test schemathesis validate-deploy bench chaos chaos-short bench-quick
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -75,8 +75,12 @@ lint: ## rustfmt check, clippy with warnings as errors, no modules that import e
 	cargo clippy --workspace --all-targets -- -D warnings
 	scripts/check-module-cycles.py
 
+check-docs: ## every relative link and repository path in README, ARCHITECTURE, wiki/, deploy/README resolves
+	scripts/check-docs.py
+
 # The end-to-end tests spawn the server binary, so the binaries are built before the tests run.
-test: lint deps build ## lint, then the whole test suite (nextest when installed), then schemathesis
+# schemathesis also runs the README's curl session against its cluster (scripts/check-docs.py --session).
+test: lint check-docs deps build ## lint, docs, then the whole test suite (nextest when installed), then schemathesis
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		echo "cargo nextest run --workspace"; cargo nextest run --workspace; \
 	else \
@@ -87,7 +91,7 @@ test: lint deps build ## lint, then the whole test suite (nextest when installed
 	@$(MAKE) --no-print-directory bench-quick
 	@$(MAKE) --no-print-directory chaos-short
 
-schemathesis: deps ## fuzz the HTTP API against its OpenAPI document (own NATS, PostgreSQL, server, gateway)
+schemathesis: deps ## fuzz the HTTP API against its OpenAPI document, then run the README's curl session (own cluster, free ports)
 	scripts/schemathesis.sh
 
 # Offline: no Docker engine or Kubernetes cluster needed (installs kubectl, shellcheck, python3-venv if

@@ -17,12 +17,18 @@
 # schemathesis checks each event of the live stream (GET /api/v1/executions/{id}/stream) against
 # the document; as no execution ends here, it reads a stream for 2 s, then checks what it got.
 #
+# Then, while the cluster is up, it runs the README's curl session (scripts/check-docs.py
+# --session README.md) against a second gateway of the same cluster that checks API tokens, with
+# NOETL_GATEWAY_URL and NOETL_TOKEN set as `eval "$(make -s env)"` sets them for `make up`.
+#
+# Every port is free when the run starts: picked at random below the kernel's ephemeral range, as
+# the Rust tests' free_port does (a port from that range could be handed to a `bind(…:0)` or an
+# outgoing connection meanwhile), and checked by binding it.
+#
 # Settings (environment): SCHEMATHESIS_MAX_EXAMPLES (50: test cases per operation and phase),
-# SCHEMATHESIS_PORT_BASE (24000: NATS on +222, PostgreSQL +1432, gateway +4080, server +5090;
-# +5091 and +5100 … are reserved for cluster.sh's worker and per-shard servers),
 # SCHEMATHESIS_SEED (a fixed seed, so `make test` runs the same cases every time and a failure
 # is reproducible; `random` explores new ones), SCHEMATHESIS_ARGS (more options for `schemathesis run`),
-# READY_TIMEOUT (60 s).
+# DOCS_SESSION (README.md: the markdown file whose curl session runs), READY_TIMEOUT (60 s).
 
 set -euo pipefail
 
@@ -33,18 +39,11 @@ readonly STATE_DIR=$REPO_ROOT/.state/schemathesis
 readonly LOG_DIR=$STATE_DIR/logs
 readonly REPORT_DIR=$STATE_DIR/report
 readonly MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-50}
-readonly PORT_BASE=${SCHEMATHESIS_PORT_BASE:-24000}
 readonly READY_TIMEOUT=${READY_TIMEOUT:-60}
+readonly DOCS_SESSION=${DOCS_SESSION:-$REPO_ROOT/README.md}
 # The CLI options used below are those of schemathesis 4.
 readonly SCHEMATHESIS_REQUIREMENT='schemathesis==4.32.5'
 
-readonly NATS_PORT=$((PORT_BASE + 222))
-readonly PG_PORT=$((PORT_BASE + 1432))
-readonly GATEWAY_PORT=$((PORT_BASE + 4080))
-readonly SERVER_PORT=$((PORT_BASE + 5090))
-readonly WORKER_PORT=$((PORT_BASE + 5091))
-readonly SHARD_SERVER_PORT=$((PORT_BASE + 5100))
-readonly GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -53,9 +52,46 @@ die() {
 }
 
 [[ $MAX_EXAMPLES =~ ^[1-9][0-9]*$ ]] || die "SCHEMATHESIS_MAX_EXAMPLES must be a positive number"
-if ! [[ $PORT_BASE =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE + 5100 + 256 > 65535)); then
-	die "SCHEMATHESIS_PORT_BASE must be between 1024 and $((65535 - 5100 - 256))"
-fi
+
+# Prints COUNT distinct free loopback ports, then the first of a block of 256 (cluster.sh's
+# SHARD_SERVER_PORT … + 255, which this script never binds) that holds none of them; all from
+# 10000 up to the start of the kernel's ephemeral range.
+free_ports() {
+	python3 - "$1" <<-'EOF'
+		import random, socket, sys
+		LOWEST, BLOCK = 10_000, 256
+		try:
+		    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+		        ceiling = int(f.read().split()[0])
+		except (OSError, ValueError, IndexError):
+		    ceiling = 32_768
+		if ceiling < LOWEST + 1_000 + BLOCK:
+		    ceiling = 32_768
+		block = random.randrange(LOWEST, ceiling - BLOCK)
+		ports = []
+		for _ in range(10_000):
+		    if len(ports) == int(sys.argv[1]):
+		        break
+		    port = random.randrange(LOWEST, ceiling)
+		    if port in ports or block <= port < block + BLOCK:
+		        continue
+		    with socket.socket() as s:
+		        try:
+		            s.bind(("127.0.0.1", port))
+		        except OSError:
+		            continue
+		    ports.append(port)
+		else:
+		    sys.exit(f"no {sys.argv[1]} free loopback ports between {LOWEST} and {ceiling}")
+		print(*ports, block)
+	EOF
+}
+
+PORTS=$(free_ports 6) || die "could not find free ports"
+read -r NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT WORKER_PORT DOCS_GATEWAY_PORT SHARD_SERVER_PORT <<<"$PORTS"
+readonly NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT WORKER_PORT DOCS_GATEWAY_PORT SHARD_SERVER_PORT
+readonly GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT
+readonly DOCS_GATEWAY_URL=http://127.0.0.1:$DOCS_GATEWAY_PORT
 
 # scripts/cluster.sh for this script's cluster (its settings, not the developer's).
 cluster() {
@@ -141,21 +177,40 @@ start() {
 	STARTED+=("$!")
 }
 
+# Waits until the gateway at $1 (logging to logs/$2.log) is ready.
 wait_for_gateway() {
-	local deadline=$((SECONDS + READY_TIMEOUT)) pid
-	until curl -fs --max-time 2 -o /dev/null "$GATEWAY_URL/readyz"; do
+	local url=$1 log=$LOG_DIR/$2.log deadline=$((SECONDS + READY_TIMEOUT)) pid
+	until curl -fs --max-time 2 -o /dev/null "$url/readyz"; do
 		for pid in "${STARTED[@]}"; do
 			if ! kill -0 "$pid" 2>/dev/null; then
-				tail -n 30 "$LOG_DIR"/server.log "$LOG_DIR"/gateway.log >&2 || true
+				tail -n 30 "$LOG_DIR"/server.log "$log" >&2 || true
 				die "a process of the schemathesis cluster exited (logs in $LOG_DIR)"
 			fi
 		done
 		if ((SECONDS >= deadline)); then
-			tail -n 30 "$LOG_DIR"/server.log "$LOG_DIR"/gateway.log >&2 || true
-			die "the gateway was not ready within ${READY_TIMEOUT}s (logs in $LOG_DIR)"
+			tail -n 30 "$LOG_DIR"/server.log "$log" >&2 || true
+			die "the gateway $url was not ready within ${READY_TIMEOUT}s (logs in $LOG_DIR)"
 		fi
 		sleep 0.25
 	done
+}
+
+# Runs the README's curl session against a gateway of this cluster that checks tokens, as the
+# one `make up` starts does: a token of its own (tenant docs, every scope), NOETL_GATEWAY_URL
+# and NOETL_TOKEN set as `eval "$(make -s env)"` sets them.
+run_docs_session() {
+	local bin=$1 token digest
+	token=ntl_docs_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	digest=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+	printf '[[tokens]]\nname = "docs-check"\ntenant = "docs"\nscopes = ["submit", "read", "admin"]\nsha256 = "%s"\n' \
+		"$digest" >"$STATE_DIR/docs-tokens.toml"
+	say "starting a second noetl-gateway, with API tokens, on $DOCS_GATEWAY_URL"
+	start docs-gateway env RUST_LOG="${RUST_LOG:-info}" NOETL_NATS_URL="nats://127.0.0.1:$NATS_PORT" \
+		NOETL_LISTEN="127.0.0.1:$DOCS_GATEWAY_PORT" NOETL_AUTH_TOKENS_FILE="$STATE_DIR/docs-tokens.toml" \
+		"$bin/noetl-gateway"
+	wait_for_gateway "$DOCS_GATEWAY_URL" docs-gateway
+	NOETL_GATEWAY_URL=$DOCS_GATEWAY_URL NOETL_TOKEN=$token "$REPO_ROOT/scripts/check-docs.py" \
+		--session "$DOCS_SESSION"
 }
 
 main() {
@@ -184,7 +239,7 @@ main() {
 		NOETL_SHARDS="$shards" NOETL_LISTEN="127.0.0.1:$SERVER_PORT" "$bin/noetl-server"
 	start gateway env RUST_LOG="${RUST_LOG:-info}" NOETL_NATS_URL="nats://127.0.0.1:$NATS_PORT" \
 		NOETL_LISTEN="127.0.0.1:$GATEWAY_PORT" "$bin/noetl-gateway"
-	wait_for_gateway
+	wait_for_gateway "$GATEWAY_URL" gateway
 
 	# A stream of an execution that has not ended (none end here: there is no worker) stays open;
 	# schemathesis checks the events it read once the operation's request timeout has passed.
@@ -219,7 +274,12 @@ main() {
 	wait "$RUNNER" || status=$?
 	RUNNER=""
 	say "schemathesis took $((SECONDS - started))s and exited $status (report in $REPORT_DIR, logs in $LOG_DIR)"
-	return "$status"
+
+	local docs=0
+	run_docs_session "$bin" || docs=$?
+	((docs == 0)) || say "the README's curl session failed (exit $docs; logs in $LOG_DIR)"
+	((status == 0)) || return "$status"
+	return "$docs"
 }
 
 main "$@"

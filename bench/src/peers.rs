@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use noetl_test_support::{free_port, Process};
 use serde::{Deserialize, Serialize};
@@ -172,16 +172,7 @@ struct DriverOutput {
 }
 
 fn drive(command: &mut Command) -> anyhow::Result<DriverOutput> {
-    let output = command
-        .stderr(Stdio::piped())
-        .output()
-        .context("starting a peer driver")?;
-    if !output.status.success() {
-        bail!(
-            "peer driver failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    let output = noetl_test_support::run(command, "peer driver").map_err(anyhow::Error::msg)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
         .lines()
@@ -200,14 +191,20 @@ struct Workload {
     executions: usize,
 }
 
+/// `processes` (name, pid) are the peer's servers, watched with their descendants; the CPU of
+/// a run also counts the harness's own.
 fn sweep(
     name: &str,
     version: &str,
-    watched: &Watched,
-    servers: &Watched,
+    processes: &[(&str, u32)],
     workload: &Workload,
     driver: &dyn Fn(usize, usize) -> Command,
 ) -> Peer {
+    let mut servers = Watched::default();
+    for (process, pid) in processes {
+        servers.add(process, *pid);
+    }
+    let watched = servers.clone().with_self();
     let Workload {
         ref concurrencies,
         worker_concurrency,
@@ -336,17 +333,11 @@ fn celery(installed: &Installed, workload: &Workload) -> Peer {
         .stdout(Stdio::null())
         .stderr(log(installed, "celery-worker.log"));
     let worker = Process::spawn(worker);
-    let mut watched = Watched::default();
-    watched.add("redis-server", redis.id());
-    watched.add("celery worker", worker.id());
-    let servers = watched.clone();
-    let watched = watched.with_self();
     let python = installed.python.clone();
     let peer = sweep(
         "Celery (Redis broker, threads pool)",
         CELERY,
-        &watched,
-        &servers,
+        &[("redis-server", redis.id()), ("celery worker", worker.id())],
         workload,
         &|count, concurrency| {
             let mut command = Command::new(&python);
@@ -376,20 +367,14 @@ fn graphile(
         .stdout(Stdio::null())
         .stderr(log(installed, "graphile-worker.log"));
     let worker = Process::spawn(worker);
-    let mut watched = Watched::default();
-    watched.add("graphile-worker (node)", worker.id());
-    if let Some(pid) = postgres_pid {
-        watched.add("postgres", pid);
-    }
-    let servers = watched.clone();
-    let watched = watched.with_self();
+    let mut servers = vec![("graphile-worker (node)", worker.id())];
+    servers.extend(postgres_pid.map(|pid| ("postgres", pid)));
     let report =
         std::env::temp_dir().join(format!("noetl-bench-graphile-{}.json", std::process::id()));
     let node_modules = installed.node_modules.clone();
     let peer = sweep(
         "graphile-worker (PostgreSQL)",
         GRAPHILE_WORKER,
-        &watched,
         &servers,
         workload,
         &|count, concurrency| {

@@ -8,8 +8,6 @@
 
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
-
 /// One veth pair: `host` is the address of the root end, `inner` of the namespace end.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -113,17 +111,9 @@ impl Drop for Netns {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("failed to run ip (iproute2)")?;
-    if !output.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut command = Command::new("ip");
+    command.args(args).stdin(Stdio::null());
+    noetl_test_support::run(&mut command, &format!("ip {} (iproute2)", args.join(" ")))
+        .map(drop)
+        .map_err(anyhow::Error::msg)
 }

@@ -1,1 +1,1 @@
-//! End-to-end tests live in tests/.
+//! The end-to-end tests are one test binary, tests/e2e/ (its harness in tests/e2e/harness/).

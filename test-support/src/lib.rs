@@ -6,7 +6,8 @@
 //!
 //! - [`NatsServer`]: JetStream-enabled NATS; [`NatsCluster`]: several, routed into one cluster.
 //! - [`Postgres`]: a private PostgreSQL cluster, with helpers to create shard databases.
-//! - [`Process`]: a spawned binary of this workspace, killed on drop.
+//! - [`Process`]: a spawned binary of this workspace, killed on drop; [`run`]: a command run to
+//!   its end, failing with its stderr.
 
 // `pre_exec` is the one unsafe call: it sets the parent-death signal in the forked child.
 #![allow(unsafe_code)]
@@ -17,7 +18,7 @@ mod process;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use postgres::{Postgres, PostgresOptions};
-pub use process::{cargo_bin, Process};
+pub use process::{cargo_bin, run, Process};
 
 use std::time::{Duration, Instant};
 

@@ -15,8 +15,9 @@ pub struct NatsServer {
     process: Process,
     url: String,
     host: String,
-    /// Extra command-line arguments (credentials), kept for restarts.
+    /// Extra command-line arguments (credentials) and environment, kept for restarts.
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: TempDir,
 }
 
@@ -28,28 +29,34 @@ impl NatsServer {
     /// Like [`NatsServer::start`], listening on `host` (a local address, e.g. the root end of a
     /// veth pair that a network namespace reaches the server through).
     pub fn start_on(host: &str) -> Self {
-        Self::start_with(host, Vec::new())
+        Self::start_with(host, Vec::new(), &[])
     }
 
     /// Like [`NatsServer::start`], accepting only clients that log in as `user` with `password`.
     pub fn start_with_user(user: &str, password: &str) -> Self {
         let args = ["--user", user, "--pass", password].map(str::to_owned);
-        Self::start_with("127.0.0.1", args.to_vec())
+        Self::start_with("127.0.0.1", args.to_vec(), &[])
     }
 
     /// Like [`NatsServer::start_on`], with extra command-line arguments (a configuration file,
-    /// cluster routes); the process environment is inherited, for a configuration's `$VARS`.
-    pub fn start_with(host: &str, args: Vec<String>) -> Self {
+    /// cluster routes) and environment variables (for a configuration's `$VARS`) on top of the
+    /// inherited ones.
+    pub fn start_with(host: &str, args: Vec<String>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("noetl-nats-")
             .tempdir()
             .expect("creating a temp dir for nats-server");
-        let (process, url) = launch(dir.path(), host, "-1", &args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let (process, url) = launch(dir.path(), host, "-1", &args, &env);
         Self {
             process,
             url,
             host: host.to_owned(),
             args,
+            env,
             dir,
         }
     }
@@ -77,7 +84,7 @@ impl NatsServer {
             .next()
             .expect("the URL ends in a port")
             .to_owned();
-        let (process, url) = launch(self.dir.path(), &self.host, &port, &self.args);
+        let (process, url) = launch(self.dir.path(), &self.host, &port, &self.args, &self.env);
         assert_eq!(url, self.url, "restarted on the same address");
         self.process = process;
     }
@@ -114,7 +121,7 @@ impl NatsCluster {
                     &others.join(","),
                 ]
                 .map(str::to_owned);
-                NatsServer::start_with("127.0.0.1", args.to_vec())
+                NatsServer::start_with("127.0.0.1", args.to_vec(), &[])
             })
             .collect();
         Self { servers }
@@ -128,7 +135,13 @@ impl NatsCluster {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn launch(dir: &Path, host: &str, port: &str, args: &[String]) -> (Process, String) {
+fn launch(
+    dir: &Path,
+    host: &str,
+    port: &str,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Process, String) {
     let store: PathBuf = dir.join("jetstream");
     let mut command = Command::new(binary());
     command
@@ -137,6 +150,7 @@ fn launch(dir: &Path, host: &str, port: &str, args: &[String]) -> (Process, Stri
         .arg("--ports_file_dir")
         .arg(dir)
         .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut process = Process::spawn(command);

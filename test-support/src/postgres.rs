@@ -319,22 +319,22 @@ fn postgres_user_if_root() -> Option<(u32, u32)> {
     if unsafe { libc::geteuid() } != 0 {
         return None;
     }
-    let output = Command::new("id")
-        .args(["-u", SUPERUSER])
-        .output()
-        .expect("running id");
-    let uid: u32 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("running as root needs a `postgres` OS user (the postgresql package creates it)");
-    let output = Command::new("id")
-        .args(["-g", SUPERUSER])
-        .output()
-        .expect("running id");
-    let gid: u32 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("postgres OS user has a group");
+    // `id -u postgres` and `id -g postgres`.
+    let id = |flag: &str, missing: &str| -> u32 {
+        let output = Command::new("id")
+            .args([flag, SUPERUSER])
+            .output()
+            .expect("running id");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{missing}"))
+    };
+    let uid = id(
+        "-u",
+        "running as root needs a `postgres` OS user (the postgresql package creates it)",
+    );
+    let gid = id("-g", "postgres OS user has a group");
     Some((uid, gid))
 }
 

@@ -2,7 +2,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 
 /// Makes the child receive `signal` when the thread that spawned it exits.
 pub(crate) fn die_with_parent(command: &mut Command, signal: libc::c_int) -> &mut Command {
@@ -76,6 +76,22 @@ impl Drop for Process {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Runs `command` to its end and returns its output; the error says what went wrong: `what`
+/// could not start, or it failed (with its exit status and stderr).
+pub fn run(command: &mut Command, what: &str) -> Result<Output, String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("{what} could not start: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(output)
 }
 
 /// Path of a binary of this workspace built in the same profile as the running executable

@@ -60,11 +60,7 @@ fn settings(nats: &NatsServer, pool: &str, ack_wait_ms: u64) -> Settings {
 }
 
 impl Worker {
-    fn start(nats: &NatsServer, pool: &str, ack_wait_ms: u64) -> Self {
-        Self::start_with(settings(nats, pool, ack_wait_ms))
-    }
-
-    fn start_with(settings: Settings) -> Self {
+    fn start(settings: Settings) -> Self {
         let config = WorkerConfig::from_settings(settings, None, false).expect("valid config");
         let cancel = CancellationToken::new();
         let task = tokio::spawn(noetl_worker::run(config, cancel.clone()));
@@ -167,6 +163,103 @@ async fn eventually<Fut: Future<Output = bool>>(what: &str, mut check: impl FnMu
     }
 }
 
+/// The owning shard, played by the test: a NATS server and a client of it, subscribed to the
+/// pool's step reports and answering its heartbeats, set up before the worker starts.
+struct FakeShard {
+    nats: NatsServer,
+    client: Client,
+    pool: &'static str,
+    results: Subscriber,
+    /// Every heartbeat, as it was answered.
+    heartbeats: mpsc::UnboundedReceiver<Heartbeat>,
+}
+
+impl FakeShard {
+    /// A shard for `pool` that answers every heartbeat with `Continue`.
+    async fn start(pool: &'static str) -> Self {
+        Self::answering(pool, |_| HeartbeatAck::Continue).await
+    }
+
+    /// A shard for `pool` that answers heartbeat n (from 1) with `decide(n)`.
+    async fn answering(
+        pool: &'static str,
+        decide: impl Fn(usize) -> HeartbeatAck + Send + 'static,
+    ) -> Self {
+        let nats = NatsServer::start();
+        let client = connect(&nats).await;
+        let results = subscribe(&client, ShardRequest::Result).await;
+        let heartbeats = answer_heartbeats(
+            client.clone(),
+            subscribe(&client, ShardRequest::Heartbeat).await,
+            decide,
+        );
+        Self {
+            nats,
+            client,
+            pool,
+            results,
+            heartbeats,
+        }
+    }
+
+    /// The tests' worker settings for this shard's pool.
+    fn settings(&self, ack_wait_ms: u64) -> Settings {
+        settings(&self.nats, self.pool, ack_wait_ms)
+    }
+
+    fn worker(&self, ack_wait_ms: u64) -> Worker {
+        Worker::start(self.settings(ack_wait_ms))
+    }
+
+    async fn publish(&self, command: &StepCommand) {
+        noetl_bus::commands::publish(&self.client, self.pool, command)
+            .await
+            .expect("publish");
+    }
+
+    /// The next step report the worker sent.
+    async fn next_report(&mut self) -> Message {
+        next_request(&mut self.results).await
+    }
+
+    async fn answer(&self, message: &Message, ack: ReportAck) {
+        answer(&self.client, message, ack).await;
+    }
+
+    /// Messages left in the command stream, and the pool consumer's unacked and redelivered
+    /// counts.
+    async fn queue_state(&self) -> (u64, usize, usize) {
+        queue_state(&self.client, self.pool).await
+    }
+
+    async fn drained(&self) {
+        drained(&self.client, self.pool).await;
+    }
+
+    /// How many steps of `action` the worker ended with `outcome` on this pool.
+    fn steps(&self, action: &str, outcome: &str) -> Option<f64> {
+        self.metric(
+            "noetl_worker_steps_total",
+            &[("action", action), ("outcome", outcome)],
+        )
+    }
+
+    /// The value of the worker's counter `name` for this pool whose labels include `labels`.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = noetl_service::install_metrics().render();
+        let pool = ("pool", self.pool);
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .find(|line| {
+                labels
+                    .iter()
+                    .chain([&pool])
+                    .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+}
+
 async fn drained(client: &Client, pool: &str) {
     eventually("the command stream to be empty", || async {
         queue_state(client, pool).await == (0, 0, 0)
@@ -174,39 +267,16 @@ async fn drained(client: &Client, pool: &str) {
     .await;
 }
 
-/// The value of a counter whose labels include `labels`.
-fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = noetl_service::install_metrics().render();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_is_acked_only_after_the_shard_records_its_report() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "records";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let mut heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
-    let worker = Worker::start(&nats, pool, 30_000);
+    let mut shard = FakeShard::start("records").await;
+    let worker = shard.worker(30_000);
 
     let sent = command(7, 2, "fail", json!({"until_attempt": 2}));
-    noetl_bus::commands::publish(&client, pool, &sent)
-        .await
-        .expect("publish");
+    shard.publish(&sent).await;
 
     // The shard lets the first report go unanswered: the worker must retry, not ack.
-    let first = next_request(&mut results).await;
+    let first = shard.next_report().await;
     let report = report_of(&first);
     assert_eq!(report.execution_id, sent.execution_id);
     assert_eq!(report.step_index, 1);
@@ -219,66 +289,51 @@ async fn a_step_is_acked_only_after_the_shard_records_its_report() {
         }
     );
     assert!(report.started_at_ms <= report.finished_at_ms);
-    let retried = next_request(&mut results).await;
+    let retried = shard.next_report().await;
     assert_eq!(report_of(&retried), report, "the retry repeats the report");
     assert_eq!(
-        queue_state(&client, pool).await,
+        shard.queue_state().await,
         (1, 1, 0),
         "unacked until the shard has answered"
     );
 
-    answer(&client, &retried, ReportAck::Recorded).await;
-    drained(&client, pool).await;
+    shard.answer(&retried, ReportAck::Recorded).await;
+    shard.drained().await;
 
     // `fail` has no effects besides its fenced report, so it starts without asking the shard:
     // every heartbeat seen is one of the unanswered report's, with the action's start.
-    while let Ok(heartbeat) = heartbeats.try_recv() {
+    while let Ok(heartbeat) = shard.heartbeats.try_recv() {
         assert!(
             !heartbeat.starting,
             "no starting check for an action without effects"
         );
         assert_eq!(heartbeat.started_at_ms, Some(report.started_at_ms));
     }
-    assert_eq!(
-        metric(
-            "noetl_worker_steps_total",
-            &[("pool", pool), ("action", "fail"), ("outcome", "succeeded")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(shard.steps("fail", "succeeded"), Some(1.0));
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_report_their_own_outcome_and_a_stale_answer_is_acked() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "attempts";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let _heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
-    let worker = Worker::start(&nats, pool, 30_000);
+    let mut shard = FakeShard::start("attempts").await;
+    let worker = shard.worker(30_000);
 
     let with = json!({"message": "not yet", "until_attempt": 2});
     for attempt in [1, 2] {
-        let sent = command(11, attempt, "fail", with.clone());
-        noetl_bus::commands::publish(&client, pool, &sent)
-            .await
-            .expect("publish");
+        shard
+            .publish(&command(11, attempt, "fail", with.clone()))
+            .await;
     }
     let mut outcomes = Vec::new();
     for _ in 0..2 {
-        let message = next_request(&mut results).await;
+        let message = shard.next_report().await;
         let report = report_of(&message);
         // Attempt 2 superseded attempt 1, so the shard ignores attempt 1's late result.
         let ack = match report.attempt {
             1 => ReportAck::Stale,
             _ => ReportAck::Recorded,
         };
-        answer(&client, &message, ack).await;
+        shard.answer(&message, ack).await;
         outcomes.push((report.attempt, report.outcome));
     }
     outcomes.sort_by_key(|(attempt, _)| *attempt);
@@ -299,12 +354,9 @@ async fn attempts_report_their_own_outcome_and_a_stale_answer_is_acked() {
             ),
         ]
     );
-    drained(&client, pool).await;
+    shard.drained().await;
     assert_eq!(
-        metric(
-            "noetl_worker_reports_total",
-            &[("pool", pool), ("reply", "stale")]
-        ),
+        shard.metric("noetl_worker_reports_total", &[("reply", "stale")]),
         Some(1.0)
     );
     worker.stop().await;
@@ -312,58 +364,40 @@ async fn attempts_report_their_own_outcome_and_a_stale_answer_is_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_command_is_terminated_and_counted() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "garbage";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let _heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
+    let mut shard = FakeShard::start("garbage").await;
     // A short ack deadline: were the payload only nak'd or left unacked, it would come back.
-    let worker = Worker::start(&nats, pool, 500);
+    let worker = shard.worker(500);
 
     let id = ExecutionId::new(5).expect("valid id");
-    client
-        .publish(subject::command(pool, SHARD, id), "{not json".into())
+    shard
+        .client
+        .publish(subject::command(shard.pool, SHARD, id), "{not json".into())
         .await
         .expect("publish garbage");
     let valid = command(6, 1, "noop", Value::Null);
-    noetl_bus::commands::publish(&client, pool, &valid)
-        .await
-        .expect("publish");
+    shard.publish(&valid).await;
 
-    let message = next_request(&mut results).await;
+    let message = shard.next_report().await;
     assert_eq!(report_of(&message).execution_id, valid.execution_id);
-    answer(&client, &message, ReportAck::Recorded).await;
-    drained(&client, pool).await;
+    shard.answer(&message, ReportAck::Recorded).await;
+    shard.drained().await;
     assert_eq!(
-        metric("noetl_worker_undecodable_total", &[("pool", pool)]),
+        shard.metric("noetl_worker_undecodable_total", &[]),
         Some(1.0)
     );
-    assert_eq!(
-        metric("noetl_worker_redeliveries_total", &[("pool", pool)]),
-        None
-    );
+    assert_eq!(shard.metric("noetl_worker_redeliveries_total", &[]), None);
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_is_recreated() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "phoenix";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let _heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
-    let worker = Worker::start(&nats, pool, 30_000);
+    let mut shard = FakeShard::start("phoenix").await;
+    let worker = shard.worker(30_000);
 
-    let stream = noetl_bus::commands::stream(&client).await.expect("stream");
-    let name = subject::pool_consumer(pool);
+    let stream = noetl_bus::commands::stream(&shard.client)
+        .await
+        .expect("stream");
+    let name = subject::pool_consumer(shard.pool);
     eventually("the worker to create its consumer", || async {
         stream.consumer_info(&name).await.is_ok()
     })
@@ -371,115 +405,82 @@ async fn a_deleted_consumer_is_recreated() {
     stream.delete_consumer(&name).await.expect("delete");
 
     let sent = command(9, 1, "noop", Value::Null);
-    noetl_bus::commands::publish(&client, pool, &sent)
-        .await
-        .expect("publish");
-    let message = next_request(&mut results).await;
+    shard.publish(&sent).await;
+    let message = shard.next_report().await;
     assert_eq!(report_of(&message).execution_id, sent.execution_id);
-    answer(&client, &message, ReportAck::Recorded).await;
-    drained(&client, pool).await;
+    shard.answer(&message, ReportAck::Recorded).await;
+    shard.drained().await;
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_answer_cancels_the_step_and_acks_it_unreported() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "stopper";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let mut heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |n| match n {
-            1 => HeartbeatAck::Continue,
-            _ => HeartbeatAck::Stop,
-        },
-    );
-    let worker = Worker::start(&nats, pool, 30_000);
+    let mut shard = FakeShard::answering("stopper", |n| match n {
+        1 => HeartbeatAck::Continue,
+        _ => HeartbeatAck::Stop,
+    })
+    .await;
+    let worker = shard.worker(30_000);
 
     let sent = StepCommand {
         lease_ms: 300,
         ..command(13, 1, "sleep", json!({"ms": 600_000}))
     };
-    noetl_bus::commands::publish(&client, pool, &sent)
-        .await
-        .expect("publish");
-    let check = heartbeats.recv().await.expect("the first heartbeat");
+    shard.publish(&sent).await;
+    let check = shard.heartbeats.recv().await.expect("the first heartbeat");
     assert!(check.starting);
-    let running = heartbeats.recv().await.expect("a heartbeat answered stop");
+    let running = shard
+        .heartbeats
+        .recv()
+        .await
+        .expect("a heartbeat answered stop");
     assert!(!running.starting, "a beat of the running step");
     assert!(running.started_at_ms.is_some(), "with the action's start");
-    drained(&client, pool).await;
+    shard.drained().await;
 
     // The worker reports before it acks, so a report would be here by now.
-    client.flush().await.expect("flush");
+    shard.client.flush().await.expect("flush");
     assert!(
-        results.next().now_or_never().is_none(),
+        shard.results.next().now_or_never().is_none(),
         "a stopped step reports nothing"
     );
-    assert_eq!(
-        metric(
-            "noetl_worker_steps_total",
-            &[("pool", pool), ("action", "sleep"), ("outcome", "stopped")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(shard.steps("sleep", "stopped"), Some(1.0));
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_running_step_finish_and_report() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "drain";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let mut heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
-    let worker = Worker::start(&nats, pool, 30_000);
+    let mut shard = FakeShard::start("drain").await;
+    let worker = shard.worker(30_000);
 
-    let sent = command(17, 1, "sleep", json!({"ms": 300}));
-    noetl_bus::commands::publish(&client, pool, &sent)
-        .await
-        .expect("publish");
-    heartbeats.recv().await.expect("the step started");
+    shard
+        .publish(&command(17, 1, "sleep", json!({"ms": 300})))
+        .await;
+    shard.heartbeats.recv().await.expect("the step started");
     worker.cancel.cancel();
 
-    let message = next_request(&mut results).await;
+    let message = shard.next_report().await;
     assert_eq!(
         report_of(&message).outcome,
         StepOutcome::Succeeded {
             result: json!({"slept_ms": 300})
         }
     );
-    answer(&client, &message, ReportAck::Recorded).await;
+    shard.answer(&message, ReportAck::Recorded).await;
     worker.stop().await;
-    assert_eq!(queue_state(&client, pool).await, (0, 0, 0));
+    assert_eq!(shard.queue_state().await, (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_the_shard_never_recorded_is_left_for_redelivery_at_shutdown() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "abandon";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let _heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
-    let worker = Worker::start(&nats, pool, 30_000);
+    let mut shard = FakeShard::start("abandon").await;
+    let worker = shard.worker(30_000);
 
-    let sent = command(19, 1, "noop", Value::Null);
-    noetl_bus::commands::publish(&client, pool, &sent)
-        .await
-        .expect("publish");
-    next_request(&mut results).await;
+    shard.publish(&command(19, 1, "noop", Value::Null)).await;
+    shard.next_report().await;
     worker.stop().await;
     assert_eq!(
-        queue_state(&client, pool).await,
+        shard.queue_state().await,
         (1, 1, 0),
         "still in the stream, delivered and unacked"
     );
@@ -487,60 +488,37 @@ async fn a_result_the_shard_never_recorded_is_left_for_redelivery_at_shutdown() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_keeps_a_step_longer_than_the_ack_deadline_from_redelivery() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "long";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let _heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
+    let mut shard = FakeShard::start("long").await;
     // Ack deadline 2 s, a 5 s step, progress every 100 ms (a third of the 300 ms lease).
-    let worker = Worker::start(&nats, pool, 2_000);
+    let worker = shard.worker(2_000);
     let sent = StepCommand {
         lease_ms: 300,
         ..command(23, 1, "sleep", json!({"ms": 5_000}))
     };
-    noetl_bus::commands::publish(&client, pool, &sent)
-        .await
-        .expect("publish");
-    let message = next_request(&mut results).await;
-    answer(&client, &message, ReportAck::Recorded).await;
-    drained(&client, pool).await;
-    assert_eq!(
-        metric("noetl_worker_redeliveries_total", &[("pool", pool)]),
-        None
-    );
+    shard.publish(&sent).await;
+    let message = shard.next_report().await;
+    shard.answer(&message, ReportAck::Recorded).await;
+    shard.drained().await;
+    assert_eq!(shard.metric("noetl_worker_redeliveries_total", &[]), None);
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_go_on_while_a_report_waits_for_an_answer() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "unanswered";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let mut heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
-    let worker = Worker::start(&nats, pool, 30_000);
+    let mut shard = FakeShard::start("unanswered").await;
+    let worker = shard.worker(30_000);
     // A 300 ms lease: a heartbeat every 100 ms.
     let sent = StepCommand {
         lease_ms: 300,
         ..command(29, 1, "noop", Value::Null)
     };
-    noetl_bus::commands::publish(&client, pool, &sent)
-        .await
-        .expect("publish");
+    shard.publish(&sent).await;
     // The step has finished; its report goes unanswered, as on a server that cannot reach its
     // database. The attempt must keep its lease meanwhile.
-    let report = report_of(&next_request(&mut results).await);
-    while heartbeats.try_recv().is_ok() {}
+    let report = report_of(&shard.next_report().await);
+    while shard.heartbeats.try_recv().is_ok() {}
     for _ in 0..3 {
-        let heartbeat = tokio::time::timeout(WAIT, heartbeats.recv())
+        let heartbeat = tokio::time::timeout(WAIT, shard.heartbeats.recv())
             .await
             .expect("heartbeats while the report is unanswered")
             .expect("the fake shard still listens");
@@ -548,33 +526,23 @@ async fn heartbeats_go_on_while_a_report_waits_for_an_answer() {
         assert!(!heartbeat.starting);
         assert_eq!(heartbeat.started_at_ms, Some(report.started_at_ms));
     }
-    let message = next_request(&mut results).await;
-    answer(&client, &message, ReportAck::Recorded).await;
-    drained(&client, pool).await;
+    let message = shard.next_report().await;
+    shard.answer(&message, ReportAck::Recorded).await;
+    shard.drained().await;
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_step_waits_for_its_report_in_a_reporting_slot_not_a_running_one() {
-    let nats = NatsServer::start();
-    let client = connect(&nats).await;
-    let pool = "reporting-slots";
-    let mut results = subscribe(&client, ShardRequest::Result).await;
-    let _heartbeats = answer_heartbeats(
-        client.clone(),
-        subscribe(&client, ShardRequest::Heartbeat).await,
-        |_| HeartbeatAck::Continue,
-    );
+    let mut shard = FakeShard::start("reporting-slots").await;
     // One step runs at once; two finished ones may wait for the shard.
-    let worker = Worker::start_with(Settings {
+    let worker = Worker::start(Settings {
         concurrency: 1,
         pending_reports: 2,
-        ..settings(&nats, pool, 30_000)
+        ..shard.settings(30_000)
     });
     for id in 1..=3 {
-        noetl_bus::commands::publish(&client, pool, &command(id, 1, "noop", Value::Null))
-            .await
-            .expect("publish");
+        shard.publish(&command(id, 1, "noop", Value::Null)).await;
     }
     let report_id = |message: &Message| report_of(message).execution_id.get();
 
@@ -587,12 +555,12 @@ async fn a_finished_step_waits_for_its_report_in_a_reporting_slot_not_a_running_
             Instant::now() < deadline,
             "only {reporting:?} reported: a step waiting for its answer kept the running slot"
         );
-        reporting.insert(report_id(&next_request(&mut results).await));
+        reporting.insert(report_id(&shard.next_report().await));
     }
     assert_eq!(reporting, [1, 2].into());
     // The third is in hand (the freed running slot pulled it) and unacked, like the first two.
     eventually("the third command in hand", || async {
-        queue_state(&client, pool).await == (3, 3, 0)
+        shard.queue_state().await == (3, 3, 0)
     })
     .await;
 
@@ -600,10 +568,10 @@ async fn a_finished_step_waits_for_its_report_in_a_reporting_slot_not_a_running_
     // the first; until then only the first two's retries arrive.
     let mut first_answered = false;
     loop {
-        let message = next_request(&mut results).await;
+        let message = shard.next_report().await;
         match report_id(&message) {
             1 => {
-                answer(&client, &message, ReportAck::Recorded).await;
+                shard.answer(&message, ReportAck::Recorded).await;
                 first_answered = true;
             }
             3 => {
@@ -611,16 +579,23 @@ async fn a_finished_step_waits_for_its_report_in_a_reporting_slot_not_a_running_
                     first_answered,
                     "the third step reported while both reporting slots were taken"
                 );
-                answer(&client, &message, ReportAck::Recorded).await;
+                shard.answer(&message, ReportAck::Recorded).await;
                 break;
             }
             _ => {}
         }
     }
-    let shard = client.clone();
+    let FakeShard {
+        nats: _nats,
+        client,
+        pool,
+        mut results,
+        heartbeats: _heartbeats,
+    } = shard;
+    let recorder = client.clone();
     tokio::spawn(async move {
         while let Some(message) = results.next().await {
-            answer(&shard, &message, ReportAck::Recorded).await;
+            answer(&recorder, &message, ReportAck::Recorded).await;
         }
     });
     drained(&client, pool).await;

@@ -1,16 +1,13 @@
 //! Faults while executions run: the server SIGKILLed mid-run, then nats-server down for 10 s.
 //! Every execution still reaches exactly one terminal state and records each result once.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{id_of, poll_readyz, spawn_server, start_gateway, Worker};
-use noetl_contract::{shard_of, ExecutionId, ShardCount};
-use noetl_test_support::{NatsServer, Postgres};
+use noetl_contract::{shard_of, ExecutionId};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+
+use crate::harness::{eventually, Cluster, Worker};
 
 /// Terminal executions and running steps, read straight from every shard database.
 async fn progress(pools: &[PgPool]) -> (i64, i64) {
@@ -37,7 +34,7 @@ async fn progress(pools: &[PgPool]) -> (i64, i64) {
 }
 
 async fn wait_for_progress(pools: &[PgPool], what: &str, done: impl Fn(i64, i64) -> bool) {
-    common::eventually(what, Duration::from_secs(120), || async {
+    eventually(what, Duration::from_secs(120), || async {
         let (terminal, running) = progress(pools).await;
         if done(terminal, running) {
             Ok(())
@@ -50,23 +47,9 @@ async fn wait_for_progress(pools: &[PgPool], what: &str, done: impl Fn(i64, i64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
-    let mut nats = NatsServer::start();
-    let pg = Postgres::start();
-    let shards = pg.create_shards("noetl_shard", 2);
-    let count = ShardCount::new(2).expect("two shards");
-    let mut server = spawn_server(nats.url(), &shards);
-    let cancel = CancellationToken::new();
-    let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
-    let worker = Worker::start(nats.url());
-    let http = reqwest::Client::new();
-    poll_readyz(&http, &gateway_url, "the cluster", |status, _| {
-        status == 200
-    })
-    .await;
-    let pools: Vec<PgPool> = count
-        .shards()
-        .map(|shard| PgPool::connect_lazy(&pg.url(&format!("noetl_shard_{shard}"))).expect("pool"))
-        .collect();
+    let mut cluster = Cluster::builder().shards(2).server_process().start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let pools = cluster.pools().await;
 
     // Sleeps longer than the worker's first beat, so running steps are seen as started.
     let chain = json!({"playbook": {"name": "chain", "steps": [
@@ -76,25 +59,18 @@ async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
     ]}});
     let mut ids: Vec<ExecutionId> = Vec::new();
     for _ in 0..40 {
-        let response = http
-            .post(format!("{gateway_url}/api/v1/executions"))
-            .json(&chain)
-            .send()
-            .await
-            .expect("submit");
-        assert_eq!(response.status().as_u16(), 201);
-        ids.push(id_of(&response.json().await.expect("JSON")));
+        ids.push(cluster.submit(&chain).await);
     }
 
     // Kill the server while steps run, then bring it back.
     wait_for_progress(&pools, "steps to run", |_, running| running > 0).await;
-    server.kill();
-    let _server = spawn_server(nats.url(), &shards);
+    cluster.kill_server();
+    cluster.restart_server();
     // NATS down for 10 s while work is in flight, then back on the same port and store.
     wait_for_progress(&pools, "steps to run again", |_, running| running > 0).await;
-    nats.kill();
+    cluster.nats.kill();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    nats.restart();
+    cluster.nats.restart();
 
     let total = ids.len() as i64;
     wait_for_progress(&pools, "every execution to end", |terminal, _| {
@@ -102,7 +78,7 @@ async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
     })
     .await;
     for id in &ids {
-        let pool = &pools[shard_of(*id, count).get() as usize];
+        let pool = &pools[shard_of(*id, cluster.shard_count).get() as usize];
         let (status, running): (String, i64) = sqlx::query_as(
             "SELECT e.status, (SELECT count(*) FROM execution_steps s
                                WHERE s.execution_id = e.execution_id AND s.status IN ('running', 'dispatched'))
@@ -138,9 +114,5 @@ async fn executions_end_exactly_once_across_a_server_kill_and_a_nats_outage() {
         );
     }
     worker.stop().await;
-    cancel.cancel();
-    gateway
-        .await
-        .expect("gateway task")
-        .expect("gateway stopped");
+    cluster.stop().await;
 }

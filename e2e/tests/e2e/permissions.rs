@@ -5,13 +5,11 @@
 //! subject what each role may and may not do; this checks that what the binaries actually do is
 //! allowed.)
 
-mod common;
+use noetl_test_support::{free_port, NatsServer, Postgres, Process};
+use reqwest::Method;
+use serde_json::json;
 
-use std::process::{Command, Stdio};
-
-use common::{poll_readyz, wait_for_success};
-use noetl_test_support::{cargo_bin, free_port, NatsServer, Postgres, Process};
-use serde_json::{json, Value};
+use crate::harness::{binary, id_of, Api};
 
 const PASSWORDS: [(&str, &str); 5] = [
     ("NATS_ROUTE_PASSWORD", "route-pw"),
@@ -58,10 +56,8 @@ async fn the_binaries_work_as_their_nats_users() {
     noetl_service::init_tracing(noetl_service::LogFormat::Text);
     let dir = tempfile::tempdir().expect("a directory");
     // The configuration reads its passwords and server name from the environment, as in the pod.
-    std::env::set_var("POD_NAME", "noetl-nats-0");
-    for (name, value) in PASSWORDS {
-        std::env::set_var(name, value);
-    }
+    let mut env = PASSWORDS.to_vec();
+    env.push(("POD_NAME", "noetl-nats-0"));
     let nats = NatsServer::start_with(
         "127.0.0.1",
         [
@@ -71,21 +67,18 @@ async fn the_binaries_work_as_their_nats_users() {
             "0".to_owned(),
         ]
         .to_vec(),
+        &env,
     );
     let pg = Postgres::start();
     let shards = pg.create_shards("noetl_shard", 2);
 
-    let spawn = |binary: &str, role: &str, port: u16, extra: &[(&str, &str)]| {
-        let mut command = Command::new(cargo_bin(binary));
+    let spawn = |name: &str, role: &str, port: u16, extra: &[(&str, &str)]| {
+        let mut command = binary(name, nats.url(), &format!("127.0.0.1:{port}"));
         command
-            .env("NOETL_NATS_URL", nats.url())
             .env("NOETL_NATS_USER", role)
             .env("NOETL_NATS_PASSWORD", format!("{role}-pw"))
             .env("NOETL_NATS_INBOX_PREFIX", format!("_INBOX_{role}"))
-            .env("NOETL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null());
+            .envs(extra.iter().copied());
         Process::spawn(command)
     };
     let ports = [free_port(), free_port(), free_port()];
@@ -99,54 +92,35 @@ async fn the_binaries_work_as_their_nats_users() {
         spawn("noetl-worker", "worker", ports[1], &[]),
         spawn("noetl-gateway", "gateway", ports[2], &[]),
     ];
-    let http = reqwest::Client::new();
     for port in ports {
-        let url = format!("http://127.0.0.1:{port}");
-        poll_readyz(&http, &url, "every process to be ready", |status, _| {
-            status == 200
-        })
-        .await;
+        Api::new(format!("http://127.0.0.1:{port}"))
+            .wait_ready("every process to be ready")
+            .await;
     }
-    let gateway = format!("http://127.0.0.1:{}", ports[2]);
+    let gateway = Api::new(format!("http://127.0.0.1:{}", ports[2]));
 
     // The catalog (the gateway's bucket) and an execution of a pushed playbook.
     let playbook = json!({"name": "perm", "steps": [
         {"name": "a", "action": "noop"},
         {"name": "b", "action": "noop", "needs": ["a"]}
     ]});
-    let pushed = http
-        .post(format!("{gateway}/api/v1/playbooks"))
-        .json(&playbook)
-        .send()
-        .await
-        .expect("push");
-    assert_eq!(pushed.status().as_u16(), 201);
+    let (status, pushed) = gateway.post_json("/api/v1/playbooks", &playbook).await;
+    assert_eq!(status, 201, "{pushed}");
     let mut ids = Vec::new();
     for key in ["k1", "k1", "k2"] {
-        let response = http
-            .post(format!("{gateway}/api/v1/executions"))
+        let request = gateway
+            .request(Method::POST, "/api/v1/executions")
             .header("Idempotency-Key", key)
-            .json(&json!({"playbook": {"name": "perm"}}))
-            .send()
-            .await
-            .expect("submit");
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.expect("a receipt");
+            .json(&json!({"playbook": {"name": "perm"}}));
+        let (status, body) = Api::answer(request).await;
         assert!(matches!(status, 200 | 201), "{status} {body}");
-        ids.push(body["execution_id"].as_str().expect("an id").to_owned());
+        ids.push(id_of(&body));
     }
     assert_eq!(ids[0], ids[1], "the key's replay names the same execution");
-    for id in [&ids[0], &ids[2]] {
-        wait_for_success(&http, &gateway, None, id).await;
+    for id in [ids[0], ids[2]] {
+        gateway.wait_for_success(id).await;
     }
-    let listed: Value = http
-        .get(format!("{gateway}/api/v1/executions"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("a page");
+    let (_, listed) = gateway.get_json("/api/v1/executions").await;
     assert_eq!(listed["partial"], false, "{listed}");
     assert_eq!(
         listed["executions"].as_array().map(Vec::len),

@@ -1,14 +1,16 @@
 //! The public API beyond one execution: listing across shards, Idempotency-Key, the playbook
 //! catalog and dry runs, against real NATS and PostgreSQL.
 
-mod common;
-
 use std::collections::HashSet;
+use std::process::Output;
 
-use common::{describe, hello_request, id_of, Cluster};
 use futures::StreamExt;
 use noetl_contract::{shard_of, ExecutionId, IdGenerator, NodeId};
 use serde_json::{json, Value};
+
+use crate::harness::{
+    assert_problem, describe, example, hello_request, id_of, stdout, Api, Cluster, Worker,
+};
 
 /// Stores `count` executions straight into their shard databases (the bulk path: what the
 /// listing reads is the databases), with ids minted an hour ago, one per millisecond; with
@@ -67,26 +69,17 @@ fn ids_of(page: &Value) -> Vec<ExecutionId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_visits_every_execution_once_newest_first_while_submits_continue() {
-    let cluster = Cluster::start(4).await;
+    let cluster = Cluster::builder().shards(4).start().await;
     let existing: HashSet<ExecutionId> = bulk_load(&cluster, 10_000).await.into_iter().collect();
 
     // Submits keep arriving while the client pages.
     let stop = tokio_util::sync::CancellationToken::new();
     let submitter = {
-        let (http, url, stop) = (
-            cluster.http.clone(),
-            cluster.url("/api/v1/executions"),
-            stop.clone(),
-        );
+        let (api, stop) = (Api::clone(&cluster), stop.clone());
         tokio::spawn(async move {
             let mut created = 0;
             while !stop.is_cancelled() {
-                let response = http
-                    .post(&url)
-                    .json(&hello_request())
-                    .send()
-                    .await
-                    .expect("submit");
+                let response = api.submit_hello().await.expect("submit");
                 assert_eq!(response.status().as_u16(), 201);
                 created += 1;
             }
@@ -135,7 +128,7 @@ async fn paging_visits_every_execution_once_newest_first_while_submits_continue(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_filters_by_status_labels_playbook_and_time() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let bulk = bulk_load(&cluster, 50).await;
     let mut mine = Vec::new();
     for team in ["data", "web", "data"] {
@@ -182,11 +175,7 @@ async fn listing_filters_by_status_labels_playbook_and_time() {
         "colour=red",
     ] {
         let (status, body) = cluster.get_json(&format!("/api/v1/executions?{bad}")).await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (400, Some("invalid_request")),
-            "{bad}: {body}"
-        );
+        assert_problem(status, &body, 400, "invalid_request");
     }
     cluster.stop().await;
 }
@@ -194,7 +183,7 @@ async fn listing_filters_by_status_labels_playbook_and_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_does_not_answer_makes_the_listing_partial_and_names_it() {
     // Nobody serves shard 1.
-    let cluster = Cluster::start_serving(2, Some(vec![0])).await;
+    let cluster = Cluster::builder().shards(2).serve(&[0]).start().await;
     bulk_load_into(&cluster, 20, Some(0)).await;
     let body = page(&cluster, "limit=100").await;
     assert_eq!(body["partial"], true, "{body}");
@@ -231,7 +220,7 @@ async fn post_with_key(cluster: &Cluster, key: &str, body: &Value) -> (u16, Opti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submits_with_one_idempotency_key_create_one_execution() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let body = hello_request();
     let answers: Vec<(u16, Option<String>, Value)> = futures::stream::iter(0..50)
         .map(|_| post_with_key(&cluster, "order-4711", &body))
@@ -259,11 +248,7 @@ async fn concurrent_submits_with_one_idempotency_key_create_one_execution() {
     let mut other = hello_request();
     other["input"] = json!({"who": "someone else"});
     let (status, _, refused) = post_with_key(&cluster, "order-4711", &other).await;
-    assert_eq!(
-        (status, refused["code"].as_str()),
-        (422, Some("idempotency_key_reused")),
-        "{refused}"
-    );
+    assert_problem(status, &refused, 422, "idempotency_key_reused");
     let (status, _, bad) = post_with_key(&cluster, "", &body).await;
     assert_eq!(status, 400, "{bad}");
     cluster.stop().await;
@@ -271,7 +256,7 @@ async fn concurrent_submits_with_one_idempotency_key_create_one_execution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_playbooks_are_versioned_and_executions_keep_the_version_they_ran() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::builder().start().await;
     let mut playbook = hello_request()["playbook"].clone();
     playbook["name"] = json!("nightly");
     let (status, v1) = cluster.post_json("/api/v1/playbooks", &playbook).await;
@@ -324,11 +309,7 @@ async fn catalog_playbooks_are_versioned_and_executions_keep_the_version_they_ra
         ),
     ] {
         let (status, problem) = cluster.post_json(path, &body).await;
-        assert_eq!(
-            (status, problem["code"].as_str()),
-            (404, Some("playbook_not_found")),
-            "{problem}"
-        );
+        assert_problem(status, &problem, 404, "playbook_not_found");
     }
     // Names no playbook can have are not found, without asking NATS (schemathesis found the
     // empty one answered 503).
@@ -339,20 +320,12 @@ async fn catalog_playbooks_are_versioned_and_executions_keep_the_version_they_ra
         json!({"playbook": {"name": long}}),
     ] {
         let (status, problem) = cluster.post_json("/api/v1/executions", &body).await;
-        assert_eq!(
-            (status, problem["code"].as_str()),
-            (404, Some("playbook_not_found")),
-            "{problem}"
-        );
+        assert_problem(status, &problem, 404, "playbook_not_found");
     }
     let (status, problem) = cluster.get_json(&format!("/api/v1/playbooks/{long}")).await;
     assert_eq!(status, 404, "{problem}");
     let (status, problem) = cluster.get_json("/api/v1/playbooks/%FF").await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (400, Some("invalid_request")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 400, "invalid_request");
     let (status, problem) = cluster
         .get_json("/api/v1/playbooks/nightly/versions/x")
         .await;
@@ -360,17 +333,13 @@ async fn catalog_playbooks_are_versioned_and_executions_keep_the_version_they_ra
     let (status, problem) = cluster
         .post_json("/api/v1/playbooks", &json!({"name": "bad", "steps": []}))
         .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (400, Some("invalid_playbook")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 400, "invalid_playbook");
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     // PostgreSQL's jsonb cannot store U+0000: refused up front (schemathesis found it failing
     // the shard's whole commit batch).
     for (field, value) in [
@@ -380,11 +349,7 @@ async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
         let mut request = hello_request();
         request[field] = value;
         let (status, problem) = cluster.post_json("/api/v1/executions", &request).await;
-        assert_eq!(
-            (status, problem["code"].as_str()),
-            (400, Some("invalid_request")),
-            "{problem}"
-        );
+        assert_problem(status, &problem, 400, "invalid_request");
         assert!(
             problem["detail"]
                 .as_str()
@@ -392,8 +357,7 @@ async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
             "{problem}"
         );
     }
-    let diamond: Value =
-        serde_json::from_str(include_str!("../../examples/diamond.json")).expect("example");
+    let diamond = example("diamond.json");
     let (status, body) = cluster
         .post_json("/api/v1/executions?dry_run=true", &diamond)
         .await;
@@ -434,92 +398,63 @@ async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
             &json!({"playbook": {"name": "x", "steps": [{"name": "a", "action": "warp"}]}}),
         )
         .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (400, Some("invalid_playbook")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 400, "invalid_playbook");
     cluster.stop().await;
 }
 
-fn noetlctl(gateway_url: &str, args: &[&str]) -> std::process::Output {
-    common::noetlctl("--gateway-url", gateway_url, args)
+/// Runs `noetlctl --gateway-url {gateway_url} {args}` off the runtime's threads.
+async fn noetlctl(gateway_url: &str, args: &[&str]) -> Output {
+    let gateway_url = gateway_url.to_owned();
+    let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::harness::noetlctl("--gateway-url", &gateway_url, &args)
+    })
+    .await
+    .expect("noetlctl")
+}
+
+/// `noetlctl submit --wait` of `what` (a file, or `--playbook NAME`), exiting with `code`.
+async fn submit_and_wait(gateway_url: &str, what: &[&str], code: i32) -> Output {
+    let mut args = vec!["submit", "--wait", "--timeout", "60s"];
+    args.extend_from_slice(what);
+    let output = noetlctl(gateway_url, &args).await;
+    assert_eq!(output.status.code(), Some(code), "{}", describe(&output));
+    output
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noetlctl_submit_wait_exits_by_how_the_execution_ended() {
-    let cluster = Cluster::start(2).await;
-    let worker = common::Worker::start(cluster.nats.url());
+    let cluster = Cluster::builder().shards(2).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let gateway = &cluster.base_url;
     let diamond = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/diamond.json");
-    let gateway = cluster.gateway_url.clone();
-    let succeeded = tokio::task::spawn_blocking({
-        let gateway = gateway.clone();
-        move || noetlctl(&gateway, &["submit", "--wait", "--timeout", "60s", diamond])
-    })
-    .await
-    .expect("noetlctl");
-    assert_eq!(succeeded.status.code(), Some(0), "{}", describe(&succeeded));
+    let succeeded = submit_and_wait(gateway, &[diamond], 0).await;
     assert!(
-        String::from_utf8_lossy(&succeeded.stdout).contains("succeeded"),
+        stdout(&succeeded).contains("succeeded"),
         "{}",
         describe(&succeeded)
     );
 
-    let failing = std::env::temp_dir().join(format!("noetl-failing-{}.json", std::process::id()));
+    let failing = tempfile::Builder::new()
+        .suffix(".json")
+        .tempfile()
+        .expect("a temporary file");
     std::fs::write(
-        &failing,
+        failing.path(),
         r#"{"name": "doomed", "steps": [{"name": "a", "action": "fail"}, {"name": "b", "action": "noop", "needs": ["a"]}]}"#,
     )
     .expect("write the playbook");
-    let failed = tokio::task::spawn_blocking({
-        let (gateway, failing) = (gateway.clone(), failing.clone());
-        move || {
-            noetlctl(
-                &gateway,
-                &[
-                    "submit",
-                    "--wait",
-                    "--timeout",
-                    "60s",
-                    failing.to_str().expect("utf-8 path"),
-                ],
-            )
-        }
-    })
-    .await
-    .expect("noetlctl");
-    std::fs::remove_file(&failing).ok();
-    assert_eq!(failed.status.code(), Some(6), "{}", describe(&failed));
+    let failing = failing.path().to_str().expect("utf-8 path");
+    submit_and_wait(gateway, &[failing], 6).await;
 
     // The YAML example goes through the catalog and runs by name.
     let nightly = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/nightly.yaml");
-    let (pushed, ran) = tokio::task::spawn_blocking({
-        let gateway = gateway.clone();
-        move || {
-            (
-                noetlctl(&gateway, &["playbook", "push", nightly]),
-                noetlctl(
-                    &gateway,
-                    &[
-                        "submit",
-                        "--wait",
-                        "--timeout",
-                        "60s",
-                        "--playbook",
-                        "nightly",
-                    ],
-                ),
-            )
-        }
-    })
-    .await
-    .expect("noetlctl");
+    let pushed = noetlctl(gateway, &["playbook", "push", nightly]).await;
     assert_eq!(pushed.status.code(), Some(0), "{}", describe(&pushed));
-    assert_eq!(ran.status.code(), Some(0), "{}", describe(&ran));
+    submit_and_wait(gateway, &["--playbook", "nightly"], 0).await;
 
-    let listed = tokio::task::spawn_blocking(move || noetlctl(&gateway, &["list", "--json"]))
-        .await
-        .expect("noetlctl");
+    let listed = noetlctl(gateway, &["list", "--json"]).await;
     assert_eq!(listed.status.code(), Some(0), "{}", describe(&listed));
     let body: Value = serde_json::from_slice(&listed.stdout).expect("list --json prints JSON");
     assert_eq!(

@@ -1,19 +1,19 @@
 //! Submit → shard → Postgres over real NATS, through the gateway.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{hello_request, id_of, Cluster};
 use futures::StreamExt;
 use noetl_contract::message::{SubmitCommand, SubmitReceipt, WireErrorCode};
 use noetl_contract::subject::{self, ShardRequest};
-use noetl_contract::{shard_of, IdGenerator, NodeId, ShardId};
+use noetl_contract::{shard_of, ExecutionId, IdGenerator, NodeId, ShardId};
 use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::harness::{connect, hello_request, id_of, Cluster};
 
 async fn submit_many_and_check_placement(shards: u32, executions: usize) {
-    let cluster = Cluster::start(shards).await;
+    let cluster = Cluster::builder().shards(shards).start().await;
     let body = hello_request();
     let ids: Vec<_> = futures::stream::iter(0..executions)
         .map(|_| cluster.post_json("/api/v1/executions", &body))
@@ -62,9 +62,21 @@ async fn executions_land_only_in_their_shard_with_four_shards() {
     submit_many_and_check_placement(4, 1_000).await;
 }
 
+/// The rows `sql` selects for execution `id` (its `$1`).
+async fn rows<T>(pool: &PgPool, sql: &str, id: ExecutionId) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql)
+        .bind(id.get())
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_execution_reads_back_with_its_first_event() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let (status, created) = cluster
         .post_json("/api/v1/executions", &hello_request())
         .await;
@@ -92,13 +104,12 @@ async fn a_committed_execution_reads_back_with_its_first_event() {
 
     let shard = created["shard"].as_u64().expect("shard is a number") as u32;
     let pool = cluster.pool(shard).await;
-    let events: Vec<(i64, String)> = sqlx::query_as(
+    let events: Vec<(i64, String)> = rows(
+        &pool,
         "SELECT seq, kind FROM execution_events WHERE execution_id = $1 ORDER BY seq",
+        id,
     )
-    .bind(id.get())
-    .fetch_all(&pool)
-    .await
-    .expect("read events");
+    .await;
     let kinds: Vec<&str> = events.iter().map(|(_, kind)| kind.as_str()).collect();
     assert_eq!(
         kinds,
@@ -113,13 +124,12 @@ async fn a_committed_execution_reads_back_with_its_first_event() {
         .fetch_one(&pool)
         .await
         .expect("read outbox");
-    let steps: Vec<(String, String)> = sqlx::query_as(
+    let steps: Vec<(String, String)> = rows(
+        &pool,
         "SELECT name, status FROM execution_steps WHERE execution_id = $1 ORDER BY step_index",
+        id,
     )
-    .bind(id.get())
-    .fetch_all(&pool)
-    .await
-    .expect("read steps");
+    .await;
     assert_eq!(
         steps,
         [
@@ -135,7 +145,7 @@ async fn a_committed_execution_reads_back_with_its_first_event() {
     cluster.stop().await;
 }
 
-fn command(id: noetl_contract::ExecutionId) -> SubmitCommand {
+fn command(id: ExecutionId) -> SubmitCommand {
     let request = hello_request();
     SubmitCommand {
         execution_id: id,
@@ -147,30 +157,27 @@ fn command(id: noetl_contract::ExecutionId) -> SubmitCommand {
     }
 }
 
-/// An id, minted like the gateway does, that routes to `shard` of `count`.
-fn id_for_shard(
-    generator: &mut IdGenerator,
+/// A two-shard cluster, a NATS client of it, and an id (minted like the gateway does, by node
+/// `node`) that routes to `shard`.
+async fn cluster_and_id_for(
     shard: ShardId,
-    count: noetl_contract::ShardCount,
-) -> noetl_contract::ExecutionId {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64;
+    node: u32,
+) -> (Cluster, noetl_bus::Client, ExecutionId) {
+    let cluster = Cluster::builder().shards(2).start().await;
+    let client = connect(cluster.nats.url()).await;
+    let mut generator = IdGenerator::new(NodeId::try_from(node).expect("valid node"));
+    let now = noetl_bus::unix_now_ms();
     loop {
         let id = generator.next_id(now).expect("mint");
-        if shard_of(id, count) == shard {
-            return id;
+        if shard_of(id, cluster.shard_count) == shard {
+            return (cluster, client, id);
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misrouted_submit_is_refused_and_writes_nothing() {
-    let cluster = Cluster::start(2).await;
-    let client = async_nats_client(&cluster).await;
-    let mut generator = IdGenerator::new(NodeId::try_from(900).expect("valid node"));
-    let id = id_for_shard(&mut generator, ShardId::new(0), cluster.shard_count);
+    let (cluster, client, id) = cluster_and_id_for(ShardId::new(0), 900).await;
 
     let wrong = subject::shard_request(ShardRequest::Submit, ShardId::new(1), id);
     let refused = noetl_bus::request::<_, SubmitReceipt>(
@@ -202,12 +209,7 @@ async fn misrouted_submit_is_refused_and_writes_nothing() {
     );
 
     // The server and gateway share this test process, and so its metrics registry.
-    let metrics = reqwest::get(cluster.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = cluster.metrics().await.expect("metrics");
     assert!(
         metrics.contains("noetl_server_misrouted_total"),
         "{metrics}"
@@ -217,10 +219,7 @@ async fn misrouted_submit_is_refused_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitting_the_same_id_twice_returns_the_existing_execution() {
-    let cluster = Cluster::start(2).await;
-    let client = async_nats_client(&cluster).await;
-    let mut generator = IdGenerator::new(NodeId::try_from(901).expect("valid node"));
-    let id = id_for_shard(&mut generator, ShardId::new(1), cluster.shard_count);
+    let (cluster, client, id) = cluster_and_id_for(ShardId::new(1), 901).await;
     let subject = subject::shard_request(ShardRequest::Submit, ShardId::new(1), id);
 
     let body = command(id);
@@ -268,16 +267,10 @@ async fn submitting_the_same_id_twice_returns_the_existing_execution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_without_a_server_answers_503_with_retry_after() {
     // Shard 1 has a database but no server.
-    let cluster = Cluster::start_serving(2, Some(vec![0])).await;
+    let cluster = Cluster::builder().shards(2).serve(&[0]).start().await;
     let mut saw_unavailable = false;
     for _ in 0..64 {
-        let response = cluster
-            .http
-            .post(cluster.url("/api/v1/executions"))
-            .json(&hello_request())
-            .send()
-            .await
-            .expect("gateway answers");
+        let response = cluster.submit_hello().await.expect("gateway answers");
         let status = response.status().as_u16();
         let retry_after = response.headers().get("retry-after").cloned();
         let body: Value = response.json().await.expect("json body");
@@ -302,30 +295,17 @@ async fn a_shard_without_a_server_answers_503_with_retry_after() {
     cluster.stop().await;
 }
 
-async fn async_nats_client(cluster: &Cluster) -> noetl_bus::Client {
-    noetl_bus::connect(&noetl_bus::NatsConfig {
-        url: cluster.nats.url().to_owned(),
-        client_name: "e2e-test".to_owned(),
-        security: noetl_bus::NatsSecurity::default(),
-    })
-    .await
-    .expect("connect to NATS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_id_that_already_exists_is_never_returned_to_the_caller() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     // Another minter with the gateway's node id (as if it had the same lease) took sequence 0
     // of every millisecond of the next 20 seconds, so the gateway's first id collides for sure.
     let node = cluster.gateway_node().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64;
+    let now = noetl_bus::unix_now_ms();
     let node = NodeId::try_from(u32::try_from(node).expect("small")).expect("valid node");
     let mut taken: Vec<Vec<i64>> = vec![Vec::new(); 2];
     for ms in now..now + 20_000 {
-        let id = noetl_contract::ExecutionId::from_parts(ms, node, 0).expect("valid id");
+        let id = ExecutionId::from_parts(ms, node, 0).expect("valid id");
         taken[shard_of(id, cluster.shard_count).get() as usize].push(id.get());
     }
     for (shard, ids) in taken.iter().enumerate() {
@@ -357,12 +337,7 @@ async fn a_minted_id_that_already_exists_is_never_returned_to_the_caller() {
         503 => assert_eq!(body["code"], "id_collision", "{body}"),
         other => panic!("unexpected {other}: {body}"),
     }
-    let metrics = reqwest::get(cluster.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = cluster.metrics().await.expect("metrics");
     assert!(
         metrics.contains("noetl_gateway_id_collisions_total"),
         "the collision was counted"

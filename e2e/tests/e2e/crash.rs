@@ -1,15 +1,12 @@
 //! SIGKILL of the server while submits are in flight: every execution that got a 201 is in its
 //! shard database afterwards.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::{hello_request, id_of, poll_readyz, spawn_server, start_gateway};
-use noetl_contract::{shard_of, ExecutionId, ShardCount};
-use noetl_test_support::{NatsServer, Postgres};
-use sqlx::PgPool;
+use noetl_contract::{shard_of, ExecutionId};
 use tokio_util::sync::CancellationToken;
+
+use crate::harness::{eventually, id_of, Api, Cluster, DEADLINE};
 
 #[derive(Default)]
 struct Outcomes {
@@ -18,7 +15,7 @@ struct Outcomes {
 }
 
 async fn wait_until(what: &str, outcomes: &Mutex<Outcomes>, done: impl Fn(&Outcomes) -> bool) {
-    common::eventually(what, common::DEADLINE, || async {
+    eventually(what, DEADLINE, || async {
         let outcomes = outcomes.lock().expect("outcomes lock");
         if done(&outcomes) {
             Ok(())
@@ -35,30 +32,17 @@ async fn wait_until(what: &str, outcomes: &Mutex<Outcomes>, done: impl Fn(&Outco
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_201_survives_a_server_sigkill() {
-    let nats = NatsServer::start();
-    let pg = Postgres::start();
-    let shards = pg.create_shards("noetl_shard", 2);
-    let count = ShardCount::new(2).expect("two shards");
-    let mut server = spawn_server(nats.url(), &shards);
-    let cancel = CancellationToken::new();
-    let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
-    let http = reqwest::Client::new();
-    let ready = |status: u16, _: &serde_json::Value| status == 200;
-    poll_readyz(&http, &gateway_url, "the server to start", ready).await;
+    let mut cluster = Cluster::builder().shards(2).server_process().start().await;
+    let count = cluster.shard_count;
 
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let stop = CancellationToken::new();
     let submitters: Vec<_> = (0..16)
         .map(|_| {
-            let (http, url, outcomes, stop) = (
-                http.clone(),
-                format!("{gateway_url}/api/v1/executions"),
-                outcomes.clone(),
-                stop.clone(),
-            );
+            let (api, outcomes, stop) = (Api::clone(&cluster), outcomes.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    let Ok(response) = http.post(&url).json(&hello_request()).send().await else {
+                    let Ok(response) = api.submit_hello().await else {
                         continue;
                     };
                     let status = response.status().as_u16();
@@ -78,7 +62,7 @@ async fn every_201_survives_a_server_sigkill() {
         o.committed.len() >= 300
     })
     .await;
-    server.kill();
+    cluster.kill_server();
     let refused_at_kill = outcomes.lock().expect("outcomes lock").refused;
     wait_until("refusals while the server is down", &outcomes, |o| {
         o.refused >= refused_at_kill + 20
@@ -86,7 +70,7 @@ async fn every_201_survives_a_server_sigkill() {
     .await;
     let committed_before_restart = outcomes.lock().expect("outcomes lock").committed.len();
 
-    let _restarted = spawn_server(nats.url(), &shards);
+    cluster.restart_server();
     wait_until("300 more commits after the restart", &outcomes, |o| {
         o.committed.len() >= committed_before_restart + 300
     })
@@ -97,15 +81,10 @@ async fn every_201_survives_a_server_sigkill() {
     }
 
     let committed = std::mem::take(&mut outcomes.lock().expect("outcomes lock").committed);
+    let stored = cluster.stored_ids().await;
     for shard in count.shards() {
-        let pool = PgPool::connect(&pg.url(&format!("noetl_shard_{shard}")))
-            .await
-            .expect("connect");
-        let stored: Vec<i64> = sqlx::query_scalar("SELECT execution_id FROM executions")
-            .fetch_all(&pool)
-            .await
-            .expect("read");
-        let stored: std::collections::HashSet<i64> = stored.into_iter().collect();
+        let stored: std::collections::HashSet<ExecutionId> =
+            stored[&shard].iter().copied().collect();
         let expected: Vec<_> = committed
             .iter()
             .filter(|id| shard_of(**id, count) == shard)
@@ -113,19 +92,17 @@ async fn every_201_survives_a_server_sigkill() {
         assert!(!expected.is_empty());
         for id in expected {
             assert!(
-                stored.contains(&id.get()),
+                stored.contains(id),
                 "execution {id} got a 201 but is not in shard {shard}"
             );
         }
         for id in &stored {
-            let id = ExecutionId::new(*id).expect("valid id");
-            assert_eq!(shard_of(id, count), shard, "{id} stored in the wrong shard");
+            assert_eq!(
+                shard_of(*id, count),
+                shard,
+                "{id} stored in the wrong shard"
+            );
         }
-        pool.close().await;
     }
-    cancel.cancel();
-    gateway
-        .await
-        .expect("gateway task")
-        .expect("gateway stopped");
+    cluster.stop().await;
 }

@@ -2,33 +2,20 @@
 //! (fresh view, leased node id), the server's refusal of a rewritten history, and `noetlctl`'s
 //! plan/apply/drain/retire with their exit codes.
 
-mod common;
-
 use std::process::Output;
 
-use common::{
-    connect, describe, eventually, gateway_settings, hello_request, id_of, start_gateway_with,
-    stdout, Cluster, DEADLINE,
-};
 use noetl_contract::{ShardCount, Topology};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-async fn post(http: &reqwest::Client, gateway_url: &str) -> (u16, Value) {
-    let response = http
-        .post(format!("{gateway_url}/api/v1/executions"))
-        .json(&hello_request())
-        .send()
-        .await
-        .expect("the gateway answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::harness::{
+    assert_problem, connect, describe, eventually, gateway_settings, hello_request, id_of, stdout,
+    Api, Cluster, Gateway, DEADLINE,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_cannot_confirm_its_topology_stops_minting_within_the_grace() {
     // A short grace, so the view goes stale in seconds.
-    let mut cluster = Cluster::start_with(1, None, Some(2_000)).await;
+    let mut cluster = Cluster::builder().grace_ms(2_000).start().await;
     let (status, body) = cluster
         .post_json("/api/v1/executions", &hello_request())
         .await;
@@ -73,39 +60,49 @@ async fn a_gateway_that_cannot_confirm_its_topology_stops_minting_within_the_gra
     cluster.stop().await;
 }
 
+/// Waits until `gateway` mints ids under `node`.
+async fn mints_as(gateway: &Api, node: u32, what: &str) {
+    eventually(what, DEADLINE, || async {
+        match gateway
+            .post_json("/api/v1/executions", &hello_request())
+            .await
+        {
+            (201, body) if u32::from(id_of(&body).node().get()) == node => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_configured_with_a_leased_node_id_cannot_mint() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::builder().start().await;
     // A node id the cluster's own gateway does not hold.
     let taken = cluster.gateway_node().await;
     let node = u32::try_from((taken + 1) % 1024).expect("small");
-    let fixed = |node: u32| noetl_gateway::configuration::Settings {
+    let fixed = || noetl_gateway::configuration::Settings {
         node_id: Some(node),
         node_lease_ttl_ms: 3_000,
         ..gateway_settings(cluster.nats.url())
     };
-    let first_cancel = CancellationToken::new();
-    let (first, first_task) = start_gateway_with(fixed(node), &first_cancel).await;
-    let http = reqwest::Client::new();
-    eventually(
+    let first = Gateway::start(fixed()).await;
+    mints_as(
+        &first.api,
+        node,
         "the first gateway to mint under its node id",
-        DEADLINE,
-        || async {
-            match post(&http, &first).await {
-                (201, body) if u32::from(id_of(&body).node().get()) == node => Ok(()),
-                (status, body) => Err(format!("{status} {body}")),
-            }
-        },
     )
     .await;
 
-    let second_cancel = CancellationToken::new();
-    let (second, second_task) = start_gateway_with(fixed(node), &second_cancel).await;
+    let second = Gateway::start(fixed()).await;
     eventually(
         "the second gateway to read the topology",
         DEADLINE,
         || async {
-            match post(&http, &second).await {
+            match second
+                .api
+                .post_json("/api/v1/executions", &hello_request())
+                .await
+            {
                 (503, body) if body["code"] == "topology_unavailable" => Err(body.to_string()),
                 _ => Ok(()),
             }
@@ -113,63 +110,32 @@ async fn a_gateway_configured_with_a_leased_node_id_cannot_mint() {
     )
     .await;
     for _ in 0..20 {
-        let (status, body) = post(&http, &second).await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (503, Some("node_lease_unavailable")),
-            "{body}"
-        );
+        let (status, body) = second
+            .api
+            .post_json("/api/v1/executions", &hello_request())
+            .await;
+        assert_problem(status, &body, 503, "node_lease_unavailable");
     }
-    let ready: Value = http
-        .get(format!("{second}/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let (_, ready) = second.api.get_json("/readyz").await;
     assert!(ready["node_id"].is_null(), "{ready}");
 
     // Once the holder stops (and gives the lease up), the second gateway takes the id over.
-    first_cancel.cancel();
-    first_task
-        .await
-        .expect("task")
-        .expect("first gateway stops cleanly");
-    eventually(
+    first.stop().await;
+    mints_as(
+        &second.api,
+        node,
         "the second gateway to take the node id over",
-        DEADLINE,
-        || async {
-            match post(&http, &second).await {
-                (201, body) if u32::from(id_of(&body).node().get()) == node => Ok(()),
-                (status, body) => Err(format!("{status} {body}")),
-            }
-        },
     )
     .await;
-    second_cancel.cancel();
-    second_task
-        .await
-        .expect("task")
-        .expect("second gateway stops cleanly");
+    second.stop().await;
     cluster.stop().await;
-}
-
-async fn server_readyz(http: &reqwest::Client, cluster: &Cluster) -> (u16, Value) {
-    let response = http
-        .get(format!("{}/readyz", cluster.server_ops_url))
-        .send()
-        .await
-        .expect("the server's ops endpoint answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_refuses_a_topology_that_rewrites_an_epoch_in_force() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let client = connect(cluster.nats.url()).await;
-    let http = reqwest::Client::new();
+    let server = Api::new(cluster.server_ops_url.clone());
     let (original, revision) = noetl_bus::topology::read(&client)
         .await
         .expect("read")
@@ -182,20 +148,13 @@ async fn a_server_refuses_a_topology_that_rewrites_an_epoch_in_force() {
         .await
         .expect("the bucket itself takes any document");
     eventually("the server to refuse the document", DEADLINE, || async {
-        match server_readyz(&http, &cluster).await {
+        match server.get_json("/readyz").await {
             (503, body) if body["topology"] == "rejected" => Ok(()),
             (status, body) => Err(format!("{status} {body}")),
         }
     })
     .await;
-    let metrics = http
-        .get(format!("{}/metrics", cluster.server_ops_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await.expect("metrics");
     assert!(
         metrics.contains("noetl_server_topology_rejected_total"),
         "{metrics}"
@@ -216,7 +175,7 @@ async fn a_server_refuses_a_topology_that_rewrites_an_epoch_in_force() {
         "the server to accept the repaired document",
         DEADLINE,
         || async {
-            match server_readyz(&http, &cluster).await {
+            match server.get_json("/readyz").await {
                 (200, _) => Ok(()),
                 (status, body) => Err(format!("{status} {body}")),
             }
@@ -227,13 +186,13 @@ async fn a_server_refuses_a_topology_that_rewrites_an_epoch_in_force() {
 }
 
 fn noetlctl(nats_url: &str, args: &[&str]) -> Output {
-    common::noetlctl("--nats-url", nats_url, args)
+    crate::harness::noetlctl("--nats-url", nats_url, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noetlctl_plans_applies_drains_and_retires_with_scriptable_exit_codes() {
     // The smallest grace, so the shrink below activates (and may be retired) within seconds.
-    let cluster = Cluster::start_with(2, None, Some(1_000)).await;
+    let cluster = Cluster::builder().shards(2).grace_ms(1_000).start().await;
     let nats = cluster.nats.url();
 
     let same = noetlctl(nats, &["topology", "plan", "--shards", "2"]);

@@ -2,38 +2,30 @@
 //! notice), an oversized body gets 413 without the gateway buffering it, and a shard with as
 //! much work in flight as it takes answers 503 at once instead of queueing.
 
-mod common;
-
-use common::{digest, eventually, hello_request, id_of, poll_readyz, Cluster, DEADLINE};
-use noetl_test_support::{cargo_bin, free_port, Process};
+use noetl_test_support::{free_port, Process};
+use reqwest::Method;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::harness::{binary, eventually, hello_request, id_of, Api, Cluster, Token, DEADLINE};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_not() {
-    let tokens = tempfile::NamedTempFile::new().expect("a temporary file");
-    std::fs::write(
-        tokens.path(),
-        format!(
-        "[[tokens]]\nname = \"a\"\ntenant = \"tenant-a\"\nscopes = [\"read\"]\nsha256 = \"{}\"\n\n\
-         [[tokens]]\nname = \"b\"\ntenant = \"tenant-b\"\nscopes = [\"read\"]\nsha256 = \"{}\"\n",
-        digest("token-a"),
-        digest("token-b"),
-    ),
-    )
-    .expect("write the tokens file");
-    let path = tokens.path().to_owned();
-    let cluster = Cluster::start_tuned(1, |_, gateway| {
-        gateway.auth_tokens_file = Some(path);
-        gateway.rate_limit_per_second = 1;
-        gateway.rate_limit_burst = 3;
-    })
-    .await;
-    let get = |token: &'static str| {
+    let cluster = Cluster::builder()
+        .tokens(&[
+            Token::new("a", "tenant-a", &["read"], "token-a"),
+            Token::new("b", "tenant-b", &["read"], "token-b"),
+        ])
+        .tune(|_, gateway| {
+            gateway.rate_limit_per_second = 1;
+            gateway.rate_limit_burst = 3;
+        })
+        .start()
+        .await;
+    let get = |token: &str| {
         cluster
-            .http
-            .get(cluster.url("/api/v1/topology"))
-            .bearer_auth(token)
+            .with_token(token)
+            .request(Method::GET, "/api/v1/topology")
             .send()
     };
 
@@ -66,24 +58,15 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_and_the_gateway_does_not_buffer_them() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::builder().start().await;
     let port = free_port();
-    let mut command = std::process::Command::new(cargo_bin("noetl-gateway"));
-    command
-        .env("NOETL_NATS_URL", cluster.nats.url())
-        .env("NOETL_LISTEN", format!("127.0.0.1:{port}"))
-        .env("NOETL_BODY_LIMIT_BYTES", (1024 * 1024).to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null());
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = binary("noetl-gateway", cluster.nats.url(), &listen);
+    command.env("NOETL_BODY_LIMIT_BYTES", (1024 * 1024).to_string());
     let gateway = Process::spawn(command);
-    let url = format!("http://127.0.0.1:{port}");
-    poll_readyz(
-        &cluster.http,
-        &url,
-        "the gateway process to be ready",
-        |status, _| status == 200,
-    )
-    .await;
+    Api::new(format!("http://{listen}"))
+        .wait_ready("the gateway process to be ready")
+        .await;
     let before = peak_memory_kib(gateway.id());
 
     // 16 clients at once, each offering 64 MiB: buffered, that would be a gigabyte.
@@ -147,7 +130,10 @@ fn peak_memory_kib(pid: u32) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_with_its_requests_in_flight_answers_503_at_once() {
-    let cluster = Cluster::start_tuned(1, |server, _| server.max_in_flight = 1).await;
+    let cluster = Cluster::builder()
+        .tune(|server, _| server.max_in_flight = 1)
+        .start()
+        .await;
     let pool = cluster.pool(0).await;
     // Holding the executions table keeps the first submit in flight on the shard.
     let mut lock = pool.begin().await.expect("begin");
@@ -156,20 +142,8 @@ async fn a_shard_with_its_requests_in_flight_answers_503_at_once() {
         .await
         .expect("lock");
     let first = {
-        let (http, url) = (cluster.http.clone(), cluster.url("/api/v1/executions"));
-        tokio::spawn(async move {
-            let response = http
-                .post(url)
-                .json(&hello_request())
-                .send()
-                .await
-                .expect("the gateway answers");
-            let status = response.status().as_u16();
-            (
-                status,
-                response.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        })
+        let api = Api::clone(&cluster);
+        tokio::spawn(async move { api.post_json("/api/v1/executions", &hello_request()).await })
     };
     eventually("the first submit to wait on the lock", DEADLINE, || async {
         let waiting: i64 = sqlx::query_scalar(
@@ -184,13 +158,7 @@ async fn a_shard_with_its_requests_in_flight_answers_503_at_once() {
     })
     .await;
 
-    let response = cluster
-        .http
-        .post(cluster.url("/api/v1/executions"))
-        .json(&hello_request())
-        .send()
-        .await
-        .expect("the gateway answers");
+    let response = cluster.submit_hello().await.expect("the gateway answers");
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.expect("a problem document");

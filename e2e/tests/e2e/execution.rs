@@ -1,16 +1,13 @@
 //! Executions that actually run: server orchestration, workers over JetStream, retries,
 //! leases, cancellation and the event log, against real NATS and PostgreSQL.
 
-mod common;
-
-use std::process::{Command, Stdio};
-
-use common::{id_of, Cluster, Worker};
 use noetl_contract::ExecutionId;
-use noetl_test_support::{cargo_bin, Process};
+use noetl_test_support::Process;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::harness::{binary, id_of, Cluster, Worker};
 
 fn request(steps: Value) -> Value {
     json!({"playbook": {"name": "run", "steps": steps}, "input": {"who": "world"}})
@@ -24,11 +21,15 @@ fn is_terminal(body: &Value) -> bool {
 }
 
 async fn submit(cluster: &Cluster, steps: Value) -> ExecutionId {
-    let (status, body) = cluster
-        .post_json("/api/v1/executions", &request(steps))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    id_of(&body)
+    cluster.submit(&request(steps)).await
+}
+
+/// A cluster of `shards` shards with a worker, running an execution of `steps`.
+async fn running(shards: u32, steps: Value) -> (Cluster, Worker, ExecutionId) {
+    let cluster = Cluster::builder().shards(shards).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let id = submit(&cluster, steps).await;
+    (cluster, worker, id)
 }
 
 fn step<'a>(execution: &'a Value, name: &str) -> &'a Value {
@@ -54,10 +55,8 @@ fn events_of<'a>(events: &'a [Value], kind: &str, step: &str) -> Vec<&'a Value> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diamond_runs_its_branches_concurrently_and_joins_both_results() {
-    let cluster = Cluster::start(2).await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
+    let (cluster, worker, id) = running(
+        2,
         json!([
             {"name": "a", "action": "noop"},
             {"name": "b", "action": "sleep", "needs": ["a"], "with": {"ms": 400}},
@@ -105,7 +104,7 @@ async fn a_diamond_runs_its_branches_concurrently_and_joins_both_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_succeed_within_the_budget_and_fail_beyond_it() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::builder().start().await;
     let worker = Worker::start(cluster.nats.url());
     let flaky = |max_attempts: u32| {
         json!([
@@ -140,16 +139,11 @@ async fn retries_succeed_within_the_budget_and_fail_beyond_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_during_a_long_step_ends_the_execution_and_later_steps_never_start() {
-    let cluster = Cluster::start(2).await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
-        json!([
-            {"name": "long", "action": "sleep", "with": {"ms": 60000}},
-            {"name": "after", "action": "noop", "needs": ["long"]}
-        ]),
-    )
-    .await;
+    let steps = json!([
+        {"name": "long", "action": "sleep", "with": {"ms": 60000}},
+        {"name": "after", "action": "noop", "needs": ["long"]}
+    ]);
+    let (cluster, worker, id) = running(2, steps).await;
     cluster
         .wait_for_execution(id, "the long step to run", |b| {
             step(b, "long")["status"] == "running"
@@ -193,14 +187,8 @@ async fn cancelling_during_a_long_step_ends_the_execution_and_later_steps_never_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_whose_worker_was_killed_is_redispatched_after_its_lease() {
-    let cluster = Cluster::start(1).await;
-    let mut command = Command::new(cargo_bin("noetl-worker"));
-    command
-        .env("NOETL_NATS_URL", cluster.nats.url())
-        .env("NOETL_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    let mut doomed = Process::spawn(command);
+    let cluster = Cluster::builder().start().await;
+    let mut doomed = Process::spawn(binary("noetl-worker", cluster.nats.url(), "127.0.0.1:0"));
     let id = submit(
         &cluster,
         json!([{"name": "slow", "action": "sleep", "with": {"ms": 3000},
@@ -242,10 +230,8 @@ async fn a_step_whose_worker_was_killed_is_redispatched_after_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_replays_then_follows_until_the_terminal_state() {
-    let cluster = Cluster::start(1).await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
+    let (cluster, worker, id) = running(
+        1,
         json!([
             {"name": "one", "action": "sleep", "with": {"ms": 300}},
             {"name": "two", "action": "noop", "needs": ["one"]}
@@ -278,7 +264,7 @@ async fn the_event_stream_replays_then_follows_until_the_terminal_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_playbooks_are_refused_naming_the_step_and_nothing_is_stored() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::builder().shards(2).start().await;
     let cases = [
         (
             json!([{"name": "a", "action": "noop", "needs": ["b"]}, {"name": "b", "action": "noop", "needs": ["a"]}]),
@@ -319,7 +305,7 @@ async fn invalid_playbooks_are_refused_naming_the_step_and_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_playbook_submitted_as_yaml_runs() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::builder().start().await;
     let worker = Worker::start(cluster.nats.url());
     let yaml = "playbook:\n  name: from-yaml\n  steps:\n    - name: greet\n      action: noop\n      timeout: 5s\n      retry: {max_attempts: 2, backoff: 10ms}\ninput:\n  who: yaml\n";
     let response = cluster
@@ -343,7 +329,7 @@ async fn a_playbook_submitted_as_yaml_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_fails_at_run_time_fails_its_step_with_the_reason() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::builder().start().await;
     let id = submit(
         &cluster,
         json!([{"name": "first", "action": "noop", "with": {"x": "{{ input.missing }}"}},
@@ -380,10 +366,8 @@ async fn a_result_holding_nul_characters_is_stored_with_replacement_characters()
         .expect("bind");
     let url = format!("http://{}/nul", listener.local_addr().expect("an address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let cluster = Cluster::start(1).await;
-    let worker = Worker::start(cluster.nats.url());
-    let id = submit(
-        &cluster,
+    let (cluster, worker, id) = running(
+        1,
         json!([{"name": "fetch", "action": "http", "with": {"url": url}}]),
     )
     .await;

@@ -4,17 +4,15 @@
 //! configured, and no secret (database password, NATS password, API token) appears in any log
 //! line at any level or in any error, including when the credentials are wrong.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use common::{digest, eventually, poll_readyz, wait_for_success, DEADLINE};
-use noetl_contract::ExecutionId;
-use noetl_test_support::{cargo_bin, free_port, NatsServer, Postgres, Process};
+use noetl_test_support::{free_port, NatsServer, Postgres, Process};
 use serde_json::Value;
+
+use crate::harness::{binary, eventually, example, Api, Token, DEADLINE};
 
 const NATS_USER: &str = "noetl";
 const NATS_PASSWORD: &str = "nats-pw-6f1c9e2a";
@@ -36,34 +34,22 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
     );
     let logs = tempfile::tempdir().expect("a log directory");
     let tokens = logs.path().join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "[[tokens]]\nname = \"e2e\"\ntenant = \"t\"\nscopes = [\"submit\", \"read\"]\nsha256 = \"{}\"\n",
-            digest(TOKEN)
-        ),
-    )
-    .expect("write the tokens file");
+    let token = Token::new("e2e", "t", &["submit", "read"], TOKEN);
+    std::fs::write(&tokens, Token::file(&[token])).expect("write the tokens file");
     let (otlp_url, spans) = otlp_receiver().await;
 
     let ports = [free_port(), free_port(), free_port()];
     let [gateway_port, server_port, worker_port] = ports;
-    let spawn = |binary: &str, port: u16, extra: &[(&str, &str)]| {
-        let log = std::fs::File::create(logs.path().join(format!("{binary}.log"))).expect("log");
-        let mut command = Command::new(cargo_bin(binary));
+    let spawn = |name: &str, port: u16, extra: &[(&str, &str)]| {
+        let log = logs.path().join(format!("{name}.log"));
+        let mut command = traced(name, nats.url(), port, &log);
         command
-            .env("NOETL_NATS_URL", nats.url())
             .env("NOETL_NATS_USER", NATS_USER)
             .env("NOETL_NATS_PASSWORD", NATS_PASSWORD)
-            .env("NOETL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("NOETL_LOG_FORMAT", "json")
-            .env("RUST_LOG", "trace")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp_url)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .envs(extra.iter().copied());
         Process::spawn(command)
     };
     let processes = [
@@ -78,39 +64,14 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
             )],
         ),
     ];
-    let http = reqwest::Client::new();
-    let gateway = format!("http://127.0.0.1:{gateway_port}");
     for port in ports {
-        let url = format!("http://127.0.0.1:{port}");
-        poll_readyz(&http, &url, "every process to be ready", |status, _| {
-            status == 200
-        })
-        .await;
+        Api::new(format!("http://127.0.0.1:{port}"))
+            .wait_ready("every process to be ready")
+            .await;
     }
-
-    let example: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/diamond.json"
-        ))
-        .expect("the example"),
-    )
-    .expect("the example is JSON");
-    let submitted: Value = http
-        .post(format!("{gateway}/api/v1/executions"))
-        .bearer_auth(TOKEN)
-        .json(&example)
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("a receipt");
-    let id: ExecutionId = submitted["execution_id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("an execution id in {submitted}"));
-    wait_for_success(&http, &gateway, Some(TOKEN), &id.to_string()).await;
+    let api = Api::new(format!("http://127.0.0.1:{gateway_port}")).with_token(TOKEN);
+    let id = api.submit(&example("diamond.json")).await;
+    api.wait_for_success(id).await;
 
     // Metrics: each process shows the work it did.
     let expectations: [(u16, &[&str]); 3] = [
@@ -144,7 +105,8 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
         ),
     ];
     for (port, names) in expectations {
-        let scraped = scrape(&http, port).await.expect("metrics");
+        let ops = Api::new(format!("http://127.0.0.1:{port}"));
+        let scraped = ops.metrics().await.expect("metrics");
         for name in names {
             let total = sum_of(&scraped, name);
             // The topology's first epoch is 0; everything else counted work.
@@ -164,7 +126,7 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
                 "noetl_server_pending_commands",
             ] {
                 eventually("the backlog gauges to be sampled", DEADLINE, || async {
-                    let scraped = scrape(&http, port).await?;
+                    let scraped = ops.metrics().await?;
                     sum_of(&scraped, gauge)
                         .map(drop)
                         .ok_or_else(|| format!("no {gauge}"))
@@ -210,9 +172,8 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
     let wrong = [
         spawn_refused(
             &refused,
-            "noetl-server",
+            nats.url(),
             &[
-                ("NOETL_NATS_URL", nats.url()),
                 ("NOETL_NATS_USER", NATS_USER),
                 ("NOETL_NATS_PASSWORD", &format!("{NATS_PASSWORD}-wrong")),
                 ("NOETL_SHARDS", &shards),
@@ -220,9 +181,8 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
         ),
         spawn_refused(
             &refused,
-            "noetl-server",
+            nats.url(),
             &[
-                ("NOETL_NATS_URL", nats.url()),
                 ("NOETL_NATS_USER", NATS_USER),
                 ("NOETL_NATS_PASSWORD", NATS_PASSWORD),
                 (
@@ -278,16 +238,6 @@ async fn metrics_traces_and_logs_of_a_run_show_the_work_and_no_secret() {
     assert!(lines > 100, "only {lines} log lines at trace level");
 }
 
-/// The `/metrics` text of the process listening on `port`.
-async fn scrape(http: &reqwest::Client, port: u16) -> Result<String, String> {
-    let response = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    response.text().await.map_err(|e| e.to_string())
-}
-
 /// The sum of every sample of metric `name` (all label sets); `None` when it has none.
 fn sum_of(scraped: &str, name: &str) -> Option<f64> {
     let samples: Vec<f64> = scraped
@@ -301,18 +251,23 @@ fn sum_of(scraped: &str, name: &str) -> Option<f64> {
     (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
-fn spawn_refused(dir: &Path, binary: &str, env: &[(&str, &str)]) -> Process {
+/// A server that is refused (wrong credentials), logging to the next `<index>.log` of `dir`.
+fn spawn_refused(dir: &Path, nats_url: &str, env: &[(&str, &str)]) -> Process {
     let index = std::fs::read_dir(dir).map(Iterator::count).unwrap_or(0);
-    let log = std::fs::File::create(dir.join(format!("{index}.log"))).expect("log");
-    let mut command = Command::new(cargo_bin(binary));
+    let log = dir.join(format!("{index}.log"));
+    let mut command = traced("noetl-server", nats_url, free_port(), &log);
+    command.envs(env.iter().copied());
+    Process::spawn(command)
+}
+
+/// `name` listening on `port`, logging every level as JSON to `log`.
+fn traced(name: &str, nats_url: &str, port: u16, log: &Path) -> Command {
+    let mut command = binary(name, nats_url, &format!("127.0.0.1:{port}"));
     command
-        .env("NOETL_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("NOETL_LOG_FORMAT", "json")
         .env("RUST_LOG", "trace")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log);
-    Process::spawn(command)
+        .stderr(std::fs::File::create(log).expect("log"));
+    command
 }
 
 fn log_files(dir: &Path) -> Vec<PathBuf> {

@@ -3,22 +3,17 @@
 //! afterwards every execution is in exactly the database that `route(id)` names, every one
 //! finished, and those submitted before a change are still readable.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    connect, eventually, hello_request, poll_readyz, server_config, start_gateway, Worker, DEADLINE,
-};
-use noetl_contract::{ExecutionId, ShardCount, ShardId, Topology};
+use noetl_contract::{ExecutionId, ShardCount, ShardId};
 use noetl_ctl::topology::{self, Applied};
-use noetl_test_support::{NatsServer, Postgres};
-use serde_json::Value;
+use serde_json::json;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+
+use crate::harness::{connect, eventually, hello_request, Api, Cluster, Worker, DEADLINE};
 
 /// Short, so each change activates within seconds.
 const GRACE_MS: i64 = 3_000;
@@ -34,25 +29,13 @@ struct Answer {
     id: Option<ExecutionId>,
 }
 
-async fn submit_until(
-    http: reqwest::Client,
-    url: String,
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicUsize>,
-) -> Vec<Answer> {
+async fn submit_until(api: Api, stop: Arc<AtomicBool>, answered: Arc<AtomicUsize>) -> Vec<Answer> {
     let mut answers = Vec::new();
     let mut pace = tokio::time::interval(PACE);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Acquire) {
         pace.tick().await;
-        let response = http
-            .post(&url)
-            .json(&hello_request())
-            .send()
-            .await
-            .expect("the gateway answers");
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let (status, body) = api.post_json("/api/v1/executions", &hello_request()).await;
         answers.push(Answer {
             status,
             code: body["code"].as_str().map(str::to_owned),
@@ -118,34 +101,16 @@ async fn stored(pool: &PgPool) -> Vec<(ExecutionId, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shard_count_changes_under_load_without_a_misrouted_or_lost_execution() {
-    noetl_service::init_tracing(noetl_service::LogFormat::Text);
-    let nats = NatsServer::start();
-    let pg = Postgres::start();
-    let all_four = pg.create_shards("noetl_shard", 4);
-    let first_two = all_four.split(',').take(2).collect::<Vec<_>>().join(",");
-    let client = connect(nats.url()).await;
-    let bootstrap =
-        Topology::bootstrap(ShardCount::new(2).expect("non-zero"), GRACE_MS).expect("valid");
-    noetl_bus::topology::ensure(&client, &bootstrap)
-        .await
-        .expect("create the topology");
-
-    // The cluster as it starts: one server for shards 0 and 1, a gateway, a worker.
-    let cancel = CancellationToken::new();
-    let first_server = tokio::spawn(noetl_server::run(
-        server_config(nats.url(), &first_two, None),
-        cancel.clone(),
-    ));
-    let (gateway_url, gateway) = start_gateway(nats.url(), &cancel).await;
-    let worker = Worker::start(nats.url());
-    let http = reqwest::Client::new();
-    poll_readyz(
-        &http,
-        &gateway_url,
-        "the gateway to be ready",
-        |status, _| status == 200,
-    )
-    .await;
+    // The cluster as it starts: a server for shards 0 and 1 (of four databases), a gateway, a
+    // worker.
+    let mut cluster = Cluster::builder()
+        .shards(2)
+        .databases(4)
+        .grace_ms(GRACE_MS)
+        .start()
+        .await;
+    let client = connect(cluster.nats.url()).await;
+    let worker = Worker::start(cluster.nats.url());
 
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -153,8 +118,7 @@ async fn the_shard_count_changes_under_load_without_a_misrouted_or_lost_executio
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             tokio::spawn(submit_until(
-                http.clone(),
-                format!("{gateway_url}/api/v1/executions"),
+                Api::clone(&cluster),
                 stop.clone(),
                 answered.clone(),
             ))
@@ -164,10 +128,7 @@ async fn the_shard_count_changes_under_load_without_a_misrouted_or_lost_executio
 
     // Grow: a second server for the new shards 2 and 3 (NOETL_SHARDS lists all four), then the
     // epoch, applied as soon as both answer.
-    let second_server = tokio::spawn(noetl_server::run(
-        server_config(nats.url(), &all_four, Some(vec![2, 3])),
-        cancel.clone(),
-    ));
+    cluster.add_server(&[2, 3]);
     let grown_at = apply_when_ready(&client, 4).await;
     load_past(grown_at, &answered, 2_000).await;
 
@@ -209,12 +170,7 @@ async fn the_shard_count_changes_under_load_without_a_misrouted_or_lost_executio
     // Every execution finishes, wherever it lives.
     let mut pools = Vec::new();
     for shard in 0..4 {
-        let url = pg.url(&format!("noetl_shard_{shard}"));
-        pools.push(
-            PgPool::connect(&url)
-                .await
-                .expect("connect to a shard database"),
-        );
+        pools.push(cluster.pool(shard).await);
     }
     eventually("every execution to finish", DEADLINE * 2, || async {
         let mut unfinished = 0;
@@ -276,20 +232,14 @@ async fn the_shard_count_changes_under_load_without_a_misrouted_or_lost_executio
 
     // Executions from before the changes read back through the gateway.
     for id in accepted.iter().take(20) {
-        let body: Value = http
-            .get(format!("{gateway_url}/api/v1/executions/{id}"))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(body["status"], "succeeded", "{body}");
+        let (status, body) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("succeeded")),
+            "{body}"
+        );
     }
 
     worker.stop().await;
-    cancel.cancel();
-    for server in [first_server, second_server, gateway] {
-        server.await.expect("task").expect("stopped cleanly");
-    }
+    cluster.stop().await;
 }

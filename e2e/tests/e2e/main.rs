@@ -1,0 +1,17 @@
+//! The end-to-end suite, one test binary: the gateway, the server, workers and `noetlctl`
+//! against real NATS and PostgreSQL, each test with a cluster of its own (see [`harness`]).
+
+mod harness;
+
+mod api;
+mod auth;
+mod bad_input;
+mod crash;
+mod execution;
+mod faults;
+mod limits;
+mod observability;
+mod permissions;
+mod resharding;
+mod submit;
+mod topology;
