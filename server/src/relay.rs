@@ -334,12 +334,9 @@ mod tests {
     use super::*;
     use crate::persistence::testing::outbox_row as row;
 
-    fn id(n: i64) -> ExecutionId {
-        ExecutionId::new(n).expect("valid id")
-    }
-
     #[test]
     fn only_executions_whose_commands_are_all_due_now_are_handed_off() {
+        let id = |n| ExecutionId::new(n).expect("valid id");
         let commands = vec![
             (id(1), vec![row(1, 0, 0), row(1, 1, 0)]),
             (id(2), vec![row(2, 0, 0), row(2, 1, 5_000)]),

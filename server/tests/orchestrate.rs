@@ -21,26 +21,31 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// A shard's orchestrator on a fresh database of its own, with the tasks of its batches.
+/// A shard's orchestrator on a fresh database on a PostgreSQL of its own, with the tasks of its
+/// batches.
 struct Shard {
     tracker: TaskTracker,
     orchestrator: Orchestrator,
+    pools: Pools,
+    /// `pools.pool`.
     pool: PgPool,
+    _postgres: Postgres,
 }
 
 impl Shard {
     /// With no relay running.
-    async fn start(pg: &Postgres, database: &str) -> Self {
-        let pools = shard_pools(pg, database).await;
-        Self::with_relay(pools, Relay::new(ShardId::new(0)).0)
+    async fn start(database: &str) -> Self {
+        Self::with_relay(database, Relay::new(ShardId::new(0)).0).await
     }
 
-    fn with_relay(pools: Pools, relay: Relay) -> Self {
+    async fn with_relay(database: &str, relay: Relay) -> Self {
+        let postgres = Postgres::start();
+        let pools = shard_pools(&postgres, database).await;
         let tracker = TaskTracker::new();
         let pool = pools.pool.clone();
         let orchestrator = Orchestrator::new(
             ShardId::new(0),
-            pools,
+            pools.clone(),
             Leases {
                 step_lease_ms: 30_000,
                 dispatch_lease_ms: 300_000,
@@ -56,7 +61,9 @@ impl Shard {
         Self {
             tracker,
             orchestrator,
+            pools,
             pool,
+            _postgres: postgres,
         }
     }
 
@@ -83,8 +90,7 @@ impl Shard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_queued_behind_the_lock_see_what_it_committed() {
-    let pg = Postgres::start();
-    let shard = Shard::start(&pg, "orchestrate").await;
+    let shard = Shard::start("orchestrate").await;
     let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
     let id = ExecutionId::new(4_242).expect("valid id");
     shard.insert([id.get()], &one_step()).await;
@@ -209,8 +215,7 @@ fn submit(id: i64, playbook: serde_json::Value) -> SubmitCommand {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_of_many_executions_applied_together_advance_each_once() {
-    let pg = Postgres::start();
-    let shard = Shard::start(&pg, "batched").await;
+    let shard = Shard::start("batched").await;
     let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
     // Two parallel steps joined by a third: each execution gets two reports at once, and its
     // join must be dispatched exactly once whichever order they apply in.
@@ -295,8 +300,7 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
 /// an attempt that does not own its step is told to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_written_together_keep_their_own_answers() {
-    let pg = Postgres::start();
-    let shard = Shard::start(&pg, "beats").await;
+    let shard = Shard::start("beats").await;
     let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
     let ids: Vec<ExecutionId> = (1..=30)
         .map(|i| ExecutionId::new(20_000 + i).expect("valid id"))
@@ -416,8 +420,7 @@ async fn heartbeats_written_together_keep_their_own_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_waits_when_the_outbox_is_empty() {
-    let pg = Postgres::start();
-    let shard = Shard::start(&pg, "outbox").await;
+    let shard = Shard::start("outbox").await;
     let pool = &shard.pool;
     assert_eq!(
         persistence::next_command_due_in_ms(pool)
@@ -469,7 +472,6 @@ async fn the_relay_waits_when_the_outbox_is_empty() {
 /// commit) is published by a pass. JetStream stores each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
-    let pg = Postgres::start();
     let nats = NatsServer::start();
     let client = noetl_bus::connect(&noetl_bus::NatsConfig {
         url: nats.url().to_owned(),
@@ -479,9 +481,8 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     .await
     .expect("connect to NATS");
     let stream = noetl_bus::commands::stream(&client).await.expect("stream");
-    let pools = shard_pools(&pg, "handoff").await;
     let (relay, feed) = Relay::new(ShardId::new(0));
-    let shard = Shard::with_relay(pools.clone(), relay.clone());
+    let shard = Shard::with_relay("handoff", relay.clone()).await;
     let pool = &shard.pool;
     let committer = Committer::spawn(ShardId::new(0), pool.clone(), relay, 10, 1, &shard.tracker);
 
@@ -508,7 +509,7 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     let cancel = CancellationToken::new();
     let relaying = tokio::spawn(relay::run(
         ShardId::new(0),
-        pools,
+        shard.pools.clone(),
         client.clone(),
         feed,
         cancel.clone(),
@@ -557,9 +558,8 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
 /// as a malformed row by every read of it, never taken for 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_negative_step_index_or_attempt_is_a_malformed_row() {
-    let pg = Postgres::start();
-    let shard = Shard::start(&pg, "malformed").await;
-    let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
+    let shard = Shard::start("malformed").await;
+    let pool = &shard.pool;
     let id = ExecutionId::new(50_001).expect("valid id");
     shard.insert([id.get()], &one_step()).await;
     execute(
@@ -573,7 +573,7 @@ async fn a_negative_step_index_or_attempt_is_a_malformed_row() {
     execute(pool, "UPDATE execution_steps SET attempt = -1").await;
     let read = persistence::get_execution(pool, ShardId::new(0), id, None).await;
     assert!(read.as_ref().is_err_and(malformed), "{read:?}");
-    let locked = orchestrator.apply(id, Event::Cancel).await;
+    let locked = shard.orchestrator.apply(id, Event::Cancel).await;
     assert!(locked.as_ref().is_err_and(malformed), "{locked:?}");
 
     // In flight with an expired lease, so the lease scan reads it; first with a good attempt.

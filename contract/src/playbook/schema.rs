@@ -13,6 +13,23 @@ use utoipa::{PartialSchema, ToSchema};
 
 use super::{Millis, BUILTIN_ACTIONS, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
 
+/// `ToSchema` for a type whose schema's name in the document is not the type's.
+macro_rules! named {
+    ($($ty:ty => $name:literal),* $(,)?) => {$(
+        impl ToSchema for $ty {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+        }
+    )*};
+}
+
+named! {
+    Millis => "Duration",
+    LabelsSchema => "Labels",
+    ActionSchema => "Action",
+}
+
 /// A duration with a unit, as [`Millis`] parses it (surrounding blanks allowed).
 const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*(ms|s|m|h)\s*$";
 
@@ -38,12 +55,6 @@ impl PartialSchema for Millis {
             ))
             .examples([json!("30s"), json!(1500)])
             .into()
-    }
-}
-
-impl ToSchema for Millis {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Duration")
     }
 }
 
@@ -77,12 +88,6 @@ impl PartialSchema for LabelsSchema {
     }
 }
 
-impl ToSchema for LabelsSchema {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Labels")
-    }
-}
-
 /// The actions built into the worker ([`BUILTIN_ACTIONS`]).
 #[derive(Debug)]
 pub struct ActionSchema;
@@ -96,11 +101,5 @@ impl PartialSchema for ActionSchema {
                 "What a step does: one of the actions built into the worker.",
             ))
             .into()
-    }
-}
-
-impl ToSchema for ActionSchema {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Action")
     }
 }

@@ -66,37 +66,21 @@ pub async fn beat_attempts(
     // batches do not wait for each other crosswise.
     let mut order: Vec<&Beat> = beats.iter().collect();
     order.sort_by_key(|b| (b.execution_id, b.step));
-    let rows = sqlx::query(BEAT_ATTEMPTS)
-        .bind(
-            order
-                .iter()
-                .map(|b| b.execution_id.get())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            order
-                .iter()
-                .map(|b| integer(b.step.get()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            order
-                .iter()
-                .map(|b| integer(b.attempt.get()))
-                .collect::<Vec<_>>(),
-        )
+    let in_flight = [
+        StepStatus::Dispatched.as_str(),
+        StepStatus::Running.as_str(),
+    ];
+    let found = sqlx::query(BEAT_ATTEMPTS)
+        .bind(column(&order, |b| b.execution_id.get()))
+        .bind(column(&order, |b| integer(b.step.get())))
+        .bind(column(&order, |b| integer(b.attempt.get())))
         .bind(lease_ms)
-        .bind(
-            &[
-                StepStatus::Dispatched.as_str(),
-                StepStatus::Running.as_str(),
-            ][..],
-        )
-        .bind(order.iter().map(|b| b.starting).collect::<Vec<_>>())
-        .bind(order.iter().map(|b| b.started_at_ms).collect::<Vec<_>>())
+        .bind(&in_flight[..])
+        .bind(column(&order, |b| b.starting))
+        .bind(column(&order, |b| b.started_at_ms))
         .fetch_all(executor)
         .await?;
-    let owned = rows
+    let owned = found
         .iter()
         .map(|row| {
             let attempt = (
@@ -111,6 +95,11 @@ pub async fn beat_attempts(
         .iter()
         .map(|b| owned.get(&(b.execution_id, b.step, b.attempt)).copied())
         .collect())
+}
+
+/// One column of `beats`, as an array for `UNNEST`.
+fn column<T>(beats: &[&Beat], of: impl Fn(&Beat) -> T) -> Vec<T> {
+    beats.iter().map(|b| of(b)).collect()
 }
 
 /// Whether the attempt's lease is still expired, locking its step row for the rest of `tx`
@@ -161,61 +150,43 @@ pub async fn expired_leases(
 
 #[cfg(test)]
 mod tests {
-    use noetl_test_support::Postgres;
-
     use super::*;
     use crate::persistence::relaxed_pool;
-    use crate::persistence::testing::migrated_shard;
+    use crate::persistence::testing::{execute, explained, TestShard};
 
     /// The heartbeat statement goes by the primary key even when the statistics say no step is
     /// in flight (gathered at an idle moment) while thousands are: the partial lease index, which
     /// such statistics make look empty, would be walked whole for every beat.
     #[tokio::test]
     async fn heartbeats_find_their_steps_by_primary_key_whatever_the_statistics_say() {
-        let pg = Postgres::start();
-        let (dsn, pool) = migrated_shard(&pg, "plans").await;
-        let steps = |status: &'static str, from: i64| {
-            sqlx::query(
+        let TestShard { dsn, pool, .. } = &TestShard::start(2).await;
+        let steps = |status: &str, from: i64| {
+            format!(
                 "INSERT INTO execution_steps (execution_id, step_index, name, status, attempt,
                                               lease_expires_at)
-                 SELECT id, 0, 'only', $2, 1, now() + interval '1 minute'
-                 FROM generate_series($1, $1 + 4999) AS id",
+                 SELECT id, 0, 'only', '{status}', 1, now() + interval '1 minute'
+                 FROM generate_series({from}, {from} + 4999) AS id"
             )
-            .bind(from)
-            .bind(status)
         };
-        steps("succeeded", 1)
-            .execute(&pool)
-            .await
-            .expect("finished steps");
-        sqlx::query("ANALYZE execution_steps")
-            .execute(&pool)
-            .await
-            .expect("analyze");
-        steps("dispatched", 10_001)
-            .execute(&pool)
-            .await
-            .expect("steps in flight");
+        execute(pool, &steps("succeeded", 1)).await;
+        execute(pool, "ANALYZE execution_steps").await;
+        execute(pool, &steps("dispatched", 10_001)).await;
 
         // Planned as the heartbeats' own pool plans it.
-        let relaxed = relaxed_pool(&dsn, 1).expect("pool");
+        let relaxed = relaxed_pool(dsn, 1).expect("pool");
         let mut connection = relaxed.acquire().await.expect("connection");
-        sqlx::raw_sql(&format!(
+        let prepare = format!(
             "PREPARE beat(bigint[], int[], int[], bigint, text[], bool[], bigint[]) AS \
              {BEAT_ATTEMPTS}"
-        ))
-        .execute(&mut *connection)
-        .await
-        .expect("prepare");
-        let plan: Vec<String> = sqlx::query_scalar(
+        );
+        execute(&mut *connection, &prepare).await;
+        let plan = explained(
+            &mut connection,
             "EXPLAIN (FORMAT TEXT) EXECUTE beat('{10001,10002}', '{0,0}', '{1,1}', 1000,
                                                 '{dispatched,running}', '{false,true}',
                                                 '{1,NULL}')",
         )
-        .fetch_all(&mut *connection)
-        .await
-        .expect("explain");
-        let plan = plan.join("\n");
+        .await;
         assert!(plan.contains("execution_steps_pkey"), "{plan}");
         assert!(!plan.contains("in_flight_leases"), "{plan}");
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use noetl_contract::command::StepCommand;
-use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 use super::Error;
 
@@ -65,19 +65,14 @@ pub async fn take_due_commands(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<PendingCommand>, Error> {
-    sqlx::query(TAKE_DUE_COMMANDS)
+    let taken: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(TAKE_DUE_COMMANDS)
         .bind(limit)
         .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(PendingCommand {
-                id: row.try_get("id")?,
-                pool: row.try_get("pool")?,
-                command: row.try_get("command")?,
-            })
-        })
-        .collect()
+        .await?;
+    Ok(taken
+        .into_iter()
+        .map(|(id, pool, command)| PendingCommand { id, pool, command })
+        .collect())
 }
 
 /// [`delete_commands`]' statement (its shape: see [`TAKE_DUE_COMMANDS`]).
@@ -109,12 +104,9 @@ pub async fn next_command_due_in_ms(pool: &PgPool) -> Result<Option<i64>, Error>
 
 #[cfg(test)]
 mod tests {
-    use noetl_test_support::Postgres;
-    use sqlx::PgConnection;
-
     use super::*;
     use crate::persistence::relaxed_pool;
-    use crate::persistence::testing::{migrated_shard, outbox_row as row};
+    use crate::persistence::testing::{execute, explained, outbox_row as row, TestShard};
 
     #[test]
     fn handed_off_rows_wait_out_the_grace_and_others_their_delay() {
@@ -131,38 +123,32 @@ mod tests {
     /// an empty outbox, then a server's first handoff or pass), also after the outbox grew.
     #[tokio::test]
     async fn outbox_deletes_planned_on_an_empty_outbox_stay_linear_once_it_is_large() {
-        let pg = Postgres::start();
-        let (dsn, pool) = migrated_shard(&pg, "grown").await;
+        let TestShard { dsn, pool, .. } = &TestShard::start(2).await;
         let fill = "INSERT INTO outbox (execution_id, pool, command)
                     SELECT id, 'default', '{}' FROM generate_series(1, 20000) AS id";
-        sqlx::query(fill).execute(&pool).await.expect("fill");
-        sqlx::query("DELETE FROM outbox")
-            .execute(&pool)
-            .await
-            .expect("empty");
-        sqlx::query("VACUUM ANALYZE outbox")
-            .execute(&pool)
-            .await
-            .expect("vacuum");
-        let relaxed = relaxed_pool(&dsn, 1).expect("pool");
+        execute(pool, fill).await;
+        execute(pool, "DELETE FROM outbox").await;
+        execute(pool, "VACUUM ANALYZE outbox").await;
+        let relaxed = relaxed_pool(dsn, 1).expect("pool");
         let mut connection = relaxed.acquire().await.expect("connection");
         let statements = [
             ("handoff(bigint[])", DELETE_COMMANDS, "handoff('{1,2}')"),
             ("pass(bigint)", TAKE_DUE_COMMANDS, "pass(512)"),
         ];
         for (signature, statement, _) in statements {
-            sqlx::raw_sql(&format!("PREPARE {signature} AS {statement}"))
-                .execute(&mut *connection)
-                .await
-                .expect("prepare");
+            execute(
+                &mut *connection,
+                &format!("PREPARE {signature} AS {statement}"),
+            )
+            .await;
         }
         let mut plans = Vec::new();
         for grown in [false, true] {
             if grown {
-                sqlx::query(fill).execute(&pool).await.expect("refill");
+                execute(pool, fill).await;
             }
-            for (_, _, execute) in statements {
-                let explain = format!("EXPLAIN (FORMAT TEXT) EXECUTE {execute}");
+            for (_, _, call) in statements {
+                let explain = format!("EXPLAIN (FORMAT TEXT) EXECUTE {call}");
                 plans.push(explained(&mut connection, &explain).await);
             }
         }
@@ -172,14 +158,5 @@ mod tests {
             assert!(!plan.contains("Nested Loop"), "{plan}");
             assert!(!plan.contains("Seq Scan"), "{plan}");
         }
-    }
-
-    /// The plan `explain` prints, one string.
-    async fn explained(connection: &mut PgConnection, explain: &str) -> String {
-        let lines: Vec<String> = sqlx::query_scalar(explain)
-            .fetch_all(connection)
-            .await
-            .expect("explain");
-        lines.join("\n")
     }
 }

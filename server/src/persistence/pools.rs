@@ -178,18 +178,15 @@ fn connect_options(dsn: &ShardDsn) -> Result<PgConnectOptions, Error> {
 
 #[cfg(test)]
 mod tests {
-    use noetl_test_support::Postgres;
-
     use super::*;
-    use crate::persistence::testing::{migrated_shard, shard_dsn};
+    use crate::persistence::testing::TestShard;
 
     /// A held connection is the same backend at every use (no checkout, so no ping on release),
     /// and one the database ended is given up after the statement that failed on it: the next
     /// use has another.
     #[tokio::test]
     async fn a_held_connection_is_kept_and_replaced_once_it_broke() {
-        let pg = Postgres::start();
-        let (_, pool) = migrated_shard(&pg, "held").await;
+        let TestShard { pool, .. } = &TestShard::start(2).await;
         let mut held = Held::new(pool.clone());
         async fn backend(held: &mut Held) -> Result<i32, Error> {
             let connection = held.connection().await?;
@@ -205,7 +202,7 @@ mod tests {
 
         let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
             .bind(first)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("terminate");
         assert!(ended);
@@ -216,11 +213,10 @@ mod tests {
 
     #[tokio::test]
     async fn generic_planning_lasts_only_for_its_transaction() {
-        let pg = Postgres::start();
-        let pool = pool(&shard_dsn(&pg, "generic"), 1).expect("pool");
+        let TestShard { pool, .. } = &TestShard::start(1).await;
         let settings =
             "SELECT current_setting('plan_cache_mode') || ' ' || current_setting('enable_seqscan')";
-        let mut tx = begin_generic(&pool).await.expect("begin");
+        let mut tx = begin_generic(pool).await.expect("begin");
         let inside: String = sqlx::query_scalar(settings)
             .fetch_one(&mut *tx)
             .await
@@ -228,7 +224,7 @@ mod tests {
         tx.commit().await.expect("commit");
         // The pool has one connection: this is the same one, back in the pool.
         let after: String = sqlx::query_scalar(settings)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("after");
         assert_eq!(

@@ -8,22 +8,44 @@ use noetl_contract::message::{
 };
 use noetl_contract::status::ExecutionStatus;
 use noetl_contract::{ExecutionId, ShardId};
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::rows::{self, timestamp};
 use super::Error;
 
+/// A statement reading `$columns` of execution `$1` when it belongs to tenant `$2` (any tenant
+/// when `$2` is NULL): how every read of one execution sees only its tenant's.
+macro_rules! tenants_execution {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM executions WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)"
+        )
+    };
+}
+
+/// The row `statement` (made by `tenants_execution!`) reads of execution `id` for `tenant`.
+async fn tenants_execution(
+    pool: &PgPool,
+    statement: &'static str,
+    id: ExecutionId,
+    tenant: Option<&str>,
+) -> Result<Option<PgRow>, Error> {
+    Ok(sqlx::query(statement)
+        .bind(id.get())
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await?)
+}
+
 /// Whether execution `id` exists and belongs to `tenant` (any tenant when `None`).
 pub async fn visible(pool: &PgPool, id: ExecutionId, tenant: Option<&str>) -> Result<bool, Error> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT execution_id FROM executions
-         WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)",
-    )
-    .bind(id.get())
-    .bind(tenant)
-    .fetch_optional(pool)
-    .await?;
-    Ok(found.is_some())
+    let statement = tenants_execution!("execution_id");
+    Ok(tenants_execution(pool, statement, id, tenant)
+        .await?
+        .is_some())
 }
 
 /// How many executions the shard holds, and how many are not finished.
@@ -70,15 +92,8 @@ pub async fn events_page(
     after_seq: i64,
     limit: i64,
 ) -> Result<Option<EventPage>, Error> {
-    let execution = sqlx::query(
-        "SELECT status FROM executions
-         WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)",
-    )
-    .bind(id.get())
-    .bind(tenant)
-    .fetch_optional(pool)
-    .await?;
-    let Some(execution) = execution else {
+    let statement = tenants_execution!("status");
+    let Some(execution) = tenants_execution(pool, statement, id, tenant).await? else {
         return Ok(None);
     };
     let events = sqlx::query(
@@ -113,39 +128,22 @@ pub async fn get_execution(
     id: ExecutionId,
     tenant: Option<&str>,
 ) -> Result<Option<ExecutionView>, Error> {
-    let row = sqlx::query(
-        "SELECT execution_id, status, playbook_name, playbook_version, input, labels, created_at,
-                updated_at
-         FROM executions WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)",
-    )
-    .bind(id.get())
-    .bind(tenant)
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else {
+    let statement = tenants_execution!(
+        "execution_id, status, playbook_name, playbook_version, input, labels, created_at, \
+         updated_at"
+    );
+    let Some(row) = tenants_execution(pool, statement, id, tenant).await? else {
         return Ok(None);
     };
     let sqlx::types::Json(labels): sqlx::types::Json<Labels> = row.try_get("labels")?;
-    let steps = sqlx::query(
+    let step_rows = sqlx::query(
         "SELECT name, status, attempt, result, error, started_at, finished_at
          FROM execution_steps WHERE execution_id = $1 ORDER BY step_index",
     )
     .bind(id.get())
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|step| {
-        Ok(StepView {
-            name: step.try_get("name")?,
-            status: rows::step_status(step)?,
-            attempt: rows::attempt(step)?,
-            result: step.try_get("result")?,
-            error: step.try_get("error")?,
-            started_at: rows::timestamp_or_null(step, "started_at")?,
-            finished_at: rows::timestamp_or_null(step, "finished_at")?,
-        })
-    })
-    .collect::<Result<Vec<_>, Error>>()?;
+    .await?;
+    let steps = step_rows.iter().map(step_view).collect::<Result<_, _>>()?;
     Ok(Some(ExecutionView {
         execution_id: rows::execution_id(&row)?,
         shard,
@@ -158,6 +156,18 @@ pub async fn get_execution(
         updated_at: timestamp(&row, "updated_at")?,
         steps,
     }))
+}
+
+fn step_view(step: &PgRow) -> Result<StepView, Error> {
+    Ok(StepView {
+        name: step.try_get("name")?,
+        status: rows::step_status(step)?,
+        attempt: rows::attempt(step)?,
+        result: step.try_get("result")?,
+        error: step.try_get("error")?,
+        started_at: rows::timestamp_or_null(step, "started_at")?,
+        finished_at: rows::timestamp_or_null(step, "finished_at")?,
+    })
 }
 
 /// A page of executions, newest first: one range scan of the primary key (or of the index of

@@ -5,23 +5,49 @@ use noetl_contract::shards::{ShardDsn, ShardMap};
 use noetl_contract::step::{Attempt, StepIndex};
 use noetl_contract::{ExecutionId, ShardId};
 use noetl_test_support::Postgres;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use super::{migrate, pool, OutboxRow};
 
-/// A fresh database on `pg`, as the DSN of a one-shard map.
-pub fn shard_dsn(pg: &Postgres, database: &str) -> ShardDsn {
-    pg.create_database(database);
-    let map = ShardMap::parse(&pg.url(database)).expect("valid DSN");
-    map.get(ShardId::new(0)).expect("one shard").clone()
+/// A migrated shard database on a PostgreSQL of its own, stopped when this is dropped.
+pub struct TestShard {
+    pub dsn: ShardDsn,
+    pub pool: PgPool,
+    _postgres: Postgres,
 }
 
-/// A fresh, migrated shard database on `pg`: its DSN and a pool of two connections.
-pub async fn migrated_shard(pg: &Postgres, database: &str) -> (ShardDsn, PgPool) {
-    let dsn = shard_dsn(pg, database);
-    let pool = pool(&dsn, 2).expect("pool");
-    migrate(&pool).await.expect("migrate");
-    (dsn, pool)
+impl TestShard {
+    /// With a pool of `connections` (fewer than a test uses blocks it).
+    pub async fn start(connections: u32) -> Self {
+        let postgres = Postgres::start();
+        postgres.create_database("shard");
+        let map = ShardMap::parse(&postgres.url("shard")).expect("valid DSN");
+        let dsn = map.get(ShardId::new(0)).expect("one shard").clone();
+        let pool = pool(&dsn, connections).expect("pool");
+        migrate(&pool).await.expect("migrate");
+        Self {
+            dsn,
+            pool,
+            _postgres: postgres,
+        }
+    }
+}
+
+/// Runs `statements` (no parameters), as a test sets its database up.
+pub async fn execute<'a>(executor: impl PgExecutor<'a>, statements: &'a str) {
+    sqlx::raw_sql(statements)
+        .execute(executor)
+        .await
+        .unwrap_or_else(|e| panic!("{statements}: {e}"));
+}
+
+/// The plan `explain` (an `EXPLAIN` statement) prints, as one string.
+pub async fn explained(connection: &mut PgConnection, explain: &str) -> String {
+    let lines: Vec<String> = sqlx::query_scalar(explain)
+        .fetch_all(connection)
+        .await
+        .unwrap_or_else(|e| panic!("{explain}: {e}"));
+    lines.join("\n")
 }
 
 /// The first attempt of step `step` of execution `execution`, after `delay_ms`.

@@ -406,26 +406,17 @@ pub async fn save_changes(
          )
          SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands GROUP BY execution_id",
     );
+    let ids: Vec<i64> = changes.iter().map(|c| c.execution_id.get()).collect();
+    let statuses: Vec<&str> = changes.iter().map(|c| c.status.as_str()).collect();
+    let last_seqs: Vec<i64> = changes
+        .iter()
+        .map(|c| c.last_event_seq + c.events.len() as i64)
+        .collect();
     columns
         .bind(statement)
-        .bind(
-            changes
-                .iter()
-                .map(|c| c.execution_id.get())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            changes
-                .iter()
-                .map(|c| c.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            changes
-                .iter()
-                .map(|c| c.last_event_seq + c.events.len() as i64)
-                .collect::<Vec<_>>(),
-        )
+        .bind(ids)
+        .bind(statuses)
+        .bind(last_seqs)
         .fetch_all(&mut **tx)
         .await?
         .iter()
