@@ -121,7 +121,7 @@ impl Relay {
 
 /// Relays until `cancel`: handed-off commands as they come, and passes over the outbox for
 /// anything else that is due. The rows of stored handoffs are deleted many at a time
-/// ([`StoredRows`]).
+/// (`StoredRows`).
 pub async fn run(
     shard: ShardId,
     pools: Pools,
