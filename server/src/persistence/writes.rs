@@ -40,7 +40,9 @@ pub struct StepRow {
     pub name: String,
     pub status: StepStatus,
     pub attempt: Attempt,
+    /// JSON text, once the step succeeded.
     pub result: Option<String>,
+    /// Why the step failed, once it did.
     pub error: Option<String>,
     /// From now; `None` clears the lease (the step is not in flight).
     pub lease_ms: Option<i64>,
