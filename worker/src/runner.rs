@@ -247,7 +247,7 @@ async fn handle(
         %pool,
         execution_id = %command.execution_id,
         step = %command.step,
-        attempt = command.attempt,
+        attempt = command.attempt.get(),
         action = %command.action,
     );
     noetl_bus::trace::join(&span, command.execution_id, delivery.headers.as_ref());
@@ -307,7 +307,7 @@ impl Runner {
             stop: &stop,
         };
         let ctx = ActionContext {
-            attempt: command.attempt,
+            attempt: command.attempt.get(),
         };
         let timeout = Duration::from_millis(command.timeout_ms);
         let started = Instant::now();
