@@ -24,8 +24,10 @@
 # SERVER_PORT (19090), WORKER_PORT (19091), SHARD_SERVER_PORT (19100: the server reshard starts
 # for shard K listens on SHARD_SERVER_PORT + K), STATE_DIR (<repo>/.state), READY_TIMEOUT (60 s),
 # STOP_TIMEOUT (30 s), EXAMPLE (examples/diamond.json: the submit body `up` runs, relative to the
-# repo root or absolute), EXAMPLE_TIMEOUT (60 s), RUST_LOG (info). An unset shard count or port
-# keeps what the state directory was last started with.
+# repo root or absolute), EXAMPLE_TIMEOUT (60 s), RUST_LOG (info), NOETL_BIN_DIR (unset: `up` and
+# `reshard` build the release binaries into CARGO_TARGET_DIR's release/; set: the binaries
+# already built there are run and nothing is built). An unset shard count or port keeps what the
+# state directory was last started with.
 # For `up`, SHARDS is the number of shard databases (the file `shards` in the state directory
 # records it): a new state directory gets that many, and the first server bootstraps the topology
 # from it. Afterwards the shard count changes only through `reshard`, which adds databases but
@@ -556,6 +558,10 @@ shards_value() {
 # --- noetl binaries ---------------------------------------------------------------------------
 
 bin_dir() {
+	if [[ -n ${NOETL_BIN_DIR:-} ]]; then
+		[[ $NOETL_BIN_DIR == /* ]] && printf '%s\n' "$NOETL_BIN_DIR" || printf '%s/%s\n' "$REPO_ROOT" "$NOETL_BIN_DIR"
+		return
+	fi
 	local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 	[[ $target == /* ]] || target=$REPO_ROOT/$target
 	printf '%s/release\n' "$target"
@@ -564,9 +570,17 @@ bin_dir() {
 readonly BINARIES=(noetl-server noetl-worker noetl-gateway noetlctl)
 
 build_binaries() {
+	local bin
+	if [[ -n ${NOETL_BIN_DIR:-} ]]; then
+		for bin in "${BINARIES[@]}"; do
+			[[ -x $(bin_dir)/$bin ]] || die "NOETL_BIN_DIR is set but $(bin_dir)/$bin is missing"
+		done
+		say "using the binaries in $(bin_dir) (NOETL_BIN_DIR; nothing is built)"
+		return
+	fi
 	command -v cargo >/dev/null || die "cargo not found; install Rust (https://rustup.rs)"
 	say "building ${BINARIES[*]} (cargo build --release)"
-	local bin args=()
+	local args=()
 	for bin in "${BINARIES[@]}"; do
 		args+=(--bin "$bin")
 	done

@@ -53,41 +53,7 @@ die() {
 
 [[ $MAX_EXAMPLES =~ ^[1-9][0-9]*$ ]] || die "SCHEMATHESIS_MAX_EXAMPLES must be a positive number"
 
-# Prints COUNT distinct free loopback ports, then the first of a block of 256 (cluster.sh's
-# SHARD_SERVER_PORT … + 255, which this script never binds) that holds none of them; all from
-# 10000 up to the start of the kernel's ephemeral range.
-free_ports() {
-	python3 - "$1" <<-'EOF'
-		import random, socket, sys
-		LOWEST, BLOCK = 10_000, 256
-		try:
-		    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-		        ceiling = int(f.read().split()[0])
-		except (OSError, ValueError, IndexError):
-		    ceiling = 32_768
-		if ceiling < LOWEST + 1_000 + BLOCK:
-		    ceiling = 32_768
-		block = random.randrange(LOWEST, ceiling - BLOCK)
-		ports = []
-		for _ in range(10_000):
-		    if len(ports) == int(sys.argv[1]):
-		        break
-		    port = random.randrange(LOWEST, ceiling)
-		    if port in ports or block <= port < block + BLOCK:
-		        continue
-		    with socket.socket() as s:
-		        try:
-		            s.bind(("127.0.0.1", port))
-		        except OSError:
-		            continue
-		    ports.append(port)
-		else:
-		    sys.exit(f"no {sys.argv[1]} free loopback ports between {LOWEST} and {ceiling}")
-		print(*ports, block)
-	EOF
-}
-
-PORTS=$(free_ports 6) || die "could not find free ports"
+PORTS=$("$REPO_ROOT/scripts/free-ports.py" 6) || die "could not find free ports"
 read -r NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT WORKER_PORT DOCS_GATEWAY_PORT SHARD_SERVER_PORT <<<"$PORTS"
 readonly NATS_PORT PG_PORT GATEWAY_PORT SERVER_PORT WORKER_PORT DOCS_GATEWAY_PORT SHARD_SERVER_PORT
 readonly GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT

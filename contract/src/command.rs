@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::ExecutionId;
 use crate::routing::ShardId;
+use crate::step::{Attempt, StepIndex};
 
 /// Run one attempt of one step. Published on [`crate::subject::command`] with the JetStream
 /// message id [`StepCommand::message_id`], so a re-published command is de-duplicated.
@@ -16,10 +17,10 @@ pub struct StepCommand {
     pub execution_id: ExecutionId,
     pub shard: ShardId,
     /// Index of the step in the playbook.
-    pub step_index: u32,
+    pub step_index: StepIndex,
     pub step: String,
     /// 1 for the first attempt.
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub action: String,
     /// The step's `with`, templates already rendered.
     pub with: serde_json::Value,
@@ -94,8 +95,8 @@ fn scrub_value(value: &mut serde_json::Value) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     pub execution_id: ExecutionId,
-    pub step_index: u32,
-    pub attempt: u32,
+    pub step_index: StepIndex,
+    pub attempt: Attempt,
     #[serde(flatten)]
     pub outcome: StepOutcome,
     pub started_at_ms: i64,
@@ -120,8 +121,8 @@ pub enum ReportAck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub execution_id: ExecutionId,
-    pub step_index: u32,
-    pub attempt: u32,
+    pub step_index: StepIndex,
+    pub attempt: Attempt,
     pub worker: String,
     /// The check before the action starts: the shard answers whether the attempt still owns
     /// its step and writes nothing, so a step that ends soon costs no write for its start (its
@@ -178,8 +179,8 @@ mod tests {
     fn report_shape_is_flat_and_tagged() {
         let report = StepReport {
             execution_id: ExecutionId::new(7).expect("valid"),
-            step_index: 1,
-            attempt: 2,
+            step_index: StepIndex::new(1),
+            attempt: Attempt::new(2),
             outcome: StepOutcome::Failed {
                 error: "boom".into(),
             },
@@ -191,6 +192,10 @@ mod tests {
         assert_eq!(value["outcome"], "failed");
         assert_eq!(value["error"], "boom");
         assert_eq!(value["execution_id"], "7");
+        assert_eq!(
+            (&value["step_index"], &value["attempt"]),
+            (&json!(1), &json!(2))
+        );
         let back: StepReport = serde_json::from_value(value).expect("parse");
         assert_eq!(back, report);
     }
@@ -200,16 +205,16 @@ mod tests {
         let command = StepCommand {
             execution_id: ExecutionId::new(9).expect("valid"),
             shard: ShardId::new(0),
-            step_index: 3,
+            step_index: StepIndex::new(3),
             step: "b".into(),
-            attempt: 1,
+            attempt: Attempt::FIRST,
             action: "noop".into(),
             with: json!({}),
             timeout_ms: 1_000,
             lease_ms: 10_000,
         };
         let retry = StepCommand {
-            attempt: 2,
+            attempt: Attempt::new(2),
             ..command.clone()
         };
         assert_eq!(command.message_id(), "9:3:1");

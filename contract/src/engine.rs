@@ -11,70 +11,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::command::StepOutcome;
-use crate::message::ExecutionStatus;
-use crate::playbook::Playbook;
+use crate::playbook::{Playbook, Step};
+use crate::status::ExecutionStatus;
+use crate::step::{Attempt, StepIndex};
 
-/// Lifecycle of one step: `pending → dispatched → running → succeeded | failed | skipped |
-/// cancelled`; a retry goes back to `dispatched` with the next attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Pending,
-    Dispatched,
-    Running,
-    Succeeded,
-    Failed,
-    Skipped,
-    Cancelled,
-}
-
-impl StepStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Dispatched => "dispatched",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Dispatched,
-            Self::Running,
-            Self::Succeeded,
-            Self::Failed,
-            Self::Skipped,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
-    }
-
-    /// Handed to a worker and not finished: the attempt holds a lease.
-    pub fn is_in_flight(self) -> bool {
-        matches!(self, Self::Dispatched | Self::Running)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
-        )
-    }
-}
+// The statuses the engine moves, reachable from here too.
+pub use crate::status::StepStatus;
 
 /// What the engine knows of one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepState {
     pub status: StepStatus,
-    /// The current attempt (0 before the first dispatch).
-    pub attempt: u32,
+    /// The current attempt ([`Attempt::NONE`] before the first dispatch).
+    pub attempt: Attempt,
     pub result: Option<Value>,
     pub error: Option<String>,
 }
@@ -83,7 +32,7 @@ impl StepState {
     pub fn new() -> Self {
         Self {
             status: StepStatus::Pending,
-            attempt: 0,
+            attempt: Attempt::NONE,
             result: None,
             error: None,
         }
@@ -126,6 +75,24 @@ impl ExecutionState {
         self.status.is_terminal()
     }
 
+    /// The indexes of the execution's steps, in playbook order.
+    fn indexes(&self) -> impl Iterator<Item = StepIndex> {
+        StepIndex::all(self.steps.len())
+    }
+
+    /// What the playbook says of step `i`.
+    fn spec(&self, i: StepIndex) -> &Step {
+        &self.playbook.steps[i.index()]
+    }
+
+    fn step(&self, i: StepIndex) -> &StepState {
+        &self.steps[i.index()]
+    }
+
+    fn step_mut(&mut self, i: StepIndex) -> &mut StepState {
+        &mut self.steps[i.index()]
+    }
+
     /// `{input, steps: {<name>: {result}}}` for templates: only steps that succeeded.
     fn template_context(&self) -> Value {
         let steps: serde_json::Map<String, Value> = self
@@ -151,17 +118,17 @@ pub enum Event {
     /// The execution was committed: start it.
     Created,
     /// A worker began an attempt (its first heartbeat).
-    Started { step: usize, attempt: u32 },
+    Started { step: StepIndex, attempt: Attempt },
     /// A worker finished an attempt, which it started at `started_at_ms` by its clock (the
     /// step's `started_at` when no heartbeat recorded one; the decision does not depend on it).
     Finished {
-        step: usize,
-        attempt: u32,
+        step: StepIndex,
+        attempt: Attempt,
         outcome: StepOutcome,
         started_at_ms: i64,
     },
     /// An attempt's lease ran out: its worker is presumed dead.
-    LeaseExpired { step: usize, attempt: u32 },
+    LeaseExpired { step: StepIndex, attempt: Attempt },
     /// Someone asked to cancel the execution.
     Cancel,
 }
@@ -169,8 +136,8 @@ pub enum Event {
 /// Send one attempt of a step to the workers, after `delay_ms`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
-    pub step: usize,
-    pub attempt: u32,
+    pub step: StepIndex,
+    pub attempt: Attempt,
     /// The step's `with`, rendered.
     pub with: Value,
     pub delay_ms: u64,
@@ -192,7 +159,7 @@ pub struct Decision {
     pub dispatches: Vec<Dispatch>,
     pub records: Vec<Record>,
     /// Steps whose state changed, to be written back.
-    pub changed: Vec<usize>,
+    pub changed: Vec<StepIndex>,
     /// Set once, by the event that ended the execution.
     pub finished: Option<ExecutionStatus>,
 }
@@ -202,7 +169,7 @@ impl Decision {
         self.records.push(Record { kind, payload });
     }
 
-    fn changed(&mut self, step: usize) {
+    fn changed(&mut self, step: StepIndex) {
         if !self.changed.contains(&step) {
             self.changed.push(step);
         }
@@ -226,11 +193,11 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
         }
         Event::Started { step, attempt } => {
             if !is_current(state, step, attempt)
-                || state.steps[step].status != StepStatus::Dispatched
+                || state.step(step).status != StepStatus::Dispatched
             {
                 return decision;
             }
-            state.steps[step].status = StepStatus::Running;
+            state.step_mut(step).status = StepStatus::Running;
             decision.changed(step);
             decision.record("step_started", step_payload(state, step, json!({})));
         }
@@ -243,14 +210,14 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
             if !is_current(state, step, attempt) {
                 return decision;
             }
-            if state.steps[step].status == StepStatus::Dispatched {
+            if state.step(step).status == StepStatus::Dispatched {
                 // A step short enough to finish before it was marked running: its start still
                 // belongs in the log.
                 decision.record("step_started", step_payload(state, step, json!({})));
             }
             match outcome {
                 StepOutcome::Succeeded { result } => {
-                    let s = &mut state.steps[step];
+                    let s = state.step_mut(step);
                     s.status = StepStatus::Succeeded;
                     s.result = Some(result.clone());
                     s.error = None;
@@ -280,9 +247,9 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
         }
         Event::Cancel => {
             state.status = ExecutionStatus::Cancelled;
-            for i in 0..state.steps.len() {
-                if !state.steps[i].status.is_terminal() {
-                    state.steps[i].status = StepStatus::Cancelled;
+            for i in StepIndex::all(state.steps.len()) {
+                if !state.step(i).status.is_terminal() {
+                    state.step_mut(i).status = StepStatus::Cancelled;
                     decision.changed(i);
                     decision.record("step_cancelled", step_payload(state, i, json!({})));
                 }
@@ -301,24 +268,22 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
 /// Attempts a step gets when its workers keep vanishing, whatever its retry policy.
 pub const LOST_ATTEMPTS: u32 = 3;
 
-fn max_attempts(state: &ExecutionState, step: usize) -> u32 {
-    state.playbook.steps[step]
-        .retry
-        .map_or(1, |r| r.max_attempts)
+fn max_attempts(state: &ExecutionState, step: StepIndex) -> u32 {
+    state.spec(step).retry.map_or(1, |r| r.max_attempts)
 }
 
 /// Whether a report is for the attempt that currently owns the step (fencing).
-fn is_current(state: &ExecutionState, step: usize, attempt: u32) -> bool {
+fn is_current(state: &ExecutionState, step: StepIndex, attempt: Attempt) -> bool {
     state
         .steps
-        .get(step)
+        .get(step.index())
         .is_some_and(|s| s.attempt == attempt && s.status.is_in_flight())
 }
 
-fn step_payload(state: &ExecutionState, step: usize, extra: Value) -> Value {
+fn step_payload(state: &ExecutionState, step: StepIndex, extra: Value) -> Value {
     let mut payload = json!({
-        "step": state.playbook.steps[step].name,
-        "attempt": state.steps[step].attempt,
+        "step": state.spec(step).name,
+        "attempt": state.step(step).attempt,
     });
     if let (Value::Object(payload), Value::Object(extra)) = (&mut payload, extra) {
         payload.extend(extra);
@@ -330,17 +295,19 @@ fn step_payload(state: &ExecutionState, step: usize, extra: Value) -> Value {
 /// and skip everything that can no longer run.
 fn fail_attempt(
     state: &mut ExecutionState,
-    step: usize,
+    step: StepIndex,
     error: String,
     max_attempts: u32,
     decision: &mut Decision,
 ) {
-    let retry = state.playbook.steps[step].retry;
-    let attempt = state.steps[step].attempt;
+    let retry = state.spec(step).retry;
+    let attempt = state.step(step).attempt;
     decision.changed(step);
-    if attempt < max_attempts {
+    if attempt.get() < max_attempts {
         let backoff = retry.map_or(0, |r| r.backoff.0);
-        let delay_ms = backoff.saturating_mul(1u64 << (attempt - 1).min(20));
+        // Attempts in flight count from 1: the first retry waits `backoff`.
+        let doublings = attempt.get().saturating_sub(1).min(20);
+        let delay_ms = backoff.saturating_mul(1u64 << doublings);
         decision.record(
             "step_attempt_failed",
             step_payload(
@@ -349,10 +316,10 @@ fn fail_attempt(
                 json!({"error": error, "retry_in_ms": delay_ms}),
             ),
         );
-        dispatch(state, step, attempt + 1, delay_ms, decision);
+        dispatch(state, step, attempt.next(), delay_ms, decision);
         return;
     }
-    let s = &mut state.steps[step];
+    let s = state.step_mut(step);
     s.status = StepStatus::Failed;
     s.error = Some(error.clone());
     decision.record(
@@ -366,16 +333,16 @@ fn fail_attempt(
 /// (retrying cannot fix it).
 fn dispatch(
     state: &mut ExecutionState,
-    step: usize,
-    attempt: u32,
+    step: StepIndex,
+    attempt: Attempt,
     delay_ms: u64,
     decision: &mut Decision,
 ) {
-    state.steps[step].attempt = attempt;
+    state.step_mut(step).attempt = attempt;
     decision.changed(step);
-    match crate::template::render(&state.playbook.steps[step].with, &state.template_context()) {
+    match crate::template::render(&state.spec(step).with, &state.template_context()) {
         Ok(with) => {
-            state.steps[step].status = StepStatus::Dispatched;
+            state.step_mut(step).status = StepStatus::Dispatched;
             // The rendered arguments go into the log, so a run can be explained afterwards.
             decision.record(
                 "step_dispatched",
@@ -389,7 +356,7 @@ fn dispatch(
             });
         }
         Err(error) => {
-            let s = &mut state.steps[step];
+            let s = state.step_mut(step);
             s.status = StepStatus::Failed;
             s.error = Some(format!("template: {error}"));
             let error = s.error.clone();
@@ -404,17 +371,19 @@ fn dispatch(
 
 /// Dispatches every pending step whose needs have all succeeded.
 fn dispatch_ready(state: &mut ExecutionState, decision: &mut Decision) {
-    let ready: Vec<usize> = (0..state.steps.len())
-        .filter(|&i| state.steps[i].status == StepStatus::Pending)
+    let ready: Vec<StepIndex> = state
+        .indexes()
+        .filter(|&i| state.step(i).status == StepStatus::Pending)
         .filter(|&i| {
-            state.playbook.steps[i]
+            state
+                .spec(i)
                 .needs
                 .iter()
                 .all(|need| status_of(state, need) == Some(StepStatus::Succeeded))
         })
         .collect();
     for step in ready {
-        dispatch(state, step, 1, 0, decision);
+        dispatch(state, step, Attempt::FIRST, 0, decision);
     }
 }
 
@@ -430,10 +399,11 @@ fn status_of(state: &ExecutionState, name: &str) -> Option<StepStatus> {
 /// Pending steps that need a failed or skipped step can never run: skip them, transitively.
 fn skip_unreachable(state: &mut ExecutionState, decision: &mut Decision) {
     loop {
-        let blocked: Vec<usize> = (0..state.steps.len())
-            .filter(|&i| state.steps[i].status == StepStatus::Pending)
+        let blocked: Vec<StepIndex> = state
+            .indexes()
+            .filter(|&i| state.step(i).status == StepStatus::Pending)
             .filter(|&i| {
-                state.playbook.steps[i].needs.iter().any(|need| {
+                state.spec(i).needs.iter().any(|need| {
                     matches!(
                         status_of(state, need),
                         Some(StepStatus::Failed | StepStatus::Skipped)
@@ -445,7 +415,7 @@ fn skip_unreachable(state: &mut ExecutionState, decision: &mut Decision) {
             return;
         }
         for step in blocked {
-            state.steps[step].status = StepStatus::Skipped;
+            state.step_mut(step).status = StepStatus::Skipped;
             decision.changed(step);
             decision.record("step_skipped", step_payload(state, step, json!({})));
         }
@@ -476,322 +446,4 @@ fn finish_if_done(state: &mut ExecutionState, decision: &mut Decision) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn playbook(steps: Value) -> Playbook {
-        let playbook: Playbook =
-            serde_json::from_value(json!({"name": "t", "steps": steps})).expect("well-typed");
-        playbook.validate().expect("valid playbook");
-        playbook
-    }
-
-    fn diamond() -> ExecutionState {
-        ExecutionState::new(
-            playbook(json!([
-                {"name": "a", "action": "noop"},
-                {"name": "b", "action": "noop", "needs": ["a"], "with": {"x": "{{ steps.a.result.n }}"}},
-                {"name": "c", "action": "noop", "needs": ["a"]},
-                {"name": "d", "action": "noop", "needs": ["b", "c"],
-                 "with": {"sum": "{{ steps.b.result.v + steps.c.result.v }}"}}
-            ])),
-            json!({}),
-        )
-    }
-
-    fn ok(step: usize, attempt: u32, result: Value) -> Event {
-        Event::Finished {
-            step,
-            attempt,
-            outcome: StepOutcome::Succeeded { result },
-            started_at_ms: 1,
-        }
-    }
-
-    fn failed(step: usize, attempt: u32) -> Event {
-        Event::Finished {
-            step,
-            attempt,
-            outcome: StepOutcome::Failed {
-                error: "boom".into(),
-            },
-            started_at_ms: 1,
-        }
-    }
-
-    fn dispatched(decision: &Decision) -> Vec<(usize, u32)> {
-        decision
-            .dispatches
-            .iter()
-            .map(|d| (d.step, d.attempt))
-            .collect()
-    }
-
-    #[test]
-    fn diamond_fans_out_joins_and_renders_both_results() {
-        let mut state = diamond();
-        let d = decide(&mut state, Event::Created);
-        assert_eq!(dispatched(&d), vec![(0, 1)]);
-        assert_eq!(state.status, ExecutionStatus::Running);
-
-        let d = decide(&mut state, ok(0, 1, json!({"n": 7})));
-        assert_eq!(
-            dispatched(&d),
-            vec![(1, 1), (2, 1)],
-            "b and c fan out together"
-        );
-        assert_eq!(d.dispatches[0].with, json!({"x": 7}));
-
-        let d = decide(&mut state, ok(1, 1, json!({"v": 2})));
-        assert!(d.dispatches.is_empty(), "d waits for c");
-        let d = decide(&mut state, ok(2, 1, json!({"v": 3})));
-        assert_eq!(dispatched(&d), vec![(3, 1)]);
-        assert_eq!(d.dispatches[0].with, json!({"sum": 5}));
-
-        let d = decide(&mut state, ok(3, 1, json!({})));
-        assert_eq!(d.finished, Some(ExecutionStatus::Succeeded));
-        let kinds: Vec<&str> = d.records.iter().map(|r| r.kind).collect();
-        assert_eq!(
-            kinds,
-            ["step_started", "step_succeeded", "execution_succeeded"]
-        );
-        assert_eq!(
-            d.records.last().map(|r| r.kind),
-            Some("execution_succeeded")
-        );
-    }
-
-    #[test]
-    fn a_failing_step_retries_with_backoff_then_succeeds() {
-        let mut state = ExecutionState::new(
-            playbook(json!([{"name": "flaky", "action": "fail",
-                             "retry": {"max_attempts": 3, "backoff": "100ms"}}])),
-            json!({}),
-        );
-        decide(&mut state, Event::Created);
-        let d = decide(&mut state, failed(0, 1));
-        assert_eq!(d.dispatches[0].attempt, 2);
-        assert_eq!(d.dispatches[0].delay_ms, 100);
-        let d = decide(&mut state, failed(0, 2));
-        assert_eq!(
-            (d.dispatches[0].attempt, d.dispatches[0].delay_ms),
-            (3, 200)
-        );
-        let d = decide(&mut state, ok(0, 3, json!({})));
-        assert_eq!(d.finished, Some(ExecutionStatus::Succeeded));
-        assert_eq!(state.steps[0].attempt, 3);
-    }
-
-    #[test]
-    fn exhausted_retries_fail_the_execution_and_skip_dependants() {
-        let mut state = diamond();
-        state.playbook.steps[1].retry = Some(crate::playbook::Retry {
-            max_attempts: 2,
-            backoff: crate::playbook::Millis(0),
-        });
-        decide(&mut state, Event::Created);
-        decide(&mut state, ok(0, 1, json!({"n": 1})));
-        decide(&mut state, failed(1, 1));
-        let d = decide(&mut state, failed(1, 2));
-        assert_eq!(state.steps[1].status, StepStatus::Failed);
-        assert_eq!(
-            state.steps[3].status,
-            StepStatus::Skipped,
-            "d can no longer run"
-        );
-        assert_eq!(d.finished, None, "c is still running");
-        let d = decide(&mut state, ok(2, 1, json!({"v": 1})));
-        assert!(d.dispatches.is_empty());
-        assert_eq!(d.finished, Some(ExecutionStatus::Failed));
-    }
-
-    #[test]
-    fn reports_of_old_attempts_and_duplicates_are_fenced() {
-        let mut state = ExecutionState::new(
-            playbook(json!([{"name": "s", "action": "sleep", "retry": {"max_attempts": 2}}])),
-            json!({}),
-        );
-        decide(&mut state, Event::Created);
-        let d = decide(
-            &mut state,
-            Event::LeaseExpired {
-                step: 0,
-                attempt: 1,
-            },
-        );
-        assert_eq!(dispatched(&d), vec![(0, 2)]);
-        assert!(
-            !decide(&mut state, ok(0, 1, json!({"late": true}))).applied,
-            "old attempt"
-        );
-        assert!(
-            decide(
-                &mut state,
-                Event::Started {
-                    step: 0,
-                    attempt: 2
-                }
-            )
-            .applied
-        );
-        assert!(
-            !decide(
-                &mut state,
-                Event::Started {
-                    step: 0,
-                    attempt: 2
-                }
-            )
-            .applied
-        );
-        assert!(decide(&mut state, ok(0, 2, json!({}))).applied);
-        assert!(
-            !decide(&mut state, ok(0, 2, json!({}))).applied,
-            "duplicate result"
-        );
-        assert_eq!(state.steps[0].result, Some(json!({})));
-    }
-
-    #[test]
-    fn a_lost_worker_is_replaced_even_without_a_retry_policy_but_not_forever() {
-        let mut state = ExecutionState::new(
-            playbook(json!([{"name": "s", "action": "sleep"}])),
-            json!({}),
-        );
-        decide(&mut state, Event::Created);
-        for attempt in 1..LOST_ATTEMPTS {
-            let d = decide(&mut state, Event::LeaseExpired { step: 0, attempt });
-            assert_eq!(dispatched(&d), vec![(0, attempt + 1)]);
-        }
-        let d = decide(
-            &mut state,
-            Event::LeaseExpired {
-                step: 0,
-                attempt: LOST_ATTEMPTS,
-            },
-        );
-        assert_eq!(d.finished, Some(ExecutionStatus::Failed));
-        let mut state = ExecutionState::new(
-            playbook(json!([{"name": "s", "action": "fail"}])),
-            json!({}),
-        );
-        decide(&mut state, Event::Created);
-        let d = decide(&mut state, failed(0, 1));
-        assert_eq!(
-            d.finished,
-            Some(ExecutionStatus::Failed),
-            "a failure uses the retry policy"
-        );
-    }
-
-    #[test]
-    fn cancel_stops_everything_once() {
-        let mut state = diamond();
-        decide(&mut state, Event::Created);
-        let d = decide(&mut state, Event::Cancel);
-        assert_eq!(d.finished, Some(ExecutionStatus::Cancelled));
-        assert!(state
-            .steps
-            .iter()
-            .all(|s| s.status == StepStatus::Cancelled));
-        assert!(
-            !decide(&mut state, Event::Cancel).applied,
-            "cancel is idempotent"
-        );
-        let late = decide(&mut state, ok(0, 1, json!({})));
-        assert!(
-            !late.applied && late.dispatches.is_empty(),
-            "nothing starts after cancel"
-        );
-    }
-
-    #[test]
-    fn a_template_that_fails_at_run_time_fails_its_step() {
-        let mut state = ExecutionState::new(
-            playbook(json!([
-                {"name": "a", "action": "noop"},
-                {"name": "b", "action": "noop", "needs": ["a"], "with": {"x": "{{ steps.a.result.missing.deeper }}"}}
-            ])),
-            json!({}),
-        );
-        decide(&mut state, Event::Created);
-        let d = decide(&mut state, ok(0, 1, json!({})));
-        assert!(d.dispatches.is_empty());
-        assert_eq!(state.steps[1].status, StepStatus::Failed);
-        assert!(state.steps[1]
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .starts_with("template: with.x"));
-        assert_eq!(d.finished, Some(ExecutionStatus::Failed));
-    }
-
-    #[test]
-    fn execution_input_overrides_playbook_defaults() {
-        let playbook: Playbook = serde_json::from_value(json!({
-            "name": "t", "input": {"a": 1, "b": 2}, "steps": [{"name": "s", "action": "noop"}]
-        }))
-        .expect("well-typed");
-        let state = ExecutionState::new(playbook, json!({"b": 3}));
-        assert_eq!(state.input, json!({"a": 1, "b": 3}));
-    }
-
-    fn arbitrary_event() -> impl Strategy<Value = Event> {
-        let step = 0usize..4;
-        let attempt = 1u32..4;
-        prop_oneof![
-            Just(Event::Created),
-            Just(Event::Cancel),
-            (step.clone(), attempt.clone())
-                .prop_map(|(step, attempt)| Event::Started { step, attempt }),
-            (step.clone(), attempt.clone(), any::<bool>()).prop_map(|(step, attempt, good)| {
-                Event::Finished {
-                    step,
-                    attempt,
-                    outcome: if good {
-                        StepOutcome::Succeeded {
-                            result: json!({"v": 1, "n": 1}),
-                        }
-                    } else {
-                        StepOutcome::Failed { error: "x".into() }
-                    },
-                    started_at_ms: 1,
-                }
-            }),
-            (step, attempt).prop_map(|(step, attempt)| Event::LeaseExpired { step, attempt }),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn an_execution_ends_at_most_once_and_nothing_applies_after(
-            events in proptest::collection::vec(arbitrary_event(), 0..60),
-            retries in 1u32..4,
-        ) {
-            let mut state = diamond();
-            for step in &mut state.playbook.steps {
-                step.retry = Some(crate::playbook::Retry { max_attempts: retries, backoff: crate::playbook::Millis(0) });
-            }
-            let mut endings = 0;
-            for event in events {
-                let was_terminal = state.is_terminal();
-                let decision = decide(&mut state, event);
-                if was_terminal {
-                    prop_assert!(!decision.applied);
-                }
-                if decision.finished.is_some() {
-                    endings += 1;
-                }
-                for d in &decision.dispatches {
-                    prop_assert!(d.attempt >= 1 && d.attempt <= retries.max(LOST_ATTEMPTS));
-                    prop_assert_eq!(state.steps[d.step].status, StepStatus::Dispatched);
-                }
-                if state.is_terminal() {
-                    prop_assert!(state.steps.iter().all(|s| s.status.is_terminal()));
-                }
-            }
-            prop_assert!(endings <= 1);
-        }
-    }
-}
+mod tests;

@@ -8,12 +8,18 @@
 //! - [`topology`]: epochs and routing by the epoch in force at an id's timestamp.
 //! - [`shards`]: parsing `NOETL_SHARDS`.
 //! - [`subject`]: NATS subject builders.
+//! - [`status`]: the lifecycle states of executions and steps.
+//! - [`step`]: `StepIndex` and `Attempt`, which name one try of one step.
 //! - [`message`]: request and reply bodies between gateway and servers.
 //! - [`command`]: step commands for workers, their results and heartbeats.
 //! - [`engine`]: the orchestration decision, `(state, event) → (state, actions)`.
-//! - [`playbook`]: the playbook model and its validation.
+//! - [`playbook`]: the playbook model, labels, and their validation.
 //! - [`template`]: rendering step arguments (minijinja).
-//! - `openapi` (feature `openapi`): OpenAPI schemas of the newtypes with a custom wire form.
+//! - `openapi` (feature `openapi`): OpenAPI schemas of the ids with a custom wire form.
+//!
+//! Modules depend downwards only: `status`, `step`, `id` and `routing` name nothing else;
+//! `playbook` names `template`; `message`, `command` and `engine` name those; `openapi` sits on
+//! top.
 
 pub mod command;
 pub mod engine;
@@ -24,6 +30,8 @@ pub mod openapi;
 pub mod playbook;
 pub mod routing;
 pub mod shards;
+pub mod status;
+pub mod step;
 pub mod subject;
 pub mod template;
 pub mod topology;

@@ -1,13 +1,16 @@
 //! Messages exchanged between gateway and shard servers over NATS (JSON bodies).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StepStatus;
 use crate::id::ExecutionId;
 use crate::playbook::Playbook;
 use crate::routing::ShardId;
+use crate::status::StepStatus;
+use crate::step::Attempt;
+
+// Named by the messages of this module, so reachable from here too.
+pub use crate::playbook::Labels;
+pub use crate::status::ExecutionStatus;
 
 /// The tenant of executions submitted without authentication.
 pub const DEFAULT_TENANT: &str = "default";
@@ -24,9 +27,6 @@ pub struct ExecutionQuery {
     pub tenant: Option<String>,
 }
 
-/// Labels attached to an execution: small string pairs for selection.
-pub type Labels = BTreeMap<String, String>;
-
 /// Ask the owning shard to commit a new execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmitCommand {
@@ -40,46 +40,6 @@ pub struct SubmitCommand {
     pub tenant: String,
     pub input: serde_json::Value,
     pub labels: Labels,
-}
-
-/// Lifecycle state of an execution (wiki/spec.md §4.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum ExecutionStatus {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl ExecutionStatus {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Running,
-            Self::Succeeded,
-            Self::Failed,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
-    }
 }
 
 /// Reply to a submit once the execution is committed in its shard database.
@@ -107,7 +67,7 @@ pub struct ExecutionView {
     pub playbook_version: Option<u32>,
     /// The playbook's default input overridden by the submitted input.
     pub input: serde_json::Value,
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelsSchema))]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::playbook::LabelsSchema))]
     pub labels: Labels,
     /// RFC 3339.
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
@@ -125,7 +85,8 @@ pub struct StepView {
     pub name: String,
     pub status: StepStatus,
     /// The current attempt (0 before the first dispatch).
-    pub attempt: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = u32))]
+    pub attempt: Attempt,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,7 +218,7 @@ pub struct ExecutionSummary {
     pub playbook_name: String,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub playbook_version: Option<u32>,
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::LabelsSchema))]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::playbook::LabelsSchema))]
     pub labels: Labels,
     /// RFC 3339.
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
@@ -316,18 +277,5 @@ mod tests {
         );
         let ok: Reply<u32> = serde_json::from_str(r#"{"ok": 7}"#).expect("parse");
         assert_eq!(Result::from(ok), Ok(7));
-    }
-
-    #[test]
-    fn status_names_round_trip() {
-        for name in ["pending", "running", "succeeded", "failed", "cancelled"] {
-            let status = ExecutionStatus::parse(name).expect("known status");
-            assert_eq!(status.as_str(), name);
-            assert_eq!(
-                serde_json::to_value(status).expect("serialize"),
-                serde_json::json!(name)
-            );
-        }
-        assert_eq!(ExecutionStatus::parse("done"), None);
     }
 }

@@ -1,23 +1,17 @@
-//! OpenAPI schemas (utoipa) of the newtypes whose wire form is not what their Rust type says:
-//! ids written as decimal strings, shard numbers, durations that accept a unit. The structs and
-//! enums of the HTTP API derive theirs behind the same `openapi` feature; this crate never needs
-//! utoipa otherwise.
-
-use std::borrow::Cow;
+//! OpenAPI schemas (utoipa) of the identifiers whose wire form is not what their Rust type says:
+//! ids written as decimal strings, shard numbers. The structs and enums of the HTTP API derive
+//! theirs behind the same `openapi` feature, and the playbook's values (actions, labels,
+//! durations) have theirs next to the playbook; this crate never needs utoipa otherwise.
 
 use serde_json::json;
-use utoipa::openapi::schema::{
-    KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
-};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::id::ExecutionId;
-use crate::playbook::{Millis, BUILTIN_ACTIONS, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
 use crate::routing::{ShardCount, ShardId};
 
-/// A duration with a unit, as [`Millis`] parses it (surrounding blanks allowed).
-const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*(ms|s|m|h)\s*$";
+pub use crate::playbook::{ActionSchema, LabelsSchema};
 
 impl PartialSchema for ExecutionId {
     fn schema() -> RefOr<Schema> {
@@ -34,133 +28,33 @@ impl PartialSchema for ExecutionId {
     }
 }
 
-impl ToSchema for ExecutionId {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ExecutionId")
-    }
-}
+/// Named `ExecutionId` (the type's name).
+impl ToSchema for ExecutionId {}
 
 impl PartialSchema for ShardId {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
-            .minimum(Some(0))
-            .description(Some(
-                "A shard's number: its position in NOETL_SHARDS, from 0.",
-            ))
-            .into()
+        int32(0, "A shard's number: its position in NOETL_SHARDS, from 0.")
     }
 }
 
-impl ToSchema for ShardId {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ShardId")
-    }
-}
+/// Named `ShardId`.
+impl ToSchema for ShardId {}
 
 impl PartialSchema for ShardCount {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
-            .minimum(Some(1))
-            .description(Some("A number of shards; never zero."))
-            .into()
+        int32(1, "A number of shards; never zero.")
     }
 }
 
-impl ToSchema for ShardCount {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ShardCount")
-    }
-}
+/// Named `ShardCount`.
+impl ToSchema for ShardCount {}
 
-impl PartialSchema for Millis {
-    fn schema() -> RefOr<Schema> {
-        OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-                    .minimum(Some(0))
-                    .description(Some("Milliseconds.")),
-            )
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(DURATION_PATTERN))
-                    .description(Some("A number with a unit: ms, s, m or h.")),
-            )
-            .description(Some(
-                "A duration: `\"250ms\"`, `\"30s\"`, `\"5m\"`, `\"1h\"` or a number of \
-                 milliseconds. Answers always give milliseconds.",
-            ))
-            .examples([json!("30s"), json!(1500)])
-            .into()
-    }
-}
-
-impl ToSchema for Millis {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Duration")
-    }
-}
-
-/// The schema of [`crate::message::Labels`] (a map type alias, which cannot have one of its
-/// own): fields use it with `#[schema(value_type = crate::openapi::LabelsSchema)]`.
-#[derive(Debug)]
-pub struct LabelsSchema;
-
-impl PartialSchema for LabelsSchema {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .property_names(Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(format!("^[A-Za-z0-9_.-]{{1,{MAX_NAME_LEN}}}$"))),
-            ))
-            .additional_properties(Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .max_length(Some(MAX_LABEL_VALUE_LEN)),
-            ))
-            .max_properties(Some(MAX_LABELS))
-            .description(Some(format!(
-                "Labels to select executions by: at most {MAX_LABELS}; keys are 1 to \
-                 {MAX_NAME_LEN} letters, digits, `_`, `-` or `.`; values are at most \
-                 {MAX_LABEL_VALUE_LEN} bytes."
-            )))
-            .examples([json!({"team": "data", "env": "prod"})])
-            .into()
-    }
-}
-
-impl ToSchema for LabelsSchema {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Labels")
-    }
-}
-
-/// The actions built into the worker ([`BUILTIN_ACTIONS`]).
-#[derive(Debug)]
-pub struct ActionSchema;
-
-impl PartialSchema for ActionSchema {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(BUILTIN_ACTIONS))
-            .description(Some(
-                "What a step does: one of the actions built into the worker.",
-            ))
-            .into()
-    }
-}
-
-impl ToSchema for ActionSchema {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Action")
-    }
+/// A 32-bit integer from `minimum` on.
+fn int32(minimum: i32, description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+        .minimum(Some(minimum))
+        .description(Some(description))
+        .into()
 }

@@ -2,12 +2,26 @@
 //!
 //! This is the shape every process agrees on. Running steps (templates, retries, timeouts in
 //! action) belongs to the server and worker; here we only check that a playbook is well formed.
+//! Labels are checked here too, by the same rules as names.
+//!
+//! - `duration`: [`Millis`], the durations a playbook writes with a unit.
+//! - `schema` (feature `openapi`): the OpenAPI schemas of actions, labels and durations, whose
+//!   wire form is not what their Rust type says.
 
-use std::collections::HashMap;
+mod duration;
+#[cfg(feature = "openapi")]
+mod schema;
+
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::Labels;
+pub use duration::Millis;
+#[cfg(feature = "openapi")]
+pub use schema::{ActionSchema, LabelsSchema};
+
+/// Labels attached to an execution: small string pairs for selection.
+pub type Labels = BTreeMap<String, String>;
 
 pub const MAX_STEPS: usize = 1_000;
 pub const MAX_NAME_LEN: usize = 128;
@@ -40,7 +54,7 @@ pub struct Step {
     /// Unique in the playbook; 1 to 128 letters, digits, `_`, `-` or `.`.
     #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.-]{1,128}$"))]
     pub name: String,
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::ActionSchema))]
+    #[cfg_attr(feature = "openapi", schema(value_type = ActionSchema))]
     pub action: String,
     /// Action arguments; strings are templates over `{input, steps.<name>.result}`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -69,65 +83,6 @@ pub struct Retry {
     /// Delay before the second attempt; doubles on each further attempt.
     #[serde(default)]
     pub backoff: Millis,
-}
-
-/// A duration written as `"250ms"`, `"30s"`, `"5m"`, `"1h"` or a number of milliseconds;
-/// stored and sent as milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "MillisInput", into = "u64")]
-pub struct Millis(pub u64);
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum MillisInput {
-    Number(u64),
-    Text(String),
-}
-
-impl TryFrom<MillisInput> for Millis {
-    type Error = String;
-
-    fn try_from(input: MillisInput) -> Result<Self, String> {
-        let text = match input {
-            MillisInput::Number(ms) => return Ok(Millis(ms)),
-            MillisInput::Text(text) => text,
-        };
-        let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
-        let (digits, unit) = trimmed.split_at(split);
-        let scale = match unit.trim() {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            _ => 0,
-        };
-        digits
-            .parse::<u64>()
-            .ok()
-            .filter(|_| scale > 0)
-            .and_then(|n| n.checked_mul(scale))
-            .map(Millis)
-            .ok_or_else(|| {
-                format!("{text:?} is not a duration (examples: \"500ms\", \"30s\", \"5m\", \"1h\", 1500)")
-            })
-    }
-}
-
-impl std::str::FromStr for Millis {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        Self::try_from(MillisInput::Text(text.to_owned()))
-    }
-}
-
-impl From<Millis> for u64 {
-    fn from(millis: Millis) -> u64 {
-        millis.0
-    }
 }
 
 /// What is wrong with a playbook, and where (a JSON-path-like location such as `steps[2].needs[0]`).

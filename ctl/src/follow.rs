@@ -191,7 +191,7 @@ pub fn live_lines(steps: &[StepView], max: usize) -> String {
         .max()
         .unwrap_or(0);
     let line = |step: &StepView| {
-        let attempt = if step.attempt > 1 {
+        let attempt = if step.attempt.get() > 1 {
             format!(" (attempt {})", step.attempt)
         } else {
             String::new()
@@ -236,7 +236,7 @@ pub fn step_changes(
 ) -> Vec<String> {
     let mut lines = Vec::new();
     for step in steps {
-        let now = (step.status, step.attempt);
+        let now = (step.status, step.attempt.get());
         if seen.get(&step.name) == Some(&now) {
             continue;
         }

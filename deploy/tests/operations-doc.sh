@@ -8,8 +8,7 @@
 # Steps 2 and 3 need the binaries built: NOETL_BIN_DIR (default target/debug, or CARGO_TARGET_DIR's
 # debug/, which `make test` builds before it runs this); without them this says so and exits 77
 # after step 1.
-# scripts/cluster.sh builds release binaries itself; here it is given the ones at hand instead,
-# through a CARGO_TARGET_DIR whose release/ links to them and a `cargo` on PATH that builds nothing.
+# scripts/cluster.sh is given the binaries at hand through NOETL_BIN_DIR, so it builds nothing.
 # Run by scripts/validate-deploy.sh. Needs bash 4 (it is a test of this repository, run on Linux).
 
 set -euo pipefail
@@ -49,26 +48,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$TMP/target/release" "$TMP/bin" "$TMP/work"
-for binary in "${BINARIES[@]}"; do
-	ln -s "$BIN_DIR/$binary" "$TMP/target/release/$binary"
-done
-printf '#!/bin/sh\n# A stand-in: the binaries are built already.\nexit 0\n' >"$TMP/bin/cargo"
-chmod +x "$TMP/bin/cargo"
+mkdir -p "$TMP/work"
 
 # Five free ports, and a base for the per-shard servers with its 256 ports clear of them.
-read -r nats pg gateway server worker shard_servers < <(python3 -c '
-import socket
-socks = []
-def free():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s); return s.getsockname()[1]
-ports = [free() for _ in range(5)]
-while True:
-    base = free()
-    if base + 255 <= 65535 and not any(base <= p < base + 256 for p in ports):
-        break
-print(*ports, base)')
-CLUSTER_ENV=(STATE_DIR="$TMP/state" CARGO_TARGET_DIR="$TMP/target" PATH="$TMP/bin:$PATH" SHARDS=2
+read -r nats pg gateway server worker shard_servers < <("$REPO_ROOT/scripts/free-ports.py" 5)
+CLUSTER_ENV=(STATE_DIR="$TMP/state" NOETL_BIN_DIR="$BIN_DIR" SHARDS=2
 	NATS_PORT="$nats" PG_PORT="$pg" GATEWAY_PORT="$gateway" SERVER_PORT="$server" WORKER_PORT="$worker"
 	SHARD_SERVER_PORT="$shard_servers")
 printf '==> a local cluster for the page (scripts/cluster.sh up, state in %s, gateway on %s)\n' "$TMP/state" "$gateway"

@@ -36,7 +36,7 @@ pub async fn run(orchestrator: Orchestrator, cancel: CancellationToken) {
         for (id, step, attempt) in expired {
             match orchestrator.expire(id, step, attempt).await {
                 Ok(crate::orchestrate::Applied::Changed(_)) => {
-                    tracing::info!(%shard, execution_id = %id, step, attempt, "lease expired");
+                    tracing::info!(%shard, execution_id = %id, step = step.get(), attempt = attempt.get(), "lease expired");
                     metrics::counter!("noetl_server_lease_expiries_total", "shard" => shard.to_string())
                         .increment(1);
                 }

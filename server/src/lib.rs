@@ -1,7 +1,7 @@
 //! The shard server: owns shard databases, commits executions, answers over NATS.
 //!
 //! - [`configuration`]: settings and their validation.
-//! - [`persistence`]: every query against a shard database.
+//! - [`persistence`]: every query against a shard database; it names no other module.
 //! - [`batch`]: group work: many requests per transaction.
 //! - [`commit`]: group commit of submits, many executions per transaction.
 //! - [`orchestrate`]: applies the engine's decisions under the execution's row lock.
@@ -113,7 +113,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             .context("serve only lists shards of NOETL_SHARDS")?;
         // Each committer task, and each task applying report batches, holds one connection.
         let connections = u32::try_from(config.committers_per_shard).unwrap_or(u32::MAX);
-        let pools = orchestrate::Pools {
+        let pools = persistence::Pools {
             pool: pool.clone(),
             relaxed: persistence::relaxed_pool(dsn, RELAXED_CONNECTIONS)?,
             reports: persistence::generic_pool(dsn, connections)?,

@@ -6,18 +6,21 @@
 //! stay correct because they take turns on the lock.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use noetl_contract::command::StepCommand;
-use noetl_contract::engine::{self, Decision, Event, ExecutionState, StepStatus};
-use noetl_contract::message::{ExecutionStatus, SubmitCommand};
+use noetl_contract::engine::{self, Decision, Event, ExecutionState};
+use noetl_contract::message::SubmitCommand;
 use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
+use noetl_contract::status::{ExecutionStatus, StepStatus};
+use noetl_contract::step::{Attempt, StepIndex};
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
-use crate::persistence::{self, Beat, NewExecution, OutboxRow, StepRow};
+use crate::persistence::{self, to_json, Beat, Held, NewExecution, OutboxRow, Pools, StepRow};
 use crate::relay::{self, Handoff, Relay};
 
 /// How long attempts may stay silent before they are presumed lost.
@@ -30,19 +33,6 @@ pub struct Leases {
     pub dispatch_lease_ms: u64,
     /// Upper bound on an attempt when its step sets no `timeout`.
     pub default_timeout_ms: u64,
-}
-
-/// A shard's connection pools.
-#[derive(Debug, Clone)]
-pub struct Pools {
-    /// Every write that must be durable before it is acknowledged.
-    pub pool: PgPool,
-    /// Commits without waiting for the WAL flush: heartbeats, and the relay's deletes of
-    /// commands it was handed (a lost one only has a pass publish them again).
-    pub relaxed: PgPool,
-    /// Durable and generically planned ([`persistence::generic_pool`]): one connection for
-    /// each task that applies report batches, which keeps it.
-    pub reports: PgPool,
 }
 
 /// Where and how report batches run.
@@ -121,7 +111,7 @@ struct Working {
     /// Whether any event applied (there is something to write).
     changed: bool,
     /// The latest row of each changed step.
-    steps: BTreeMap<usize, StepRow>,
+    steps: BTreeMap<StepIndex, StepRow>,
     events: Vec<(String, String)>,
     outbox: Vec<OutboxRow>,
 }
@@ -172,33 +162,19 @@ impl Orchestrator {
             leases,
             relay,
         });
-        let batch_inner = inner.clone();
-        let reports = Batcher::spawn(
-            batching.max_batch,
+        let reports = Inner::batches(
+            &inner,
+            report_pool,
             batching.parallel,
-            batching.tracker,
-            move || persistence::Held::new(report_pool.clone()),
-            move |mut held, items| {
-                let inner = batch_inner.clone();
-                async move {
-                    let applied = inner.apply_batch(&mut held, items).await;
-                    (held, applied)
-                }
-            },
+            &batching,
+            Inner::apply_batch,
         );
-        let beat_inner = inner.clone();
-        let beats = Batcher::spawn(
-            batching.max_batch,
+        let beats = Inner::batches(
+            &inner,
+            beat_pool,
             BEAT_BATCHES,
-            batching.tracker,
-            move || persistence::Held::new(beat_pool.clone()),
-            move |mut held, beats| {
-                let inner = beat_inner.clone();
-                async move {
-                    let owned = inner.beat_batch(&mut held, beats).await;
-                    (held, owned)
-                }
-            },
+            &batching,
+            Inner::beat_batch,
         );
         Self {
             inner,
@@ -235,7 +211,7 @@ impl Orchestrator {
             input: to_json(&state.input),
             labels: to_json(&command.labels),
             status: state.status,
-            steps: (0..state.steps.len())
+            steps: StepIndex::all(state.steps.len())
                 .map(|i| self.inner.step_row(&state, &decision, i))
                 .collect(),
             events,
@@ -258,13 +234,10 @@ impl Orchestrator {
     pub async fn expire(
         &self,
         id: ExecutionId,
-        step: u32,
-        attempt: u32,
+        step: StepIndex,
+        attempt: Attempt,
     ) -> Result<Applied, persistence::Error> {
-        let event = Event::LeaseExpired {
-            step: step as usize,
-            attempt,
-        };
+        let event = Event::LeaseExpired { step, attempt };
         self.inner
             .apply(id, event, Guard::LeaseExpired { step, attempt })
             .await
@@ -298,10 +271,7 @@ impl Orchestrator {
                 )))?;
         match owned {
             Some(StepStatus::Dispatched) if !beat.starting => {
-                let started = Event::Started {
-                    step: step as usize,
-                    attempt,
-                };
+                let started = Event::Started { step, attempt };
                 let mut tx = inner.relaxed.begin().await?;
                 let applying = inner
                     .apply_in(&mut tx, &[(id, started, Guard::None)])
@@ -325,12 +295,36 @@ enum Guard {
     None,
     /// The attempt's lease is still expired (no heartbeat extended it meanwhile).
     LeaseExpired {
-        step: u32,
-        attempt: u32,
+        step: StepIndex,
+        attempt: Attempt,
     },
 }
 
 impl Inner {
+    /// Batches of `T` for `handle`, on `parallel` tasks that each keep a connection of `pool`.
+    fn batches<T, R, F, Fut>(
+        inner: &Arc<Self>,
+        pool: PgPool,
+        parallel: usize,
+        batching: &Batching<'_>,
+        handle: F,
+    ) -> Batcher<T, R>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(Arc<Self>, Held, Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = (Held, Vec<R>)> + Send,
+    {
+        let inner = inner.clone();
+        Batcher::spawn(
+            batching.max_batch,
+            parallel,
+            batching.tracker,
+            move || Held::new(pool.clone()),
+            move |held, items| handle(inner.clone(), held, items),
+        )
+    }
+
     async fn apply(
         &self,
         id: ExecutionId,
@@ -345,12 +339,12 @@ impl Inner {
 
     /// Handles many heartbeats in one statement; if that fails, each on its own, so one bad
     /// beat cannot hold back the others.
-    async fn beat_batch(&self, held: &mut persistence::Held, beats: Vec<Beat>) -> Vec<Owned> {
+    async fn beat_batch(self: Arc<Self>, mut held: Held, beats: Vec<Beat>) -> (Held, Vec<Owned>) {
         let lease_ms = millis(self.leases.step_lease_ms);
         let batched =
             async { persistence::beat_attempts(held.connection().await?, &beats, lease_ms).await }
                 .await;
-        match held.checked(batched) {
+        let owned = match held.checked(batched) {
             Ok(owned) => owned.into_iter().map(Ok).collect(),
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, beats = beats.len(), "heartbeat batch failed; writing one by one");
@@ -361,17 +355,18 @@ impl Inner {
                 }
                 owned
             }
-        }
+        };
+        (held, owned)
     }
 
     /// Applies many reports in one transaction (one statement to lock and read, one to write).
     /// If the batch fails, each report is retried on its own, so one bad report cannot hold
     /// back the others.
     async fn apply_batch(
-        &self,
-        held: &mut persistence::Held,
+        self: Arc<Self>,
+        mut held: Held,
         items: Vec<(ExecutionId, Event)>,
-    ) -> Vec<Option<Applied>> {
+    ) -> (Held, Vec<Option<Applied>>) {
         metrics::histogram!("noetl_server_report_batch_size", "shard" => self.shard.to_string())
             .record(items.len() as f64);
         let guarded: Vec<_> = items
@@ -385,7 +380,7 @@ impl Inner {
             Ok::<_, persistence::Error>(applying)
         };
         let batched = batched.await;
-        match held.checked(batched) {
+        let applied = match held.checked(batched) {
             Ok(applying) => self
                 .after_commit(applying)
                 .into_iter()
@@ -405,7 +400,8 @@ impl Inner {
                 }
                 applied
             }
-        }
+        };
+        (held, applied)
     }
 
     /// Applies each event, in order, to its execution under the execution's row lock, inside
@@ -510,8 +506,8 @@ impl Inner {
         outcomes
     }
 
-    fn step_row(&self, state: &ExecutionState, decision: &Decision, index: usize) -> StepRow {
-        let step = &state.steps[index];
+    fn step_row(&self, state: &ExecutionState, decision: &Decision, index: StepIndex) -> StepRow {
+        let step = &state.steps[index.index()];
         let lease_ms = match step.status {
             StepStatus::Dispatched => {
                 let delay = decision
@@ -525,8 +521,8 @@ impl Inner {
             _ => None,
         };
         StepRow {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-            name: state.playbook.steps[index].name.clone(),
+            index,
+            name: state.playbook.steps[index.index()].name.clone(),
             status: step.status,
             attempt: step.attempt,
             result: step.result.as_ref().map(to_json),
@@ -546,11 +542,11 @@ impl Inner {
             .dispatches
             .iter()
             .map(|dispatch| {
-                let step = &state.playbook.steps[dispatch.step];
+                let step = &state.playbook.steps[dispatch.step.index()];
                 let command = StepCommand {
                     execution_id: id,
                     shard: self.shard,
-                    step_index: u32::try_from(dispatch.step).unwrap_or(u32::MAX),
+                    step_index: dispatch.step,
                     step: step.name.clone(),
                     attempt: dispatch.attempt,
                     action: step.action.clone(),
@@ -580,10 +576,4 @@ fn event_rows(decision: &Decision) -> Vec<(String, String)> {
 
 fn millis(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
-/// JSON text for a database column; the values came out of JSON, so they go back in.
-pub fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value)
-        .expect("playbooks, inputs, labels and results are plain JSON values")
 }

@@ -5,10 +5,11 @@
 //!
 //! Commands are handed off: the task that committed them passes them here at once (see
 //! [`Relay::committed`]), and the relay publishes them without reading them back. Their rows
-//! became due only [`HANDOFF_GRACE`] after their commit, so a pass of the relay takes them only
-//! if the handoff never happened (the server died after the commit, the queue was full, NATS
-//! was down): the outbox stays the record, the handoff only saves a pass of the relay (three
-//! round trips and a commit that waits for the WAL) and a millisecond of dispatch latency.
+//! became due only [`persistence::HANDOFF_GRACE`] after their commit, so a pass of the relay
+//! takes them only if the handoff never happened (the server died after the commit, the queue
+//! was full, NATS was down): the outbox stays the record, the handoff only saves a pass of the
+//! relay (three round trips and a commit that waits for the WAL) and a millisecond of dispatch
+//! latency.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,22 +23,17 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::orchestrate::Pools;
-use crate::persistence::{self, OutboxRow};
+use crate::persistence::{self, hands_off, OutboxRow, Pools};
 
 const BATCH: i64 = 512;
 /// Longest wait between passes when nothing wakes the relay (delayed retries, failed publishes).
 const IDLE_POLL: Duration = Duration::from_millis(500);
-/// How long after its commit a handed-off command becomes due for a pass of the relay: far
-/// longer than a handoff takes, far shorter than JetStream's de-duplication window, so a
-/// command the handoff published and a pass publishes again is stored once.
-pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
 /// Commit batches waiting to be handed off; beyond that they wait out their grace.
 const HANDOFF_QUEUE: usize = 1024;
 /// How long the rows of stored handoffs may wait to be deleted, so one delete serves the
 /// handoffs of many commits: under a moderate load a commit batch holds one or two executions,
 /// and a delete of its own per batch was as many transactions again as the submits. Far
-/// shorter than [`HANDOFF_GRACE`], so a pass never finds the rows due.
+/// shorter than [`persistence::HANDOFF_GRACE`], so a pass never finds the rows due.
 const DELETE_LINGER: Duration = Duration::from_millis(20);
 
 /// Committed commands of one execution, handed off together: the rows are deleted only if
@@ -46,22 +42,6 @@ const DELETE_LINGER: Duration = Duration::from_millis(20);
 pub struct Handoff {
     pub outbox_ids: Vec<i64>,
     pub commands: Vec<OutboxRow>,
-}
-
-/// Whether an execution's new commands are handed off: all of them or none, and only when none
-/// is delayed (a retry's backoff), since a delayed one must wait for a pass anyway.
-fn hands_off(commands: &[OutboxRow]) -> bool {
-    !commands.is_empty() && commands.iter().all(|c| c.delay_ms == 0)
-}
-
-/// When the outbox row of `command`, among `commands` of one execution, becomes due, in
-/// milliseconds after the commit.
-pub fn due_after_ms(commands: &[OutboxRow], command: &OutboxRow) -> i64 {
-    if hands_off(commands) {
-        HANDOFF_GRACE.as_millis() as i64
-    } else {
-        command.delay_ms
-    }
 }
 
 /// Pairs the commands of committed executions with their outbox rows (`outbox_ids`, per
@@ -141,7 +121,7 @@ impl Relay {
 
 /// Relays until `cancel`: handed-off commands as they come, and passes over the outbox for
 /// anything else that is due. The rows of stored handoffs are deleted many at a time
-/// ([`StoredRows`]).
+/// (`StoredRows`).
 pub async fn run(
     shard: ShardId,
     pools: Pools,
@@ -343,7 +323,7 @@ fn dispatch_span(command: &StepCommand) -> tracing::Span {
         "dispatch",
         execution_id = %command.execution_id,
         step = %command.step,
-        attempt = command.attempt,
+        attempt = command.attempt.get(),
     );
     noetl_bus::trace::join(&span, command.execution_id, None);
     span
@@ -352,31 +332,11 @@ fn dispatch_span(command: &StepCommand) -> tracing::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
-        OutboxRow {
-            pool: "default".to_owned(),
-            command: StepCommand {
-                execution_id: ExecutionId::new(execution).expect("valid id"),
-                shard: ShardId::new(0),
-                step_index: step,
-                step: format!("s{step}"),
-                attempt: 1,
-                action: "noop".to_owned(),
-                with: serde_json::json!({}),
-                timeout_ms: 1_000,
-                lease_ms: 1_000,
-            },
-            delay_ms,
-        }
-    }
-
-    fn id(n: i64) -> ExecutionId {
-        ExecutionId::new(n).expect("valid id")
-    }
+    use crate::persistence::testing::outbox_row as row;
 
     #[test]
     fn only_executions_whose_commands_are_all_due_now_are_handed_off() {
+        let id = |n| ExecutionId::new(n).expect("valid id");
         let commands = vec![
             (id(1), vec![row(1, 0, 0), row(1, 1, 0)]),
             (id(2), vec![row(2, 0, 0), row(2, 1, 5_000)]),
@@ -429,15 +389,5 @@ mod tests {
             queued, HANDOFF_QUEUE,
             "the batch that did not fit was not queued"
         );
-    }
-
-    #[test]
-    fn handed_off_rows_wait_out_the_grace_and_others_their_delay() {
-        let all_now = [row(1, 0, 0), row(1, 1, 0)];
-        let grace = HANDOFF_GRACE.as_millis() as i64;
-        assert_eq!(due_after_ms(&all_now, &all_now[0]), grace);
-        let mixed = [row(2, 0, 0), row(2, 1, 5_000)];
-        assert_eq!(due_after_ms(&mixed, &mixed[0]), 0);
-        assert_eq!(due_after_ms(&mixed, &mixed[1]), 5_000);
     }
 }

@@ -272,9 +272,7 @@ async fn get(shard: &Shard, message: &Message) -> Result<ExecutionView, WireErro
 
 /// The body of a get or a cancel: whose execution it is for (`null` from older gateways).
 fn execution_query(message: &Message) -> Result<ExecutionQuery, WireError> {
-    noetl_bus::decode::<Option<ExecutionQuery>>(&message.subject, &message.payload)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))
+    decode::<Option<ExecutionQuery>>(message).map(Option::unwrap_or_default)
 }
 
 async fn read_view(
@@ -295,10 +293,21 @@ fn not_found(id: ExecutionId) -> WireError {
 
 fn database_failed(shard: &Shard, id: ExecutionId, error: &persistence::Error) -> WireError {
     tracing::error!(shard = %shard.id, execution_id = %id, error = %error, "shard database request failed");
+    unavailable()
+}
+
+/// The answer when the shard's database failed (the details go to the log, not the caller).
+fn unavailable() -> WireError {
     wire_error(
         WireErrorCode::ShardUnavailable,
         "the shard database is unavailable",
     )
+}
+
+/// Decodes a request body.
+fn decode<T: serde::de::DeserializeOwned>(message: &Message) -> Result<T, WireError> {
+    noetl_bus::decode(&message.subject, &message.payload)
+        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))
 }
 
 /// Decodes a body whose `execution_id` must match the subject's.
@@ -307,8 +316,7 @@ fn body<T: serde::de::DeserializeOwned>(
     id: ExecutionId,
     id_of: impl Fn(&T) -> ExecutionId,
 ) -> Result<T, WireError> {
-    let body: T = noetl_bus::decode(&message.subject, &message.payload)
-        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
+    let body: T = decode(message)?;
     if id_of(&body) != id {
         return Err(wire_error(
             WireErrorCode::BadRequest,
@@ -325,7 +333,7 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
     let id = routed_id(shard, message)?;
     let mut report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
     if report.outcome.scrub_nul() {
-        tracing::debug!(execution_id = %id, step = report.step_index, "replaced NUL characters in a result");
+        tracing::debug!(execution_id = %id, step = report.step_index.get(), "replaced NUL characters in a result");
     }
     let outcome_label = match report.outcome {
         StepOutcome::Succeeded { .. } => "succeeded",
@@ -333,7 +341,7 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
     };
     let run_seconds = (report.finished_at_ms - report.started_at_ms).max(0) as f64 / 1_000.0;
     let event = Event::Finished {
-        step: report.step_index as usize,
+        step: report.step_index,
         attempt: report.attempt,
         outcome: report.outcome,
         started_at_ms: report.started_at_ms,
@@ -346,10 +354,7 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
         }
         Some(Applied::Stale(_)) => Ok(ReportAck::Stale),
         Some(Applied::NotFound) => Err(not_found(id)),
-        None => Err(wire_error(
-            WireErrorCode::ShardUnavailable,
-            "the shard database is unavailable",
-        )),
+        None => Err(unavailable()),
     }
 }
 
@@ -389,42 +394,32 @@ async fn cancel(shard: &Shard, message: &Message) -> Result<ExecutionView, WireE
 }
 
 async fn stats(shard: &Shard) -> Result<ShardStats, WireError> {
-    match persistence::shard_counts(&shard.pool).await {
-        Ok((executions, unfinished)) => Ok(ShardStats {
-            shard: shard.id,
-            executions,
-            unfinished,
-        }),
-        Err(e) => {
-            tracing::error!(shard = %shard.id, error = %e, "failed to count the shard's executions");
-            Err(wire_error(
-                WireErrorCode::ShardUnavailable,
-                "the shard database is unavailable",
-            ))
-        }
-    }
+    let (executions, unfinished) = persistence::shard_counts(&shard.pool).await.map_err(|e| {
+        tracing::error!(shard = %shard.id, error = %e, "failed to count the shard's executions");
+        unavailable()
+    })?;
+    Ok(ShardStats {
+        shard: shard.id,
+        executions,
+        unfinished,
+    })
 }
 
 async fn list(shard: &Shard, message: &Message) -> Result<ExecutionList, WireError> {
-    let mut query: ListQuery = noetl_bus::decode(&message.subject, &message.payload)
-        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
+    let mut query: ListQuery = decode(message)?;
     query.limit = query.limit.clamp(1, MAX_LIST_PAGE);
-    match persistence::list_executions(&shard.pool, shard.id, &query).await {
-        Ok(executions) => Ok(ExecutionList { executions }),
-        Err(e) => {
+    let executions = persistence::list_executions(&shard.pool, shard.id, &query)
+        .await
+        .map_err(|e| {
             tracing::error!(shard = %shard.id, error = %e, "failed to list executions");
-            Err(wire_error(
-                WireErrorCode::ShardUnavailable,
-                "the shard database is unavailable",
-            ))
-        }
-    }
+            unavailable()
+        })?;
+    Ok(ExecutionList { executions })
 }
 
 async fn events(shard: &Shard, message: &Message) -> Result<EventPage, WireError> {
     let id = routed_id(shard, message)?;
-    let query: EventsQuery = noetl_bus::decode(&message.subject, &message.payload)
-        .map_err(|e| wire_error(WireErrorCode::BadRequest, e.to_string()))?;
+    let query: EventsQuery = decode(message)?;
     let limit = i64::from(query.limit.clamp(1, MAX_EVENTS_PAGE));
     match persistence::events_page(
         &shard.pool,

@@ -1,4 +1,5 @@
-//! Applying events under the execution's row lock, against a real PostgreSQL.
+//! Applying events under the execution's row lock, relaying what it queued, and reading back
+//! what it wrote, against a real PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -6,33 +7,93 @@ use futures::StreamExt;
 
 use noetl_contract::command::{StepCommand, StepOutcome};
 use noetl_contract::engine::Event;
-use noetl_contract::engine::StepStatus;
 use noetl_contract::message::SubmitCommand;
 use noetl_contract::shards::ShardMap;
+use noetl_contract::status::StepStatus;
+use noetl_contract::step::{Attempt, StepIndex};
 use noetl_contract::{ExecutionId, ShardId};
 use noetl_server::commit::Committer;
-use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator, Pools};
-use noetl_server::persistence::{self, Beat};
-use noetl_server::relay::{self, Relay, HANDOFF_GRACE};
+use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator};
+use noetl_server::persistence::{self, Beat, Pools, HANDOFF_GRACE};
+use noetl_server::relay::{self, Relay};
 use noetl_test_support::{NatsServer, Postgres};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// A shard's orchestrator on a fresh database on a PostgreSQL of its own, with the tasks of its
+/// batches.
+struct Shard {
+    tracker: TaskTracker,
+    orchestrator: Orchestrator,
+    pools: Pools,
+    /// `pools.pool`.
+    pool: PgPool,
+    _postgres: Postgres,
+}
+
+impl Shard {
+    /// With no relay running.
+    async fn start(database: &str) -> Self {
+        Self::with_relay(database, Relay::new(ShardId::new(0)).0).await
+    }
+
+    async fn with_relay(database: &str, relay: Relay) -> Self {
+        let postgres = Postgres::start();
+        let pools = shard_pools(&postgres, database).await;
+        let tracker = TaskTracker::new();
+        let pool = pools.pool.clone();
+        let orchestrator = Orchestrator::new(
+            ShardId::new(0),
+            pools.clone(),
+            Leases {
+                step_lease_ms: 30_000,
+                dispatch_lease_ms: 300_000,
+                default_timeout_ms: 60_000,
+            },
+            relay,
+            Batching {
+                tracker: &tracker,
+                max_batch: 100,
+                parallel: 2,
+            },
+        );
+        Self {
+            tracker,
+            orchestrator,
+            pools,
+            pool,
+            _postgres: postgres,
+        }
+    }
+
+    /// Commits executions `ids` of `playbook` as a committer does, without handing their
+    /// commands to a relay.
+    async fn insert(&self, ids: impl IntoIterator<Item = i64>, playbook: &serde_json::Value) {
+        let rows: Vec<_> = ids
+            .into_iter()
+            .map(|id| self.orchestrator.prepare(&submit(id, playbook.clone())))
+            .collect();
+        let mut connection = self.pool.acquire().await.expect("connection");
+        persistence::insert_executions(&mut connection, &rows)
+            .await
+            .expect("insert");
+    }
+
+    /// Stops the batch tasks once the orchestrator is gone.
+    async fn stop(self) {
+        drop(self.orchestrator);
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_queued_behind_the_lock_see_what_it_committed() {
-    let pg = Postgres::start();
-    let tracker = TaskTracker::new();
-    let orchestrator = orchestrator(&pg, "orchestrate", &tracker).await;
-    let pool = orchestrator.pool().clone();
+    let shard = Shard::start("orchestrate").await;
+    let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
     let id = ExecutionId::new(4_242).expect("valid id");
-    let playbook =
-        serde_json::json!({"name": "once", "steps": [{"name": "only", "action": "noop"}]});
-    persistence::insert_executions(
-        &mut pool.acquire().await.expect("connection"),
-        &[orchestrator.prepare(&submit(id.get(), playbook))],
-    )
-    .await
-    .expect("insert");
+    shard.insert([id.get()], &one_step()).await;
 
     // Hold the execution's lock while copies of the report queue behind it, as they do when a
     // worker's retried report meets the original; then finish the step in the holding
@@ -43,14 +104,7 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
         .execute(&mut *holder)
         .await
         .expect("lock");
-    let finished = || Event::Finished {
-        step: 0,
-        attempt: 1,
-        outcome: StepOutcome::Succeeded {
-            result: serde_json::json!({"n": 1}),
-        },
-        started_at_ms: 1,
-    };
+    let finished = || succeeded(0, serde_json::json!({"n": 1}), 1);
     let queued = tokio::spawn({
         let orchestrator = orchestrator.clone();
         async move {
@@ -73,7 +127,7 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .expect("pg_stat_activity");
         // Four separate transactions, and at least one report batch.
@@ -105,19 +159,11 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
         "SELECT count(*) FROM execution_events WHERE execution_id = $1 AND kind = 'step_succeeded'",
     )
     .bind(id.get())
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .expect("count");
     assert_eq!(results, 0, "nothing recorded behind the holder's back");
-    drop(orchestrator);
-    tracker.close();
-    tracker.wait().await;
-}
-
-/// A shard's orchestrator on a fresh database of its own, with no relay running.
-async fn orchestrator(pg: &Postgres, database: &str, tracker: &TaskTracker) -> Orchestrator {
-    let pools = shard_pools(pg, database).await;
-    orchestrator_on(pools, tracker, Relay::new(ShardId::new(0)).0)
+    shard.stop().await;
 }
 
 /// The pools of a fresh, migrated shard database.
@@ -134,22 +180,27 @@ async fn shard_pools(pg: &Postgres, database: &str) -> Pools {
     }
 }
 
-fn orchestrator_on(pools: Pools, tracker: &TaskTracker, relay: Relay) -> Orchestrator {
-    Orchestrator::new(
-        ShardId::new(0),
-        pools,
-        Leases {
-            step_lease_ms: 30_000,
-            dispatch_lease_ms: 300_000,
-            default_timeout_ms: 60_000,
-        },
-        relay,
-        Batching {
-            tracker,
-            max_batch: 100,
-            parallel: 2,
-        },
-    )
+/// A playbook of one step.
+fn one_step() -> serde_json::Value {
+    serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]})
+}
+
+/// A worker's report that the first attempt of `step` succeeded with `result`.
+fn succeeded(step: u32, result: serde_json::Value, started_at_ms: i64) -> Event {
+    Event::Finished {
+        step: StepIndex::new(step),
+        attempt: Attempt::FIRST,
+        outcome: StepOutcome::Succeeded { result },
+        started_at_ms,
+    }
+}
+
+/// Runs one statement, as an operator (or a bug) would change a row.
+async fn execute(pool: &PgPool, statement: &str) {
+    sqlx::query(statement)
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
 }
 
 fn submit(id: i64, playbook: serde_json::Value) -> SubmitCommand {
@@ -164,10 +215,8 @@ fn submit(id: i64, playbook: serde_json::Value) -> SubmitCommand {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_of_many_executions_applied_together_advance_each_once() {
-    let pg = Postgres::start();
-    let tracker = TaskTracker::new();
-    let orchestrator = orchestrator(&pg, "batched", &tracker).await;
-    let pool = orchestrator.pool().clone();
+    let shard = Shard::start("batched").await;
+    let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
     // Two parallel steps joined by a third: each execution gets two reports at once, and its
     // join must be dispatched exactly once whichever order they apply in.
     let playbook = serde_json::json!({"name": "join", "steps": [
@@ -176,21 +225,8 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
         {"name": "c", "action": "noop", "needs": ["a", "b"]}
     ]});
     let ids: Vec<i64> = (1..=20).map(|i| 10_000 + i).collect();
-    let rows: Vec<_> = ids
-        .iter()
-        .map(|&id| orchestrator.prepare(&submit(id, playbook.clone())))
-        .collect();
-    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &rows)
-        .await
-        .expect("insert");
-    let finished = |step| Event::Finished {
-        step,
-        attempt: 1,
-        outcome: StepOutcome::Succeeded {
-            result: serde_json::json!({"step": step}),
-        },
-        started_at_ms: 1,
-    };
+    shard.insert(ids.clone(), &playbook).await;
+    let finished = |step| succeeded(step, serde_json::json!({"step": step}), 1);
     let reports = ids.iter().flat_map(|&id| {
         let id = ExecutionId::new(id).expect("valid id");
         // Each report twice, as a worker retrying an unanswered report sends it.
@@ -213,7 +249,7 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
             "SELECT seq, kind FROM execution_events WHERE execution_id = $1 ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .expect("events");
         let seqs: Vec<i64> = kinds.iter().map(|(seq, _)| *seq).collect();
@@ -232,7 +268,7 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
         let (status, last_seq): (String, i64) =
             sqlx::query_as("SELECT status, last_event_seq FROM executions WHERE execution_id = $1")
                 .bind(id)
-                .fetch_one(&pool)
+                .fetch_one(pool)
                 .await
                 .expect("execution");
         assert_eq!(status, "running", "{id} waits for c");
@@ -241,13 +277,13 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
             "SELECT status, attempt FROM execution_steps WHERE execution_id = $1 AND step_index = 2",
         )
         .bind(id)
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .expect("step c");
         assert_eq!(c, ("dispatched".to_owned(), 1), "{id}");
     }
     let commands: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .expect("outbox");
     assert_eq!(
@@ -255,9 +291,7 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
         3 * ids.len() as i64,
         "a and b at submit, c once per execution"
     );
-    drop(orchestrator);
-    tracker.close();
-    tracker.wait().await;
+    shard.stop().await;
 }
 
 /// Starting checks, beats and reports of many steps, batched together: a check answers
@@ -266,21 +300,14 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
 /// an attempt that does not own its step is told to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_written_together_keep_their_own_answers() {
-    let pg = Postgres::start();
-    let tracker = TaskTracker::new();
-    let orchestrator = orchestrator(&pg, "beats", &tracker).await;
-    let pool = orchestrator.pool().clone();
-    let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
+    let shard = Shard::start("beats").await;
+    let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
     let ids: Vec<ExecutionId> = (1..=30)
         .map(|i| ExecutionId::new(20_000 + i).expect("valid id"))
         .collect();
-    let rows: Vec<_> = ids
-        .iter()
-        .map(|id| orchestrator.prepare(&submit(id.get(), playbook.clone())))
-        .collect();
-    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &rows)
-        .await
-        .expect("insert");
+    shard
+        .insert(ids.iter().map(|id| id.get()), &one_step())
+        .await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
@@ -290,8 +317,8 @@ async fn heartbeats_written_together_keep_their_own_answers() {
     let beat = |id, attempt, starting, started_at_ms| {
         orchestrator.heartbeat(Beat {
             execution_id: id,
-            step: 0,
-            attempt,
+            step: StepIndex::new(0),
+            attempt: Attempt::new(attempt),
             starting,
             started_at_ms,
         })
@@ -316,17 +343,7 @@ async fn heartbeats_written_together_keep_their_own_answers() {
             Some(now_ms + 60_000)
         ))),
         futures::future::join_all(ids[20..].iter().map(|&id| {
-            orchestrator.report(
-                id,
-                Event::Finished {
-                    step: 0,
-                    attempt: 1,
-                    outcome: StepOutcome::Succeeded {
-                        result: serde_json::json!({}),
-                    },
-                    started_at_ms: started_ms,
-                },
-            )
+            orchestrator.report(id, succeeded(0, serde_json::json!({}), started_ms))
         })),
     );
     for answers in [&checks, &beats] {
@@ -359,7 +376,7 @@ async fn heartbeats_written_together_keep_their_own_answers() {
                  WHERE e.execution_id = s.execution_id)
          FROM execution_steps s ORDER BY s.execution_id",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .expect("steps");
     assert_eq!(steps.len(), ids.len());
@@ -398,30 +415,22 @@ async fn heartbeats_written_together_keep_their_own_answers() {
             }
         }
     }
-    drop(orchestrator);
-    tracker.close();
-    tracker.wait().await;
+    shard.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_waits_when_the_outbox_is_empty() {
-    let pg = Postgres::start();
-    let tracker = TaskTracker::new();
-    let orchestrator = orchestrator(&pg, "outbox", &tracker).await;
-    let pool = orchestrator.pool().clone();
+    let shard = Shard::start("outbox").await;
+    let pool = &shard.pool;
     assert_eq!(
-        persistence::next_command_due_in_ms(&pool)
+        persistence::next_command_due_in_ms(pool)
             .await
             .expect("query"),
         None,
         "an empty outbox has nothing due (it once answered 'due now', and the relay spun)"
     );
-    let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
-    let row = orchestrator.prepare(&submit(30_001, playbook));
-    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &[row])
-        .await
-        .expect("insert");
-    let due = persistence::next_command_due_in_ms(&pool)
+    shard.insert([30_001], &one_step()).await;
+    let due = persistence::next_command_due_in_ms(pool)
         .await
         .expect("query")
         .expect("a row waits");
@@ -430,22 +439,24 @@ async fn the_relay_waits_when_the_outbox_is_empty() {
         (0..=grace).contains(&due),
         "a command that is handed off is due for a pass within its grace: {due} ms"
     );
-    sqlx::query("UPDATE outbox SET not_before = now() - interval '1 second'")
-        .execute(&pool)
-        .await
-        .expect("overdue");
+    execute(
+        pool,
+        "UPDATE outbox SET not_before = now() - interval '1 second'",
+    )
+    .await;
     assert_eq!(
-        persistence::next_command_due_in_ms(&pool)
+        persistence::next_command_due_in_ms(pool)
             .await
             .expect("query"),
         Some(0),
         "an overdue command is due now"
     );
-    sqlx::query("UPDATE outbox SET not_before = now() + interval '1 hour'")
-        .execute(&pool)
-        .await
-        .expect("delay");
-    let due = persistence::next_command_due_in_ms(&pool)
+    execute(
+        pool,
+        "UPDATE outbox SET not_before = now() + interval '1 hour'",
+    )
+    .await;
+    let due = persistence::next_command_due_in_ms(pool)
         .await
         .expect("query")
         .expect("a row waits");
@@ -453,9 +464,7 @@ async fn the_relay_waits_when_the_outbox_is_empty() {
         (3_000_000..=3_600_000).contains(&due),
         "due in about an hour: {due} ms"
     );
-    drop(orchestrator);
-    tracker.close();
-    tracker.wait().await;
+    shard.stop().await;
 }
 
 /// Commands handed to the relay after their commit are published without waiting for a pass,
@@ -463,7 +472,6 @@ async fn the_relay_waits_when_the_outbox_is_empty() {
 /// commit) is published by a pass. JetStream stores each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
-    let pg = Postgres::start();
     let nats = NatsServer::start();
     let client = noetl_bus::connect(&noetl_bus::NatsConfig {
         url: nats.url().to_owned(),
@@ -473,39 +481,35 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     .await
     .expect("connect to NATS");
     let stream = noetl_bus::commands::stream(&client).await.expect("stream");
-    let tracker = TaskTracker::new();
-    let pools = shard_pools(&pg, "handoff").await;
-    let pool = pools.pool.clone();
     let (relay, feed) = Relay::new(ShardId::new(0));
-    let orchestrator = orchestrator_on(pools.clone(), &tracker, relay.clone());
-    let committer = Committer::spawn(ShardId::new(0), pool.clone(), relay, 10, 1, &tracker);
-    let playbook = serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]});
+    let shard = Shard::with_relay("handoff", relay.clone()).await;
+    let pool = &shard.pool;
+    let committer = Committer::spawn(ShardId::new(0), pool.clone(), relay, 10, 1, &shard.tracker);
 
     // Handed off while the relay is not running yet; then its row is made due only in an
     // hour, so no pass can publish it: only the handoff can.
     let handed = committer
-        .commit(orchestrator.prepare(&submit(40_001, playbook.clone())))
+        .commit(shard.orchestrator.prepare(&submit(40_001, one_step())))
         .await
         .expect("commit");
     assert!(handed.created);
-    sqlx::query("UPDATE outbox SET not_before = now() + interval '1 hour'")
-        .execute(&pool)
-        .await
-        .expect("delay");
+    execute(
+        pool,
+        "UPDATE outbox SET not_before = now() + interval '1 hour'",
+    )
+    .await;
     // Committed without a handoff, as by a server that died right after its commit.
-    let missed = orchestrator.prepare(&submit(40_002, playbook));
-    persistence::insert_executions(&mut pool.acquire().await.expect("connection"), &[missed])
-        .await
-        .expect("insert");
-    sqlx::query("UPDATE outbox SET not_before = now() WHERE execution_id = 40002")
-        .execute(&pool)
-        .await
-        .expect("due now");
+    shard.insert([40_002], &one_step()).await;
+    execute(
+        pool,
+        "UPDATE outbox SET not_before = now() WHERE execution_id = 40002",
+    )
+    .await;
 
     let cancel = CancellationToken::new();
     let relaying = tokio::spawn(relay::run(
         ShardId::new(0),
-        pools,
+        shard.pools.clone(),
         client.clone(),
         feed,
         cancel.clone(),
@@ -531,7 +535,7 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     assert_eq!(received.into_iter().collect::<Vec<_>>(), [40_001, 40_002]);
     loop {
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("count");
         if rows == 0 {
@@ -545,7 +549,43 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
 
     cancel.cancel();
     relaying.await.expect("relay task");
-    drop((orchestrator, committer));
-    tracker.close();
-    tracker.wait().await;
+    drop(committer);
+    shard.stop().await;
+}
+
+/// A step index or an attempt the types cannot hold (negative: the schema's checks forbid it,
+/// so they are dropped here first, as a bug or a hand edit could leave such a row) is reported
+/// as a malformed row by every read of it, never taken for 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_step_index_or_attempt_is_a_malformed_row() {
+    let shard = Shard::start("malformed").await;
+    let pool = &shard.pool;
+    let id = ExecutionId::new(50_001).expect("valid id");
+    shard.insert([id.get()], &one_step()).await;
+    execute(
+        pool,
+        "ALTER TABLE execution_steps DROP CONSTRAINT execution_steps_attempt_check,
+                                     DROP CONSTRAINT execution_steps_step_index_check",
+    )
+    .await;
+    let malformed = |e: &persistence::Error| matches!(e, persistence::Error::Malformed(_));
+
+    execute(pool, "UPDATE execution_steps SET attempt = -1").await;
+    let read = persistence::get_execution(pool, ShardId::new(0), id, None).await;
+    assert!(read.as_ref().is_err_and(malformed), "{read:?}");
+    let locked = shard.orchestrator.apply(id, Event::Cancel).await;
+    assert!(locked.as_ref().is_err_and(malformed), "{locked:?}");
+
+    // In flight with an expired lease, so the lease scan reads it; first with a good attempt.
+    execute(
+        pool,
+        "UPDATE execution_steps SET attempt = 1, lease_expires_at = now() - interval '1 minute'",
+    )
+    .await;
+    let expired = persistence::expired_leases(pool, 10).await.expect("scan");
+    assert_eq!(expired, [(id, StepIndex::new(0), Attempt::FIRST)]);
+    execute(pool, "UPDATE execution_steps SET step_index = -3").await;
+    let scanned = persistence::expired_leases(pool, 10).await;
+    assert!(scanned.as_ref().is_err_and(malformed), "{scanned:?}");
+    shard.stop().await;
 }

@@ -11,6 +11,7 @@ use noetl_contract::command::{
     Heartbeat, HeartbeatAck, ReportAck, StepCommand, StepOutcome, StepReport,
 };
 use noetl_contract::message::Reply;
+use noetl_contract::step::{Attempt, StepIndex};
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, ShardId};
 use noetl_test_support::NatsServer;
@@ -82,9 +83,9 @@ fn command(id: i64, attempt: u32, action: &str, with: Value) -> StepCommand {
     StepCommand {
         execution_id: ExecutionId::new(id).expect("valid id"),
         shard: SHARD,
-        step_index: 1,
+        step_index: StepIndex::new(1),
         step: "the-step".to_owned(),
-        attempt,
+        attempt: Attempt::new(attempt),
         action: action.to_owned(),
         with,
         timeout_ms: 60_000,
@@ -279,8 +280,8 @@ async fn a_step_is_acked_only_after_the_shard_records_its_report() {
     let first = shard.next_report().await;
     let report = report_of(&first);
     assert_eq!(report.execution_id, sent.execution_id);
-    assert_eq!(report.step_index, 1);
-    assert_eq!(report.attempt, 2);
+    assert_eq!(report.step_index.get(), 1);
+    assert_eq!(report.attempt.get(), 2);
     assert_eq!(report.worker, WORKER);
     assert_eq!(
         report.outcome,
@@ -329,12 +330,12 @@ async fn attempts_report_their_own_outcome_and_a_stale_answer_is_acked() {
         let message = shard.next_report().await;
         let report = report_of(&message);
         // Attempt 2 superseded attempt 1, so the shard ignores attempt 1's late result.
-        let ack = match report.attempt {
+        let ack = match report.attempt.get() {
             1 => ReportAck::Stale,
             _ => ReportAck::Recorded,
         };
         shard.answer(&message, ack).await;
-        outcomes.push((report.attempt, report.outcome));
+        outcomes.push((report.attempt.get(), report.outcome));
     }
     outcomes.sort_by_key(|(attempt, _)| *attempt);
     assert_eq!(
@@ -522,7 +523,7 @@ async fn heartbeats_go_on_while_a_report_waits_for_an_answer() {
             .await
             .expect("heartbeats while the report is unanswered")
             .expect("the fake shard still listens");
-        assert_eq!(heartbeat.attempt, 1);
+        assert_eq!(heartbeat.attempt.get(), 1);
         assert!(!heartbeat.starting);
         assert_eq!(heartbeat.started_at_ms, Some(report.started_at_ms));
     }

@@ -56,7 +56,7 @@ pub(super) async fn handle(
         %pool,
         execution_id = %command.execution_id,
         step = %command.step,
-        attempt = command.attempt,
+        attempt = command.attempt.get(),
         action = %command.action,
     );
     noetl_bus::trace::join(&span, command.execution_id, delivery.headers.as_ref());
@@ -89,7 +89,7 @@ impl Runner {
         let check = Heartbeat {
             execution_id: command.execution_id,
             step_index: command.step_index,
-            attempt: command.attempt,
+            attempt: command.attempt.get(),
             worker: self.worker.clone(),
             starting: true,
             started_at_ms: None,
@@ -116,7 +116,7 @@ impl Runner {
             stop: &stop,
         };
         let ctx = ActionContext {
-            attempt: command.attempt,
+            attempt: command.attempt.get(),
         };
         let timeout = Duration::from_millis(command.timeout_ms);
         let started = Instant::now();
@@ -151,7 +151,7 @@ impl Runner {
         let report = StepReport {
             execution_id: command.execution_id,
             step_index: command.step_index,
-            attempt: command.attempt,
+            attempt: command.attempt.get(),
             outcome,
             started_at_ms,
             finished_at_ms: noetl_bus::unix_now_ms(),

@@ -1,0 +1,61 @@
+//! Every query the server runs against a shard database, and nothing else. Storage is the
+//! bottom of the server: it names no other module of the crate.
+//!
+//! - `pools`: the pools of a shard, connection settings, generically planned transactions,
+//!   and the connection a task holds ([`Held`]).
+//! - `identity`: migrations, the shard a database belongs to, the topology epochs it recorded.
+//! - `writes`: committing new executions, locking running ones, writing the engine's changes.
+//! - `leases`: heartbeats, the lease check under the lock, the scan for expired leases.
+//! - `outbox`: the commands waiting for JetStream, and when a new one becomes due.
+//! - `reads`: executions, event pages, listings and counts for the shard's readers.
+//! - `rows`: typed columns in and out (a value out of range is [`Error::Malformed`]).
+
+mod identity;
+mod leases;
+mod outbox;
+mod pools;
+mod reads;
+mod rows;
+#[cfg(test)]
+pub(crate) mod testing;
+mod writes;
+
+pub use identity::{claim_shard, migrate, record_epochs, recorded_epochs};
+pub use leases::{beat_attempts, expired_leases, lease_expired, Beat};
+pub use outbox::{
+    delete_commands, hands_off, next_command_due_in_ms, take_due_commands, OutboxRow,
+    PendingCommand, HANDOFF_GRACE,
+};
+pub use pools::{begin_generic, generic_pool, pool, relaxed_pool, Held, Pools};
+pub use reads::{
+    backlog, events_page, get_execution, list_executions, ping, shard_counts, visible,
+};
+pub use rows::to_json;
+pub use writes::{
+    insert_executions, lock_executions, save_changes, Committed, ExecutionChange, LockedExecution,
+    NewExecution, StepRow,
+};
+
+/// Failures the server branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid connection setting {key}={value:?}: {reason}")]
+    Setting {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "this database belongs to shard {recorded}, but NOETL_SHARDS lists it as shard {configured} \
+         (were the entries reordered?); refusing to serve it"
+    )]
+    WrongShard { recorded: i32, configured: u32 },
+    #[error("stored row is malformed: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Unavailable(&'static str),
+}

@@ -1,0 +1,162 @@
+//! The outbox: commands committed with the state change that made them, until JetStream stored
+//! them. A write puts them in; the relay takes the due ones out (a pass) or deletes those it
+//! was handed and published (a handoff). When a row becomes due is decided here, at the write.
+
+use std::time::Duration;
+
+use noetl_contract::command::StepCommand;
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+
+use super::Error;
+
+/// A command to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub pool: String,
+    pub command: StepCommand,
+    /// Backoff before it may run (a retry's); 0 when it may run at once.
+    pub delay_ms: i64,
+}
+
+/// How long after its commit a handed-off command becomes due for a pass of the relay: far
+/// longer than a handoff takes, far shorter than JetStream's de-duplication window, so a
+/// command the handoff published and a pass publishes again is stored once.
+pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether an execution's new commands are handed off: all of them or none, and only when none
+/// is delayed (a retry's backoff), since a delayed one must wait for a pass anyway.
+pub fn hands_off(commands: &[OutboxRow]) -> bool {
+    !commands.is_empty() && commands.iter().all(|c| c.delay_ms == 0)
+}
+
+/// When the outbox row of `command`, among `commands` of one execution, becomes due, in
+/// milliseconds after the commit.
+pub(super) fn due_after_ms(commands: &[OutboxRow], command: &OutboxRow) -> i64 {
+    if hands_off(commands) {
+        HANDOFF_GRACE.as_millis() as i64
+    } else {
+        command.delay_ms
+    }
+}
+
+/// A command waiting in the outbox.
+#[derive(Debug)]
+pub struct PendingCommand {
+    pub id: i64,
+    pub pool: String,
+    pub command: serde_json::Value,
+}
+
+/// The outbox's deletes lock their rows in a subquery (`FOR UPDATE SKIP LOCKED`) whose ids
+/// come back as an array (`= ANY(ARRAY(...))`): PostgreSQL runs such a subquery once, as an
+/// init plan. Written as `id IN (subquery)`, a generic plan made while the outbox's statistics
+/// said it was empty (after a vacuum of an empty outbox) was a nested loop that ran the
+/// subquery again for every row of the outbox: a handoff's delete of 500 ids then took minutes
+/// of CPU on an outbox of 30,000 rows, and the relay, waiting for it, published nothing more
+/// (found by the benchmark: a run stalled with every execution's commands in the outbox).
+const TAKE_DUE_COMMANDS: &str = "DELETE FROM outbox WHERE id = ANY(ARRAY(
+     SELECT id FROM outbox WHERE not_before <= now()
+     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+     RETURNING id, pool, command";
+
+/// Takes up to `limit` due outbox rows out of the outbox within `tx`, skipping rows another
+/// relay of the same shard holds: they are gone once `tx` commits, and back if it rolls back.
+pub async fn take_due_commands(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<PendingCommand>, Error> {
+    let taken: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(TAKE_DUE_COMMANDS)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(taken
+        .into_iter()
+        .map(|(id, pool, command)| PendingCommand { id, pool, command })
+        .collect())
+}
+
+/// [`delete_commands`]' statement (its shape: see [`TAKE_DUE_COMMANDS`]).
+const DELETE_COMMANDS: &str = "DELETE FROM outbox WHERE id = ANY(ARRAY(
+     SELECT id FROM outbox WHERE id = ANY($1) FOR UPDATE SKIP LOCKED))";
+
+/// Deletes outbox rows JetStream has stored, skipping rows a relay pass holds (it publishes and
+/// deletes them itself; JetStream stores the command once).
+pub async fn delete_commands(executor: impl PgExecutor<'_>, ids: &[i64]) -> Result<(), Error> {
+    sqlx::query(DELETE_COMMANDS)
+        .bind(ids)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// In how many milliseconds the next outbox row becomes due (0 when one is due now), or
+/// `None` when the outbox is empty. The statement has no parameter, so PostgreSQL plans it once
+/// per connection: meant for the relaxed pool, whose plans use the index.
+pub async fn next_command_due_in_ms(pool: &PgPool) -> Result<Option<i64>, Error> {
+    // No GREATEST here: it skips NULLs, and would turn "empty" (a NULL min) into "due now".
+    let due: Option<f64> = sqlx::query_scalar(
+        "SELECT (EXTRACT(EPOCH FROM (min(not_before) - now())) * 1000)::float8 FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(due.map(|ms| ms.max(0.0) as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persistence::relaxed_pool;
+    use crate::persistence::testing::{execute, explained, outbox_row as row, TestShard};
+
+    #[test]
+    fn handed_off_rows_wait_out_the_grace_and_others_their_delay() {
+        let all_now = [row(1, 0, 0), row(1, 1, 0)];
+        let grace = HANDOFF_GRACE.as_millis() as i64;
+        assert_eq!(due_after_ms(&all_now, &all_now[0]), grace);
+        let mixed = [row(2, 0, 0), row(2, 1, 5_000)];
+        assert_eq!(due_after_ms(&mixed, &mixed[0]), 0);
+        assert_eq!(due_after_ms(&mixed, &mixed[1]), 5_000);
+    }
+
+    /// The outbox's deletes run their locking subquery once, and find rows through the
+    /// primary key, in plans made while the statistics said the outbox was empty (a vacuum of
+    /// an empty outbox, then a server's first handoff or pass), also after the outbox grew.
+    #[tokio::test]
+    async fn outbox_deletes_planned_on_an_empty_outbox_stay_linear_once_it_is_large() {
+        let TestShard { dsn, pool, .. } = &TestShard::start(2).await;
+        let fill = "INSERT INTO outbox (execution_id, pool, command)
+                    SELECT id, 'default', '{}' FROM generate_series(1, 20000) AS id";
+        execute(pool, fill).await;
+        execute(pool, "DELETE FROM outbox").await;
+        execute(pool, "VACUUM ANALYZE outbox").await;
+        let relaxed = relaxed_pool(dsn, 1).expect("pool");
+        let mut connection = relaxed.acquire().await.expect("connection");
+        let statements = [
+            ("handoff(bigint[])", DELETE_COMMANDS, "handoff('{1,2}')"),
+            ("pass(bigint)", TAKE_DUE_COMMANDS, "pass(512)"),
+        ];
+        for (signature, statement, _) in statements {
+            execute(
+                &mut *connection,
+                &format!("PREPARE {signature} AS {statement}"),
+            )
+            .await;
+        }
+        let mut plans = Vec::new();
+        for grown in [false, true] {
+            if grown {
+                execute(pool, fill).await;
+            }
+            for (_, _, call) in statements {
+                let explain = format!("EXPLAIN (FORMAT TEXT) EXECUTE {call}");
+                plans.push(explained(&mut connection, &explain).await);
+            }
+        }
+        for plan in &plans {
+            assert!(plan.contains("InitPlan"), "{plan}");
+            assert!(plan.contains("outbox_pkey"), "{plan}");
+            assert!(!plan.contains("Nested Loop"), "{plan}");
+            assert!(!plan.contains("Seq Scan"), "{plan}");
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The write path: committing new executions (many per statement), locking running ones and
+//! reading their state, and writing what the engine decided for them (many per statement).
+//! Steps, events and commands go in as parallel arrays ([`ChangeColumns`]), bound the same way
+//! by both statements.
+
+use noetl_contract::engine::StepState;
+use noetl_contract::status::{ExecutionStatus, StepStatus};
+use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::ExecutionId;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres, Row, Transaction};
+
+use super::outbox::{due_after_ms, OutboxRow};
+use super::rows::{self, integer, to_json};
+use super::Error;
+
+/// A new execution, already started by the engine, with its JSON columns serialised: the
+/// execution row, its steps, its first events and the commands of its first steps.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub execution_id: ExecutionId,
+    pub playbook_name: String,
+    pub playbook_version: Option<u32>,
+    pub tenant: String,
+    pub playbook: String,
+    pub input: String,
+    pub labels: String,
+    pub status: ExecutionStatus,
+    pub steps: Vec<StepRow>,
+    /// `(kind, payload)`, numbered from 1.
+    pub events: Vec<(String, String)>,
+    pub outbox: Vec<OutboxRow>,
+}
+
+/// A step's state to write.
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub index: StepIndex,
+    pub name: String,
+    pub status: StepStatus,
+    pub attempt: Attempt,
+    /// JSON text, once the step succeeded.
+    pub result: Option<String>,
+    /// Why the step failed, once it did.
+    pub error: Option<String>,
+    /// From now; `None` clears the lease (the step is not in flight).
+    pub lease_ms: Option<i64>,
+    /// When the worker started the attempt that finished it (unix ms, its clock): the step's
+    /// `started_at` when no heartbeat recorded one.
+    pub started_at_ms: Option<i64>,
+}
+
+/// The outcome of committing one execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub execution_id: ExecutionId,
+    pub status: ExecutionStatus,
+    pub created_at: String,
+    /// `false` when the id was committed before (a retried submit).
+    pub created: bool,
+    /// The outbox rows of its first commands, when `created` (the committer takes them for the
+    /// relay).
+    pub outbox_ids: Vec<i64>,
+}
+
+/// Commits many executions (rows, steps, first events, first commands) in one statement, so
+/// one transaction (and one WAL flush) covers the whole batch. Ids that already exist are left
+/// untouched and reported with `created: false`. `rows` must not repeat an id.
+pub async fn insert_executions(
+    connection: &mut PgConnection,
+    rows: &[NewExecution],
+) -> Result<Vec<Committed>, Error> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.execution_id.get()).collect();
+    let mut columns = ChangeColumns::default();
+    for row in rows {
+        columns.push(row.execution_id, 0, &row.steps, &row.events, &row.outbox);
+    }
+    let statement = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::text[],
+                                  $22::text[], $23::text[], $24::bigint[], $25::int[],
+                                  $26::text[])
+                 AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+                      playbook_version, tenant)
+         ), inserted AS (
+             INSERT INTO executions
+                 (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+                  playbook_version, tenant)
+             SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb,
+                    status, last_event_seq, playbook_version, tenant
+             FROM input
+             ON CONFLICT (execution_id) DO NOTHING
+             RETURNING execution_id, status, created_at
+         ), new_steps AS (
+             INSERT INTO execution_steps
+                 (execution_id, step_index, name, status, attempt, lease_expires_at, error,
+                  finished_at)
+             SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
+                    now() + s.lease_ms * interval '1 millisecond', s.error,
+                    CASE WHEN s.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
+                         THEN now() END
+             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                         $7::text[], $8::bigint[], $9::bigint[])
+                 AS s(execution_id, step_index, name, status, attempt, result, error, lease_ms,
+                      started_ms)
+             WHERE s.execution_id IN (SELECT execution_id FROM inserted)
+         ), new_events AS (
+             INSERT INTO execution_events (execution_id, seq, kind, payload)
+             SELECT e.execution_id, e.seq, e.kind, e.payload::jsonb
+             FROM UNNEST($10::bigint[], $11::bigint[], $12::text[], $13::text[])
+                 AS e(execution_id, seq, kind, payload)
+             WHERE e.execution_id IN (SELECT execution_id FROM inserted)
+         ), new_commands AS (
+             INSERT INTO outbox (execution_id, pool, command, not_before)
+             SELECT o.execution_id, o.pool, o.command::jsonb,
+                    now() + o.delay_ms * interval '1 millisecond'
+             FROM UNNEST($14::bigint[], $15::text[], $16::text[], $17::bigint[])
+                 AS o(execution_id, pool, command, delay_ms)
+             WHERE o.execution_id IN (SELECT execution_id FROM inserted)
+             RETURNING id, execution_id
+         )
+         SELECT i.execution_id, i.status, i.created_at, c.outbox_ids
+         FROM inserted i LEFT JOIN (
+             SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands
+             GROUP BY execution_id
+         ) c USING (execution_id)",
+    );
+    let inserted = columns
+        .bind(statement)
+        .bind(&ids)
+        .bind(
+            rows.iter()
+                .map(|r| r.playbook_name.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.playbook.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.input.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.labels.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.events.len() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.playbook_version.and_then(|v| i32::try_from(v).ok()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut committed = inserted
+        .iter()
+        .map(|row| committed_from_row(row, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    if committed.len() < rows.len() {
+        // A new statement, so a row committed concurrently by another replica is visible.
+        let fresh: Vec<i64> = committed.iter().map(|c| c.execution_id.get()).collect();
+        let existing = sqlx::query(
+            "SELECT execution_id, status, created_at FROM executions
+             WHERE execution_id = ANY($1) AND NOT (execution_id = ANY($2))",
+        )
+        .bind(&ids)
+        .bind(&fresh)
+        .fetch_all(&mut *connection)
+        .await?;
+        for row in &existing {
+            committed.push(committed_from_row(row, false)?);
+        }
+    }
+    Ok(committed)
+}
+
+fn committed_from_row(row: &PgRow, created: bool) -> Result<Committed, Error> {
+    let outbox_ids: Option<Vec<i64>> = if created {
+        row.try_get("outbox_ids")?
+    } else {
+        None
+    };
+    Ok(Committed {
+        execution_id: rows::execution_id(row)?,
+        status: rows::status(row)?,
+        created_at: rows::timestamp(row, "created_at")?,
+        created,
+        outbox_ids: outbox_ids.unwrap_or_default(),
+    })
+}
+
+/// Steps, events and commands of many executions as parallel arrays for `UNNEST`: parameters
+/// `$1` to `$17` of both writes ([`ChangeColumns::bind`]).
+#[derive(Default)]
+struct ChangeColumns<'a> {
+    step_ids: Vec<i64>,
+    step_indexes: Vec<i32>,
+    step_names: Vec<&'a str>,
+    step_statuses: Vec<&'static str>,
+    step_attempts: Vec<i32>,
+    step_results: Vec<Option<&'a str>>,
+    step_errors: Vec<Option<&'a str>>,
+    step_lease_ms: Vec<Option<i64>>,
+    step_started_at_ms: Vec<Option<i64>>,
+    event_ids: Vec<i64>,
+    event_seqs: Vec<i64>,
+    event_kinds: Vec<&'a str>,
+    event_payloads: Vec<&'a str>,
+    outbox_ids: Vec<i64>,
+    outbox_pools: Vec<&'a str>,
+    outbox_commands: Vec<String>,
+    outbox_delays: Vec<i64>,
+}
+
+impl<'a> ChangeColumns<'a> {
+    /// Adds one execution's rows; its events are numbered from `after_seq + 1`.
+    fn push(
+        &mut self,
+        id: ExecutionId,
+        after_seq: i64,
+        steps: &'a [StepRow],
+        events: &'a [(String, String)],
+        outbox: &'a [OutboxRow],
+    ) {
+        let id = id.get();
+        for step in steps {
+            self.step_ids.push(id);
+            self.step_indexes.push(integer(step.index.get()));
+            self.step_names.push(&step.name);
+            self.step_statuses.push(step.status.as_str());
+            self.step_attempts.push(integer(step.attempt.get()));
+            self.step_results.push(step.result.as_deref());
+            self.step_errors.push(step.error.as_deref());
+            self.step_lease_ms.push(step.lease_ms);
+            self.step_started_at_ms.push(step.started_at_ms);
+        }
+        for (seq, (kind, payload)) in (after_seq + 1..).zip(events) {
+            self.event_ids.push(id);
+            self.event_seqs.push(seq);
+            self.event_kinds.push(kind);
+            self.event_payloads.push(payload);
+        }
+        for command in outbox {
+            self.outbox_ids.push(id);
+            self.outbox_pools.push(&command.pool);
+            self.outbox_commands.push(to_json(&command.command));
+            self.outbox_delays.push(due_after_ms(outbox, command));
+        }
+    }
+
+    /// Binds the columns as `$1` to `$17`: the steps (execution, index, name, status, attempt,
+    /// result, error, lease in ms, start in unix ms), the events (execution, seq, kind,
+    /// payload), the commands (execution, pool, command, delay in ms).
+    fn bind(self, statement: Query<'a, Postgres, PgArguments>) -> Query<'a, Postgres, PgArguments> {
+        statement
+            .bind(self.step_ids)
+            .bind(self.step_indexes)
+            .bind(self.step_names)
+            .bind(self.step_statuses)
+            .bind(self.step_attempts)
+            .bind(self.step_results)
+            .bind(self.step_errors)
+            .bind(self.step_lease_ms)
+            .bind(self.step_started_at_ms)
+            .bind(self.event_ids)
+            .bind(self.event_seqs)
+            .bind(self.event_kinds)
+            .bind(self.event_payloads)
+            .bind(self.outbox_ids)
+            .bind(self.outbox_pools)
+            .bind(self.outbox_commands)
+            .bind(self.outbox_delays)
+    }
+}
+
+/// The state of an execution read under its row lock.
+#[derive(Debug)]
+pub struct LockedExecution {
+    pub execution_id: ExecutionId,
+    pub status: ExecutionStatus,
+    pub playbook: serde_json::Value,
+    pub input: serde_json::Value,
+    pub last_event_seq: i64,
+    pub steps: Vec<StepState>,
+}
+
+/// Locks the rows of the executions `ids` (those that exist) for the rest of `tx`, in id order
+/// so concurrent batches cannot deadlock, and reads their state. Every change to a running
+/// execution goes through this lock, so replicas of one shard take turns.
+pub async fn lock_executions(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[ExecutionId],
+) -> Result<Vec<LockedExecution>, Error> {
+    let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    let locked = sqlx::query(
+        "SELECT execution_id, status, playbook, input, last_event_seq FROM executions
+         WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
+    )
+    .bind(&raw)
+    .fetch_all(&mut **tx)
+    .await?;
+    if locked.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A statement of its own, after the lock: under READ COMMITTED it takes a fresh snapshot,
+    // so it sees what the transaction that held the lock before us committed. (Read in the
+    // locking statement, the steps would come from the snapshot taken before the wait, and a
+    // report queued behind another for the same step would record its result twice.)
+    let step_rows = sqlx::query(
+        "SELECT execution_id, status, attempt, result, error FROM execution_steps
+         WHERE execution_id = ANY($1) ORDER BY execution_id, step_index",
+    )
+    .bind(&raw)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut step_rows = step_rows.iter().peekable();
+    locked
+        .iter()
+        .map(|row| {
+            let id = rows::execution_id(row)?;
+            let mut steps = Vec::new();
+            while let Some(step) = step_rows.next_if(|s| rows::execution_id(s).ok() == Some(id)) {
+                steps.push(StepState {
+                    status: rows::step_status(step)?,
+                    attempt: rows::attempt(step)?,
+                    result: step.try_get("result")?,
+                    error: step.try_get("error")?,
+                });
+            }
+            Ok(LockedExecution {
+                execution_id: id,
+                status: rows::status(row)?,
+                playbook: row.try_get("playbook")?,
+                input: row.try_get("input")?,
+                last_event_seq: row.try_get("last_event_seq")?,
+                steps,
+            })
+        })
+        .collect()
+}
+
+/// What decisions changed in one execution, to write inside the transaction that locked it.
+#[derive(Debug)]
+pub struct ExecutionChange {
+    pub execution_id: ExecutionId,
+    pub status: ExecutionStatus,
+    /// The log's last sequence number before `events`.
+    pub last_event_seq: i64,
+    /// At most one row per step.
+    pub steps: Vec<StepRow>,
+    pub events: Vec<(String, String)>,
+    pub outbox: Vec<OutboxRow>,
+}
+
+/// Writes the changes of many executions in one statement. Returns the outbox rows of each
+/// execution that queued commands.
+pub async fn save_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[ExecutionChange],
+) -> Result<Vec<(ExecutionId, Vec<i64>)>, Error> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut columns = ChangeColumns::default();
+    for c in changes {
+        columns.push(
+            c.execution_id,
+            c.last_event_seq,
+            &c.steps,
+            &c.events,
+            &c.outbox,
+        );
+    }
+    let statement = sqlx::query(
+        "WITH changed_steps AS (
+             UPDATE execution_steps AS s SET
+                 status = u.status, attempt = u.attempt, result = u.result::jsonb, error = u.error,
+                 lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
+                 started_at = CASE WHEN u.status = 'running' THEN coalesce(s.started_at, now())
+                                   WHEN u.status = 'dispatched' THEN NULL
+                                   ELSE coalesce(s.started_at, least(now(),
+                                       to_timestamp(u.started_ms / 1000.0))) END,
+                 finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
+                                    THEN now() END,
+                 updated_at = now()
+             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                         $7::text[], $8::bigint[], $9::bigint[])
+                 AS u(execution_id, step_index, name, status, attempt, result, error, lease_ms,
+                      started_ms)
+             WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index
+         ), new_events AS (
+             INSERT INTO execution_events (execution_id, seq, kind, payload)
+             SELECT execution_id, seq, kind, payload::jsonb
+             FROM UNNEST($10::bigint[], $11::bigint[], $12::text[], $13::text[])
+                 AS e(execution_id, seq, kind, payload)
+         ), new_commands AS (
+             INSERT INTO outbox (execution_id, pool, command, not_before)
+             SELECT execution_id, pool, command::jsonb,
+                    now() + delay_ms * interval '1 millisecond'
+             FROM UNNEST($14::bigint[], $15::text[], $16::text[], $17::bigint[])
+                 AS o(execution_id, pool, command, delay_ms)
+             RETURNING id, execution_id
+         ), changed_executions AS (
+             UPDATE executions AS x SET status = u.status, last_event_seq = u.last_event_seq,
+                    updated_at = now()
+             FROM UNNEST($18::bigint[], $19::text[], $20::bigint[])
+                 AS u(execution_id, status, last_event_seq)
+             WHERE x.execution_id = u.execution_id
+         )
+         SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands GROUP BY execution_id",
+    );
+    let ids: Vec<i64> = changes.iter().map(|c| c.execution_id.get()).collect();
+    let statuses: Vec<&str> = changes.iter().map(|c| c.status.as_str()).collect();
+    let last_seqs: Vec<i64> = changes
+        .iter()
+        .map(|c| c.last_event_seq + c.events.len() as i64)
+        .collect();
+    columns
+        .bind(statement)
+        .bind(ids)
+        .bind(statuses)
+        .bind(last_seqs)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| Ok((rows::execution_id(row)?, row.try_get("outbox_ids")?)))
+        .collect()
+}
