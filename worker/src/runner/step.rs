@@ -89,7 +89,7 @@ impl Runner {
         let check = Heartbeat {
             execution_id: command.execution_id,
             step_index: command.step_index,
-            attempt: command.attempt.get(),
+            attempt: command.attempt,
             worker: self.worker.clone(),
             starting: true,
             started_at_ms: None,
@@ -151,7 +151,7 @@ impl Runner {
         let report = StepReport {
             execution_id: command.execution_id,
             step_index: command.step_index,
-            attempt: command.attempt.get(),
+            attempt: command.attempt,
             outcome,
             started_at_ms,
             finished_at_ms: noetl_bus::unix_now_ms(),
