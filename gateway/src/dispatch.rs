@@ -162,6 +162,10 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
     match error {
         Error::Remote(remote) => match remote.code {
             WireErrorCode::NotFound => Problem::new(Code::ExecutionNotFound, remote.message),
+            WireErrorCode::TooLarge => Problem::new(
+                Code::PayloadTooLarge,
+                format!("shard {shard}'s reply: {}", remote.message),
+            ),
             WireErrorCode::BadRequest => Problem::new(Code::InvalidRequest, remote.message),
             WireErrorCode::ShardUnavailable => Problem::new(
                 Code::ShardUnavailable,
@@ -184,6 +188,15 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 )
             }
         },
+        Error::TooLarge {
+            size, max_payload, ..
+        } => Problem::new(
+            Code::PayloadTooLarge,
+            format!(
+                "the request to shard {shard} is {size} bytes once encoded, over NATS \
+                 max_payload ({max_payload} bytes); send a smaller body"
+            ),
+        ),
         Error::NoResponders { .. } => Problem::new(
             Code::ShardUnavailable,
             format!("no server is serving shard {shard}"),

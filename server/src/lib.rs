@@ -130,11 +130,22 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
                 parallel: config.committers_per_shard,
             },
         );
+        let dead_letters = orchestrator.clone();
+        let dead_letter = move |command, undeliverable| {
+            let orchestrator = dead_letters.clone();
+            async move {
+                if let Err(e) = orchestrator.dead_letter(&command, undeliverable).await {
+                    // The row stays in the outbox; the next pass tries again.
+                    tracing::warn!(%shard, error = %e, "dead-lettering a command failed");
+                }
+            }
+        };
         background.spawn(relay::run(
             shard,
             pools,
             client.clone(),
             feed,
+            dead_letter,
             cancel.clone(),
         ));
         background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
