@@ -164,6 +164,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             committer,
             orchestrator,
             topology: accepted.topology.clone(),
+            step_result_max_bytes: config.step_result_max_bytes,
         });
         shards.push(tokio::spawn(shard::serve(
             state,

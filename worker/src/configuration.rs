@@ -46,6 +46,11 @@ pub struct Settings {
     pub ack_wait_ms: u64,
     /// How long to wait for the shard to answer a heartbeat or a report.
     pub request_timeout_ms: u64,
+    /// How long a finished step's report is sent again while its shard does not record it;
+    /// then the worker gives up (acks the command) and the shard's lease on the attempt runs
+    /// out, which retries or fails the step, so a report the shard keeps refusing does not hold
+    /// a slot forever.
+    pub report_deadline_ms: u64,
     /// Health, readiness and metrics endpoint.
     pub listen: SocketAddr,
     /// `nats_url`, the NATS credentials and `log_format`.
@@ -63,6 +68,7 @@ impl Default for Settings {
             max_output_bytes: 64 * 1024,
             ack_wait_ms: 30_000,
             request_timeout_ms: 5_000,
+            report_deadline_ms: 600_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             common: CommonSettings::default(),
         }
@@ -95,6 +101,7 @@ pub struct WorkerConfig {
     pub max_output_bytes: usize,
     pub ack_wait: Duration,
     pub request_timeout: Duration,
+    pub report_deadline: Duration,
     pub listen: SocketAddr,
     pub allow_shell: bool,
 }
@@ -124,6 +131,7 @@ impl WorkerConfig {
             ("max_output_bytes", settings.max_output_bytes as u64),
             ("ack_wait_ms", settings.ack_wait_ms),
             ("request_timeout_ms", settings.request_timeout_ms),
+            ("report_deadline_ms", settings.report_deadline_ms),
         ] {
             ensure!(value > 0, "{name} must be at least 1");
         }
@@ -141,6 +149,7 @@ impl WorkerConfig {
             max_output_bytes: settings.max_output_bytes,
             ack_wait: Duration::from_millis(settings.ack_wait_ms),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            report_deadline: Duration::from_millis(settings.report_deadline_ms),
             listen: settings.listen,
             allow_shell,
         })
