@@ -47,7 +47,9 @@ pub enum Error {
     Transport(String),
     /// The message is over the connected server's `max_payload`; it was not sent, so the
     /// server did not close the connection over it (see [`check_size`]).
-    #[error("a message of {size} bytes for {subject} is over NATS max_payload ({max_payload} bytes)")]
+    #[error(
+        "a message of {size} bytes for {subject} is over NATS max_payload ({max_payload} bytes)"
+    )]
     TooLarge {
         subject: String,
         size: usize,

@@ -183,7 +183,12 @@ mod tests {
             result: json!({"a": 1}),
         };
         assert_eq!(small.cap(1024, "the cap"), None);
-        assert_eq!(small, StepOutcome::Succeeded { result: json!({"a": 1}) });
+        assert_eq!(
+            small,
+            StepOutcome::Succeeded {
+                result: json!({"a": 1})
+            }
+        );
 
         let mut large = StepOutcome::Succeeded {
             result: json!("é".repeat(600)),

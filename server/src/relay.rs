@@ -271,7 +271,10 @@ enum Published {
     /// Not stored (NATS or JetStream failed): the row stays for a later pass.
     Failed,
     /// Not sent, and never will be: `size` is over NATS `max_payload`.
-    TooLarge { size: usize, max_payload: usize },
+    TooLarge {
+        size: usize,
+        max_payload: usize,
+    },
 }
 
 /// Publishes one command.

@@ -179,7 +179,10 @@ fn an_undeliverable_command_fails_its_step_at_once_despite_a_retry_policy() {
         attempt: Attempt::new(attempt),
         error: "command_too_large: over max_payload".into(),
     };
-    assert!(!decide(&mut state, undeliverable(2)).applied, "not the current attempt");
+    assert!(
+        !decide(&mut state, undeliverable(2)).applied,
+        "not the current attempt"
+    );
     let d = decide(&mut state, undeliverable(1));
     assert!(d.dispatches.is_empty(), "no retry");
     assert_eq!(state.steps[0].status, StepStatus::Failed);
@@ -187,7 +190,11 @@ fn an_undeliverable_command_fails_its_step_at_once_despite_a_retry_policy() {
         state.steps[0].error.as_deref(),
         Some("command_too_large: over max_payload")
     );
-    assert_eq!(d.finished, Some(ExecutionStatus::Failed), "the rest is skipped");
+    assert_eq!(
+        d.finished,
+        Some(ExecutionStatus::Failed),
+        "the rest is skipped"
+    );
     assert!(!decide(&mut state, undeliverable(1)).applied, "once");
 }
 

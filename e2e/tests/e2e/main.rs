@@ -11,6 +11,7 @@ mod execution;
 mod faults;
 mod limits;
 mod observability;
+mod payload;
 mod permissions;
 mod resharding;
 mod submit;

@@ -269,7 +269,11 @@ impl Runner {
             }) = answer
             {
                 if matches!(report, std::borrow::Cow::Borrowed(_)) {
-                    tracing::warn!(size, max_payload, "the result is over NATS max_payload; reporting result_too_large instead");
+                    tracing::warn!(
+                        size,
+                        max_payload,
+                        "the result is over NATS max_payload; reporting result_too_large instead"
+                    );
                     let mut small = report.into_owned();
                     small.outcome = StepOutcome::too_large(size, max_payload, "NATS max_payload");
                     report = std::borrow::Cow::Owned(small);
