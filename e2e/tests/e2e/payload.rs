@@ -135,6 +135,22 @@ async fn a_command_over_max_payload_is_dead_lettered_and_fails_its_execution_wit
         .get_json(&format!("/api/v1/executions/{big}/events?limit=2"))
         .await;
     assert_eq!(status, 200, "a smaller page is read: {small}");
+    // Its stream sends what fits, then ends with an `error` event instead of polling forever.
+    let stream = cluster
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/executions/{big}/stream"),
+        )
+        .send()
+        .await
+        .expect("the stream starts")
+        .text()
+        .await
+        .expect("the stream ends");
+    assert!(stream.contains("event: execution_started"), "{stream}");
+    assert!(stream.contains("event: error"), "{stream}");
+    assert!(stream.contains("payload_too_large"), "{stream}");
+    assert!(!stream.contains("event: end"), "{stream}");
     worker.stop().await;
     cluster.stop().await;
 }
