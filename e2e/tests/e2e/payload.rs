@@ -242,3 +242,29 @@ async fn a_submit_that_grows_over_max_payload_once_encoded_is_413_and_drops_no_c
     worker.stop().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_whose_shard_keeps_failing_ends_with_an_error_event() {
+    let mut cluster = Cluster::builder().server_process().start().await;
+    // No worker: the execution stays running, so its stream stays open.
+    let id = cluster.submit(&hello_request()).await;
+    let mut response = cluster
+        .request(reqwest::Method::GET, &format!("/api/v1/executions/{id}/stream"))
+        .send()
+        .await
+        .expect("the stream starts");
+    let mut seen = String::new();
+    while !seen.contains("event: step_dispatched") {
+        let chunk = response.chunk().await.expect("the stream goes on");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("not ended yet")));
+    }
+    cluster.kill_server();
+    let rest = tokio::time::timeout(DEADLINE, response.text())
+        .await
+        .expect("the stream ends instead of polling forever")
+        .expect("the stream ends cleanly");
+    assert!(rest.contains("event: error"), "{rest}");
+    assert!(rest.contains("shard_unavailable"), "{rest}");
+    assert!(!rest.contains("event: end"), "{rest}");
+    cluster.stop().await;
+}
