@@ -249,7 +249,10 @@ async fn an_event_stream_whose_shard_keeps_failing_ends_with_an_error_event() {
     // No worker: the execution stays running, so its stream stays open.
     let id = cluster.submit(&hello_request()).await;
     let mut response = cluster
-        .request(reqwest::Method::GET, &format!("/api/v1/executions/{id}/stream"))
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/executions/{id}/stream"),
+        )
         .send()
         .await
         .expect("the stream starts");
@@ -266,5 +269,42 @@ async fn an_event_stream_whose_shard_keeps_failing_ends_with_an_error_event() {
     assert!(rest.contains("event: error"), "{rest}");
     assert!(rest.contains("shard_unavailable"), "{rest}");
     assert!(!rest.contains("event: end"), "{rest}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_shard_never_records_is_given_up_after_report_deadline_ms() {
+    let mut cluster = Cluster::builder().server_process().start().await;
+    let worker = Worker::start_with(cluster.nats.url(), false, |settings| {
+        settings.report_deadline_ms = 1_000;
+    });
+    let id = cluster
+        .submit(&json!({
+            "playbook": {"name": "slow", "steps": [
+                {"name": "nap", "action": "sleep", "with": {"ms": 1500}}
+            ]}
+        }))
+        .await;
+    cluster
+        .wait_for_execution(id, "the step to be running", |body| {
+            step(body, "nap")["status"] == "running"
+        })
+        .await;
+    // The step finishes with no shard to report to: the report is retried, then given up.
+    cluster.kill_server();
+    let metrics = noetl_service::install_metrics();
+    eventually("the worker to give the report up", DEADLINE, || async {
+        let rendered = metrics.render();
+        match rendered
+            .lines()
+            .any(|l| l.starts_with("noetl_worker_reports_total") && l.contains("given_up"))
+        {
+            true => Ok(()),
+            false => Err(rendered),
+        }
+    })
+    .await;
+    // Its slot is free again: the worker stops at once, with nothing in hand.
+    worker.stop().await;
     cluster.stop().await;
 }

@@ -94,21 +94,27 @@ pub struct Worker(Running);
 
 impl Worker {
     pub fn start(nats_url: &str) -> Self {
-        Self::start_with(nats_url, false)
+        Self::start_with(nats_url, false, |_| {})
     }
 
     /// A worker that runs the `shell` action (`--allow-shell`).
     pub fn start_with_shell(nats_url: &str) -> Self {
-        Self::start_with(nats_url, true)
+        Self::start_with(nats_url, true, |_| {})
     }
 
-    fn start_with(nats_url: &str, allow_shell: bool) -> Self {
-        let settings = noetl_worker::configuration::Settings {
+    /// A worker with `tune`d settings, running `shell` if `allow_shell`.
+    pub fn start_with(
+        nats_url: &str,
+        allow_shell: bool,
+        tune: impl FnOnce(&mut noetl_worker::configuration::Settings),
+    ) -> Self {
+        let mut settings = noetl_worker::configuration::Settings {
             common: noetl_service::CommonSettings::new(nats_url),
             listen: "127.0.0.1:0".parse().expect("valid address"),
             ack_wait_ms: 5_000,
             ..noetl_worker::configuration::Settings::default()
         };
+        tune(&mut settings);
         let config =
             noetl_worker::configuration::WorkerConfig::from_settings(settings, None, allow_shell)
                 .expect("valid worker config");
