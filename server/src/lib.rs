@@ -134,9 +134,14 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
         let dead_letter = move |command, undeliverable| {
             let orchestrator = dead_letters.clone();
             async move {
-                if let Err(e) = orchestrator.dead_letter(&command, undeliverable).await {
+                match orchestrator.dead_letter(&command, undeliverable).await {
+                    Ok(orchestrate::Applied::Changed(_)) => {
+                        metrics::counter!("noetl_server_commands_dead_lettered_total", "shard" => shard.to_string())
+                            .increment(1);
+                    }
+                    Ok(_) => {}
                     // The row stays in the outbox; the next pass tries again.
-                    tracing::warn!(%shard, error = %e, "dead-lettering a command failed");
+                    Err(e) => tracing::warn!(%shard, error = %e, "dead-lettering a command failed"),
                 }
             }
         };

@@ -243,27 +243,21 @@ impl Orchestrator {
             .await
     }
 
-    /// Fails the step of a command that can never be published (see [`persistence::Undeliverable`])
-    /// and moves its outbox row to the dead letters, in one transaction; stale when the row was
-    /// already moved or the attempt no longer owns its step.
+    /// Fails the step of a command too large to publish and moves its outbox row to the dead
+    /// letters, in one transaction; stale when the row or the attempt is gone.
     pub async fn dead_letter(
         &self,
         command: &StepCommand,
         undeliverable: persistence::Undeliverable,
     ) -> Result<Applied, persistence::Error> {
-        let (step, attempt) = (command.step_index, command.attempt);
+        let (step, attempt, error) = (command.step_index, command.attempt, undeliverable.reason());
         let event = Event::Undeliverable {
             step,
             attempt,
-            error: undeliverable.reason(),
+            error,
         };
         let guard = Guard::DeadLetter(undeliverable);
-        let applied = self.inner.apply(command.execution_id, event, guard).await?;
-        if matches!(applied, Applied::Changed(_)) {
-            metrics::counter!("noetl_server_commands_dead_lettered_total", "shard" => self.inner.shard.to_string())
-                .increment(1);
-        }
-        Ok(applied)
+        self.inner.apply(command.execution_id, event, guard).await
     }
 
     /// Applies a worker's report, batched with others into one transaction; `None` when the
