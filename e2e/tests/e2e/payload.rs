@@ -308,3 +308,57 @@ async fn a_report_the_shard_never_records_is_given_up_after_report_deadline_ms()
     worker.stop().await;
     cluster.stop().await;
 }
+
+/// A client holding a worker's NATS credentials reports a result over the shard's
+/// `step_result_max_bytes` (under NATS `max_payload`): the shard stores a small
+/// `result_too_large` failure instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_over_step_result_max_bytes_sent_over_nats_is_stored_as_result_too_large() {
+    use noetl_contract::command::{ReportAck, StepOutcome, StepReport};
+    use noetl_contract::step::{Attempt, StepIndex};
+    use noetl_contract::subject::{self, ShardRequest};
+
+    let cluster = Cluster::builder()
+        .tune(|server, _| server.step_result_max_bytes = 8 * 1024)
+        .start()
+        .await;
+    // No worker: the step waits, dispatched, for a report.
+    let id = cluster
+        .submit(&json!({"playbook": {"name": "forged", "steps": [
+            {"name": "one", "action": "noop"}
+        ]}}))
+        .await;
+    let report = StepReport {
+        execution_id: id,
+        step_index: StepIndex::new(0),
+        attempt: Attempt::new(1),
+        outcome: StepOutcome::Succeeded {
+            result: json!({"blob": "b".repeat(20_000)}),
+        },
+        started_at_ms: noetl_bus::unix_now_ms(),
+        finished_at_ms: noetl_bus::unix_now_ms(),
+        worker: "stolen".to_owned(),
+    };
+    let shard = noetl_contract::shard_of(id, cluster.shard_count);
+    let client = crate::harness::connect(cluster.nats.url()).await;
+    let ack: ReportAck = noetl_bus::request(
+        &client,
+        subject::shard_request(ShardRequest::Result, shard, id),
+        &report,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("the shard answers");
+    assert_eq!(ack, ReportAck::Recorded);
+    let ended = wait_until_ended(&cluster, id).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    let one = step(&ended, "one");
+    assert!(one["result"].is_null(), "{ended}");
+    let error = one["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("result_too_large: "), "{error}");
+    assert!(
+        error.contains("step_result_max_bytes (8192 bytes)"),
+        "{error}"
+    );
+    cluster.stop().await;
+}
