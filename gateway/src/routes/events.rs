@@ -170,53 +170,31 @@ impl PartialSchema for StreamEvent {
             .required("event")
             .property("data", data)
             .required("data");
-        let end = ObjectBuilder::new()
-            .description(Some(
-                "The last event: the execution ended, and every entry before it was sent.",
-            ))
-            .property(
-                "event",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["end"])),
-            )
-            .required("event")
-            .property(
-                "data",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["succeeded", "failed", "cancelled"]))
-                    .description(Some("The execution's final status.")),
-            )
-            .required("data")
-            .property(
-                "id",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some(
-                        "The id of the entry before it, as event streams repeat it.",
-                    )),
-            );
-        let error = ObjectBuilder::new()
-            .description(Some(
-                "The last event of a stream that cannot go on: an event too large to send (over \
-                 NATS `max_payload`), or the shard failed 25 polls in a row. Its data is the \
-                 problem document.",
-            ))
-            .property(
-                "event",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["error"])),
-            )
-            .required("event")
-            .property(
-                "data",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some("The problem document, as JSON.")),
-            )
-            .required("data");
+        let end = closing_event(
+            "end",
+            "The last event: the execution ended, and every entry before it was sent.",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["succeeded", "failed", "cancelled"]))
+                .description(Some("The execution's final status.")),
+        )
+        .property(
+            "id",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "The id of the entry before it, as event streams repeat it.",
+                )),
+        );
+        let error = closing_event(
+            "error",
+            "The last event of a stream that cannot go on: an event too large to send (over NATS \
+             `max_payload`), or the shard failed 25 polls in a row. Its data is the problem \
+             document.",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("The problem document, as JSON.")),
+        );
         AnyOfBuilder::new()
             .item(logged)
             .item(end)
@@ -228,6 +206,21 @@ impl PartialSchema for StreamEvent {
             ))
             .into()
     }
+}
+
+/// The schema of an event that closes the stream: `event` is `name`, `data` is `data`.
+fn closing_event(name: &str, description: &str, data: ObjectBuilder) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .description(Some(description))
+        .property(
+            "event",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([name])),
+        )
+        .required("event")
+        .property("data", data)
+        .required("data")
 }
 
 impl ToSchema for StreamEvent {
