@@ -55,6 +55,9 @@ struct Latest {
     updated_at_ms: i64,
 }
 
+/// Room for the headers of a key-value write (`Nats-Expected-Last-Subject-Sequence`).
+const KV_HEADERS: usize = 128;
+
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, Error> {
     serde_json::to_vec(value)
         .map(Bytes::from)
@@ -87,10 +90,10 @@ pub async fn publish(client: &Client, playbook: &Playbook) -> Result<CatalogEntr
             created_at_ms: unix_now_ms(),
             playbook: playbook.clone(),
         };
-        match store
-            .create(version_key(name, version), encode(&entry)?)
-            .await
-        {
+        let value = encode(&entry)?;
+        // A key-value create carries a header of its own besides the trace's.
+        crate::check_size(client, name, value.len() + KV_HEADERS)?;
+        match store.create(version_key(name, version), value).await {
             Ok(_) => break entry,
             // Another publisher took this number.
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => version += 1,

@@ -113,7 +113,18 @@ impl Dispatcher {
     pub async fn catalog_publish(&self, playbook: &Playbook) -> Result<CatalogEntry, Problem> {
         noetl_bus::catalog::publish(&self.client, playbook)
             .await
-            .map_err(bus_unavailable)
+            .map_err(|error| match error {
+                noetl_bus::Error::TooLarge {
+                    size, max_payload, ..
+                } => Problem::new(
+                    Code::PayloadTooLarge,
+                    format!(
+                        "the playbook is {size} bytes once encoded, over NATS max_payload \
+                         ({max_payload} bytes)"
+                    ),
+                ),
+                error => bus_unavailable(error),
+            })
     }
 
     pub async fn catalog_list(&self) -> Result<Vec<CatalogSummary>, Problem> {

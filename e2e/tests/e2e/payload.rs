@@ -235,6 +235,20 @@ async fn a_submit_that_grows_over_max_payload_once_encoded_is_413_and_drops_no_c
         "{problem}"
     );
 
+    // The same for a playbook published to the catalog (a key-value write).
+    let playbook = format!(
+        r#"{{"name": "numbers", "steps": [{{"name": "a", "action": "noop",
+            "with": {{"numbers": [{numbers}]}}}}]}}"#
+    );
+    let (status, problem) = Api::answer(
+        cluster
+            .request(reqwest::Method::POST, "/api/v1/playbooks")
+            .header("content-type", "application/json")
+            .body(playbook),
+    )
+    .await;
+    assert_problem(status, &problem, 413, "payload_too_large");
+
     let hello = cluster.submit(&hello_request()).await;
     let worker = Worker::start(cluster.nats.url());
     cluster.wait_for_success(hello).await;
