@@ -376,3 +376,58 @@ async fn a_report_over_step_result_max_bytes_sent_over_nats_is_stored_as_result_
     );
     cluster.stop().await;
 }
+
+/// Finding 4 of issue 27: results that together outgrow `max_payload` make the execution's
+/// reply too large. It is refused with 413 at once (not 503 after a timeout, forever), smaller
+/// pages of its events read, and its stream pages by size and ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_whose_results_outgrow_max_payload_reads_as_413_and_its_stream_ends() {
+    let cluster = Cluster::builder()
+        .nats_max_payload(MAX_PAYLOAD)
+        .start()
+        .await;
+    let worker = Worker::start_with_shell(cluster.nats.url());
+    // Four results of 20,000 bytes each: each fits, together they do not.
+    let twenty_k = json!({"argv": ["printf", "%020000d", "0"]});
+    let steps: Vec<Value> = (0..4)
+        .map(|n| json!({"name": format!("s{n}"), "action": "shell", "with": twenty_k}))
+        .collect();
+    let id = cluster
+        .submit(&json!({"playbook": {"name": "wide", "steps": steps}}))
+        .await;
+    let events = format!("/api/v1/executions/{id}/events");
+    // Once every step succeeded, the execution (and its default page of events) is too large.
+    let (status, problem) = eventually("the execution to outgrow a reply", DEADLINE, || async {
+        match cluster.get_json(&format!("/api/v1/executions/{id}")).await {
+            (413, problem) => Ok((413, problem)),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
+    assert_problem(status, &problem, 413, "payload_too_large");
+    let (status, problem) = cluster.get_json(&events).await;
+    assert_problem(status, &problem, 413, "payload_too_large");
+    let (status, page) = cluster.get_json(&format!("{events}?limit=3")).await;
+    assert_eq!(status, 200, "{page}");
+
+    let stream = cluster
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/executions/{id}/stream"),
+        )
+        .send()
+        .await
+        .expect("the stream starts")
+        .text()
+        .await
+        .expect("the stream ends");
+    assert_eq!(
+        stream.matches("event: step_succeeded").count(),
+        4,
+        "{stream}"
+    );
+    assert!(stream.contains("event: end\ndata: succeeded"), "{stream}");
+    assert!(!stream.contains("event: error"), "{stream}");
+    worker.stop().await;
+    cluster.stop().await;
+}
