@@ -53,6 +53,21 @@ async fn wait_until_ended(cluster: &Cluster, id: noetl_contract::ExecutionId) ->
         .await
 }
 
+/// An execution's event stream, read until it ends.
+async fn whole_stream(cluster: &Cluster, id: noetl_contract::ExecutionId) -> String {
+    cluster
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/executions/{id}/stream"),
+        )
+        .send()
+        .await
+        .expect("the stream starts")
+        .text()
+        .await
+        .expect("the stream ends")
+}
+
 fn step<'a>(execution: &'a Value, name: &str) -> &'a Value {
     execution["steps"]
         .as_array()
@@ -136,17 +151,7 @@ async fn a_command_over_max_payload_is_dead_lettered_and_fails_its_execution_wit
         .await;
     assert_eq!(status, 200, "a smaller page is read: {small}");
     // Its stream sends what fits, then ends with an `error` event instead of polling forever.
-    let stream = cluster
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/v1/executions/{big}/stream"),
-        )
-        .send()
-        .await
-        .expect("the stream starts")
-        .text()
-        .await
-        .expect("the stream ends");
+    let stream = whole_stream(&cluster, big).await;
     assert!(stream.contains("event: execution_started"), "{stream}");
     assert!(stream.contains("event: error"), "{stream}");
     assert!(stream.contains("payload_too_large"), "{stream}");
@@ -410,17 +415,7 @@ async fn an_execution_whose_results_outgrow_max_payload_reads_as_413_and_its_str
     let (status, page) = cluster.get_json(&format!("{events}?limit=3")).await;
     assert_eq!(status, 200, "{page}");
 
-    let stream = cluster
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/v1/executions/{id}/stream"),
-        )
-        .send()
-        .await
-        .expect("the stream starts")
-        .text()
-        .await
-        .expect("the stream ends");
+    let stream = whole_stream(&cluster, id).await;
     assert_eq!(
         stream.matches("event: step_succeeded").count(),
         4,
