@@ -350,14 +350,20 @@ mod tests {
         assert_eq!(joined.http_allow["io"], vec!["*.svc.cluster.local"]);
 
         for (allow, expected) in [
-            ("default=10.0.0.0/33", "invalid http_allow entry for pool \"default\""),
+            (
+                "default=10.0.0.0/33",
+                "invalid http_allow entry for pool \"default\"",
+            ),
             ("a.b=10.0.0.0/8", "invalid pool name in http_allow"),
             ("default", "lists nothing"),
         ] {
             let settings: Settings =
                 serde_json::from_value(serde_json::json!({ "http_allow": allow })).expect("parse");
             let error = WorkerConfig::from_settings(settings, None, false).expect_err(allow);
-            assert!(format!("{error:#}").contains(expected), "{allow}: {error:#}");
+            assert!(
+                format!("{error:#}").contains(expected),
+                "{allow}: {error:#}"
+            );
         }
     }
 

@@ -60,7 +60,11 @@ const DENIED_V6: [(u128, u8, &str); 9] = [
     (0, 96, "IPv4-compatible (::/96)"),
     (0x0064_ff9b_0001 << 80, 48, "local NAT64 (64:ff9b:1::/48)"),
     (0x0100 << 112, 64, "discard (100::/64)"),
-    (0x2001_0000 << 96, 23, "IETF protocol assignments (2001::/23)"),
+    (
+        0x2001_0000 << 96,
+        23,
+        "IETF protocol assignments (2001::/23)",
+    ),
     (0x2001_0db8 << 96, 32, "documentation (2001:db8::/32)"),
     (0xfc00 << 112, 7, "unique-local (fc00::/7)"),
     (0xfe80 << 112, 9, "link-local or site-local (fe80::/9)"),
@@ -70,21 +74,18 @@ const MULTICAST_V6: (u128, u8) = (0xff00 << 112, 8);
 const NAT64: (u128, u8) = (0x0064_ff9b << 96, 96);
 const SIX_TO_FOUR: (u128, u8) = (0x2002 << 112, 16);
 
-fn within<T>(address: T, (network, length): (T, u8)) -> bool
-where
-    T: Copy + Eq + std::ops::Shr<u32, Output = T>,
-{
-    let bits = u32::try_from(std::mem::size_of::<T>() * 8).unwrap_or(u32::MAX);
-    let shift = bits - u32::from(length);
-    // A zero-length prefix would shift by the whole width; no range here is that wide.
-    shift >= bits || address >> shift == network >> shift
+/// Whether the `width`-bit `address` is in `network`/`length`.
+fn within(address: u128, (network, length): (u128, u8), width: u32) -> bool {
+    let shift = width.saturating_sub(u32::from(length));
+    // Shifting by the whole width (a /0) leaves nothing to compare.
+    address.checked_shr(shift).unwrap_or(0) == network.checked_shr(shift).unwrap_or(0)
 }
 
 fn denied_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let address = u32::from(ip);
+    let address = u128::from(u32::from(ip));
     DENIED_V4
         .iter()
-        .find(|(network, length, _)| within(address, (*network, *length)))
+        .find(|(network, length, _)| within(address, (u128::from(*network), *length), 32))
         .map(|(_, _, name)| *name)
 }
 
@@ -93,20 +94,20 @@ fn denied_v6(ip: Ipv6Addr) -> Option<&'static str> {
         return denied_v4(v4).map(|_| "an IPv4-mapped form of a denied IPv4 address");
     }
     let address = u128::from(ip);
-    if within(address, NAT64) {
+    if within(address, NAT64, 128) {
         let v4 = Ipv4Addr::from(u32::try_from(address & 0xffff_ffff).unwrap_or(0));
         return denied_v4(v4).map(|_| "a NAT64 form of a denied IPv4 address");
     }
-    if within(address, SIX_TO_FOUR) {
+    if within(address, SIX_TO_FOUR, 128) {
         let v4 = Ipv4Addr::from(u32::try_from((address >> 80) & 0xffff_ffff).unwrap_or(0));
         return denied_v4(v4).map(|_| "a 6to4 form of a denied IPv4 address");
     }
-    if within(address, MULTICAST_V6) {
+    if within(address, MULTICAST_V6, 128) {
         return Some("multicast (ff00::/8)");
     }
     DENIED_V6
         .iter()
-        .find(|(network, length, _)| within(address, (*network, *length)))
+        .find(|(network, length, _)| within(address, (*network, *length), 128))
         .map(|(_, _, name)| *name)
 }
 
@@ -305,7 +306,10 @@ impl Policy {
         if self.allow.has_name(name) {
             Ok(true)
         } else if self.deny.has_name(name) {
-            Err(denied(name, "a host of the cluster's, or in http_deny".to_owned()))
+            Err(denied(
+                name,
+                "a host of the cluster's, or in http_deny".to_owned(),
+            ))
         } else {
             Ok(false)
         }
@@ -319,7 +323,10 @@ impl Policy {
             return Err(denied(host, format!("{ip} is {range}")));
         }
         if self.deny.has_address(ip) {
-            return Err(denied(host, format!("{ip} is in http_deny or the cluster's")));
+            return Err(denied(
+                host,
+                format!("{ip} is in http_deny or the cluster's"),
+            ));
         }
         Ok(())
     }

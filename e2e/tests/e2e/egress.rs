@@ -12,12 +12,18 @@ use crate::harness::{binary, Cluster, Worker};
 /// A loopback HTTP server with `/json` and `/redirect?<url>`; its base URL.
 async fn serve() -> String {
     let app = axum::Router::new()
-        .route("/json", axum::routing::get(|| async { axum::Json(json!({"answer": 42})) }))
+        .route(
+            "/json",
+            axum::routing::get(|| async { axum::Json(json!({"answer": 42})) }),
+        )
         .route(
             "/redirect",
             axum::routing::get(|query: axum::extract::RawQuery| async move {
                 let to = query.0.unwrap_or_default();
-                (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, to)])
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(axum::http::header::LOCATION, to)],
+                )
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -112,7 +118,11 @@ async fn a_pools_allow_list_opens_a_loopback_server_and_rechecks_redirects() {
         &format!("{base}/redirect?http://169.254.169.254/latest/meta-data/"),
     )
     .await;
-    let elsewhere = fetch(&cluster, &format!("{base}/redirect?http://127.0.0.2:{closed}/")).await;
+    let elsewhere = fetch(
+        &cluster,
+        &format!("{base}/redirect?http://127.0.0.2:{closed}/"),
+    )
+    .await;
     let nothing = fetch(&cluster, &format!("http://127.0.0.1:{closed}/")).await;
 
     let step = finished(&cluster, reached).await;

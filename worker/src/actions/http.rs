@@ -128,10 +128,13 @@ impl Typed for Http {
             return Err(refused(&denied, ctx));
         }
         let origin = url.origin().ascii_serialization();
-        let mut response = request.send().await.map_err(|error| match denied_in(&error) {
-            Some(denied) => refused(denied, ctx),
-            None => no_answer(&origin, &error, ctx),
-        })?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| match denied_in(&error) {
+                Some(denied) => refused(denied, ctx),
+                None => no_answer(&origin, &error, ctx),
+            })?;
         let status = response.status().as_u16();
         let headers = headers_json(response.headers());
         let is_json = is_json(response.headers());
@@ -143,7 +146,9 @@ impl Typed for Http {
                 Ok(None) => break,
                 Err(error) => {
                     tracing::debug!(pool = %ctx.pool, %origin, error = %error_chain(&error), "an http answer broke off");
-                    return Err(format!("request_failed: the answer from {origin} broke off"));
+                    return Err(format!(
+                        "request_failed: the answer from {origin} broke off"
+                    ));
                 }
             }
         }
@@ -206,8 +211,7 @@ impl Http {
         args: Args,
     ) -> Result<(Url, reqwest::RequestBuilder), String> {
         let invalid = |what: String| format!("invalid arguments for http: {what}");
-        let url =
-            Url::parse(&args.url).map_err(|e| invalid(format!("url {:?}: {e}", args.url)))?;
+        let url = Url::parse(&args.url).map_err(|e| invalid(format!("url {:?}: {e}", args.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(format!("url {:?} is not http or https", args.url)));
         }
@@ -236,9 +240,9 @@ impl Http {
             request = request.body(body);
         }
         // `http_timeout_ms` bounds every request; a step may ask for less.
-        let timeout = args
-            .timeout_ms
-            .map_or(self.timeout, |ms| Duration::from_millis(ms).min(self.timeout));
+        let timeout = args.timeout_ms.map_or(self.timeout, |ms| {
+            Duration::from_millis(ms).min(self.timeout)
+        });
         Ok((url, request.timeout(timeout)))
     }
 }

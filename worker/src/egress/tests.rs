@@ -123,7 +123,10 @@ fn rules_take_cidrs_addresses_names_and_domains() {
     .expect("valid");
     assert!(rules.has_address(ip("10.9.9.9")));
     assert!(rules.has_address(ip("127.0.0.1")));
-    assert!(rules.has_address(ip("::ffff:127.0.0.1")), "mapped is the same address");
+    assert!(
+        rules.has_address(ip("::ffff:127.0.0.1")),
+        "mapped is the same address"
+    );
     assert!(!rules.has_address(ip("127.0.0.2")));
     assert!(rules.has_address(ip("::1")));
     assert!(rules.has_name("api.internal"));

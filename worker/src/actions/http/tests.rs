@@ -233,7 +233,10 @@ async fn failures_to_connect_read_the_same_whatever_listens() {
             .expect_err("no answer");
         errors.push(without_port(&error, port));
     }
-    assert_eq!(errors[0], "request_failed: no HTTP answer from http://127.0.0.1:PORT");
+    assert_eq!(
+        errors[0],
+        "request_failed: no HTTP answer from http://127.0.0.1:PORT"
+    );
     assert_eq!(errors[0], errors[1]);
 }
 
@@ -257,9 +260,12 @@ async fn redirects_are_not_followed_by_default() {
 async fn a_followed_redirect_is_checked_like_the_first_request() {
     let base = serve().await;
     let egress = loopback_allowed(2);
-    let result = run_under(&egress, json!({ "url": format!("{base}/redirect?{base}/json") }))
-        .await
-        .expect("an allowed hop is followed");
+    let result = run_under(
+        &egress,
+        json!({ "url": format!("{base}/redirect?{base}/json") }),
+    )
+    .await
+    .expect("an allowed hop is followed");
     assert_eq!(result["json"], json!({"answer": 42}));
     let port = closed_port().await;
     for denied in [
@@ -268,9 +274,12 @@ async fn a_followed_redirect_is_checked_like_the_first_request() {
         format!("http://[::ffff:10.0.0.1]:{port}/"),
         format!("http://[::1]:{port}/"),
     ] {
-        let error = run_under(&egress, json!({ "url": format!("{base}/redirect?{denied}") }))
-            .await
-            .expect_err("the hop is denied");
+        let error = run_under(
+            &egress,
+            json!({ "url": format!("{base}/redirect?{denied}") }),
+        )
+        .await
+        .expect_err("the hop is denied");
         assert!(error.starts_with("egress_denied: "), "{denied}: {error}");
     }
 }
