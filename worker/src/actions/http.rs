@@ -11,9 +11,10 @@
 //! answer from <origin>`, so that errors tell nothing of which ports are open. Redirects are
 //! not followed unless `http_max_redirects` says so, each hop checked like the first request.
 //!
-//! The result is `{status, headers, body, body_truncated, json}`: the body is capped at
-//! `max_output_bytes` (lossy UTF-8), and `json` is present only when the response says it is
-//! JSON and its whole body parses. Any answer, **including a 4xx or 5xx status**, is a
+//! The result is `{status, headers, body, body_truncated, headers_truncated, json}`: the body
+//! is capped at `max_output_bytes` (lossy UTF-8), and so are the headers' names and values
+//! together; `json` is present only when the response says it is JSON and its whole body
+//! parses. Any answer, **including a 4xx or 5xx status**, is a
 //! successful step: the status is recorded and later steps or the caller decide what it means.
 //! Only failing to get an answer (bad arguments, connection, TLS, timeout) fails the step.
 
@@ -136,7 +137,7 @@ impl Typed for Http {
                 None => no_answer(&origin, &error, ctx),
             })?;
         let status = response.status().as_u16();
-        let headers = headers_json(response.headers());
+        let (headers, headers_truncated) = headers_json(response.headers(), self.max_output_bytes);
         let is_json = is_json(response.headers());
         let mut body = Vec::new();
         // One byte past the cap tells that the body was cut off; the rest is not read.
@@ -164,6 +165,7 @@ impl Typed for Http {
             "headers": headers,
             "body": body,
             "body_truncated": body_truncated,
+            "headers_truncated": headers_truncated,
         });
         if let (Some(parsed), Some(fields)) = (parsed, result.as_object_mut()) {
             fields.insert("json".to_owned(), parsed);
@@ -248,10 +250,19 @@ impl Http {
 }
 
 /// Response headers as `{name: value}`; repeated headers are joined with `, `.
-fn headers_json(headers: &HeaderMap) -> Value {
+/// Headers past `max` bytes of names and values (as text) are left out, and the `bool` says so:
+/// a server may send some 400 KB of them, which would grow by a third as text.
+fn headers_json(headers: &HeaderMap, max: usize) -> (Value, bool) {
     let mut joined: BTreeMap<&str, String> = BTreeMap::new();
+    let mut size = 0;
+    let mut truncated = false;
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes());
+        size += name.as_str().len() + value.len();
+        if size > max {
+            truncated = true;
+            break;
+        }
         joined
             .entry(name.as_str())
             .and_modify(|existing| {
@@ -260,7 +271,7 @@ fn headers_json(headers: &HeaderMap) -> Value {
             })
             .or_insert_with(|| value.into_owned());
     }
-    json!(joined)
+    (json!(joined), truncated)
 }
 
 /// `application/json` or any `…+json` media type.

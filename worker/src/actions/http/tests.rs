@@ -20,6 +20,14 @@ async fn serve() -> String {
         )
         .route("/big", get(|| async { "y".repeat(10_000) }))
         .route(
+            "/headers",
+            get(|| async {
+                // Bytes past ASCII are valid in a header value, and grow as text.
+                let wide = axum::http::HeaderValue::from_bytes(&[0xff; 600]).expect("obs-text");
+                ([("x-a", wide.clone()), ("x-b", wide)], "")
+            }),
+        )
+        .route(
             "/echo",
             post(|headers: axum::http::HeaderMap, body: String| async move {
                 let content_type = headers
@@ -108,6 +116,15 @@ async fn a_large_body_is_capped_and_not_parsed() {
     assert_eq!(result["body"], "y".repeat(1024));
     assert_eq!(result["body_truncated"], true);
     assert!(result.get("json").is_none(), "{result}");
+}
+
+#[tokio::test]
+async fn response_headers_are_capped() {
+    let result = fetch("/headers").await;
+    assert_eq!(result["headers_truncated"], true, "{result}");
+    let kept = result["headers"].to_string().len();
+    assert!(kept <= 1024 + 64, "{kept} bytes of headers");
+    assert_eq!(fetch("/json").await["headers_truncated"], false);
 }
 
 #[tokio::test]
