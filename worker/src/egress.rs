@@ -266,13 +266,16 @@ impl Egress {
     }
 
     /// Denies, besides the denied host names, the addresses they resolve to now (the NATS
-    /// servers', say), so their IP literals are refused too. A name that does not resolve is
-    /// skipped.
+    /// servers', say), so their IP literals are refused too. A name that does not resolve
+    /// within a few seconds is skipped.
     pub async fn resolve_denied_hosts(&mut self) {
+        const LOOKUP: Duration = Duration::from_secs(5);
         for name in self.deny.host_names().to_vec() {
-            match tokio::net::lookup_host((name.as_str(), 0)).await {
-                Ok(addresses) => addresses.for_each(|a| self.deny.add_address(a.ip())),
-                Err(error) => tracing::debug!(%name, %error, "a denied host does not resolve"),
+            let lookup = tokio::net::lookup_host((name.as_str(), 0));
+            match tokio::time::timeout(LOOKUP, lookup).await {
+                Ok(Ok(addresses)) => addresses.for_each(|a| self.deny.add_address(a.ip())),
+                Ok(Err(error)) => tracing::debug!(%name, %error, "a denied host does not resolve"),
+                Err(_) => tracing::debug!(%name, "a denied host did not resolve in time"),
             }
         }
     }

@@ -222,3 +222,25 @@ async fn the_resolver_refuses_a_name_that_resolves_to_loopback() {
     let denied = error.downcast_ref::<Denied>().expect("a policy refusal");
     assert_eq!(denied.host, "localhost");
 }
+
+#[tokio::test]
+async fn the_addresses_of_denied_names_are_denied_from_start() {
+    let mut egress = Egress {
+        deny: Rules::parse(&["localhost", "no-such-host.invalid"]).expect("valid"),
+        ..Egress::default()
+    };
+    egress.resolve_denied_hosts().await;
+    assert!(
+        egress.deny.has_address(ip("127.0.0.1")),
+        "{:?}",
+        egress.deny
+    );
+    // Allowing 127.0.0.1 for a pool still lets it through: the allow-list wins.
+    egress.allow.insert(
+        "io".to_owned(),
+        Rules::parse(&["127.0.0.1"]).expect("valid"),
+    );
+    let url = Url::parse("http://127.0.0.1:4222/").expect("url");
+    assert!(egress.policy("default").check_url(&url).is_err());
+    assert!(egress.policy("io").check_url(&url).is_ok());
+}
