@@ -376,4 +376,25 @@ mod tests {
         let config = WorkerConfig::from_settings(settings, None, false).expect("valid");
         assert_eq!(config.http.deny.host_names(), ["noetl-nats".to_owned()]);
     }
+
+    #[test]
+    fn http_allow_reads_from_a_toml_file_keeping_the_pools_case() {
+        let path = std::env::temp_dir().join(format!("noetl-worker-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "pools = [\"GPU\"]\nhttp_max_redirects = 2\n[http_allow]\nGPU = [\"10.1.2.0/24\", \"*.svc.cluster.local\"]\n",
+        )
+        .expect("write");
+        let flag = noetl_service::ConfigFlag {
+            config: Some(path.clone()),
+        };
+        let loaded = flag.load::<Settings>();
+        std::fs::remove_file(&path).ok();
+        let config =
+            WorkerConfig::from_settings(loaded.expect("loads"), None, false).expect("valid");
+        assert_eq!(config.http.max_redirects, 2);
+        let url = reqwest::Url::parse("http://10.1.2.3/").expect("url");
+        assert!(config.http.policy("GPU").check_url(&url).is_ok());
+        assert!(config.http.policy("other").check_url(&url).is_err());
+    }
 }
