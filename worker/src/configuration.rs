@@ -16,6 +16,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::egress::{Egress, Rules};
 
+/// Most redirects an `http` step may be let follow.
+const MAX_REDIRECTS: usize = 20;
+
 /// The flags of `noetl-worker` besides `--config`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -205,6 +208,10 @@ impl WorkerConfig {
             None => format!("{}-{}", hostname(), std::process::id()),
         };
         ensure!(!name.is_empty(), "name must not be empty");
+        ensure!(
+            settings.http_max_redirects <= MAX_REDIRECTS,
+            "http_max_redirects must be at most {MAX_REDIRECTS}"
+        );
         let mut allow = BTreeMap::new();
         for (pool, entries) in &settings.http_allow {
             check_pool("http_allow", pool).context("invalid pool name in http_allow")?;
@@ -365,6 +372,16 @@ mod tests {
                 "{allow}: {error:#}"
             );
         }
+    }
+
+    #[test]
+    fn more_than_twenty_redirects_are_refused() {
+        let settings = Settings {
+            http_max_redirects: 21,
+            ..Settings::default()
+        };
+        let error = WorkerConfig::from_settings(settings, None, false).expect_err("too many");
+        assert!(error.to_string().contains("http_max_redirects"), "{error}");
     }
 
     #[test]
