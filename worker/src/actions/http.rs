@@ -14,8 +14,8 @@
 //! The result is `{status, headers, body, body_truncated, headers_truncated, json}`: the body
 //! is capped at `max_output_bytes` (lossy UTF-8), and so are the headers' names and values
 //! together; `json` is present only when the response says it is JSON and its whole body
-//! parses. Any answer, **including a 4xx or 5xx status**, is a
-//! successful step: the status is recorded and later steps or the caller decide what it means.
+//! parses. Any answer, **including a 4xx or 5xx status**, is a successful step: the status is
+//! recorded and later steps or the caller decide what it means.
 //! Only failing to get an answer (bad arguments, connection, TLS, timeout) fails the step.
 
 use std::collections::BTreeMap;
@@ -251,7 +251,7 @@ impl Http {
 
 /// Response headers as `{name: value}`; repeated headers are joined with `, `.
 /// Headers past `max` bytes of names and values (as text) are left out, and the `bool` says so:
-/// a server may send some 400 KB of them, which would grow by a third as text.
+/// a server may send some 400 KB of them, and a byte past ASCII grows to three as text.
 fn headers_json(headers: &HeaderMap, max: usize) -> (Value, bool) {
     let mut joined: BTreeMap<&str, String> = BTreeMap::new();
     let mut size = 0;
