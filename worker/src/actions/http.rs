@@ -134,7 +134,7 @@ impl Typed for Http {
             .await
             .map_err(|error| match denied_in(&error) {
                 Some(denied) => refused(denied, ctx),
-                None => no_answer(&origin, &error, ctx),
+                None => no_answer(&origin, error, ctx),
             })?;
         let status = response.status().as_u16();
         let (headers, headers_truncated) = headers_json(response.headers(), self.max_output_bytes);
@@ -146,7 +146,8 @@ impl Typed for Http {
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => break,
                 Err(error) => {
-                    tracing::debug!(pool = %ctx.pool, %origin, error = %error_chain(&error), "an http answer broke off");
+                    let error = error_chain(&error.without_url());
+                    tracing::debug!(pool = %ctx.pool, %origin, %error, "an http answer broke off");
                     return Err(format!(
                         "request_failed: the answer from {origin} broke off"
                     ));
@@ -188,8 +189,10 @@ fn refused(denied: &Denied, ctx: &ActionContext) -> String {
 /// The step's error when no answer came: one text for a refused connection, a timeout, a TLS
 /// or protocol error, so that it tells nothing of which ports are open; the worker's log (at
 /// debug) says which.
-fn no_answer(origin: &str, error: &reqwest::Error, ctx: &ActionContext) -> String {
-    tracing::debug!(pool = %ctx.pool, %origin, error = %error_chain(error), "an http request got no answer");
+fn no_answer(origin: &str, error: reqwest::Error, ctx: &ActionContext) -> String {
+    // Without the URL, whose path, query or user info may hold a secret.
+    let error = error_chain(&error.without_url());
+    tracing::debug!(pool = %ctx.pool, %origin, %error, "an http request got no answer");
     format!("request_failed: no HTTP answer from {origin}")
 }
 
