@@ -179,6 +179,8 @@ impl Typed for Http {
 /// worker's log (at debug) gives.
 fn refused(denied: &Denied, ctx: &ActionContext) -> String {
     tracing::debug!(pool = %ctx.pool, host = %denied.host, reason = %denied.reason, "http egress denied");
+    metrics::counter!("noetl_worker_http_egress_denied_total", "pool" => ctx.pool.to_string())
+        .increment(1);
     format!(
         "egress_denied: pool {:?} may not reach {} (loopback, link-local, private and the \
          cluster's own addresses are refused unless the pool's http_allow lists them)",

@@ -265,7 +265,10 @@ async fn failures_to_connect_read_the_same_whatever_listens() {
     assert_eq!(errors[0], errors[1]);
     let secret = format!("http://user:hunter2@127.0.0.1:{closed}/p?token=hunter3");
     let error = run(json!({ "url": secret })).await.expect_err("no answer");
-    assert!(!error.contains("hunter"), "only the origin is named: {error}");
+    assert!(
+        !error.contains("hunter"),
+        "only the origin is named: {error}"
+    );
 }
 
 #[tokio::test]
