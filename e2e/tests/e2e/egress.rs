@@ -44,8 +44,13 @@ async fn closed_port() -> u16 {
 
 /// Submits one execution of one `http` step to `url`.
 async fn fetch(cluster: &Cluster, url: &str) -> ExecutionId {
+    fetch_in(cluster, "default", url).await
+}
+
+/// Submits one execution of one `http` step to `url`, run by `pool`.
+async fn fetch_in(cluster: &Cluster, pool: &str, url: &str) -> ExecutionId {
     let playbook = json!({"name": "egress", "steps": [
-        {"name": "fetch", "action": "http", "with": {"url": url}},
+        {"name": "fetch", "action": "http", "pool": pool, "with": {"url": url}},
     ]});
     cluster.submit(&json!({ "playbook": playbook })).await
 }
@@ -140,5 +145,25 @@ async fn a_pools_allow_list_opens_a_loopback_server_and_rechecks_redirects() {
         format!("request_failed: no HTTP answer from http://127.0.0.1:{closed}")
     );
     drop(worker);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_list_opens_only_its_own_pool() {
+    let cluster = Cluster::builder().start().await;
+    // One worker serving two pools; only `open` may reach loopback.
+    let worker = Worker::start_with(cluster.nats.url(), |settings| {
+        settings.pools = vec!["open".to_owned(), "shut".to_owned()];
+        settings.http_allow = [("open".to_owned(), vec!["127.0.0.1/32".to_owned()])].into();
+    });
+    let base = serve().await;
+    let url = format!("{base}/json");
+    let open = fetch_in(&cluster, "open", &url).await;
+    let shut = fetch_in(&cluster, "shut", &url).await;
+    let step = finished(&cluster, open).await;
+    assert_eq!(step["result"]["json"], json!({"answer": 42}), "{step}");
+    let error = error_of(&finished(&cluster, shut).await);
+    assert!(error.starts_with("egress_denied: pool \"shut\""), "{error}");
+    worker.stop().await;
     cluster.stop().await;
 }
