@@ -315,19 +315,27 @@ mod tests {
     }
 
     #[test]
-    fn zero_concurrency_or_pending_reports_is_refused() {
-        let settings = Settings {
+    fn out_of_range_counts_are_refused() {
+        let zero_concurrency = Settings {
             concurrency: 0,
             ..Settings::default()
         };
-        let error = WorkerConfig::from_settings(settings, None, false).expect_err("zero");
-        assert!(error.to_string().contains("concurrency"), "{error}");
-        let settings = Settings {
+        let zero_pending = Settings {
             pending_reports: 0,
             ..Settings::default()
         };
-        let error = WorkerConfig::from_settings(settings, None, false).expect_err("zero");
-        assert!(error.to_string().contains("pending_reports"), "{error}");
+        let many_redirects = Settings {
+            http_max_redirects: 21,
+            ..Settings::default()
+        };
+        for (settings, name) in [
+            (zero_concurrency, "concurrency"),
+            (zero_pending, "pending_reports"),
+            (many_redirects, "http_max_redirects"),
+        ] {
+            let error = WorkerConfig::from_settings(settings, None, false).expect_err(name);
+            assert!(error.to_string().contains(name), "{error}");
+        }
     }
 
     #[test]
@@ -372,16 +380,6 @@ mod tests {
                 "{allow}: {error:#}"
             );
         }
-    }
-
-    #[test]
-    fn more_than_twenty_redirects_are_refused() {
-        let settings = Settings {
-            http_max_redirects: 21,
-            ..Settings::default()
-        };
-        let error = WorkerConfig::from_settings(settings, None, false).expect_err("too many");
-        assert!(error.to_string().contains("http_max_redirects"), "{error}");
     }
 
     #[test]
