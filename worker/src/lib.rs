@@ -26,6 +26,11 @@ pub async fn run(mut config: WorkerConfig, cancel: CancellationToken) -> anyhow:
     // Before anything records a metric, so nothing is counted into the void.
     noetl_service::install_metrics();
     config.http.resolve_denied_hosts().await;
+    for pool in config.http.allow.keys() {
+        if !config.pools.contains(pool) {
+            tracing::warn!(%pool, "http_allow names a pool this worker does not serve");
+        }
+    }
     let registry = actions::Registry::builtin(
         config.allow_shell,
         config.max_output_bytes,
