@@ -294,7 +294,7 @@ async fn an_event_stream_whose_shard_keeps_failing_ends_with_an_error_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_the_shard_never_records_is_given_up_after_report_deadline_ms() {
     let mut cluster = Cluster::builder().server_process().start().await;
-    let worker = Worker::start_with(cluster.nats.url(), false, |settings| {
+    let worker = Worker::start_with(cluster.nats.url(), |settings| {
         settings.report_deadline_ms = 1_000;
     });
     let id = cluster

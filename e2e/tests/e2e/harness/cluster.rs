@@ -94,16 +94,32 @@ pub struct Worker(Running);
 
 impl Worker {
     pub fn start(nats_url: &str) -> Self {
-        Self::start_with(nats_url, false, |_| {})
+        Self::start_with(nats_url, |_| {})
     }
 
     /// A worker that runs the `shell` action (`--allow-shell`).
     pub fn start_with_shell(nats_url: &str) -> Self {
-        Self::start_with(nats_url, true, |_| {})
+        Self::spawn(nats_url, true, |_| {})
+    }
+
+    /// A worker whose default pool may reach 127.0.0.1 (the tests' own HTTP servers), which
+    /// the `http` action's egress policy refuses otherwise.
+    pub fn allowing_loopback(nats_url: &str) -> Self {
+        Self::start_with(nats_url, |settings| {
+            settings.http_allow = [("default".to_owned(), vec!["127.0.0.1/32".to_owned()])].into();
+        })
+    }
+
+    /// A worker with the tests' settings, changed by `tune`.
+    pub fn start_with(
+        nats_url: &str,
+        tune: impl FnOnce(&mut noetl_worker::configuration::Settings),
+    ) -> Self {
+        Self::spawn(nats_url, false, tune)
     }
 
     /// A worker with `tune`d settings, running `shell` if `allow_shell`.
-    pub fn start_with(
+    fn spawn(
         nats_url: &str,
         allow_shell: bool,
         tune: impl FnOnce(&mut noetl_worker::configuration::Settings),
