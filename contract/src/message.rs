@@ -149,6 +149,12 @@ pub enum WireErrorCode {
     /// The shard's server has as many requests in flight as it takes (`max_in_flight`); the
     /// request was not started.
     Overloaded,
+    /// A first step's `with` went over its template budget (the message names the step and
+    /// the field); nothing was stored.
+    TemplateBudgetExceeded,
+    /// A first step's `with` rendered a value PostgreSQL cannot store (U+0000); nothing was
+    /// stored.
+    UnstorableValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

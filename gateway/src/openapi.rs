@@ -126,6 +126,8 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
             InvalidJson,
             InvalidRequest,
             InvalidPlaybook,
+            TemplateBudgetExceeded,
+            UnstorableValue,
             PlaybookNotFound,
             ExecutionRetired,
             PayloadTooLarge,

@@ -14,4 +14,5 @@ mod observability;
 mod permissions;
 mod resharding;
 mod submit;
+mod templates;
 mod topology;

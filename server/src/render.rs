@@ -1,0 +1,66 @@
+//! Deciding off the async runtime when a decision may render a template.
+//!
+//! A step's `with` is rendered inside [`engine::decide`]: at submit, before the commit, and in
+//! the report transaction, while the execution's row lock is held. Its cost is bounded by the
+//! template [`Budget`] (fuel, bytes, depth); this module keeps even a bounded render off the
+//! runtime's threads, which every shard's requests share, and gives it a deadline as a backstop.
+
+use std::time::Duration;
+
+use noetl_contract::engine::{self, Decision, Event, ExecutionState};
+use noetl_contract::template::Budget;
+
+/// Default deadline of one decision that renders templates.
+pub const DEFAULT_DEADLINE_MS: u64 = 5_000;
+
+/// What rendering a step's `with` may cost on this server.
+#[derive(Debug, Clone, Copy)]
+pub struct Rendering {
+    pub budget: Budget,
+    /// A render still running after this is abandoned (see [`decide`]).
+    pub deadline: Duration,
+}
+
+impl Default for Rendering {
+    fn default() -> Self {
+        Self {
+            budget: Budget::default(),
+            deadline: Duration::from_millis(DEFAULT_DEADLINE_MS),
+        }
+    }
+}
+
+/// Applies `event` to `state` with this server's budget ([`engine::decide`]).
+///
+/// A playbook without templates is decided in place: nothing it does is costly. Otherwise the
+/// decision runs on a blocking thread, awaited for at most the deadline. The fuel bounds a
+/// render, so only a starved host reaches the deadline; the render is then abandoned (its thread
+/// finishes on its own when the fuel runs out) and the event is decided again with a spent
+/// budget, which fails each step it renders with `template_budget_exceeded`, as if it had run
+/// out. A render that panics is treated the same way.
+pub async fn decide(state: &mut ExecutionState, event: Event, rendering: &Rendering) -> Decision {
+    state.budget = rendering.budget;
+    if !state.renders_templates() {
+        return engine::decide(state, event);
+    }
+    let mut owned = state.clone();
+    let again = event.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let decision = engine::decide(&mut owned, event);
+        (owned, decision)
+    });
+    let why = match tokio::time::timeout(rendering.deadline, task).await {
+        Ok(Ok((decided, decision))) => {
+            *state = decided;
+            return decision;
+        }
+        Ok(Err(e)) => format!("the render failed: {e}"),
+        Err(_) => format!("the render ran past its deadline of {:?}", rendering.deadline),
+    };
+    tracing::warn!(playbook = %state.playbook.name, reason = %why, "abandoned a render; its steps fail with template_budget_exceeded");
+    metrics::counter!("noetl_server_renders_abandoned_total").increment(1);
+    state.budget = Budget::spent();
+    let decision = engine::decide(state, again);
+    state.budget = rendering.budget;
+    decision
+}
