@@ -107,9 +107,9 @@ impl RenderError {
     /// What went wrong, starting with the field (`with.url: …`).
     pub fn message(&self) -> &str {
         match self {
-            RenderError::Failed(m) | RenderError::BudgetExceeded(m) | RenderError::Unstorable(m) => {
-                m
-            }
+            RenderError::Failed(m)
+            | RenderError::BudgetExceeded(m)
+            | RenderError::Unstorable(m) => m,
         }
     }
 }
@@ -149,7 +149,9 @@ fn environment(max_bytes: usize) -> Environment<'static> {
                 return Ok(joined);
             }
             for (i, item) in items.try_iter()?.enumerate() {
-                let text = item.as_str().map_or_else(|| item.to_string(), str::to_owned);
+                let text = item
+                    .as_str()
+                    .map_or_else(|| item.to_string(), str::to_owned);
                 let sep = if i == 0 { "" } else { joiner.as_str() };
                 check_len(joined.len() + sep.len() + text.len(), max_bytes)?;
                 joined.push_str(sep);
@@ -361,14 +363,13 @@ impl Run<'_> {
                     )));
                 }
                 if let Err(e) = serde_json::to_writer(&mut out, &evaluated) {
-                    return Err(out.over(path).unwrap_or_else(|| {
-                        RenderError::Failed(format!("{path}: {e}"))
-                    }));
+                    return Err(out
+                        .over(path)
+                        .unwrap_or_else(|| RenderError::Failed(format!("{path}: {e}"))));
                 }
                 // Parsing back refuses what nests deeper than serde_json's own limit (128).
-                serde_json::from_slice(&out.bytes).map_err(|e| {
-                    over(format!("the value cannot be stored as JSON: {e}"))
-                })?
+                serde_json::from_slice(&out.bytes)
+                    .map_err(|e| over(format!("the value cannot be stored as JSON: {e}")))?
             }
             None => {
                 let template = self.env.template_from_str(text).map_err(classify)?;
@@ -521,7 +522,10 @@ mod tests {
             "x {{ input.missing }}",
         ] {
             let with = map(json!({"url": template}));
-            let error = render(&with, &context, &Budget::default()).expect_err("undefined").message().to_owned();
+            let error = render(&with, &context, &Budget::default())
+                .expect_err("undefined")
+                .message()
+                .to_owned();
             assert!(error.starts_with("with.url:"), "{template}: {error}");
         }
     }

@@ -146,7 +146,10 @@ impl ServerConfig {
             ("template_fuel", settings.template_fuel as usize),
             ("template_max_bytes", settings.template_max_bytes),
             ("template_max_depth", settings.template_max_depth),
-            ("template_deadline_ms", settings.template_deadline_ms as usize),
+            (
+                "template_deadline_ms",
+                settings.template_deadline_ms as usize,
+            ),
         ] {
             if value == 0 {
                 bail!("{name} must be at least 1");

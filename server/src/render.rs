@@ -55,7 +55,10 @@ pub async fn decide(state: &mut ExecutionState, event: Event, rendering: &Render
             return decision;
         }
         Ok(Err(e)) => format!("the render failed: {e}"),
-        Err(_) => format!("the render ran past its deadline of {:?}", rendering.deadline),
+        Err(_) => format!(
+            "the render ran past its deadline of {:?}",
+            rendering.deadline
+        ),
     };
     tracing::warn!(playbook = %state.playbook.name, reason = %why, "abandoned a render; its steps fail with template_budget_exceeded");
     metrics::counter!("noetl_server_renders_abandoned_total").increment(1);
