@@ -230,23 +230,31 @@ fn check_constructs(text: &str) -> Result<(), String> {
             if tag_words.iter().any(|w| w == "recursive") {
                 return Err("recursive loops are not allowed in templates".to_owned());
             }
-            let iterable = tag
-                .split_once(" in ")
-                .map_or("", |(_, iterable)| iterable)
-                .split(" if ")
-                .next()
-                .unwrap_or_default()
-                .trim();
-            let args = iterable.strip_prefix("range(").unwrap_or(iterable);
-            if args.contains(['~', '+', '*', '[', '(']) {
+            if !loops_over_parts_of_the_context(tag) {
                 return Err(format!(
-                    "a loop may iterate only a name, a path or range(…), not {iterable:?}"
+                    "a loop may iterate only a name, a path or range(…) (no `~`, `+`, `*`, `[` or \
+                     other calls in its tag), not {tag:?}"
                 ));
             }
         }
         rest = &after[end..];
     }
     Ok(())
+}
+
+/// Whether a `for` tag (`for x in …`) iterates only what the context holds, or `range(…)`: it
+/// uses none of `~`, `+`, `*`, `[`, and calls nothing but `range` (a `(` is otherwise allowed
+/// only to open a tuple of loop variables). Checked over the whole tag, so no spacing of `in`
+/// slips an iterable past it.
+fn loops_over_parts_of_the_context(tag: &str) -> bool {
+    if tag.contains(['~', '+', '*', '[']) {
+        return false;
+    }
+    let targets = tag.trim_start().strip_prefix("for").unwrap_or(tag);
+    targets.match_indices('(').all(|(at, _)| {
+        let before = targets[..at].trim_end();
+        before.is_empty() || before.ends_with("range") && !before.ends_with("_range")
+    })
 }
 
 /// Checks the syntax of every template in `with`, and that it uses only what templates may;

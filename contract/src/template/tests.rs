@@ -139,6 +139,9 @@ fn constructs_that_let_a_value_feed_on_itself_are_refused() {
         "{%- with a = 'a' ~ 'a' %}{{ a }}{% endwith %}",
         "{% for a in ['x' ~ 'x'] %}{% for b in [a ~ a] %}{{ b }}{% endfor %}{% endfor %}",
         "{% for a in input.items recursive %}{{ loop(a) }}{% endfor %}",
+        "{% for b\nin\t['x' ~ 'x'] %}{{ b }}{% endfor %}",
+        "{% for b in('x','y') %}{{ b }}{% endfor %}",
+        "{% for b in input.items|map('string')|list %}{{ b }}{% endfor %}",
         "{{ namespace() }}",
     ] {
         let (path, message) = check(&map(json!({"x": template}))).expect_err(template);
@@ -150,10 +153,11 @@ fn constructs_that_let_a_value_feed_on_itself_are_refused() {
         "{% for i in range(3) %}{{ i }}{% endfor %}",
         "{% for i in input.items if i > 1 %}{{ i }}{% endfor %}",
         "{% for i in range(input.items|length) %}{{ i }}{% endfor %}",
+        "{% for (i, j) in input.pairs %}{{ i }}{% endfor %}",
         "{{ input.items|join(', ') }} {{ 'abc'|replace('b', 'x') }}",
     ] {
         assert_eq!(check(&map(json!({"x": template}))), Ok(()), "{template}");
-        let context = json!({"input": {"items": [1, 2]}, "steps": {}});
+        let context = json!({"input": {"items": [1, 2], "pairs": [[1, 2]]}, "steps": {}});
         render(&map(json!({"x": template})), &context, &Budget::default()).expect(template);
     }
 }
