@@ -5,10 +5,21 @@
 //! template [`Budget`] (fuel, bytes, depth); this module keeps even a bounded render off the
 //! runtime's threads, which every shard's requests share, and gives it a deadline as a backstop.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use noetl_contract::engine::{self, Decision, Event, ExecutionState};
 use noetl_contract::template::Budget;
+use tokio::sync::Semaphore;
+
+/// Renders running at once in this process: one per core, so however many templates arrive,
+/// rendering never takes more CPU than the host has, and the runtime's threads keep theirs.
+fn renders() -> &'static Semaphore {
+    static RENDERS: OnceLock<Semaphore> = OnceLock::new();
+    RENDERS.get_or_init(|| {
+        Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+    })
+}
 
 /// Default deadline of one decision that renders templates.
 pub const DEFAULT_DEADLINE_MS: u64 = 5_000;
@@ -37,7 +48,9 @@ impl Default for Rendering {
 /// render, so only a starved host reaches the deadline; the render is then abandoned (its thread
 /// finishes on its own when the fuel runs out) and the event is decided again with a spent
 /// budget, which fails each step it renders with `template_budget_exceeded`, as if it had run
-/// out. A render that panics is treated the same way.
+/// out. A render that panics is treated the same way. Renders wait for one of the process's
+/// [`renders`] permits first; the wait is not part of the deadline, so a busy host delays a
+/// step but never fails it.
 pub async fn decide(state: &mut ExecutionState, event: Event, rendering: &Rendering) -> Decision {
     state.budget = rendering.budget;
     if !state.renders_templates() {
@@ -45,8 +58,12 @@ pub async fn decide(state: &mut ExecutionState, event: Event, rendering: &Render
     }
     let mut owned = state.clone();
     let again = event.clone();
+    // The semaphore is never closed, so acquiring only waits.
+    let permit = renders().acquire().await.ok();
     let task = tokio::task::spawn_blocking(move || {
         let decision = engine::decide(&mut owned, event);
+        // Held until the render ends, even when its caller gave up at the deadline.
+        drop(permit);
         (owned, decision)
     });
     let why = match tokio::time::timeout(rendering.deadline, task).await {
