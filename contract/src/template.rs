@@ -126,6 +126,9 @@ impl std::fmt::Display for RenderError {
 fn environment(max_bytes: usize) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Macros, includes and recursive loops are not available; were one to slip through, it
+    // nests no deeper than a rendered value may.
+    env.set_recursion_limit(DEFAULT_MAX_DEPTH);
     // See the module's comment: what lets a value feed on itself, or pad to any width, goes.
     env.remove_global("namespace");
     env.remove_filter("indent");

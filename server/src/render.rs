@@ -84,3 +84,53 @@ pub async fn decide(state: &mut ExecutionState, event: Event, rendering: &Render
     state.budget = rendering.budget;
     decision
 }
+
+#[cfg(test)]
+mod tests {
+    use noetl_contract::playbook::Playbook;
+    use noetl_contract::status::StepStatus;
+    use serde_json::json;
+
+    use super::*;
+
+    fn one_step(template: &str) -> ExecutionState {
+        let playbook: Playbook = serde_json::from_value(json!({
+            "name": "p",
+            "steps": [{"name": "s", "action": "noop", "with": {"x": template}}]
+        }))
+        .expect("a playbook");
+        ExecutionState::new(playbook, json!({}))
+    }
+
+    /// Within its budget, but not within a deadline of zero.
+    const LOOP: &str = "{% for i in range(100000) %}{% endfor %}done";
+
+    #[tokio::test]
+    async fn a_render_within_its_deadline_decides_as_the_engine_does() {
+        let mut state = one_step(LOOP);
+        let decision = decide(&mut state, Event::Created, &Rendering::default()).await;
+        assert_eq!(decision.refused, None);
+        assert_eq!(decision.dispatches[0].with, json!({"x": "done"}));
+        assert_eq!(state.steps[0].status, StepStatus::Dispatched);
+    }
+
+    #[tokio::test]
+    async fn a_render_past_its_deadline_fails_its_step_with_the_budget_code() {
+        // Millions of iterations, within a budget raised for them: far longer than no time.
+        let mut state = one_step(
+            "{% for i in range(1000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}",
+        );
+        let rendering = Rendering {
+            budget: Budget {
+                fuel: 100_000_000,
+                ..Budget::default()
+            },
+            deadline: Duration::ZERO,
+        };
+        let decision = decide(&mut state, Event::Created, &rendering).await;
+        let refused = decision.refused.expect("refused");
+        assert_eq!(refused.code, noetl_contract::template::BUDGET_EXCEEDED);
+        assert_eq!(state.steps[0].status, StepStatus::Failed);
+        assert_eq!(state.budget, rendering.budget, "the budget is restored");
+    }
+}
