@@ -60,18 +60,27 @@ async fn refused(api: &Api, body: &Value, code: &str) {
     );
 }
 
-/// Runs a normal execution to success, and checks the shard server process still answers.
-async fn others_still_served(cluster: &Cluster) {
+/// A cluster whose server is a process of its own, and a worker.
+async fn start() -> (Cluster, Worker) {
+    let cluster = Cluster::builder().server_process().start().await;
+    let worker = Worker::start(cluster.nats.url());
+    (cluster, worker)
+}
+
+/// Runs a normal execution to success, checks the shard server process still answers, and
+/// stops everything.
+async fn finish(cluster: Cluster, worker: Worker) {
     let id = cluster.submit(&hello_request()).await;
     cluster.wait_for_success(id).await;
     let server = Api::new(cluster.server_ops_url.clone());
     assert_eq!(server.get_json("/healthz").await.0, 200, "the server lives");
+    worker.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_templates_are_refused_at_submit_and_others_are_served() {
-    let cluster = Cluster::builder().server_process().start().await;
-    let worker = Worker::start(cluster.nats.url());
+    let (cluster, worker) = start().await;
 
     for template in [NESTED_LOOPS, REPEATED, REPEATED_HUGE, LONG_TEXT, SQUARED] {
         // The hostile submit and another tenant's, at the same moment.
@@ -104,15 +113,12 @@ async fn hostile_templates_are_refused_at_submit_and_others_are_served() {
             "{problem}"
         );
     }
-    others_still_served(&cluster).await;
-    worker.stop().await;
-    cluster.stop().await;
+    finish(cluster, worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_step_over_its_budget_fails_with_the_code() {
-    let cluster = Cluster::builder().server_process().start().await;
-    let worker = Worker::start(cluster.nats.url());
+    let (cluster, worker) = start().await;
     let deep = deep_literal(40);
     let cases = [
         (NESTED_LOOPS, "template_budget_exceeded"),
@@ -140,17 +146,14 @@ async fn a_later_step_over_its_budget_fails_with_the_code() {
             "{template}: {error}"
         );
     }
-    others_still_served(&cluster).await;
-    worker.stop().await;
-    cluster.stop().await;
+    finish(cluster, worker).await;
 }
 
 /// A retry's backoff of 2^64-1 ms once made a delay PostgreSQL cannot store, so the report
 /// that failed the first attempt could never commit. It is stored as a century now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_out_of_range_backoff_is_stored() {
-    let cluster = Cluster::builder().server_process().start().await;
-    let worker = Worker::start(cluster.nats.url());
+    let (cluster, worker) = start().await;
     let body = json!({
         "playbook": {"name": "forever", "steps": [
             {"name": "fail", "action": "fail", "with": {"message": "{{ 'no' }}"},
@@ -168,7 +171,5 @@ async fn an_out_of_range_backoff_is_stored() {
         events.iter().any(|e| e["kind"] == "step_attempt_failed"),
         "{events:?}"
     );
-    others_still_served(&cluster).await;
-    worker.stop().await;
-    cluster.stop().await;
+    finish(cluster, worker).await;
 }
