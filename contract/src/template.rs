@@ -19,8 +19,9 @@
 //!   on itself: the statements that bind names (`set`, `with`, and so `namespace` assignments),
 //!   recursive loops, and loops over constructed sequences (a loop may iterate a name, a path
 //!   or `range(…)`). What is left evaluates each expression as a tree over the template's own
-//!   leaves (literals, context values, loop variables that are parts of the context), so what
-//!   it allocates grows with the template's length, not exponentially. The two filters that
+//!   leaves (literals, context values, loop variables that are parts of the context), and a
+//!   tag holds at most [`MAX_OPERATORS_PER_TAG`] operators, so a value built in one is at most
+//!   that many copies of the largest value it reads, not exponentially (or fuel-many) more. The two filters that
 //!   grow faster than their input (`replace`, `join`) are replaced by versions that check the
 //!   result's size first; `indent` and `format` (which pad to a given width) are removed. The
 //!   remaining cost is `'s' * n`, which minijinja caps at 100 MB per operation.
@@ -216,6 +217,7 @@ fn check_constructs(text: &str) -> Result<(), String> {
     if words(text).iter().any(|w| w == "namespace") {
         return Err("`namespace` is not available in templates".to_owned());
     }
+    check_operand_counts(text)?;
     let mut rest = text;
     while let Some(at) = rest.find("{%") {
         let after = &rest[at + 2..];
@@ -241,6 +243,35 @@ fn check_constructs(text: &str) -> Result<(), String> {
             }
         }
         rest = &after[end..];
+    }
+    Ok(())
+}
+
+/// Operators and separators (`~ + * , |`) one `{{ … }}` or `{% … %}` may hold.
+pub const MAX_OPERATORS_PER_TAG: usize = 32;
+
+/// Without names to bind, a value built in one tag is at most its operands put together, and
+/// one tag is all it lives in: capping the operators of a tag caps how many times a value read
+/// from the context (up to the request's size) can be copied into one string, which the fuel
+/// would allow tens of thousands of times. Counted lexically, string literals included.
+fn check_operand_counts(text: &str) -> Result<(), String> {
+    for (open, close) in [("{{", "}}"), ("{%", "%}")] {
+        let mut rest = text;
+        while let Some(at) = rest.find(open) {
+            let after = &rest[at + 2..];
+            let end = after.find(close).unwrap_or(after.len());
+            let operators = after[..end]
+                .chars()
+                .filter(|c| matches!(c, '~' | '+' | '*' | ',' | '|'))
+                .count();
+            if operators > MAX_OPERATORS_PER_TAG {
+                return Err(format!(
+                    "a tag holds {operators} operators and separators (`~ + * , |`); the limit \
+                     is {MAX_OPERATORS_PER_TAG}"
+                ));
+            }
+            rest = &after[end..];
+        }
     }
     Ok(())
 }

@@ -133,6 +133,7 @@ fn nul_is_refused_as_unstorable() {
 
 #[test]
 fn constructs_that_let_a_value_feed_on_itself_are_refused() {
+    let copies = format!("{{{{ input.s{} }}}}", " ~ input.s".repeat(40));
     for template in [
         "{% set ns = namespace(s='a') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
         "{% set a = 'a' %}{% set a = a ~ a %}{{ a }}",
@@ -143,6 +144,7 @@ fn constructs_that_let_a_value_feed_on_itself_are_refused() {
         "{% for b in('x','y') %}{{ b }}{% endfor %}",
         "{% for b in input.items|map('string')|list %}{{ b }}{% endfor %}",
         "{{ namespace() }}",
+        copies.as_str(),
     ] {
         let (path, message) = check(&map(json!({"x": template}))).expect_err(template);
         assert_eq!(path, "with.x");

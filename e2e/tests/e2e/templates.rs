@@ -100,7 +100,9 @@ async fn hostile_templates_are_refused_at_submit_and_others_are_served() {
     .await;
     refused(&cluster, &first_step(NUL), "unstorable_value").await;
     // What lets a value feed on itself is refused when the playbook is validated.
-    for template in [DOUBLING, DEEP_LOOP] {
+    // The input copied into one string a thousand times: linear, but a gigabyte.
+    let copies = format!("{{{{ input.s{} }}}}", " ~ input.s".repeat(1000));
+    for template in [DOUBLING, DEEP_LOOP, copies.as_str()] {
         let (status, problem) = cluster
             .post_json("/api/v1/executions", &first_step(template))
             .await;
