@@ -247,7 +247,8 @@ fn check_constructs(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Operators and separators (`~ + * , |`) one `{{ … }}` or `{% … %}` may hold.
+/// Operators and separators (`~ + * , |`) one `{{ … }}` or `{% … %}` may hold; of them, one
+/// `*` (`**` aside).
 pub const MAX_OPERATORS_PER_TAG: usize = 32;
 
 /// Without names to bind, a value built in one tag is at most its operands put together, and
@@ -269,6 +270,15 @@ fn check_operand_counts(text: &str) -> Result<(), String> {
                     "a tag holds {operators} operators and separators (`~ + * , |`); the limit \
                      is {MAX_OPERATORS_PER_TAG}"
                 ));
+            }
+            // `'s' * n` allocates up to minijinja's 100 MB before anything of ours can look at
+            // it: one per tag keeps that to one such string (and its copy) at a time.
+            if after[..end].replace("**", "").matches('*').count() > 1 {
+                return Err(
+                    "a tag may hold one `*` (a string repeated n times is built in full before \
+                     its size is checked)"
+                        .to_owned(),
+                );
             }
             rest = &after[end..];
         }

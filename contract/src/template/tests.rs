@@ -145,6 +145,7 @@ fn constructs_that_let_a_value_feed_on_itself_are_refused() {
         "{% for b in input.items|map('string')|list %}{{ b }}{% endfor %}",
         "{{ namespace() }}",
         copies.as_str(),
+        "{{ 'a' * 99999999 ~ 'a' * 99999999 }}",
     ] {
         let (path, message) = check(&map(json!({"x": template}))).expect_err(template);
         assert_eq!(path, "with.x");
@@ -156,6 +157,7 @@ fn constructs_that_let_a_value_feed_on_itself_are_refused() {
         "{% for i in input.items if i > 1 %}{{ i }}{% endfor %}",
         "{% for i in range(input.items|length) %}{{ i }}{% endfor %}",
         "{% for (i, j) in input.pairs %}{{ i }}{% endfor %}",
+        "{{ 2 ** 3 * 2 }}{{ 'ab' * 2 }}",
         "{{ input.items|join(', ') }} {{ 'abc'|replace('b', 'x') }}",
     ] {
         assert_eq!(check(&map(json!({"x": template}))), Ok(()), "{template}");
