@@ -239,4 +239,40 @@ mod tests {
         let error = ServerConfig::from_settings(zero_batch, None).expect_err("zero batch");
         assert!(error.to_string().contains("max_batch"), "{error}");
     }
+
+    #[test]
+    fn template_budgets_are_read_and_bounded() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert_eq!(config.rendering.budget, template::Budget::default());
+        let tuned = Settings {
+            template_fuel: 5,
+            template_max_bytes: 6,
+            template_max_depth: 7,
+            template_deadline_ms: 8,
+            ..settings(Some(TWO))
+        };
+        let rendering = ServerConfig::from_settings(tuned, None)
+            .expect("valid")
+            .rendering;
+        assert_eq!(
+            (rendering.budget, rendering.deadline),
+            (
+                template::Budget {
+                    fuel: 5,
+                    max_bytes: 6,
+                    max_depth: 7
+                },
+                std::time::Duration::from_millis(8)
+            )
+        );
+        for (deep, zero) in [(101, 1), (1, 0)] {
+            let bad = Settings {
+                template_max_depth: deep,
+                template_fuel: zero,
+                ..settings(Some(TWO))
+            };
+            let error = ServerConfig::from_settings(bad, None).expect_err("out of bounds");
+            assert!(error.to_string().contains("template_"), "{error}");
+        }
+    }
 }
