@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod crash;
+mod egress;
 mod execution;
 mod faults;
 mod limits;

@@ -117,6 +117,7 @@ impl Runner {
         };
         let ctx = ActionContext {
             attempt: command.attempt.get(),
+            pool: Arc::from(pool),
         };
         let timeout = Duration::from_millis(command.timeout_ms);
         let started = Instant::now();

@@ -94,12 +94,29 @@ pub struct Worker(Running);
 
 impl Worker {
     pub fn start(nats_url: &str) -> Self {
-        let settings = noetl_worker::configuration::Settings {
+        Self::start_with(nats_url, |_| {})
+    }
+
+    /// A worker whose default pool may reach 127.0.0.1 (the tests' own HTTP servers), which
+    /// the `http` action's egress policy refuses otherwise.
+    pub fn allowing_loopback(nats_url: &str) -> Self {
+        Self::start_with(nats_url, |settings| {
+            settings.http_allow = [("default".to_owned(), vec!["127.0.0.1/32".to_owned()])].into();
+        })
+    }
+
+    /// A worker with the tests' settings, changed by `tune`.
+    pub fn start_with(
+        nats_url: &str,
+        tune: impl FnOnce(&mut noetl_worker::configuration::Settings),
+    ) -> Self {
+        let mut settings = noetl_worker::configuration::Settings {
             common: noetl_service::CommonSettings::new(nats_url),
             listen: "127.0.0.1:0".parse().expect("valid address"),
             ack_wait_ms: 5_000,
             ..noetl_worker::configuration::Settings::default()
         };
+        tune(&mut settings);
         let config =
             noetl_worker::configuration::WorkerConfig::from_settings(settings, None, false)
                 .expect("valid worker config");
