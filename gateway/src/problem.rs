@@ -16,6 +16,8 @@ pub enum Code {
     InvalidJson,
     InvalidRequest,
     InvalidPlaybook,
+    TemplateBudgetExceeded,
+    UnstorableValue,
     InvalidExecutionId,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -43,10 +45,12 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 25] = [
+    pub const ALL: [Code; 27] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
+        Code::TemplateBudgetExceeded,
+        Code::UnstorableValue,
         Code::InvalidExecutionId,
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
@@ -77,6 +81,8 @@ impl Code {
             Code::InvalidJson
             | Code::InvalidRequest
             | Code::InvalidPlaybook
+            | Code::TemplateBudgetExceeded
+            | Code::UnstorableValue
             | Code::InvalidExecutionId => StatusCode::BAD_REQUEST,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -108,6 +114,8 @@ impl Code {
             Code::InvalidJson => "Body is not valid JSON",
             Code::InvalidRequest => "Request does not match the API",
             Code::InvalidPlaybook => "Playbook is invalid",
+            Code::TemplateBudgetExceeded => "Template over its budget",
+            Code::UnstorableValue => "Value cannot be stored",
             Code::InvalidExecutionId => "Invalid execution id",
             Code::PayloadTooLarge => "Body too large",
             Code::UnsupportedMediaType => "Unsupported media type",
@@ -149,6 +157,17 @@ impl Code {
                  cyclic `needs`, a bad pool name, a retry or timeout out of range, template \
                  syntax, a limit passed; `detail` names the place (e.g. \
                  `playbook.steps[1].action`)"
+            }
+            Code::TemplateBudgetExceeded => {
+                "a first step's `with` went over its template budget when rendered at submit: \
+                 the server's `template_fuel`, `template_max_bytes` or `template_max_depth`, or \
+                 minijinja's own caps (wiki/limits.md); `detail` names the step and the field; \
+                 nothing was stored (a later step that goes over fails with this code instead)"
+            }
+            Code::UnstorableValue => {
+                "a first step's `with` rendered a string holding the NUL character (U+0000), \
+                 which the shard database cannot store; `detail` names the step and the field; \
+                 nothing was stored (a later step fails with this code instead)"
             }
             Code::InvalidExecutionId => {
                 "the `{id}` in the path is not an execution id: plain decimal digits of a \
