@@ -16,6 +16,7 @@ pub enum Code {
     InvalidJson,
     InvalidRequest,
     InvalidPlaybook,
+    YamlExpansionLimit,
     InvalidExecutionId,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -25,6 +26,7 @@ pub enum Code {
     Forbidden,
     ExecutionNotFound,
     PlaybookNotFound,
+    CatalogQuotaExceeded,
     IdempotencyKeyReused,
     BusUnavailable,
     ShardUnavailable,
@@ -43,10 +45,11 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 25] = [
+    pub const ALL: [Code; 27] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
+        Code::YamlExpansionLimit,
         Code::InvalidExecutionId,
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
@@ -56,6 +59,7 @@ impl Code {
         Code::Forbidden,
         Code::ExecutionNotFound,
         Code::PlaybookNotFound,
+        Code::CatalogQuotaExceeded,
         Code::IdempotencyKeyReused,
         Code::BusUnavailable,
         Code::ShardUnavailable,
@@ -77,6 +81,7 @@ impl Code {
             Code::InvalidJson
             | Code::InvalidRequest
             | Code::InvalidPlaybook
+            | Code::YamlExpansionLimit
             | Code::InvalidExecutionId => StatusCode::BAD_REQUEST,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -84,6 +89,7 @@ impl Code {
                 StatusCode::NOT_FOUND
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::CatalogQuotaExceeded => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -108,6 +114,7 @@ impl Code {
             Code::InvalidJson => "Body is not valid JSON",
             Code::InvalidRequest => "Request does not match the API",
             Code::InvalidPlaybook => "Playbook is invalid",
+            Code::YamlExpansionLimit => "YAML expands too far",
             Code::InvalidExecutionId => "Invalid execution id",
             Code::PayloadTooLarge => "Body too large",
             Code::UnsupportedMediaType => "Unsupported media type",
@@ -117,6 +124,7 @@ impl Code {
             Code::Forbidden => "Forbidden",
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
+            Code::CatalogQuotaExceeded => "Catalog quota exceeded",
             Code::IdempotencyKeyReused => "Idempotency key reused",
             Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
@@ -150,6 +158,11 @@ impl Code {
                  syntax, a limit passed; `detail` names the place (e.g. \
                  `playbook.steps[1].action`)"
             }
+            Code::YamlExpansionLimit => {
+                "a YAML body's aliases (`*name`, repeating what an anchor `&name` marks) expand \
+                 it to more nodes than twice its length in bytes; write the repeated parts out, \
+                 or send JSON"
+            }
             Code::InvalidExecutionId => {
                 "the `{id}` in the path is not an execution id: plain decimal digits of a \
                  non-negative 64-bit integer"
@@ -170,6 +183,11 @@ impl Code {
             }
             Code::PlaybookNotFound => {
                 "the catalog has no playbook of that name, or not that version"
+            }
+            Code::CatalogQuotaExceeded => {
+                "publishing would take the tenant's catalog over `catalog_max_versions` versions \
+                 or `catalog_max_bytes` bytes (all versions of all its playbooks count; none is \
+                 ever removed)"
             }
             Code::IdempotencyKeyReused => {
                 "the `Idempotency-Key` was used before with another request body; `execution_id` \
