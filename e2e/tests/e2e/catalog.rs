@@ -1,0 +1,271 @@
+//! The catalog per tenant and bounded playbooks (issue 27): one tenant never lists, reads or
+//! overwrites another's playbooks, and runs by name only its own; a tenant's catalog has a
+//! quota; YAML aliases cannot blow a small body up; durations and `needs` are bounded.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::harness::{assert_problem, hello_request, id_of, Api, Cluster, Token, Worker};
+
+const TOKENS: [Token; 2] = [
+    Token::new("a", "tenant-a", &["submit", "read", "admin"], "token-a"),
+    Token::new("b", "tenant-b", &["submit", "read", "admin"], "token-b"),
+];
+
+/// A one-step playbook `name` whose step is called `step`.
+fn playbook(name: &str, step: &str) -> Value {
+    json!({"name": name, "steps": [{"name": step, "action": "noop"}]})
+}
+
+fn is_terminal(body: &Value) -> bool {
+    matches!(
+        body["status"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_sees_reads_or_overwrites_another_tenants_playbooks() {
+    let cluster = Cluster::builder().tokens(&TOKENS).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let a = cluster.with_token("token-a");
+    let b = cluster.with_token("token-b");
+
+    let (status, published) = a
+        .post_json("/api/v1/playbooks", &playbook("nightly", "a-step"))
+        .await;
+    assert_eq!(
+        (status, &published["version"]),
+        (201, &json!(1)),
+        "{published}"
+    );
+
+    // B: A's playbook is not there, however B asks.
+    let (status, listed) = b.get_json("/api/v1/playbooks").await;
+    assert_eq!(
+        (status, &listed["playbooks"]),
+        (200, &json!([])),
+        "{listed}"
+    );
+    for path in [
+        "/api/v1/playbooks/nightly",
+        "/api/v1/playbooks/nightly/versions/1",
+    ] {
+        let (status, body) = b.get_json(path).await;
+        assert_problem(status, &body, 404, "playbook_not_found");
+        assert!(!body.to_string().contains("a-step"), "{body}");
+    }
+    let by_name = json!({"playbook": {"name": "nightly"}, "input": {"who": "b"}});
+    let (status, body) = b.post_json("/api/v1/executions", &by_name).await;
+    assert_problem(status, &body, 404, "playbook_not_found");
+
+    // B publishing the same name makes B's own playbook, version 1, and leaves A's alone.
+    let (status, published) = b
+        .post_json("/api/v1/playbooks", &playbook("nightly", "b-step"))
+        .await;
+    assert_eq!(
+        (status, &published["version"]),
+        (201, &json!(1)),
+        "{published}"
+    );
+    let (_, listed) = a.get_json("/api/v1/playbooks").await;
+    assert_eq!(
+        listed["playbooks"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["playbooks"][0]["latest_version"],
+        json!(1),
+        "{listed}"
+    );
+    for (caller, step) in [(&a, "a-step"), (&b, "b-step")] {
+        let (status, latest) = caller.get_json("/api/v1/playbooks/nightly").await;
+        assert_eq!(status, 200, "{latest}");
+        assert_eq!(latest["playbook"]["steps"][0]["name"], step, "{latest}");
+    }
+
+    // A's run by name runs A's version with A's input.
+    let by_name = json!({"playbook": {"name": "nightly"}, "input": {"who": "a"}});
+    let (status, body) = a.post_json("/api/v1/executions", &by_name).await;
+    assert_eq!(status, 201, "{body}");
+    let done = a
+        .wait_for_execution(id_of(&body), "A's run by name", is_terminal)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["playbook_version"], json!(1), "{done}");
+    assert_eq!(done["input"], json!({"who": "a"}), "{done}");
+    let steps: Vec<&str> = done["steps"]
+        .as_array()
+        .map(|steps| steps.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(steps, vec!["a-step"], "{done}");
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_catalog_refuses_publishing_with_its_code_and_other_tenants_do_not_notice() {
+    let cluster = Cluster::builder()
+        .tokens(&TOKENS)
+        .tune(|_, gateway| {
+            gateway.catalog_max_versions = 3;
+            gateway.catalog_max_bytes = 4_000;
+        })
+        .start()
+        .await;
+    let a = cluster.with_token("token-a");
+    let b = cluster.with_token("token-b");
+
+    // Bytes: one version over what is left.
+    let mut large = playbook("large", "s");
+    large["steps"][0]["with"] = json!({"note": "x".repeat(5_000)});
+    let (status, body) = a.post_json("/api/v1/playbooks", &large).await;
+    assert_problem(status, &body, 409, "catalog_quota_exceeded");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("catalog_max_bytes")),
+        "{body}"
+    );
+
+    // Versions: the fourth of any names.
+    for name in ["one", "two", "one"] {
+        let (status, body) = a.post_json("/api/v1/playbooks", &playbook(name, "s")).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = a
+        .post_json("/api/v1/playbooks", &playbook("three", "s"))
+        .await;
+    assert_problem(status, &body, 409, "catalog_quota_exceeded");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("catalog_max_versions")),
+        "{body}"
+    );
+    let (_, listed) = a.get_json("/api/v1/playbooks").await;
+    let names: Vec<&str> = listed["playbooks"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, vec!["one", "two"], "{listed}");
+
+    // B's catalog is its own, with its own quota.
+    let (status, body) = b
+        .post_json("/api/v1/playbooks", &playbook("three", "s"))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    cluster.stop().await;
+}
+
+/// A YAML body whose `input.b` is `width` aliases of a list of `width` scalars: about
+/// `5 * width` bytes that expand to `width * width` nodes.
+fn quadratic_laughs(width: usize) -> String {
+    format!(
+        "playbook:\n  name: laughs\n  steps:\n    - name: a\n      action: noop\ninput:\n  a: &a [{}]\n  b: [{}]\n",
+        vec!["x"; width].join(","),
+        vec!["*a"; width].join(",")
+    )
+}
+
+async fn post_yaml(api: &Api, path: &str, body: String) -> (u16, Value) {
+    let request = api
+        .request(Method::POST, path)
+        .header("content-type", "application/yaml")
+        .body(body);
+    Api::answer(request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_aliases_that_blow_a_body_up_are_refused_and_the_gateway_still_serves() {
+    let cluster = Cluster::builder().tokens(&TOKENS).start().await;
+    let a = cluster.with_token("token-a");
+    let b = cluster.with_token("token-b");
+    let bomb = quadratic_laughs(10_000);
+    assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+    let (status, body) = post_yaml(&a, "/api/v1/executions", bomb).await;
+    assert_problem(status, &body, 400, "yaml_expansion_limit");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains("alias")),
+        "{body}"
+    );
+    // The same shape as a playbook to publish (in a step's `with`).
+    let nested = "name: laughs\nsteps:\n  - name: a\n    action: noop\n    with:\n      a: &a ["
+        .to_owned()
+        + &vec!["x"; 10_000].join(",")
+        + "]\n      b: ["
+        + &vec!["*a"; 10_000].join(",")
+        + "]\n";
+    let (status, body) = post_yaml(&a, "/api/v1/playbooks", nested).await;
+    assert_problem(status, &body, 400, "yaml_expansion_limit");
+
+    // A few aliases still read as YAML always did, and everyone is served.
+    let (status, body) = post_yaml(&a, "/api/v1/executions", quadratic_laughs(3)).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = b.post_json("/api/v1/executions", &hello_request()).await;
+    assert_eq!(status, 201, "{body}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_durations_and_duplicate_needs_are_refused_naming_the_field() {
+    let cluster = Cluster::builder().tokens(&TOKENS).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let a = cluster.with_token("token-a");
+    let cases = [
+        (
+            json!([{"name": "s", "action": "noop", "timeout": u64::MAX}]),
+            "playbook.steps[0].timeout",
+        ),
+        (
+            json!([{"name": "s", "action": "noop", "timeout": "8760h"}]),
+            "playbook.steps[0].timeout",
+        ),
+        (
+            json!([{"name": "s", "action": "fail", "retry": {"max_attempts": 100, "backoff": u64::MAX}}]),
+            "playbook.steps[0].retry.backoff",
+        ),
+        (
+            json!([{"name": "s", "action": "sleep", "with": {"ms": u64::MAX}}]),
+            "playbook.steps[0].with.ms",
+        ),
+        (
+            json!([{"name": "s", "action": "noop"}, {"name": "t", "action": "noop", "needs": ["s", "s"]}]),
+            "playbook.steps[1].needs[1]",
+        ),
+    ];
+    for (steps, field) in cases {
+        let request = json!({"playbook": {"name": "bounded", "steps": steps}});
+        let (status, body) = a.post_json("/api/v1/executions", &request).await;
+        assert_problem(status, &body, 400, "invalid_playbook");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with(field), "{field}: {body}");
+        // Publishing it is refused the same way.
+        let (status, body) = a.post_json("/api/v1/playbooks", &request["playbook"]).await;
+        assert_problem(status, &body, 400, "invalid_playbook");
+    }
+    let (_, listed) = a.get_json("/api/v1/playbooks").await;
+    assert_eq!(listed["playbooks"], json!([]), "{listed}");
+
+    // A sleep whose template renders past the bound fails its step, not the worker.
+    let request = json!({
+        "playbook": {"name": "long-sleep", "steps": [
+            {"name": "s", "action": "sleep", "with": {"ms": "{{ input.ms }}"}}
+        ]},
+        "input": {"ms": "18446744073709551615"}
+    });
+    let (status, body) = a.post_json("/api/v1/executions", &request).await;
+    assert_eq!(status, 201, "{body}");
+    let done = a
+        .wait_for_execution(id_of(&body), "the long sleep to fail", is_terminal)
+        .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("over the limit"), "{done}");
+    let (status, body) = a.post_json("/api/v1/executions", &hello_request()).await;
+    assert_eq!(status, 201, "{body}");
+    a.wait_for_success(id_of(&body)).await;
+    worker.stop().await;
+    cluster.stop().await;
+}
