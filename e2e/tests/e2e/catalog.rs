@@ -17,11 +17,31 @@ fn playbook(name: &str, step: &str) -> Value {
     json!({"name": name, "steps": [{"name": step, "action": "noop"}]})
 }
 
-fn is_terminal(body: &Value) -> bool {
-    matches!(
-        body["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
+/// Publishes `playbook` as `api`'s tenant, expecting 201: the version it got.
+async fn publish(api: &Api, playbook: &Value) -> u64 {
+    let (status, published) = api.post_json("/api/v1/playbooks", playbook).await;
+    assert_eq!(status, 201, "{published}");
+    published["version"].as_u64().unwrap_or_default()
+}
+
+/// Publishing `playbook` as `api`'s tenant is refused for its quota, naming `setting`.
+async fn assert_catalog_full(api: &Api, playbook: &Value, setting: &str) {
+    let (status, body) = api.post_json("/api/v1/playbooks", playbook).await;
+    assert_problem(status, &body, 409, "catalog_quota_exceeded");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(setting), "{body}");
+}
+
+/// Submits `request` as `api`'s tenant and waits for the execution to end: its last view.
+async fn run_to_the_end(api: &Api, request: &Value) -> Value {
+    let id = api.submit(request).await;
+    api.wait_for_execution(id, "the execution to end", |body| {
+        matches!(
+            body["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        )
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,14 +51,7 @@ async fn a_tenant_never_sees_reads_or_overwrites_another_tenants_playbooks() {
     let a = cluster.with_token("token-a");
     let b = cluster.with_token("token-b");
 
-    let (status, published) = a
-        .post_json("/api/v1/playbooks", &playbook("nightly", "a-step"))
-        .await;
-    assert_eq!(
-        (status, &published["version"]),
-        (201, &json!(1)),
-        "{published}"
-    );
+    assert_eq!(publish(&a, &playbook("nightly", "a-step")).await, 1);
 
     // B: A's playbook is not there, however B asks.
     let (status, listed) = b.get_json("/api/v1/playbooks").await;
@@ -60,14 +73,7 @@ async fn a_tenant_never_sees_reads_or_overwrites_another_tenants_playbooks() {
     assert_problem(status, &body, 404, "playbook_not_found");
 
     // B publishing the same name makes B's own playbook, version 1, and leaves A's alone.
-    let (status, published) = b
-        .post_json("/api/v1/playbooks", &playbook("nightly", "b-step"))
-        .await;
-    assert_eq!(
-        (status, &published["version"]),
-        (201, &json!(1)),
-        "{published}"
-    );
+    assert_eq!(publish(&b, &playbook("nightly", "b-step")).await, 1);
     let (_, listed) = a.get_json("/api/v1/playbooks").await;
     assert_eq!(
         listed["playbooks"].as_array().map(Vec::len),
@@ -87,11 +93,7 @@ async fn a_tenant_never_sees_reads_or_overwrites_another_tenants_playbooks() {
 
     // A's run by name runs A's version with A's input.
     let by_name = json!({"playbook": {"name": "nightly"}, "input": {"who": "a"}});
-    let (status, body) = a.post_json("/api/v1/executions", &by_name).await;
-    assert_eq!(status, 201, "{body}");
-    let done = a
-        .wait_for_execution(id_of(&body), "A's run by name", is_terminal)
-        .await;
+    let done = run_to_the_end(&a, &by_name).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["playbook_version"], json!(1), "{done}");
     assert_eq!(done["input"], json!({"who": "a"}), "{done}");
@@ -120,30 +122,13 @@ async fn a_full_catalog_refuses_publishing_with_its_code_and_other_tenants_do_no
     // Bytes: one version over what is left.
     let mut large = playbook("large", "s");
     large["steps"][0]["with"] = json!({"note": "x".repeat(5_000)});
-    let (status, body) = a.post_json("/api/v1/playbooks", &large).await;
-    assert_problem(status, &body, 409, "catalog_quota_exceeded");
-    assert!(
-        body["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("catalog_max_bytes")),
-        "{body}"
-    );
+    assert_catalog_full(&a, &large, "catalog_max_bytes").await;
 
     // Versions: the fourth of any names.
-    for name in ["one", "two", "one"] {
-        let (status, body) = a.post_json("/api/v1/playbooks", &playbook(name, "s")).await;
-        assert_eq!(status, 201, "{body}");
+    for (name, version) in [("one", 1), ("two", 1), ("one", 2)] {
+        assert_eq!(publish(&a, &playbook(name, "s")).await, version);
     }
-    let (status, body) = a
-        .post_json("/api/v1/playbooks", &playbook("three", "s"))
-        .await;
-    assert_problem(status, &body, 409, "catalog_quota_exceeded");
-    assert!(
-        body["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("catalog_max_versions")),
-        "{body}"
-    );
+    assert_catalog_full(&a, &playbook("three", "s"), "catalog_max_versions").await;
     let (_, listed) = a.get_json("/api/v1/playbooks").await;
     let names: Vec<&str> = listed["playbooks"]
         .as_array()
@@ -152,10 +137,7 @@ async fn a_full_catalog_refuses_publishing_with_its_code_and_other_tenants_do_no
     assert_eq!(names, vec!["one", "two"], "{listed}");
 
     // B's catalog is its own, with its own quota.
-    let (status, body) = b
-        .post_json("/api/v1/playbooks", &playbook("three", "s"))
-        .await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(publish(&b, &playbook("three", "s")).await, 1);
     cluster.stop().await;
 }
 
@@ -255,11 +237,7 @@ async fn out_of_range_durations_and_duplicate_needs_are_refused_naming_the_field
         ]},
         "input": {"ms": "18446744073709551615"}
     });
-    let (status, body) = a.post_json("/api/v1/executions", &request).await;
-    assert_eq!(status, 201, "{body}");
-    let done = a
-        .wait_for_execution(id_of(&body), "the long sleep to fail", is_terminal)
-        .await;
+    let done = run_to_the_end(&a, &request).await;
     assert_eq!(done["status"], "failed", "{done}");
     let error = done["steps"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("over the limit"), "{done}");
