@@ -5,7 +5,9 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_problem, hello_request, id_of, Api, Cluster, Token, Worker};
+use noetl_contract::subject::CATALOG_BUCKET;
+
+use crate::harness::{assert_problem, connect, hello_request, id_of, Api, Cluster, Token, Worker};
 
 const TOKENS: [Token; 2] = [
     Token::new("a", "tenant-a", &["submit", "read", "admin"], "token-a"),
@@ -90,6 +92,29 @@ async fn a_tenant_never_sees_reads_or_overwrites_another_tenants_playbooks() {
         assert_eq!(status, 200, "{latest}");
         assert_eq!(latest["playbook"]["steps"][0]["name"], step, "{latest}");
     }
+
+    // Keys of the single namespace before tenants are nobody's: never listed nor read.
+    let client = connect(cluster.nats.url()).await;
+    let bucket = noetl_bus::kv_bucket(&client, CATALOG_BUCKET, "legacy", 1, None)
+        .await
+        .expect("the catalog's bucket");
+    let legacy = "6c6567616379"; // "legacy", hex-encoded as the old keys were
+    let entry = json!({"name": "legacy", "version": 1, "created_at_ms": 0,
+                       "playbook": playbook("legacy", "old-step")});
+    for (key, value) in [
+        (
+            format!("latest.{legacy}"),
+            json!({"version": 1, "updated_at_ms": 0}),
+        ),
+        (format!("pb.{legacy}.1"), entry),
+    ] {
+        let value = serde_json::to_vec(&value).expect("JSON");
+        bucket.put(key, value.into()).await.expect("a legacy key");
+    }
+    let (_, listed) = a.get_json("/api/v1/playbooks").await;
+    assert!(!listed.to_string().contains("legacy"), "{listed}");
+    let (status, body) = a.get_json("/api/v1/playbooks/legacy").await;
+    assert_problem(status, &body, 404, "playbook_not_found");
 
     // A's run by name runs A's version with A's input.
     let by_name = json!({"playbook": {"name": "nightly"}, "input": {"who": "a"}});
