@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use noetl_bus::catalog::Refused;
 use noetl_bus::idempotency::{Claim, Record};
 use noetl_bus::Client;
 use noetl_contract::message::{
@@ -113,7 +114,8 @@ impl Dispatcher {
             .map_err(bus_unavailable)
     }
 
-    /// Stores the next version of `playbook` in `tenant`'s catalog (409 over its quota).
+    /// Stores the next version of `playbook` in `tenant`'s catalog (409 over its quota, 413
+    /// over NATS `max_payload`).
     pub async fn catalog_publish(
         &self,
         tenant: &str,
@@ -122,15 +124,20 @@ impl Dispatcher {
         noetl_bus::catalog::publish(&self.client, tenant, playbook, self.catalog_quota)
             .await
             .map_err(bus_unavailable)?
-            .map_err(|over| {
-                let setting = match over.what {
-                    "versions" => "catalog_max_versions",
-                    _ => "catalog_max_bytes",
-                };
-                Problem::new(
-                    Code::CatalogQuotaExceeded,
-                    format!("the catalog is full ({setting}): {over}"),
-                )
+            .map_err(|refused| match refused {
+                Refused::OverQuota(over) => {
+                    let setting = match over.what {
+                        "versions" => "catalog_max_versions",
+                        _ => "catalog_max_bytes",
+                    };
+                    Problem::new(
+                        Code::CatalogQuotaExceeded,
+                        format!("the catalog is full ({setting}): {over}"),
+                    )
+                }
+                too_large @ Refused::TooLarge { .. } => {
+                    Problem::new(Code::PayloadTooLarge, too_large.to_string())
+                }
             })
     }
 

@@ -167,7 +167,10 @@ impl Code {
                 "the `{id}` in the path is not an execution id: plain decimal digits of a \
                  non-negative 64-bit integer"
             }
-            Code::PayloadTooLarge => "the body is over the gateway's `body_limit_bytes`",
+            Code::PayloadTooLarge => {
+                "the body is over the gateway's `body_limit_bytes`, or a playbook to publish \
+                 would be stored over NATS `max_payload`"
+            }
             Code::UnsupportedMediaType => "the body's `Content-Type` is neither JSON nor YAML",
             Code::RouteNotFound => "no such route; the API lives under `/api/v1`",
             Code::MethodNotAllowed => "the route exists, but not with this method",

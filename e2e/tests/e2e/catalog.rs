@@ -166,6 +166,33 @@ async fn a_full_catalog_refuses_publishing_with_its_code_and_other_tenants_do_no
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playbook_too_large_for_nats_is_refused_and_the_gateway_keeps_its_connection() {
+    let cluster = Cluster::builder()
+        .tokens(&TOKENS)
+        .tune(|_, gateway| gateway.body_limit_bytes = 4 * 1024 * 1024)
+        .start()
+        .await;
+    let a = cluster.with_token("token-a");
+    let b = cluster.with_token("token-b");
+    // Under the body limit, over NATS's default max_payload (1 MiB) once stored.
+    let mut large = playbook("large", "s");
+    large["steps"][0]["with"] = json!({"note": "x".repeat(1_500_000)});
+    let (status, body) = a.post_json("/api/v1/playbooks", &large).await;
+    assert_problem(status, &body, 413, "payload_too_large");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("max_payload"), "{body}");
+    // Nothing was stored or counted, and the gateway's NATS connection still serves everyone.
+    let (status, listed) = a.get_json("/api/v1/playbooks").await;
+    assert_eq!(
+        (status, &listed["playbooks"]),
+        (200, &json!([])),
+        "{listed}"
+    );
+    assert_eq!(publish(&b, &playbook("small", "s")).await, 1);
+    cluster.stop().await;
+}
+
 /// A YAML body whose `input.b` is `width` aliases of a list of `width` scalars: about
 /// `5 * width` bytes that expand to `width * width` nodes.
 fn quadratic_laughs(width: usize) -> String {
