@@ -45,21 +45,8 @@ pub struct OverQuota {
     pub limit: u64,
 }
 
-/// Why a publish was refused (nothing was stored).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("{0}")]
-    OverQuota(OverQuota),
-    /// The stored version would be over the connected NATS server's `max_payload`, which would
-    /// make the server close the connection instead of storing it.
-    #[error(
-        "the playbook takes {bytes} bytes stored, over NATS max_payload ({max_payload} bytes)"
-    )]
-    TooLarge { bytes: usize, max_payload: usize },
-}
-
-/// Room for a version's key and the headers of a create, besides its value.
-const ENVELOPE_BYTES: usize = 1_024;
+/// Room for the headers of a key-value write (`Nats-Expected-Last-Subject-Sequence`).
+const KV_HEADERS: usize = 128;
 
 /// What a tenant's catalog holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -221,13 +208,14 @@ async fn reserve(
 }
 
 /// Stores `playbook` (already validated) as the next version of its name in `tenant`'s
-/// catalog, unless that would pass the tenant's `quota` or NATS `max_payload`.
+/// catalog, unless that would pass the tenant's `quota` (`Ok(Err(…))`) or NATS `max_payload`
+/// ([`Error::TooLarge`]); either way nothing is stored.
 pub async fn publish(
     client: &Client,
     tenant: &str,
     playbook: &Playbook,
     quota: Quota,
-) -> Result<Result<CatalogEntry, Refused>, Error> {
+) -> Result<Result<CatalogEntry, OverQuota>, Error> {
     let store = bucket(client).await?;
     let name = &playbook.name;
     let mut version = latest(&store, tenant, name)
@@ -240,16 +228,13 @@ pub async fn publish(
         playbook: playbook.clone(),
     };
     let mut value = encode(&entry)?;
-    let max_payload = client.server_info().max_payload;
-    if max_payload > 0 && value.len().saturating_add(ENVELOPE_BYTES) > max_payload {
-        return Ok(Err(Refused::TooLarge {
-            bytes: value.len(),
-            max_payload,
-        }));
-    }
+    let key = version_key(tenant, name, version);
+    // A key-value create carries a header of its own; the version number may grow below, by
+    // a digit or two at most, which KV_HEADERS leaves room for.
+    crate::check_size(client, &key, value.len() + KV_HEADERS)?;
     let bytes = u64::try_from(value.len()).unwrap_or(u64::MAX);
     if let Err(over) = reserve(&store, tenant, bytes, quota).await? {
-        return Ok(Err(Refused::OverQuota(over)));
+        return Ok(Err(over));
     }
     loop {
         match store

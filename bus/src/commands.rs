@@ -46,20 +46,26 @@ pub async fn stream(client: &Client) -> Result<stream::Stream, Error> {
     }
 }
 
-/// Publishes a command and waits until JetStream has stored it.
+/// Publishes a command and waits until JetStream has stored it. A command over NATS
+/// `max_payload` is not sent: [`Error::TooLarge`] (it never will fit; the caller dead-letters
+/// it).
 pub async fn publish(client: &Client, pool: &str, command: &StepCommand) -> Result<(), Error> {
     let payload = serde_json::to_vec(command).map_err(|e| Error::Transport(e.to_string()))?;
-    let js = jetstream::new(client.clone());
-    let mut publish = jetstream::context::Publish::build();
-    for (name, values) in crate::trace::headers().iter() {
-        for value in values {
-            publish = publish.header(name.clone(), value.clone());
-        }
-    }
-    let publish = publish
-        .message_id(command.message_id())
-        .payload(Bytes::from(payload));
     let subject = subject::command(pool, command.shard, command.execution_id);
+    let mut headers = crate::trace::headers();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        command.message_id().as_str(),
+    );
+    crate::check_size(
+        client,
+        &subject,
+        payload.len() + crate::headers_size(&headers),
+    )?;
+    let js = jetstream::new(client.clone());
+    let publish = jetstream::context::Publish::build()
+        .headers(headers)
+        .payload(Bytes::from(payload));
     js.send_publish(subject, publish)
         .await
         .map_err(|e| transport("publishing a command")(e.to_string()))?

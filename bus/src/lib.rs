@@ -20,7 +20,7 @@ pub mod trace;
 use std::time::Duration;
 
 use bytes::Bytes;
-use noetl_contract::message::{Reply, WireError};
+use noetl_contract::message::{Reply, WireError, WireErrorCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
@@ -45,6 +45,57 @@ pub enum Error {
     Conflict(String),
     #[error("NATS: {0}")]
     Transport(String),
+    /// The message is over the connected server's `max_payload`; it was not sent, so the
+    /// server did not close the connection over it (see [`check_size`]).
+    #[error(
+        "a message of {size} bytes for {subject} is over NATS max_payload ({max_payload} bytes)"
+    )]
+    TooLarge {
+        subject: String,
+        size: usize,
+        max_payload: usize,
+    },
+}
+
+/// The size of a message's headers on the wire (`NATS/1.0\r\n`, each `name: value\r\n`,
+/// and the closing `\r\n`), which nats-server counts against `max_payload` with the payload.
+pub fn headers_size(headers: &async_nats::HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|value| name.to_string().len() + value.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    if lines == 0 {
+        0
+    } else {
+        lines + 12
+    }
+}
+
+/// The one size check of every message this process sends: refuses a message (payload and
+/// headers) over the connected server's `max_payload`, which nats-server would answer by
+/// closing the sender's connection (async-nats checks it only in a plain `publish`, not in a
+/// request or a JetStream publish). Before the first connection the limit is unknown (0) and
+/// nothing is refused.
+pub fn check_size(client: &Client, subject: &str, size: usize) -> Result<(), Error> {
+    let max_payload = client.server_info().max_payload;
+    if max_payload == 0 || size <= max_payload {
+        return Ok(());
+    }
+    Err(Error::TooLarge {
+        subject: subject.to_owned(),
+        size,
+        max_payload,
+    })
+}
+
+/// The connected server's `max_payload` (0 before the first connection).
+pub fn max_payload(client: &Client) -> usize {
+    client.server_info().max_payload
 }
 
 /// The wall clock in Unix milliseconds, the time base of ids and topology epochs.
@@ -271,9 +322,11 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
         subject: subject.clone(),
         reason: e.to_string(),
     })?;
+    let headers = trace::headers();
+    check_size(client, &subject, payload.len() + headers_size(&headers))?;
     let request = async_nats::Request::new()
         .payload(Bytes::from(payload))
-        .headers(trace::headers())
+        .headers(headers)
         .timeout(Some(timeout));
     let message = client
         .send_request(subject.clone(), request)
@@ -293,7 +346,9 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
 }
 
 /// Answers a request with the [`Reply`] envelope. A request without a reply subject is
-/// answered by nobody (it was a plain publish).
+/// answered by nobody (it was a plain publish). A reply over `max_payload` is not sent: the
+/// requester gets a small [`WireErrorCode::TooLarge`] error instead, and this returns
+/// [`Error::TooLarge`] for the caller to log.
 pub async fn respond<T: Serialize>(
     client: &Client,
     message: &Message,
@@ -306,6 +361,25 @@ pub async fn respond<T: Serialize>(
         subject: message.subject.to_string(),
         reason: e.to_string(),
     })?;
+    if let Err(too_large) = check_size(client, &message.subject, payload.len()) {
+        let refusal: Reply<()> = Reply::Error(WireError {
+            code: WireErrorCode::TooLarge,
+            message: format!(
+                "the reply is {} bytes, over NATS max_payload ({} bytes)",
+                payload.len(),
+                max_payload(client)
+            ),
+        });
+        let refusal = serde_json::to_vec(&refusal).map_err(|e| Error::Decode {
+            subject: message.subject.to_string(),
+            reason: e.to_string(),
+        })?;
+        client
+            .publish(reply_to, Bytes::from(refusal))
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        return Err(too_large);
+    }
     client
         .publish(reply_to, Bytes::from(payload))
         .await

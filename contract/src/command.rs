@@ -57,6 +57,33 @@ impl StepOutcome {
     }
 }
 
+/// The step error code of a result over a size limit (the shard's `step_result_max_bytes`, or
+/// NATS `max_payload` for the worker's report).
+pub const RESULT_TOO_LARGE: &str = "result_too_large";
+
+impl StepOutcome {
+    /// The failure that stands for an outcome of `size` bytes over `limit` (`what` names the
+    /// limit): small, whatever the outcome was.
+    pub fn too_large(size: usize, limit: usize, what: &str) -> Self {
+        StepOutcome::Failed {
+            error: format!(
+                "{RESULT_TOO_LARGE}: the step's result is {size} bytes, over {what} ({limit} bytes)"
+            ),
+        }
+    }
+
+    /// Replaces an outcome whose JSON is over `max_bytes` (a result, or an error text) with
+    /// [`StepOutcome::too_large`]; returns its size when it did.
+    pub fn cap(&mut self, max_bytes: usize, what: &str) -> Option<usize> {
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |json| json.len());
+        if size <= max_bytes {
+            return None;
+        }
+        *self = Self::too_large(size, max_bytes, what);
+        Some(size)
+    }
+}
+
 fn scrub_text(text: &mut String) -> bool {
     if !text.contains('\0') {
         return false;
@@ -149,6 +176,37 @@ pub enum HeartbeatAck {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_outcome_over_its_cap_becomes_a_small_result_too_large_failure() {
+        let mut small = StepOutcome::Succeeded {
+            result: json!({"a": 1}),
+        };
+        assert_eq!(small.cap(1024, "the cap"), None);
+        assert_eq!(
+            small,
+            StepOutcome::Succeeded {
+                result: json!({"a": 1})
+            }
+        );
+
+        let mut large = StepOutcome::Succeeded {
+            result: json!("é".repeat(600)),
+        };
+        let size = large.cap(1024, "the cap").expect("over the cap");
+        assert!(size > 1024, "{size}");
+        let StepOutcome::Failed { error } = &large else {
+            panic!("{large:?}");
+        };
+        assert!(error.starts_with("result_too_large: "), "{error}");
+        assert!(error.contains("over the cap (1024 bytes)"), "{error}");
+
+        let mut long_error = StepOutcome::Failed {
+            error: "x".repeat(2048),
+        };
+        assert!(long_error.cap(1024, "the cap").is_some());
+        assert!(serde_json::to_vec(&long_error).expect("json").len() < 200);
+    }
 
     #[test]
     fn nul_characters_of_a_result_or_an_error_become_replacement_characters() {

@@ -129,6 +129,13 @@ pub enum Event {
     },
     /// An attempt's lease ran out: its worker is presumed dead.
     LeaseExpired { step: StepIndex, attempt: Attempt },
+    /// An attempt's command could not be handed to the workers and never will be (it is over
+    /// NATS `max_payload`): the step fails at once with `error`, without a retry.
+    Undeliverable {
+        step: StepIndex,
+        attempt: Attempt,
+        error: String,
+    },
     /// Someone asked to cancel the execution.
     Cancel,
 }
@@ -244,6 +251,17 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
             // still ends.
             let budget = max_attempts(state, step).max(LOST_ATTEMPTS);
             fail_attempt(state, step, error, budget, &mut decision);
+        }
+        Event::Undeliverable {
+            step,
+            attempt,
+            error,
+        } => {
+            if !is_current(state, step, attempt) {
+                return decision;
+            }
+            // Deterministic: every retry would render the same command.
+            fail_attempt(state, step, error, 0, &mut decision);
         }
         Event::Cancel => {
             state.status = ExecutionStatus::Cancelled;

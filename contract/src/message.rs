@@ -149,6 +149,9 @@ pub enum WireErrorCode {
     /// The shard's server has as many requests in flight as it takes (`max_in_flight`); the
     /// request was not started.
     Overloaded,
+    /// The request or its reply is over NATS `max_payload`: it was not sent (a reply: this
+    /// error was sent instead). Sending it again cannot help.
+    TooLarge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use noetl_bus::catalog::Refused;
 use noetl_bus::idempotency::{Claim, Record};
 use noetl_bus::Client;
 use noetl_contract::message::{
@@ -123,21 +122,27 @@ impl Dispatcher {
     ) -> Result<CatalogEntry, Problem> {
         noetl_bus::catalog::publish(&self.client, tenant, playbook, self.catalog_quota)
             .await
-            .map_err(bus_unavailable)?
-            .map_err(|refused| match refused {
-                Refused::OverQuota(over) => {
-                    let setting = match over.what {
-                        "versions" => "catalog_max_versions",
-                        _ => "catalog_max_bytes",
-                    };
-                    Problem::new(
-                        Code::CatalogQuotaExceeded,
-                        format!("the catalog is full ({setting}): {over}"),
-                    )
-                }
-                too_large @ Refused::TooLarge { .. } => {
-                    Problem::new(Code::PayloadTooLarge, too_large.to_string())
-                }
+            .map_err(|error| match error {
+                noetl_bus::Error::TooLarge {
+                    size, max_payload, ..
+                } => Problem::new(
+                    Code::PayloadTooLarge,
+                    format!(
+                        "the playbook is {size} bytes once encoded, over NATS max_payload \
+                         ({max_payload} bytes)"
+                    ),
+                ),
+                error => bus_unavailable(error),
+            })?
+            .map_err(|over| {
+                let setting = match over.what {
+                    "versions" => "catalog_max_versions",
+                    _ => "catalog_max_bytes",
+                };
+                Problem::new(
+                    Code::CatalogQuotaExceeded,
+                    format!("the catalog is full ({setting}): {over}"),
+                )
             })
     }
 
@@ -187,6 +192,10 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
     match error {
         Error::Remote(remote) => match remote.code {
             WireErrorCode::NotFound => Problem::new(Code::ExecutionNotFound, remote.message),
+            WireErrorCode::TooLarge => Problem::new(
+                Code::PayloadTooLarge,
+                format!("shard {shard}'s reply: {}", remote.message),
+            ),
             WireErrorCode::BadRequest => Problem::new(Code::InvalidRequest, remote.message),
             WireErrorCode::ShardUnavailable => Problem::new(
                 Code::ShardUnavailable,
@@ -209,6 +218,15 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 )
             }
         },
+        Error::TooLarge {
+            size, max_payload, ..
+        } => Problem::new(
+            Code::PayloadTooLarge,
+            format!(
+                "the request to shard {shard} is {size} bytes once encoded, over NATS \
+                 max_payload ({max_payload} bytes); send a smaller body"
+            ),
+        ),
         Error::NoResponders { .. } => Problem::new(
             Code::ShardUnavailable,
             format!("no server is serving shard {shard}"),

@@ -116,6 +116,7 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
         InvalidRequest,
         ExecutionNotFound,
         ExecutionRetired,
+        PayloadTooLarge,
         TopologyUnavailable,
         ShardUnavailable,
         ShardOverloaded,

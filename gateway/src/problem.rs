@@ -168,8 +168,11 @@ impl Code {
                  non-negative 64-bit integer"
             }
             Code::PayloadTooLarge => {
-                "the body is over the gateway's `body_limit_bytes`, or a playbook to publish \
-                 would be stored over NATS `max_payload`"
+                "the body is over the gateway's `body_limit_bytes`, or a message it makes is over \
+                 NATS `max_payload`: the request to the shard once encoded (numbers may grow, \
+                 `9e15` becomes `9000000000000000.0`), or the shard's reply (an execution or \
+                 events page too large to send; ask for fewer events), or a playbook to publish \
+                 once stored"
             }
             Code::UnsupportedMediaType => "the body's `Content-Type` is neither JSON nor YAML",
             Code::RouteNotFound => "no such route; the API lives under `/api/v1`",

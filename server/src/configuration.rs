@@ -42,6 +42,9 @@ pub struct Settings {
     pub dispatch_lease_ms: u64,
     /// Upper bound on one attempt of a step that sets no `timeout`.
     pub default_step_timeout_ms: u64,
+    /// Largest result (its JSON, or a failure's error text) a step may report; a larger one
+    /// fails the step with `result_too_large` instead of being stored.
+    pub step_result_max_bytes: usize,
     /// Grace of a new cluster's topology (only read by the server that creates it): how far in
     /// the future a shard-count change activates, and how long a gateway mints on an
     /// unconfirmed view.
@@ -63,6 +66,7 @@ impl Default for Settings {
             step_lease_ms: 30_000,
             dispatch_lease_ms: 300_000,
             default_step_timeout_ms: 3_600_000,
+            step_result_max_bytes: 256 * 1024,
             topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
             common: CommonSettings::default(),
         }
@@ -82,6 +86,7 @@ pub struct ServerConfig {
     pub pool_size: u32,
     pub max_in_flight: usize,
     pub leases: Leases,
+    pub step_result_max_bytes: usize,
     pub topology_grace_ms: i64,
 }
 
@@ -119,6 +124,7 @@ impl ServerConfig {
             ("committers_per_shard", settings.committers_per_shard),
             ("max_in_flight", settings.max_in_flight),
             ("pool_size", settings.pool_size as usize),
+            ("step_result_max_bytes", settings.step_result_max_bytes),
             ("step_lease_ms", settings.step_lease_ms as usize),
             ("dispatch_lease_ms", settings.dispatch_lease_ms as usize),
             (
@@ -144,6 +150,7 @@ impl ServerConfig {
                 dispatch_lease_ms: settings.dispatch_lease_ms,
                 default_timeout_ms: settings.default_step_timeout_ms,
             },
+            step_result_max_bytes: settings.step_result_max_bytes,
             topology_grace_ms: settings.topology_grace_ms,
         })
     }

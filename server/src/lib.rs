@@ -130,11 +130,27 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
                 parallel: config.committers_per_shard,
             },
         );
+        let dead_letters = orchestrator.clone();
+        let dead_letter = move |command, undeliverable| {
+            let orchestrator = dead_letters.clone();
+            async move {
+                match orchestrator.dead_letter(&command, undeliverable).await {
+                    Ok(orchestrate::Applied::Changed(_)) => {
+                        metrics::counter!("noetl_server_commands_dead_lettered_total", "shard" => shard.to_string())
+                            .increment(1);
+                    }
+                    Ok(_) => {}
+                    // The row stays in the outbox; the next pass tries again.
+                    Err(e) => tracing::warn!(%shard, error = %e, "dead-lettering a command failed"),
+                }
+            }
+        };
         background.spawn(relay::run(
             shard,
             pools,
             client.clone(),
             feed,
+            dead_letter,
             cancel.clone(),
         ));
         background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
@@ -153,6 +169,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             committer,
             orchestrator,
             topology: accepted.topology.clone(),
+            step_result_max_bytes: config.step_result_max_bytes,
         });
         shards.push(tokio::spawn(shard::serve(
             state,

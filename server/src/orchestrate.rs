@@ -243,6 +243,23 @@ impl Orchestrator {
             .await
     }
 
+    /// Fails the step of a command too large to publish and moves its outbox row to the dead
+    /// letters, in one transaction; stale when the row or the attempt is gone.
+    pub async fn dead_letter(
+        &self,
+        command: &StepCommand,
+        undeliverable: persistence::Undeliverable,
+    ) -> Result<Applied, persistence::Error> {
+        let (step, attempt, error) = (command.step_index, command.attempt, undeliverable.reason());
+        let event = Event::Undeliverable {
+            step,
+            attempt,
+            error,
+        };
+        let guard = Guard::DeadLetter(undeliverable);
+        self.inner.apply(command.execution_id, event, guard).await
+    }
+
     /// Applies a worker's report, batched with others into one transaction; `None` when the
     /// database failed (the worker retries).
     pub async fn report(&self, id: ExecutionId, event: Event) -> Option<Applied> {
@@ -298,6 +315,8 @@ enum Guard {
         step: StepIndex,
         attempt: Attempt,
     },
+    /// The command's outbox row is still there, and is moved to the dead letters.
+    DeadLetter(persistence::Undeliverable),
 }
 
 impl Inner {
@@ -437,11 +456,18 @@ impl Inner {
                 outcomes.push(Outcome::unchanged(Applied::NotFound));
                 continue;
             };
-            if let Guard::LeaseExpired { step, attempt } = *guard {
-                if !persistence::lease_expired(tx, *id, step, attempt).await? {
-                    outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
-                    continue;
+            let holds = match guard {
+                Guard::None => true,
+                Guard::LeaseExpired { step, attempt } => {
+                    persistence::lease_expired(tx, *id, *step, *attempt).await?
                 }
+                Guard::DeadLetter(undeliverable) => {
+                    persistence::dead_letter(tx, undeliverable).await?
+                }
+            };
+            if !holds {
+                outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
+                continue;
             }
             let decision = engine::decide(&mut work.state, event.clone());
             if !decision.applied {

@@ -10,8 +10,13 @@
 //! was full, NATS was down): the outbox stays the record, the handoff only saves a pass of the
 //! relay (three round trips and a commit that waits for the WAL) and a millisecond of dispatch
 //! latency.
+//!
+//! A command over NATS `max_payload` is never sent (nats-server would close the connection
+//! over it, on every pass, forever): a pass hands it to its dead-letter callback, which fails
+//! its step with `command_too_large` and moves its row to `outbox_dead_letters`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +28,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::persistence::{self, hands_off, OutboxRow, Pools};
+use crate::persistence::{self, hands_off, OutboxRow, Pools, Undeliverable};
 
 const BATCH: i64 = 512;
 /// Longest wait between passes when nothing wakes the relay (delayed retries, failed publishes).
@@ -121,20 +126,25 @@ impl Relay {
 
 /// Relays until `cancel`: handed-off commands as they come, and passes over the outbox for
 /// anything else that is due. The rows of stored handoffs are deleted many at a time
-/// (`StoredRows`).
-pub async fn run(
+/// (`StoredRows`). A command that can never be published goes to `dead_letter`, which owns
+/// its row from then on.
+pub async fn run<D, F>(
     shard: ShardId,
     pools: Pools,
     client: Client,
     mut feed: Feed,
+    dead_letter: D,
     cancel: CancellationToken,
-) {
+) where
+    D: Fn(StepCommand, Undeliverable) -> F,
+    F: Future<Output = ()>,
+{
     let label = shard.to_string();
     let Pools { pool, relaxed, .. } = pools;
     let mut stored = StoredRows::default();
     let mut deletes = persistence::Held::new(relaxed.clone());
     loop {
-        let full = match relay_once(&pool, &client, &label).await {
+        let full = match relay_once(&pool, &client, &label, &dead_letter).await {
             Ok(published) => published == BATCH as usize,
             Err(e) => {
                 tracing::warn!(%shard, error = %e, "outbox relay pass failed");
@@ -238,7 +248,9 @@ async fn publish_handoffs(client: &Client, shard: &str, handoffs: Vec<Handoff>) 
             .iter()
             .map(|row| publish(client, &row.pool, &row.command));
         let stored = futures::future::join_all(commands).await;
-        (handoff, stored.iter().filter(|ok| **ok).count())
+        // A command too large to publish waits for a pass, which dead-letters it.
+        let stored = stored.iter().filter(|p| **p == Published::Stored).count();
+        (handoff, stored)
     });
     let (mut ids, mut stored, mut failed) = (Vec::new(), 0, 0);
     for (handoff, count) in futures::future::join_all(publishes).await {
@@ -252,16 +264,32 @@ async fn publish_handoffs(client: &Client, shard: &str, handoffs: Vec<Handoff>) 
     ids
 }
 
-/// Publishes one command; `false` when JetStream did not store it.
-async fn publish(client: &Client, pool: &str, command: &StepCommand) -> bool {
+/// What became of publishing one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Published {
+    Stored,
+    /// Not stored (NATS or JetStream failed): the row stays for a later pass.
+    Failed,
+    /// Not sent, and never will be: `size` is over NATS `max_payload`.
+    TooLarge {
+        size: usize,
+        max_payload: usize,
+    },
+}
+
+/// Publishes one command.
+async fn publish(client: &Client, pool: &str, command: &StepCommand) -> Published {
     match noetl_bus::commands::publish(client, pool, command)
         .instrument(dispatch_span(command))
         .await
     {
-        Ok(()) => true,
+        Ok(()) => Published::Stored,
+        Err(noetl_bus::Error::TooLarge {
+            size, max_payload, ..
+        }) => Published::TooLarge { size, max_payload },
         Err(e) => {
             tracing::debug!(error = %e, "publish failed; the command stays in the outbox");
-            false
+            Published::Failed
         }
     }
 }
@@ -278,12 +306,18 @@ fn count_published(shard: &str, stored: usize, failed: usize) {
 /// Publishes one batch of due commands; returns how many were stored by JetStream. The rows
 /// are deleted in the transaction that took them, which commits if every publish was stored;
 /// otherwise it rolls back and only the stored rows are deleted, so the failed ones (and only
-/// they) are published again on a later pass.
-async fn relay_once(
+/// they) are published again on a later pass. The rows of commands too large to publish are
+/// handed to `dead_letter` once the transaction is over.
+async fn relay_once<D, F>(
     pool: &PgPool,
     client: &Client,
     shard: &str,
-) -> Result<usize, persistence::Error> {
+    dead_letter: &D,
+) -> Result<usize, persistence::Error>
+where
+    D: Fn(StepCommand, Undeliverable) -> F,
+    F: Future<Output = ()>,
+{
     let mut tx = persistence::begin_generic(pool).await?;
     let due = persistence::take_due_commands(&mut tx, BATCH).await?;
     if due.is_empty() {
@@ -291,28 +325,46 @@ async fn relay_once(
     }
     let publishes = due.iter().map(|row| async move {
         match serde_json::from_value::<StepCommand>(row.command.clone()) {
-            Ok(command) => publish(client, &row.pool, &command).await.then_some(row.id),
+            Ok(command) => {
+                let published = publish(client, &row.pool, &command).await;
+                (row.id, published, Some(command))
+            }
             Err(e) => {
                 // Only this server writes the outbox, so this is a bug; dropping the row is the
                 // only way not to retry it forever. The step's lease will expire and retry it.
                 tracing::error!(outbox_id = row.id, error = %e, "dropping an undecodable outbox row");
-                Some(row.id)
+                (row.id, Published::Stored, None)
             }
         }
     });
-    let stored: Vec<i64> = futures::future::join_all(publishes)
-        .await
-        .into_iter()
-        .flatten()
+    let published = futures::future::join_all(publishes).await;
+    let stored: Vec<i64> = published
+        .iter()
+        .filter(|(_, p, _)| *p == Published::Stored)
+        .map(|(id, _, _)| *id)
         .collect();
-    let failed = due.len() - stored.len();
-    if failed == 0 {
+    let failed = published
+        .iter()
+        .filter(|(_, p, _)| *p == Published::Failed)
+        .count();
+    if stored.len() == due.len() {
         tx.commit().await?;
     } else {
         tx.rollback().await?;
         persistence::delete_commands(pool, &stored).await?;
     }
     count_published(shard, stored.len(), failed);
+    for (outbox_id, published, command) in published {
+        if let (Published::TooLarge { size, max_payload }, Some(command)) = (published, command) {
+            let undeliverable = Undeliverable {
+                outbox_id,
+                size_bytes: size,
+                max_payload,
+            };
+            tracing::warn!(execution_id = %command.execution_id, step = %command.step, size, max_payload, "a command is over NATS max_payload; dead-lettering it");
+            dead_letter(command, undeliverable).await;
+        }
+    }
     Ok(stored.len())
 }
 

@@ -35,6 +35,8 @@ pub struct Shard {
     pub committer: Committer,
     pub orchestrator: Orchestrator,
     pub topology: watch::Receiver<Option<Topology>>,
+    /// `step_result_max_bytes`: a larger result fails its step with `result_too_large`.
+    pub step_result_max_bytes: usize,
 }
 
 /// Largest page of events one request returns.
@@ -334,6 +336,14 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
     let mut report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
     if report.outcome.scrub_nul() {
         tracing::debug!(execution_id = %id, step = report.step_index.get(), "replaced NUL characters in a result");
+    }
+    if let Some(size) = report
+        .outcome
+        .cap(shard.step_result_max_bytes, "step_result_max_bytes")
+    {
+        tracing::info!(execution_id = %id, step = report.step_index.get(), size, "a result over step_result_max_bytes fails its step");
+        metrics::counter!("noetl_server_results_too_large_total", "shard" => shard.id.to_string())
+            .increment(1);
     }
     let outcome_label = match report.outcome {
         StepOutcome::Succeeded { .. } => "succeeded",

@@ -512,6 +512,7 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
         shard.pools.clone(),
         client.clone(),
         feed,
+        |_, _| async { panic!("no command here is over max_payload") },
         cancel.clone(),
     ));
     let consumer = noetl_bus::commands::pool_consumer(&client, "default", Duration::from_secs(60))

@@ -4,6 +4,7 @@
 //! a decision made where the worker is started, not something a settings file or an inherited
 //! environment variable can switch on unnoticed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,6 +13,11 @@ use noetl_bus::NatsConfig;
 use noetl_contract::playbook::{check_pool, DEFAULT_POOL};
 use noetl_service::CommonSettings;
 use serde::{Deserialize, Deserializer};
+
+use crate::egress::{Egress, Rules};
+
+/// Most redirects an `http` step may be let follow.
+const MAX_REDIRECTS: usize = 20;
 
 /// The flags of `noetl-worker` besides `--config`.
 #[derive(Debug, clap::Args)]
@@ -46,8 +52,26 @@ pub struct Settings {
     pub ack_wait_ms: u64,
     /// How long to wait for the shard to answer a heartbeat or a report.
     pub request_timeout_ms: u64,
+    /// How long a finished step's report is sent again while its shard does not record it;
+    /// then the worker gives up (acks the command) and the shard's lease on the attempt runs
+    /// out, which retries or fails the step, so a report the shard keeps refusing does not hold
+    /// a slot forever.
+    pub report_deadline_ms: u64,
     /// Health, readiness and metrics endpoint.
     pub listen: SocketAddr,
+    /// Per pool, what its `http` steps may reach besides the public internet: CIDRs, addresses,
+    /// host names, `*.domain`; a TOML table of lists, or `pool=entry,entry;pool=entry`.
+    #[serde(deserialize_with = "allow_lists")]
+    pub http_allow: BTreeMap<String, Vec<String>>,
+    /// What no pool's `http` steps may reach besides the default-denied ranges (the cluster's
+    /// service CIDR, say); a list or one comma-separated string.
+    #[serde(deserialize_with = "entry_list")]
+    pub http_deny: Vec<String>,
+    /// Redirects an `http` step follows, each checked as the first request; 0: none (a 3xx
+    /// answer is the result).
+    pub http_max_redirects: usize,
+    /// Longest an `http` request may take, connecting to reading the body.
+    pub http_timeout_ms: u64,
     /// `nats_url`, the NATS credentials and `log_format`.
     #[serde(flatten)]
     pub common: CommonSettings,
@@ -63,7 +87,12 @@ impl Default for Settings {
             max_output_bytes: 64 * 1024,
             ack_wait_ms: 30_000,
             request_timeout_ms: 5_000,
+            report_deadline_ms: 600_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            http_allow: BTreeMap::new(),
+            http_deny: Vec::new(),
+            http_max_redirects: 0,
+            http_timeout_ms: 30_000,
             common: CommonSettings::default(),
         }
     }
@@ -83,6 +112,56 @@ fn pool_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, 
     })
 }
 
+/// Accepts a list, or one string of comma-separated entries.
+fn entry_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    pool_list(deserializer)
+}
+
+/// Accepts a table of pool → list (or comma-separated string), or one string
+/// `pool=entry,entry;pool=entry` (what an environment variable holds).
+fn allow_lists<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entries {
+        List(Vec<String>),
+        Joined(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Allow {
+        Table(BTreeMap<String, Entries>),
+        Joined(String),
+    }
+    let split = |joined: &str| -> Vec<String> {
+        joined
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    Ok(match Allow::deserialize(deserializer)? {
+        Allow::Table(table) => table
+            .into_iter()
+            .map(|(pool, entries)| match entries {
+                Entries::List(list) => (pool, list),
+                Entries::Joined(joined) => (pool, split(&joined)),
+            })
+            .collect(),
+        Allow::Joined(joined) => joined
+            .split(';')
+            .filter(|part| !part.trim().is_empty())
+            .map(|part| match part.split_once('=') {
+                Some((pool, entries)) => (pool.trim().to_owned(), split(entries)),
+                // A pool without `=`: an empty list, which validation names.
+                None => (part.trim().to_owned(), Vec::new()),
+            })
+            .collect(),
+    })
+}
+
 /// Validated configuration of one worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -95,8 +174,11 @@ pub struct WorkerConfig {
     pub max_output_bytes: usize,
     pub ack_wait: Duration,
     pub request_timeout: Duration,
+    pub report_deadline: Duration,
     pub listen: SocketAddr,
     pub allow_shell: bool,
+    /// What `http` steps may reach, and how long they may take.
+    pub http: Egress,
 }
 
 impl WorkerConfig {
@@ -124,6 +206,8 @@ impl WorkerConfig {
             ("max_output_bytes", settings.max_output_bytes as u64),
             ("ack_wait_ms", settings.ack_wait_ms),
             ("request_timeout_ms", settings.request_timeout_ms),
+            ("report_deadline_ms", settings.report_deadline_ms),
+            ("http_timeout_ms", settings.http_timeout_ms),
         ] {
             ensure!(value > 0, "{name} must be at least 1");
         }
@@ -132,6 +216,23 @@ impl WorkerConfig {
             None => format!("{}-{}", hostname(), std::process::id()),
         };
         ensure!(!name.is_empty(), "name must not be empty");
+        ensure!(
+            settings.http_max_redirects <= MAX_REDIRECTS,
+            "http_max_redirects must be at most {MAX_REDIRECTS}"
+        );
+        let mut allow = BTreeMap::new();
+        for (pool, entries) in &settings.http_allow {
+            check_pool("http_allow", pool).context("invalid pool name in http_allow")?;
+            ensure!(
+                !entries.is_empty(),
+                "http_allow for pool {pool:?} lists nothing (pool=entry,entry)"
+            );
+            let rules = Rules::parse(entries)
+                .with_context(|| format!("invalid http_allow entry for pool {pool:?}"))?;
+            allow.insert(pool.clone(), rules);
+        }
+        let mut deny = Rules::parse(&settings.http_deny).context("invalid http_deny entry")?;
+        deny.add_hosts_of(&settings.common.nats_url);
         Ok(Self {
             nats: settings.common.nats(format!("noetl-worker-{name}")),
             pools: distinct,
@@ -141,8 +242,15 @@ impl WorkerConfig {
             max_output_bytes: settings.max_output_bytes,
             ack_wait: Duration::from_millis(settings.ack_wait_ms),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            report_deadline: Duration::from_millis(settings.report_deadline_ms),
             listen: settings.listen,
             allow_shell,
+            http: Egress {
+                allow,
+                deny,
+                max_redirects: settings.http_max_redirects,
+                timeout: Duration::from_millis(settings.http_timeout_ms),
+            },
         })
     }
 }
@@ -216,18 +324,101 @@ mod tests {
     }
 
     #[test]
-    fn zero_concurrency_or_pending_reports_is_refused() {
-        let settings = Settings {
+    fn out_of_range_counts_are_refused() {
+        let zero_concurrency = Settings {
             concurrency: 0,
             ..Settings::default()
         };
-        let error = WorkerConfig::from_settings(settings, None, false).expect_err("zero");
-        assert!(error.to_string().contains("concurrency"), "{error}");
-        let settings = Settings {
+        let zero_pending = Settings {
             pending_reports: 0,
             ..Settings::default()
         };
-        let error = WorkerConfig::from_settings(settings, None, false).expect_err("zero");
-        assert!(error.to_string().contains("pending_reports"), "{error}");
+        let many_redirects = Settings {
+            http_max_redirects: 21,
+            ..Settings::default()
+        };
+        for (settings, name) in [
+            (zero_concurrency, "concurrency"),
+            (zero_pending, "pending_reports"),
+            (many_redirects, "http_max_redirects"),
+        ] {
+            let error = WorkerConfig::from_settings(settings, None, false).expect_err(name);
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn http_allow_is_a_table_or_one_string_and_is_validated() {
+        let table: Settings = serde_json::from_value(serde_json::json!({
+            "http_allow": {"default": ["127.0.0.1/32"], "io": "10.0.0.0/8, api.internal"},
+            "http_deny": "34.118.224.0/20,gateway.example",
+        }))
+        .expect("parse");
+        assert_eq!(table.http_allow["io"], vec!["10.0.0.0/8", "api.internal"]);
+        assert_eq!(table.http_deny, vec!["34.118.224.0/20", "gateway.example"]);
+        let config = WorkerConfig::from_settings(table, None, false).expect("valid");
+        assert_eq!(config.http.allow.len(), 2);
+        assert_eq!(config.http.max_redirects, 0);
+        assert_eq!(config.http.timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.http.deny.host_names(),
+            ["gateway.example".to_owned()],
+            "the NATS host of the defaults is an address (127.0.0.1)"
+        );
+
+        let joined: Settings = serde_json::from_value(serde_json::json!({
+            "http_allow": "default=127.0.0.1/32,::1; io = *.svc.cluster.local",
+        }))
+        .expect("parse");
+        assert_eq!(joined.http_allow["default"], vec!["127.0.0.1/32", "::1"]);
+        assert_eq!(joined.http_allow["io"], vec!["*.svc.cluster.local"]);
+
+        for (allow, expected) in [
+            (
+                "default=10.0.0.0/33",
+                "invalid http_allow entry for pool \"default\"",
+            ),
+            ("a.b=10.0.0.0/8", "invalid pool name in http_allow"),
+            ("default", "lists nothing"),
+        ] {
+            let settings: Settings =
+                serde_json::from_value(serde_json::json!({ "http_allow": allow })).expect("parse");
+            let error = WorkerConfig::from_settings(settings, None, false).expect_err(allow);
+            assert!(
+                format!("{error:#}").contains(expected),
+                "{allow}: {error:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_nats_hosts_are_denied() {
+        let settings = Settings {
+            common: CommonSettings::new("nats://noetl-nats:4222"),
+            ..Settings::default()
+        };
+        let config = WorkerConfig::from_settings(settings, None, false).expect("valid");
+        assert_eq!(config.http.deny.host_names(), ["noetl-nats".to_owned()]);
+    }
+
+    #[test]
+    fn http_allow_reads_from_a_toml_file_keeping_the_pools_case() {
+        let path = std::env::temp_dir().join(format!("noetl-worker-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "pools = [\"GPU\"]\nhttp_max_redirects = 2\n[http_allow]\nGPU = [\"10.1.2.0/24\", \"*.svc.cluster.local\"]\n",
+        )
+        .expect("write");
+        let flag = noetl_service::ConfigFlag {
+            config: Some(path.clone()),
+        };
+        let loaded = flag.load::<Settings>();
+        std::fs::remove_file(&path).ok();
+        let config =
+            WorkerConfig::from_settings(loaded.expect("loads"), None, false).expect("valid");
+        assert_eq!(config.http.max_redirects, 2);
+        let url = reqwest::Url::parse("http://10.1.2.3/").expect("url");
+        assert!(config.http.policy("GPU").check_url(&url).is_ok());
+        assert!(config.http.policy("other").check_url(&url).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`configuration`]: settings, flags (`--pools`, `--allow-shell`) and their validation.
 //! - [`actions`]: the [`actions::Action`] trait and the built-ins, one file each.
+//! - [`egress`]: what the `http` action may reach (address classes, per-pool allow-lists).
 //! - [`runner`]: the only module that talks to NATS: pulling commands, heartbeats, reports
 //!   and acks.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
@@ -10,6 +11,7 @@
 
 pub mod actions;
 pub mod configuration;
+pub mod egress;
 pub mod http;
 pub mod runner;
 
@@ -20,11 +22,22 @@ pub use configuration::WorkerConfig;
 
 /// Runs the worker until `cancel`, then drains: stops pulling, lets the steps in hand finish
 /// and report, and returns.
-pub async fn run(config: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     // Before anything records a metric, so nothing is counted into the void.
     noetl_service::install_metrics();
-    let registry = actions::Registry::builtin(config.allow_shell, config.max_output_bytes)
-        .context("failed to set up the actions")?;
+    config.http.resolve_denied_hosts().await;
+    for pool in config.http.allow.keys() {
+        if !config.pools.contains(pool) {
+            tracing::warn!(%pool, "http_allow names a pool this worker does not serve");
+        }
+    }
+    let registry = actions::Registry::builtin(
+        config.allow_shell,
+        config.max_output_bytes,
+        &config.http,
+        &config.pools,
+    )
+    .context("failed to set up the actions")?;
     if config.allow_shell {
         tracing::warn!("the shell action is allowed: steps may run programs on this host");
     }

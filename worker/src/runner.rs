@@ -61,6 +61,8 @@ struct Runner {
     worker: String,
     ack_wait: Duration,
     request_timeout: Duration,
+    /// How long a report is sent again while its shard does not record it (`report_deadline_ms`).
+    report_deadline: Duration,
     /// Slots of finished steps whose result the shard has not answered yet.
     reporting: Arc<Semaphore>,
     /// The process's shutdown: stop pulling, and stop retrying reports.
@@ -80,6 +82,7 @@ pub async fn run(
         worker: config.name.clone(),
         ack_wait: config.ack_wait,
         request_timeout: config.request_timeout,
+        report_deadline: config.report_deadline,
         reporting: Arc::new(Semaphore::new(config.pending_reports)),
         shutdown: cancel,
     });

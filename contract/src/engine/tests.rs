@@ -188,6 +188,38 @@ fn reports_of_old_attempts_and_duplicates_are_fenced() {
 }
 
 #[test]
+fn an_undeliverable_command_fails_its_step_at_once_despite_a_retry_policy() {
+    let mut state = diamond();
+    state.playbook.steps[0].retry = Some(crate::playbook::Retry {
+        max_attempts: 5,
+        backoff: crate::playbook::Millis(0),
+    });
+    decide(&mut state, Event::Created);
+    let undeliverable = |attempt| Event::Undeliverable {
+        step: StepIndex::new(0),
+        attempt: Attempt::new(attempt),
+        error: "command_too_large: over max_payload".into(),
+    };
+    assert!(
+        !decide(&mut state, undeliverable(2)).applied,
+        "not the current attempt"
+    );
+    let d = decide(&mut state, undeliverable(1));
+    assert!(d.dispatches.is_empty(), "no retry");
+    assert_eq!(state.steps[0].status, StepStatus::Failed);
+    assert_eq!(
+        state.steps[0].error.as_deref(),
+        Some("command_too_large: over max_payload")
+    );
+    assert_eq!(
+        d.finished,
+        Some(ExecutionStatus::Failed),
+        "the rest is skipped"
+    );
+    assert!(!decide(&mut state, undeliverable(1)).applied, "once");
+}
+
+#[test]
 fn a_lost_worker_is_replaced_even_without_a_retry_policy_but_not_forever() {
     let mut state = ExecutionState::new(
         playbook(json!([{"name": "s", "action": "sleep"}])),

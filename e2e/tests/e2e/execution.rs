@@ -366,8 +366,10 @@ async fn a_result_holding_nul_characters_is_stored_with_replacement_characters()
         .expect("bind");
     let url = format!("http://{}/nul", listener.local_addr().expect("an address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let (cluster, worker, id) = running(
-        1,
+    let cluster = Cluster::builder().start().await;
+    let worker = Worker::allowing_loopback(cluster.nats.url());
+    let id = submit(
+        &cluster,
         json!([{"name": "fetch", "action": "http", "with": {"url": url}}]),
     )
     .await;

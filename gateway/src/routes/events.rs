@@ -25,6 +25,8 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1_000;
 /// How often a live stream asks the shard for new events.
 const STREAM_POLL: Duration = Duration::from_millis(200);
+/// Polls in a row that may fail before a live stream gives up with an `error` event.
+const STREAM_MAX_FAILURES: u32 = 25;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -85,6 +87,25 @@ pub async fn page(
         events: page.events,
         next_after_seq,
     }))
+}
+
+/// The events after `after_seq`, at most `limit` and as many as fit in one shard reply: a page
+/// over NATS `max_payload` (413 `payload_too_large`) is asked for again with half the limit,
+/// down to one event. Returns the page and the limit it was read with.
+async fn read_fitting(
+    request: &ExecutionRequest,
+    route: Route,
+    after_seq: i64,
+    mut limit: u32,
+) -> Result<(EventPage, u32), Problem> {
+    loop {
+        match read(request, route, after_seq, limit).await {
+            Err(problem) if problem.code() == Code::PayloadTooLarge && limit > 1 => {
+                limit = (limit / 2).max(1);
+            }
+            read => return read.map(|page| (page, limit)),
+        }
+    }
 }
 
 /// At most `limit` events of the log after `after_seq`, from the execution's shard.
@@ -149,42 +170,57 @@ impl PartialSchema for StreamEvent {
             .required("event")
             .property("data", data)
             .required("data");
-        let end = ObjectBuilder::new()
-            .description(Some(
-                "The last event: the execution ended, and every entry before it was sent.",
-            ))
-            .property(
-                "event",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["end"])),
-            )
-            .required("event")
-            .property(
-                "data",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["succeeded", "failed", "cancelled"]))
-                    .description(Some("The execution's final status.")),
-            )
-            .required("data")
-            .property(
-                "id",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some(
-                        "The id of the entry before it, as event streams repeat it.",
-                    )),
-            );
+        let end = closing_event(
+            "end",
+            "The last event: the execution ended, and every entry before it was sent.",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["succeeded", "failed", "cancelled"]))
+                .description(Some("The execution's final status.")),
+        )
+        .property(
+            "id",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "The id of the entry before it, as event streams repeat it.",
+                )),
+        );
+        let error = closing_event(
+            "error",
+            "The last event of a stream that cannot go on: an event too large to send (over NATS \
+             `max_payload`), or the shard failed 25 polls in a row. Its data is the problem \
+             document.",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("The problem document, as JSON.")),
+        );
         AnyOfBuilder::new()
             .item(logged)
             .item(end)
+            .item(error)
             .description(Some(
-                "One Server-Sent Event: an entry of the event log, or the `end` that closes the \
-                 stream. Between events the stream sends comments to keep the connection alive.",
+                "One Server-Sent Event: an entry of the event log, or the `end` or `error` that \
+                 closes the stream. Between events the stream sends comments to keep the \
+                 connection alive.",
             ))
             .into()
     }
+}
+
+/// The schema of an event that closes the stream: `event` is `name`, `data` is `data`.
+fn closing_event(name: &str, description: &str, data: ObjectBuilder) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .description(Some(description))
+        .property(
+            "event",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([name])),
+        )
+        .required("event")
+        .property("data", data)
+        .required("data")
 }
 
 impl ToSchema for StreamEvent {
@@ -205,8 +241,10 @@ impl ToSchema for StreamEvent {
         grows. Each event has `id` = its sequence number, `event` = its kind and `data` = the \
         `EventView` as JSON. Once the execution is terminal and every event has been sent, a last \
         event `end` carries the final status (`succeeded`, `failed` or `cancelled`) as its data, \
-        and the stream closes. Comments keep the connection alive meanwhile. Problems found \
-        before the stream starts (bad id, unknown execution, shard down) are answered as problem \
+        and the stream closes. A stream that cannot go on (an event over NATS `max_payload`, or \
+        25 failed polls in a row) ends with an event `error` whose data is the problem document. \
+        Pages are asked for with a smaller limit while they are too large for one shard reply. \
+        Comments keep the connection alive meanwhile. Problems found before the stream starts (bad id, unknown execution, shard down) are answered as problem \
         documents.",
     params(
         IdPath,
@@ -238,15 +276,16 @@ pub async fn stream(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     // Fail fast with a problem document when the execution does not exist.
-    let first = read(&request, route, after_seq, MAX_LIMIT).await?;
+    let (first, limit) = read_fitting(&request, route, after_seq, MAX_LIMIT).await?;
     let cursor = Cursor {
         request,
         route,
         after_seq,
-        more: first.events.len() == MAX_LIMIT as usize,
+        more: first.events.len() == limit as usize,
         pending: first.events.into_iter().collect(),
         last_status: first.status,
         done: false,
+        failures: 0,
     };
     let events = futures::stream::unfold(cursor, |mut cursor| async move {
         cursor.next().await.map(|event| (Ok(event), cursor))
@@ -263,9 +302,21 @@ struct Cursor {
     more: bool,
     last_status: ExecutionStatus,
     done: bool,
+    /// Polls in a row that failed.
+    failures: u32,
 }
 
 impl Cursor {
+    /// The `error` event that ends the stream, with the problem as its data.
+    fn fail(&mut self, problem: &Problem) -> SseEvent {
+        self.done = true;
+        tracing::info!(execution_id = %self.request.id, ?problem, "ending an event stream with an error");
+        SseEvent::default()
+            .event("error")
+            .json_data(problem)
+            .unwrap_or_else(|_| SseEvent::default().event("error"))
+    }
+
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(event) = self.pending.pop_front() {
@@ -293,16 +344,25 @@ impl Cursor {
             if !self.more {
                 tokio::time::sleep(STREAM_POLL).await;
             }
-            match read(&self.request, self.route, self.after_seq, MAX_LIMIT).await {
-                Ok(page) => {
+            match read_fitting(&self.request, self.route, self.after_seq, MAX_LIMIT).await {
+                Ok((page, limit)) => {
+                    self.failures = 0;
                     self.last_status = page.status;
-                    self.more = page.events.len() == MAX_LIMIT as usize;
+                    self.more = page.events.len() == limit as usize;
                     self.pending.extend(page.events);
                 }
+                // One event over NATS max_payload can never be read: say so and end.
+                Err(problem) if problem.code() == Code::PayloadTooLarge => {
+                    return Some(self.fail(&problem));
+                }
                 // A shard that does not answer for a moment is retried; the client sees
-                // keep-alives meanwhile.
+                // keep-alives meanwhile, and an `error` event once it failed too often.
                 Err(problem) => {
-                    tracing::debug!(execution_id = %self.request.id, ?problem, "stream poll failed")
+                    tracing::debug!(execution_id = %self.request.id, ?problem, "stream poll failed");
+                    self.failures += 1;
+                    if self.failures >= STREAM_MAX_FAILURES {
+                        return Some(self.fail(&problem));
+                    }
                 }
             }
         }

@@ -89,6 +89,47 @@ pub async fn delete_commands(executor: impl PgExecutor<'_>, ids: &[i64]) -> Resu
     Ok(())
 }
 
+/// Why an outbox row can never be published: its size on the wire and the limit it is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undeliverable {
+    pub outbox_id: i64,
+    pub size_bytes: usize,
+    pub max_payload: usize,
+}
+
+impl Undeliverable {
+    /// The step error an operator reads (`command_too_large`, then what to change).
+    pub fn reason(&self) -> String {
+        format!(
+            "command_too_large: the step's command is {} bytes, over NATS max_payload ({} bytes); \
+             make its rendered `with` smaller",
+            self.size_bytes, self.max_payload
+        )
+    }
+}
+
+/// Moves an outbox row into `outbox_dead_letters` within `tx`; `false` when the row is gone
+/// (another relay or an earlier call moved it, or JetStream stored it).
+pub async fn dead_letter(
+    tx: &mut Transaction<'_, Postgres>,
+    undeliverable: &Undeliverable,
+) -> Result<bool, Error> {
+    let moved = sqlx::query(
+        "WITH taken AS (DELETE FROM outbox WHERE id = $1
+                        RETURNING id, execution_id, pool, command, created_at)
+         INSERT INTO outbox_dead_letters
+             (id, execution_id, pool, command, reason, size_bytes, max_payload, created_at)
+         SELECT id, execution_id, pool, command, $2, $3, $4, created_at FROM taken",
+    )
+    .bind(undeliverable.outbox_id)
+    .bind(undeliverable.reason())
+    .bind(i64::try_from(undeliverable.size_bytes).unwrap_or(i64::MAX))
+    .bind(i64::try_from(undeliverable.max_payload).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
 /// In how many milliseconds the next outbox row becomes due (0 when one is due now), or
 /// `None` when the outbox is empty. The statement has no parameter, so PostgreSQL plans it once
 /// per connection: meant for the relaxed pool, whose plans use the index.

@@ -19,6 +19,7 @@ mod sleep;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,6 +30,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::egress::Egress;
+
 /// What an action returns: its result document, or the error the step fails with.
 pub type ActionResult = Result<Value, String>;
 
@@ -37,6 +40,8 @@ pub type ActionResult = Result<Value, String>;
 pub struct ActionContext {
     /// 1 for the first attempt of the step.
     pub attempt: u32,
+    /// The pool whose consumer the command came from (its `http_allow` applies).
+    pub pool: Arc<str>,
 }
 
 /// One kind of step. `with` is the step's rendered arguments (`null` when it has none).
@@ -101,15 +106,21 @@ pub struct Registry {
 
 impl Registry {
     /// The built-in actions. `shell` is present either way, so a step that needs it fails
-    /// with a clear message rather than as an unknown action.
-    pub fn builtin(allow_shell: bool, max_output_bytes: usize) -> Result<Self, Error> {
+    /// with a clear message rather than as an unknown action. `http` has a client for each of
+    /// `pools`, with its egress policy.
+    pub fn builtin(
+        allow_shell: bool,
+        max_output_bytes: usize,
+        egress: &Egress,
+        pools: &[String],
+    ) -> Result<Self, Error> {
         let mut registry = Self {
             actions: BTreeMap::new(),
         };
         registry.register(Box::new(noop::Noop));
         registry.register(Box::new(sleep::Sleep));
         registry.register(Box::new(fail::Fail));
-        registry.register(Box::new(http::Http::new(max_output_bytes)?));
+        registry.register(Box::new(http::Http::new(max_output_bytes, egress, pools)?));
         registry.register(Box::new(shell::Shell::new(allow_shell, max_output_bytes)));
         Ok(registry)
     }
@@ -212,10 +223,15 @@ fn capped_text(mut bytes: Vec<u8>, max: usize) -> (String, bool) {
     (String::from_utf8_lossy(&bytes).into_owned(), truncated)
 }
 
-/// Runs one attempt of `action` (`attempt` counts from 1), as the actions' tests do.
+/// Runs one attempt of `action` (`attempt` counts from 1) in the pool `default`, as the
+/// actions' tests do.
 #[cfg(test)]
 async fn run_attempt(action: &dyn Action, with: Value, attempt: u32) -> ActionResult {
-    action.run(&with, &ActionContext { attempt }).await
+    let ctx = ActionContext {
+        attempt,
+        pool: Arc::from("default"),
+    };
+    action.run(&with, &ctx).await
 }
 
 #[cfg(test)]
@@ -224,7 +240,7 @@ mod tests {
     use serde_json::json;
 
     fn registry() -> Registry {
-        Registry::builtin(false, 1024).expect("registry")
+        Registry::builtin(false, 1024, &Egress::default(), &[]).expect("registry")
     }
 
     const LONG: Duration = Duration::from_secs(60);
@@ -236,7 +252,10 @@ mod tests {
         with: Value,
         timeout: Duration,
     ) -> StepOutcome {
-        let ctx = ActionContext { attempt: 1 };
+        let ctx = ActionContext {
+            attempt: 1,
+            pool: Arc::from("default"),
+        };
         let never = CancellationToken::new();
         registry.execute(name, &with, &ctx, timeout, &never).await
     }
@@ -280,7 +299,10 @@ mod tests {
         let registry = registry();
         let cancel = CancellationToken::new();
         let with = json!({"ms": 600_000});
-        let context = ActionContext { attempt: 1 };
+        let context = ActionContext {
+            attempt: 1,
+            pool: Arc::from("default"),
+        };
         let running = registry.execute("sleep", &with, &context, LONG, &cancel);
         cancel.cancel();
         assert_eq!(

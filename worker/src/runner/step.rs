@@ -117,6 +117,7 @@ impl Runner {
         };
         let ctx = ActionContext {
             attempt: command.attempt.get(),
+            pool: Arc::from(pool),
         };
         let timeout = Duration::from_millis(command.timeout_ms);
         let started = Instant::now();
@@ -247,19 +248,39 @@ impl Runner {
         reporting
     }
 
-    /// Sends the report until the shard settles it; `None` when shutdown came first.
+    /// Sends the report until the shard settles it, or for `report_deadline`; `None` when
+    /// shutdown came first. A report over NATS `max_payload` is never sent: a small
+    /// `result_too_large` failure goes in its place.
     async fn report(&self, command: &StepCommand, report: &StepReport) -> Option<&'static str> {
         let subject =
             subject::shard_request(ShardRequest::Result, command.shard, command.execution_id);
+        let mut report = std::borrow::Cow::Borrowed(report);
         let mut backoff = Backoff::new();
+        let give_up = Instant::now() + self.report_deadline;
         loop {
             let answer = noetl_bus::request::<_, ReportAck>(
                 &self.client,
                 subject.clone(),
-                report,
+                report.as_ref(),
                 self.request_timeout,
             )
             .await;
+            if let Err(noetl_bus::Error::TooLarge {
+                size, max_payload, ..
+            }) = answer
+            {
+                if matches!(report, std::borrow::Cow::Borrowed(_)) {
+                    tracing::warn!(
+                        size,
+                        max_payload,
+                        "the result is over NATS max_payload; reporting result_too_large instead"
+                    );
+                    let mut small = report.into_owned();
+                    small.outcome = StepOutcome::too_large(size, max_payload, "NATS max_payload");
+                    report = std::borrow::Cow::Owned(small);
+                    continue;
+                }
+            }
             match settle(&answer) {
                 Settle::Ack(reply) => {
                     match answer {
@@ -276,6 +297,14 @@ impl Runner {
                 Settle::Retry => {
                     if let Err(error) = answer {
                         tracing::warn!(%error, "result not recorded yet; retrying");
+                    }
+                    if Instant::now() >= give_up {
+                        tracing::error!(
+                            deadline = ?self.report_deadline,
+                            "the shard did not record the result within report_deadline_ms; \
+                             giving up (its lease on the attempt will run out)"
+                        );
+                        return Some("given_up");
                     }
                     if self.shutdown.is_cancelled() || !backoff.wait(&self.shutdown).await {
                         return None;
@@ -313,11 +342,13 @@ fn settle(answer: &Result<ReportAck, noetl_bus::Error>) -> Settle {
         Err(noetl_bus::Error::Remote(error))
             if matches!(
                 error.code,
-                WireErrorCode::NotFound | WireErrorCode::BadRequest
+                WireErrorCode::NotFound | WireErrorCode::BadRequest | WireErrorCode::TooLarge
             ) =>
         {
             Settle::Ack("rejected")
         }
+        // Even the small failure that replaced a result is over max_payload: it never fits.
+        Err(noetl_bus::Error::TooLarge { .. }) => Settle::Ack("too_large"),
         Err(_) => Settle::Retry,
     }
 }

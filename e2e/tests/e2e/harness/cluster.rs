@@ -94,14 +94,45 @@ pub struct Worker(Running);
 
 impl Worker {
     pub fn start(nats_url: &str) -> Self {
-        let settings = noetl_worker::configuration::Settings {
+        Self::start_with(nats_url, |_| {})
+    }
+
+    /// A worker that runs the `shell` action (`--allow-shell`).
+    pub fn start_with_shell(nats_url: &str) -> Self {
+        Self::spawn(nats_url, true, |_| {})
+    }
+
+    /// A worker whose default pool may reach 127.0.0.1 (the tests' own HTTP servers), which
+    /// the `http` action's egress policy refuses otherwise.
+    pub fn allowing_loopback(nats_url: &str) -> Self {
+        Self::start_with(nats_url, |settings| {
+            settings.http_allow = [("default".to_owned(), vec!["127.0.0.1/32".to_owned()])].into();
+        })
+    }
+
+    /// A worker with the tests' settings, changed by `tune`.
+    pub fn start_with(
+        nats_url: &str,
+        tune: impl FnOnce(&mut noetl_worker::configuration::Settings),
+    ) -> Self {
+        Self::spawn(nats_url, false, tune)
+    }
+
+    /// A worker with `tune`d settings, running `shell` if `allow_shell`.
+    fn spawn(
+        nats_url: &str,
+        allow_shell: bool,
+        tune: impl FnOnce(&mut noetl_worker::configuration::Settings),
+    ) -> Self {
+        let mut settings = noetl_worker::configuration::Settings {
             common: noetl_service::CommonSettings::new(nats_url),
             listen: "127.0.0.1:0".parse().expect("valid address"),
             ack_wait_ms: 5_000,
             ..noetl_worker::configuration::Settings::default()
         };
+        tune(&mut settings);
         let config =
-            noetl_worker::configuration::WorkerConfig::from_settings(settings, None, false)
+            noetl_worker::configuration::WorkerConfig::from_settings(settings, None, allow_shell)
                 .expect("valid worker config");
         let cancel = CancellationToken::new();
         Self(Running::spawn(
@@ -127,6 +158,7 @@ pub struct ClusterBuilder {
     tokens: Vec<Token>,
     server_process: bool,
     tune: Option<Tune>,
+    nats_max_payload: Option<usize>,
 }
 
 impl ClusterBuilder {
@@ -178,6 +210,15 @@ impl ClusterBuilder {
         }
     }
 
+    /// NATS runs with this `max_payload` (its default is 1 MiB) and its monitoring endpoint
+    /// ([`Cluster::nats_monitor_url`]).
+    pub fn nats_max_payload(self, bytes: usize) -> Self {
+        Self {
+            nats_max_payload: Some(bytes),
+            ..self
+        }
+    }
+
     /// Changes the in-process server's and the gateway's settings.
     pub fn tune(
         self,
@@ -191,7 +232,27 @@ impl ClusterBuilder {
 
     pub async fn start(self) -> Cluster {
         noetl_service::init_tracing(noetl_service::LogFormat::Text);
-        let nats = NatsServer::start();
+        let nats_config = self.nats_max_payload.map(|bytes| {
+            let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+            writeln!(file, "max_payload: {bytes}").expect("write the NATS configuration");
+            (file, free_port())
+        });
+        let nats = match &nats_config {
+            None => NatsServer::start(),
+            Some((file, monitor)) => {
+                let config = file.path().to_string_lossy().into_owned();
+                let args = [
+                    "-c".to_owned(),
+                    config,
+                    "-m".to_owned(),
+                    monitor.to_string(),
+                ];
+                NatsServer::start_with("127.0.0.1", args.to_vec(), &[])
+            }
+        };
+        let nats_monitor_url = nats_config
+            .as_ref()
+            .map(|(_, port)| format!("http://127.0.0.1:{port}"));
         let pg = Postgres::start();
         let databases = pg.create_shards("noetl_shard", self.databases.unwrap_or(self.shards));
         let served: Vec<&str> = databases.split(',').take(self.shards as usize).collect();
@@ -253,6 +314,8 @@ impl ClusterBuilder {
         }
         Cluster {
             nats,
+            nats_monitor_url,
+            _nats_config: nats_config.map(|(file, _)| file),
             pg,
             databases,
             shards,
@@ -274,6 +337,10 @@ enum Server {
 
 pub struct Cluster {
     pub nats: NatsServer,
+    /// NATS's monitoring endpoint (`/connz`, `/varz`), when started with
+    /// [`ClusterBuilder::nats_max_payload`].
+    pub nats_monitor_url: Option<String>,
+    _nats_config: Option<tempfile::NamedTempFile>,
     pub pg: Postgres,
     /// Every shard database's DSN, comma-separated.
     databases: String,
@@ -308,6 +375,7 @@ impl Cluster {
             tokens: Vec::new(),
             server_process: false,
             tune: None,
+            nats_max_payload: None,
         }
     }
 
