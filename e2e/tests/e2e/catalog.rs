@@ -19,6 +19,13 @@ fn playbook(name: &str, step: &str) -> Value {
     json!({"name": name, "steps": [{"name": step, "action": "noop"}]})
 }
 
+/// A playbook `large` of a little over `bytes` bytes (a note in its step's `with`).
+fn large_playbook(bytes: usize) -> Value {
+    let mut large = playbook("large", "s");
+    large["steps"][0]["with"] = json!({"note": "x".repeat(bytes)});
+    large
+}
+
 /// Publishes `playbook` as `api`'s tenant, expecting 201: the version it got.
 async fn publish(api: &Api, playbook: &Value) -> u64 {
     let (status, published) = api.post_json("/api/v1/playbooks", playbook).await;
@@ -145,9 +152,7 @@ async fn a_full_catalog_refuses_publishing_with_its_code_and_other_tenants_do_no
     let b = cluster.with_token("token-b");
 
     // Bytes: one version over what is left.
-    let mut large = playbook("large", "s");
-    large["steps"][0]["with"] = json!({"note": "x".repeat(5_000)});
-    assert_catalog_full(&a, &large, "catalog_max_bytes").await;
+    assert_catalog_full(&a, &large_playbook(5_000), "catalog_max_bytes").await;
 
     // Versions: the fourth of any names.
     for (name, version) in [("one", 1), ("two", 1), ("one", 2)] {
@@ -176,9 +181,9 @@ async fn a_playbook_too_large_for_nats_is_refused_and_the_gateway_keeps_its_conn
     let a = cluster.with_token("token-a");
     let b = cluster.with_token("token-b");
     // Under the body limit, over NATS's default max_payload (1 MiB) once stored.
-    let mut large = playbook("large", "s");
-    large["steps"][0]["with"] = json!({"note": "x".repeat(1_500_000)});
-    let (status, body) = a.post_json("/api/v1/playbooks", &large).await;
+    let (status, body) = a
+        .post_json("/api/v1/playbooks", &large_playbook(1_500_000))
+        .await;
     assert_problem(status, &body, 413, "payload_too_large");
     let detail = body["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("max_payload"), "{body}");
