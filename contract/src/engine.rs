@@ -14,6 +14,7 @@ use crate::command::StepOutcome;
 use crate::playbook::{Playbook, Step};
 use crate::status::ExecutionStatus;
 use crate::step::{Attempt, StepIndex};
+use crate::template::Budget;
 
 // The statuses the engine moves, reachable from here too.
 pub use crate::status::StepStatus;
@@ -53,6 +54,8 @@ pub struct ExecutionState {
     pub input: Value,
     pub status: ExecutionStatus,
     pub steps: Vec<StepState>,
+    /// What rendering one step's `with` may cost (a setting of the server).
+    pub budget: Budget,
 }
 
 impl ExecutionState {
@@ -68,7 +71,16 @@ impl ExecutionState {
             input: Value::Object(merged),
             status: ExecutionStatus::Pending,
             steps,
+            budget: Budget::default(),
         }
+    }
+
+    /// Whether any step renders a template, so deciding may cost a render's budget.
+    pub fn renders_templates(&self) -> bool {
+        self.playbook
+            .steps
+            .iter()
+            .any(|step| crate::template::has_templates(&step.with))
     }
 
     fn is_terminal(&self) -> bool {
@@ -169,6 +181,18 @@ pub struct Decision {
     pub changed: Vec<StepIndex>,
     /// Set once, by the event that ended the execution.
     pub finished: Option<ExecutionStatus>,
+    /// The first step whose `with` went over its budget or rendered what cannot be stored
+    /// (the step is failed with it; at submit, the submit is refused with it).
+    pub refused: Option<Refusal>,
+}
+
+/// A step's render refused with a code ([`crate::template::RenderError::code`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub step: String,
+    pub code: &'static str,
+    /// Names the field (`with.url: …`).
+    pub message: String,
 }
 
 impl Decision {
@@ -360,7 +384,12 @@ fn dispatch(
 ) {
     state.step_mut(step).attempt = attempt;
     decision.changed(step);
-    match crate::template::render(&state.spec(step).with, &state.template_context()) {
+    let rendered = crate::template::render(
+        &state.spec(step).with,
+        &state.template_context(),
+        &state.budget,
+    );
+    match rendered {
         Ok(with) => {
             state.step_mut(step).status = StepStatus::Dispatched;
             // The rendered arguments go into the log, so a run can be explained afterwards.
@@ -376,9 +405,16 @@ fn dispatch(
             });
         }
         Err(error) => {
+            if let (Some(code), None) = (error.code(), &decision.refused) {
+                decision.refused = Some(Refusal {
+                    step: state.spec(step).name.clone(),
+                    code,
+                    message: error.message().to_owned(),
+                });
+            }
             let s = state.step_mut(step);
             s.status = StepStatus::Failed;
-            s.error = Some(format!("template: {error}"));
+            s.error = Some(error.to_string());
             let error = s.error.clone();
             decision.record(
                 "step_failed",

@@ -152,6 +152,12 @@ pub enum WireErrorCode {
     /// The request or its reply is over NATS `max_payload`: it was not sent (a reply: this
     /// error was sent instead). Sending it again cannot help.
     TooLarge,
+    /// A first step's `with` went over its template budget (the message names the step and
+    /// the field); nothing was stored.
+    TemplateBudgetExceeded,
+    /// A first step's `with` rendered a value PostgreSQL cannot store (U+0000); nothing was
+    /// stored.
+    UnstorableValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

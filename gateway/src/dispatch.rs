@@ -197,6 +197,10 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 format!("shard {shard}'s reply: {}", remote.message),
             ),
             WireErrorCode::BadRequest => Problem::new(Code::InvalidRequest, remote.message),
+            WireErrorCode::TemplateBudgetExceeded => {
+                Problem::new(Code::TemplateBudgetExceeded, remote.message)
+            }
+            WireErrorCode::UnstorableValue => Problem::new(Code::UnstorableValue, remote.message),
             WireErrorCode::ShardUnavailable => Problem::new(
                 Code::ShardUnavailable,
                 format!("shard {shard}: {}", remote.message),

@@ -127,6 +127,8 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
             InvalidJson,
             InvalidRequest,
             InvalidPlaybook,
+            TemplateBudgetExceeded,
+            UnstorableValue,
             PlaybookNotFound,
             ExecutionRetired,
             PayloadTooLarge,

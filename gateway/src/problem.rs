@@ -17,6 +17,8 @@ pub enum Code {
     InvalidRequest,
     InvalidPlaybook,
     YamlExpansionLimit,
+    TemplateBudgetExceeded,
+    UnstorableValue,
     InvalidExecutionId,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -45,11 +47,13 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 27] = [
+    pub const ALL: [Code; 29] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
         Code::YamlExpansionLimit,
+        Code::TemplateBudgetExceeded,
+        Code::UnstorableValue,
         Code::InvalidExecutionId,
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
@@ -82,6 +86,8 @@ impl Code {
             | Code::InvalidRequest
             | Code::InvalidPlaybook
             | Code::YamlExpansionLimit
+            | Code::TemplateBudgetExceeded
+            | Code::UnstorableValue
             | Code::InvalidExecutionId => StatusCode::BAD_REQUEST,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -115,6 +121,8 @@ impl Code {
             Code::InvalidRequest => "Request does not match the API",
             Code::InvalidPlaybook => "Playbook is invalid",
             Code::YamlExpansionLimit => "YAML expands too far",
+            Code::TemplateBudgetExceeded => "Template over its budget",
+            Code::UnstorableValue => "Value cannot be stored",
             Code::InvalidExecutionId => "Invalid execution id",
             Code::PayloadTooLarge => "Body too large",
             Code::UnsupportedMediaType => "Unsupported media type",
@@ -162,6 +170,17 @@ impl Code {
                 "a YAML body's aliases (`*name`, repeating what an anchor `&name` marks) expand \
                  it to more nodes than twice its length in bytes; write the repeated parts out, \
                  or send JSON"
+            }
+            Code::TemplateBudgetExceeded => {
+                "a first step's `with` went over its template budget when rendered at submit: \
+                 the server's `template_fuel`, `template_max_bytes` or `template_max_depth`, or \
+                 minijinja's own caps (wiki/limits.md); `detail` names the step and the field; \
+                 nothing was stored (a later step that goes over fails with this code instead)"
+            }
+            Code::UnstorableValue => {
+                "a first step's `with` rendered a string holding the NUL character (U+0000), \
+                 which the shard database cannot store; `detail` names the step and the field; \
+                 nothing was stored (a later step fails with this code instead)"
             }
             Code::InvalidExecutionId => {
                 "the `{id}` in the path is not an execution id: plain decimal digits of a \

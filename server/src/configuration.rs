@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context};
 use noetl_bus::NatsConfig;
 use noetl_contract::shards::ShardMap;
+use noetl_contract::template;
 use noetl_contract::ShardId;
 use noetl_service::CommonSettings;
 use serde::Deserialize;
 
 use crate::orchestrate::Leases;
+use crate::render::Rendering;
 
 /// The flags of `noetl-server` besides `--config`.
 #[derive(Debug, clap::Args)]
@@ -49,6 +51,17 @@ pub struct Settings {
     /// the future a shard-count change activates, and how long a gateway mints on an
     /// unconfirmed view.
     pub topology_grace_ms: i64,
+    /// minijinja instructions all the templates of one step's `with` may run, together
+    /// (wiki/limits.md); over it the step fails, or its submit is refused, with
+    /// `template_budget_exceeded`.
+    pub template_fuel: u64,
+    /// Bytes of one rendered value, and of all the rendered values of one step's `with`.
+    pub template_max_bytes: usize,
+    /// Arrays and objects a rendered value may nest (at most 100).
+    pub template_max_depth: usize,
+    /// A decision that renders templates and still runs after this is abandoned, and the
+    /// steps it renders fail with `template_budget_exceeded`.
+    pub template_deadline_ms: u64,
     /// `nats_url`, the NATS credentials and `log_format`.
     #[serde(flatten)]
     pub common: CommonSettings,
@@ -68,6 +81,10 @@ impl Default for Settings {
             default_step_timeout_ms: 3_600_000,
             step_result_max_bytes: 256 * 1024,
             topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
+            template_fuel: template::DEFAULT_FUEL,
+            template_max_bytes: template::DEFAULT_MAX_BYTES,
+            template_max_depth: template::DEFAULT_MAX_DEPTH,
+            template_deadline_ms: crate::render::DEFAULT_DEADLINE_MS,
             common: CommonSettings::default(),
         }
     }
@@ -87,6 +104,7 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     pub leases: Leases,
     pub step_result_max_bytes: usize,
+    pub rendering: Rendering,
     pub topology_grace_ms: i64,
 }
 
@@ -131,10 +149,23 @@ impl ServerConfig {
                 "default_step_timeout_ms",
                 settings.default_step_timeout_ms as usize,
             ),
+            ("template_fuel", settings.template_fuel as usize),
+            ("template_max_bytes", settings.template_max_bytes),
+            ("template_max_depth", settings.template_max_depth),
+            (
+                "template_deadline_ms",
+                settings.template_deadline_ms as usize,
+            ),
         ] {
             if value == 0 {
                 bail!("{name} must be at least 1");
             }
+        }
+        if settings.template_max_depth > template::MAX_DEPTH_LIMIT {
+            bail!(
+                "template_max_depth must be at most {}",
+                template::MAX_DEPTH_LIMIT
+            );
         }
         Ok(Self {
             nats: settings.common.nats("noetl-server"),
@@ -151,6 +182,14 @@ impl ServerConfig {
                 default_timeout_ms: settings.default_step_timeout_ms,
             },
             step_result_max_bytes: settings.step_result_max_bytes,
+            rendering: Rendering {
+                budget: template::Budget {
+                    fuel: settings.template_fuel,
+                    max_bytes: settings.template_max_bytes,
+                    max_depth: settings.template_max_depth,
+                },
+                deadline: std::time::Duration::from_millis(settings.template_deadline_ms),
+            },
             topology_grace_ms: settings.topology_grace_ms,
         })
     }
@@ -206,5 +245,41 @@ mod tests {
         };
         let error = ServerConfig::from_settings(zero_batch, None).expect_err("zero batch");
         assert!(error.to_string().contains("max_batch"), "{error}");
+    }
+
+    #[test]
+    fn template_budgets_are_read_and_bounded() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert_eq!(config.rendering.budget, template::Budget::default());
+        let tuned = Settings {
+            template_fuel: 5,
+            template_max_bytes: 6,
+            template_max_depth: 7,
+            template_deadline_ms: 8,
+            ..settings(Some(TWO))
+        };
+        let rendering = ServerConfig::from_settings(tuned, None)
+            .expect("valid")
+            .rendering;
+        assert_eq!(
+            (rendering.budget, rendering.deadline),
+            (
+                template::Budget {
+                    fuel: 5,
+                    max_bytes: 6,
+                    max_depth: 7
+                },
+                std::time::Duration::from_millis(8)
+            )
+        );
+        for (deep, zero) in [(101, 1), (1, 0)] {
+            let bad = Settings {
+                template_max_depth: deep,
+                template_fuel: zero,
+                ..settings(Some(TWO))
+            };
+            let error = ServerConfig::from_settings(bad, None).expect_err("out of bounds");
+            assert!(error.to_string().contains("template_"), "{error}");
+        }
     }
 }

@@ -21,6 +21,7 @@ pub mod leases;
 pub mod orchestrate;
 pub mod persistence;
 pub mod relay;
+pub mod render;
 pub mod shard;
 pub mod topology;
 
@@ -123,6 +124,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             shard,
             pools.clone(),
             config.leases,
+            config.rendering,
             relay.clone(),
             orchestrate::Batching {
                 tracker: &committers,

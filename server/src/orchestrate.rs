@@ -10,11 +10,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use noetl_contract::command::StepCommand;
-use noetl_contract::engine::{self, Decision, Event, ExecutionState};
-use noetl_contract::message::SubmitCommand;
+use noetl_contract::engine::{Decision, Event, ExecutionState};
+use noetl_contract::message::{SubmitCommand, WireError, WireErrorCode};
 use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
 use noetl_contract::status::{ExecutionStatus, StepStatus};
 use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use tokio_util::task::TaskTracker;
@@ -22,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::batch::Batcher;
 use crate::persistence::{self, to_json, Beat, Held, NewExecution, OutboxRow, Pools, StepRow};
 use crate::relay::{self, Handoff, Relay};
+use crate::render::{self, Rendering};
 
 /// How long attempts may stay silent before they are presumed lost.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +79,8 @@ struct Inner {
     /// Commits without waiting for the WAL flush: heartbeats only.
     relaxed: PgPool,
     leases: Leases,
+    /// What rendering a step's `with` may cost.
+    rendering: Rendering,
     /// Told after every commit that queued commands.
     relay: Relay,
 }
@@ -146,6 +150,7 @@ impl Orchestrator {
         shard: ShardId,
         pools: Pools,
         leases: Leases,
+        rendering: Rendering,
         relay: Relay,
         batching: Batching<'_>,
     ) -> Self {
@@ -160,6 +165,7 @@ impl Orchestrator {
             pool,
             relaxed,
             leases,
+            rendering,
             relay,
         });
         let reports = Inner::batches(
@@ -196,13 +202,25 @@ impl Orchestrator {
     }
 
     /// Starts a submitted execution in memory: its steps, first events and first commands,
-    /// ready to be committed with the execution row.
-    pub fn prepare(&self, command: &SubmitCommand) -> NewExecution {
+    /// ready to be committed with the execution row. A first step whose `with` goes over its
+    /// budget, or renders what cannot be stored, refuses the submit with that step's reason
+    /// (nothing is stored; the other submits of the batch are not concerned).
+    pub async fn prepare(&self, command: &SubmitCommand) -> Result<NewExecution, WireError> {
         let mut state = ExecutionState::new(command.playbook.clone(), command.input.clone());
-        let decision = engine::decide(&mut state, Event::Created);
+        let decision = render::decide(&mut state, Event::Created, &self.inner.rendering).await;
+        if let Some(refusal) = decision.refused {
+            let code = match refusal.code {
+                template::UNSTORABLE => WireErrorCode::UnstorableValue,
+                _ => WireErrorCode::TemplateBudgetExceeded,
+            };
+            return Err(WireError {
+                code,
+                message: format!("step {:?}: {}", refusal.step, refusal.message),
+            });
+        }
         let mut events = vec![("execution_created".to_owned(), "{}".to_owned())];
         events.extend(event_rows(&decision));
-        NewExecution {
+        Ok(NewExecution {
             execution_id: command.execution_id,
             playbook_name: command.playbook.name.clone(),
             playbook_version: command.playbook_version,
@@ -218,7 +236,7 @@ impl Orchestrator {
             outbox: self
                 .inner
                 .outbox_rows(command.execution_id, &state, &decision),
-        }
+        })
     }
 
     /// Applies `event` to execution `id` in a transaction of its own.
@@ -444,6 +462,7 @@ impl Inner {
                 input: locked.input,
                 status: locked.status,
                 steps: locked.steps,
+                budget: self.rendering.budget,
             };
             working.insert(
                 locked.execution_id,
@@ -469,7 +488,7 @@ impl Inner {
                 outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
                 continue;
             }
-            let decision = engine::decide(&mut work.state, event.clone());
+            let decision = render::decide(&mut work.state, event.clone(), &self.rendering).await;
             if !decision.applied {
                 outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
                 continue;
@@ -541,7 +560,7 @@ impl Inner {
                     .iter()
                     .find(|d| d.step == index)
                     .map_or(0, |d| d.delay_ms);
-                Some(millis(delay + self.leases.dispatch_lease_ms))
+                Some(millis(delay.saturating_add(self.leases.dispatch_lease_ms)))
             }
             StepStatus::Running => Some(millis(self.leases.step_lease_ms)),
             _ => None,
@@ -600,6 +619,11 @@ fn event_rows(decision: &Decision) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The longest delay or lease stored: a century. PostgreSQL's timestamps end in the year
+/// 294276, so `now() + i64::MAX ms` is out of range and would fail the statement, and with it
+/// every execution written in the same transaction; a delay of a century never comes either.
+const MAX_STORED_MS: u64 = 100 * 366 * 24 * 3_600_000;
+
 fn millis(ms: u64) -> i64 {
-    i64::try_from(ms).unwrap_or(i64::MAX)
+    i64::try_from(ms.min(MAX_STORED_MS)).unwrap_or(i64::MAX)
 }

@@ -255,7 +255,7 @@ async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireE
         .playbook
         .validate()
         .map_err(|e| wire_error(WireErrorCode::BadRequest, format!("invalid playbook: {e}")))?;
-    let row = shard.orchestrator.prepare(&command);
+    let row = shard.orchestrator.prepare(&command).await?;
     let committed = shard.committer.commit(row).await?;
     Ok(SubmitReceipt {
         execution_id: committed.execution_id,

@@ -16,6 +16,7 @@ use noetl_server::commit::Committer;
 use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator};
 use noetl_server::persistence::{self, Beat, Pools, HANDOFF_GRACE};
 use noetl_server::relay::{self, Relay};
+use noetl_server::render::Rendering;
 use noetl_test_support::{NatsServer, Postgres};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,7 @@ impl Shard {
                 dispatch_lease_ms: 300_000,
                 default_timeout_ms: 60_000,
             },
+            Rendering::default(),
             relay,
             Batching {
                 tracker: &tracker,
@@ -70,10 +72,11 @@ impl Shard {
     /// Commits executions `ids` of `playbook` as a committer does, without handing their
     /// commands to a relay.
     async fn insert(&self, ids: impl IntoIterator<Item = i64>, playbook: &serde_json::Value) {
-        let rows: Vec<_> = ids
-            .into_iter()
-            .map(|id| self.orchestrator.prepare(&submit(id, playbook.clone())))
-            .collect();
+        let mut rows = Vec::new();
+        for id in ids {
+            let submit = submit(id, playbook.clone());
+            rows.push(self.orchestrator.prepare(&submit).await.expect("prepared"));
+        }
         let mut connection = self.pool.acquire().await.expect("connection");
         persistence::insert_executions(&mut connection, &rows)
             .await
@@ -489,7 +492,13 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     // Handed off while the relay is not running yet; then its row is made due only in an
     // hour, so no pass can publish it: only the handoff can.
     let handed = committer
-        .commit(shard.orchestrator.prepare(&submit(40_001, one_step())))
+        .commit(
+            shard
+                .orchestrator
+                .prepare(&submit(40_001, one_step()))
+                .await
+                .expect("prepared"),
+        )
         .await
         .expect("commit");
     assert!(handed.created);

@@ -288,6 +288,38 @@ fn a_template_that_fails_at_run_time_fails_its_step() {
 }
 
 #[test]
+fn a_render_over_its_budget_fails_the_step_with_the_code_and_is_named() {
+    let mut state = ExecutionState::new(
+        playbook(json!([
+            {"name": "a", "action": "noop", "with": {"x": "{{ 'a' * 2 }}"}},
+            {"name": "b", "action": "noop", "needs": ["a"], "with": {"x": "{{ 'a' * 100 }}"}}
+        ])),
+        json!({}),
+    );
+    state.budget.max_bytes = 50;
+    let created = decide(&mut state, Event::Created);
+    assert_eq!(created.refused, None, "the first step fits");
+    let d = decide(&mut state, ok(0, 1, json!({})));
+    let refused = d.refused.expect("named");
+    assert_eq!(
+        (refused.step.as_str(), refused.code),
+        ("b", "template_budget_exceeded")
+    );
+    assert!(
+        refused.message.starts_with("with.x: "),
+        "{}",
+        refused.message
+    );
+    assert_eq!(state.steps[1].status, StepStatus::Failed);
+    let error = state.steps[1].error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("template_budget_exceeded: with.x"),
+        "{error}"
+    );
+    assert_eq!(d.finished, Some(ExecutionStatus::Failed));
+}
+
+#[test]
 fn execution_input_overrides_playbook_defaults() {
     let playbook: Playbook = serde_json::from_value(json!({
         "name": "t", "input": {"a": 1, "b": 2}, "steps": [{"name": "s", "action": "noop"}]

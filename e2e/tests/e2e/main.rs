@@ -17,4 +17,5 @@ mod payload;
 mod permissions;
 mod resharding;
 mod submit;
+mod templates;
 mod topology;

@@ -59,3 +59,17 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(&'static str),
 }
+
+impl Error {
+    /// Whether the database refused the data itself (SQLSTATE classes 22, data exception;
+    /// 23, integrity constraint violation; 54, program limit exceeded), so the same rows fail
+    /// the same way however often they are retried, while other rows would commit.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| ["22", "23", "54"].iter().any(|c| code.starts_with(c))),
+            _ => false,
+        }
+    }
+}
