@@ -1,10 +1,17 @@
-//! The playbook catalog in the `noetl_playbooks` key-value bucket: every version of every
-//! playbook under `pb.{name}.{version}`, and the newest version under `latest.{name}` (names
-//! hex-encoded, so any valid playbook name is a valid key).
+//! The playbook catalog in the `noetl_playbooks` key-value bucket, one namespace per tenant:
+//! every version of every playbook under `t.{tenant}.pb.{name}.{version}`, the newest version
+//! under `t.{tenant}.latest.{name}`, and what the tenant's catalog holds (versions and bytes,
+//! for its quota) under `t.{tenant}.usage` (tenants and names hex-encoded, so any of them is a
+//! valid key). A tenant never reads, lists or writes a key outside its own `t.{tenant}.`.
 //!
 //! Versions are numbered from 1 by whoever publishes: a version key is created only if absent,
 //! so two publishers racing for a number get two numbers, and the `latest` pointer only moves
-//! forward (compare-and-set).
+//! forward (compare-and-set). The usage record is raised (compare-and-set) before the version
+//! is stored, so racing publishers cannot pass the quota together; a publish that fails after
+//! that still counts.
+//!
+//! Keys of the single namespace before tenants (`pb.{name}.{version}`, `latest.{name}`) are
+//! left in the bucket and never read: see wiki/limits.md for how to move them.
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -16,7 +23,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::{unix_now_ms, Client, Error};
 
-const LATEST: &str = "latest.";
+/// The most a tenant's catalog may hold; publishing past either is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Versions of all its playbooks together.
+    pub max_versions: u64,
+    /// Bytes of all its stored versions together.
+    pub max_bytes: u64,
+}
+
+/// A publish that would take the tenant's catalog over its [`Quota`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what}: the tenant's catalog holds {used} of {limit}, and this playbook needs {needed} more"
+)]
+pub struct OverQuota {
+    /// `versions` or `bytes`.
+    pub what: &'static str,
+    pub used: u64,
+    pub needed: u64,
+    pub limit: u64,
+}
+
+/// Room for the headers of a key-value write (`Nats-Expected-Last-Subject-Sequence`).
+const KV_HEADERS: usize = 128;
+
+/// What a tenant's catalog holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Usage {
+    versions: u64,
+    bytes: u64,
+}
 
 async fn bucket(client: &Client) -> Result<kv::Store, Error> {
     crate::kv_bucket(
@@ -41,12 +78,25 @@ fn unhex(key: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn version_key(name: &str, version: u32) -> String {
-    format!("pb.{}.{version}", hex(name))
+/// The prefix of every key of `tenant`'s namespace.
+fn tenant_prefix(tenant: &str) -> String {
+    format!("t.{}.", hex(tenant))
 }
 
-fn latest_key(name: &str) -> String {
-    format!("{LATEST}{}", hex(name))
+fn version_key(tenant: &str, name: &str, version: u32) -> String {
+    format!("{}pb.{}.{version}", tenant_prefix(tenant), hex(name))
+}
+
+fn latest_prefix(tenant: &str) -> String {
+    format!("{}latest.", tenant_prefix(tenant))
+}
+
+fn latest_key(tenant: &str, name: &str) -> String {
+    format!("{}{}", latest_prefix(tenant), hex(name))
+}
+
+fn usage_key(tenant: &str) -> String {
+    format!("{}usage", tenant_prefix(tenant))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,97 +105,186 @@ struct Latest {
     updated_at_ms: i64,
 }
 
-/// Room for the headers of a key-value write (`Nats-Expected-Last-Subject-Sequence`).
-const KV_HEADERS: usize = 128;
-
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, Error> {
     serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(|e| Error::Transport(e.to_string()))
 }
 
-async fn latest(store: &kv::Store, name: &str) -> Result<Option<(Latest, u64)>, Error> {
-    let key = latest_key(name);
+/// A key's value and revision, `None` when it is absent.
+async fn entry<T: serde::de::DeserializeOwned>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, Error> {
     let entry = store
-        .entry(&key)
+        .entry(key)
         .await
         .map_err(|e| Error::Transport(format!("reading the catalog: {e}")))?;
     match entry.filter(|e| e.operation == kv::Operation::Put) {
-        Some(entry) => Ok(Some((crate::decode(&key, &entry.value)?, entry.revision))),
+        Some(entry) => Ok(Some((crate::decode(key, &entry.value)?, entry.revision))),
         None => Ok(None),
     }
 }
 
-/// Stores `playbook` (already validated) as the next version of its name.
-pub async fn publish(client: &Client, playbook: &Playbook) -> Result<CatalogEntry, Error> {
+async fn latest(
+    store: &kv::Store,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<(Latest, u64)>, Error> {
+    entry(store, &latest_key(tenant, name)).await
+}
+
+/// Sets `key` to `value` if it is still at `revision` (`None`: absent); `Ok(false)` when
+/// someone changed it first.
+async fn compare_and_set(
+    store: &kv::Store,
+    key: &str,
+    value: Bytes,
+    revision: Option<u64>,
+) -> Result<bool, Error> {
+    let outcome = match revision {
+        Some(revision) => store
+            .update(key, value, revision)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                (
+                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                    e.to_string(),
+                )
+            }),
+        None => store.create(key, value).await.map(|_| ()).map_err(|e| {
+            (
+                e.kind() == kv::CreateErrorKind::AlreadyExists,
+                e.to_string(),
+            )
+        }),
+    };
+    match outcome {
+        Ok(()) => Ok(true),
+        Err((true, _)) => Ok(false),
+        Err((false, e)) => Err(Error::Transport(format!("updating the catalog: {e}"))),
+    }
+}
+
+/// Counts one more version of `bytes` against `tenant`'s quota, unless it would pass it.
+async fn reserve(
+    store: &kv::Store,
+    tenant: &str,
+    bytes: u64,
+    quota: Quota,
+) -> Result<Result<(), OverQuota>, Error> {
+    let key = usage_key(tenant);
+    loop {
+        let (usage, revision) = match entry::<Usage>(store, &key).await? {
+            Some((usage, revision)) => (usage, Some(revision)),
+            None => (Usage::default(), None),
+        };
+        if usage.versions.saturating_add(1) > quota.max_versions {
+            return Ok(Err(OverQuota {
+                what: "versions",
+                used: usage.versions,
+                needed: 1,
+                limit: quota.max_versions,
+            }));
+        }
+        if usage.bytes.saturating_add(bytes) > quota.max_bytes {
+            return Ok(Err(OverQuota {
+                what: "bytes",
+                used: usage.bytes,
+                needed: bytes,
+                limit: quota.max_bytes,
+            }));
+        }
+        let raised = encode(&Usage {
+            versions: usage.versions + 1,
+            bytes: usage.bytes + bytes,
+        })?;
+        if compare_and_set(store, &key, raised, revision).await? {
+            return Ok(Ok(()));
+        }
+        // Another publish of this tenant counted first: look again.
+    }
+}
+
+/// Stores `playbook` (already validated) as the next version of its name in `tenant`'s
+/// catalog, unless that would pass the tenant's `quota` (`Ok(Err(…))`) or NATS `max_payload`
+/// ([`Error::TooLarge`]); either way nothing is stored.
+pub async fn publish(
+    client: &Client,
+    tenant: &str,
+    playbook: &Playbook,
+    quota: Quota,
+) -> Result<Result<CatalogEntry, OverQuota>, Error> {
     let store = bucket(client).await?;
     let name = &playbook.name;
-    let mut version = latest(&store, name)
+    let mut version = latest(&store, tenant, name)
         .await?
-        .map_or(1, |(l, _)| l.version + 1);
-    let entry = loop {
-        let entry = CatalogEntry {
-            name: name.clone(),
-            version,
-            created_at_ms: unix_now_ms(),
-            playbook: playbook.clone(),
-        };
-        let value = encode(&entry)?;
-        // A key-value create carries a header of its own besides the trace's.
-        crate::check_size(client, name, value.len() + KV_HEADERS)?;
-        match store.create(version_key(name, version), value).await {
-            Ok(_) => break entry,
+        .map_or(1, |(l, _)| l.version.saturating_add(1));
+    let mut entry = CatalogEntry {
+        name: name.clone(),
+        version,
+        created_at_ms: unix_now_ms(),
+        playbook: playbook.clone(),
+    };
+    let mut value = encode(&entry)?;
+    let key = version_key(tenant, name, version);
+    // A key-value create carries a header of its own; the version number may grow below, by
+    // a digit or two at most, which KV_HEADERS leaves room for.
+    crate::check_size(client, &key, value.len() + KV_HEADERS)?;
+    let bytes = u64::try_from(value.len()).unwrap_or(u64::MAX);
+    if let Err(over) = reserve(&store, tenant, bytes, quota).await? {
+        return Ok(Err(over));
+    }
+    loop {
+        match store
+            .create(version_key(tenant, name, version), value.clone())
+            .await
+        {
+            Ok(_) => break,
             // Another publisher took this number.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => version += 1,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                version = version.saturating_add(1);
+                entry.version = version;
+                value = encode(&entry)?;
+            }
             Err(e) => return Err(Error::Transport(format!("storing the playbook: {e}"))),
         }
-    };
+    }
     let pointer = encode(&Latest {
         version,
         updated_at_ms: entry.created_at_ms,
     })?;
+    let key = latest_key(tenant, name);
     loop {
-        let outcome = match latest(&store, name).await? {
-            Some((current, _)) if current.version >= version => return Ok(entry),
-            Some((_, revision)) => store
-                .update(latest_key(name), pointer.clone(), revision)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
-            None => store
-                .create(latest_key(name), pointer.clone())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+        let revision = match latest(&store, tenant, name).await? {
+            Some((current, _)) if current.version >= version => return Ok(Ok(entry)),
+            Some((_, revision)) => Some(revision),
+            None => None,
         };
-        match outcome {
-            Ok(()) => return Ok(entry),
-            // Someone moved the pointer meanwhile: look again.
-            Err(true) => continue,
-            Err(false) => {
-                return Err(Error::Transport(
-                    "updating the catalog's latest version failed".to_owned(),
-                ))
-            }
+        if compare_and_set(&store, &key, pointer.clone(), revision).await? {
+            return Ok(Ok(entry));
         }
+        // Someone moved the pointer meanwhile: look again.
     }
 }
 
-/// A version of a playbook, or its newest when `version` is `None`.
+/// A version of `tenant`'s playbook, or its newest when `version` is `None`.
 pub async fn get(
     client: &Client,
+    tenant: &str,
     name: &str,
     version: Option<u32>,
 ) -> Result<Option<CatalogEntry>, Error> {
     let store = bucket(client).await?;
     let version = match version {
         Some(version) => version,
-        None => match latest(&store, name).await? {
+        None => match latest(&store, tenant, name).await? {
             Some((latest, _)) => latest.version,
             None => return Ok(None),
         },
     };
-    let key = version_key(name, version);
+    let key = version_key(tenant, name, version);
     match store
         .get(&key)
         .await
@@ -156,31 +295,51 @@ pub async fn get(
     }
 }
 
-/// Every playbook name with its newest version, by name.
-pub async fn list(client: &Client) -> Result<Vec<CatalogSummary>, Error> {
+/// Every playbook name of `tenant` with its newest version, by name. Reads only the tenant's
+/// `latest` pointers (a consumer filtered to them), never another tenant's keys.
+pub async fn list(client: &Client, tenant: &str) -> Result<Vec<CatalogSummary>, Error> {
+    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+    let failed = |e: &dyn std::fmt::Display| Error::Transport(format!("listing the catalog: {e}"));
     let store = bucket(client).await?;
-    let mut keys = store
-        .keys()
+    let prefix = format!("{}{}", store.prefix, latest_prefix(tenant));
+    let consumer = store
+        .stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some("catalog listing".to_owned()),
+            filter_subject: format!("{prefix}>"),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
         .await
-        .map_err(|e| Error::Transport(format!("listing the catalog: {e}")))?;
-    let mut names = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| Error::Transport(format!("listing the catalog: {e}")))?;
-        if let Some(name) = key.strip_prefix(LATEST).and_then(unhex) {
-            names.push(name);
+        .map_err(|e| failed(&e))?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+    let mut summaries = Vec::new();
+    while pending > 0 {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        let message = message.map_err(|e| failed(&e))?;
+        pending = message.info().map_err(|e| failed(&e))?.pending;
+        let Some(name) = message
+            .subject
+            .strip_prefix(prefix.as_str())
+            .and_then(unhex)
+        else {
+            continue;
+        };
+        if message.payload.is_empty() {
+            continue; // a delete marker
         }
+        let latest: Latest = crate::decode(&message.subject, &message.payload)?;
+        summaries.push(CatalogSummary {
+            name,
+            latest_version: latest.version,
+            updated_at_ms: latest.updated_at_ms,
+        });
     }
-    names.sort();
-    let mut summaries = Vec::with_capacity(names.len());
-    for name in names {
-        if let Some((latest, _)) = latest(&store, &name).await? {
-            summaries.push(CatalogSummary {
-                name,
-                latest_version: latest.version,
-                updated_at_ms: latest.updated_at_ms,
-            });
-        }
-    }
+    summaries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(summaries)
 }
 
@@ -195,5 +354,16 @@ mod tests {
         }
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex("abc"), None);
+    }
+
+    #[test]
+    fn tenants_have_disjoint_keys() {
+        // Hex keeps a tenant's prefix from being a prefix of another tenant's keys.
+        let a = version_key("a", "x", 1);
+        let ab = version_key("a.b", "x", 1);
+        assert!(!ab.starts_with(&tenant_prefix("a")), "{ab}");
+        assert!(a.starts_with(&tenant_prefix("a")), "{a}");
+        assert!(latest_key("a", "x").starts_with(&latest_prefix("a")));
+        assert_ne!(usage_key("a"), usage_key("b"));
     }
 }

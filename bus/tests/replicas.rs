@@ -53,7 +53,10 @@ async fn streams_get_the_configured_replicas_and_existing_ones_are_raised() {
 
     // A process configured with one replica creates the catalog's bucket.
     let single = connect(cluster.url(), 1).await;
-    once_ready("list the catalog", || noetl_bus::catalog::list(&single)).await;
+    once_ready("list the catalog", || {
+        noetl_bus::catalog::list(&single, "default")
+    })
+    .await;
     let catalog = format!("KV_{}", subject::CATALOG_BUCKET);
     assert_eq!(replicas_of(&single, &catalog).await, 1);
 

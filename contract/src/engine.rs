@@ -349,7 +349,9 @@ fn fail_attempt(
         let backoff = retry.map_or(0, |r| r.backoff.0);
         // Attempts in flight count from 1: the first retry waits `backoff`.
         let doublings = attempt.get().saturating_sub(1).min(20);
-        let delay_ms = backoff.saturating_mul(1u64 << doublings);
+        let delay_ms = backoff
+            .saturating_mul(1u64 << doublings)
+            .min(crate::playbook::MAX_RETRY_DELAY_MS);
         decision.record(
             "step_attempt_failed",
             step_payload(

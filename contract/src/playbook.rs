@@ -28,6 +28,21 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
 pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+/// The longest `timeout` of a step: one day.
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The longest `retry.backoff`: one hour.
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// The longest wait before a retry, however often the backoff has doubled: one day.
+pub const MAX_RETRY_DELAY_MS: u64 = 86_400_000;
+/// The longest `with.ms` of a `sleep`, and `with.timeout_ms` of an `http` or `shell` step,
+/// when written as a number (a template is checked by the worker when it renders): one day.
+pub const MAX_ACTION_MS: u64 = 86_400_000;
+/// The fields of `with` that are durations in milliseconds, by action.
+const ACTION_DURATIONS: [(&str, &str); 3] = [
+    ("sleep", "ms"),
+    ("http", "timeout_ms"),
+    ("shell", "timeout_ms"),
+];
 /// Actions built into the worker.
 pub const BUILTIN_ACTIONS: [&str; 5] = ["noop", "sleep", "http", "shell", "fail"];
 
@@ -68,7 +83,7 @@ pub struct Step {
     pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
-    /// Upper bound on one attempt: `"30s"`, `"500ms"`, `"2m"`, or milliseconds.
+    /// Upper bound on one attempt: `"30s"`, `"500ms"`, `"2m"`, or milliseconds; at most 1 day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Millis>,
 }
@@ -80,7 +95,8 @@ pub struct Retry {
     /// Attempts in all, the first included.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: u32,
-    /// Delay before the second attempt; doubles on each further attempt.
+    /// Delay before the second attempt (at most 1 h); doubles on each further attempt, up to
+    /// 1 day.
     #[serde(default)]
     pub backoff: Millis,
 }
@@ -271,15 +287,31 @@ impl Playbook {
                         format!("must be between 1 and {MAX_RETRY_ATTEMPTS}"),
                     ));
                 }
+                check_at_most(
+                    format!("steps[{i}].retry.backoff"),
+                    retry.backoff.0,
+                    MAX_BACKOFF_MS,
+                )?;
             }
             if let Err((field, message)) = crate::template::check(&step.with) {
                 return Err(error(format!("steps[{i}].{field}"), message));
             }
-            if step.timeout == Some(Millis(0)) {
-                return Err(error(format!("steps[{i}].timeout"), "must be positive"));
+            if let Some(timeout) = step.timeout {
+                if timeout == Millis(0) {
+                    return Err(error(format!("steps[{i}].timeout"), "must be positive"));
+                }
+                check_at_most(format!("steps[{i}].timeout"), timeout.0, MAX_TIMEOUT_MS)?;
             }
+            check_action_durations(i, step)?;
+            let mut seen: HashMap<&str, usize> = HashMap::with_capacity(step.needs.len());
             for (j, need) in step.needs.iter().enumerate() {
                 let path = format!("steps[{i}].needs[{j}]");
+                if let Some(first) = seen.insert(need, j) {
+                    return Err(error(
+                        path,
+                        format!("{need:?} is listed twice (also needs[{first}])"),
+                    ));
+                }
                 match index_of.get(need.as_str()) {
                     None => return Err(error(path, format!("unknown step {need:?}"))),
                     Some(&k) if k == i => {
@@ -326,6 +358,47 @@ impl Playbook {
             format!("the needs form a cycle through {}", on_cycle.join(", ")),
         ))
     }
+}
+
+/// `Err` naming `path` when `ms` is over `max`.
+fn check_at_most(path: String, ms: u64, max: u64) -> Result<(), Error> {
+    if ms > max {
+        return Err(error(
+            path,
+            format!("{ms} ms is over the limit of {max} ms"),
+        ));
+    }
+    Ok(())
+}
+
+/// The durations of `with` that are written as numbers (or digits): at most [`MAX_ACTION_MS`].
+/// Templates are left to the worker, which checks what they render to.
+fn check_action_durations(i: usize, step: &Step) -> Result<(), Error> {
+    for (action, field) in ACTION_DURATIONS {
+        if step.action != action {
+            continue;
+        }
+        let path = format!("steps[{i}].with.{field}");
+        let too_long = match step.with.get(field) {
+            Some(serde_json::Value::Number(n)) => {
+                n.as_f64().is_some_and(|ms| ms > MAX_ACTION_MS as f64)
+            }
+            Some(serde_json::Value::String(text)) => {
+                let digits = text.trim();
+                !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && digits.parse::<u64>().map_or(true, |ms| ms > MAX_ACTION_MS)
+            }
+            _ => false,
+        };
+        if too_long {
+            return Err(error(
+                path,
+                format!("must be at most {MAX_ACTION_MS} ms (one day)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks label keys and values (`labels.<key>` in errors).
@@ -490,6 +563,55 @@ mod tests {
             serde_json::to_value(step.timeout).expect("serialize"),
             json!(120_000)
         );
+    }
+
+    #[test]
+    fn durations_and_needs_are_bounded_naming_the_field() {
+        let cases = [
+            (
+                json!([{"name": "a", "action": "noop", "timeout": u64::MAX}]),
+                "steps[0].timeout",
+            ),
+            (
+                json!([{"name": "a", "action": "noop", "timeout": "25h"}]),
+                "steps[0].timeout",
+            ),
+            (
+                json!([{"name": "a", "action": "fail", "retry": {"max_attempts": 2, "backoff": "2h"}}]),
+                "steps[0].retry.backoff",
+            ),
+            (
+                json!([{"name": "a", "action": "fail", "retry": {"max_attempts": 2, "backoff": u64::MAX}}]),
+                "steps[0].retry.backoff",
+            ),
+            (
+                json!([{"name": "a", "action": "sleep", "with": {"ms": 1e300}}]),
+                "steps[0].with.ms",
+            ),
+            (
+                json!([{"name": "a", "action": "sleep", "with": {"ms": "99999999999999999999999"}}]),
+                "steps[0].with.ms",
+            ),
+            (
+                json!([{"name": "a", "action": "http", "with": {"url": "http://x", "timeout_ms": 86_400_001}}]),
+                "steps[0].with.timeout_ms",
+            ),
+            (
+                json!([{"name": "a", "action": "noop"}, {"name": "b", "action": "noop", "needs": ["a", "a"]}]),
+                "steps[1].needs[1]",
+            ),
+        ];
+        for (steps, path) in cases {
+            let e = rejection(steps);
+            assert_eq!(e.path, path, "{e}");
+        }
+        // At the limits, and templates (checked when the worker renders them), are fine.
+        let p = playbook(json!([
+            {"name": "a", "action": "sleep", "timeout": "24h", "with": {"ms": MAX_ACTION_MS},
+             "retry": {"max_attempts": MAX_RETRY_ATTEMPTS, "backoff": "1h"}},
+            {"name": "b", "action": "sleep", "needs": ["a"], "with": {"ms": "{{ input.ms }}"}}
+        ]));
+        assert_eq!(p.validate(), Ok(()));
     }
 
     #[test]

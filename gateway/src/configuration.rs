@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use noetl_bus::catalog::Quota;
 use noetl_bus::nodes::{NodeChoice, NodeLeases};
 use noetl_bus::NatsConfig;
 use noetl_contract::NodeId;
@@ -39,6 +40,12 @@ pub struct Settings {
     pub rate_limit_burst: u32,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// Versions a tenant's catalog may hold, all its playbooks together (409
+    /// `catalog_quota_exceeded` past it).
+    pub catalog_max_versions: u64,
+    /// Bytes a tenant's catalog may hold, all its stored versions together (409
+    /// `catalog_quota_exceeded` past it).
+    pub catalog_max_bytes: u64,
     /// TOML file of bearer tokens (name, tenant, scopes, SHA-256 digest); unset: the API is
     /// open and every caller is the tenant `default` with every scope.
     pub auth_tokens_file: Option<PathBuf>,
@@ -61,6 +68,8 @@ impl Default for Settings {
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             body_limit_bytes: 1024 * 1024,
+            catalog_max_versions: 1_000,
+            catalog_max_bytes: 64 * 1024 * 1024,
             auth_tokens_file: None,
             auth_protect_ops: false,
             common: CommonSettings::default(),
@@ -78,6 +87,7 @@ pub struct GatewayConfig {
     pub http_timeout: Duration,
     pub rate: Option<TenantRate>,
     pub body_limit_bytes: usize,
+    pub catalog_quota: Quota,
     pub auth: Auth,
 }
 
@@ -114,6 +124,10 @@ impl GatewayConfig {
             settings.body_limit_bytes > 0,
             "body_limit_bytes must be positive"
         );
+        anyhow::ensure!(
+            settings.catalog_max_versions > 0 && settings.catalog_max_bytes > 0,
+            "catalog_max_versions and catalog_max_bytes must be positive"
+        );
         Ok(Self {
             nats: settings.common.nats("noetl-gateway"),
             listen: settings.listen,
@@ -126,6 +140,10 @@ impl GatewayConfig {
             http_timeout: Duration::from_millis(settings.http_timeout_ms),
             rate,
             body_limit_bytes: settings.body_limit_bytes,
+            catalog_quota: Quota {
+                max_versions: settings.catalog_max_versions,
+                max_bytes: settings.catalog_max_bytes,
+            },
             auth: match &settings.auth_tokens_file {
                 Some(path) => Auth::from_file(path, settings.auth_protect_ops)?,
                 None => Auth::open(),

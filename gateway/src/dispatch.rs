@@ -23,6 +23,8 @@ pub struct Dispatcher {
     pub timeout: Duration,
     /// How long an idempotency key is kept (the bucket's TTL).
     pub idempotency_ttl: Duration,
+    /// What each tenant's catalog may hold.
+    pub catalog_quota: noetl_bus::catalog::Quota,
 }
 
 impl Dispatcher {
@@ -95,23 +97,30 @@ impl Dispatcher {
         }
     }
 
-    /// `None` when the catalog has no such playbook; a name no playbook can have is not looked
-    /// up at all.
+    /// `None` when `tenant`'s catalog has no such playbook (another tenant's is never looked
+    /// at); a name no playbook can have is not looked up at all.
     pub async fn catalog_get(
         &self,
+        tenant: &str,
         name: &str,
         version: Option<u32>,
     ) -> Result<Option<CatalogEntry>, Problem> {
         if !noetl_contract::playbook::is_valid_name(name) || version == Some(0) {
             return Ok(None);
         }
-        noetl_bus::catalog::get(&self.client, name, version)
+        noetl_bus::catalog::get(&self.client, tenant, name, version)
             .await
             .map_err(bus_unavailable)
     }
 
-    pub async fn catalog_publish(&self, playbook: &Playbook) -> Result<CatalogEntry, Problem> {
-        noetl_bus::catalog::publish(&self.client, playbook)
+    /// Stores the next version of `playbook` in `tenant`'s catalog (409 over its quota, 413
+    /// over NATS `max_payload`).
+    pub async fn catalog_publish(
+        &self,
+        tenant: &str,
+        playbook: &Playbook,
+    ) -> Result<CatalogEntry, Problem> {
+        noetl_bus::catalog::publish(&self.client, tenant, playbook, self.catalog_quota)
             .await
             .map_err(|error| match error {
                 noetl_bus::Error::TooLarge {
@@ -124,11 +133,21 @@ impl Dispatcher {
                     ),
                 ),
                 error => bus_unavailable(error),
+            })?
+            .map_err(|over| {
+                let setting = match over.what {
+                    "versions" => "catalog_max_versions",
+                    _ => "catalog_max_bytes",
+                };
+                Problem::new(
+                    Code::CatalogQuotaExceeded,
+                    format!("the catalog is full ({setting}): {over}"),
+                )
             })
     }
 
-    pub async fn catalog_list(&self) -> Result<Vec<CatalogSummary>, Problem> {
-        noetl_bus::catalog::list(&self.client)
+    pub async fn catalog_list(&self, tenant: &str) -> Result<Vec<CatalogSummary>, Problem> {
+        noetl_bus::catalog::list(&self.client, tenant)
             .await
             .map_err(bus_unavailable)
     }

@@ -71,6 +71,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
 }
 
 fn parse_yaml<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    crate::yaml::check_expansion(bytes).map_err(|budget| {
+        Problem::new(
+            Code::YamlExpansionLimit,
+            format!(
+                "the YAML body's aliases expand it past {budget} nodes (twice its length in \
+                 bytes): write the repeated parts out instead of `&anchor`/`*alias`, or send JSON"
+            ),
+        )
+    })?;
     serde_path_to_error::deserialize(yaml_serde::Deserializer::from_slice(bytes)).map_err(|e| {
         let path = e.path().to_string();
         let at = if path == "." {

@@ -6,6 +6,7 @@
 //! - [`limits`]: the per-tenant request rate and the request deadline.
 //! - [`routes`]: the HTTP handlers.
 //! - [`extract`]: body and path extractors that reject with problem documents.
+//! - [`yaml`]: the budget on how far a YAML body's aliases expand.
 //! - [`problem`]: the error codes and problem documents.
 //! - [`openapi`]: the OpenAPI document of the API, generated from the code.
 //! - [`dispatch`]: the only module that talks to NATS.
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod state;
+pub mod yaml;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -68,6 +70,7 @@ impl Gateway {
                 client,
                 timeout: config.request_timeout,
                 idempotency_ttl: config.idempotency_ttl,
+                catalog_quota: config.catalog_quota,
             },
             topology,
             lease,

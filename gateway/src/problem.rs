@@ -16,6 +16,7 @@ pub enum Code {
     InvalidJson,
     InvalidRequest,
     InvalidPlaybook,
+    YamlExpansionLimit,
     TemplateBudgetExceeded,
     UnstorableValue,
     InvalidExecutionId,
@@ -27,6 +28,7 @@ pub enum Code {
     Forbidden,
     ExecutionNotFound,
     PlaybookNotFound,
+    CatalogQuotaExceeded,
     IdempotencyKeyReused,
     BusUnavailable,
     ShardUnavailable,
@@ -45,10 +47,11 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 27] = [
+    pub const ALL: [Code; 29] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
+        Code::YamlExpansionLimit,
         Code::TemplateBudgetExceeded,
         Code::UnstorableValue,
         Code::InvalidExecutionId,
@@ -60,6 +63,7 @@ impl Code {
         Code::Forbidden,
         Code::ExecutionNotFound,
         Code::PlaybookNotFound,
+        Code::CatalogQuotaExceeded,
         Code::IdempotencyKeyReused,
         Code::BusUnavailable,
         Code::ShardUnavailable,
@@ -81,6 +85,7 @@ impl Code {
             Code::InvalidJson
             | Code::InvalidRequest
             | Code::InvalidPlaybook
+            | Code::YamlExpansionLimit
             | Code::TemplateBudgetExceeded
             | Code::UnstorableValue
             | Code::InvalidExecutionId => StatusCode::BAD_REQUEST,
@@ -90,6 +95,7 @@ impl Code {
                 StatusCode::NOT_FOUND
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::CatalogQuotaExceeded => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -114,6 +120,7 @@ impl Code {
             Code::InvalidJson => "Body is not valid JSON",
             Code::InvalidRequest => "Request does not match the API",
             Code::InvalidPlaybook => "Playbook is invalid",
+            Code::YamlExpansionLimit => "YAML expands too far",
             Code::TemplateBudgetExceeded => "Template over its budget",
             Code::UnstorableValue => "Value cannot be stored",
             Code::InvalidExecutionId => "Invalid execution id",
@@ -125,6 +132,7 @@ impl Code {
             Code::Forbidden => "Forbidden",
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
+            Code::CatalogQuotaExceeded => "Catalog quota exceeded",
             Code::IdempotencyKeyReused => "Idempotency key reused",
             Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
@@ -158,6 +166,11 @@ impl Code {
                  syntax, a limit passed; `detail` names the place (e.g. \
                  `playbook.steps[1].action`)"
             }
+            Code::YamlExpansionLimit => {
+                "a YAML body's aliases (`*name`, repeating what an anchor `&name` marks) expand \
+                 it to more nodes than twice its length in bytes; write the repeated parts out, \
+                 or send JSON"
+            }
             Code::TemplateBudgetExceeded => {
                 "a first step's `with` went over its template budget when rendered at submit: \
                  the server's `template_fuel`, `template_max_bytes` or `template_max_depth`, or \
@@ -177,7 +190,8 @@ impl Code {
                 "the body is over the gateway's `body_limit_bytes`, or a message it makes is over \
                  NATS `max_payload`: the request to the shard once encoded (numbers may grow, \
                  `9e15` becomes `9000000000000000.0`), or the shard's reply (an execution or \
-                 events page too large to send; ask for fewer events)"
+                 events page too large to send; ask for fewer events), or a playbook to publish \
+                 once stored"
             }
             Code::UnsupportedMediaType => "the body's `Content-Type` is neither JSON nor YAML",
             Code::RouteNotFound => "no such route; the API lives under `/api/v1`",
@@ -194,6 +208,11 @@ impl Code {
             }
             Code::PlaybookNotFound => {
                 "the catalog has no playbook of that name, or not that version"
+            }
+            Code::CatalogQuotaExceeded => {
+                "publishing would take the tenant's catalog over `catalog_max_versions` versions \
+                 or `catalog_max_bytes` bytes (all versions of all its playbooks count; none is \
+                 ever removed)"
             }
             Code::IdempotencyKeyReused => {
                 "the `Idempotency-Key` was used before with another request body; `execution_id` \

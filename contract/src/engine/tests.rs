@@ -121,6 +121,27 @@ fn a_failing_step_retries_with_backoff_then_succeeds() {
 }
 
 #[test]
+fn the_retry_delay_stops_doubling_at_its_cap() {
+    // A playbook stored before the bounds (the model takes any backoff) still waits at most a day.
+    let mut state = ExecutionState::new(
+        serde_json::from_value(
+            json!({"name": "t", "steps": [{"name": "flaky", "action": "fail",
+            "retry": {"max_attempts": 30, "backoff": u64::MAX}}]}),
+        )
+        .expect("well-typed"),
+        json!({}),
+    );
+    decide(&mut state, Event::Created);
+    for attempt in 1..25 {
+        let d = decide(&mut state, failed(0, attempt));
+        assert_eq!(
+            d.dispatches[0].delay_ms,
+            crate::playbook::MAX_RETRY_DELAY_MS
+        );
+    }
+}
+
+#[test]
 fn exhausted_retries_fail_the_execution_and_skip_dependants() {
     let mut state = diamond();
     state.playbook.steps[1].retry = Some(crate::playbook::Retry {

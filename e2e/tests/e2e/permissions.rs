@@ -106,6 +106,13 @@ async fn the_binaries_work_as_their_nats_users() {
     ]});
     let (status, pushed) = gateway.post_json("/api/v1/playbooks", &playbook).await;
     assert_eq!(status, 201, "{pushed}");
+    // Listing reads the tenant's pointers through a filtered consumer of the bucket.
+    let (status, listed) = gateway.get_json("/api/v1/playbooks").await;
+    assert_eq!(
+        (status, &listed["playbooks"][0]["name"]),
+        (200, &json!("perm")),
+        "{listed}"
+    );
     let mut ids = Vec::new();
     for key in ["k1", "k1", "k2"] {
         let request = gateway

@@ -152,16 +152,31 @@ async fn a_later_step_over_its_budget_fails_with_the_code() {
 }
 
 /// A retry's backoff of 2^64-1 ms once made a delay PostgreSQL cannot store, so the report
-/// that failed the first attempt could never commit. It is stored as a century now.
+/// that failed the first attempt could never commit. Such a backoff is refused at submit now
+/// (over `MAX_BACKOFF_MS`, naming the field), and the longest one allowed is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_out_of_range_backoff_is_stored() {
+async fn an_out_of_range_backoff_is_refused_and_the_longest_is_stored() {
     let (cluster, worker) = start().await;
-    let body = json!({
+    let mut body = json!({
         "playbook": {"name": "forever", "steps": [
             {"name": "fail", "action": "fail", "with": {"message": "{{ 'no' }}"},
              "retry": {"max_attempts": 2, "backoff": u64::MAX}}
         ]}
     });
+    let (status, refused) = cluster.post_json("/api/v1/executions", &body).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (400, Some("invalid_playbook")),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("playbook.steps[0].retry.backoff")),
+        "{refused}"
+    );
+    body["playbook"]["steps"][0]["retry"]["backoff"] =
+        json!(noetl_contract::playbook::MAX_BACKOFF_MS);
     let id = cluster.submit(&body).await;
     cluster
         .wait_for_execution(id, "the first attempt's failure to be recorded", |body| {

@@ -215,7 +215,7 @@ pub async fn submit(
 ) -> Result<Response, Problem> {
     let Query(params) = params.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
     let idempotency_key = idempotency_key(&headers)?;
-    let (playbook, playbook_version) = resolve(&state, request.playbook).await?;
+    let (playbook, playbook_version) = resolve(&state, &principal.tenant, request.playbook).await?;
     playbook
         .validate()
         .map_err(|e| Problem::new(Code::InvalidPlaybook, format!("playbook.{e}")))?;
@@ -285,7 +285,11 @@ impl Resolved {
 }
 
 /// The playbook to run and its catalog version.
-async fn resolve(state: &AppState, spec: PlaybookSpec) -> Result<(Playbook, Option<u32>), Problem> {
+async fn resolve(
+    state: &AppState,
+    tenant: &str,
+    spec: PlaybookSpec,
+) -> Result<(Playbook, Option<u32>), Problem> {
     match spec.steps {
         Some(steps) => {
             if spec.version.is_some() {
@@ -312,7 +316,7 @@ async fn resolve(state: &AppState, spec: PlaybookSpec) -> Result<(Playbook, Opti
             }
             let entry = state
                 .dispatcher
-                .catalog_get(&spec.name, spec.version)
+                .catalog_get(tenant, &spec.name, spec.version)
                 .await?
                 .ok_or_else(|| playbook_not_found(&spec.name, spec.version))?;
             Ok((entry.playbook, Some(entry.version)))

@@ -1,18 +1,22 @@
 //! The playbook catalog: `POST /api/v1/playbooks` publishes the next version of a playbook,
 //! `GET /api/v1/playbooks` lists names with their newest version, and
-//! `GET /api/v1/playbooks/{name}[/versions/{version}]` returns one version. It is stored
-//! cluster-wide in a NATS key-value bucket (`noetl_bus::catalog`).
+//! `GET /api/v1/playbooks/{name}[/versions/{version}]` returns one version. It is stored in a
+//! NATS key-value bucket (`noetl_bus::catalog`), one namespace per tenant: a caller sees,
+//! reads and publishes only its own tenant's playbooks; another tenant's are answered like
+//! missing ones (404), and the same name in two tenants is two playbooks.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use noetl_contract::message::CatalogEntry;
 use noetl_contract::playbook::Playbook;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::Principal;
 use crate::extract::ApiBody;
 use crate::problem::{Code, Problem};
 use crate::routes::executions::playbook_not_found;
@@ -86,8 +90,11 @@ impl From<CatalogEntry> for PlaybookVersion {
     tag = "playbooks",
     operation_id = "publish_playbook",
     summary = "Publish a playbook",
-    description = "Validates the playbook and stores it as the next version of its name \
-        (versions are numbered from 1). Executions submitted by reference run a stored version.",
+    description = "Validates the playbook and stores it as the next version of its name in the \
+        caller's tenant's catalog (versions are numbered from 1; another tenant's playbook of the \
+        same name is another playbook). Executions submitted by reference run a stored version. \
+        Refused (409 `catalog_quota_exceeded`) when the tenant's catalog would hold more than \
+        `catalog_max_versions` versions or `catalog_max_bytes` bytes.",
     request_body(
         description = "The playbook, as JSON (`application/json`, or any `application/*+json`) \
             or YAML (`application/yaml`, `application/x-yaml`, `text/yaml`).",
@@ -97,13 +104,17 @@ impl From<CatalogEntry> for PlaybookVersion {
 )]
 pub async fn publish(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     ApiBody(playbook): ApiBody<Playbook>,
 ) -> Result<(StatusCode, Json<Published>), Problem> {
     playbook
         .validate()
         .map_err(|e| Problem::new(Code::InvalidPlaybook, e.to_string()))?;
-    let entry = state.dispatcher.catalog_publish(&playbook).await?;
-    tracing::info!(name = %entry.name, version = entry.version, "playbook published");
+    let entry = state
+        .dispatcher
+        .catalog_publish(&principal.tenant, &playbook)
+        .await?;
+    tracing::info!(tenant = %principal.tenant, name = %entry.name, version = entry.version, "playbook published");
     Ok((
         StatusCode::CREATED,
         Json(Published {
@@ -120,12 +131,15 @@ pub async fn publish(
     tag = "playbooks",
     operation_id = "list_playbooks",
     summary = "List the catalog",
-    responses((status = 200, description = "Every name with its newest version.", body = CatalogList)),
+    responses((status = 200, description = "Every name of the caller's tenant with its newest version.", body = CatalogList)),
 )]
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<CatalogList>, Problem> {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<CatalogList>, Problem> {
     let playbooks = state
         .dispatcher
-        .catalog_list()
+        .catalog_list(&principal.tenant)
         .await?
         .into_iter()
         .map(|summary| CatalogItem {
@@ -148,12 +162,13 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<CatalogList
 )]
 pub async fn latest(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<PlaybookVersion>, Problem> {
     let Path(name) = path.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
     let entry = state
         .dispatcher
-        .catalog_get(&name, None)
+        .catalog_get(&principal.tenant, &name, None)
         .await?
         .ok_or_else(|| playbook_not_found(&name, None))?;
     Ok(Json(entry.into()))
@@ -173,6 +188,7 @@ pub async fn latest(
 )]
 pub async fn version(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     path: Result<Path<(String, u32)>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<PlaybookVersion>, Problem> {
     let Path((name, version)) = path.map_err(|e| {
@@ -186,7 +202,7 @@ pub async fn version(
     })?;
     let entry = state
         .dispatcher
-        .catalog_get(&name, Some(version))
+        .catalog_get(&principal.tenant, &name, Some(version))
         .await?
         .ok_or_else(|| playbook_not_found(&name, Some(version)))?;
     Ok(Json(entry.into()))

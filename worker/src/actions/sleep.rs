@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use noetl_contract::playbook::MAX_ACTION_MS;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -23,6 +24,12 @@ impl Typed for Sleep {
     type Args = Args;
 
     async fn call(&self, args: Args, _: &ActionContext) -> ActionResult {
+        if args.ms > MAX_ACTION_MS {
+            return Err(format!(
+                "invalid arguments for sleep: ms: {} is over the limit of {MAX_ACTION_MS} ms",
+                args.ms
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(args.ms)).await;
         Ok(json!({ "slept_ms": args.ms }))
     }
@@ -48,5 +55,13 @@ mod tests {
             .expect_err("ms is required");
         assert!(error.contains("invalid arguments for sleep"), "{error}");
         assert!(error.contains("ms"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn sleep_over_a_day_is_refused_at_once() {
+        let error = run_attempt(&Sleep, json!({"ms": u64::MAX}), 1)
+            .await
+            .expect_err("over the limit");
+        assert!(error.contains("over the limit"), "{error}");
     }
 }
