@@ -1,0 +1,209 @@
+use super::*;
+use serde_json::json;
+
+fn playbook(steps: serde_json::Value) -> Playbook {
+    serde_json::from_value(json!({"name": "demo", "steps": steps})).expect("well-typed")
+}
+
+fn rejection(steps: serde_json::Value) -> Error {
+    playbook(steps).validate().expect_err("should be invalid")
+}
+
+#[test]
+fn a_diamond_is_valid() {
+    let p = playbook(json!([
+        {"name": "a", "action": "noop"},
+        {"name": "b", "action": "noop", "needs": ["a"]},
+        {"name": "c", "action": "sleep", "needs": ["a"], "with": {"ms": 5}},
+        {"name": "d", "action": "noop", "needs": ["b", "c"], "retry": {"max_attempts": 3}}
+    ]));
+    assert_eq!(p.validate(), Ok(()));
+}
+
+#[test]
+fn cycles_are_rejected_naming_the_steps() {
+    let e = rejection(json!([
+        {"name": "a", "action": "noop", "needs": ["c"]},
+        {"name": "b", "action": "noop", "needs": ["a"]},
+        {"name": "c", "action": "noop", "needs": ["b"]},
+        {"name": "free", "action": "noop"}
+    ]));
+    assert_eq!(e.path, "steps");
+    assert!(e.message.contains("cycle through a, b, c"), "{e}");
+}
+
+#[test]
+fn errors_name_the_step_and_field() {
+    let cases = [
+        (
+            json!([{"name": "a", "action": "teleport"}]),
+            "steps[0].action",
+        ),
+        (
+            json!([{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]),
+            "steps[1].name",
+        ),
+        (
+            json!([{"name": "a", "action": "noop", "needs": ["ghost"]}]),
+            "steps[0].needs[0]",
+        ),
+        (
+            json!([{"name": "a", "action": "noop", "needs": ["a"]}]),
+            "steps[0].needs[0]",
+        ),
+        (json!([{"name": "a b", "action": "noop"}]), "steps[0].name"),
+        (
+            json!([{"name": "a", "action": "noop", "retry": {"max_attempts": 0}}]),
+            "steps[0].retry.max_attempts",
+        ),
+        (
+            json!([{"name": "a", "action": "noop", "pool": "x.>"}]),
+            "steps[0].pool",
+        ),
+        (json!([]), "steps"),
+        (
+            json!([{"name": "a", "action": "noop", "with": {"x": "{{ input. }}"}}]),
+            "steps[0].with.x",
+        ),
+    ];
+    for (steps, path) in cases {
+        assert_eq!(rejection(steps).path, path);
+    }
+}
+
+#[test]
+fn unknown_fields_are_type_errors() {
+    let parsed = serde_json::from_value::<Playbook>(
+        json!({"name": "x", "steps": [{"name": "a", "action": "noop", "neds": []}]}),
+    );
+    assert!(parsed.is_err());
+}
+
+#[test]
+fn nul_characters_are_found_in_keys_and_strings() {
+    assert_eq!(
+        find_nul(&json!({"a": [1, "x\u{0}"]}), "input"),
+        Some("input.a[1]".to_owned())
+    );
+    assert_eq!(
+        find_nul(&json!({"k\u{0}": 1}), "input"),
+        Some("input.k\u{0}".to_owned())
+    );
+    assert_eq!(find_nul(&json!({"a": ["fine"]}), "input"), None);
+}
+
+#[test]
+fn a_plan_orders_steps_by_level_then_as_written() {
+    let playbook: Playbook = serde_json::from_value(json!({
+        "name": "diamond",
+        "steps": [
+            {"name": "d", "action": "noop", "needs": ["b", "c"]},
+            {"name": "b", "action": "noop", "needs": ["a"], "pool": "gpu"},
+            {"name": "a", "action": "noop"},
+            {"name": "c", "action": "sleep", "needs": ["a"]}
+        ]
+    }))
+    .expect("valid");
+    let plan: Vec<(String, u32, String)> = playbook
+        .plan()
+        .into_iter()
+        .map(|s| (s.name, s.level, s.pool))
+        .collect();
+    assert_eq!(
+        plan,
+        vec![
+            ("a".to_owned(), 0, "default".to_owned()),
+            ("b".to_owned(), 1, "gpu".to_owned()),
+            ("c".to_owned(), 1, "default".to_owned()),
+            ("d".to_owned(), 2, "default".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn durations_accept_units_or_milliseconds() {
+    let step: Step = serde_json::from_value(json!({
+        "name": "a", "action": "sleep", "timeout": "2m", "retry": {"max_attempts": 2, "backoff": 250}
+    }))
+    .expect("valid durations");
+    assert_eq!(step.timeout, Some(Millis(120_000)));
+    assert_eq!(step.retry.map(|r| r.backoff), Some(Millis(250)));
+    for bad in ["2 weeks", "-1s", "s", "1.5s", ""] {
+        let parsed =
+            serde_json::from_value::<Step>(json!({"name": "a", "action": "noop", "timeout": bad}));
+        assert!(parsed.is_err(), "{bad:?} should be rejected");
+    }
+    assert_eq!(
+        serde_json::to_value(step.timeout).expect("serialize"),
+        json!(120_000)
+    );
+}
+
+#[test]
+fn durations_and_needs_are_bounded_naming_the_field() {
+    let cases = [
+        (
+            json!([{"name": "a", "action": "noop", "timeout": u64::MAX}]),
+            "steps[0].timeout",
+        ),
+        (
+            json!([{"name": "a", "action": "noop", "timeout": "25h"}]),
+            "steps[0].timeout",
+        ),
+        (
+            json!([{"name": "a", "action": "fail", "retry": {"max_attempts": 2, "backoff": "2h"}}]),
+            "steps[0].retry.backoff",
+        ),
+        (
+            json!([{"name": "a", "action": "fail", "retry": {"max_attempts": 2, "backoff": u64::MAX}}]),
+            "steps[0].retry.backoff",
+        ),
+        (
+            json!([{"name": "a", "action": "sleep", "with": {"ms": 1e300}}]),
+            "steps[0].with.ms",
+        ),
+        (
+            json!([{"name": "a", "action": "sleep", "with": {"ms": "99999999999999999999999"}}]),
+            "steps[0].with.ms",
+        ),
+        (
+            json!([{"name": "a", "action": "http", "with": {"url": "http://x", "timeout_ms": 86_400_001}}]),
+            "steps[0].with.timeout_ms",
+        ),
+        (
+            json!([{"name": "a", "action": "noop"}, {"name": "b", "action": "noop", "needs": ["a", "a"]}]),
+            "steps[1].needs[1]",
+        ),
+    ];
+    for (steps, path) in cases {
+        let e = rejection(steps);
+        assert_eq!(e.path, path, "{e}");
+    }
+    // At the limits, and templates (checked when the worker renders them), are fine.
+    let p = playbook(json!([
+        {"name": "a", "action": "sleep", "timeout": "24h", "with": {"ms": MAX_ACTION_MS},
+         "retry": {"max_attempts": MAX_RETRY_ATTEMPTS, "backoff": "1h"}},
+        {"name": "b", "action": "sleep", "needs": ["a"], "with": {"ms": "{{ input.ms }}"}}
+    ]));
+    assert_eq!(p.validate(), Ok(()));
+}
+
+#[test]
+fn too_many_steps_is_rejected() {
+    let steps: Vec<_> = (0..=MAX_STEPS)
+        .map(|i| json!({"name": format!("s{i}"), "action": "noop"}))
+        .collect();
+    assert_eq!(rejection(json!(steps)).path, "steps");
+}
+
+#[test]
+fn label_keys_are_checked() {
+    let mut labels = Labels::new();
+    labels.insert("team".into(), "data".into());
+    assert_eq!(validate_labels(&labels), Ok(()));
+    labels.insert("bad key".into(), "x".into());
+    assert_eq!(
+        validate_labels(&labels).map_err(|e| e.path),
+        Err("labels.bad key".into())
+    );
+}
