@@ -10,9 +10,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use noetl_contract::command::StepCommand;
-use noetl_contract::engine::{Decision, Event, ExecutionState};
+use noetl_contract::engine::{Event, ExecutionState};
 use noetl_contract::message::{SubmitCommand, WireError, WireErrorCode};
-use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
+use noetl_contract::playbook::Playbook;
 use noetl_contract::status::{ExecutionStatus, StepStatus};
 use noetl_contract::step::{Attempt, StepIndex};
 use noetl_contract::template;
@@ -21,9 +21,13 @@ use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
-use crate::persistence::{self, to_json, Beat, Held, NewExecution, OutboxRow, Pools, StepRow};
+use crate::persistence::{self, to_json, Beat, Held, NewExecution, Pools};
 use crate::relay::{self, Handoff, Relay};
 use crate::render::{self, Rendering};
+
+mod rows;
+
+use rows::{event_rows, millis, Working};
 
 /// How long attempts may stay silent before they are presumed lost.
 #[derive(Debug, Clone, Copy)]
@@ -106,42 +110,6 @@ struct Applying {
     outcomes: Vec<Outcome>,
     handoffs: Vec<Handoff>,
     due_now: bool,
-}
-
-/// One locked execution while a batch's events are applied to it.
-struct Working {
-    state: ExecutionState,
-    last_event_seq: i64,
-    /// Whether any event applied (there is something to write).
-    changed: bool,
-    /// The latest row of each changed step.
-    steps: BTreeMap<StepIndex, StepRow>,
-    events: Vec<(String, String)>,
-    outbox: Vec<OutboxRow>,
-}
-
-impl Working {
-    fn new(state: ExecutionState, last_event_seq: i64) -> Self {
-        Self {
-            state,
-            last_event_seq,
-            changed: false,
-            steps: BTreeMap::new(),
-            events: Vec::new(),
-            outbox: Vec::new(),
-        }
-    }
-
-    fn into_change(self, execution_id: ExecutionId) -> persistence::ExecutionChange {
-        persistence::ExecutionChange {
-            execution_id,
-            status: self.state.status,
-            last_event_seq: self.last_event_seq,
-            steps: self.steps.into_values().collect(),
-            events: self.events,
-            outbox: self.outbox,
-        }
-    }
 }
 
 impl Orchestrator {
@@ -230,12 +198,15 @@ impl Orchestrator {
             labels: to_json(&command.labels),
             status: state.status,
             steps: StepIndex::all(state.steps.len())
-                .map(|i| self.inner.step_row(&state, &decision, i))
+                .map(|i| self.inner.leases.step_row(&state, &decision, i))
                 .collect(),
             events,
-            outbox: self
-                .inner
-                .outbox_rows(command.execution_id, &state, &decision),
+            outbox: self.inner.leases.outbox_rows(
+                self.inner.shard,
+                command.execution_id,
+                &state,
+                &decision,
+            ),
         })
     }
 
@@ -503,7 +474,7 @@ impl Inner {
                 _ => None,
             };
             for &i in &decision.changed {
-                let mut row = self.step_row(&work.state, &decision, i);
+                let mut row = self.leases.step_row(&work.state, &decision, i);
                 row.started_at_ms = reported_start
                     .filter(|(step, _)| *step == i)
                     .map(|(_, at)| at)
@@ -516,8 +487,10 @@ impl Inner {
             });
             work.changed = true;
             work.events.extend(event_rows(&decision));
-            work.outbox
-                .extend(self.outbox_rows(*id, &work.state, &decision));
+            work.outbox.extend(
+                self.leases
+                    .outbox_rows(self.shard, *id, &work.state, &decision),
+            );
         }
         let changes: Vec<persistence::ExecutionChange> = working
             .into_iter()
@@ -550,80 +523,4 @@ impl Inner {
         }
         outcomes
     }
-
-    fn step_row(&self, state: &ExecutionState, decision: &Decision, index: StepIndex) -> StepRow {
-        let step = &state.steps[index.index()];
-        let lease_ms = match step.status {
-            StepStatus::Dispatched => {
-                let delay = decision
-                    .dispatches
-                    .iter()
-                    .find(|d| d.step == index)
-                    .map_or(0, |d| d.delay_ms);
-                Some(millis(delay.saturating_add(self.leases.dispatch_lease_ms)))
-            }
-            StepStatus::Running => Some(millis(self.leases.step_lease_ms)),
-            _ => None,
-        };
-        StepRow {
-            index,
-            name: state.playbook.steps[index.index()].name.clone(),
-            status: step.status,
-            attempt: step.attempt,
-            result: step.result.as_ref().map(to_json),
-            error: step.error.clone(),
-            lease_ms,
-            started_at_ms: None,
-        }
-    }
-
-    fn outbox_rows(
-        &self,
-        id: ExecutionId,
-        state: &ExecutionState,
-        decision: &Decision,
-    ) -> Vec<OutboxRow> {
-        decision
-            .dispatches
-            .iter()
-            .map(|dispatch| {
-                let step = &state.playbook.steps[dispatch.step.index()];
-                let command = StepCommand {
-                    execution_id: id,
-                    shard: self.shard,
-                    step_index: dispatch.step,
-                    step: step.name.clone(),
-                    attempt: dispatch.attempt,
-                    action: step.action.clone(),
-                    with: dispatch.with.clone(),
-                    timeout_ms: step
-                        .timeout
-                        .map_or(self.leases.default_timeout_ms, u64::from),
-                    lease_ms: self.leases.step_lease_ms,
-                };
-                OutboxRow {
-                    pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
-                    command,
-                    delay_ms: millis(dispatch.delay_ms),
-                }
-            })
-            .collect()
-    }
-}
-
-fn event_rows(decision: &Decision) -> Vec<(String, String)> {
-    decision
-        .records
-        .iter()
-        .map(|r| (r.kind.to_owned(), to_json(&r.payload)))
-        .collect()
-}
-
-/// The longest delay or lease stored: a century. PostgreSQL's timestamps end in the year
-/// 294276, so `now() + i64::MAX ms` is out of range and would fail the statement, and with it
-/// every execution written in the same transaction; a delay of a century never comes either.
-const MAX_STORED_MS: u64 = 100 * 366 * 24 * 3_600_000;
-
-fn millis(ms: u64) -> i64 {
-    i64::try_from(ms.min(MAX_STORED_MS)).unwrap_or(i64::MAX)
 }

@@ -1,0 +1,132 @@
+//! What one decision writes: the rows of the steps it changed, its events, and the commands it
+//! queues in the outbox, with every stored delay and lease clamped to what PostgreSQL can hold.
+
+use std::collections::BTreeMap;
+
+use noetl_contract::command::StepCommand;
+use noetl_contract::engine::{Decision, ExecutionState};
+use noetl_contract::playbook::DEFAULT_POOL;
+use noetl_contract::status::StepStatus;
+use noetl_contract::step::StepIndex;
+use noetl_contract::{ExecutionId, ShardId};
+
+use super::Leases;
+use crate::persistence::{self, to_json, OutboxRow, StepRow};
+
+/// One locked execution while a batch's events are applied to it.
+pub(super) struct Working {
+    pub(super) state: ExecutionState,
+    pub(super) last_event_seq: i64,
+    /// Whether any event applied (there is something to write).
+    pub(super) changed: bool,
+    /// The latest row of each changed step.
+    pub(super) steps: BTreeMap<StepIndex, StepRow>,
+    pub(super) events: Vec<(String, String)>,
+    pub(super) outbox: Vec<OutboxRow>,
+}
+
+impl Working {
+    pub(super) fn new(state: ExecutionState, last_event_seq: i64) -> Self {
+        Self {
+            state,
+            last_event_seq,
+            changed: false,
+            steps: BTreeMap::new(),
+            events: Vec::new(),
+            outbox: Vec::new(),
+        }
+    }
+
+    pub(super) fn into_change(self, execution_id: ExecutionId) -> persistence::ExecutionChange {
+        persistence::ExecutionChange {
+            execution_id,
+            status: self.state.status,
+            last_event_seq: self.last_event_seq,
+            steps: self.steps.into_values().collect(),
+            events: self.events,
+            outbox: self.outbox,
+        }
+    }
+}
+
+impl Leases {
+    pub(super) fn step_row(
+        &self,
+        state: &ExecutionState,
+        decision: &Decision,
+        index: StepIndex,
+    ) -> StepRow {
+        let step = &state.steps[index.index()];
+        let lease_ms = match step.status {
+            StepStatus::Dispatched => {
+                let delay = decision
+                    .dispatches
+                    .iter()
+                    .find(|d| d.step == index)
+                    .map_or(0, |d| d.delay_ms);
+                Some(millis(delay.saturating_add(self.dispatch_lease_ms)))
+            }
+            StepStatus::Running => Some(millis(self.step_lease_ms)),
+            _ => None,
+        };
+        StepRow {
+            index,
+            name: state.playbook.steps[index.index()].name.clone(),
+            status: step.status,
+            attempt: step.attempt,
+            result: step.result.as_ref().map(to_json),
+            error: step.error.clone(),
+            lease_ms,
+            started_at_ms: None,
+        }
+    }
+
+    pub(super) fn outbox_rows(
+        &self,
+        shard: ShardId,
+        id: ExecutionId,
+        state: &ExecutionState,
+        decision: &Decision,
+    ) -> Vec<OutboxRow> {
+        decision
+            .dispatches
+            .iter()
+            .map(|dispatch| {
+                let step = &state.playbook.steps[dispatch.step.index()];
+                let command = StepCommand {
+                    execution_id: id,
+                    shard,
+                    step_index: dispatch.step,
+                    step: step.name.clone(),
+                    attempt: dispatch.attempt,
+                    action: step.action.clone(),
+                    with: dispatch.with.clone(),
+                    timeout_ms: step.timeout.map_or(self.default_timeout_ms, u64::from),
+                    lease_ms: self.step_lease_ms,
+                };
+                OutboxRow {
+                    pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
+                    command,
+                    delay_ms: millis(dispatch.delay_ms),
+                }
+            })
+            .collect()
+    }
+}
+
+pub(super) fn event_rows(decision: &Decision) -> Vec<(String, String)> {
+    decision
+        .records
+        .iter()
+        .map(|r| (r.kind.to_owned(), to_json(&r.payload)))
+        .collect()
+}
+
+/// The longest delay or lease stored: a century. PostgreSQL's timestamps end in the year
+/// 294276, so `now() + i64::MAX ms` is out of range and would fail the statement, and with it
+/// every execution written in the same transaction; a delay of a century never comes either.
+const MAX_STORED_MS: u64 = 100 * 366 * 24 * 3_600_000;
+
+pub(super) fn millis(ms: u64) -> i64 {
+    i64::try_from(ms.min(MAX_STORED_MS)).unwrap_or(i64::MAX)
+}
