@@ -82,7 +82,7 @@ pub fn headers_size(headers: &async_nats::HeaderMap) -> usize {
 /// request or a JetStream publish). Before the first connection the limit is unknown (0) and
 /// nothing is refused.
 pub fn check_size(client: &Client, subject: &str, size: usize) -> Result<(), Error> {
-    let max_payload = client.server_info().max_payload;
+    let max_payload = max_payload(client);
     if max_payload == 0 || size <= max_payload {
         return Ok(());
     }
