@@ -116,6 +116,12 @@ pub const ALL: &[Attack] = &[
     ),
     attack!(
         "2",
+        "8 bodies of 64 MiB at once",
+        "413 payload_too_large",
+        payload::oversized_bodies
+    ),
+    attack!(
+        "2",
         "submit re-encoded over max_payload (9e15)",
         "413 payload_too_large",
         payload::submit_grows

@@ -292,7 +292,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("results: {}", dir.display());
     anyhow::ensure!(
         report.passed(),
-        "a hostile input got through; see {}",
+        "a row failed its checks (outcome, B's errors or p99, restarts, memory); see {}",
         dir.display()
     );
     Ok(())

@@ -13,7 +13,7 @@ use noetl_contract::ExecutionId;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{problem, step_failed, Ctx, Outcome};
+use super::{every, problem, step_failed, Ctx, Outcome};
 
 /// The pool whose `http` steps may reach the local HTTP target.
 const FETCH_POOL: &str = "fetch";
@@ -28,6 +28,69 @@ pub async fn command_too_large(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
         ]}}))
         .await?;
     Ok(step_failed(&view, "big", "command_too_large"))
+}
+
+/// Eight clients at once, each offering a chunked body of 64 MiB (half a gigabyte, if the
+/// gateway buffered them): each is answered 413 once it passes the body limit.
+pub async fn oversized_bodies(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
+    let address = ctx
+        .gateway
+        .strip_prefix("http://")
+        .context("an http:// gateway")?
+        .to_owned();
+    let uploads = (0..8).map(|_| upload(&address, 64 * 1024 * 1024));
+    let answers = futures::future::try_join_all(uploads).await?;
+    Ok(every(
+        answers
+            .into_iter()
+            .map(|(status, body)| {
+                // The problem document, whether the answer is chunked or not.
+                let document = body
+                    .find('{')
+                    .zip(body.rfind('}'))
+                    .and_then(|(from, to)| body.get(from..=to))
+                    .and_then(|json| serde_json::from_str::<Value>(json).ok())
+                    .unwrap_or(Value::Null);
+                problem((status, document), 413, "payload_too_large")
+            })
+            .collect(),
+    ))
+}
+
+/// Posts a chunked body of up to `offered` bytes on a raw connection (with A's token),
+/// writing until the gateway stops reading: the answer's status and body.
+async fn upload(address: &str, offered: usize) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .context("failed to connect to the gateway")?;
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /api/v1/executions HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        super::TOKEN_A
+    );
+    let write = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        for _ in 0..offered / chunk.len() {
+            writer.write_all(&framed).await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await
+    });
+    let mut response = Vec::new();
+    // The gateway answers and closes; a reset after the answer is expected.
+    let _ = reader.read_to_end(&mut response).await;
+    write.abort();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    Ok((status, body.to_owned()))
 }
 
 /// Numbers written `9e15` are re-encoded `9000000000000000.0`: a body under `max_payload`
