@@ -78,9 +78,15 @@ impl Report {
                 .all(|mib| *mib <= self.bounds.rss_mib)
     }
 
+    /// Every row passed, and no process's lifetime peak went over the bound (a spike shorter
+    /// than the sampling interval shows only there).
     pub fn passed(&self) -> bool {
         self.baseline_errors == 0
             && self.baseline_executions > 0
+            && self
+                .lifetime_peak_mib
+                .iter()
+                .all(|mib| *mib <= self.bounds.rss_mib)
             && !self.rows.is_empty()
             && self.rows.iter().all(|row| self.row_passed(row))
     }
@@ -243,6 +249,9 @@ mod tests {
         for failing in [errors, restarted, wrong, memory] {
             assert!(!report(vec![failing]).passed());
         }
+        let mut spike = report(vec![row(10)]);
+        spike.lifetime_peak_mib[0] = 513;
+        assert!(!spike.passed(), "a peak between two samples still counts");
     }
 
     #[test]
