@@ -18,10 +18,12 @@ export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 BENCH_ARGS ?=
 # Passed to the chaos runner as is, e.g. make chaos CHAOS_ARGS="--only kill-server,restart-nats --rounds 5"
 CHAOS_ARGS ?=
+# Passed to the hostile-input suite as is, e.g. make hostile HOSTILE_ARGS="--only egress --rate 30"
+HOSTILE_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra reshard down status env logs clean-state deps build lint check-docs test schemathesis validate-deploy bench chaos chaos-short bench-quick
+.PHONY: help up infra reshard down status env logs clean-state deps build lint check-docs test schemathesis validate-deploy bench chaos chaos-short hostile bench-quick
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -39,6 +41,8 @@ help: ## list the targets and settings
 	@echo "                      target/release/noetl-bench --help lists them)"
 	@echo "  CHAOS_ARGS=         passed to the chaos runner (--only, --rounds, --rate, --shards, --seed;"
 	@echo "                      target/debug/noetl-chaos --help lists them)"
+	@echo "  HOSTILE_ARGS=       passed to the hostile-input suite (--only, --rate, --window-secs,"
+	@echo "                      --rss-bound-mib, …; target/debug/noetl-hostile --help lists them)"
 
 up: ## install deps, build, start NATS, PostgreSQL, server, worker, gateway; run examples/diamond.json
 	@$(CLUSTER) up
@@ -89,6 +93,7 @@ test: lint check-docs deps build ## lint, docs, then the whole test suite (nexte
 	@$(MAKE) --no-print-directory schemathesis
 	@$(MAKE) --no-print-directory validate-deploy
 	@$(MAKE) --no-print-directory bench-quick
+	@$(MAKE) --no-print-directory hostile
 	@$(MAKE) --no-print-directory chaos-short
 
 schemathesis: deps ## fuzz the HTTP API against its OpenAPI document, then run the README's curl session (own cluster, free ports)
@@ -125,3 +130,10 @@ chaos-short: ## fault injection under load, short (< 5 min, CI): every fault onc
 	scripts/ensure-deps.sh --chaos
 	cargo build --workspace --bins
 	target/debug/noetl-chaos --mode short $(CHAOS_ARGS)
+
+# One cluster of real processes (debug binaries, free ports); tenant A attacks while tenant B runs
+# a steady load. wiki/limits.md, "The hostile-input suite".
+hostile: ## hostile input under another tenant's load (< 3 min, CI): a row per attack, outcome, B's errors and p99, restarts, RSS
+	scripts/ensure-deps.sh
+	cargo build --workspace --bins
+	target/debug/noetl-hostile $(HOSTILE_ARGS)

@@ -1,6 +1,8 @@
 //! The cluster under test, all on local addresses: nats-server, one PostgreSQL with a database
-//! per shard, two servers serving every shard (the second inside a network namespace when one
-//! can be made), two workers and a gateway, each a spawned binary of this workspace.
+//! per shard, servers serving every shard (those after the first inside a network namespace
+//! when one is given), workers and a gateway, each a spawned binary of this workspace. What
+//! [`Spec`] says: `noetl-chaos` runs two servers and two workers, `noetl-hostile` one of each
+//! with API tokens, a small NATS `max_payload` and an egress allow-list.
 //!
 //! Processes are spawned from the runner's main thread only: test-support ties each child to
 //! the thread that spawned it (`PR_SET_PDEATHSIG`), and the main thread lives as long as the run.
@@ -23,6 +25,21 @@ pub struct Timing {
     pub step_lease_ms: u64,
     pub dispatch_lease_ms: u64,
     pub ack_wait_ms: u64,
+}
+
+/// What to start, beside the settings every process gets (NATS URL, shard DSNs, listen address).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub shards: u32,
+    pub servers: usize,
+    pub workers: usize,
+    pub timing: Timing,
+    /// Extra `nats-server` arguments (a configuration file, a monitoring port).
+    pub nats_args: Vec<String>,
+    /// Extra environment of the servers, the workers and the gateway.
+    pub server_env: Vec<(String, String)>,
+    pub worker_env: Vec<(String, String)>,
+    pub gateway_env: Vec<(String, String)>,
 }
 
 /// One spawned binary, which can be killed, paused and started again with the same settings.
@@ -79,6 +96,11 @@ impl Node {
             .stderr(log);
         self.process = Some(Process::spawn(command));
         Ok(())
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::id)
     }
 
     /// SIGKILL, as a crash would.
@@ -176,17 +198,18 @@ pub const READY: Duration = Duration::from_secs(90);
 
 impl Cluster {
     pub async fn start(
-        shards: u32,
-        timing: Timing,
+        spec: Spec,
         netns: Option<Netns>,
         run_dir: &Path,
         http: &reqwest::Client,
     ) -> anyhow::Result<Self> {
+        let Spec { shards, timing, .. } = spec;
         let shard_count = ShardCount::new(shards).context("at least one shard")?;
+        anyhow::ensure!(spec.servers > 0, "at least one server");
         let bins = Binaries::copy_into(&run_dir.join("bin"))?;
         let logs = &run_dir.join("logs");
         let nats_host = netns.as_ref().map_or("127.0.0.1", |n| n.nats.host.as_str());
-        let nats = NatsServer::start_on(nats_host);
+        let nats = NatsServer::start_with(nats_host, spec.nats_args.clone(), &[]);
         let listen = match &netns {
             Some(netns) => format!("127.0.0.1,{}", netns.postgres.host),
             None => "127.0.0.1".to_owned(),
@@ -199,61 +222,64 @@ impl Cluster {
             .collect::<Result<Vec<_>, _>>()
             .context("failed to open the shard pools")?;
 
-        let common = |extra: &[(&str, String)]| {
+        let common = |extra: &[(&str, String)], more: &[(String, String)]| {
             let mut env = vec![("NOETL_NATS_URL".to_owned(), nats.url().to_owned())];
             env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+            env.extend(more.iter().cloned());
             env
         };
         let server_env = |dsns: &str, listen: &str| {
-            common(&[
-                ("NOETL_SHARDS", dsns.to_owned()),
-                ("NOETL_LISTEN", listen.to_owned()),
-                ("NOETL_STEP_LEASE_MS", timing.step_lease_ms.to_string()),
-                (
-                    "NOETL_DISPATCH_LEASE_MS",
-                    timing.dispatch_lease_ms.to_string(),
-                ),
-            ])
+            common(
+                &[
+                    ("NOETL_SHARDS", dsns.to_owned()),
+                    ("NOETL_LISTEN", listen.to_owned()),
+                    ("NOETL_STEP_LEASE_MS", timing.step_lease_ms.to_string()),
+                    (
+                        "NOETL_DISPATCH_LEASE_MS",
+                        timing.dispatch_lease_ms.to_string(),
+                    ),
+                ],
+                &spec.server_env,
+            )
         };
         let mut servers = Vec::new();
-        let port = free_port();
-        servers.push(Node::new(
-            "server-0",
-            &bins.server,
-            server_env(&dsns, &format!("127.0.0.1:{port}")),
-            format!("http://127.0.0.1:{port}/readyz"),
-            logs,
-        ));
-        let port = free_port();
-        let (listen, dsns_1) = match &netns {
-            // The namespace reaches PostgreSQL at the root end of its own pair.
-            Some(netns) => (
-                format!("{}:{port}", netns.nats.inner),
-                dsns.replace("127.0.0.1", &netns.postgres.host),
-            ),
-            None => (format!("127.0.0.1:{port}"), dsns.clone()),
-        };
-        let mut server = Node::new(
-            "server-1",
-            &bins.server,
-            server_env(&dsns_1, &listen),
-            format!("http://{listen}/readyz"),
-            logs,
-        );
-        server.netns = netns.as_ref().map(|n| n.name.clone());
-        servers.push(server);
+        for i in 0..spec.servers {
+            let port = free_port();
+            // The first server runs beside NATS and PostgreSQL; the others inside the namespace,
+            // which reaches PostgreSQL at the root end of its own pair.
+            let inside = netns.as_ref().filter(|_| i > 0);
+            let (listen, dsns) = match inside {
+                Some(netns) => (
+                    format!("{}:{port}", netns.nats.inner),
+                    dsns.replace("127.0.0.1", &netns.postgres.host),
+                ),
+                None => (format!("127.0.0.1:{port}"), dsns.clone()),
+            };
+            let mut server = Node::new(
+                &format!("server-{i}"),
+                &bins.server,
+                server_env(&dsns, &listen),
+                format!("http://{listen}/readyz"),
+                logs,
+            );
+            server.netns = inside.map(|n| n.name.clone());
+            servers.push(server);
+        }
 
-        let workers = (0..2)
+        let workers = (0..spec.workers)
             .map(|i| {
                 let port = free_port();
                 Node::new(
                     &format!("worker-{i}"),
                     &bins.worker,
-                    common(&[
-                        ("NOETL_LISTEN", format!("127.0.0.1:{port}")),
-                        ("NOETL_CONCURRENCY", "64".to_owned()),
-                        ("NOETL_ACK_WAIT_MS", timing.ack_wait_ms.to_string()),
-                    ]),
+                    common(
+                        &[
+                            ("NOETL_LISTEN", format!("127.0.0.1:{port}")),
+                            ("NOETL_CONCURRENCY", "64".to_owned()),
+                            ("NOETL_ACK_WAIT_MS", timing.ack_wait_ms.to_string()),
+                        ],
+                        &spec.worker_env,
+                    ),
                     format!("http://127.0.0.1:{port}/readyz"),
                     logs,
                 )
@@ -264,7 +290,10 @@ impl Cluster {
         let gateway = Node::new(
             "gateway",
             &bins.gateway,
-            common(&[("NOETL_LISTEN", format!("127.0.0.1:{port}"))]),
+            common(
+                &[("NOETL_LISTEN", format!("127.0.0.1:{port}"))],
+                &spec.gateway_env,
+            ),
             format!("{gateway_url}/readyz"),
             logs,
         );
@@ -282,7 +311,9 @@ impl Cluster {
         // The first server creates the topology; the others find it.
         cluster.servers[0].start()?;
         cluster.servers[0].wait_ready(http, READY).await?;
-        cluster.servers[1].start()?;
+        for server in cluster.servers.iter_mut().skip(1) {
+            server.start()?;
+        }
         for worker in &mut cluster.workers {
             worker.start()?;
         }

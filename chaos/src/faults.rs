@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::capture::Captured;
-use crate::cluster::Cluster;
+use noetl_chaos::cluster::Cluster;
 
 /// Also the value of `--only` (kebab-case, as in results.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -201,7 +201,7 @@ pub async fn inject(
     })
 }
 
-async fn pause(node: &crate::cluster::Node, hold: Duration) -> anyhow::Result<()> {
+async fn pause(node: &noetl_chaos::cluster::Node, hold: Duration) -> anyhow::Result<()> {
     node.signal("STOP")?;
     tokio::time::sleep(hold).await;
     node.signal("CONT")

@@ -214,7 +214,7 @@ async fn submit(http: &reqwest::Client, url: &str, key: Option<String>, log: &Cl
                     execution_id,
                     idempotency_key: key.clone(),
                     status,
-                    at_ms: crate::now_ms(),
+                    at_ms: noetl_chaos::now_ms(),
                 });
                 return;
             }

@@ -4,8 +4,8 @@
 //! straight from the shard databases and the client's own log, that no execution was lost,
 //! duplicated or misrouted. See `wiki/reliability.md`.
 //!
-//! - [`cluster`]: the processes, started and restarted from this thread.
-//! - [`netns`]: the network namespace and veth pairs the partitions cut.
+//! - `noetl_chaos::cluster`: the processes, started and restarted from this thread (shared with
+//!   `noetl-hostile`, as is `noetl_chaos::netns`, the namespace the partitions cut).
 //! - [`load`]: the clients and their log of what they were told.
 //! - [`capture`]: copies of commands and reports to publish again.
 //! - [`faults`]: injecting and healing each fault.
@@ -17,10 +17,8 @@
 
 mod capture;
 mod check;
-mod cluster;
 mod faults;
 mod load;
-mod netns;
 mod report;
 
 use std::path::PathBuf;
@@ -29,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use noetl_chaos::cluster::{self, Cluster, Spec, Timing};
+use noetl_chaos::{netns, now_ms};
 use noetl_contract::id::CUSTOM_EPOCH_UNIX_MS;
 
 use crate::check::Duplicates;
-use crate::cluster::{Cluster, Timing};
 use crate::faults::{Fault, Holds, Rng};
 use crate::load::{ClientLog, Load};
 use crate::report::{Injection, Report};
@@ -119,13 +118,6 @@ fn plan(mode: Mode) -> Plan {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
 /// The smallest execution id minted at `unix_ms`: every id below it was minted earlier.
 fn first_id_at(unix_ms: i64) -> i64 {
     (unix_ms - CUSTOM_EPOCH_UNIX_MS) << 22
@@ -192,7 +184,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "starting nats-server, PostgreSQL ({} shards), 2 servers, 2 workers, a gateway…",
         args.shards
     );
-    let mut cluster = Cluster::start(args.shards, TIMING, netns, &dir, &http).await?;
+    let spec = Spec {
+        shards: args.shards,
+        servers: 2,
+        workers: 2,
+        timing: TIMING,
+        nats_args: Vec::new(),
+        server_env: Vec::new(),
+        worker_env: Vec::new(),
+        gateway_env: Vec::new(),
+    };
+    let mut cluster = Cluster::start(spec, netns, &dir, &http).await?;
     let nats = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(cluster.nats.url())

@@ -1,0 +1,327 @@
+//! `noetl-hostile`: the hostile-input suite of issue 27. One cluster of real processes
+//! (nats-server, PostgreSQL, a server, a worker, a gateway with API tokens for two tenants);
+//! tenant B runs a steady load while tenant A tries every attack of [`attacks::ALL`], one at a
+//! time. Each row checks that the attack got its documented outcome, that B saw no error and no
+//! p99 above its bound, that no process restarted and that each stayed under a memory bound.
+//! See `wiki/limits.md`, "The hostile-input suite".
+//!
+//! - [`attacks`]: the rows.
+//! - [`load`]: tenant B's steady load and its latencies.
+//! - [`watch`]: resident memory and liveness of the processes.
+//! - [`web`]: the local HTTP target of the `http` steps.
+//! - [`report`]: the table, printed and written as markdown and JSON.
+
+mod attacks;
+mod load;
+mod report;
+mod watch;
+mod web;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use noetl_chaos::cluster::{Cluster, Spec, Timing};
+use noetl_chaos::now_ms;
+
+use crate::attacks::{Attack, Ctx, Outcome, TOKEN_A, TOKEN_B};
+use crate::load::{quantile, Steady};
+use crate::report::{Bounds, Report, Row};
+use crate::watch::{Memory, Watched};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "noetl-hostile",
+    about = "Hostile input from one tenant while another runs a steady load"
+)]
+struct Args {
+    /// Tenant B's executions per second.
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
+    /// B's load alone before the attacks, measured for its baseline p99 (seconds).
+    #[arg(long, default_value_t = 5)]
+    baseline_secs: u64,
+    /// Shortest window of B's load measured per attack (seconds); longer if the attack is.
+    #[arg(long, default_value_t = 3)]
+    window_secs: u64,
+    /// B's p99 in an attack's window may be at most this many times its baseline…
+    #[arg(long, default_value_t = 5.0)]
+    p99_factor: f64,
+    /// …the baseline counting as at least this (ms).
+    #[arg(long, default_value_t = 250)]
+    p99_floor_ms: u64,
+    /// Peak resident memory allowed to each of gateway, server, worker and nats-server (MiB).
+    #[arg(long, default_value_t = 512)]
+    rss_bound_mib: u64,
+    /// Only the attacks whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// Where each run gets its directory of results and logs.
+    #[arg(long, default_value = ".state/hostile")]
+    out: PathBuf,
+}
+
+/// NATS's `max_payload` in the suite: small, so that messages over it stay under the
+/// template budgets (as in the e2e tests).
+const MAX_PAYLOAD: usize = 64 * 1024;
+/// The server's `step_result_max_bytes`: under `MAX_PAYLOAD`, so a report can be over it.
+const STEP_RESULT_MAX_BYTES: usize = 16 * 1024;
+/// Longest an attack may take before its row fails.
+const ATTACK_DEADLINE: Duration = Duration::from_secs(90);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to listen for SIGTERM")?;
+    tokio::select! {
+        result = run(args) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; every process stopped"),
+        _ = terminate.recv() => anyhow::bail!("terminated; every process stopped"),
+    }
+}
+
+/// The tokens file of the two tenants (SHA-256 digests, as `NOETL_AUTH_TOKENS_FILE` holds).
+fn tokens_file(dir: &Path) -> anyhow::Result<PathBuf> {
+    use sha2::Digest as _;
+    let digest = |token: &str| -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let text: String = [("a", "tenant-a", TOKEN_A), ("b", "tenant-b", TOKEN_B)]
+        .iter()
+        .map(|(name, tenant, token)| {
+            format!(
+                "[[tokens]]\nname = {name:?}\ntenant = {tenant:?}\nscopes = [\"submit\", \"read\", \"admin\"]\nsha256 = {:?}\n\n",
+                digest(token)
+            )
+        })
+        .collect();
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, text).context("failed to write the tokens file")?;
+    Ok(path)
+}
+
+fn spec(dir: &Path) -> anyhow::Result<Spec> {
+    let nats_config = dir.join("nats.conf");
+    std::fs::write(&nats_config, format!("max_payload: {MAX_PAYLOAD}\n"))
+        .context("failed to write the NATS configuration")?;
+    let env = |pairs: &[(&str, String)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    };
+    Ok(Spec {
+        shards: 2,
+        servers: 1,
+        workers: 1,
+        timing: Timing {
+            step_lease_ms: 10_000,
+            dispatch_lease_ms: 30_000,
+            ack_wait_ms: 10_000,
+        },
+        nats_args: vec!["-c".to_owned(), nats_config.to_string_lossy().into_owned()],
+        server_env: env(&[(
+            "NOETL_STEP_RESULT_MAX_BYTES",
+            STEP_RESULT_MAX_BYTES.to_string(),
+        )]),
+        // The `fetch` pool may reach the local HTTP target on loopback; the default may not.
+        worker_env: env(&[
+            ("NOETL_POOLS", "default,fetch".to_owned()),
+            ("NOETL_HTTP_ALLOW", "fetch=127.0.0.1/32".to_owned()),
+            ("NOETL_HTTP_MAX_REDIRECTS", "3".to_owned()),
+        ]),
+        gateway_env: env(&[(
+            "NOETL_AUTH_TOKENS_FILE",
+            tokens_file(dir)?.to_string_lossy().into_owned(),
+        )]),
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = args.out.join(format!("run-{}", now_ms() / 1000));
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("failed to create {}", dir.display()))?;
+    eprintln!("noetl-hostile: results in {}", dir.display());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("failed to build the HTTP client")?;
+    let target = web::serve().await?;
+    eprintln!("starting nats-server (max_payload {MAX_PAYLOAD}), PostgreSQL (2 shards), a server, a worker, a gateway…");
+    let cluster = Cluster::start(spec(&dir)?, None, &dir, &http).await?;
+    let watched: Vec<Watched> = ["gateway", "server", "worker", "nats"]
+        .into_iter()
+        .zip(pids(&cluster))
+        .map(|(name, pid)| {
+            let pid = pid.with_context(|| format!("the {name} has no pid"))?;
+            Ok(Watched {
+                name: name.to_owned(),
+                pid,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let memory = Memory::start(watched);
+    let nats = noetl_bus::connect(&noetl_bus::NatsConfig {
+        url: cluster.nats.url().to_owned(),
+        client_name: "noetl-hostile (a stolen worker credential)".to_owned(),
+        security: noetl_bus::NatsSecurity::default(),
+    })
+    .await
+    .context("failed to connect to NATS")?;
+    let ctx = Arc::new(Ctx {
+        http: http.clone(),
+        gateway: cluster.gateway_url.clone(),
+        nats,
+        shard_count: cluster.shard_count,
+        target,
+        max_payload: MAX_PAYLOAD,
+        step_result_max_bytes: STEP_RESULT_MAX_BYTES,
+    });
+
+    let load = Steady::start(http, &cluster.gateway_url, TOKEN_B, args.rate);
+    warm_up(&load).await?;
+    let start = Instant::now();
+    // Measurement, not synchronisation: B's load alone for a fixed window.
+    tokio::time::sleep(Duration::from_secs(args.baseline_secs)).await;
+    let baseline_end = Instant::now();
+
+    let attacks: Vec<&Attack> = attacks::ALL
+        .iter()
+        .filter(|a| {
+            args.only
+                .as_deref()
+                .is_none_or(|only| a.name.contains(only))
+        })
+        .collect();
+    let mut windows = Vec::new();
+    for attack in attacks {
+        let from = Instant::now();
+        let outcome = match tokio::time::timeout(ATTACK_DEADLINE, (attack.run)(ctx.clone())).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Outcome {
+                ok: false,
+                seen: format!("error: {e:#}"),
+            },
+            Err(_) => Outcome {
+                ok: false,
+                seen: format!("no outcome after {ATTACK_DEADLINE:?}"),
+            },
+        };
+        // The rest of the window is measurement of B's load.
+        let until = from + Duration::from_secs(args.window_secs);
+        tokio::time::sleep_until(until.into()).await;
+        let to = Instant::now();
+        let mut restarts = memory.gone();
+        for (watched, pid) in memory.watched().iter().zip(pids(&cluster)) {
+            if pid != Some(watched.pid) {
+                restarts.push(format!("{} (pid {pid:?})", watched.name));
+            }
+        }
+        eprintln!(
+            "[{:>5.1}s] {:<55} {} {}",
+            start.elapsed().as_secs_f64(),
+            attack.name,
+            if outcome.ok { "ok:" } else { "UNEXPECTED:" },
+            outcome.seen
+        );
+        windows.push((attack, outcome, from, to, restarts));
+    }
+    load.stop().await;
+
+    let measure = |from: Instant, to: Instant| {
+        let samples = load.between(from, to);
+        let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+        let errors: Vec<String> = samples.iter().filter_map(|s| s.error.clone()).collect();
+        (
+            samples.len(),
+            errors,
+            millis(quantile(&mut latencies, 0.99)),
+        )
+    };
+    let (baseline_executions, baseline_errors, baseline_p99_ms) = measure(start, baseline_end);
+    let rows = windows
+        .into_iter()
+        .map(|(attack, outcome, from, to, restarts)| {
+            let (b_executions, errors, b_p99_ms) = measure(from, to);
+            Row {
+                finding: attack.finding.to_owned(),
+                attack: attack.name.to_owned(),
+                expected: attack.expected.to_owned(),
+                seen: outcome.seen,
+                outcome_ok: outcome.ok,
+                b_executions,
+                b_errors: errors.len(),
+                b_error_examples: errors.into_iter().take(3).collect(),
+                b_p99_ms,
+                restarts,
+                peak_rss_mib: memory.peak_mib(from, to),
+                window_ms: millis(to - from),
+            }
+        })
+        .collect();
+    let report = Report {
+        bounds: Bounds {
+            p99_factor: args.p99_factor,
+            p99_floor_ms: args.p99_floor_ms,
+            rss_mib: args.rss_bound_mib,
+        },
+        rate: args.rate,
+        baseline_executions,
+        baseline_errors: baseline_errors.len(),
+        baseline_p99_ms,
+        processes: memory.watched().iter().map(|w| w.name.clone()).collect(),
+        lifetime_peak_mib: memory.lifetime_peak_mib(),
+        rows,
+        not_covered: attacks::NOT_COVERED
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    };
+    drop(memory);
+    drop(cluster);
+    // The copies of the binaries are 100 MB and say nothing the logs do not.
+    let _ = std::fs::remove_dir_all(dir.join("bin"));
+    println!("{}", report.markdown());
+    report.write(&dir)?;
+    eprintln!("results: {}", dir.display());
+    anyhow::ensure!(
+        report.passed(),
+        "a row failed its checks (outcome, B's errors or p99, restarts, memory); see {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The pids of gateway, server, worker and nats-server, as the cluster knows them now.
+fn pids(cluster: &Cluster) -> [Option<u32>; 4] {
+    [
+        cluster.gateway.pid(),
+        cluster.servers[0].pid(),
+        cluster.workers[0].pid(),
+        Some(cluster.nats.pid()),
+    ]
+}
+
+/// Waits until B's executions succeed: the cluster serves, and the baseline can start.
+async fn warm_up(load: &Steady) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.succeeded() < 20 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "tenant B's executions do not succeed ({} so far)",
+            load.succeeded()
+        );
+        tokio::time::sleep(load::POLL).await;
+    }
+    Ok(())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
