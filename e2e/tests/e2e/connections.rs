@@ -1,7 +1,8 @@
 //! The gateway's connections under hostile clients: a client dripping its headers (slowloris)
-//! or sending nothing is closed after `header_read_timeout_ms` while others are served, and
-//! past `max_connections` new connections wait in the listen backlog until one closes, the
-//! gateway staying up.
+//! or sending nothing is closed after `header_read_timeout_ms` while others are served, one
+//! dripping its body is answered 504 at `http_timeout_ms`, past `max_connections` new
+//! connections wait in the listen backlog until one closes, the gateway staying up, and a
+//! tenant's event streams are bounded and their slots freed.
 
 use std::time::Duration;
 
@@ -125,6 +126,40 @@ async fn slow_headers_and_idle_connections_are_closed_while_others_are_served() 
     let answered = until_closed(&mut idle).await;
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 
+    let (status, _) = cluster.get_json("/healthz").await;
+    assert_eq!(status, 200);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_a_byte_at_a_time_is_cut_at_the_request_deadline() {
+    let cluster = Cluster::builder()
+        .tune(|_, gateway| gateway.http_timeout_ms = 2_000)
+        .start()
+        .await;
+    let port = port_of(&cluster.base_url);
+    let (mut reader, mut writer) = connect(port).await.into_split();
+    writer
+        .write_all(
+            b"POST /api/v1/executions HTTP/1.1\r\nHost: gateway\r\n\
+              Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+        )
+        .await
+        .expect("send the head");
+    let drip = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() {
+            // The attacker's pace, not a wait for the gateway.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, reader.read_to_end(&mut answer))
+        .await
+        .expect("the gateway answers and closes the connection");
+    drip.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
     let (status, _) = cluster.get_json("/healthz").await;
     assert_eq!(status, 200);
     cluster.stop().await;
