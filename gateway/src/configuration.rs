@@ -193,3 +193,45 @@ impl GatewayConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(tune: impl FnOnce(&mut Settings)) -> anyhow::Result<GatewayConfig> {
+        let mut settings = Settings::default();
+        tune(&mut settings);
+        GatewayConfig::from_settings(settings)
+    }
+
+    #[test]
+    fn the_defaults_bound_connections_and_streams() {
+        let config = with(|_| {}).expect("the defaults are valid");
+        assert_eq!(config.connections.max, 4_096);
+        assert_eq!(
+            config.connections.header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            config.streams,
+            StreamLimits {
+                per_tenant: 32,
+                total: 1_024
+            }
+        );
+    }
+
+    #[test]
+    fn streams_may_never_hold_every_connection() {
+        let refused = [
+            with(|s| s.max_sse_streams = s.max_connections),
+            with(|s| s.sse_streams_per_tenant = s.max_sse_streams + 1),
+            with(|s| s.sse_streams_per_tenant = 0),
+            with(|s| s.max_connections = 0),
+            with(|s| s.header_read_timeout_ms = 0),
+        ];
+        for outcome in refused {
+            assert!(outcome.is_err(), "{outcome:?}");
+        }
+    }
+}
