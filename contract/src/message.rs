@@ -196,7 +196,7 @@ impl<T> From<Reply<T>> for Result<T, WireError> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingReply {
     pub shard: ShardId,
-    /// Whether the shard's database answered.
+    /// Whether the shard's database committed a write (a read-only one did not).
     pub database_ok: bool,
 }
 

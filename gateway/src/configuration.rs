@@ -14,7 +14,8 @@ use noetl_service::CommonSettings;
 use serde::Deserialize;
 
 use crate::auth::Auth;
-use crate::limits::TenantRate;
+use crate::limits::{StreamLimits, TenantRate};
+use crate::serve::Connections;
 
 #[derive(Debug, Deserialize)]
 #[serde(default)]
@@ -40,6 +41,19 @@ pub struct Settings {
     pub rate_limit_burst: u32,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// Time a connection has to send a request's line and headers, counted from when the
+    /// gateway starts waiting for them (a new connection, or an idle one between requests); a
+    /// connection that takes longer is closed.
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; past it the gateway accepts no more until one closes, and
+    /// new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Event streams (`/stream`) one tenant may have open at once on this gateway (429
+    /// `stream_quota_exceeded` past it).
+    pub sse_streams_per_tenant: usize,
+    /// Event streams this gateway keeps open at once, all tenants together (503
+    /// `too_many_streams` past it); less than `max_connections`.
+    pub max_sse_streams: usize,
     /// Versions a tenant's catalog may hold, all its playbooks together (409
     /// `catalog_quota_exceeded` past it).
     pub catalog_max_versions: u64,
@@ -68,6 +82,10 @@ impl Default for Settings {
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             body_limit_bytes: 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4_096,
+            sse_streams_per_tenant: 32,
+            max_sse_streams: 1_024,
             catalog_max_versions: 1_000,
             catalog_max_bytes: 64 * 1024 * 1024,
             auth_tokens_file: None,
@@ -87,6 +105,8 @@ pub struct GatewayConfig {
     pub http_timeout: Duration,
     pub rate: Option<TenantRate>,
     pub body_limit_bytes: usize,
+    pub connections: Connections,
+    pub streams: StreamLimits,
     pub catalog_quota: Quota,
     pub auth: Auth,
 }
@@ -125,6 +145,20 @@ impl GatewayConfig {
             "body_limit_bytes must be positive"
         );
         anyhow::ensure!(
+            settings.header_read_timeout_ms > 0 && settings.max_connections > 0,
+            "header_read_timeout_ms and max_connections must be positive"
+        );
+        anyhow::ensure!(
+            0 < settings.sse_streams_per_tenant
+                && settings.sse_streams_per_tenant <= settings.max_sse_streams
+                && settings.max_sse_streams < settings.max_connections,
+            "need 0 < sse_streams_per_tenant ({}) <= max_sse_streams ({}) < max_connections \
+             ({}): streams alone must never hold every connection",
+            settings.sse_streams_per_tenant,
+            settings.max_sse_streams,
+            settings.max_connections
+        );
+        anyhow::ensure!(
             settings.catalog_max_versions > 0 && settings.catalog_max_bytes > 0,
             "catalog_max_versions and catalog_max_bytes must be positive"
         );
@@ -140,6 +174,14 @@ impl GatewayConfig {
             http_timeout: Duration::from_millis(settings.http_timeout_ms),
             rate,
             body_limit_bytes: settings.body_limit_bytes,
+            connections: Connections {
+                max: settings.max_connections,
+                header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms),
+            },
+            streams: StreamLimits {
+                per_tenant: settings.sse_streams_per_tenant,
+                total: settings.max_sse_streams,
+            },
             catalog_quota: Quota {
                 max_versions: settings.catalog_max_versions,
                 max_bytes: settings.catalog_max_bytes,
@@ -149,5 +191,47 @@ impl GatewayConfig {
                 None => Auth::open(),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(tune: impl FnOnce(&mut Settings)) -> anyhow::Result<GatewayConfig> {
+        let mut settings = Settings::default();
+        tune(&mut settings);
+        GatewayConfig::from_settings(settings)
+    }
+
+    #[test]
+    fn the_defaults_bound_connections_and_streams() {
+        let config = with(|_| {}).expect("the defaults are valid");
+        assert_eq!(config.connections.max, 4_096);
+        assert_eq!(
+            config.connections.header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            config.streams,
+            StreamLimits {
+                per_tenant: 32,
+                total: 1_024
+            }
+        );
+    }
+
+    #[test]
+    fn streams_may_never_hold_every_connection() {
+        let refused = [
+            with(|s| s.max_sse_streams = s.max_connections),
+            with(|s| s.sse_streams_per_tenant = s.max_sse_streams + 1),
+            with(|s| s.sse_streams_per_tenant = 0),
+            with(|s| s.max_connections = 0),
+            with(|s| s.header_read_timeout_ms = 0),
+        ];
+        for outcome in refused {
+            assert!(outcome.is_err(), "{outcome:?}");
+        }
     }
 }

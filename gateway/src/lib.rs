@@ -3,7 +3,8 @@
 //!
 //! - [`configuration`]: settings and their validation.
 //! - [`auth`]: bearer tokens, tenants and scopes.
-//! - [`limits`]: the per-tenant request rate and the request deadline.
+//! - [`limits`]: the per-tenant request rate, the request deadline and the event streams.
+//! - [`serve`]: accepting connections, with a header deadline and a connection cap.
 //! - [`routes`]: the HTTP handlers.
 //! - [`extract`]: body and path extractors that reject with problem documents.
 //! - [`yaml`]: the budget on how far a YAML body's aliases expand.
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod yaml;
 
@@ -48,6 +50,7 @@ use state::AppState;
 pub struct Gateway {
     listener: TcpListener,
     router: Router,
+    connections: serve::Connections,
 }
 
 impl Gateway {
@@ -75,6 +78,7 @@ impl Gateway {
             topology,
             lease,
             ids: Mutex::new(None),
+            streams: limits::StreamQuota::new(config.streams),
         });
         let listener = TcpListener::bind(config.listen)
             .await
@@ -82,6 +86,7 @@ impl Gateway {
         Ok(Self {
             listener,
             router: router(state, metrics, &config),
+            connections: config.connections,
         })
     }
 
@@ -94,10 +99,8 @@ impl Gateway {
     /// Serves until `cancel`, then lets in-flight requests finish.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "gateway listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await
-            .context("the HTTP server failed")
+        serve::serve(self.listener, self.router, self.connections, cancel).await;
+        Ok(())
     }
 }
 

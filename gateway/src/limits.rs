@@ -1,10 +1,13 @@
 //! Limits that keep one caller, or one slow request, from taking the gateway down: a request
-//! rate per tenant (429 with `Retry-After`) and a deadline per request (504). Body size is
+//! rate per tenant (429 with `Retry-After`), a deadline per request (504) and the event streams
+//! open at once, per tenant (429) and in all (503). Body size is
 //! [`axum::extract::DefaultBodyLimit`]; the cap on work in flight per shard is the shard
-//! server's (`max_in_flight`, answered 503 `shard_overloaded`).
+//! server's (`max_in_flight`, answered 503 `shard_overloaded`); connections are bounded where
+//! they are accepted ([`crate::serve`]).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -95,6 +98,107 @@ pub async fn deadline(
         })
 }
 
+/// How many event streams may be open at once on one gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Per tenant (429 `stream_quota_exceeded` past it).
+    pub per_tenant: usize,
+    /// All tenants together (503 `too_many_streams` past it).
+    pub total: usize,
+}
+
+/// The event streams open on this gateway, counted per tenant. A stream holds a
+/// [`StreamSlot`] for as long as it lives; dropping it (the stream ended, failed, or its client
+/// went away and the response was dropped) gives the slot back.
+#[derive(Debug, Clone)]
+pub struct StreamQuota {
+    limits: StreamLimits,
+    open: Arc<Mutex<OpenStreams>>,
+}
+
+#[derive(Debug, Default)]
+struct OpenStreams {
+    by_tenant: HashMap<String, usize>,
+    total: usize,
+}
+
+/// One open event stream of `tenant`, counted until it is dropped.
+#[derive(Debug)]
+pub struct StreamSlot {
+    quota: StreamQuota,
+    tenant: String,
+}
+
+impl StreamQuota {
+    pub fn new(limits: StreamLimits) -> Self {
+        Self {
+            limits,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more stream of `tenant`, or the problem that refuses it.
+    pub fn open(&self, tenant: &str) -> Result<StreamSlot, Problem> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = open.by_tenant.get(tenant).copied().unwrap_or(0);
+        if mine >= self.limits.per_tenant {
+            metrics::counter!("noetl_gateway_streams_refused_total", "reason" => "tenant")
+                .increment(1);
+            return Err(Problem::new(
+                Code::StreamQuotaExceeded,
+                format!(
+                    "tenant {tenant} has {mine} event streams open on this gateway, as many as \
+                     sse_streams_per_tenant allows; close one first"
+                ),
+            )
+            .with_retry_after(1));
+        }
+        if open.total >= self.limits.total {
+            metrics::counter!("noetl_gateway_streams_refused_total", "reason" => "gateway")
+                .increment(1);
+            return Err(Problem::new(
+                Code::TooManyStreams,
+                format!(
+                    "this gateway has {} event streams open, as many as max_sse_streams allows",
+                    open.total
+                ),
+            ));
+        }
+        *open.by_tenant.entry(tenant.to_owned()).or_default() += 1;
+        open.total += 1;
+        metrics::gauge!("noetl_gateway_streams_open").set(open.total as f64);
+        Ok(StreamSlot {
+            quota: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+
+    /// How many streams `tenant` has open.
+    #[cfg(test)]
+    fn open_of(&self, tenant: &str) -> usize {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.by_tenant.get(tenant).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .quota
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(mine) = open.by_tenant.get_mut(&self.tenant) {
+            *mine -= 1;
+            if *mine == 0 {
+                open.by_tenant.remove(&self.tenant);
+            }
+        }
+        open.total = open.total.saturating_sub(1);
+        metrics::gauge!("noetl_gateway_streams_open").set(open.total as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +224,31 @@ mod tests {
     fn no_rate_is_no_limit() {
         let limit = RateLimit::new(None);
         assert!((0..10_000).all(|_| limit.check("a").is_ok()));
+    }
+
+    #[test]
+    fn a_tenant_gets_its_own_streams_and_a_dropped_slot_is_free_again() {
+        let quota = StreamQuota::new(StreamLimits {
+            per_tenant: 2,
+            total: 3,
+        });
+        let first = quota.open("a").expect("first stream of a");
+        let _second = quota.open("a").expect("second stream of a");
+        let refused = quota.open("a").expect_err("a is at its quota");
+        assert_eq!(refused.code(), Code::StreamQuotaExceeded);
+        let other = quota.open("b").expect("b has its own quota");
+        // Three streams are open: the gateway is full, for b too.
+        let full = quota.open("b").expect_err("the gateway is at its total");
+        assert_eq!(full.code(), Code::TooManyStreams);
+        drop(first);
+        assert_eq!(quota.open_of("a"), 1);
+        let _again = quota.open("a").expect("a's dropped slot is free again");
+        drop(other);
+        assert_eq!(quota.open_of("b"), 0);
+        let open = quota.open.lock().expect("not poisoned");
+        assert!(
+            !open.by_tenant.contains_key("b"),
+            "a tenant without streams is forgotten"
+        );
     }
 }

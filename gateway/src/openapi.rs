@@ -147,8 +147,20 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
         ("get", "/api/v1/executions") => &[InvalidRequest, TopologyUnavailable, Internal],
         ("get", "/api/v1/executions/{id}")
         | ("post", "/api/v1/executions/{id}/cancel")
-        | ("get", "/api/v1/executions/{id}/events")
-        | ("get", "/api/v1/executions/{id}/stream") => EXECUTION,
+        | ("get", "/api/v1/executions/{id}/events") => EXECUTION,
+        ("get", "/api/v1/executions/{id}/stream") => &[
+            InvalidExecutionId,
+            InvalidRequest,
+            ExecutionNotFound,
+            ExecutionRetired,
+            PayloadTooLarge,
+            StreamQuotaExceeded,
+            TooManyStreams,
+            TopologyUnavailable,
+            ShardUnavailable,
+            ShardOverloaded,
+            Internal,
+        ],
         ("get", "/api/v1/route/{id}") => &[
             InvalidExecutionId,
             ExecutionRetired,

@@ -34,6 +34,8 @@ pub enum Code {
     ShardUnavailable,
     ShardOverloaded,
     RateLimited,
+    StreamQuotaExceeded,
+    TooManyStreams,
     RequestTimeout,
     TopologyUnavailable,
     TopologyStale,
@@ -47,7 +49,7 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 29] = [
+    pub const ALL: [Code; 31] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
@@ -69,6 +71,8 @@ impl Code {
         Code::ShardUnavailable,
         Code::ShardOverloaded,
         Code::RateLimited,
+        Code::StreamQuotaExceeded,
+        Code::TooManyStreams,
         Code::RequestTimeout,
         Code::TopologyUnavailable,
         Code::TopologyStale,
@@ -96,7 +100,7 @@ impl Code {
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::CatalogQuotaExceeded => StatusCode::CONFLICT,
-            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited | Code::StreamQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
@@ -104,6 +108,7 @@ impl Code {
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::ShardUnavailable
             | Code::ShardOverloaded
+            | Code::TooManyStreams
             | Code::TopologyUnavailable
             | Code::TopologyStale
             | Code::NodeLeaseUnavailable
@@ -138,6 +143,8 @@ impl Code {
             Code::ShardUnavailable => "Shard unavailable",
             Code::ShardOverloaded => "Shard overloaded",
             Code::RateLimited => "Too many requests",
+            Code::StreamQuotaExceeded => "Too many event streams",
+            Code::TooManyStreams => "Gateway at its stream capacity",
             Code::RequestTimeout => "Request timed out",
             Code::TopologyUnavailable => "Topology unavailable",
             Code::TopologyStale => "Topology view stale",
@@ -232,6 +239,15 @@ impl Code {
             Code::RateLimited => {
                 "the caller's tenant is over its request rate (`rate_limit_per_second`); retry \
                  after `Retry-After` seconds"
+            }
+            Code::StreamQuotaExceeded => {
+                "the caller's tenant already has `sse_streams_per_tenant` event streams \
+                 (`/stream`) open on this gateway; close one, or retry after `Retry-After` \
+                 seconds (a stream's slot is freed when it ends or its client goes)"
+            }
+            Code::TooManyStreams => {
+                "this gateway has `max_sse_streams` event streams open, all tenants together; \
+                 retry after `Retry-After` seconds, or page through `/events` instead"
             }
             Code::RequestTimeout => {
                 "the request did not complete within the gateway's deadline (`http_timeout_ms`)"

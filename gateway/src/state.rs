@@ -1,5 +1,5 @@
-//! State shared by the handlers: the dispatcher, the topology view, the node-id lease and the
-//! id generator. [`AppState::mint`] is where the minting rule of wiki/spec.md §3.3 lives.
+//! State shared by the handlers: the dispatcher, the topology view, the node-id lease, the
+//! id generator and the count of open event streams. [`AppState::mint`] is where the minting rule of wiki/spec.md §3.3 lives.
 
 use std::sync::Mutex;
 
@@ -9,6 +9,7 @@ use noetl_contract::topology::RetiredData;
 use noetl_contract::{ExecutionId, IdGenerator, Route, Topology};
 
 use crate::dispatch::Dispatcher;
+use crate::limits::StreamQuota;
 use crate::problem::{Code, Problem};
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct AppState {
     pub lease: NodeLease,
     /// The generator of the node id currently leased (replaced when the lease moves).
     pub ids: Mutex<Option<IdGenerator>>,
+    /// The event streams open on this gateway, per tenant.
+    pub streams: StreamQuota,
 }
 
 impl AppState {

@@ -1,5 +1,6 @@
 //! The server's readiness: NATS connected, an accepted topology (none refused since), every
-//! served shard subscribed, and every served shard's database answering.
+//! served shard subscribed, and every served shard's database committing a write (a
+//! read-only one is not ready).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ impl Readiness {
         let pings = self.shards.iter().map(|(shard, pool)| async move {
             (
                 shard.to_string(),
-                json!(crate::persistence::ping(pool).await),
+                json!(crate::persistence::can_write(pool).await),
             )
         });
         let answers: serde_json::Map<_, _> =

@@ -153,7 +153,7 @@ async fn handle(shard: &Shard, request: Request, message: Message) {
         Request::Ping => {
             let ping = PingReply {
                 shard: shard.id,
-                database_ok: persistence::ping(&shard.pool).await,
+                database_ok: persistence::can_write(&shard.pool).await,
             };
             answer(shard, &message, Ok(ping)).await
         }

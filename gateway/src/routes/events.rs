@@ -19,6 +19,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use crate::extract::{ExecutionRequest, IdPath};
+use crate::limits::StreamSlot;
 use crate::problem::{Code, Problem};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -245,7 +246,9 @@ impl ToSchema for StreamEvent {
         25 failed polls in a row) ends with an event `error` whose data is the problem document. \
         Pages are asked for with a smaller limit while they are too large for one shard reply. \
         Comments keep the connection alive meanwhile. Problems found before the stream starts (bad id, unknown execution, shard down) are answered as problem \
-        documents.",
+        documents. A gateway keeps at most `sse_streams_per_tenant` streams of one tenant open \
+        at once (429 `stream_quota_exceeded`), and `max_sse_streams` in all (503 \
+        `too_many_streams`); a stream's slot is freed as soon as it ends or its client goes.",
     params(
         IdPath,
         (
@@ -270,6 +273,8 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
     let route = request.route()?;
+    // Counted before the shard is asked anything; the slot lives as long as the stream.
+    let slot = request.state.streams.open(&request.tenant)?;
     let after_seq = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -286,6 +291,7 @@ pub async fn stream(
         last_status: first.status,
         done: false,
         failures: 0,
+        _slot: slot,
     };
     let events = futures::stream::unfold(cursor, |mut cursor| async move {
         cursor.next().await.map(|event| (Ok(event), cursor))
@@ -304,6 +310,8 @@ struct Cursor {
     done: bool,
     /// Polls in a row that failed.
     failures: u32,
+    /// The stream's place in its tenant's quota, given back when the stream is dropped.
+    _slot: StreamSlot,
 }
 
 impl Cursor {

@@ -8,12 +8,14 @@
 //! - `leases`: heartbeats, the lease check under the lock, the scan for expired leases.
 //! - `outbox`: the commands waiting for JetStream, and when a new one becomes due.
 //! - `reads`: executions, event pages, listings and counts for the shard's readers.
+//! - `probe`: whether the database can take a write, for readiness.
 //! - `rows`: typed columns in and out (a value out of range is [`Error::Malformed`]).
 
 mod identity;
 mod leases;
 mod outbox;
 mod pools;
+mod probe;
 mod reads;
 mod rows;
 #[cfg(test)]
@@ -27,9 +29,8 @@ pub use outbox::{
     PendingCommand, Undeliverable, HANDOFF_GRACE,
 };
 pub use pools::{begin_generic, generic_pool, pool, relaxed_pool, Held, Pools};
-pub use reads::{
-    backlog, events_page, get_execution, list_executions, ping, shard_counts, visible,
-};
+pub use probe::can_write;
+pub use reads::{backlog, events_page, get_execution, list_executions, shard_counts, visible};
 pub use rows::to_json;
 pub use writes::{
     insert_executions, lock_executions, save_changes, Committed, ExecutionChange, LockedExecution,

@@ -1,7 +1,5 @@
 //! Reads outside the write path: an execution with its steps, a page of its event log, a page
-//! of the shard's executions, and the counts behind stats, readiness and the backlog gauges.
-
-use std::time::Duration;
+//! of the shard's executions, and the counts behind stats and the backlog gauges.
 
 use noetl_contract::message::{
     EventPage, EventView, ExecutionSummary, ExecutionView, Labels, ListQuery, StepView,
@@ -60,15 +58,6 @@ pub async fn shard_counts(pool: &PgPool) -> Result<(u64, u64), Error> {
         u64::try_from(total).unwrap_or(0),
         u64::try_from(unfinished).unwrap_or(0),
     ))
-}
-
-/// Whether the database answers a trivial query within two seconds.
-pub async fn ping(pool: &PgPool) -> bool {
-    let query = sqlx::query("SELECT 1").execute(pool);
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), query).await,
-        Ok(Ok(_))
-    )
 }
 
 /// The shard's backlog: commands in the outbox not yet stored by JetStream, and steps
