@@ -29,6 +29,7 @@ pub enum Code {
     ExecutionNotFound,
     PlaybookNotFound,
     CatalogQuotaExceeded,
+    TenantQuotaExceeded,
     IdempotencyKeyReused,
     BusUnavailable,
     ShardUnavailable,
@@ -47,7 +48,7 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 29] = [
+    pub const ALL: [Code; 30] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
@@ -64,6 +65,7 @@ impl Code {
         Code::ExecutionNotFound,
         Code::PlaybookNotFound,
         Code::CatalogQuotaExceeded,
+        Code::TenantQuotaExceeded,
         Code::IdempotencyKeyReused,
         Code::BusUnavailable,
         Code::ShardUnavailable,
@@ -96,7 +98,7 @@ impl Code {
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::CatalogQuotaExceeded => StatusCode::CONFLICT,
-            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited | Code::TenantQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
@@ -133,6 +135,7 @@ impl Code {
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
             Code::CatalogQuotaExceeded => "Catalog quota exceeded",
+            Code::TenantQuotaExceeded => "Tenant quota exceeded",
             Code::IdempotencyKeyReused => "Idempotency key reused",
             Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
@@ -213,6 +216,12 @@ impl Code {
                 "publishing would take the tenant's catalog over `catalog_max_versions` versions \
                  or `catalog_max_bytes` bytes (all versions of all its playbooks count; none is \
                  ever removed)"
+            }
+            Code::TenantQuotaExceeded => {
+                "the caller's tenant has `tenant_max_executions_in_flight` executions not yet \
+                 finished on the owning shard; nothing was stored; retry after `Retry-After` \
+                 seconds, once some finished (a retried submit of an execution that was stored \
+                 is answered as before)"
             }
             Code::IdempotencyKeyReused => {
                 "the `Idempotency-Key` was used before with another request body; `execution_id` \

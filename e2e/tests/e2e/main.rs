@@ -15,6 +15,7 @@ mod limits;
 mod observability;
 mod payload;
 mod permissions;
+mod quotas;
 mod resharding;
 mod submit;
 mod templates;

@@ -32,8 +32,8 @@ pub use reads::{
 };
 pub use rows::to_json;
 pub use writes::{
-    insert_executions, lock_executions, save_changes, Committed, ExecutionChange, LockedExecution,
-    NewExecution, StepRow,
+    insert_executions, lock_executions, save_changes, Committed, ExecutionChange, Inserted,
+    LockedExecution, NewExecution, StepRow,
 };
 
 /// Failures the server branches on.
