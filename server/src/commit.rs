@@ -378,4 +378,53 @@ mod tests {
                 .expect("bytes");
         assert_eq!(bytes, 10);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_execution_stored_concurrently_gives_back_the_quota_it_took() {
+        let shard = TestShard::start(4).await;
+        // Another replica stores execution 1 and has not committed yet.
+        let mut other = shard.pool.begin().await.expect("begin");
+        sqlx::query(
+            "INSERT INTO executions (execution_id, playbook_name, playbook, tenant)
+             VALUES (1, 'p', '{}', 'a')",
+        )
+        .execute(&mut *other)
+        .await
+        .expect("insert");
+        let pool = shard.pool.clone();
+        let batch = tokio::spawn(async move {
+            let mut held = persistence::Held::new(pool);
+            let (relay, _feed) = Relay::new(ShardId::new(0));
+            commit_batch(ShardId::new(0), &mut held, &relay, 10, vec![of("a", 1)]).await
+        });
+        // The batch admitted it (its snapshot does not show the other insert) and waits for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .fetch_one(&shard.pool)
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the batch never waited"
+            );
+            tokio::task::yield_now().await;
+        }
+        other.commit().await.expect("commit");
+        let outcomes = batch.await.expect("the batch");
+        assert_eq!(created(&outcomes[0]), Some(false), "{outcomes:?}");
+        let in_flight: i64 = sqlx::query_scalar(
+            "SELECT (SELECT executions FROM tenant_admitted WHERE tenant = 'a')
+                  - (SELECT executions FROM tenant_finished WHERE tenant = 'a')",
+        )
+        .fetch_one(&shard.pool)
+        .await
+        .expect("count");
+        assert_eq!(in_flight, 0);
+    }
 }
