@@ -57,8 +57,8 @@ impl StepOutcome {
     }
 }
 
-/// The step error code of a result over a size limit (the shard's `step_result_max_bytes`, or
-/// NATS `max_payload` for the worker's report).
+/// The step error code of a result over a size limit (the shard's `step_result_max_bytes` or
+/// `execution_results_max_bytes`, or NATS `max_payload` for the worker's report).
 pub const RESULT_TOO_LARGE: &str = "result_too_large";
 
 impl StepOutcome {
@@ -68,6 +68,17 @@ impl StepOutcome {
         StepOutcome::Failed {
             error: format!(
                 "{RESULT_TOO_LARGE}: the step's result is {size} bytes, over {what} ({limit} bytes)"
+            ),
+        }
+    }
+
+    /// The failure that stands for a result of `size` bytes that would take its execution's
+    /// results, `stored` bytes before it, over `limit` (`what` names the limit).
+    pub fn too_large_together(size: usize, stored: u64, limit: usize, what: &str) -> Self {
+        StepOutcome::Failed {
+            error: format!(
+                "{RESULT_TOO_LARGE}: the step's result is {size} bytes, and the execution's \
+                 results before it {stored} bytes: together over {what} ({limit} bytes)"
             ),
         }
     }

@@ -158,6 +158,9 @@ pub enum WireErrorCode {
     /// A first step's `with` rendered a value PostgreSQL cannot store (U+0000); nothing was
     /// stored.
     UnstorableValue,
+    /// The submit's tenant has `tenant_max_executions_in_flight` executions not yet finished in
+    /// the shard (the message names the quota); nothing was stored.
+    TenantQuotaExceeded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

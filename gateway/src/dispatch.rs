@@ -201,6 +201,9 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 Problem::new(Code::TemplateBudgetExceeded, remote.message)
             }
             WireErrorCode::UnstorableValue => Problem::new(Code::UnstorableValue, remote.message),
+            WireErrorCode::TenantQuotaExceeded => {
+                Problem::new(Code::TenantQuotaExceeded, remote.message).with_retry_after(1)
+            }
             WireErrorCode::ShardUnavailable => Problem::new(
                 Code::ShardUnavailable,
                 format!("shard {shard}: {}", remote.message),

@@ -134,6 +134,7 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
             PayloadTooLarge,
             UnsupportedMediaType,
             IdempotencyKeyReused,
+            TenantQuotaExceeded,
             Internal,
             BusUnavailable,
             ShardUnavailable,

@@ -29,6 +29,7 @@ pub enum Code {
     ExecutionNotFound,
     PlaybookNotFound,
     CatalogQuotaExceeded,
+    TenantQuotaExceeded,
     IdempotencyKeyReused,
     BusUnavailable,
     ShardUnavailable,
@@ -49,7 +50,7 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 31] = [
+    pub const ALL: [Code; 32] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
@@ -66,6 +67,7 @@ impl Code {
         Code::ExecutionNotFound,
         Code::PlaybookNotFound,
         Code::CatalogQuotaExceeded,
+        Code::TenantQuotaExceeded,
         Code::IdempotencyKeyReused,
         Code::BusUnavailable,
         Code::ShardUnavailable,
@@ -100,7 +102,9 @@ impl Code {
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::CatalogQuotaExceeded => StatusCode::CONFLICT,
-            Code::RateLimited | Code::StreamQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited | Code::StreamQuotaExceeded | Code::TenantQuotaExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
@@ -138,6 +142,7 @@ impl Code {
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
             Code::CatalogQuotaExceeded => "Catalog quota exceeded",
+            Code::TenantQuotaExceeded => "Tenant quota exceeded",
             Code::IdempotencyKeyReused => "Idempotency key reused",
             Code::BusUnavailable => "Bus unavailable",
             Code::ShardUnavailable => "Shard unavailable",
@@ -220,6 +225,12 @@ impl Code {
                 "publishing would take the tenant's catalog over `catalog_max_versions` versions \
                  or `catalog_max_bytes` bytes (all versions of all its playbooks count; none is \
                  ever removed)"
+            }
+            Code::TenantQuotaExceeded => {
+                "the caller's tenant has `tenant_max_executions_in_flight` executions not yet \
+                 finished on the owning shard; nothing was stored; retry after `Retry-After` \
+                 seconds, once some finished (a retried submit of an execution that was stored \
+                 is answered as before)"
             }
             Code::IdempotencyKeyReused => {
                 "the `Idempotency-Key` was used before with another request body; `execution_id` \

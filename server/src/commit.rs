@@ -24,11 +24,14 @@ pub struct Committer {
 
 impl Committer {
     /// Starts `parallel` committer tasks for `shard` on `tracker`, each holding a connection of
-    /// `pool`; each batch's first commands are handed to `relay` once committed.
+    /// `pool`; each batch's first commands are handed to `relay` once committed. A tenant's new
+    /// executions are refused once it has `quota` executions not yet finished in the shard
+    /// (`tenant_max_executions_in_flight`).
     pub fn spawn(
         shard: ShardId,
         pool: PgPool,
         relay: Relay,
+        quota: u64,
         max_batch: usize,
         parallel: usize,
         tracker: &TaskTracker,
@@ -37,7 +40,7 @@ impl Committer {
         let batcher = Batcher::spawn(max_batch, parallel, tracker, held, move |mut held, rows| {
             let relay = relay.clone();
             async move {
-                let outcomes = commit_batch(shard, &mut held, &relay, rows).await;
+                let outcomes = commit_batch(shard, &mut held, &relay, quota, rows).await;
                 (held, outcomes)
             }
         });
@@ -57,6 +60,7 @@ async fn commit_batch(
     shard: ShardId,
     held: &mut persistence::Held,
     relay: &Relay,
+    quota: u64,
     batch: Vec<NewExecution>,
 ) -> Vec<Outcome> {
     let shard_label = shard.to_string();
@@ -74,14 +78,18 @@ async fn commit_batch(
     }
     let started = Instant::now();
     let inserted =
-        async { persistence::insert_executions(held.connection().await?, &rows).await }.await;
+        async { persistence::insert_executions(held.connection().await?, &rows, quota).await }
+            .await;
     let mut committed = match held.checked(inserted) {
-        Ok(committed) => committed,
+        Ok(inserted) => {
+            refuse_over_quota(shard, quota, &rows, inserted.over_quota, &mut refusals);
+            inserted.committed
+        }
         Err(e) if e.is_data_error() && rows.len() > 1 => {
             // One row's data fails the statement, and with it the whole batch: insert each row
             // on its own, so only the row at fault is refused, with its own reason.
             tracing::warn!(%shard, error = %e, executions = rows.len(), "group commit refused a row's data; inserting one by one");
-            let (kept, refused) = insert_one_by_one(shard, held, rows).await;
+            let (kept, refused) = insert_one_by_one(shard, held, quota, rows).await;
             rows = kept.0;
             refusals = refused;
             kept.1
@@ -151,6 +159,7 @@ type OneByOne = (
 async fn insert_one_by_one(
     shard: ShardId,
     held: &mut persistence::Held,
+    quota: u64,
     rows: Vec<NewExecution>,
 ) -> OneByOne {
     let mut kept = Vec::with_capacity(rows.len());
@@ -158,13 +167,15 @@ async fn insert_one_by_one(
     let mut refusals = HashMap::new();
     for row in rows {
         let one = async {
-            persistence::insert_executions(held.connection().await?, std::slice::from_ref(&row))
-                .await
+            let connection = held.connection().await?;
+            persistence::insert_executions(connection, std::slice::from_ref(&row), quota).await
         }
         .await;
         match held.checked(one) {
             Ok(mut done) => {
-                committed.append(&mut done);
+                let rows = std::slice::from_ref(&row);
+                refuse_over_quota(shard, quota, rows, done.over_quota, &mut refusals);
+                committed.append(&mut done.committed);
                 kept.push(row);
             }
             Err(e) => {
@@ -176,6 +187,39 @@ async fn insert_one_by_one(
         }
     }
     ((kept, committed), refusals)
+}
+
+/// Refuses the submits of `over_quota` (executions of `rows`) for their tenant's quota.
+fn refuse_over_quota(
+    shard: ShardId,
+    quota: u64,
+    rows: &[NewExecution],
+    over_quota: Vec<ExecutionId>,
+    refusals: &mut HashMap<ExecutionId, WireError>,
+) {
+    if over_quota.is_empty() {
+        return;
+    }
+    metrics::counter!("noetl_server_submits_total", "shard" => shard.to_string(), "outcome" => "over_quota")
+        .increment(over_quota.len() as u64);
+    let tenants: HashMap<ExecutionId, &str> = rows
+        .iter()
+        .map(|r| (r.execution_id, r.tenant.as_str()))
+        .collect();
+    for id in over_quota {
+        let tenant = tenants.get(&id).copied().unwrap_or_default();
+        let message = format!(
+            "tenant {tenant:?} is at its quota of {quota} executions not yet finished on \
+             shard {shard} (tenant_max_executions_in_flight); retry once some finish"
+        );
+        refusals.insert(
+            id,
+            WireError {
+                code: WireErrorCode::TenantQuotaExceeded,
+                message,
+            },
+        );
+    }
 }
 
 /// The refusal of a submit whose own data the database refused; `None` for other failures.
@@ -228,7 +272,7 @@ mod tests {
             execution(2, r#"{"x": "\u0000"}"#),
             execution(3, "{}"),
         ];
-        let outcomes = commit_batch(ShardId::new(0), &mut held, &relay, batch).await;
+        let outcomes = commit_batch(ShardId::new(0), &mut held, &relay, 10, batch).await;
         assert!(
             outcomes[0].as_ref().is_ok_and(|c| c.created),
             "{outcomes:?}"
@@ -244,5 +288,143 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(stored, 2);
+    }
+
+    fn of(tenant: &str, id: i64) -> NewExecution {
+        NewExecution {
+            tenant: tenant.to_owned(),
+            ..execution(id, "{}")
+        }
+    }
+
+    fn created(outcome: &Outcome) -> Option<bool> {
+        outcome.as_ref().ok().map(|c| c.created)
+    }
+
+    fn over_quota(outcome: &Outcome) -> bool {
+        outcome
+            .as_ref()
+            .is_err_and(|e| e.code == WireErrorCode::TenantQuotaExceeded)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_over_its_quota_is_refused_alone_and_retries_and_finished_ones_do_not_count() {
+        let shard = TestShard::start(2).await;
+        let mut held = persistence::Held::new(shard.pool.clone());
+        let (relay, _feed) = Relay::new(ShardId::new(0));
+        let zero = ShardId::new(0);
+        let batch = vec![of("a", 1), of("a", 2), of("a", 3), of("b", 4)];
+        let outcomes = commit_batch(zero, &mut held, &relay, 2, batch).await;
+        assert_eq!(created(&outcomes[0]), Some(true), "{outcomes:?}");
+        assert_eq!(created(&outcomes[1]), Some(true), "{outcomes:?}");
+        assert!(over_quota(&outcomes[2]), "{outcomes:?}");
+        let message = &outcomes[2].as_ref().expect_err("refused").message;
+        assert!(
+            message.contains("\"a\"") && message.contains("tenant_max_executions_in_flight"),
+            "{message}"
+        );
+        assert_eq!(created(&outcomes[3]), Some(true), "{outcomes:?}");
+
+        // A retry of a stored execution is answered as before, and takes no quota; one created
+        // already finished is not in flight.
+        let done = NewExecution {
+            status: ExecutionStatus::Failed,
+            ..of("a", 7)
+        };
+        let batch = vec![of("a", 1), of("a", 5), of("b", 6), done];
+        let outcomes = commit_batch(zero, &mut held, &relay, 2, batch).await;
+        assert_eq!(created(&outcomes[0]), Some(false), "{outcomes:?}");
+        assert!(over_quota(&outcomes[1]), "{outcomes:?}");
+        assert_eq!(created(&outcomes[2]), Some(true), "{outcomes:?}");
+        assert_eq!(created(&outcomes[3]), Some(true), "{outcomes:?}");
+
+        // The transaction that ends one of a's executions gives its place back.
+        let one = ExecutionId::new(1).expect("valid id");
+        let mut tx = shard.pool.begin().await.expect("begin");
+        let locked = persistence::lock_executions(&mut tx, &[one])
+            .await
+            .expect("lock");
+        assert_eq!(
+            (locked[0].tenant.as_str(), locked[0].results_bytes),
+            ("a", 0)
+        );
+        let change = persistence::ExecutionChange {
+            execution_id: one,
+            status: ExecutionStatus::Succeeded,
+            last_event_seq: locked[0].last_event_seq,
+            steps: Vec::new(),
+            events: Vec::new(),
+            outbox: Vec::new(),
+            results_bytes: 10,
+            finished_tenant: Some("a".to_owned()),
+        };
+        persistence::save_changes(&mut tx, &[change])
+            .await
+            .expect("save");
+        tx.commit().await.expect("commit");
+        let outcomes = commit_batch(zero, &mut held, &relay, 2, vec![of("a", 8), of("a", 9)]).await;
+        assert_eq!(created(&outcomes[0]), Some(true), "{outcomes:?}");
+        assert!(over_quota(&outcomes[1]), "{outcomes:?}");
+        let stored: Vec<i64> =
+            sqlx::query_scalar("SELECT execution_id FROM executions ORDER BY execution_id")
+                .fetch_all(&shard.pool)
+                .await
+                .expect("ids");
+        assert_eq!(stored, [1, 2, 4, 6, 7, 8]);
+        let bytes: i64 =
+            sqlx::query_scalar("SELECT results_bytes FROM executions WHERE execution_id = 1")
+                .fetch_one(&shard.pool)
+                .await
+                .expect("bytes");
+        assert_eq!(bytes, 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_execution_stored_concurrently_gives_back_the_quota_it_took() {
+        let shard = TestShard::start(4).await;
+        // Another replica stores execution 1 and has not committed yet.
+        let mut other = shard.pool.begin().await.expect("begin");
+        sqlx::query(
+            "INSERT INTO executions (execution_id, playbook_name, playbook, tenant)
+             VALUES (1, 'p', '{}', 'a')",
+        )
+        .execute(&mut *other)
+        .await
+        .expect("insert");
+        let pool = shard.pool.clone();
+        let batch = tokio::spawn(async move {
+            let mut held = persistence::Held::new(pool);
+            let (relay, _feed) = Relay::new(ShardId::new(0));
+            commit_batch(ShardId::new(0), &mut held, &relay, 10, vec![of("a", 1)]).await
+        });
+        // The batch admitted it (its snapshot does not show the other insert) and waits for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .fetch_one(&shard.pool)
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the batch never waited"
+            );
+            tokio::task::yield_now().await;
+        }
+        other.commit().await.expect("commit");
+        let outcomes = batch.await.expect("the batch");
+        assert_eq!(created(&outcomes[0]), Some(false), "{outcomes:?}");
+        let in_flight: i64 = sqlx::query_scalar(
+            "SELECT (SELECT executions FROM tenant_admitted WHERE tenant = 'a')
+                  - (SELECT executions FROM tenant_finished WHERE tenant = 'a')",
+        )
+        .fetch_one(&shard.pool)
+        .await
+        .expect("count");
+        assert_eq!(in_flight, 0);
     }
 }

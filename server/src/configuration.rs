@@ -47,6 +47,13 @@ pub struct Settings {
     /// Largest result (its JSON, or a failure's error text) a step may report; a larger one
     /// fails the step with `result_too_large` instead of being stored.
     pub step_result_max_bytes: usize,
+    /// Bytes of all the step results of one execution together (their JSON): a result that
+    /// would take them over fails its step with `result_too_large`, so the execution stays
+    /// readable in one reply under NATS `max_payload`.
+    pub execution_results_max_bytes: usize,
+    /// Executions of one tenant not yet finished in one shard; a new submit over it is refused
+    /// with `tenant_quota_exceeded` (429).
+    pub tenant_max_executions_in_flight: u64,
     /// Grace of a new cluster's topology (only read by the server that creates it): how far in
     /// the future a shard-count change activates, and how long a gateway mints on an
     /// unconfirmed view.
@@ -80,6 +87,8 @@ impl Default for Settings {
             dispatch_lease_ms: 300_000,
             default_step_timeout_ms: 3_600_000,
             step_result_max_bytes: 256 * 1024,
+            execution_results_max_bytes: 512 * 1024,
+            tenant_max_executions_in_flight: 100_000,
             topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
             template_fuel: template::DEFAULT_FUEL,
             template_max_bytes: template::DEFAULT_MAX_BYTES,
@@ -104,6 +113,8 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     pub leases: Leases,
     pub step_result_max_bytes: usize,
+    pub execution_results_max_bytes: usize,
+    pub tenant_max_executions_in_flight: u64,
     pub rendering: Rendering,
     pub topology_grace_ms: i64,
 }
@@ -143,6 +154,14 @@ impl ServerConfig {
             ("max_in_flight", settings.max_in_flight),
             ("pool_size", settings.pool_size as usize),
             ("step_result_max_bytes", settings.step_result_max_bytes),
+            (
+                "execution_results_max_bytes",
+                settings.execution_results_max_bytes,
+            ),
+            (
+                "tenant_max_executions_in_flight",
+                usize::try_from(settings.tenant_max_executions_in_flight).unwrap_or(usize::MAX),
+            ),
             ("step_lease_ms", settings.step_lease_ms as usize),
             ("dispatch_lease_ms", settings.dispatch_lease_ms as usize),
             (
@@ -182,6 +201,8 @@ impl ServerConfig {
                 default_timeout_ms: settings.default_step_timeout_ms,
             },
             step_result_max_bytes: settings.step_result_max_bytes,
+            execution_results_max_bytes: settings.execution_results_max_bytes,
+            tenant_max_executions_in_flight: settings.tenant_max_executions_in_flight,
             rendering: Rendering {
                 budget: template::Budget {
                     fuel: settings.template_fuel,

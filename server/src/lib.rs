@@ -125,6 +125,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             pools.clone(),
             config.leases,
             config.rendering,
+            config.execution_results_max_bytes,
             relay.clone(),
             orchestrate::Batching {
                 tracker: &committers,
@@ -160,6 +161,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             shard,
             persistence::generic_pool(dsn, connections)?,
             relay,
+            config.tenant_max_executions_in_flight,
             config.max_batch,
             config.committers_per_shard,
             &committers,

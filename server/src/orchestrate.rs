@@ -12,7 +12,6 @@ use std::sync::Arc;
 use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{Event, ExecutionState};
 use noetl_contract::message::{SubmitCommand, WireError, WireErrorCode};
-use noetl_contract::playbook::Playbook;
 use noetl_contract::status::{ExecutionStatus, StepStatus};
 use noetl_contract::step::{Attempt, StepIndex};
 use noetl_contract::template;
@@ -25,6 +24,7 @@ use crate::persistence::{self, to_json, Beat, Held, NewExecution, Pools};
 use crate::relay::{self, Handoff, Relay};
 use crate::render::{self, Rendering};
 
+mod results;
 mod rows;
 
 use rows::{event_rows, millis, Working};
@@ -85,6 +85,8 @@ struct Inner {
     leases: Leases,
     /// What rendering a step's `with` may cost.
     rendering: Rendering,
+    /// `execution_results_max_bytes`: the step results of one execution together.
+    results_max_bytes: usize,
     /// Told after every commit that queued commands.
     relay: Relay,
 }
@@ -113,12 +115,14 @@ struct Applying {
 }
 
 impl Orchestrator {
-    /// An orchestrator whose report batches run as described by `batching`.
+    /// An orchestrator whose report batches run as described by `batching`; the step results
+    /// of one execution together may take `results_max_bytes`.
     pub fn new(
         shard: ShardId,
         pools: Pools,
         leases: Leases,
         rendering: Rendering,
+        results_max_bytes: usize,
         relay: Relay,
         batching: Batching<'_>,
     ) -> Self {
@@ -134,6 +138,7 @@ impl Orchestrator {
             relaxed,
             leases,
             rendering,
+            results_max_bytes,
             relay,
         });
         let reports = Inner::batches(
@@ -426,19 +431,8 @@ impl Inner {
         ids.dedup();
         let mut working = BTreeMap::new();
         for locked in persistence::lock_executions(tx, &ids).await? {
-            let playbook: Playbook = serde_json::from_value(locked.playbook)
-                .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
-            let state = ExecutionState {
-                playbook,
-                input: locked.input,
-                status: locked.status,
-                steps: locked.steps,
-                budget: self.rendering.budget,
-            };
-            working.insert(
-                locked.execution_id,
-                Working::new(state, locked.last_event_seq),
-            );
+            let id = locked.execution_id;
+            working.insert(id, Working::new(locked, self.rendering.budget)?);
         }
         let mut outcomes = Vec::with_capacity(items.len());
         for (id, event, guard) in items {
@@ -459,11 +453,6 @@ impl Inner {
                 outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
                 continue;
             }
-            let decision = render::decide(&mut work.state, event.clone(), &self.rendering).await;
-            if !decision.applied {
-                outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
-                continue;
-            }
             // A report brings its attempt's start, for a step no heartbeat recorded as started.
             let reported_start = match event {
                 Event::Finished {
@@ -473,6 +462,19 @@ impl Inner {
                 } => Some((*step, *started_at_ms)),
                 _ => None,
             };
+            let mut event = event.clone();
+            let charge = results::charge(&mut event, work.results_bytes, self.results_max_bytes);
+            let decision = render::decide(&mut work.state, event, &self.rendering).await;
+            if !decision.applied {
+                outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
+                continue;
+            }
+            work.results_bytes = work.results_bytes.saturating_add(charge.bytes);
+            if charge.capped {
+                tracing::info!(shard = %self.shard, execution_id = %id, "a result over execution_results_max_bytes fails its step");
+                metrics::counter!("noetl_server_results_too_large_total", "shard" => self.shard.to_string(), "limit" => results::LIMIT)
+                    .increment(1);
+            }
             for &i in &decision.changed {
                 let mut row = self.leases.step_row(&work.state, &decision, i);
                 row.started_at_ms = reported_start

@@ -342,7 +342,7 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
         .cap(shard.step_result_max_bytes, "step_result_max_bytes")
     {
         tracing::info!(execution_id = %id, step = report.step_index.get(), size, "a result over step_result_max_bytes fails its step");
-        metrics::counter!("noetl_server_results_too_large_total", "shard" => shard.id.to_string())
+        metrics::counter!("noetl_server_results_too_large_total", "shard" => shard.id.to_string(), "limit" => "step_result_max_bytes")
             .increment(1);
     }
     let outcome_label = match report.outcome {

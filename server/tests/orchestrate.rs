@@ -53,6 +53,7 @@ impl Shard {
                 default_timeout_ms: 60_000,
             },
             Rendering::default(),
+            512 * 1024,
             relay,
             Batching {
                 tracker: &tracker,
@@ -78,7 +79,7 @@ impl Shard {
             rows.push(self.orchestrator.prepare(&submit).await.expect("prepared"));
         }
         let mut connection = self.pool.acquire().await.expect("connection");
-        persistence::insert_executions(&mut connection, &rows)
+        persistence::insert_executions(&mut connection, &rows, u64::MAX)
             .await
             .expect("insert");
     }
@@ -487,7 +488,15 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     let (relay, feed) = Relay::new(ShardId::new(0));
     let shard = Shard::with_relay("handoff", relay.clone()).await;
     let pool = &shard.pool;
-    let committer = Committer::spawn(ShardId::new(0), pool.clone(), relay, 10, 1, &shard.tracker);
+    let committer = Committer::spawn(
+        ShardId::new(0),
+        pool.clone(),
+        relay,
+        1_000,
+        10,
+        1,
+        &shard.tracker,
+    );
 
     // Handed off while the relay is not running yet; then its row is made due only in an
     // hour, so no pass can publish it: only the handoff can.

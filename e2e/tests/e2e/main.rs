@@ -16,6 +16,7 @@ mod limits;
 mod observability;
 mod payload;
 mod permissions;
+mod quotas;
 mod readiness;
 mod resharding;
 mod submit;

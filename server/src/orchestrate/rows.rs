@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{Decision, ExecutionState};
-use noetl_contract::playbook::DEFAULT_POOL;
+use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
 use noetl_contract::status::StepStatus;
 use noetl_contract::step::StepIndex;
+use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 
 use super::Leases;
@@ -23,21 +24,42 @@ pub(super) struct Working {
     pub(super) steps: BTreeMap<StepIndex, StepRow>,
     pub(super) events: Vec<(String, String)>,
     pub(super) outbox: Vec<OutboxRow>,
+    /// The bytes of its step results together.
+    pub(super) results_bytes: i64,
+    tenant: String,
+    /// Whether it was unfinished when locked (in its tenant's executions in flight).
+    was_running: bool,
 }
 
 impl Working {
-    pub(super) fn new(state: ExecutionState, last_event_seq: i64) -> Self {
-        Self {
-            state,
-            last_event_seq,
+    /// The execution `locked`, its templates rendered within `budget`.
+    pub(super) fn new(
+        locked: persistence::LockedExecution,
+        budget: template::Budget,
+    ) -> Result<Self, persistence::Error> {
+        let playbook: Playbook = serde_json::from_value(locked.playbook)
+            .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
+        Ok(Self {
+            was_running: !locked.status.is_terminal(),
+            state: ExecutionState {
+                playbook,
+                input: locked.input,
+                status: locked.status,
+                steps: locked.steps,
+                budget,
+            },
+            last_event_seq: locked.last_event_seq,
             changed: false,
             steps: BTreeMap::new(),
             events: Vec::new(),
             outbox: Vec::new(),
-        }
+            results_bytes: locked.results_bytes,
+            tenant: locked.tenant,
+        })
     }
 
     pub(super) fn into_change(self, execution_id: ExecutionId) -> persistence::ExecutionChange {
+        let finished = self.was_running && self.state.status.is_terminal();
         persistence::ExecutionChange {
             execution_id,
             status: self.state.status,
@@ -45,6 +67,8 @@ impl Working {
             steps: self.steps.into_values().collect(),
             events: self.events,
             outbox: self.outbox,
+            results_bytes: self.results_bytes,
+            finished_tenant: finished.then_some(self.tenant),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! Steps, events and commands go in as parallel arrays ([`ChangeColumns`]), bound the same way
 //! by both statements.
 
+use std::collections::{HashMap, HashSet};
+
 use noetl_contract::engine::StepState;
 use noetl_contract::status::{ExecutionStatus, StepStatus};
 use noetl_contract::step::{Attempt, StepIndex};
@@ -64,69 +66,34 @@ pub struct Committed {
     pub outbox_ids: Vec<i64>,
 }
 
+/// What committing a batch of new executions did.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// The executions stored now (`created`) and those stored before (a retried submit).
+    pub committed: Vec<Committed>,
+    /// The new executions refused because their tenant has `max_in_flight` executions not yet
+    /// finished in the shard; nothing of them was stored.
+    pub over_quota: Vec<ExecutionId>,
+}
+
 /// Commits many executions (rows, steps, first events, first commands) in one statement, so
 /// one transaction (and one WAL flush) covers the whole batch. Ids that already exist are left
-/// untouched and reported with `created: false`. `rows` must not repeat an id.
+/// untouched and reported with `created: false`. A tenant's new executions are admitted, in the
+/// order of `rows`, while its executions not yet finished in the shard stay within
+/// `max_in_flight` (`tenant_admitted` minus `tenant_finished`, the counter row locked by the
+/// statement); the others are [`Inserted::over_quota`]. `rows` must not repeat an id.
 pub async fn insert_executions(
     connection: &mut PgConnection,
     rows: &[NewExecution],
-) -> Result<Vec<Committed>, Error> {
+    max_in_flight: u64,
+) -> Result<Inserted, Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.execution_id.get()).collect();
     let mut columns = ChangeColumns::default();
     for row in rows {
         columns.push(row.execution_id, 0, &row.steps, &row.events, &row.outbox);
     }
-    let statement = sqlx::query(
-        "WITH input AS (
-             SELECT * FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::text[],
-                                  $22::text[], $23::text[], $24::bigint[], $25::int[],
-                                  $26::text[])
-                 AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
-                      playbook_version, tenant)
-         ), inserted AS (
-             INSERT INTO executions
-                 (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
-                  playbook_version, tenant)
-             SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb,
-                    status, last_event_seq, playbook_version, tenant
-             FROM input
-             ON CONFLICT (execution_id) DO NOTHING
-             RETURNING execution_id, status, created_at
-         ), new_steps AS (
-             INSERT INTO execution_steps
-                 (execution_id, step_index, name, status, attempt, lease_expires_at, error,
-                  finished_at)
-             SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
-                    now() + s.lease_ms * interval '1 millisecond', s.error,
-                    CASE WHEN s.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
-                         THEN now() END
-             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[])
-                 AS s(execution_id, step_index, name, status, attempt, result, error, lease_ms,
-                      started_ms)
-             WHERE s.execution_id IN (SELECT execution_id FROM inserted)
-         ), new_events AS (
-             INSERT INTO execution_events (execution_id, seq, kind, payload)
-             SELECT e.execution_id, e.seq, e.kind, e.payload::jsonb
-             FROM UNNEST($10::bigint[], $11::bigint[], $12::text[], $13::text[])
-                 AS e(execution_id, seq, kind, payload)
-             WHERE e.execution_id IN (SELECT execution_id FROM inserted)
-         ), new_commands AS (
-             INSERT INTO outbox (execution_id, pool, command, not_before)
-             SELECT o.execution_id, o.pool, o.command::jsonb,
-                    now() + o.delay_ms * interval '1 millisecond'
-             FROM UNNEST($14::bigint[], $15::text[], $16::text[], $17::bigint[])
-                 AS o(execution_id, pool, command, delay_ms)
-             WHERE o.execution_id IN (SELECT execution_id FROM inserted)
-             RETURNING id, execution_id
-         )
-         SELECT i.execution_id, i.status, i.created_at, c.outbox_ids
-         FROM inserted i LEFT JOIN (
-             SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands
-             GROUP BY execution_id
-         ) c USING (execution_id)",
-    );
-    let inserted = columns
+    let statement = sqlx::query(INSERT_EXECUTIONS);
+    let returned = columns
         .bind(statement)
         .bind(&ids)
         .bind(
@@ -149,12 +116,24 @@ pub async fn insert_executions(
                 .collect::<Vec<_>>(),
         )
         .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(i64::try_from(max_in_flight).unwrap_or(i64::MAX))
         .fetch_all(&mut *connection)
         .await?;
-    let mut committed = inserted
-        .iter()
-        .map(|row| committed_from_row(row, true))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut committed = Vec::with_capacity(rows.len());
+    let mut admitted: HashMap<String, i64> = HashMap::new();
+    for row in &returned {
+        match row.try_get::<Option<String>, _>("tenant")? {
+            Some(tenant) => {
+                admitted.insert(tenant, row.try_get("admitted")?);
+            }
+            None => committed.push(committed_from_row(row, true)?),
+        }
+    }
+    if let Err(e) = settle_admitted(connection, rows, &committed, admitted).await {
+        // The executions are stored: answer them; the tenant's count stays one too high.
+        tracing::error!(error = %e, "giving back the quota of executions stored concurrently failed");
+    }
+    let mut over_quota = Vec::new();
     if committed.len() < rows.len() {
         // A new statement, so a row committed concurrently by another replica is visible.
         let fresh: Vec<i64> = committed.iter().map(|c| c.execution_id.get()).collect();
@@ -169,9 +148,138 @@ pub async fn insert_executions(
         for row in &existing {
             committed.push(committed_from_row(row, false)?);
         }
+        // Neither stored now nor before: its tenant's quota refused it.
+        let stored: HashSet<ExecutionId> = committed.iter().map(|c| c.execution_id).collect();
+        over_quota = rows
+            .iter()
+            .map(|r| r.execution_id)
+            .filter(|id| !stored.contains(id))
+            .collect();
     }
-    Ok(committed)
+    Ok(Inserted {
+        committed,
+        over_quota,
+    })
 }
+
+/// Gives back the quota of executions a batch admitted but did not store: an id another
+/// replica stored between the statement's snapshot and its insert. Counted as finished, so the
+/// tenant's count of executions in flight stays exact.
+async fn settle_admitted(
+    connection: &mut PgConnection,
+    rows: &[NewExecution],
+    committed: &[Committed],
+    mut admitted: HashMap<String, i64>,
+) -> Result<(), Error> {
+    let tenants: HashMap<ExecutionId, &str> = rows
+        .iter()
+        .map(|r| (r.execution_id, r.tenant.as_str()))
+        .collect();
+    for stored in committed.iter().filter(|c| !c.status.is_terminal()) {
+        if let Some(count) = tenants
+            .get(&stored.execution_id)
+            .and_then(|t| admitted.get_mut(*t))
+        {
+            *count -= 1;
+        }
+    }
+    let (tenants, unused): (Vec<String>, Vec<i64>) =
+        admitted.into_iter().filter(|(_, n)| *n > 0).unzip();
+    if tenants.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        ?tenants,
+        "gave back the quota of executions stored concurrently"
+    );
+    sqlx::query(
+        "INSERT INTO tenant_finished AS f (tenant, executions)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[]) ORDER BY 1
+         ON CONFLICT (tenant) DO UPDATE SET executions = f.executions + EXCLUDED.executions",
+    )
+    .bind(&tenants)
+    .bind(&unused)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// The statement of [`insert_executions`]: `$1` to `$17` are the [`ChangeColumns`], `$18` to
+/// `$26` the executions, `$27` the quota. Returns a row per execution stored now, and a row per
+/// tenant with new executions that stay in flight (`tenant`, and how many were `admitted`).
+const INSERT_EXECUTIONS: &str = "WITH input AS (
+         SELECT * FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::text[],
+                              $22::text[], $23::text[], $24::bigint[], $25::int[],
+                              $26::text[]) WITH ORDINALITY
+             AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+                  playbook_version, tenant, ord)
+     ), fresh AS (
+         -- Not stored yet; those that stay in flight numbered per tenant, in the batch's order.
+         SELECT i.execution_id, i.tenant,
+                CASE WHEN i.status IN ('pending', 'running') THEN row_number() OVER (
+                    PARTITION BY i.tenant, i.status IN ('pending', 'running') ORDER BY i.ord)
+                END AS rank
+         FROM input i
+         WHERE NOT EXISTS (SELECT 1 FROM executions x WHERE x.execution_id = i.execution_id)
+     ), quota AS (
+         -- Locks each tenant's counter (in tenant order) and admits what fits under $27.
+         INSERT INTO tenant_admitted AS q (tenant, executions, last_batch)
+         SELECT tenant, least(count(rank), $27), least(count(rank), $27) FROM fresh
+         GROUP BY tenant HAVING count(rank) > 0 ORDER BY tenant
+         ON CONFLICT (tenant) DO UPDATE SET
+             executions = q.executions + least(EXCLUDED.executions, greatest(0, $27
+                 - q.executions + coalesce((SELECT f.executions FROM tenant_finished f
+                                            WHERE f.tenant = q.tenant), 0))),
+             last_batch = least(EXCLUDED.executions, greatest(0, $27
+                 - q.executions + coalesce((SELECT f.executions FROM tenant_finished f
+                                            WHERE f.tenant = q.tenant), 0)))
+         RETURNING q.tenant, q.last_batch AS admitted
+     ), inserted AS (
+         INSERT INTO executions
+             (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+              playbook_version, tenant)
+         SELECT i.execution_id, i.playbook_name, i.playbook::jsonb, i.input::jsonb,
+                i.labels::jsonb, i.status, i.last_event_seq, i.playbook_version, i.tenant
+         FROM input i JOIN fresh f USING (execution_id) LEFT JOIN quota q ON q.tenant = f.tenant
+         WHERE f.rank IS NULL OR f.rank <= q.admitted
+         ON CONFLICT (execution_id) DO NOTHING
+         RETURNING execution_id, status, created_at
+     ), new_steps AS (
+         INSERT INTO execution_steps
+             (execution_id, step_index, name, status, attempt, lease_expires_at, error,
+              finished_at)
+         SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
+                now() + s.lease_ms * interval '1 millisecond', s.error,
+                CASE WHEN s.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
+                     THEN now() END
+         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                     $7::text[], $8::bigint[], $9::bigint[])
+             AS s(execution_id, step_index, name, status, attempt, result, error, lease_ms,
+                  started_ms)
+         WHERE s.execution_id IN (SELECT execution_id FROM inserted)
+     ), new_events AS (
+         INSERT INTO execution_events (execution_id, seq, kind, payload)
+         SELECT e.execution_id, e.seq, e.kind, e.payload::jsonb
+         FROM UNNEST($10::bigint[], $11::bigint[], $12::text[], $13::text[])
+             AS e(execution_id, seq, kind, payload)
+         WHERE e.execution_id IN (SELECT execution_id FROM inserted)
+     ), new_commands AS (
+         INSERT INTO outbox (execution_id, pool, command, not_before)
+         SELECT o.execution_id, o.pool, o.command::jsonb,
+                now() + o.delay_ms * interval '1 millisecond'
+         FROM UNNEST($14::bigint[], $15::text[], $16::text[], $17::bigint[])
+             AS o(execution_id, pool, command, delay_ms)
+         WHERE o.execution_id IN (SELECT execution_id FROM inserted)
+         RETURNING id, execution_id
+     )
+     SELECT i.execution_id, i.status, i.created_at, c.outbox_ids,
+            NULL::text AS tenant, NULL::bigint AS admitted
+     FROM inserted i LEFT JOIN (
+         SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands
+         GROUP BY execution_id
+     ) c USING (execution_id)
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, tenant, admitted FROM quota";
 
 fn committed_from_row(row: &PgRow, created: bool) -> Result<Committed, Error> {
     let outbox_ids: Option<Vec<i64>> = if created {
@@ -281,6 +389,9 @@ pub struct LockedExecution {
     pub input: serde_json::Value,
     pub last_event_seq: i64,
     pub steps: Vec<StepState>,
+    pub tenant: String,
+    /// The bytes of its step results together (their JSON).
+    pub results_bytes: i64,
 }
 
 /// Locks the rows of the executions `ids` (those that exist) for the rest of `tx`, in id order
@@ -292,8 +403,8 @@ pub async fn lock_executions(
 ) -> Result<Vec<LockedExecution>, Error> {
     let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let locked = sqlx::query(
-        "SELECT execution_id, status, playbook, input, last_event_seq FROM executions
-         WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
+        "SELECT execution_id, status, playbook, input, last_event_seq, tenant, results_bytes
+         FROM executions WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
     )
     .bind(&raw)
     .fetch_all(&mut **tx)
@@ -333,6 +444,8 @@ pub async fn lock_executions(
                 input: row.try_get("input")?,
                 last_event_seq: row.try_get("last_event_seq")?,
                 steps,
+                tenant: row.try_get("tenant")?,
+                results_bytes: row.try_get("results_bytes")?,
             })
         })
         .collect()
@@ -349,6 +462,10 @@ pub struct ExecutionChange {
     pub steps: Vec<StepRow>,
     pub events: Vec<(String, String)>,
     pub outbox: Vec<OutboxRow>,
+    /// The bytes of its step results together, these changes included.
+    pub results_bytes: i64,
+    /// Its tenant, when these changes finished it (it leaves the tenant's executions in flight).
+    pub finished_tenant: Option<String>,
 }
 
 /// Writes the changes of many executions in one statement. Returns the outbox rows of each
@@ -401,10 +518,15 @@ pub async fn save_changes(
              RETURNING id, execution_id
          ), changed_executions AS (
              UPDATE executions AS x SET status = u.status, last_event_seq = u.last_event_seq,
-                    updated_at = now()
-             FROM UNNEST($18::bigint[], $19::text[], $20::bigint[])
-                 AS u(execution_id, status, last_event_seq)
+                    results_bytes = u.results_bytes, updated_at = now()
+             FROM UNNEST($18::bigint[], $19::text[], $20::bigint[], $21::bigint[])
+                 AS u(execution_id, status, last_event_seq, results_bytes)
              WHERE x.execution_id = u.execution_id
+         ), finished AS (
+             INSERT INTO tenant_finished AS f (tenant, executions)
+             SELECT tenant, count(*) FROM UNNEST($22::text[]) AS t(tenant)
+             GROUP BY tenant ORDER BY tenant
+             ON CONFLICT (tenant) DO UPDATE SET executions = f.executions + EXCLUDED.executions
          )
          SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands GROUP BY execution_id",
     );
@@ -414,11 +536,18 @@ pub async fn save_changes(
         .iter()
         .map(|c| c.last_event_seq + c.events.len() as i64)
         .collect();
+    let results_bytes: Vec<i64> = changes.iter().map(|c| c.results_bytes).collect();
+    let finished: Vec<&str> = changes
+        .iter()
+        .filter_map(|c| c.finished_tenant.as_deref())
+        .collect();
     columns
         .bind(statement)
         .bind(ids)
         .bind(statuses)
         .bind(last_seqs)
+        .bind(results_bytes)
+        .bind(finished)
         .fetch_all(&mut **tx)
         .await?
         .iter()
