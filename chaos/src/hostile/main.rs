@@ -69,8 +69,8 @@ const MAX_PAYLOAD: usize = 64 * 1024;
 /// The server's `step_result_max_bytes`: under `MAX_PAYLOAD`, so a report can be over it.
 const STEP_RESULT_MAX_BYTES: usize = 16 * 1024;
 /// The gateway's connection and stream bounds, small so that those rows end in seconds.
-/// `max_connections` leaves B's pooled keep-alive connections (a few at its rate, a dozen more
-/// during the rows that send several requests at once) a wide margin, and
+/// `max_connections` leaves the client's pooled keep-alive connections (a few at B's rate, up to
+/// a dozen more during the rows of eight bodies and of event streams) a wide margin, and
 /// `max_sse_streams` must stay below it.
 const BOUNDS: GatewayBounds = GatewayBounds {
     header_read_timeout: Duration::from_millis(1_000),
