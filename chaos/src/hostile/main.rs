@@ -26,7 +26,7 @@ use clap::Parser;
 use noetl_chaos::cluster::{Cluster, Spec, Timing};
 use noetl_chaos::now_ms;
 
-use crate::attacks::{Attack, Ctx, Outcome, TOKEN_A, TOKEN_B};
+use crate::attacks::{Attack, Ctx, GatewayBounds, Outcome, TOKEN_A, TOKEN_B};
 use crate::load::{quantile, Steady};
 use crate::report::{Bounds, Report, Row};
 use crate::watch::{Memory, Watched};
@@ -68,6 +68,16 @@ struct Args {
 const MAX_PAYLOAD: usize = 64 * 1024;
 /// The server's `step_result_max_bytes`: under `MAX_PAYLOAD`, so a report can be over it.
 const STEP_RESULT_MAX_BYTES: usize = 16 * 1024;
+/// The gateway's connection and stream bounds, small so that those rows end in seconds.
+/// `max_connections` leaves the client's pooled keep-alive connections (a few at B's rate, up to
+/// a dozen more during the rows of eight bodies and of event streams) a wide margin, and
+/// `max_sse_streams` must stay below it.
+const BOUNDS: GatewayBounds = GatewayBounds {
+    header_read_timeout: Duration::from_millis(1_000),
+    max_connections: 128,
+    sse_streams_per_tenant: 8,
+};
+const MAX_SSE_STREAMS: usize = 64;
 /// Longest an attack may take before its row fails.
 const ATTACK_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -136,10 +146,22 @@ fn spec(dir: &Path) -> anyhow::Result<Spec> {
             ("NOETL_HTTP_ALLOW", "fetch=127.0.0.1/32".to_owned()),
             ("NOETL_HTTP_MAX_REDIRECTS", "3".to_owned()),
         ]),
-        gateway_env: env(&[(
-            "NOETL_AUTH_TOKENS_FILE",
-            tokens_file(dir)?.to_string_lossy().into_owned(),
-        )]),
+        gateway_env: env(&[
+            (
+                "NOETL_AUTH_TOKENS_FILE",
+                tokens_file(dir)?.to_string_lossy().into_owned(),
+            ),
+            (
+                "NOETL_HEADER_READ_TIMEOUT_MS",
+                BOUNDS.header_read_timeout.as_millis().to_string(),
+            ),
+            ("NOETL_MAX_CONNECTIONS", BOUNDS.max_connections.to_string()),
+            (
+                "NOETL_SSE_STREAMS_PER_TENANT",
+                BOUNDS.sse_streams_per_tenant.to_string(),
+            ),
+            ("NOETL_MAX_SSE_STREAMS", MAX_SSE_STREAMS.to_string()),
+        ]),
     })
 }
 
@@ -148,8 +170,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("logs"))
         .with_context(|| format!("failed to create {}", dir.display()))?;
     eprintln!("noetl-hostile: results in {}", dir.display());
+    // A pooled connection is dropped well before the gateway closes it as idle (at its header
+    // deadline), so a request is never sent on a connection the gateway is closing.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(BOUNDS.header_read_timeout / 2)
         .build()
         .context("failed to build the HTTP client")?;
     let target = web::serve().await?;
@@ -182,6 +207,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target,
         max_payload: MAX_PAYLOAD,
         step_result_max_bytes: STEP_RESULT_MAX_BYTES,
+        bounds: BOUNDS,
     });
 
     let load = Steady::start(http, &cluster.gateway_url, TOKEN_B, args.rate);

@@ -161,7 +161,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "no row yet (not on main): {}",
+            "no row (each says why): {}",
             self.not_covered.join("; ")
         );
         let _ = writeln!(
