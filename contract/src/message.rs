@@ -20,7 +20,9 @@ fn default_tenant() -> String {
 }
 
 /// Whose execution a read, a cancel or a listing is for: the shard answers `not_found` for an
-/// execution of another tenant, exactly as for a missing one. `None`: any tenant.
+/// execution of another tenant, exactly as for a missing one. Required: the shard refuses a
+/// request without one (`bad_request`); it is an `Option` only so such a request decodes and
+/// is refused with a clear message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutionQuery {
     #[serde(default)]
@@ -158,6 +160,9 @@ pub enum WireErrorCode {
     /// A first step's `with` rendered a value PostgreSQL cannot store (U+0000); nothing was
     /// stored.
     UnstorableValue,
+    /// A step targets a pool its tenant may not use, or runs `shell` for a tenant that did not
+    /// opt in (the message names the step and the pool); nothing was stored.
+    PoolForbidden,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,7 +217,7 @@ pub struct ListQuery {
     /// Every one of these labels must be present with this value.
     pub labels: Labels,
     pub playbook: Option<String>,
-    /// Only this tenant's executions (`None`: every tenant's).
+    /// Only this tenant's executions; required, as in [`ExecutionQuery`].
     #[serde(default)]
     pub tenant: Option<String>,
 }

@@ -201,6 +201,7 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 Problem::new(Code::TemplateBudgetExceeded, remote.message)
             }
             WireErrorCode::UnstorableValue => Problem::new(Code::UnstorableValue, remote.message),
+            WireErrorCode::PoolForbidden => Problem::new(Code::PoolForbidden, remote.message),
             WireErrorCode::ShardUnavailable => Problem::new(
                 Code::ShardUnavailable,
                 format!("shard {shard}: {}", remote.message),

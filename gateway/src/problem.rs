@@ -26,6 +26,7 @@ pub enum Code {
     MethodNotAllowed,
     Unauthorized,
     Forbidden,
+    PoolForbidden,
     ExecutionNotFound,
     PlaybookNotFound,
     CatalogQuotaExceeded,
@@ -47,7 +48,7 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 29] = [
+    pub const ALL: [Code; 30] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
@@ -61,6 +62,7 @@ impl Code {
         Code::MethodNotAllowed,
         Code::Unauthorized,
         Code::Forbidden,
+        Code::PoolForbidden,
         Code::ExecutionNotFound,
         Code::PlaybookNotFound,
         Code::CatalogQuotaExceeded,
@@ -99,7 +101,7 @@ impl Code {
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
-            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::Forbidden | Code::PoolForbidden => StatusCode::FORBIDDEN,
             Code::ExecutionRetired => StatusCode::GONE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::ShardUnavailable
@@ -130,6 +132,7 @@ impl Code {
             Code::MethodNotAllowed => "Method not allowed",
             Code::Unauthorized => "Unauthorized",
             Code::Forbidden => "Forbidden",
+            Code::PoolForbidden => "Pool or action not open to the tenant",
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
             Code::CatalogQuotaExceeded => "Catalog quota exceeded",
@@ -201,6 +204,11 @@ impl Code {
             }
             Code::Forbidden => {
                 "the token lacks the scope the route needs (`submit`, `read` or `admin`)"
+            }
+            Code::PoolForbidden => {
+                "a step targets a pool the caller's tenant may not use (the server's \
+                 `pool_tenants`), or runs the `shell` action for a tenant that did not opt in \
+                 (`shell_tenants`); `detail` names the step and its pool; nothing was stored"
             }
             Code::ExecutionNotFound => {
                 "the owning shard has no execution with this id (another tenant's execution is \

@@ -10,11 +10,11 @@ use noetl_contract::engine::Event;
 use noetl_contract::message::SubmitCommand;
 use noetl_contract::shards::ShardMap;
 use noetl_contract::status::StepStatus;
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::{ExecutionId, ShardId};
 use noetl_server::commit::Committer;
 use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator};
-use noetl_server::persistence::{self, Beat, Pools, HANDOFF_GRACE};
+use noetl_server::persistence::{self, Beat, BeatAnswer, Pools, HANDOFF_GRACE};
 use noetl_server::relay::{self, Relay};
 use noetl_server::render::Rendering;
 use noetl_test_support::{NatsServer, Postgres};
@@ -108,11 +108,12 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
         .await
         .expect("lock");
     let finished = || succeeded(0, serde_json::json!({"n": 1}), 1);
+    let token = token(pool, id, 0).await;
     let queued = tokio::spawn({
         let orchestrator = orchestrator.clone();
         async move {
             let alone = (0..4).map(|_| orchestrator.apply(id, finished()));
-            let batched = (0..4).map(|_| orchestrator.report(id, finished()));
+            let batched = (0..4).map(|_| orchestrator.report(id, finished(), token));
             let (alone, batched) = tokio::join!(
                 futures::future::join_all(alone),
                 futures::future::join_all(batched)
@@ -183,6 +184,20 @@ async fn shard_pools(pg: &Postgres, database: &str) -> Pools {
     }
 }
 
+/// The token of the attempt that owns step `step` of `id`, as the shard stored it and sent it
+/// in the command (a worker reports with it).
+async fn token(pool: &PgPool, id: ExecutionId, step: u32) -> Option<AttemptToken> {
+    let stored: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT attempt_token FROM execution_steps WHERE execution_id = $1 AND step_index = $2",
+    )
+    .bind(id.get())
+    .bind(step as i32)
+    .fetch_one(pool)
+    .await
+    .expect("the step's row");
+    stored.map(|bytes| AttemptToken::from_slice(&bytes).expect("16 bytes"))
+}
+
 /// A playbook of one step.
 fn one_step() -> serde_json::Value {
     serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]})
@@ -230,10 +245,17 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
     let ids: Vec<i64> = (1..=20).map(|i| 10_000 + i).collect();
     shard.insert(ids.clone(), &playbook).await;
     let finished = |step| succeeded(step, serde_json::json!({"step": step}), 1);
+    let mut tokens = std::collections::HashMap::new();
+    for &id in &ids {
+        let id = ExecutionId::new(id).expect("valid id");
+        for step in [0, 1] {
+            tokens.insert((id, step), token(pool, id, step).await);
+        }
+    }
     let reports = ids.iter().flat_map(|&id| {
         let id = ExecutionId::new(id).expect("valid id");
         // Each report twice, as a worker retrying an unanswered report sends it.
-        [0, 1, 0, 1].map(|step| orchestrator.report(id, finished(step)))
+        [0, 1, 0, 1].map(|step| orchestrator.report(id, finished(step), tokens[&(id, step)]))
     });
     let applied = futures::future::join_all(reports).await;
     let changed = applied
@@ -317,6 +339,10 @@ async fn heartbeats_written_together_keep_their_own_answers() {
         .as_millis() as i64;
     // Started a minute ago by the worker's clock; a clock a minute ahead is clamped to now.
     let started_ms = now_ms - 60_000;
+    let mut tokens = std::collections::HashMap::new();
+    for &id in &ids {
+        tokens.insert(id, token(pool, id, 0).await);
+    }
     let beat = |id, attempt, starting, started_at_ms| {
         orchestrator.heartbeat(Beat {
             execution_id: id,
@@ -324,6 +350,7 @@ async fn heartbeats_written_together_keep_their_own_answers() {
             attempt: Attempt::new(attempt),
             starting,
             started_at_ms,
+            token: tokens[&id],
         })
     };
     let (checks, beats, ahead, reports) = tokio::join!(
@@ -346,23 +373,34 @@ async fn heartbeats_written_together_keep_their_own_answers() {
             Some(now_ms + 60_000)
         ))),
         futures::future::join_all(ids[20..].iter().map(|&id| {
-            orchestrator.report(id, succeeded(0, serde_json::json!({}), started_ms))
+            orchestrator.report(
+                id,
+                succeeded(0, serde_json::json!({}), started_ms),
+                tokens[&id],
+            )
         })),
     );
     for answers in [&checks, &beats] {
         for (i, answer) in answers.iter().enumerate() {
             let answer = answer.as_ref().expect("heartbeat handled");
             if i % 2 == 1 {
-                assert_eq!(*answer, None, "an attempt that does not own its step");
+                assert_eq!(
+                    *answer,
+                    BeatAnswer::Lost,
+                    "an attempt that does not own its step"
+                );
             } else {
-                assert!(answer.is_some(), "beat {i}: {answer:?}");
+                assert!(
+                    matches!(answer, BeatAnswer::Owns(_)),
+                    "beat {i}: {answer:?}"
+                );
             }
         }
     }
     for answer in &ahead {
         assert_eq!(
             *answer.as_ref().expect("heartbeat handled"),
-            Some(StepStatus::Running)
+            BeatAnswer::Owns(StepStatus::Running)
         );
     }
     for answer in &reports {

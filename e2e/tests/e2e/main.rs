@@ -11,6 +11,7 @@ mod crash;
 mod egress;
 mod execution;
 mod faults;
+mod fencing;
 mod limits;
 mod observability;
 mod payload;

@@ -5,7 +5,7 @@
 
 use noetl_contract::engine::StepState;
 use noetl_contract::status::{ExecutionStatus, StepStatus};
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::ExecutionId;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -49,6 +49,9 @@ pub struct StepRow {
     /// When the worker started the attempt that finished it (unix ms, its clock): the step's
     /// `started_at` when no heartbeat recorded one.
     pub started_at_ms: Option<i64>,
+    /// The secret of the attempt that owns the step (`None`: never dispatched, or stored
+    /// before tokens existed).
+    pub token: Option<AttemptToken>,
 }
 
 /// The outcome of committing one execution.
@@ -76,6 +79,7 @@ pub async fn insert_executions(
     for row in rows {
         columns.push(row.execution_id, 0, &row.steps, &row.events, &row.outbox);
     }
+    let tokens = std::mem::take(&mut columns.step_tokens);
     let statement = sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::text[],
@@ -95,15 +99,15 @@ pub async fn insert_executions(
          ), new_steps AS (
              INSERT INTO execution_steps
                  (execution_id, step_index, name, status, attempt, lease_expires_at, error,
-                  finished_at)
+                  finished_at, attempt_token)
              SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
                     now() + s.lease_ms * interval '1 millisecond', s.error,
                     CASE WHEN s.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
-                         THEN now() END
+                         THEN now() END, s.token
              FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[])
+                         $7::text[], $8::bigint[], $9::bigint[], $27::bytea[])
                  AS s(execution_id, step_index, name, status, attempt, result, error, lease_ms,
-                      started_ms)
+                      started_ms, token)
              WHERE s.execution_id IN (SELECT execution_id FROM inserted)
          ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -149,6 +153,7 @@ pub async fn insert_executions(
                 .collect::<Vec<_>>(),
         )
         .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(tokens)
         .fetch_all(&mut *connection)
         .await?;
     let mut committed = inserted
@@ -201,6 +206,8 @@ struct ChangeColumns<'a> {
     step_errors: Vec<Option<&'a str>>,
     step_lease_ms: Vec<Option<i64>>,
     step_started_at_ms: Vec<Option<i64>>,
+    /// Bound by each statement at its own position, after its other parameters.
+    step_tokens: Vec<Option<Vec<u8>>>,
     event_ids: Vec<i64>,
     event_seqs: Vec<i64>,
     event_kinds: Vec<&'a str>,
@@ -232,6 +239,8 @@ impl<'a> ChangeColumns<'a> {
             self.step_errors.push(step.error.as_deref());
             self.step_lease_ms.push(step.lease_ms);
             self.step_started_at_ms.push(step.started_at_ms);
+            self.step_tokens
+                .push(step.token.map(|token| token.expose().to_vec()));
         }
         for (seq, (kind, payload)) in (after_seq + 1..).zip(events) {
             self.event_ids.push(id);
@@ -281,6 +290,8 @@ pub struct LockedExecution {
     pub input: serde_json::Value,
     pub last_event_seq: i64,
     pub steps: Vec<StepState>,
+    /// The token of the attempt that owns each step, in step order.
+    pub tokens: Vec<Option<AttemptToken>>,
 }
 
 /// Locks the rows of the executions `ids` (those that exist) for the rest of `tx`, in id order
@@ -306,7 +317,7 @@ pub async fn lock_executions(
     // locking statement, the steps would come from the snapshot taken before the wait, and a
     // report queued behind another for the same step would record its result twice.)
     let step_rows = sqlx::query(
-        "SELECT execution_id, status, attempt, result, error FROM execution_steps
+        "SELECT execution_id, status, attempt, result, error, attempt_token FROM execution_steps
          WHERE execution_id = ANY($1) ORDER BY execution_id, step_index",
     )
     .bind(&raw)
@@ -317,8 +328,9 @@ pub async fn lock_executions(
         .iter()
         .map(|row| {
             let id = rows::execution_id(row)?;
-            let mut steps = Vec::new();
+            let (mut steps, mut tokens) = (Vec::new(), Vec::new());
             while let Some(step) = step_rows.next_if(|s| rows::execution_id(s).ok() == Some(id)) {
+                tokens.push(rows::attempt_token(step)?);
                 steps.push(StepState {
                     status: rows::step_status(step)?,
                     attempt: rows::attempt(step)?,
@@ -333,6 +345,7 @@ pub async fn lock_executions(
                 input: row.try_get("input")?,
                 last_event_seq: row.try_get("last_event_seq")?,
                 steps,
+                tokens,
             })
         })
         .collect()
@@ -374,6 +387,7 @@ pub async fn save_changes(
         "WITH changed_steps AS (
              UPDATE execution_steps AS s SET
                  status = u.status, attempt = u.attempt, result = u.result::jsonb, error = u.error,
+                 attempt_token = u.token,
                  lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
                  started_at = CASE WHEN u.status = 'running' THEN coalesce(s.started_at, now())
                                    WHEN u.status = 'dispatched' THEN NULL
@@ -383,9 +397,9 @@ pub async fn save_changes(
                                     THEN now() END,
                  updated_at = now()
              FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[])
+                         $7::text[], $8::bigint[], $9::bigint[], $21::bytea[])
                  AS u(execution_id, step_index, name, status, attempt, result, error, lease_ms,
-                      started_ms)
+                      started_ms, token)
              WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index
          ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -408,6 +422,7 @@ pub async fn save_changes(
          )
          SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands GROUP BY execution_id",
     );
+    let tokens = std::mem::take(&mut columns.step_tokens);
     let ids: Vec<i64> = changes.iter().map(|c| c.execution_id.get()).collect();
     let statuses: Vec<&str> = changes.iter().map(|c| c.status.as_str()).collect();
     let last_seqs: Vec<i64> = changes
@@ -419,6 +434,7 @@ pub async fn save_changes(
         .bind(ids)
         .bind(statuses)
         .bind(last_seqs)
+        .bind(tokens)
         .fetch_all(&mut **tx)
         .await?
         .iter()
