@@ -637,3 +637,71 @@ async fn a_negative_step_index_or_attempt_is_a_malformed_row() {
     assert!(scanned.as_ref().is_err_and(malformed), "{scanned:?}");
     shard.stop().await;
 }
+
+/// Each attempt has a token of its own, in its step's row and in its command: a report without
+/// it is refused and changes nothing, and a retry's report with the first attempt's token is
+/// refused while its own is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_has_a_token_of_its_own_and_only_it_is_heard() {
+    let shard = Shard::start("tokens").await;
+    let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
+    let id = ExecutionId::new(31_337).expect("valid id");
+    let playbook = serde_json::json!({"name": "retried", "steps": [
+        {"name": "a", "action": "noop", "retry": {"max_attempts": 2}}
+    ]});
+    shard.insert([id.get()], &playbook).await;
+    let finished = |attempt, outcome| Event::Finished {
+        step: StepIndex::new(0),
+        attempt: Attempt::new(attempt),
+        outcome,
+        started_at_ms: 1,
+    };
+    let failed = || StepOutcome::Failed {
+        error: "boom".to_owned(),
+    };
+    let first = token(pool, id, 0).await.expect("the first attempt's token");
+    let refused = orchestrator.report(id, finished(1, failed()), None).await;
+    assert_eq!(refused, Some(Applied::Refused));
+    let recorded = orchestrator
+        .report(id, finished(1, failed()), Some(first))
+        .await;
+    assert!(
+        matches!(recorded, Some(Applied::Changed(_))),
+        "{recorded:?}"
+    );
+    let second = token(pool, id, 0).await.expect("the retry's token");
+    assert_ne!(second, first, "a retry draws a new token");
+
+    let commands: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT command FROM outbox WHERE execution_id = $1 ORDER BY id")
+            .bind(id.get())
+            .fetch_all(pool)
+            .await
+            .expect("outbox");
+    let sent: Vec<Option<AttemptToken>> = commands
+        .into_iter()
+        .map(|c| {
+            serde_json::from_value::<StepCommand>(c)
+                .expect("a command")
+                .token
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [Some(first), Some(second)],
+        "each command carries its token"
+    );
+
+    let succeeded = || StepOutcome::Succeeded {
+        result: serde_json::json!({}),
+    };
+    let stolen = orchestrator
+        .report(id, finished(2, succeeded()), Some(first))
+        .await;
+    assert_eq!(stolen, Some(Applied::Refused));
+    let own = orchestrator
+        .report(id, finished(2, succeeded()), Some(second))
+        .await;
+    assert!(matches!(own, Some(Applied::Changed(_))), "{own:?}");
+    shard.stop().await;
+}
