@@ -301,7 +301,7 @@ async fn read_view(
     id: ExecutionId,
     tenant: &str,
 ) -> Result<ExecutionView, WireError> {
-    match persistence::get_execution(&shard.pool, shard.id, id, Some(tenant)).await {
+    match persistence::get_execution(&shard.pool, shard.id, id, tenant).await {
         Ok(Some(view)) => Ok(view),
         Ok(None) => Err(not_found(id)),
         Err(e) => Err(database_failed(shard, id, &e)),
@@ -435,7 +435,7 @@ async fn cancel(shard: &Shard, message: &Message) -> Result<ExecutionView, WireE
     let query = execution_query(message)?;
     let tenant = tenant_of(query.tenant.as_deref())?;
     // An execution's tenant never changes, so checking it before the locked apply is enough.
-    match persistence::visible(&shard.pool, id, Some(tenant)).await {
+    match persistence::visible(&shard.pool, id, tenant).await {
         Ok(true) => {}
         Ok(false) => return Err(not_found(id)),
         Err(e) => return Err(database_failed(shard, id, &e)),
@@ -462,9 +462,9 @@ async fn stats(shard: &Shard) -> Result<ShardStats, WireError> {
 
 async fn list(shard: &Shard, message: &Message) -> Result<ExecutionList, WireError> {
     let mut query: ListQuery = decode(message)?;
-    tenant_of(query.tenant.as_deref())?;
+    let tenant = tenant_of(query.tenant.as_deref())?.to_owned();
     query.limit = query.limit.clamp(1, MAX_LIST_PAGE);
-    let executions = persistence::list_executions(&shard.pool, shard.id, &query)
+    let executions = persistence::list_executions(&shard.pool, shard.id, &tenant, &query)
         .await
         .map_err(|e| {
             tracing::error!(shard = %shard.id, error = %e, "failed to list executions");
@@ -478,7 +478,7 @@ async fn events(shard: &Shard, message: &Message) -> Result<EventPage, WireError
     let query: EventsQuery = decode(message)?;
     let tenant = tenant_of(query.tenant.as_deref())?;
     let limit = i64::from(query.limit.clamp(1, MAX_EVENTS_PAGE));
-    match persistence::events_page(&shard.pool, id, Some(tenant), query.after_seq, limit).await {
+    match persistence::events_page(&shard.pool, id, tenant, query.after_seq, limit).await {
         Ok(Some(page)) => Ok(page),
         Ok(None) => Err(not_found(id)),
         Err(e) => Err(database_failed(shard, id, &e)),

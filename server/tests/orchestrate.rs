@@ -477,7 +477,7 @@ async fn a_negative_step_index_or_attempt_is_a_malformed_row() {
     let malformed = |e: &persistence::Error| matches!(e, persistence::Error::Malformed(_));
 
     execute(pool, "UPDATE execution_steps SET attempt = -1").await;
-    let read = persistence::get_execution(pool, ShardId::new(0), id, None).await;
+    let read = persistence::get_execution(pool, ShardId::new(0), id, "default").await;
     assert!(read.as_ref().is_err_and(malformed), "{read:?}");
     let locked = shard.orchestrator.apply(id, Event::Cancel).await;
     assert!(locked.as_ref().is_err_and(malformed), "{locked:?}");
