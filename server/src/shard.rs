@@ -417,7 +417,8 @@ async fn heartbeat(shard: &Shard, message: &Message) -> Result<HeartbeatAck, Wir
 
 /// Counts and logs a report or heartbeat that named the attempt owning its step without that
 /// attempt's token: recorded nowhere, answered as stale (`Stale`, `Stop`), so a worker that
-/// somehow lost its token does not retry forever. The token is never logged.
+/// somehow lost its token does not retry forever. The token is never logged, and the claimed
+/// worker name (the sender's to choose) at most its first 64 characters.
 fn refused(
     shard: &Shard,
     kind: &'static str,
@@ -427,6 +428,7 @@ fn refused(
 ) {
     metrics::counter!("noetl_server_reports_refused_total", "shard" => shard.id.to_string(), "kind" => kind)
         .increment(1);
+    let worker: String = worker.chars().take(64).collect();
     tracing::warn!(shard = %shard.id, execution_id = %id, step = step.get(), worker, kind, "refused a report without the attempt's token");
 }
 
