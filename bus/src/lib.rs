@@ -137,7 +137,8 @@ pub struct NatsSecurity {
     pub nats_replicas: Option<usize>,
     /// Prefix of the subjects replies come back on (default `_INBOX`): giving each role its
     /// own (`_INBOX_worker`, …) lets NATS permissions keep a role from reading another's
-    /// replies.
+    /// replies. A worker adds a token of its name (`_INBOX_worker.<name>`), so each worker
+    /// process has a prefix of its own.
     pub nats_inbox_prefix: Option<String>,
 }
 

@@ -2,13 +2,14 @@
 //! what workers report back to the owning shard (wiki/spec.md §4.3).
 //!
 //! A command is identified by `(execution_id, step, attempt)`. Results and heartbeats carry the
-//! attempt, so the shard can fence them: only the current attempt of a step may report.
+//! attempt and its secret token, so the shard can fence them: only the current attempt of a
+//! step, told its token by the command, may report.
 
 use serde::{Deserialize, Serialize};
 
 use crate::id::ExecutionId;
 use crate::routing::ShardId;
-use crate::step::{Attempt, StepIndex};
+use crate::step::{Attempt, AttemptToken, StepIndex};
 
 /// Run one attempt of one step. Published on [`crate::subject::command`] with the JetStream
 /// message id [`StepCommand::message_id`], so a re-published command is de-duplicated.
@@ -28,6 +29,10 @@ pub struct StepCommand {
     pub timeout_ms: u64,
     /// The worker must heartbeat more often than this, or the attempt is presumed dead.
     pub lease_ms: u64,
+    /// The attempt's secret, sent back in its heartbeats and report. Absent from commands
+    /// queued before tokens existed (their steps admit reports without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<AttemptToken>,
 }
 
 impl StepCommand {
@@ -140,6 +145,9 @@ pub struct StepReport {
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
     pub worker: String,
+    /// The command's [`StepCommand::token`]: a report without the attempt's token is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<AttemptToken>,
 }
 
 /// The shard's answer to a report.
@@ -148,8 +156,9 @@ pub struct StepReport {
 pub enum ReportAck {
     /// Recorded now.
     Recorded,
-    /// Not recorded: a newer attempt owns the step, the step already has its result, or the
-    /// execution ended. The worker acks the command and moves on.
+    /// Not recorded: a newer attempt owns the step, the step already has its result, the
+    /// execution ended, or the report does not carry the attempt's token. The worker acks the
+    /// command and moves on.
     Stale,
 }
 
@@ -171,6 +180,9 @@ pub struct Heartbeat {
     /// than the shard's now); absent on the `starting` check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
+    /// The command's [`StepCommand::token`]: a beat without the attempt's token is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<AttemptToken>,
 }
 
 /// The shard's answer to a heartbeat.
@@ -179,7 +191,8 @@ pub struct Heartbeat {
 pub enum HeartbeatAck {
     /// Keep going; the lease is extended.
     Continue,
-    /// Stop: the execution was cancelled, or this attempt was superseded.
+    /// Stop: the execution was cancelled, this attempt was superseded, or the beat does not
+    /// carry the attempt's token.
     Stop,
 }
 
@@ -256,6 +269,7 @@ mod tests {
             started_at_ms: 1,
             finished_at_ms: 2,
             worker: "w1".into(),
+            token: None,
         };
         let value = serde_json::to_value(&report).expect("serialize");
         assert_eq!(value["outcome"], "failed");
@@ -281,6 +295,7 @@ mod tests {
             with: json!({}),
             timeout_ms: 1_000,
             lease_ms: 10_000,
+            token: None,
         };
         let retry = StepCommand {
             attempt: Attempt::new(2),

@@ -20,7 +20,9 @@ fn default_tenant() -> String {
 }
 
 /// Whose execution a read, a cancel or a listing is for: the shard answers `not_found` for an
-/// execution of another tenant, exactly as for a missing one. `None`: any tenant.
+/// execution of another tenant, exactly as for a missing one. Required: the shard refuses a
+/// request without one (`bad_request`); it is an `Option` only so such a request decodes and
+/// is refused with a clear message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutionQuery {
     #[serde(default)]
@@ -161,6 +163,9 @@ pub enum WireErrorCode {
     /// The submit's tenant has `tenant_max_executions_in_flight` executions not yet finished in
     /// the shard (the message names the quota); nothing was stored.
     TenantQuotaExceeded,
+    /// A step targets a pool its tenant may not use, or runs `shell` for a tenant that did not
+    /// opt in (the message names the step and the pool); nothing was stored.
+    PoolForbidden,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +220,7 @@ pub struct ListQuery {
     /// Every one of these labels must be present with this value.
     pub labels: Labels,
     pub playbook: Option<String>,
-    /// Only this tenant's executions (`None`: every tenant's).
+    /// Only this tenant's executions; required, as in [`ExecutionQuery`].
     #[serde(default)]
     pub tenant: Option<String>,
 }

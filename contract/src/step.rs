@@ -1,5 +1,6 @@
 //! The two numbers that name one try of one step: [`StepIndex`], its position in the playbook,
-//! and [`Attempt`], which try it is. A worker's report is fenced by both (wiki/spec.md §4.3).
+//! and [`Attempt`], which try it is. A worker's report is fenced by both (wiki/spec.md §4.3),
+//! and by the attempt's secret, [`AttemptToken`].
 //!
 //! On the wire they are plain JSON numbers (`serde(transparent)`); the newtypes keep them from
 //! being swapped with each other or with counts.
@@ -7,6 +8,10 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+mod token;
+
+pub use token::{AttemptToken, TOKEN_BYTES};
 
 /// The position of a step in its playbook's `steps`, from 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -81,6 +81,8 @@ SUBSCRIBE = [
     ("_INBOX_server.s.*", "server"),
     ("_INBOX_server.>", "server"),
     ("_INBOX_worker.w.*", "worker"),
+    # A worker's own prefix adds its name: _INBOX_worker.<name>.<client>.<request>.
+    ("_INBOX_worker.worker-0_noetl.abc.*", "worker"),
     ("_INBOX_worker.>", "worker"),
     ("_INBOX.ctl.*", "operator"),
     ("noetl.v1.shard.>", "server"),

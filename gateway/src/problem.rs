@@ -26,6 +26,7 @@ pub enum Code {
     MethodNotAllowed,
     Unauthorized,
     Forbidden,
+    PoolForbidden,
     ExecutionNotFound,
     PlaybookNotFound,
     CatalogQuotaExceeded,
@@ -50,7 +51,7 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 32] = [
+    pub const ALL: [Code; 33] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
@@ -64,6 +65,7 @@ impl Code {
         Code::MethodNotAllowed,
         Code::Unauthorized,
         Code::Forbidden,
+        Code::PoolForbidden,
         Code::ExecutionNotFound,
         Code::PlaybookNotFound,
         Code::CatalogQuotaExceeded,
@@ -107,7 +109,7 @@ impl Code {
             }
             Code::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
-            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::Forbidden | Code::PoolForbidden => StatusCode::FORBIDDEN,
             Code::ExecutionRetired => StatusCode::GONE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::ShardUnavailable
@@ -139,6 +141,7 @@ impl Code {
             Code::MethodNotAllowed => "Method not allowed",
             Code::Unauthorized => "Unauthorized",
             Code::Forbidden => "Forbidden",
+            Code::PoolForbidden => "Pool or action not open to the tenant",
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
             Code::CatalogQuotaExceeded => "Catalog quota exceeded",
@@ -213,6 +216,11 @@ impl Code {
             }
             Code::Forbidden => {
                 "the token lacks the scope the route needs (`submit`, `read` or `admin`)"
+            }
+            Code::PoolForbidden => {
+                "a step targets a pool the caller's tenant may not use (the server's \
+                 `pool_tenants`), or runs the `shell` action for a tenant that did not opt in \
+                 (`shell_tenants`); `detail` names the step and its pool; nothing was stored"
             }
             Code::ExecutionNotFound => {
                 "the owning shard has no execution with this id (another tenant's execution is \

@@ -1,15 +1,19 @@
 //! Server settings: defaults < file < `NOETL_*` environment < command-line flags, validated once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use noetl_bus::NatsConfig;
+use noetl_contract::message::DEFAULT_TENANT;
+use noetl_contract::playbook::check_pool;
 use noetl_contract::shards::ShardMap;
 use noetl_contract::template;
 use noetl_contract::ShardId;
 use noetl_service::CommonSettings;
 use serde::Deserialize;
 
+use crate::access::Access;
 use crate::orchestrate::Leases;
 use crate::render::Rendering;
 
@@ -69,6 +73,14 @@ pub struct Settings {
     /// A decision that renders templates and still runs after this is abandoned, and the
     /// steps it renders fail with `template_budget_exceeded`.
     pub template_deadline_ms: u64,
+    /// Per pool, the tenants whose steps may target it; a pool not listed is open to every
+    /// tenant. A TOML table of lists, or `pool=tenant,tenant;pool=tenant`.
+    #[serde(deserialize_with = "noetl_service::settings::table_of_lists")]
+    pub pool_tenants: BTreeMap<String, Vec<String>>,
+    /// The tenants whose steps may use the `shell` action; a list or one comma-separated
+    /// string.
+    #[serde(deserialize_with = "noetl_service::settings::list")]
+    pub shell_tenants: Vec<String>,
     /// `nats_url`, the NATS credentials and `log_format`.
     #[serde(flatten)]
     pub common: CommonSettings,
@@ -94,6 +106,8 @@ impl Default for Settings {
             template_max_bytes: template::DEFAULT_MAX_BYTES,
             template_max_depth: template::DEFAULT_MAX_DEPTH,
             template_deadline_ms: crate::render::DEFAULT_DEADLINE_MS,
+            pool_tenants: BTreeMap::new(),
+            shell_tenants: vec![DEFAULT_TENANT.to_owned()],
             common: CommonSettings::default(),
         }
     }
@@ -117,6 +131,8 @@ pub struct ServerConfig {
     pub tenant_max_executions_in_flight: u64,
     pub rendering: Rendering,
     pub topology_grace_ms: i64,
+    /// `pool_tenants` and `shell_tenants`.
+    pub access: Access,
 }
 
 impl ServerConfig {
@@ -186,6 +202,7 @@ impl ServerConfig {
                 template::MAX_DEPTH_LIMIT
             );
         }
+        let access = access(&settings.pool_tenants, &settings.shell_tenants)?;
         Ok(Self {
             nats: settings.common.nats("noetl-server"),
             shards,
@@ -212,8 +229,40 @@ impl ServerConfig {
                 deadline: std::time::Duration::from_millis(settings.template_deadline_ms),
             },
             topology_grace_ms: settings.topology_grace_ms,
+            access,
         })
     }
+}
+
+/// `pool_tenants` and `shell_tenants`, validated: pool names as in playbooks, tenant names
+/// trimmed and not empty, and no pool listed without a tenant.
+fn access(
+    pool_tenants: &BTreeMap<String, Vec<String>>,
+    shell_tenants: &[String],
+) -> anyhow::Result<Access> {
+    let tenants = |what: &str, names: &[String]| {
+        names
+            .iter()
+            .map(|name| {
+                let name = name.trim();
+                anyhow::ensure!(!name.is_empty(), "{what} names an empty tenant");
+                Ok(name.to_owned())
+            })
+            .collect::<anyhow::Result<std::collections::BTreeSet<_>>>()
+    };
+    let mut pools = BTreeMap::new();
+    for (pool, names) in pool_tenants {
+        check_pool("pool_tenants", pool).context("invalid pool name in pool_tenants")?;
+        anyhow::ensure!(
+            !names.is_empty(),
+            "pool_tenants for pool {pool:?} lists no tenant (pool=tenant,tenant)"
+        );
+        pools.insert(pool.clone(), tenants("pool_tenants", names)?);
+    }
+    Ok(Access {
+        pools,
+        shell: tenants("shell_tenants", shell_tenants)?,
+    })
 }
 
 #[cfg(test)]
@@ -266,6 +315,42 @@ mod tests {
         };
         let error = ServerConfig::from_settings(zero_batch, None).expect_err("zero batch");
         assert!(error.to_string().contains("max_batch"), "{error}");
+    }
+
+    #[test]
+    fn pools_are_open_and_shell_is_the_default_tenants_unless_configured() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert!(config.access.pools.is_empty());
+        assert_eq!(config.access.shell, [DEFAULT_TENANT.to_owned()].into());
+        let tuned = Settings {
+            pool_tenants: [("gpu".to_owned(), vec![" a".to_owned(), "b".to_owned()])].into(),
+            shell_tenants: vec![],
+            ..settings(Some(TWO))
+        };
+        let access = ServerConfig::from_settings(tuned, None)
+            .expect("valid")
+            .access;
+        assert_eq!(
+            access.pools,
+            [("gpu".to_owned(), ["a".to_owned(), "b".to_owned()].into())].into()
+        );
+        assert!(access.shell.is_empty());
+        for (pool, tenants, named) in [
+            (
+                "a.b",
+                vec!["a".to_owned()],
+                "invalid pool name in pool_tenants",
+            ),
+            ("gpu", vec![], "lists no tenant"),
+            ("gpu", vec![" ".to_owned()], "empty tenant"),
+        ] {
+            let bad = Settings {
+                pool_tenants: [(pool.to_owned(), tenants)].into(),
+                ..settings(Some(TWO))
+            };
+            let error = ServerConfig::from_settings(bad, None).expect_err(named);
+            assert!(format!("{error:#}").contains(named), "{error:#}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments and calls it.
 
+pub mod access;
 pub mod batch;
 pub mod commit;
 pub mod configuration;
@@ -174,6 +175,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             orchestrator,
             topology: accepted.topology.clone(),
             step_result_max_bytes: config.step_result_max_bytes,
+            access: config.access.clone(),
         });
         shards.push(tokio::spawn(shard::serve(
             state,

@@ -13,21 +13,21 @@ use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{Event, ExecutionState};
 use noetl_contract::message::{SubmitCommand, WireError, WireErrorCode};
 use noetl_contract::status::{ExecutionStatus, StepStatus};
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
-use crate::persistence::{self, to_json, Beat, Held, NewExecution, Pools};
+use crate::persistence::{self, to_json, Beat, BeatAnswer, Held, NewExecution, Pools};
 use crate::relay::{self, Handoff, Relay};
 use crate::render::{self, Rendering};
 
 mod results;
 mod rows;
 
-use rows::{event_rows, millis, Working};
+use rows::{event_rows, millis, new_tokens, Working};
 
 /// How long attempts may stay silent before they are presumed lost.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +55,8 @@ pub enum Applied {
     NotFound,
     /// Nothing changed: a stale or duplicate event.
     Stale(ExecutionStatus),
+    /// Nothing changed: the report names the attempt that owns its step but not its token.
+    Refused,
     Changed(ExecutionStatus),
 }
 
@@ -62,15 +64,17 @@ pub enum Applied {
 #[derive(Debug, Clone)]
 pub struct Orchestrator {
     inner: Arc<Inner>,
-    /// Worker reports, applied many per transaction.
-    reports: Batcher<(ExecutionId, Event), Option<Applied>>,
+    /// Worker reports, with the token each carried, applied many per transaction.
+    reports: Batcher<Report, Option<Applied>>,
     /// Heartbeats (lease extensions and starting checks), many per statement.
     beats: Batcher<Beat, Owned>,
 }
 
-/// A heartbeat's answer from the database: the step's status, or `None` when the attempt no
-/// longer owns its step.
-type Owned = Result<Option<StepStatus>, persistence::Error>;
+/// A worker's report: the execution, its `Finished` event, and the token it carried.
+type Report = (ExecutionId, Event, Option<AttemptToken>);
+
+/// A heartbeat's answer from the database.
+type Owned = Result<BeatAnswer, persistence::Error>;
 
 /// Concurrent heartbeat batches per shard (each holds one connection of the relaxed pool): one,
 /// as one committer, so a moderate load makes fewer, larger batches.
@@ -193,6 +197,7 @@ impl Orchestrator {
         }
         let mut events = vec![("execution_created".to_owned(), "{}".to_owned())];
         events.extend(event_rows(&decision));
+        let tokens = new_tokens(&decision);
         Ok(NewExecution {
             execution_id: command.execution_id,
             playbook_name: command.playbook.name.clone(),
@@ -203,7 +208,7 @@ impl Orchestrator {
             labels: to_json(&command.labels),
             status: state.status,
             steps: StepIndex::all(state.steps.len())
-                .map(|i| self.inner.leases.step_row(&state, &decision, i))
+                .map(|i| self.inner.leases.step_row(&state, &decision, &tokens, i))
                 .collect(),
             events,
             outbox: self.inner.leases.outbox_rows(
@@ -211,6 +216,7 @@ impl Orchestrator {
                 command.execution_id,
                 &state,
                 &decision,
+                &tokens,
             ),
         })
     }
@@ -255,22 +261,29 @@ impl Orchestrator {
     }
 
     /// Applies a worker's report, batched with others into one transaction; `None` when the
-    /// database failed (the worker retries).
-    pub async fn report(&self, id: ExecutionId, event: Event) -> Option<Applied> {
-        self.reports.submit((id, event)).await.flatten()
+    /// database failed (the worker retries). A report for the attempt that owns its step is
+    /// [`Applied::Refused`] unless `token` is that attempt's ([`AttemptToken::admits`]).
+    pub async fn report(
+        &self,
+        id: ExecutionId,
+        event: Event,
+        token: Option<AttemptToken>,
+    ) -> Option<Applied> {
+        self.reports.submit((id, event, token)).await.flatten()
     }
 
     /// A heartbeat. A `starting` check only reads whether the attempt still owns its step;
     /// any other beat extends the attempt's lease, records when it started, and marks a
-    /// still-`dispatched` step running. `None` when the attempt no longer owns its step (the
-    /// worker must stop, or not start).
+    /// still-`dispatched` step running. [`BeatAnswer::Lost`] when the attempt no longer owns
+    /// its step, [`BeatAnswer::Refused`] when the beat lacks its token (the worker must stop,
+    /// or not start; nothing was written).
     ///
     /// Heartbeats write through the relaxed pool, whose commits do not wait for the WAL flush:
     /// one lost in a crash only lets the lease run out, which is the crash's consequence anyway,
     /// and a lost `step_started` loses its sequence number with it, so the log stays gapless.
     /// A step that ends before its first beat after the check gets `step_started` with its
     /// result, and its `started_at` from the report.
-    pub async fn heartbeat(&self, beat: Beat) -> Result<Option<StepStatus>, persistence::Error> {
+    pub async fn heartbeat(&self, beat: Beat) -> Result<BeatAnswer, persistence::Error> {
         let inner = &self.inner;
         let (id, step, attempt) = (beat.execution_id, beat.step, beat.attempt);
         let owned =
@@ -281,19 +294,21 @@ impl Orchestrator {
                     "the shard is shutting down",
                 )))?;
         match owned {
-            Some(StepStatus::Dispatched) if !beat.starting => {
+            BeatAnswer::Owns(StepStatus::Dispatched) if !beat.starting => {
                 let started = Event::Started { step, attempt };
                 let mut tx = inner.relaxed.begin().await?;
                 let applying = inner
                     .apply_in(&mut tx, &[(id, started, Guard::None)])
                     .await?;
                 tx.commit().await?;
-                Ok(Some(match inner.after_commit(applying)[0].applied {
-                    Applied::Changed(_) => StepStatus::Running,
-                    // Another heartbeat got there first, or the report did; the next
-                    // heartbeat or the report itself settles it.
-                    _ => StepStatus::Dispatched,
-                }))
+                Ok(BeatAnswer::Owns(
+                    match inner.after_commit(applying)[0].applied {
+                        Applied::Changed(_) => StepStatus::Running,
+                        // Another heartbeat got there first, or the report did; the next
+                        // heartbeat or the report itself settles it.
+                        _ => StepStatus::Dispatched,
+                    },
+                ))
             }
             owned => Ok(owned),
         }
@@ -311,6 +326,27 @@ enum Guard {
     },
     /// The command's outbox row is still there, and is moved to the dead letters.
     DeadLetter(persistence::Undeliverable),
+    /// A worker's report: if it names the attempt that owns the step, `sent` is its token.
+    /// (A report of another attempt is left to the engine, which finds it stale.)
+    Token {
+        step: StepIndex,
+        attempt: Attempt,
+        sent: Option<AttemptToken>,
+    },
+}
+
+impl Guard {
+    /// The guard of a worker's report: its `Finished` event and the token it carried.
+    fn report(event: &Event, sent: Option<AttemptToken>) -> Self {
+        match *event {
+            Event::Finished { step, attempt, .. } => Guard::Token {
+                step,
+                attempt,
+                sent,
+            },
+            _ => Guard::None,
+        }
+    }
 }
 
 impl Inner {
@@ -364,7 +400,7 @@ impl Inner {
                 let mut owned = Vec::with_capacity(beats.len());
                 for beat in beats {
                     let one = persistence::beat_attempts(&self.relaxed, &[beat], lease_ms).await;
-                    owned.push(one.map(|mut t| t.pop().flatten()));
+                    owned.push(one.map(|mut t| t.pop().unwrap_or(BeatAnswer::Lost)));
                 }
                 owned
             }
@@ -378,13 +414,13 @@ impl Inner {
     async fn apply_batch(
         self: Arc<Self>,
         mut held: Held,
-        items: Vec<(ExecutionId, Event)>,
+        items: Vec<Report>,
     ) -> (Held, Vec<Option<Applied>>) {
         metrics::histogram!("noetl_server_report_batch_size", "shard" => self.shard.to_string())
             .record(items.len() as f64);
         let guarded: Vec<_> = items
             .iter()
-            .map(|(id, event)| (*id, event.clone(), Guard::None))
+            .map(|(id, event, token)| (*id, event.clone(), Guard::report(event, *token)))
             .collect();
         let batched = async {
             let mut tx = held.connection().await?.begin().await?;
@@ -402,8 +438,9 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, reports = items.len(), "report batch failed; applying one by one");
                 let mut applied = Vec::with_capacity(items.len());
-                for (id, event) in items {
-                    match self.apply(id, event, Guard::None).await {
+                for (id, event, token) in items {
+                    let guard = Guard::report(&event, token);
+                    match self.apply(id, event, guard).await {
                         Ok(a) => applied.push(Some(a)),
                         Err(e) => {
                             tracing::error!(shard = %self.shard, execution_id = %id, error = %e, "applying a report failed");
@@ -442,6 +479,23 @@ impl Inner {
             };
             let holds = match guard {
                 Guard::None => true,
+                Guard::Token {
+                    step,
+                    attempt,
+                    sent,
+                } => {
+                    let owner = work.state.steps.get(step.index()).map(|s| s.attempt);
+                    if owner == Some(*attempt)
+                        && !AttemptToken::admits(
+                            work.tokens.get(step.index()).and_then(Option::as_ref),
+                            sent.as_ref(),
+                        )
+                    {
+                        outcomes.push(Outcome::unchanged(Applied::Refused));
+                        continue;
+                    }
+                    true
+                }
                 Guard::LeaseExpired { step, attempt } => {
                     persistence::lease_expired(tx, *id, *step, *attempt).await?
                 }
@@ -475,8 +529,15 @@ impl Inner {
                 metrics::counter!("noetl_server_results_too_large_total", "shard" => self.shard.to_string(), "limit" => results::LIMIT)
                     .increment(1);
             }
+            let tokens = new_tokens(&decision);
             for &i in &decision.changed {
-                let mut row = self.leases.step_row(&work.state, &decision, i);
+                let mut row = self.leases.step_row(&work.state, &decision, &tokens, i);
+                // A step this decision did not dispatch keeps its attempt's token.
+                match (row.token, work.tokens.get_mut(i.index())) {
+                    (Some(new), Some(owned)) => *owned = Some(new),
+                    (None, Some(owned)) => row.token = *owned,
+                    (_, None) => {}
+                }
                 row.started_at_ms = reported_start
                     .filter(|(step, _)| *step == i)
                     .map(|(_, at)| at)
@@ -489,10 +550,13 @@ impl Inner {
             });
             work.changed = true;
             work.events.extend(event_rows(&decision));
-            work.outbox.extend(
-                self.leases
-                    .outbox_rows(self.shard, *id, &work.state, &decision),
-            );
+            work.outbox.extend(self.leases.outbox_rows(
+                self.shard,
+                *id,
+                &work.state,
+                &decision,
+                &tokens,
+            ));
         }
         let changes: Vec<persistence::ExecutionChange> = working
             .into_iter()

@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::access::Access;
 use crate::commit::Committer;
 use crate::orchestrate::{Applied, Orchestrator};
-use crate::persistence::{self, Beat};
+use crate::persistence::{self, Beat, BeatAnswer};
 
 /// Everything a request handler of one shard needs.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct Shard {
     pub topology: watch::Receiver<Option<Topology>>,
     /// `step_result_max_bytes`: a larger result fails its step with `result_too_large`.
     pub step_result_max_bytes: usize,
+    /// Which tenants' steps may target which pools, and run `shell`.
+    pub access: Access,
 }
 
 /// Largest page of events one request returns.
@@ -255,6 +258,10 @@ async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireE
         .playbook
         .validate()
         .map_err(|e| wire_error(WireErrorCode::BadRequest, format!("invalid playbook: {e}")))?;
+    shard
+        .access
+        .check(&command.tenant, &command.playbook)
+        .map_err(|refusal| wire_error(WireErrorCode::PoolForbidden, refusal))?;
     let row = shard.orchestrator.prepare(&command).await?;
     let committed = shard.committer.commit(row).await?;
     Ok(SubmitReceipt {
@@ -269,18 +276,30 @@ async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireE
 async fn get(shard: &Shard, message: &Message) -> Result<ExecutionView, WireError> {
     let id = routed_id(shard, message)?;
     let query = execution_query(message)?;
-    read_view(shard, id, query.tenant.as_deref()).await
+    read_view(shard, id, tenant_of(query.tenant.as_deref())?).await
 }
 
-/// The body of a get or a cancel: whose execution it is for (`null` from older gateways).
+/// The body of a get or a cancel (`null`, from older gateways, names no tenant).
 fn execution_query(message: &Message) -> Result<ExecutionQuery, WireError> {
     decode::<Option<ExecutionQuery>>(message).map(Option::unwrap_or_default)
+}
+
+/// The tenant a read, a cancel, an events page or a listing is for. Every one must name it:
+/// the gateway always does (the caller's), and nothing else of the product reads executions
+/// across tenants, so a request without one is refused rather than answered for every tenant.
+fn tenant_of(tenant: Option<&str>) -> Result<&str, WireError> {
+    tenant.ok_or_else(|| {
+        wire_error(
+            WireErrorCode::BadRequest,
+            "the request names no tenant: every read, cancel and listing is for one tenant",
+        )
+    })
 }
 
 async fn read_view(
     shard: &Shard,
     id: ExecutionId,
-    tenant: Option<&str>,
+    tenant: &str,
 ) -> Result<ExecutionView, WireError> {
     match persistence::get_execution(&shard.pool, shard.id, id, tenant).await {
         Ok(Some(view)) => Ok(view),
@@ -356,13 +375,18 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
         outcome: report.outcome,
         started_at_ms: report.started_at_ms,
     };
-    match shard.orchestrator.report(id, event).await {
+    let step = report.step_index;
+    match shard.orchestrator.report(id, event, report.token).await {
         Some(Applied::Changed(_)) => {
             metrics::histogram!("noetl_server_step_seconds", "shard" => shard.id.to_string(), "outcome" => outcome_label)
                 .record(run_seconds);
             Ok(ReportAck::Recorded)
         }
         Some(Applied::Stale(_)) => Ok(ReportAck::Stale),
+        Some(Applied::Refused) => {
+            refused(shard, "result", id, step, &report.worker);
+            Ok(ReportAck::Stale)
+        }
         Some(Applied::NotFound) => Err(not_found(id)),
         None => Err(unavailable()),
     }
@@ -371,24 +395,47 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
 async fn heartbeat(shard: &Shard, message: &Message) -> Result<HeartbeatAck, WireError> {
     let id = routed_id(shard, message)?;
     let beat: Heartbeat = body(message, id, |h: &Heartbeat| h.execution_id)?;
+    let worker = beat.worker;
     let beat = Beat {
         execution_id: id,
         step: beat.step_index,
         attempt: beat.attempt,
         starting: beat.starting,
         started_at_ms: beat.started_at_ms,
+        token: beat.token,
     };
     match shard.orchestrator.heartbeat(beat).await {
-        Ok(Some(_)) => Ok(HeartbeatAck::Continue),
-        Ok(None) => Ok(HeartbeatAck::Stop),
+        Ok(BeatAnswer::Owns(_)) => Ok(HeartbeatAck::Continue),
+        Ok(BeatAnswer::Lost) => Ok(HeartbeatAck::Stop),
+        Ok(BeatAnswer::Refused) => {
+            refused(shard, "heartbeat", id, beat.step, &worker);
+            Ok(HeartbeatAck::Stop)
+        }
         Err(e) => Err(database_failed(shard, id, &e)),
     }
+}
+
+/// Counts and logs a report or heartbeat that named the attempt owning its step without that
+/// attempt's token: recorded nowhere, answered as stale (`Stale`, `Stop`), so a worker that
+/// somehow lost its token does not retry forever. The token is never logged, and the claimed
+/// worker name (the sender's to choose) at most its first 64 characters.
+fn refused(
+    shard: &Shard,
+    kind: &'static str,
+    id: ExecutionId,
+    step: noetl_contract::step::StepIndex,
+    worker: &str,
+) {
+    metrics::counter!("noetl_server_reports_refused_total", "shard" => shard.id.to_string(), "kind" => kind)
+        .increment(1);
+    let worker: String = worker.chars().take(64).collect();
+    tracing::warn!(shard = %shard.id, execution_id = %id, step = step.get(), worker, kind, "refused a report without the attempt's token");
 }
 
 async fn cancel(shard: &Shard, message: &Message) -> Result<ExecutionView, WireError> {
     let id = routed_id(shard, message)?;
     let query = execution_query(message)?;
-    let tenant = query.tenant.as_deref();
+    let tenant = tenant_of(query.tenant.as_deref())?;
     // An execution's tenant never changes, so checking it before the locked apply is enough.
     match persistence::visible(&shard.pool, id, tenant).await {
         Ok(true) => {}
@@ -417,8 +464,9 @@ async fn stats(shard: &Shard) -> Result<ShardStats, WireError> {
 
 async fn list(shard: &Shard, message: &Message) -> Result<ExecutionList, WireError> {
     let mut query: ListQuery = decode(message)?;
+    let tenant = tenant_of(query.tenant.as_deref())?.to_owned();
     query.limit = query.limit.clamp(1, MAX_LIST_PAGE);
-    let executions = persistence::list_executions(&shard.pool, shard.id, &query)
+    let executions = persistence::list_executions(&shard.pool, shard.id, &tenant, &query)
         .await
         .map_err(|e| {
             tracing::error!(shard = %shard.id, error = %e, "failed to list executions");
@@ -430,16 +478,9 @@ async fn list(shard: &Shard, message: &Message) -> Result<ExecutionList, WireErr
 async fn events(shard: &Shard, message: &Message) -> Result<EventPage, WireError> {
     let id = routed_id(shard, message)?;
     let query: EventsQuery = decode(message)?;
+    let tenant = tenant_of(query.tenant.as_deref())?;
     let limit = i64::from(query.limit.clamp(1, MAX_EVENTS_PAGE));
-    match persistence::events_page(
-        &shard.pool,
-        id,
-        query.tenant.as_deref(),
-        query.after_seq,
-        limit,
-    )
-    .await
-    {
+    match persistence::events_page(&shard.pool, id, tenant, query.after_seq, limit).await {
         Ok(Some(page)) => Ok(page),
         Ok(None) => Err(not_found(id)),
         Err(e) => Err(database_failed(shard, id, &e)),

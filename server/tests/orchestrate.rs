@@ -1,8 +1,6 @@
 //! Applying events under the execution's row lock, relaying what it queued, and reading back
 //! what it wrote, against a real PostgreSQL.
 
-use std::time::{Duration, Instant};
-
 use futures::StreamExt;
 
 use noetl_contract::command::{StepCommand, StepOutcome};
@@ -10,17 +8,19 @@ use noetl_contract::engine::Event;
 use noetl_contract::message::SubmitCommand;
 use noetl_contract::shards::ShardMap;
 use noetl_contract::status::StepStatus;
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::{ExecutionId, ShardId};
-use noetl_server::commit::Committer;
 use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator};
-use noetl_server::persistence::{self, Beat, Pools, HANDOFF_GRACE};
-use noetl_server::relay::{self, Relay};
+use noetl_server::persistence::{self, Beat, BeatAnswer, Pools};
+use noetl_server::relay::Relay;
 use noetl_server::render::Rendering;
 use noetl_test_support::{NatsServer, Postgres};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+#[path = "orchestrate/relay.rs"]
+mod relaying;
 
 /// A shard's orchestrator on a fresh database on a PostgreSQL of its own, with the tasks of its
 /// batches.
@@ -109,11 +109,12 @@ async fn reports_queued_behind_the_lock_see_what_it_committed() {
         .await
         .expect("lock");
     let finished = || succeeded(0, serde_json::json!({"n": 1}), 1);
+    let token = token(pool, id, 0).await;
     let queued = tokio::spawn({
         let orchestrator = orchestrator.clone();
         async move {
             let alone = (0..4).map(|_| orchestrator.apply(id, finished()));
-            let batched = (0..4).map(|_| orchestrator.report(id, finished()));
+            let batched = (0..4).map(|_| orchestrator.report(id, finished(), token));
             let (alone, batched) = tokio::join!(
                 futures::future::join_all(alone),
                 futures::future::join_all(batched)
@@ -184,6 +185,20 @@ async fn shard_pools(pg: &Postgres, database: &str) -> Pools {
     }
 }
 
+/// The token of the attempt that owns step `step` of `id`, as the shard stored it and sent it
+/// in the command (a worker reports with it).
+async fn token(pool: &PgPool, id: ExecutionId, step: u32) -> Option<AttemptToken> {
+    let stored: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT attempt_token FROM execution_steps WHERE execution_id = $1 AND step_index = $2",
+    )
+    .bind(id.get())
+    .bind(step as i32)
+    .fetch_one(pool)
+    .await
+    .expect("the step's row");
+    stored.map(|bytes| AttemptToken::from_slice(&bytes).expect("16 bytes"))
+}
+
 /// A playbook of one step.
 fn one_step() -> serde_json::Value {
     serde_json::json!({"name": "one", "steps": [{"name": "a", "action": "noop"}]})
@@ -231,10 +246,17 @@ async fn reports_of_many_executions_applied_together_advance_each_once() {
     let ids: Vec<i64> = (1..=20).map(|i| 10_000 + i).collect();
     shard.insert(ids.clone(), &playbook).await;
     let finished = |step| succeeded(step, serde_json::json!({"step": step}), 1);
+    let mut tokens = std::collections::HashMap::new();
+    for &id in &ids {
+        let id = ExecutionId::new(id).expect("valid id");
+        for step in [0, 1] {
+            tokens.insert((id, step), token(pool, id, step).await);
+        }
+    }
     let reports = ids.iter().flat_map(|&id| {
         let id = ExecutionId::new(id).expect("valid id");
         // Each report twice, as a worker retrying an unanswered report sends it.
-        [0, 1, 0, 1].map(|step| orchestrator.report(id, finished(step)))
+        [0, 1, 0, 1].map(|step| orchestrator.report(id, finished(step), tokens[&(id, step)]))
     });
     let applied = futures::future::join_all(reports).await;
     let changed = applied
@@ -318,6 +340,10 @@ async fn heartbeats_written_together_keep_their_own_answers() {
         .as_millis() as i64;
     // Started a minute ago by the worker's clock; a clock a minute ahead is clamped to now.
     let started_ms = now_ms - 60_000;
+    let mut tokens = std::collections::HashMap::new();
+    for &id in &ids {
+        tokens.insert(id, token(pool, id, 0).await);
+    }
     let beat = |id, attempt, starting, started_at_ms| {
         orchestrator.heartbeat(Beat {
             execution_id: id,
@@ -325,6 +351,7 @@ async fn heartbeats_written_together_keep_their_own_answers() {
             attempt: Attempt::new(attempt),
             starting,
             started_at_ms,
+            token: tokens[&id],
         })
     };
     let (checks, beats, ahead, reports) = tokio::join!(
@@ -347,23 +374,34 @@ async fn heartbeats_written_together_keep_their_own_answers() {
             Some(now_ms + 60_000)
         ))),
         futures::future::join_all(ids[20..].iter().map(|&id| {
-            orchestrator.report(id, succeeded(0, serde_json::json!({}), started_ms))
+            orchestrator.report(
+                id,
+                succeeded(0, serde_json::json!({}), started_ms),
+                tokens[&id],
+            )
         })),
     );
     for answers in [&checks, &beats] {
         for (i, answer) in answers.iter().enumerate() {
             let answer = answer.as_ref().expect("heartbeat handled");
             if i % 2 == 1 {
-                assert_eq!(*answer, None, "an attempt that does not own its step");
+                assert_eq!(
+                    *answer,
+                    BeatAnswer::Lost,
+                    "an attempt that does not own its step"
+                );
             } else {
-                assert!(answer.is_some(), "beat {i}: {answer:?}");
+                assert!(
+                    matches!(answer, BeatAnswer::Owns(_)),
+                    "beat {i}: {answer:?}"
+                );
             }
         }
     }
     for answer in &ahead {
         assert_eq!(
             *answer.as_ref().expect("heartbeat handled"),
-            Some(StepStatus::Running)
+            BeatAnswer::Owns(StepStatus::Running)
         );
     }
     for answer in &reports {
@@ -422,156 +460,6 @@ async fn heartbeats_written_together_keep_their_own_answers() {
     shard.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_waits_when_the_outbox_is_empty() {
-    let shard = Shard::start("outbox").await;
-    let pool = &shard.pool;
-    assert_eq!(
-        persistence::next_command_due_in_ms(pool)
-            .await
-            .expect("query"),
-        None,
-        "an empty outbox has nothing due (it once answered 'due now', and the relay spun)"
-    );
-    shard.insert([30_001], &one_step()).await;
-    let due = persistence::next_command_due_in_ms(pool)
-        .await
-        .expect("query")
-        .expect("a row waits");
-    let grace = HANDOFF_GRACE.as_millis() as i64;
-    assert!(
-        (0..=grace).contains(&due),
-        "a command that is handed off is due for a pass within its grace: {due} ms"
-    );
-    execute(
-        pool,
-        "UPDATE outbox SET not_before = now() - interval '1 second'",
-    )
-    .await;
-    assert_eq!(
-        persistence::next_command_due_in_ms(pool)
-            .await
-            .expect("query"),
-        Some(0),
-        "an overdue command is due now"
-    );
-    execute(
-        pool,
-        "UPDATE outbox SET not_before = now() + interval '1 hour'",
-    )
-    .await;
-    let due = persistence::next_command_due_in_ms(pool)
-        .await
-        .expect("query")
-        .expect("a row waits");
-    assert!(
-        (3_000_000..=3_600_000).contains(&due),
-        "due in about an hour: {due} ms"
-    );
-    shard.stop().await;
-}
-
-/// Commands handed to the relay after their commit are published without waiting for a pass,
-/// and their rows deleted; a command whose handoff never happened (its server died after the
-/// commit) is published by a pass. JetStream stores each once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
-    let nats = NatsServer::start();
-    let client = noetl_bus::connect(&noetl_bus::NatsConfig {
-        url: nats.url().to_owned(),
-        client_name: "handoff-test".to_owned(),
-        security: noetl_bus::NatsSecurity::default(),
-    })
-    .await
-    .expect("connect to NATS");
-    let stream = noetl_bus::commands::stream(&client).await.expect("stream");
-    let (relay, feed) = Relay::new(ShardId::new(0));
-    let shard = Shard::with_relay("handoff", relay.clone()).await;
-    let pool = &shard.pool;
-    let committer = Committer::spawn(
-        ShardId::new(0),
-        pool.clone(),
-        relay,
-        1_000,
-        10,
-        1,
-        &shard.tracker,
-    );
-
-    // Handed off while the relay is not running yet; then its row is made due only in an
-    // hour, so no pass can publish it: only the handoff can.
-    let handed = committer
-        .commit(
-            shard
-                .orchestrator
-                .prepare(&submit(40_001, one_step()))
-                .await
-                .expect("prepared"),
-        )
-        .await
-        .expect("commit");
-    assert!(handed.created);
-    execute(
-        pool,
-        "UPDATE outbox SET not_before = now() + interval '1 hour'",
-    )
-    .await;
-    // Committed without a handoff, as by a server that died right after its commit.
-    shard.insert([40_002], &one_step()).await;
-    execute(
-        pool,
-        "UPDATE outbox SET not_before = now() WHERE execution_id = 40002",
-    )
-    .await;
-
-    let cancel = CancellationToken::new();
-    let relaying = tokio::spawn(relay::run(
-        ShardId::new(0),
-        shard.pools.clone(),
-        client.clone(),
-        feed,
-        |_, _| async { panic!("no command here is over max_payload") },
-        cancel.clone(),
-    ));
-    let consumer = noetl_bus::commands::pool_consumer(&client, "default", Duration::from_secs(60))
-        .await
-        .expect("consumer");
-    let mut received = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while received.len() < 2 {
-        assert!(Instant::now() < deadline, "received only {received:?}");
-        let batch = noetl_bus::commands::pull(&consumer, 2, Duration::from_secs(1))
-            .await
-            .expect("pull");
-        let deliveries: Vec<_> = batch.collect().await;
-        for delivery in deliveries {
-            let delivery = delivery.expect("delivery");
-            let command: StepCommand =
-                serde_json::from_slice(&delivery.payload).expect("a command");
-            received.insert(command.execution_id.get());
-        }
-    }
-    assert_eq!(received.into_iter().collect::<Vec<_>>(), [40_001, 40_002]);
-    loop {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(pool)
-            .await
-            .expect("count");
-        if rows == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{rows} outbox rows left");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stored = stream.get_info().await.expect("stream info").state.messages;
-    assert_eq!(stored, 2, "each command stored once");
-
-    cancel.cancel();
-    relaying.await.expect("relay task");
-    drop(committer);
-    shard.stop().await;
-}
-
 /// A step index or an attempt the types cannot hold (negative: the schema's checks forbid it,
 /// so they are dropped here first, as a bug or a hand edit could leave such a row) is reported
 /// as a malformed row by every read of it, never taken for 0.
@@ -590,7 +478,7 @@ async fn a_negative_step_index_or_attempt_is_a_malformed_row() {
     let malformed = |e: &persistence::Error| matches!(e, persistence::Error::Malformed(_));
 
     execute(pool, "UPDATE execution_steps SET attempt = -1").await;
-    let read = persistence::get_execution(pool, ShardId::new(0), id, None).await;
+    let read = persistence::get_execution(pool, ShardId::new(0), id, "default").await;
     assert!(read.as_ref().is_err_and(malformed), "{read:?}");
     let locked = shard.orchestrator.apply(id, Event::Cancel).await;
     assert!(locked.as_ref().is_err_and(malformed), "{locked:?}");
@@ -606,5 +494,73 @@ async fn a_negative_step_index_or_attempt_is_a_malformed_row() {
     execute(pool, "UPDATE execution_steps SET step_index = -3").await;
     let scanned = persistence::expired_leases(pool, 10).await;
     assert!(scanned.as_ref().is_err_and(malformed), "{scanned:?}");
+    shard.stop().await;
+}
+
+/// Each attempt has a token of its own, in its step's row and in its command: a report without
+/// it is refused and changes nothing, and a retry's report with the first attempt's token is
+/// refused while its own is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_has_a_token_of_its_own_and_only_it_is_heard() {
+    let shard = Shard::start("tokens").await;
+    let (orchestrator, pool) = (&shard.orchestrator, &shard.pool);
+    let id = ExecutionId::new(31_337).expect("valid id");
+    let playbook = serde_json::json!({"name": "retried", "steps": [
+        {"name": "a", "action": "noop", "retry": {"max_attempts": 2}}
+    ]});
+    shard.insert([id.get()], &playbook).await;
+    let finished = |attempt, outcome| Event::Finished {
+        step: StepIndex::new(0),
+        attempt: Attempt::new(attempt),
+        outcome,
+        started_at_ms: 1,
+    };
+    let failed = || StepOutcome::Failed {
+        error: "boom".to_owned(),
+    };
+    let first = token(pool, id, 0).await.expect("the first attempt's token");
+    let refused = orchestrator.report(id, finished(1, failed()), None).await;
+    assert_eq!(refused, Some(Applied::Refused));
+    let recorded = orchestrator
+        .report(id, finished(1, failed()), Some(first))
+        .await;
+    assert!(
+        matches!(recorded, Some(Applied::Changed(_))),
+        "{recorded:?}"
+    );
+    let second = token(pool, id, 0).await.expect("the retry's token");
+    assert_ne!(second, first, "a retry draws a new token");
+
+    let commands: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT command FROM outbox WHERE execution_id = $1 ORDER BY id")
+            .bind(id.get())
+            .fetch_all(pool)
+            .await
+            .expect("outbox");
+    let sent: Vec<Option<AttemptToken>> = commands
+        .into_iter()
+        .map(|c| {
+            serde_json::from_value::<StepCommand>(c)
+                .expect("a command")
+                .token
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [Some(first), Some(second)],
+        "each command carries its token"
+    );
+
+    let succeeded = || StepOutcome::Succeeded {
+        result: serde_json::json!({}),
+    };
+    let stolen = orchestrator
+        .report(id, finished(2, succeeded()), Some(first))
+        .await;
+    assert_eq!(stolen, Some(Applied::Refused));
+    let own = orchestrator
+        .report(id, finished(2, succeeded()), Some(second))
+        .await;
+    assert!(matches!(own, Some(Applied::Changed(_))), "{own:?}");
     shard.stop().await;
 }

@@ -3,14 +3,14 @@
 //! ([`ConfigFlag::load`]), and the part of the settings all three binaries share
 //! ([`CommonSettings`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use noetl_bus::{NatsConfig, NatsSecurity};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// Reads settings: serde defaults, then the optional TOML file, then `NOETL_*` variables
 /// (`NOETL_NATS_URL` → `nats_url`) of `environment`, or of the process when it is `None`.
@@ -74,6 +74,66 @@ impl ConfigFlag {
     pub fn load<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
         load(self.config.as_deref(), None)
     }
+}
+
+/// A setting that is a list: a TOML list, or one string of comma-separated items (what an
+/// environment variable holds). For `#[serde(deserialize_with = …)]`.
+pub fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Items {
+        List(Vec<String>),
+        Joined(String),
+    }
+    Ok(match Items::deserialize(deserializer)? {
+        Items::List(list) => list,
+        Items::Joined(joined) => joined.split(',').map(str::to_owned).collect(),
+    })
+}
+
+/// A setting that is a table of lists (a pool's entries, say): a TOML table of lists (or
+/// comma-separated strings), or one string `key=item,item;key=item` (what an environment
+/// variable holds). A key without `=` gets an empty list, for validation to name.
+pub fn table_of_lists<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entries {
+        List(Vec<String>),
+        Joined(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Table {
+        Table(BTreeMap<String, Entries>),
+        Joined(String),
+    }
+    let split = |joined: &str| -> Vec<String> {
+        joined
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    Ok(match Table::deserialize(deserializer)? {
+        Table::Table(table) => table
+            .into_iter()
+            .map(|(key, entries)| match entries {
+                Entries::List(list) => (key, list),
+                Entries::Joined(joined) => (key, split(&joined)),
+            })
+            .collect(),
+        Table::Joined(joined) => joined
+            .split(';')
+            .filter(|part| !part.trim().is_empty())
+            .map(|part| match part.split_once('=') {
+                Some((key, entries)) => (key.trim().to_owned(), split(entries)),
+                None => (part.trim().to_owned(), Vec::new()),
+            })
+            .collect(),
+    })
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -12,7 +12,7 @@ use anyhow::{ensure, Context};
 use noetl_bus::NatsConfig;
 use noetl_contract::playbook::{check_pool, DEFAULT_POOL};
 use noetl_service::CommonSettings;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::egress::{Egress, Rules};
 
@@ -35,7 +35,7 @@ pub struct Args {
 #[serde(default)]
 pub struct Settings {
     /// Pools to consume; `NOETL_POOLS=a,b` or a TOML list.
-    #[serde(deserialize_with = "pool_list")]
+    #[serde(deserialize_with = "noetl_service::settings::list")]
     pub pools: Vec<String>,
     /// Steps running at once, across all pools.
     pub concurrency: usize,
@@ -61,11 +61,11 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Per pool, what its `http` steps may reach besides the public internet: CIDRs, addresses,
     /// host names, `*.domain`; a TOML table of lists, or `pool=entry,entry;pool=entry`.
-    #[serde(deserialize_with = "allow_lists")]
+    #[serde(deserialize_with = "noetl_service::settings::table_of_lists")]
     pub http_allow: BTreeMap<String, Vec<String>>,
     /// What no pool's `http` steps may reach besides the default-denied ranges (the cluster's
     /// service CIDR, say); a list or one comma-separated string.
-    #[serde(deserialize_with = "entry_list")]
+    #[serde(deserialize_with = "noetl_service::settings::list")]
     pub http_deny: Vec<String>,
     /// Redirects an `http` step follows, each checked as the first request; 0: none (a 3xx
     /// answer is the result).
@@ -96,70 +96,6 @@ impl Default for Settings {
             common: CommonSettings::default(),
         }
     }
-}
-
-/// Accepts a list, or one string of comma-separated names (what an environment variable holds).
-fn pool_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Pools {
-        List(Vec<String>),
-        Joined(String),
-    }
-    Ok(match Pools::deserialize(deserializer)? {
-        Pools::List(list) => list,
-        Pools::Joined(joined) => joined.split(',').map(str::to_owned).collect(),
-    })
-}
-
-/// Accepts a list, or one string of comma-separated entries.
-fn entry_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    pool_list(deserializer)
-}
-
-/// Accepts a table of pool → list (or comma-separated string), or one string
-/// `pool=entry,entry;pool=entry` (what an environment variable holds).
-fn allow_lists<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Entries {
-        List(Vec<String>),
-        Joined(String),
-    }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Allow {
-        Table(BTreeMap<String, Entries>),
-        Joined(String),
-    }
-    let split = |joined: &str| -> Vec<String> {
-        joined
-            .split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
-    Ok(match Allow::deserialize(deserializer)? {
-        Allow::Table(table) => table
-            .into_iter()
-            .map(|(pool, entries)| match entries {
-                Entries::List(list) => (pool, list),
-                Entries::Joined(joined) => (pool, split(&joined)),
-            })
-            .collect(),
-        Allow::Joined(joined) => joined
-            .split(';')
-            .filter(|part| !part.trim().is_empty())
-            .map(|part| match part.split_once('=') {
-                Some((pool, entries)) => (pool.trim().to_owned(), split(entries)),
-                // A pool without `=`: an empty list, which validation names.
-                None => (part.trim().to_owned(), Vec::new()),
-            })
-            .collect(),
-    })
 }
 
 /// Validated configuration of one worker process.
@@ -233,8 +169,13 @@ impl WorkerConfig {
         }
         let mut deny = Rules::parse(&settings.http_deny).context("invalid http_deny entry")?;
         deny.add_hosts_of(&settings.common.nats_url);
+        let mut nats = settings.common.nats(format!("noetl-worker-{name}"));
+        nats.security.nats_inbox_prefix = Some(own_inbox_prefix(
+            nats.security.nats_inbox_prefix.as_deref(),
+            &name,
+        ));
         Ok(Self {
-            nats: settings.common.nats(format!("noetl-worker-{name}")),
+            nats,
             pools: distinct,
             concurrency: settings.concurrency,
             pending_reports: settings.pending_reports,
@@ -253,6 +194,26 @@ impl WorkerConfig {
             },
         })
     }
+}
+
+/// The inbox prefix of this worker process: the configured one (`_INBOX_worker` in
+/// `deploy/base`, `_INBOX` by default) followed by one token made of the worker's name (every
+/// character but letters, digits, `_` and `-` becomes `_`, at most 64 of them), so the replies
+/// to one worker come back on subjects of its own (`_INBOX_worker.<name>.…`), not on a prefix
+/// every worker shares.
+fn own_inbox_prefix(configured: Option<&str>, name: &str) -> String {
+    let token: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}.{token}", configured.unwrap_or("_INBOX"))
 }
 
 fn hostname() -> String {
@@ -283,6 +244,25 @@ mod tests {
             config.name
         );
         assert!(!config.allow_shell);
+        assert_eq!(
+            config.nats.security.nats_inbox_prefix,
+            Some(format!("_INBOX.{}", config.name.replace('.', "_"))),
+            "replies come back on an inbox of this worker's own"
+        );
+    }
+
+    #[test]
+    fn each_worker_has_an_inbox_prefix_of_its_own_under_its_roles() {
+        assert_eq!(
+            own_inbox_prefix(Some("_INBOX_worker"), "w-1"),
+            "_INBOX_worker.w-1"
+        );
+        assert_eq!(
+            own_inbox_prefix(None, "pod.a b*>\u{e9}"),
+            "_INBOX.pod_a_b___"
+        );
+        let long = own_inbox_prefix(None, &"n".repeat(100));
+        assert_eq!(long.len(), "_INBOX.".len() + 64);
     }
 
     #[test]

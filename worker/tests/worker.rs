@@ -11,7 +11,7 @@ use noetl_contract::command::{
     Heartbeat, HeartbeatAck, ReportAck, StepCommand, StepOutcome, StepReport,
 };
 use noetl_contract::message::Reply;
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::{ExecutionId, ShardId};
 use noetl_test_support::NatsServer;
@@ -90,6 +90,7 @@ fn command(id: i64, attempt: u32, action: &str, with: Value) -> StepCommand {
         with,
         timeout_ms: 60_000,
         lease_ms: 3_000,
+        token: Some(AttemptToken::from_bytes([id as u8; 16])),
     }
 }
 
@@ -284,6 +285,10 @@ async fn a_step_is_acked_only_after_the_shard_records_its_report() {
     assert_eq!(report.attempt.get(), 2);
     assert_eq!(report.worker, WORKER);
     assert_eq!(
+        report.token, sent.token,
+        "the report carries the attempt's token"
+    );
+    assert_eq!(
         report.outcome,
         StepOutcome::Succeeded {
             result: json!({"attempt": 2})
@@ -430,12 +435,17 @@ async fn a_stop_answer_cancels_the_step_and_acks_it_unreported() {
     shard.publish(&sent).await;
     let check = shard.heartbeats.recv().await.expect("the first heartbeat");
     assert!(check.starting);
+    assert_eq!(
+        check.token, sent.token,
+        "the check carries the attempt's token"
+    );
     let running = shard
         .heartbeats
         .recv()
         .await
         .expect("a heartbeat answered stop");
     assert!(!running.starting, "a beat of the running step");
+    assert_eq!(running.token, sent.token, "and so does every beat");
     assert!(running.started_at_ms.is_some(), "with the action's start");
     shard.drained().await;
 

@@ -223,8 +223,8 @@ pub const ALL: &[Attack] = &[
     ),
     attack!(
         "8",
-        "forged report over step_result_max_bytes (NATS)",
-        "recorded as result_too_large",
+        "forged report without the attempt's token (NATS)",
+        "refused (stale); the step keeps running",
         payload::forged_report
     ),
     attack!(
@@ -256,7 +256,6 @@ pub const ALL: &[Attack] = &[
 /// The findings of issue 27 with no row: their fixes are not in this tree, or (readiness) the fault
 /// is not a tenant's and would fail B's load, so an e2e test covers it instead.
 pub const NOT_COVERED: &[&str] = &[
-    "8: a forged result for another execution's step (attempt-token fencing): not in this tree",
     "8: targeting any pool, a shell pool included (pool authorisation): not in this tree",
     "9: a read-only shard database reads ready (readiness that writes): an operator's fault, \
      not a tenant's, and B's load would fail on that shard; e2e/tests/e2e/readiness.rs covers it",

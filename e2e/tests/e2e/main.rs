@@ -12,6 +12,7 @@ mod crash;
 mod egress;
 mod execution;
 mod faults;
+mod fencing;
 mod limits;
 mod observability;
 mod payload;

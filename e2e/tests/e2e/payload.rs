@@ -328,7 +328,7 @@ async fn a_report_the_shard_never_records_is_given_up_after_report_deadline_ms()
     cluster.stop().await;
 }
 
-/// A client holding a worker's NATS credentials reports a result over the shard's
+/// A worker (it holds the attempt's token) reports a result over the shard's
 /// `step_result_max_bytes` (under NATS `max_payload`): the shard stores a small
 /// `result_too_large` failure instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +357,8 @@ async fn a_report_over_step_result_max_bytes_sent_over_nats_is_stored_as_result_
         started_at_ms: noetl_bus::unix_now_ms(),
         finished_at_ms: noetl_bus::unix_now_ms(),
         worker: "stolen".to_owned(),
+        // A worker that received the command: it knows the attempt's token.
+        token: cluster.attempt_token(id, 0).await,
     };
     let shard = noetl_contract::shard_of(id, cluster.shard_count);
     let client = crate::harness::connect(cluster.nats.url()).await;

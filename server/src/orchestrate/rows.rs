@@ -1,5 +1,6 @@
 //! What one decision writes: the rows of the steps it changed, its events, and the commands it
-//! queues in the outbox, with every stored delay and lease clamped to what PostgreSQL can hold.
+//! queues in the outbox, with every stored delay and lease clamped to what PostgreSQL can hold,
+//! and the secret token of each attempt it dispatches, in both the step's row and its command.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,7 @@ use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{Decision, ExecutionState};
 use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
 use noetl_contract::status::StepStatus;
-use noetl_contract::step::StepIndex;
+use noetl_contract::step::{AttemptToken, StepIndex, TOKEN_BYTES};
 use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 
@@ -22,6 +23,9 @@ pub(super) struct Working {
     pub(super) changed: bool,
     /// The latest row of each changed step.
     pub(super) steps: BTreeMap<StepIndex, StepRow>,
+    /// The token of the attempt that owns each step, as read under the lock and then as
+    /// dispatches of this batch replace it.
+    pub(super) tokens: Vec<Option<AttemptToken>>,
     pub(super) events: Vec<(String, String)>,
     pub(super) outbox: Vec<OutboxRow>,
     /// The bytes of its step results together.
@@ -51,6 +55,7 @@ impl Working {
             last_event_seq: locked.last_event_seq,
             changed: false,
             steps: BTreeMap::new(),
+            tokens: locked.tokens,
             events: Vec::new(),
             outbox: Vec::new(),
             results_bytes: locked.results_bytes,
@@ -73,11 +78,32 @@ impl Working {
     }
 }
 
+/// A fresh secret for each attempt `decision` dispatches.
+pub(super) fn new_tokens(decision: &Decision) -> BTreeMap<StepIndex, AttemptToken> {
+    decision
+        .dispatches
+        .iter()
+        .map(|dispatch| (dispatch.step, new_token()))
+        .collect()
+}
+
+/// 128 bits from the operating system's CSPRNG.
+fn new_token() -> AttemptToken {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    // The kernel's generator (getrandom(2)) does not fail once the system has booted; a server
+    // that cannot draw a secret must not hand out a guessable one.
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    AttemptToken::from_bytes(bytes)
+}
+
 impl Leases {
+    /// The row of step `index` after `decision`; a step it dispatched gets the attempt's token
+    /// from `tokens` ([`new_tokens`]), any other keeps what its row holds.
     pub(super) fn step_row(
         &self,
         state: &ExecutionState,
         decision: &Decision,
+        tokens: &BTreeMap<StepIndex, AttemptToken>,
         index: StepIndex,
     ) -> StepRow {
         let step = &state.steps[index.index()];
@@ -102,6 +128,7 @@ impl Leases {
             error: step.error.clone(),
             lease_ms,
             started_at_ms: None,
+            token: tokens.get(&index).copied(),
         }
     }
 
@@ -111,6 +138,7 @@ impl Leases {
         id: ExecutionId,
         state: &ExecutionState,
         decision: &Decision,
+        tokens: &BTreeMap<StepIndex, AttemptToken>,
     ) -> Vec<OutboxRow> {
         decision
             .dispatches
@@ -127,6 +155,7 @@ impl Leases {
                     with: dispatch.with.clone(),
                     timeout_ms: step.timeout.map_or(self.default_timeout_ms, u64::from),
                     lease_ms: self.step_lease_ms,
+                    token: tokens.get(&dispatch.step).copied(),
                 };
                 OutboxRow {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),

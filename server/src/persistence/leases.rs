@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use noetl_contract::status::StepStatus;
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::ExecutionId;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
@@ -21,11 +21,28 @@ pub struct Beat {
     pub starting: bool,
     /// When the action started (unix ms, the worker's clock), if the worker said.
     pub started_at_ms: Option<i64>,
+    /// The attempt's token, as the worker sent it.
+    pub token: Option<AttemptToken>,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatAnswer {
+    /// The attempt owns its in-flight step, in this status (before the beat).
+    Owns(StepStatus),
+    /// The attempt no longer owns its step (superseded, finished, cancelled).
+    Lost,
+    /// The attempt owns its step, but the beat does not carry its token: nothing was written.
+    Refused,
 }
 
 /// [`beat_attempts`]' statement. Beats that are not `starting` extend the lease and set
 /// `started_at` (the worker's start, never later than now; now when the worker did not say);
-/// `starting` checks only read. Both match only an attempt that owns its in-flight step.
+/// `starting` checks only read. Both match only an attempt that owns its in-flight step, and
+/// a beat writes only with the attempt's token (or to a row stored before tokens, which has
+/// none). The statement compares the SHA-256 digests of the tokens, so how long the comparison
+/// takes says nothing about the token; rows whose beat is refused come back too, and
+/// [`beat_attempts`] compares the tokens again, in constant time, to tell the beats apart.
 ///
 /// The in-flight statuses are a parameter (`$5`), not literals, and the relaxed pool plans
 /// generically, so the planner cannot prove the partial lease index's predicate. If it could,
@@ -33,8 +50,9 @@ pub struct Beat {
 /// one row and walk all of it for every beat of the batch: 8 ms a batch under load, against
 /// 0.2 ms by the primary key.
 const BEAT_ATTEMPTS: &str = "WITH b AS (
-         SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::int[], $6::bool[], $7::bigint[])
-             AS b(execution_id, step_index, attempt, starting, started_ms)
+         SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::int[], $6::bool[], $7::bigint[],
+                              $8::bytea[])
+             AS b(execution_id, step_index, attempt, starting, started_ms, token)
      ), touched AS (
          UPDATE execution_steps AS s
          SET lease_expires_at = now() + $4 * interval '1 millisecond',
@@ -44,24 +62,27 @@ const BEAT_ATTEMPTS: &str = "WITH b AS (
          WHERE NOT b.starting AND s.execution_id = b.execution_id
            AND s.step_index = b.step_index AND s.attempt = b.attempt
            AND s.status = ANY($5::text[])
-         RETURNING s.execution_id, s.step_index, s.attempt, s.status
+           AND (s.attempt_token IS NULL
+                OR coalesce(sha256(s.attempt_token) = sha256(b.token), false))
+         RETURNING s.execution_id, s.step_index, s.attempt, s.status, s.attempt_token
      )
-     SELECT execution_id, step_index, attempt, status FROM touched
+     SELECT execution_id, step_index, attempt, status, attempt_token FROM touched
      UNION ALL
-     SELECT s.execution_id, s.step_index, s.attempt, s.status
+     SELECT s.execution_id, s.step_index, s.attempt, s.status, s.attempt_token
      FROM b JOIN execution_steps AS s
        ON s.execution_id = b.execution_id AND s.step_index = b.step_index
-     WHERE b.starting AND s.attempt = b.attempt AND s.status = ANY($5::text[])";
+     WHERE s.attempt = b.attempt AND s.status = ANY($5::text[])
+       AND (b.starting OR NOT (s.attempt_token IS NULL
+                               OR coalesce(sha256(s.attempt_token) = sha256(b.token), false)))";
 
-/// Heartbeats, one statement for many: each beat that is not a `starting` check extends its
-/// attempt's lease and notes when it started. Returns, per beat, the step's status, or `None`
-/// when the attempt no longer owns its step (superseded, finished, cancelled). Meant for the
-/// relaxed pool.
+/// Heartbeats, one statement for many: each beat that is not a `starting` check and carries
+/// its attempt's token extends the attempt's lease and notes when it started. Returns what
+/// each beat found. Meant for the relaxed pool.
 pub async fn beat_attempts(
     executor: impl PgExecutor<'_>,
     beats: &[Beat],
     lease_ms: i64,
-) -> Result<Vec<Option<StepStatus>>, Error> {
+) -> Result<Vec<BeatAnswer>, Error> {
     // Rows are taken in (execution, step) order, as report transactions write them, so two
     // batches do not wait for each other crosswise.
     let mut order: Vec<&Beat> = beats.iter().collect();
@@ -78,6 +99,7 @@ pub async fn beat_attempts(
         .bind(&in_flight[..])
         .bind(column(&order, |b| b.starting))
         .bind(column(&order, |b| b.started_at_ms))
+        .bind(column(&order, |b| b.token.map(|t| t.expose().to_vec())))
         .fetch_all(executor)
         .await?;
     let owned = found
@@ -88,12 +110,21 @@ pub async fn beat_attempts(
                 rows::step_index(row)?,
                 rows::attempt(row)?,
             );
-            Ok((attempt, rows::step_status(row)?))
+            Ok((
+                attempt,
+                (rows::step_status(row)?, rows::attempt_token(row)?),
+            ))
         })
         .collect::<Result<HashMap<_, _>, Error>>()?;
     Ok(beats
         .iter()
-        .map(|b| owned.get(&(b.execution_id, b.step, b.attempt)).copied())
+        .map(|b| match owned.get(&(b.execution_id, b.step, b.attempt)) {
+            None => BeatAnswer::Lost,
+            Some((status, stored)) if AttemptToken::admits(stored.as_ref(), b.token.as_ref()) => {
+                BeatAnswer::Owns(*status)
+            }
+            Some(_) => BeatAnswer::Refused,
+        })
         .collect())
 }
 
@@ -176,7 +207,7 @@ mod tests {
         let relaxed = relaxed_pool(dsn, 1).expect("pool");
         let mut connection = relaxed.acquire().await.expect("connection");
         let prepare = format!(
-            "PREPARE beat(bigint[], int[], int[], bigint, text[], bool[], bigint[]) AS \
+            "PREPARE beat(bigint[], int[], int[], bigint, text[], bool[], bigint[], bytea[]) AS \
              {BEAT_ATTEMPTS}"
         );
         execute(&mut *connection, &prepare).await;
@@ -184,7 +215,7 @@ mod tests {
             &mut connection,
             "EXPLAIN (FORMAT TEXT) EXECUTE beat('{10001,10002}', '{0,0}', '{1,1}', 1000,
                                                 '{dispatched,running}', '{false,true}',
-                                                '{1,NULL}')",
+                                                '{1,NULL}', '{NULL,NULL}')",
         )
         .await;
         assert!(plan.contains("execution_steps_pkey"), "{plan}");
@@ -199,11 +230,12 @@ mod tests {
                 attempt: Attempt::FIRST,
                 starting: false,
                 started_at_ms: None,
+                token: None,
             }],
             1_000,
         )
         .await
         .expect("heartbeat");
-        assert_eq!(touched, vec![Some(StepStatus::Dispatched)]);
+        assert_eq!(touched, vec![BeatAnswer::Owns(StepStatus::Dispatched)]);
     }
 }

@@ -23,7 +23,7 @@ pub(crate) mod testing;
 mod writes;
 
 pub use identity::{claim_shard, migrate, record_epochs, recorded_epochs};
-pub use leases::{beat_attempts, expired_leases, lease_expired, Beat};
+pub use leases::{beat_attempts, expired_leases, lease_expired, Beat, BeatAnswer};
 pub use outbox::{
     dead_letter, delete_commands, hands_off, next_command_due_in_ms, take_due_commands, OutboxRow,
     PendingCommand, Undeliverable, HANDOFF_GRACE,

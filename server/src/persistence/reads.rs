@@ -12,14 +12,14 @@ use sqlx::{PgPool, Row};
 use super::rows::{self, timestamp};
 use super::Error;
 
-/// A statement reading `$columns` of execution `$1` when it belongs to tenant `$2` (any tenant
-/// when `$2` is NULL): how every read of one execution sees only its tenant's.
+/// A statement reading `$columns` of execution `$1` when it belongs to tenant `$2`: how every
+/// read of one execution sees only its tenant's (there is no read for any tenant).
 macro_rules! tenants_execution {
     ($columns:literal) => {
         concat!(
             "SELECT ",
             $columns,
-            " FROM executions WHERE execution_id = $1 AND ($2::text IS NULL OR tenant = $2)"
+            " FROM executions WHERE execution_id = $1 AND tenant = $2"
         )
     };
 }
@@ -29,7 +29,7 @@ async fn tenants_execution(
     pool: &PgPool,
     statement: &'static str,
     id: ExecutionId,
-    tenant: Option<&str>,
+    tenant: &str,
 ) -> Result<Option<PgRow>, Error> {
     Ok(sqlx::query(statement)
         .bind(id.get())
@@ -38,8 +38,8 @@ async fn tenants_execution(
         .await?)
 }
 
-/// Whether execution `id` exists and belongs to `tenant` (any tenant when `None`).
-pub async fn visible(pool: &PgPool, id: ExecutionId, tenant: Option<&str>) -> Result<bool, Error> {
+/// Whether execution `id` exists and belongs to `tenant`.
+pub async fn visible(pool: &PgPool, id: ExecutionId, tenant: &str) -> Result<bool, Error> {
     let statement = tenants_execution!("execution_id");
     Ok(tenants_execution(pool, statement, id, tenant)
         .await?
@@ -77,7 +77,7 @@ pub async fn backlog(pool: &PgPool) -> Result<(i64, i64), Error> {
 pub async fn events_page(
     pool: &PgPool,
     id: ExecutionId,
-    tenant: Option<&str>,
+    tenant: &str,
     after_seq: i64,
     limit: i64,
 ) -> Result<Option<EventPage>, Error> {
@@ -115,7 +115,7 @@ pub async fn get_execution(
     pool: &PgPool,
     shard: ShardId,
     id: ExecutionId,
-    tenant: Option<&str>,
+    tenant: &str,
 ) -> Result<Option<ExecutionView>, Error> {
     let statement = tenants_execution!(
         "execution_id, status, playbook_name, playbook_version, input, labels, created_at, \
@@ -159,11 +159,13 @@ fn step_view(step: &PgRow) -> Result<StepView, Error> {
     })
 }
 
-/// A page of executions, newest first: one range scan of the primary key (or of the index of
-/// the filtered column) below `query.below`, at most `query.limit` rows.
+/// A page of `tenant`'s executions, newest first: one range scan of the tenant's index (of the
+/// filtered column) below `query.below`, at most `query.limit` rows. `query.tenant` is not
+/// read: the caller checked it and passes it as `tenant`.
 pub async fn list_executions(
     pool: &PgPool,
     shard: ShardId,
+    tenant: &str,
     query: &ListQuery,
 ) -> Result<Vec<ExecutionSummary>, Error> {
     let labels = (!query.labels.is_empty())
@@ -179,7 +181,7 @@ pub async fn list_executions(
            AND ($3::text IS NULL OR status = $3)
            AND ($4::jsonb IS NULL OR labels @> $4::jsonb)
            AND ($5::text IS NULL OR playbook_name = $5)
-           AND ($7::text IS NULL OR tenant = $7)
+           AND tenant = $7
          ORDER BY execution_id DESC
          LIMIT $6",
     )
@@ -189,7 +191,7 @@ pub async fn list_executions(
     .bind(labels)
     .bind(query.playbook.as_deref())
     .bind(i64::from(query.limit))
-    .bind(query.tenant.as_deref())
+    .bind(tenant)
     .fetch_all(pool)
     .await?;
     found

@@ -3,7 +3,7 @@
 
 use noetl_contract::engine::StepStatus;
 use noetl_contract::message::ExecutionStatus;
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::ExecutionId;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -52,6 +52,16 @@ pub(super) fn attempt(row: &PgRow) -> Result<Attempt, Error> {
     u32::try_from(raw)
         .map(Attempt::new)
         .map_err(|_| Error::Malformed(format!("attempt {raw}")))
+}
+
+/// The `attempt_token` of a step row (the column's check keeps it 16 bytes).
+pub(super) fn attempt_token(row: &PgRow) -> Result<Option<AttemptToken>, Error> {
+    let raw: Option<Vec<u8>> = row.try_get("attempt_token")?;
+    raw.map(|bytes| {
+        AttemptToken::from_slice(&bytes)
+            .ok_or_else(|| Error::Malformed(format!("an attempt token of {} bytes", bytes.len())))
+    })
+    .transpose()
 }
 
 pub(super) fn playbook_version(row: &PgRow) -> Result<Option<u32>, Error> {

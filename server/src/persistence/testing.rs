@@ -64,6 +64,7 @@ pub fn outbox_row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
             with: serde_json::json!({}),
             timeout_ms: 1_000,
             lease_ms: 1_000,
+            token: None,
         },
         delay_ms,
     }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use noetl_contract::engine::StepState;
 use noetl_contract::status::{ExecutionStatus, StepStatus};
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::ExecutionId;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -51,6 +51,9 @@ pub struct StepRow {
     /// When the worker started the attempt that finished it (unix ms, its clock): the step's
     /// `started_at` when no heartbeat recorded one.
     pub started_at_ms: Option<i64>,
+    /// The secret of the attempt that owns the step (`None`: never dispatched, or stored
+    /// before tokens existed).
+    pub token: Option<AttemptToken>,
 }
 
 /// The outcome of committing one execution.
@@ -92,6 +95,7 @@ pub async fn insert_executions(
     for row in rows {
         columns.push(row.execution_id, 0, &row.steps, &row.events, &row.outbox);
     }
+    let tokens = std::mem::take(&mut columns.step_tokens);
     let statement = sqlx::query(INSERT_EXECUTIONS);
     let returned = columns
         .bind(statement)
@@ -117,6 +121,7 @@ pub async fn insert_executions(
         )
         .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
         .bind(i64::try_from(max_in_flight).unwrap_or(i64::MAX))
+        .bind(tokens)
         .fetch_all(&mut *connection)
         .await?;
     let mut committed = Vec::with_capacity(rows.len());
@@ -205,7 +210,7 @@ async fn settle_admitted(
 }
 
 /// The statement of [`insert_executions`]: `$1` to `$17` are the [`ChangeColumns`], `$18` to
-/// `$26` the executions, `$27` the quota. Returns a row per execution stored now, and a row per
+/// `$26` the executions, `$27` the quota, `$28` the steps' attempt tokens. Returns a row per execution stored now, and a row per
 /// tenant with new executions that stay in flight (`tenant`, and how many were `admitted`).
 const INSERT_EXECUTIONS: &str = "WITH input AS (
          SELECT * FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::text[],
@@ -247,15 +252,15 @@ const INSERT_EXECUTIONS: &str = "WITH input AS (
      ), new_steps AS (
          INSERT INTO execution_steps
              (execution_id, step_index, name, status, attempt, lease_expires_at, error,
-              finished_at)
+              finished_at, attempt_token)
          SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
                 now() + s.lease_ms * interval '1 millisecond', s.error,
                 CASE WHEN s.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
-                     THEN now() END
+                     THEN now() END, s.token
          FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                     $7::text[], $8::bigint[], $9::bigint[])
+                     $7::text[], $8::bigint[], $9::bigint[], $28::bytea[])
              AS s(execution_id, step_index, name, status, attempt, result, error, lease_ms,
-                  started_ms)
+                  started_ms, token)
          WHERE s.execution_id IN (SELECT execution_id FROM inserted)
      ), new_events AS (
          INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -317,6 +322,8 @@ struct ChangeColumns<'a> {
     outbox_pools: Vec<&'a str>,
     outbox_commands: Vec<String>,
     outbox_delays: Vec<i64>,
+    /// Bound by each statement at its own position, after its other parameters.
+    step_tokens: Vec<Option<Vec<u8>>>,
 }
 
 impl<'a> ChangeColumns<'a> {
@@ -340,6 +347,8 @@ impl<'a> ChangeColumns<'a> {
             self.step_errors.push(step.error.as_deref());
             self.step_lease_ms.push(step.lease_ms);
             self.step_started_at_ms.push(step.started_at_ms);
+            self.step_tokens
+                .push(step.token.map(|token| token.expose().to_vec()));
         }
         for (seq, (kind, payload)) in (after_seq + 1..).zip(events) {
             self.event_ids.push(id);
@@ -392,6 +401,8 @@ pub struct LockedExecution {
     pub tenant: String,
     /// The bytes of its step results together (their JSON).
     pub results_bytes: i64,
+    /// The token of the attempt that owns each step, in step order.
+    pub tokens: Vec<Option<AttemptToken>>,
 }
 
 /// Locks the rows of the executions `ids` (those that exist) for the rest of `tx`, in id order
@@ -417,7 +428,7 @@ pub async fn lock_executions(
     // locking statement, the steps would come from the snapshot taken before the wait, and a
     // report queued behind another for the same step would record its result twice.)
     let step_rows = sqlx::query(
-        "SELECT execution_id, status, attempt, result, error FROM execution_steps
+        "SELECT execution_id, status, attempt, result, error, attempt_token FROM execution_steps
          WHERE execution_id = ANY($1) ORDER BY execution_id, step_index",
     )
     .bind(&raw)
@@ -428,8 +439,9 @@ pub async fn lock_executions(
         .iter()
         .map(|row| {
             let id = rows::execution_id(row)?;
-            let mut steps = Vec::new();
+            let (mut steps, mut tokens) = (Vec::new(), Vec::new());
             while let Some(step) = step_rows.next_if(|s| rows::execution_id(s).ok() == Some(id)) {
+                tokens.push(rows::attempt_token(step)?);
                 steps.push(StepState {
                     status: rows::step_status(step)?,
                     attempt: rows::attempt(step)?,
@@ -446,6 +458,7 @@ pub async fn lock_executions(
                 steps,
                 tenant: row.try_get("tenant")?,
                 results_bytes: row.try_get("results_bytes")?,
+                tokens,
             })
         })
         .collect()
@@ -491,6 +504,7 @@ pub async fn save_changes(
         "WITH changed_steps AS (
              UPDATE execution_steps AS s SET
                  status = u.status, attempt = u.attempt, result = u.result::jsonb, error = u.error,
+                 attempt_token = u.token,
                  lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
                  started_at = CASE WHEN u.status = 'running' THEN coalesce(s.started_at, now())
                                    WHEN u.status = 'dispatched' THEN NULL
@@ -500,9 +514,9 @@ pub async fn save_changes(
                                     THEN now() END,
                  updated_at = now()
              FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[])
+                         $7::text[], $8::bigint[], $9::bigint[], $23::bytea[])
                  AS u(execution_id, step_index, name, status, attempt, result, error, lease_ms,
-                      started_ms)
+                      started_ms, token)
              WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index
          ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -536,6 +550,7 @@ pub async fn save_changes(
         .iter()
         .map(|c| c.last_event_seq + c.events.len() as i64)
         .collect();
+    let tokens = std::mem::take(&mut columns.step_tokens);
     let results_bytes: Vec<i64> = changes.iter().map(|c| c.results_bytes).collect();
     let finished: Vec<&str> = changes
         .iter()
@@ -548,6 +563,7 @@ pub async fn save_changes(
         .bind(last_seqs)
         .bind(results_bytes)
         .bind(finished)
+        .bind(tokens)
         .fetch_all(&mut **tx)
         .await?
         .iter()

@@ -93,6 +93,7 @@ impl Runner {
             worker: self.worker.clone(),
             starting: true,
             started_at_ms: None,
+            token: command.token,
         };
         if has_effects
             && self.heartbeat(command, &check, interval).await == Some(HeartbeatAck::Stop)
@@ -157,6 +158,7 @@ impl Runner {
             started_at_ms,
             finished_at_ms: noetl_bus::unix_now_ms(),
             worker: self.worker.clone(),
+            token: command.token,
         };
         // The attempt keeps its lease while its result waits for an answer: a report that lands
         // on a server that cannot answer (paused, cut off from its database) is retried, and

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use noetl_contract::command::{ReportAck, StepOutcome, StepReport};
-use noetl_contract::step::{Attempt, StepIndex};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex, TOKEN_BYTES};
 use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::ExecutionId;
 use reqwest::Method;
@@ -170,9 +170,9 @@ pub async fn large_results(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
     })
 }
 
-/// A client holding a worker's NATS credentials reports, for A's own running step, a result
-/// over `step_result_max_bytes` (under `max_payload`): the shard stores a small
-/// `result_too_large` failure instead.
+/// A client holding a worker's NATS credentials, but not the attempt's token, reports a result
+/// for A's own running step, without a token and with a guessed one: the shard refuses both
+/// (`stale`) and the step keeps running.
 pub async fn forged_report(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
     let raw = ctx
         .submit(&json!({"playbook": {"name": "forged", "steps": [
@@ -182,35 +182,43 @@ pub async fn forged_report(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
     ctx.wait(&raw, |view| view["steps"][0]["status"] == "running")
         .await?;
     let id: ExecutionId = raw.parse().context("an execution id")?;
-    let now = noetl_bus::unix_now_ms();
-    let report = StepReport {
-        execution_id: id,
-        step_index: StepIndex::new(0),
-        attempt: Attempt::new(1),
-        outcome: StepOutcome::Succeeded {
-            result: json!({"blob": "b".repeat(ctx.step_result_max_bytes + 4_096)}),
-        },
-        started_at_ms: now,
-        finished_at_ms: now,
-        worker: "stolen".to_owned(),
-    };
     let shard = noetl_contract::shard_of(id, ctx.shard_count);
-    let ack: ReportAck = noetl_bus::request(
-        &ctx.nats,
-        subject::shard_request(ShardRequest::Result, shard, id),
-        &report,
-        Duration::from_secs(5),
-    )
-    .await
-    .context("the shard did not answer the report")?;
-    let view = ctx
-        .wait(&raw, |view| {
-            matches!(view["status"].as_str(), Some("succeeded" | "failed"))
-        })
+    let mut acks = Vec::new();
+    for token in [None, Some(AttemptToken::from_bytes([7; TOKEN_BYTES]))] {
+        let now = noetl_bus::unix_now_ms();
+        let report = StepReport {
+            execution_id: id,
+            step_index: StepIndex::new(0),
+            attempt: Attempt::new(1),
+            token,
+            outcome: StepOutcome::Succeeded {
+                result: json!({"forged": true}),
+            },
+            started_at_ms: now,
+            finished_at_ms: now,
+            worker: "stolen".to_owned(),
+        };
+        let ack: ReportAck = noetl_bus::request(
+            &ctx.nats,
+            subject::shard_request(ShardRequest::Result, shard, id),
+            &report,
+            Duration::from_secs(5),
+        )
+        .await
+        .context("the shard did not answer the report")?;
+        acks.push(ack);
+    }
+    let (_, view) = ctx.get_json(&format!("/api/v1/executions/{raw}")).await?;
+    let still_running = view["steps"][0]["status"] == "running";
+    let (status, body) = ctx
+        .post_json(&format!("/api/v1/executions/{raw}/cancel"), &json!({}))
         .await?;
-    let stored = step_failed(&view, "nap", "result_too_large");
+    anyhow::ensure!(status == 200, "cancel answered {status}: {body}");
     Ok(Outcome {
-        ok: ack == ReportAck::Recorded && stored.ok,
-        seen: format!("{ack:?}; {}", stored.seen),
+        ok: acks.iter().all(|ack| *ack == ReportAck::Stale) && still_running,
+        seen: format!(
+            "{acks:?}; step {}",
+            view["steps"][0]["status"].as_str().unwrap_or("?")
+        ),
     })
 }

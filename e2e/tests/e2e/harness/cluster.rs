@@ -409,6 +409,26 @@ impl Cluster {
             .expect("connect to a shard database")
     }
 
+    /// The token of the attempt that owns step `step` of execution `id`, as its shard stored
+    /// it (and sent it in the step's command): what a worker that received the command knows.
+    pub async fn attempt_token(
+        &self,
+        id: ExecutionId,
+        step: u32,
+    ) -> Option<noetl_contract::step::AttemptToken> {
+        let shard = noetl_contract::shard_of(id, self.shard_count);
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT attempt_token FROM execution_steps WHERE execution_id = $1 AND step_index = $2",
+        )
+        .bind(id.get())
+        .bind(i32::try_from(step).expect("a small step index"))
+        .fetch_one(&self.pool(shard.get()).await)
+        .await
+        .expect("the step's row");
+        stored
+            .map(|bytes| noetl_contract::step::AttemptToken::from_slice(&bytes).expect("16 bytes"))
+    }
+
     /// A pool for each shard of the first topology, by shard number.
     pub async fn pools(&self) -> Vec<PgPool> {
         let mut pools = Vec::new();
