@@ -6,6 +6,7 @@
 //!
 //! - [`NatsServer`]: JetStream-enabled NATS; [`NatsCluster`]: several, routed into one cluster.
 //! - [`Postgres`]: a private PostgreSQL cluster, with helpers to create shard databases.
+//! - [`free_port`], [`listen_backlog`]: a loopback port to listen on, and the accept queue of one.
 //! - [`Process`]: a spawned binary of this workspace, killed on drop; [`run`]: a command run to
 //!   its end, failing with its stderr.
 
@@ -56,6 +57,24 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port between {LOWEST_TEST_PORT} and {ceiling} in 1,000 tries")
 }
 
+/// How many connections wait in the accept queue of the loopback socket listening on `port`
+/// (`/proc/net/tcp`: for a listening socket, `rx_queue` counts them).
+pub fn listen_backlog(port: u16) -> Result<u64, String> {
+    let table = std::fs::read_to_string("/proc/net/tcp")
+        .map_err(|e| format!("failed to read /proc/net/tcp: {e}"))?;
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.len() > 4 && fields[1].ends_with(&local) && fields[3] == "0A")
+        .and_then(|fields| {
+            let (_, rx) = fields[4].split_once(':')?;
+            u64::from_str_radix(rx, 16).ok()
+        })
+        .ok_or_else(|| format!("no listening socket on port {port}"))
+}
+
 /// The first port of the kernel's ephemeral range, or Linux's default when it cannot be read
 /// (or leaves too little room below it).
 fn ephemeral_start() -> u16 {
@@ -89,5 +108,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let port = listener.local_addr().expect("its address").port();
         assert!(port >= ephemeral_start(), "the kernel handed out {port}");
+    }
+
+    #[test]
+    fn a_listening_socket_has_an_empty_backlog_and_a_closed_port_none() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).expect("bind");
+        let port = listener.local_addr().expect("its address").port();
+        assert_eq!(listen_backlog(port), Ok(0));
+        drop(listener);
+        assert!(listen_backlog(port).is_err());
     }
 }

@@ -7,8 +7,10 @@
 //!   quota (finding 9).
 //! - [`input`]: templates, unstorable values, YAML aliases, bounded durations (findings 1, 3,
 //!   5, 9).
-//! - [`payload`]: sizes on every NATS hop and large results (findings 2, 4, 8).
-//! - [`tenancy`]: the catalog per tenant and the `http` egress policy (findings 6, 7).
+//! - [`payload`]: sizes on every NATS hop and results over the execution's cap (findings 2,
+//!   4, 8).
+//! - [`tenancy`]: the catalog per tenant, the `http` egress policy and the quota of executions
+//!   in flight (findings 6, 7, 9).
 
 mod connections;
 mod input;
@@ -39,9 +41,12 @@ pub struct Ctx {
     pub shard_count: ShardCount,
     /// The local HTTP target's base URL (reachable from the `fetch` pool only).
     pub target: String,
-    /// NATS's `max_payload`, and the server's `step_result_max_bytes`.
+    /// NATS's `max_payload`, and the server's `step_result_max_bytes`,
+    /// `execution_results_max_bytes` and `tenant_max_executions_in_flight` (per shard).
     pub max_payload: usize,
     pub step_result_max_bytes: usize,
+    pub execution_results_max_bytes: usize,
+    pub tenant_max_executions_in_flight: usize,
     /// The suite gateway's bounds on connections and streams.
     pub bounds: GatewayBounds,
 }
@@ -175,8 +180,8 @@ pub const ALL: &[Attack] = &[
     ),
     attack!(
         "4",
-        "results outgrowing a reply",
-        "413 payload_too_large or readable; stream ends",
+        "results together over execution_results_max_bytes",
+        "step failed result_too_large; 200; stream ends",
         payload::large_results
     ),
     attack!(
@@ -251,6 +256,12 @@ pub const ALL: &[Attack] = &[
         "429 stream_quota_exceeded past the quota",
         connections::streams
     ),
+    attack!(
+        "9",
+        "submits past tenant_max_executions_in_flight",
+        "429 tenant_quota_exceeded; B's submit 201",
+        tenancy::in_flight_quota
+    ),
 ];
 
 /// The findings of issue 27 with no row: their fixes are not in this tree, or (readiness) the fault
@@ -259,7 +270,8 @@ pub const NOT_COVERED: &[&str] = &[
     "8: targeting any pool, a shell pool included (pool authorisation): not in this tree",
     "9: a read-only shard database reads ready (readiness that writes): an operator's fault, \
      not a tenant's, and B's load would fail on that shard; e2e/tests/e2e/readiness.rs covers it",
-    "9: executions and steps in flight per tenant (in-flight quotas): not in this tree",
+    "9: steps in flight per tenant (a quota holding dispatch back): not built; executions in \
+     flight per tenant are a row",
 ];
 
 impl Ctx {

@@ -68,6 +68,15 @@ struct Args {
 const MAX_PAYLOAD: usize = 64 * 1024;
 /// The server's `step_result_max_bytes`: under `MAX_PAYLOAD`, so a report can be over it.
 const STEP_RESULT_MAX_BYTES: usize = 16 * 1024;
+/// The server's `execution_results_max_bytes`: half of `MAX_PAYLOAD`, as the default is of
+/// NATS's default, so that an execution at it still reads in one reply.
+const EXECUTION_RESULTS_MAX_BYTES: usize = MAX_PAYLOAD / 2;
+/// The server's `tenant_max_executions_in_flight` (per shard): B's load keeps a few executions
+/// in flight (20 a second, each ending in well under a second), far under it.
+const TENANT_MAX_EXECUTIONS_IN_FLIGHT: usize = 32;
+/// The worker's `concurrency`: A's sleeping executions at the quota (up to twice it, one
+/// shard full and the other nearly) leave most slots to B's steps.
+const WORKER_CONCURRENCY: usize = 256;
 /// The gateway's connection and stream bounds, small so that those rows end in seconds.
 /// `max_connections` leaves the client's pooled keep-alive connections (a few at B's rate, up to
 /// a dozen more during the rows of eight bodies and of event streams) a wide margin, and
@@ -136,15 +145,26 @@ fn spec(dir: &Path) -> anyhow::Result<Spec> {
             ack_wait_ms: 10_000,
         },
         nats_args: vec!["-c".to_owned(), nats_config.to_string_lossy().into_owned()],
-        server_env: env(&[(
-            "NOETL_STEP_RESULT_MAX_BYTES",
-            STEP_RESULT_MAX_BYTES.to_string(),
-        )]),
+        server_env: env(&[
+            (
+                "NOETL_STEP_RESULT_MAX_BYTES",
+                STEP_RESULT_MAX_BYTES.to_string(),
+            ),
+            (
+                "NOETL_EXECUTION_RESULTS_MAX_BYTES",
+                EXECUTION_RESULTS_MAX_BYTES.to_string(),
+            ),
+            (
+                "NOETL_TENANT_MAX_EXECUTIONS_IN_FLIGHT",
+                TENANT_MAX_EXECUTIONS_IN_FLIGHT.to_string(),
+            ),
+        ]),
         // The `fetch` pool may reach the local HTTP target on loopback; the default may not.
         worker_env: env(&[
             ("NOETL_POOLS", "default,fetch".to_owned()),
             ("NOETL_HTTP_ALLOW", "fetch=127.0.0.1/32".to_owned()),
             ("NOETL_HTTP_MAX_REDIRECTS", "3".to_owned()),
+            ("NOETL_CONCURRENCY", WORKER_CONCURRENCY.to_string()),
         ]),
         gateway_env: env(&[
             (
@@ -207,6 +227,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target,
         max_payload: MAX_PAYLOAD,
         step_result_max_bytes: STEP_RESULT_MAX_BYTES,
+        execution_results_max_bytes: EXECUTION_RESULTS_MAX_BYTES,
+        tenant_max_executions_in_flight: TENANT_MAX_EXECUTIONS_IN_FLIGHT,
         bounds: BOUNDS,
     });
 

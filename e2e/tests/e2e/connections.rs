@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use noetl_test_support::listen_backlog;
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -165,23 +166,6 @@ async fn a_body_sent_a_byte_at_a_time_is_cut_at_the_request_deadline() {
     cluster.stop().await;
 }
 
-/// How many connections wait in the accept queue of the listening socket on `port`
-/// (`/proc/net/tcp`: for a listening socket, `rx_queue` counts them).
-fn accept_queue(port: u16) -> Result<u64, String> {
-    let table = std::fs::read_to_string("/proc/net/tcp").map_err(|e| e.to_string())?;
-    let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields.len() > 4 && fields[1].ends_with(&local) && fields[3] == "0A")
-        .and_then(|fields| {
-            let (_, rx) = fields[4].split_once(':')?;
-            u64::from_str_radix(rx, 16).ok()
-        })
-        .ok_or_else(|| format!("no listening socket on port {port}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_new_ones_wait_until_one_closes() {
     let cluster = Cluster::builder().start().await;
@@ -212,7 +196,7 @@ async fn past_max_connections_new_ones_wait_until_one_closes() {
     }
     // The gateway took the first three and left the others in the backlog.
     eventually("three connections in the backlog", DEADLINE, || async {
-        match accept_queue(port)? {
+        match listen_backlog(port)? {
             3 => Ok(()),
             queued => Err(format!("{queued} in the backlog")),
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::future::join_all;
+use noetl_test_support::listen_backlog;
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -104,23 +105,6 @@ pub async fn slowloris(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
     Ok(every(outcomes))
 }
 
-/// How many connections wait in the accept queue of the listening socket on `port`
-/// (`/proc/net/tcp`: for a listening socket, `rx_queue` counts them).
-fn accept_queue(port: u16) -> anyhow::Result<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").context("failed to read /proc/net/tcp")?;
-    let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields.len() > 4 && fields[1].ends_with(&local) && fields[3] == "0A")
-        .and_then(|fields| {
-            let (_, rx) = fields[4].split_once(':')?;
-            u64::from_str_radix(rx, 16).ok()
-        })
-        .with_context(|| format!("no listening socket on port {port}"))
-}
-
 /// `max_connections` + 32 connections opened at once and held silent: the gateway takes up to
 /// its cap, the others wait in the listen backlog (seen there), and every one of them is closed
 /// without an answer once its header deadline passes; B's requests wait at most that long.
@@ -149,7 +133,7 @@ pub async fn flood(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
     // Watches the backlog while the connections are held: some must wait there.
     let mut most_waiting = 0;
     while !closed.is_finished() {
-        most_waiting = most_waiting.max(accept_queue(port)?);
+        most_waiting = most_waiting.max(listen_backlog(port).map_err(anyhow::Error::msg)?);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut outcome = every(closed.await.context("the connections' task")?);

@@ -1,4 +1,4 @@
-//! Sizes on every NATS hop (finding 2), results that outgrow a reply (finding 4) and a report
+//! Sizes on every NATS hop (finding 2), results over the execution's cap (finding 4) and a report
 //! forged over NATS with a worker's credentials (finding 8), against NATS's `max_payload` and
 //! the server's `step_result_max_bytes` of the suite's cluster (`e2e/tests/e2e/payload.rs`).
 
@@ -129,11 +129,17 @@ pub async fn result_too_large(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
     Ok(step_failed(&view, "fetch", "result_too_large"))
 }
 
-/// Six results of three quarters of `step_result_max_bytes` each: every one fits, together
-/// they outgrow a reply. Reading the execution answers 413 (or the whole of it, if it fits);
-/// a small page of its events reads; its stream sends every step and ends.
+/// Six results of three quarters of `step_result_max_bytes` each: every one fits alone,
+/// together they pass `execution_results_max_bytes` (and would outgrow a reply). The steps past
+/// it fail with `result_too_large`; the execution reads (200), a small page of its events reads,
+/// and its stream ends.
 pub async fn large_results(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
-    let url = format!("{}/text/{}", ctx.target, ctx.step_result_max_bytes * 3 / 4);
+    let size = ctx.step_result_max_bytes * 3 / 4;
+    anyhow::ensure!(
+        6 * size > ctx.execution_results_max_bytes,
+        "six results of {size} bytes fit under execution_results_max_bytes"
+    );
+    let url = format!("{}/text/{size}", ctx.target);
     let steps: Vec<Value> = (0..6)
         .map(|n| json!({"name": format!("s{n}"), "action": "http", "pool": FETCH_POOL, "with": {"url": url}}))
         .collect();
@@ -150,21 +156,25 @@ pub async fn large_results(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
         .text()
         .await
         .context("the stream did not end")?;
-    let ended = stream.contains("event: end\ndata: succeeded");
+    let ended = stream.contains("event: end\ndata: failed");
     let (status, view) = ctx.get_json(&format!("/api/v1/executions/{id}")).await?;
-    let read = match status {
-        413 => view["code"] == "payload_too_large",
-        200 => view["status"] == "succeeded",
-        _ => false,
-    };
+    let failed: Vec<Outcome> = view["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|step| step["status"] == "failed")
+        .filter_map(|step| step["name"].as_str())
+        .map(|name| step_failed(&view, name, "result_too_large"))
+        .collect();
+    let over = every(failed);
     let (page, _) = ctx
         .get_json(&format!("/api/v1/executions/{id}/events?limit=3"))
         .await?;
     Ok(Outcome {
-        ok: read && page == 200 && ended,
+        ok: status == 200 && over.ok && page == 200 && ended,
         seen: format!(
-            "{status} {}; page {page}; stream {}",
-            view["code"].as_str().unwrap_or("(the view)"),
+            "{status}; failed steps {}; page {page}; stream {}",
+            over.seen,
             if ended { "ended" } else { "did not end" }
         ),
     })

@@ -137,3 +137,55 @@ pub async fn egress_redirect(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
     );
     denied(&ctx, "fetch", &url).await
 }
+
+/// A fills its quota of executions in flight with sleeping ones, submitting until refused (at
+/// most twice the quota: one shard full, the other nearly). The refusal is 429
+/// `tenant_quota_exceeded`, and B's submit right after it is stored. A's executions are
+/// cancelled at the end.
+pub async fn in_flight_quota(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
+    let hold = json!({"playbook": {"name": "hold", "steps": [
+        {"name": "nap", "action": "sleep", "with": {"ms": 120_000}}
+    ]}});
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..=2 * ctx.tenant_max_executions_in_flight {
+        let (status, receipt) = ctx.post_json("/api/v1/executions", &hold).await?;
+        match receipt["execution_id"].as_str() {
+            Some(id) if status == 201 => held.push(id.to_owned()),
+            _ => {
+                refused = Some((status, receipt));
+                break;
+            }
+        }
+    }
+    let b_request = ctx
+        .request_as(TOKEN_B, Method::POST, "/api/v1/executions")
+        .json(&json!({"playbook": {"name": "b-while-a-is-full", "steps": [
+            {"name": "b-step", "action": "noop"}
+        ]}}));
+    let (b_status, b_receipt) = Ctx::answer(b_request).await?;
+    for id in &held {
+        let (status, body) = ctx
+            .post_json(&format!("/api/v1/executions/{id}/cancel"), &json!({}))
+            .await?;
+        anyhow::ensure!(status == 200, "cancel answered {status}: {body}");
+    }
+    let quota = problem(
+        refused.unwrap_or((201, Value::Null)),
+        429,
+        "tenant_quota_exceeded",
+    );
+    Ok(Outcome {
+        ok: quota.ok && held.len() >= ctx.tenant_max_executions_in_flight && b_status == 201,
+        seen: format!(
+            "{} after {} in flight; B {b_status}{}",
+            quota.seen,
+            held.len(),
+            if b_status == 201 {
+                String::new()
+            } else {
+                format!(" {b_receipt}")
+            }
+        ),
+    })
+}
