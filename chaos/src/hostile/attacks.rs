@@ -233,6 +233,12 @@ pub const ALL: &[Attack] = &[
         payload::forged_report
     ),
     attack!(
+        "8",
+        "a step in another tenant's pool, and a shell step",
+        "403 pool_forbidden",
+        tenancy::pools
+    ),
+    attack!(
         "9",
         "out-of-range durations, duplicate needs",
         "400 invalid_playbook",
@@ -267,7 +273,6 @@ pub const ALL: &[Attack] = &[
 /// The findings of issue 27 with no row: their fixes are not in this tree, or (readiness) the fault
 /// is not a tenant's and would fail B's load, so an e2e test covers it instead.
 pub const NOT_COVERED: &[&str] = &[
-    "8: targeting any pool, a shell pool included (pool authorisation): not in this tree",
     "9: a read-only shard database reads ready (readiness that writes): an operator's fault, \
      not a tenant's, and B's load would fail on that shard; e2e/tests/e2e/readiness.rs covers it",
     "9: steps in flight per tenant (a quota holding dispatch back): not built; executions in \

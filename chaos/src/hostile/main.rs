@@ -158,6 +158,8 @@ fn spec(dir: &Path) -> anyhow::Result<Spec> {
                 "NOETL_TENANT_MAX_EXECUTIONS_IN_FLIGHT",
                 TENANT_MAX_EXECUTIONS_IN_FLIGHT.to_string(),
             ),
+            // B's own pool; `shell` stays open only to the tenant `default` (no token).
+            ("NOETL_POOL_TENANTS", "b-only=tenant-b".to_owned()),
         ]),
         // The `fetch` pool may reach the local HTTP target on loopback; the default may not.
         worker_env: env(&[

@@ -189,3 +189,18 @@ pub async fn in_flight_quota(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
         ),
     })
 }
+
+/// A submits a step to B's pool (`pool_tenants`), and a `shell` step (open to no token's
+/// tenant): each is refused with 403 `pool_forbidden` before anything is stored.
+pub async fn pools(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
+    let mut all = Vec::new();
+    for step in [
+        json!({"name": "borrow", "action": "noop", "pool": "b-only"}),
+        json!({"name": "ls", "action": "shell", "with": {"argv": ["ls"]}}),
+    ] {
+        let body = json!({"playbook": {"name": "pools", "steps": [step]}});
+        let seen = ctx.post_json("/api/v1/executions", &body).await?;
+        all.push(problem(seen, 403, "pool_forbidden"));
+    }
+    Ok(every(all))
+}
