@@ -64,11 +64,7 @@ impl Graph {
             }
             let failed = match state.steps[i].status {
                 StepStatus::Failed => true,
-                StepStatus::Skipped => graph
-                    .predecessors(i)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .any(|p| visit(graph, state, p, memo)),
+                StepStatus::Skipped => graph.predecessors(i).any(|p| visit(graph, state, p, memo)),
                 _ => false,
             };
             memo[i] = Some(failed);
@@ -96,35 +92,13 @@ pub(super) fn succeed(
     s.error = None;
     decision.changed(step);
     match taken_arcs(state, step) {
-        Ok(None) => decision.record(
-            "step_succeeded",
-            step_payload(state, step, json!({"result": result})),
-        ),
-        Ok(Some(taken)) => {
+        Ok(taken) => {
             decision.record(
                 "step_succeeded",
                 step_payload(state, step, json!({"result": result})),
             );
-            let arcs = state.spec(step).next.iter().flat_map(|n| &n.arcs);
-            let (taken, not_taken): (Vec<_>, Vec<_>) =
-                arcs.zip(taken).partition(|(_, is_taken)| *is_taken);
-            let names = |arcs: Vec<_>| -> Vec<String> {
-                arcs.into_iter()
-                    .map(|(arc, _): (&crate::playbook::NextArc, bool)| arc.step.clone())
-                    .collect()
-            };
-            let (taken, not_taken) = (names(taken), names(not_taken));
-            decision.record(
-                "step_routed",
-                step_payload(state, step, json!({"taken": taken, "not_taken": not_taken})),
-            );
-            let source = state.spec(step).name.clone();
-            for target in not_taken {
-                if let Some(i) = state.index_of(&target) {
-                    if state.step(i).status == StepStatus::Pending {
-                        skip(state, i, "not_taken", &source, decision);
-                    }
-                }
+            if let Some(taken) = taken {
+                route(state, step, &taken, decision);
             }
         }
         Err(error) => {
@@ -141,6 +115,36 @@ pub(super) fn succeed(
     }
     skip_unreachable(state, decision);
     dispatch_ready(state, decision);
+}
+
+/// Records which arcs of `step` are taken (`taken[j]` for arc `j`) and skips the targets of the
+/// others.
+fn route(state: &mut ExecutionState, step: StepIndex, taken: &[bool], decision: &mut Decision) {
+    let arcs = state.spec(step).next.iter().flat_map(|next| &next.arcs);
+    let (mut taken_names, mut not_taken) = (Vec::new(), Vec::new());
+    for (arc, &is_taken) in arcs.zip(taken) {
+        if is_taken {
+            taken_names.push(arc.step.clone());
+        } else {
+            not_taken.push(arc.step.clone());
+        }
+    }
+    decision.record(
+        "step_routed",
+        step_payload(
+            state,
+            step,
+            json!({"taken": taken_names, "not_taken": not_taken}),
+        ),
+    );
+    let source = state.spec(step).name.clone();
+    for target in not_taken {
+        if let Some(i) = state.index_of(&target) {
+            if state.step(i).status == StepStatus::Pending {
+                skip(state, i, "not_taken", &source, decision);
+            }
+        }
+    }
 }
 
 /// Per arc of the step's `next`, whether it is taken; `None` without a `next`.
