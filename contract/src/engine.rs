@@ -7,6 +7,8 @@
 //! lifecycle (fencing, retries, skips, exactly one terminal state) is tested without NATS or
 //! PostgreSQL.
 
+mod routing;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -18,6 +20,8 @@ use crate::template::Budget;
 
 // The statuses the engine moves, reachable from here too.
 pub use crate::status::StepStatus;
+pub use routing::CONDITION_FAILED;
+use routing::{dispatch_ready, skip_unreachable};
 
 /// What the engine knows of one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,12 +79,15 @@ impl ExecutionState {
         }
     }
 
-    /// Whether any step renders a template, so deciding may cost a render's budget.
+    /// Whether any step renders a template or an arc has a condition, so deciding may cost a
+    /// render's budget.
     pub fn renders_templates(&self) -> bool {
-        self.playbook
-            .steps
-            .iter()
-            .any(|step| crate::template::has_templates(&step.with))
+        self.playbook.has_conditions()
+            || self
+                .playbook
+                .steps
+                .iter()
+                .any(|step| crate::template::has_templates(&step.with))
     }
 
     fn is_terminal(&self) -> bool {
@@ -103,6 +110,10 @@ impl ExecutionState {
 
     fn step_mut(&mut self, i: StepIndex) -> &mut StepState {
         &mut self.steps[i.index()]
+    }
+
+    fn index_of(&self, name: &str) -> Option<StepIndex> {
+        self.indexes().find(|&i| self.spec(i).name == name)
     }
 
     /// `{input, steps: {<name>: {result}}}` for templates: only steps that succeeded.
@@ -248,16 +259,7 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
             }
             match outcome {
                 StepOutcome::Succeeded { result } => {
-                    let s = state.step_mut(step);
-                    s.status = StepStatus::Succeeded;
-                    s.result = Some(result.clone());
-                    s.error = None;
-                    decision.changed(step);
-                    decision.record(
-                        "step_succeeded",
-                        step_payload(state, step, json!({"result": result})),
-                    );
-                    dispatch_ready(state, &mut decision);
+                    routing::succeed(state, step, result, &mut decision);
                 }
                 StepOutcome::Failed { error } => {
                     let budget = max_attempts(state, step);
@@ -425,60 +427,8 @@ fn dispatch(
     }
 }
 
-/// Dispatches every pending step whose needs have all succeeded.
-fn dispatch_ready(state: &mut ExecutionState, decision: &mut Decision) {
-    let ready: Vec<StepIndex> = state
-        .indexes()
-        .filter(|&i| state.step(i).status == StepStatus::Pending)
-        .filter(|&i| {
-            state
-                .spec(i)
-                .needs
-                .iter()
-                .all(|need| status_of(state, need) == Some(StepStatus::Succeeded))
-        })
-        .collect();
-    for step in ready {
-        dispatch(state, step, Attempt::FIRST, 0, decision);
-    }
-}
-
-fn status_of(state: &ExecutionState, name: &str) -> Option<StepStatus> {
-    state
-        .playbook
-        .steps
-        .iter()
-        .position(|s| s.name == name)
-        .map(|i| state.steps[i].status)
-}
-
-/// Pending steps that need a failed or skipped step can never run: skip them, transitively.
-fn skip_unreachable(state: &mut ExecutionState, decision: &mut Decision) {
-    loop {
-        let blocked: Vec<StepIndex> = state
-            .indexes()
-            .filter(|&i| state.step(i).status == StepStatus::Pending)
-            .filter(|&i| {
-                state.spec(i).needs.iter().any(|need| {
-                    matches!(
-                        status_of(state, need),
-                        Some(StepStatus::Failed | StepStatus::Skipped)
-                    )
-                })
-            })
-            .collect();
-        if blocked.is_empty() {
-            return;
-        }
-        for step in blocked {
-            state.step_mut(step).status = StepStatus::Skipped;
-            decision.changed(step);
-            decision.record("step_skipped", step_payload(state, step, json!({})));
-        }
-    }
-}
-
-/// Ends the execution once no step can make progress: succeeded when every step succeeded.
+/// Ends the execution once no step can make progress: succeeded when every step succeeded or
+/// was skipped (skips after a failure come with the failed step).
 fn finish_if_done(state: &mut ExecutionState, decision: &mut Decision) {
     if state.is_terminal() || state.steps.iter().any(|s| !s.status.is_terminal()) {
         return;
@@ -486,7 +436,7 @@ fn finish_if_done(state: &mut ExecutionState, decision: &mut Decision) {
     let status = if state
         .steps
         .iter()
-        .all(|s| s.status == StepStatus::Succeeded)
+        .all(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
     {
         ExecutionStatus::Succeeded
     } else {

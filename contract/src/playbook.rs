@@ -5,10 +5,12 @@
 //! Labels are checked here too, by the same rules as names.
 //!
 //! - `duration`: [`Millis`], the durations a playbook writes with a unit.
+//! - `next`: [`Next`], the conditional arcs a step leads to when it succeeds.
 //! - `schema` (feature `openapi`): the OpenAPI schemas of actions, labels and durations, whose
 //!   wire form is not what their Rust type says.
 
 mod duration;
+mod next;
 #[cfg(feature = "openapi")]
 mod schema;
 
@@ -17,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use duration::Millis;
+pub use next::{Mode, Next, NextArc, MAX_ARCS};
 #[cfg(feature = "openapi")]
 pub use schema::{ActionSchema, LabelsSchema};
 
@@ -86,6 +89,10 @@ pub struct Step {
     /// Upper bound on one attempt: `"30s"`, `"500ms"`, `"2m"`, or milliseconds; at most 1 day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Millis>,
+    /// The steps it leads to when it succeeds, each arc on a condition (wiki/playbooks.md,
+    /// "Branches"); the targets run after it and are skipped when their arc is not taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Next>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,9 +198,12 @@ pub struct PlannedStep {
     pub action: String,
     pub needs: Vec<String>,
     pub pool: String,
-    /// 0 for a step without needs, else one more than the deepest of its needs: steps of one
-    /// level may run in parallel.
+    /// 0 for a step without needs or arc leading to it, else one more than the deepest of
+    /// those: steps of one level may run in parallel.
     pub level: u32,
+    /// The arcs it leads to when it succeeds, as the playbook writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Next>,
 }
 
 impl Playbook {
@@ -206,6 +216,7 @@ impl Playbook {
             .enumerate()
             .map(|(i, step)| (step.name.as_str(), i))
             .collect();
+        let sources = self.arc_sources();
         let mut levels: Vec<Option<u32>> = vec![None; self.steps.len()];
         // Each pass settles at least one more step of a DAG.
         for _ in 0..self.steps.len() {
@@ -216,7 +227,9 @@ impl Playbook {
                 let needs: Option<Vec<u32>> = step
                     .needs
                     .iter()
-                    .map(|need| index.get(need.as_str()).and_then(|&j| levels[j]))
+                    .map(|need| index.get(need.as_str()).copied())
+                    .chain(sources[i].map(Some))
+                    .map(|j| j.and_then(|j| levels[j]))
                     .collect();
                 if let Some(needs) = needs {
                     levels[i] = Some(needs.into_iter().max().map_or(0, |deepest| deepest + 1));
@@ -234,6 +247,7 @@ impl Playbook {
                     needs: step.needs.clone(),
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
                     level: level?,
+                    next: step.next.clone(),
                 })
             })
             .collect();
@@ -241,7 +255,8 @@ impl Playbook {
         planned
     }
 
-    /// Checks names, actions, references, retry bounds and that `needs` form a DAG.
+    /// Checks names, actions, references, retry bounds, arcs, and that `needs` and arcs
+    /// together form a DAG.
     pub fn validate(&self) -> Result<(), Error> {
         check_name("name", &self.name)?;
         if self.steps.is_empty() {
@@ -321,16 +336,24 @@ impl Playbook {
                 }
             }
         }
+        next::check(self, &index_of)?;
         self.check_acyclic(&index_of)
     }
 
-    /// Kahn's algorithm: if some steps never become ready, they sit on a cycle.
+    /// Kahn's algorithm over `needs` and arcs: if some steps never become ready, they sit on a
+    /// cycle.
     fn check_acyclic(&self, index_of: &HashMap<&str, usize>) -> Result<(), Error> {
-        let mut waiting_on: Vec<usize> = self.steps.iter().map(|s| s.needs.len()).collect();
+        let mut waiting_on: Vec<usize> = vec![0; self.steps.len()];
         let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); self.steps.len()];
         for (i, step) in self.steps.iter().enumerate() {
             for need in &step.needs {
                 dependants[index_of[need.as_str()]].push(i);
+                waiting_on[i] += 1;
+            }
+            for arc in step.next.iter().flat_map(|next| &next.arcs) {
+                let target = index_of[arc.step.as_str()];
+                dependants[i].push(target);
+                waiting_on[target] += 1;
             }
         }
         let mut ready: Vec<usize> = (0..self.steps.len())
@@ -355,7 +378,10 @@ impl Playbook {
             .collect();
         Err(error(
             "steps",
-            format!("the needs form a cycle through {}", on_cycle.join(", ")),
+            format!(
+                "the needs and arcs form a cycle through {}",
+                on_cycle.join(", ")
+            ),
         ))
     }
 }

@@ -29,11 +29,15 @@
 //!   loop), whose drop recurses once per level: without them, nesting is bounded by the
 //!   parser's limit plus the context's.
 
+mod condition;
+
 use std::io;
 
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+pub use condition::{check_condition, Conditions};
 
 /// The error code of a render over its budget.
 pub const BUDGET_EXCEEDED: &str = "template_budget_exceeded";
@@ -349,14 +353,7 @@ pub fn render(
     context: &Value,
     budget: &Budget,
 ) -> Result<Value, RenderError> {
-    let mut run = Run {
-        env: environment(budget.max_bytes),
-        context,
-        budget,
-        fuel_left: budget.fuel,
-        bytes_left: budget.max_bytes,
-    };
-    run.value(&Value::Object(with.clone()), "with")
+    Run::new(context, budget).value(&Value::Object(with.clone()), "with")
 }
 
 /// One step's render: what is left of its budget.
@@ -368,7 +365,17 @@ struct Run<'a> {
     bytes_left: usize,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(context: &'a Value, budget: &'a Budget) -> Self {
+        Self {
+            env: environment(budget.max_bytes),
+            context,
+            budget,
+            fuel_left: budget.fuel,
+            bytes_left: budget.max_bytes,
+        }
+    }
+
     fn value(&mut self, value: &Value, path: &str) -> Result<Value, RenderError> {
         match value {
             Value::String(text) if is_template(text) => self.template(text, path),

@@ -3,7 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 
-fn playbook(steps: Value) -> Playbook {
+pub(super) fn playbook(steps: Value) -> Playbook {
     let playbook: Playbook =
         serde_json::from_value(json!({"name": "t", "steps": steps})).expect("well-typed");
     playbook.validate().expect("valid playbook");
@@ -23,7 +23,7 @@ fn diamond() -> ExecutionState {
     )
 }
 
-fn ok(step: u32, attempt: u32, result: Value) -> Event {
+pub(super) fn ok(step: u32, attempt: u32, result: Value) -> Event {
     Event::Finished {
         step: StepIndex::new(step),
         attempt: Attempt::new(attempt),
@@ -32,7 +32,7 @@ fn ok(step: u32, attempt: u32, result: Value) -> Event {
     }
 }
 
-fn failed(step: u32, attempt: u32) -> Event {
+pub(super) fn failed(step: u32, attempt: u32) -> Event {
     Event::Finished {
         step: StepIndex::new(step),
         attempt: Attempt::new(attempt),
@@ -43,21 +43,21 @@ fn failed(step: u32, attempt: u32) -> Event {
     }
 }
 
-fn started(step: u32, attempt: u32) -> Event {
+pub(super) fn started(step: u32, attempt: u32) -> Event {
     Event::Started {
         step: StepIndex::new(step),
         attempt: Attempt::new(attempt),
     }
 }
 
-fn expired(step: u32, attempt: u32) -> Event {
+pub(super) fn expired(step: u32, attempt: u32) -> Event {
     Event::LeaseExpired {
         step: StepIndex::new(step),
         attempt: Attempt::new(attempt),
     }
 }
 
-fn dispatched(decision: &Decision) -> Vec<(u32, u32)> {
+pub(super) fn dispatched(decision: &Decision) -> Vec<(u32, u32)> {
     decision
         .dispatches
         .iter()

@@ -207,3 +207,96 @@ fn label_keys_are_checked() {
         Err("labels.bad key".into())
     );
 }
+
+#[test]
+fn arcs_are_checked_naming_the_arc() {
+    let arcs = |arcs: serde_json::Value| {
+        json!([
+            {"name": "a", "action": "noop", "next": {"mode": "inclusive", "arcs": arcs}},
+            {"name": "b", "action": "noop"},
+            {"name": "c", "action": "noop", "next": {"arcs": [{"step": "b"}]}}
+        ])
+    };
+    let too_many: Vec<_> = (0..=MAX_ARCS).map(|_| json!({"step": "b"})).collect();
+    let cases = [
+        (
+            arcs(json!([{"step": "zz"}])),
+            "steps[0].next.arcs[0].step",
+            "unknown step",
+        ),
+        (
+            arcs(json!([{"step": "a"}])),
+            "steps[0].next.arcs[0].step",
+            "itself",
+        ),
+        (
+            arcs(json!([{"step": "c"}, {"step": "b"}])),
+            "steps[2].next.arcs[0].step",
+            "already the target",
+        ),
+        (arcs(json!([])), "steps[0].next.arcs", "1 to 64"),
+        (arcs(json!(too_many)), "steps[0].next.arcs", "1 to 64"),
+        (
+            arcs(json!([{"step": "c", "when": "{{ 1 +"}])),
+            "steps[0].next.arcs[0].when",
+            "syntax",
+        ),
+        (
+            arcs(json!([{"step": "c", "when": "  "}])),
+            "steps[0].next.arcs[0].when",
+            "empty",
+        ),
+        (
+            arcs(json!([{"step": "c", "when": "x %}{% set y = 1 %}{% if x"}])),
+            "steps[0].next.arcs[0].when",
+            "set",
+        ),
+        (
+            arcs(json!([{"step": "c", "when": "namespace(a=1)"}])),
+            "steps[0].next.arcs[0].when",
+            "namespace",
+        ),
+    ];
+    for (steps, path, message) in cases {
+        let e = rejection(steps);
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.message.contains(message), "{e}");
+    }
+}
+
+#[test]
+fn arcs_and_needs_together_must_not_cycle() {
+    let e = rejection(json!([
+        {"name": "a", "action": "noop", "needs": ["b"]},
+        {"name": "b", "action": "noop"},
+        {"name": "c", "action": "noop", "next": {"arcs": [{"step": "b"}]}, "needs": ["a"]}
+    ]));
+    assert!(e.message.contains("needs and arcs form a cycle"), "{e}");
+}
+
+#[test]
+fn an_arc_orders_its_target_after_its_source_in_the_plan() {
+    let p = playbook(json!([
+        {"name": "b", "action": "noop"},
+        {"name": "a", "action": "noop", "next": {"arcs": [{"step": "b", "when": "{{ true }}"}]}}
+    ]));
+    assert_eq!(p.validate(), Ok(()));
+    let plan = p.plan();
+    let levels: Vec<(&str, u32)> = plan.iter().map(|s| (s.name.as_str(), s.level)).collect();
+    assert_eq!(levels, [("a", 0), ("b", 1)]);
+    assert_eq!(plan[0].next, p.steps[1].next);
+    assert_eq!(
+        p.steps[1].next.as_ref().map(|n| n.mode),
+        Some(Mode::Exclusive),
+        "the default"
+    );
+}
+
+#[test]
+fn a_playbook_without_arcs_serialises_as_before() {
+    let p = playbook(json!([{"name": "a", "action": "noop"}]));
+    assert_eq!(
+        serde_json::to_value(&p).expect("serialises"),
+        json!({"name": "demo", "steps": [{"name": "a", "action": "noop"}]})
+    );
+}

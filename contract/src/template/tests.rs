@@ -165,3 +165,43 @@ fn constructs_that_let_a_value_feed_on_itself_are_refused() {
         render(&map(json!({"x": template})), &context, &Budget::default()).expect(template);
     }
 }
+
+#[test]
+fn conditions_are_true_by_minijinja_truthiness_with_or_without_braces() {
+    let context = json!({"input": {"n": 3, "empty": [], "name": ""}, "steps": {}});
+    let budget = Budget::default();
+    let mut conditions = Conditions::new(&context, &budget);
+    let cases = [
+        ("input.n > 2", true),
+        ("{{ input.n > 5 }}", false),
+        ("input.n", true),
+        ("input.empty", false),
+        ("input.name", false),
+        ("input.missing is defined", false),
+        ("{{ 'x' in ['x', 'y'] }}", true),
+    ];
+    for (when, expected) in cases {
+        assert_eq!(conditions.holds(when, "when"), Ok(expected), "{when}");
+        assert_eq!(check_condition(when), Ok(()), "{when}");
+    }
+    let undefined = conditions.holds("input.missing.deeper", "next.arcs[0].when");
+    assert!(
+        matches!(&undefined, Err(RenderError::Failed(m)) if m.starts_with("next.arcs[0].when")),
+        "{undefined:?}"
+    );
+}
+
+#[test]
+fn a_condition_is_one_expression_and_nothing_that_binds_names() {
+    for when in [
+        "",
+        "{{ }}",
+        "input.n >",
+        "a %}{% set x = 1 %}{% if a",
+        "{{ a }} and {{ b }}",
+    ] {
+        assert!(check_condition(when).is_err(), "{when:?}");
+    }
+    let many = vec!["1"; MAX_OPERATORS_PER_TAG + 2].join(" + ");
+    assert!(check_condition(&many).is_err_and(|e| e.contains("operators")));
+}

@@ -6,6 +6,7 @@ mod harness;
 mod api;
 mod auth;
 mod bad_input;
+mod branches;
 mod catalog;
 mod connections;
 mod crash;
