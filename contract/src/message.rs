@@ -166,6 +166,9 @@ pub enum WireErrorCode {
     /// A step targets a pool its tenant may not use, or runs `shell` for a tenant that did not
     /// opt in (the message names the step and the pool); nothing was stored.
     PoolForbidden,
+    /// The playbook is invalid, or a step may run longer than the shard's
+    /// `max_step_timeout_ms` (the message names the field and the bound); nothing was stored.
+    InvalidPlaybook,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,8 +38,9 @@ pub const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// The longest wait before a retry, however often the backoff has doubled: one day.
 pub const MAX_RETRY_DELAY_MS: u64 = 86_400_000;
 /// The longest `with.ms` of a `sleep`, and `with.timeout_ms` of an `http` or `shell` step,
-/// when written as a number (a template is checked by the worker when it renders): one day.
-pub const MAX_ACTION_MS: u64 = 86_400_000;
+/// when written as a number (a template is checked by the worker when it renders): one day,
+/// as a step's `timeout`, since both are checked by [`Playbook::check_durations`].
+pub const MAX_ACTION_MS: u64 = MAX_TIMEOUT_MS;
 /// The fields of `with` that are durations in milliseconds, by action.
 const ACTION_DURATIONS: [(&str, &str); 3] = [
     ("sleep", "ms"),
@@ -315,9 +316,8 @@ impl Playbook {
                 if timeout == Millis(0) {
                     return Err(error(format!("steps[{i}].timeout"), "must be positive"));
                 }
-                check_at_most(format!("steps[{i}].timeout"), timeout.0, MAX_TIMEOUT_MS)?;
             }
-            check_action_durations(i, step)?;
+            check_step_durations(i, step, MAX_TIMEOUT_MS, "one day")?;
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(step.needs.len());
             for (j, need) in step.needs.iter().enumerate() {
                 let path = format!("steps[{i}].needs[{j}]");
@@ -397,31 +397,48 @@ fn check_at_most(path: String, ms: u64, max: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// The durations of `with` that are written as numbers (or digits): at most [`MAX_ACTION_MS`].
-/// Templates are left to the worker, which checks what they render to.
-fn check_action_durations(i: usize, step: &Step) -> Result<(), Error> {
+impl Playbook {
+    /// `Err` naming the first field of a step that may run longer than `max_ms`: a step's
+    /// `timeout`, or the `with.ms` of a `sleep` or `with.timeout_ms` of an `http` or `shell`
+    /// step written as a number (or digits); `limit` names the bound in the message. A
+    /// template is left to the worker, which bounds the attempt by its `timeout_ms`.
+    /// [`Playbook::validate`] checks this at one day; a shard checks it again at its
+    /// `max_step_timeout_ms`.
+    pub fn check_durations(&self, max_ms: u64, limit: &str) -> Result<(), Error> {
+        self.steps
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, step)| check_step_durations(i, step, max_ms, limit))
+    }
+}
+
+/// [`Playbook::check_durations`] for the `i`th step.
+fn check_step_durations(i: usize, step: &Step, max_ms: u64, limit: &str) -> Result<(), Error> {
+    let over = |path: String| {
+        Err(error(
+            path,
+            format!("must be at most {max_ms} ms ({limit})"),
+        ))
+    };
+    if step.timeout.is_some_and(|timeout| timeout.0 > max_ms) {
+        return over(format!("steps[{i}].timeout"));
+    }
     for (action, field) in ACTION_DURATIONS {
         if step.action != action {
             continue;
         }
-        let path = format!("steps[{i}].with.{field}");
         let too_long = match step.with.get(field) {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_f64().is_some_and(|ms| ms > MAX_ACTION_MS as f64)
-            }
+            Some(serde_json::Value::Number(n)) => n.as_f64().is_some_and(|ms| ms > max_ms as f64),
             Some(serde_json::Value::String(text)) => {
                 let digits = text.trim();
                 !digits.is_empty()
                     && digits.bytes().all(|b| b.is_ascii_digit())
-                    && digits.parse::<u64>().map_or(true, |ms| ms > MAX_ACTION_MS)
+                    && digits.parse::<u64>().map_or(true, |ms| ms > max_ms)
             }
             _ => false,
         };
         if too_long {
-            return Err(error(
-                path,
-                format!("must be at most {MAX_ACTION_MS} ms (one day)"),
-            ));
+            return over(format!("steps[{i}].with.{field}"));
         }
     }
     Ok(())

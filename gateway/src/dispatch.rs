@@ -205,6 +205,7 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 Problem::new(Code::TenantQuotaExceeded, remote.message).with_retry_after(1)
             }
             WireErrorCode::PoolForbidden => Problem::new(Code::PoolForbidden, remote.message),
+            WireErrorCode::InvalidPlaybook => Problem::new(Code::InvalidPlaybook, remote.message),
             WireErrorCode::ShardUnavailable => Problem::new(
                 Code::ShardUnavailable,
                 format!("shard {shard}: {}", remote.message),

@@ -178,7 +178,8 @@ impl Code {
             Code::InvalidPlaybook => {
                 "the playbook is malformed: bad or duplicate names, an unknown action, unknown or \
                  cyclic `needs`, a bad pool name, a retry or timeout out of range, template \
-                 syntax, a limit passed; `detail` names the place (e.g. \
+                 syntax, a limit passed (a step's `timeout` over the cluster's \
+                 `max_step_timeout_ms`, say); `detail` names the place (e.g. \
                  `playbook.steps[1].action`)"
             }
             Code::YamlExpansionLimit => {

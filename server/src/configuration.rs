@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context};
 use noetl_bus::NatsConfig;
 use noetl_contract::message::DEFAULT_TENANT;
-use noetl_contract::playbook::check_pool;
+use noetl_contract::playbook::{check_pool, MAX_TIMEOUT_MS};
 use noetl_contract::shards::ShardMap;
 use noetl_contract::template;
 use noetl_contract::ShardId;
@@ -48,6 +48,10 @@ pub struct Settings {
     pub dispatch_lease_ms: u64,
     /// Upper bound on one attempt of a step that sets no `timeout`.
     pub default_step_timeout_ms: u64,
+    /// Upper bound on one attempt of any step, for every tenant: a submit whose step sets a
+    /// longer `timeout` (or a longer literal `with.ms` or `with.timeout_ms`) is refused with
+    /// `invalid_playbook`. At most the playbook model's one day.
+    pub max_step_timeout_ms: u64,
     /// Largest result (its JSON, or a failure's error text) a step may report; a larger one
     /// fails the step with `result_too_large` instead of being stored.
     pub step_result_max_bytes: usize,
@@ -98,6 +102,7 @@ impl Default for Settings {
             step_lease_ms: 30_000,
             dispatch_lease_ms: 300_000,
             default_step_timeout_ms: 3_600_000,
+            max_step_timeout_ms: MAX_TIMEOUT_MS,
             step_result_max_bytes: 256 * 1024,
             execution_results_max_bytes: 512 * 1024,
             tenant_max_executions_in_flight: 100_000,
@@ -184,6 +189,7 @@ impl ServerConfig {
                 "default_step_timeout_ms",
                 settings.default_step_timeout_ms as usize,
             ),
+            ("max_step_timeout_ms", settings.max_step_timeout_ms as usize),
             ("template_fuel", settings.template_fuel as usize),
             ("template_max_bytes", settings.template_max_bytes),
             ("template_max_depth", settings.template_max_depth),
@@ -202,6 +208,17 @@ impl ServerConfig {
                 template::MAX_DEPTH_LIMIT
             );
         }
+        if settings.max_step_timeout_ms > MAX_TIMEOUT_MS {
+            bail!("max_step_timeout_ms must be at most {MAX_TIMEOUT_MS} (one day)");
+        }
+        if settings.default_step_timeout_ms > settings.max_step_timeout_ms {
+            bail!(
+                "default_step_timeout_ms ({}) must not exceed max_step_timeout_ms ({}): \
+                 lower default_step_timeout_ms or raise max_step_timeout_ms",
+                settings.default_step_timeout_ms,
+                settings.max_step_timeout_ms
+            );
+        }
         let access = access(&settings.pool_tenants, &settings.shell_tenants)?;
         Ok(Self {
             nats: settings.common.nats("noetl-server"),
@@ -216,6 +233,7 @@ impl ServerConfig {
                 step_lease_ms: settings.step_lease_ms,
                 dispatch_lease_ms: settings.dispatch_lease_ms,
                 default_timeout_ms: settings.default_step_timeout_ms,
+                max_timeout_ms: settings.max_step_timeout_ms,
             },
             step_result_max_bytes: settings.step_result_max_bytes,
             execution_results_max_bytes: settings.execution_results_max_bytes,
@@ -386,6 +404,41 @@ mod tests {
             };
             let error = ServerConfig::from_settings(bad, None).expect_err("out of bounds");
             assert!(error.to_string().contains("template_"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_longest_step_is_bounded_by_a_day_and_bounds_the_default() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert_eq!(config.leases.max_timeout_ms, MAX_TIMEOUT_MS);
+        let lowered = Settings {
+            max_step_timeout_ms: 60_000,
+            default_step_timeout_ms: 60_000,
+            ..settings(Some(TWO))
+        };
+        let leases = ServerConfig::from_settings(lowered, None)
+            .expect("valid")
+            .leases;
+        assert_eq!(
+            (leases.max_timeout_ms, leases.default_timeout_ms),
+            (60_000, 60_000)
+        );
+        for (max, default, named) in [
+            (0, 1, "max_step_timeout_ms must be at least 1"),
+            (MAX_TIMEOUT_MS + 1, 1, "max_step_timeout_ms must be at most"),
+            (
+                60_000,
+                60_001,
+                "default_step_timeout_ms (60001) must not exceed",
+            ),
+        ] {
+            let bad = Settings {
+                max_step_timeout_ms: max,
+                default_step_timeout_ms: default,
+                ..settings(Some(TWO))
+            };
+            let error = ServerConfig::from_settings(bad, None).expect_err(named);
+            assert!(error.to_string().contains(named), "{error}");
         }
     }
 }

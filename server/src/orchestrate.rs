@@ -39,6 +39,8 @@ pub struct Leases {
     pub dispatch_lease_ms: u64,
     /// Upper bound on an attempt when its step sets no `timeout`.
     pub default_timeout_ms: u64,
+    /// Upper bound on every attempt (`max_step_timeout_ms`), whatever its step's `timeout`.
+    pub max_timeout_ms: u64,
 }
 
 /// Where and how report batches run.

@@ -254,10 +254,16 @@ fn routed_id(shard: &Shard, message: &Message) -> Result<ExecutionId, WireError>
 async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireError> {
     let id = routed_id(shard, message)?;
     let command: SubmitCommand = body(message, id, |c: &SubmitCommand| c.execution_id)?;
+    let max_step_timeout_ms = shard.orchestrator.leases().max_timeout_ms;
     command
         .playbook
         .validate()
-        .map_err(|e| wire_error(WireErrorCode::BadRequest, format!("invalid playbook: {e}")))?;
+        .and_then(|()| {
+            command
+                .playbook
+                .check_durations(max_step_timeout_ms, "max_step_timeout_ms")
+        })
+        .map_err(|e| wire_error(WireErrorCode::InvalidPlaybook, format!("playbook.{e}")))?;
     shard
         .access
         .check(&command.tenant, &command.playbook)

@@ -51,6 +51,7 @@ impl Shard {
                 step_lease_ms: 30_000,
                 dispatch_lease_ms: 300_000,
                 default_timeout_ms: 60_000,
+                max_timeout_ms: 86_400_000,
             },
             Rendering::default(),
             512 * 1024,

@@ -189,6 +189,55 @@ fn durations_and_needs_are_bounded_naming_the_field() {
 }
 
 #[test]
+fn a_lower_bound_on_durations_names_the_field_and_the_limit() {
+    let check =
+        |steps: serde_json::Value| playbook(steps).check_durations(1_000, "max_step_timeout_ms");
+    let cases = [
+        (
+            json!([{"name": "a", "action": "noop", "timeout": "2s"}]),
+            "steps[0].timeout",
+        ),
+        (
+            json!([{"name": "a", "action": "sleep", "with": {"ms": 1_001}}]),
+            "steps[0].with.ms",
+        ),
+        (
+            json!([{"name": "a", "action": "sleep", "with": {"ms": " 1001 "}}]),
+            "steps[0].with.ms",
+        ),
+        (
+            json!([{"name": "a", "action": "noop"},
+                   {"name": "b", "action": "shell", "with": {"argv": ["true"], "timeout_ms": 5_000}}]),
+            "steps[1].with.timeout_ms",
+        ),
+        (
+            json!([{"name": "a", "action": "http", "with": {"url": "http://x", "timeout_ms": 1e9}}]),
+            "steps[0].with.timeout_ms",
+        ),
+    ];
+    for (steps, path) in cases {
+        let e = check(steps).expect_err(path);
+        assert_eq!(e.path, path, "{e}");
+        assert_eq!(e.message, "must be at most 1000 ms (max_step_timeout_ms)");
+    }
+    // At the bound, templates, and another action's `ms` are left alone.
+    assert_eq!(
+        check(json!([
+            {"name": "a", "action": "sleep", "timeout": "1s", "with": {"ms": "1000"}},
+            {"name": "b", "action": "sleep", "with": {"ms": "{{ input.ms }}"}},
+            {"name": "c", "action": "noop", "with": {"ms": 5_000}}
+        ])),
+        Ok(())
+    );
+    // The playbook's own bound is the same check at one day.
+    let e = rejection(json!([{"name": "a", "action": "noop", "timeout": "25h"}]));
+    assert_eq!(
+        e.message,
+        format!("must be at most {MAX_TIMEOUT_MS} ms (one day)")
+    );
+}
+
+#[test]
 fn too_many_steps_is_rejected() {
     let steps: Vec<_> = (0..=MAX_STEPS)
         .map(|i| json!({"name": format!("s{i}"), "action": "noop"}))

@@ -1,7 +1,8 @@
 //! Quotas per tenant and per execution (issue 27): a tenant at `tenant_max_executions_in_flight`
 //! is refused new submits with 429 `tenant_quota_exceeded` while another tenant's go through,
 //! and submits again once its executions finish; the step results of one execution together
-//! stay under `execution_results_max_bytes`, so it stays readable.
+//! stay under `execution_results_max_bytes`, so it stays readable; no attempt of any tenant's
+//! step runs longer than `max_step_timeout_ms`.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -131,6 +132,82 @@ async fn a_result_that_takes_its_executions_results_over_the_cap_fails_its_step_
                 && l.ends_with(" 1")),
         "{metrics}"
     );
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+/// A submit of one `sleep` step named `wait`, with `step`'s fields added.
+fn sleep_request(step: Value, input: Value) -> Value {
+    let mut wait = json!({"name": "wait", "action": "sleep"});
+    if let (Some(wait), Some(fields)) = (wait.as_object_mut(), step.as_object()) {
+        wait.extend(fields.clone());
+    }
+    json!({"playbook": {"name": "long", "steps": [wait]}, "input": input})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_attempt_runs_longer_than_max_step_timeout_ms_and_other_tenants_are_unaffected() {
+    let cluster = Cluster::builder()
+        .tokens(&TOKENS)
+        .tune(|server, _| {
+            server.max_step_timeout_ms = 1_500;
+            server.default_step_timeout_ms = 1_500;
+        })
+        .start()
+        .await;
+    let worker = Worker::start(cluster.nats.url());
+    let (a, b) = (cluster.with_token("token-a"), cluster.with_token("token-b"));
+    let submit = |api: &Api, step: Value, input: Value| {
+        let request = sleep_request(step, input);
+        let api = api.clone();
+        async move { api.post_json("/api/v1/executions", &request).await }
+    };
+
+    // A step's `timeout`, or a literal `with.ms`, over the setting: refused, naming the field
+    // and the setting, while B's submit within it, sent at the same time, is stored and runs.
+    let (timeout, literal, within) = tokio::join!(
+        submit(&a, json!({"timeout": "2s", "with": {"ms": 10}}), json!({})),
+        submit(&a, json!({"with": {"ms": 60_000}}), json!({})),
+        submit(&b, json!({"timeout": "1s", "with": {"ms": 10}}), json!({})),
+    );
+    for ((status, problem), field) in [
+        (timeout, "playbook.steps[0].timeout"),
+        (literal, "playbook.steps[0].with.ms"),
+    ] {
+        assert_problem(status, &problem, 400, "invalid_playbook");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with(field) && detail.contains("1500 ms (max_step_timeout_ms)"),
+            "{detail}"
+        );
+    }
+    assert_eq!(within.0, 201, "{}", within.1);
+    b.wait_for_success(id_of(&within.1)).await;
+    let (status, listed) = a.get_json("/api/v1/executions").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed["executions"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
+
+    // A templated `with.ms` is rendered by the server, so it is bounded by the attempt's
+    // `timeout_ms`, which the worker enforces: the step fails at the setting.
+    let (status, receipt) = submit(
+        &a,
+        json!({"with": {"ms": "{{ input.ms }}"}}),
+        json!({"ms": 60_000}),
+    )
+    .await;
+    assert_eq!(status, 201, "{receipt}");
+    let ended = a
+        .wait_for_execution(id_of(&receipt), "the long sleep to end", |body| {
+            matches!(body["status"].as_str(), Some("failed" | "succeeded"))
+        })
+        .await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    let error = ended["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("timed out after 1500 ms"), "{error}");
     worker.stop().await;
     cluster.stop().await;
 }

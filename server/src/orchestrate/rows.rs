@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{Decision, ExecutionState};
-use noetl_contract::playbook::{Playbook, DEFAULT_POOL};
+use noetl_contract::playbook::{Millis, Playbook, DEFAULT_POOL};
 use noetl_contract::status::StepStatus;
 use noetl_contract::step::{AttemptToken, StepIndex, TOKEN_BYTES};
 use noetl_contract::template;
@@ -132,6 +132,14 @@ impl Leases {
         }
     }
 
+    /// The timeout of an attempt of a step whose `timeout` is `step`: it, or the default, and
+    /// never over `max_step_timeout_ms`, which also bounds a step stored before the setting
+    /// was lowered.
+    fn timeout_ms(&self, step: Option<Millis>) -> u64 {
+        step.map_or(self.default_timeout_ms, u64::from)
+            .min(self.max_timeout_ms)
+    }
+
     pub(super) fn outbox_rows(
         &self,
         shard: ShardId,
@@ -153,7 +161,7 @@ impl Leases {
                     attempt: dispatch.attempt,
                     action: step.action.clone(),
                     with: dispatch.with.clone(),
-                    timeout_ms: step.timeout.map_or(self.default_timeout_ms, u64::from),
+                    timeout_ms: self.timeout_ms(step.timeout),
                     lease_ms: self.step_lease_ms,
                     token: tokens.get(&dispatch.step).copied(),
                 };
@@ -182,4 +190,23 @@ const MAX_STORED_MS: u64 = 100 * 366 * 24 * 3_600_000;
 
 pub(super) fn millis(ms: u64) -> i64 {
     i64::try_from(ms.min(MAX_STORED_MS)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempts_timeout_is_its_steps_or_the_default_and_never_over_the_setting() {
+        let leases = Leases {
+            step_lease_ms: 30_000,
+            dispatch_lease_ms: 300_000,
+            default_timeout_ms: 1_000,
+            max_timeout_ms: 5_000,
+        };
+        assert_eq!(leases.timeout_ms(None), 1_000);
+        assert_eq!(leases.timeout_ms(Some(Millis(2_000))), 2_000);
+        // A step stored before `max_step_timeout_ms` was lowered.
+        assert_eq!(leases.timeout_ms(Some(Millis(86_400_000))), 5_000);
+    }
 }
