@@ -7,7 +7,7 @@ use noetl_contract::ExecutionId;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_problem, Api, Cluster, Worker};
+use crate::harness::{assert_problem, describe, Api, Cluster, Worker};
 
 /// The text of examples/noetl/`name`.
 fn example_text(name: &str) -> String {
@@ -170,6 +170,23 @@ async fn every_noetl_example_runs_to_its_expected_end() {
         statuses(&done),
         ["start=succeeded", "report=skipped", "skip_report=succeeded"]
     );
+
+    // `noetlctl submit --wait` takes such a file as a playbook.
+    let gateway_url = cluster.base_url.clone();
+    let file = format!(
+        "{}/../examples/noetl/chain.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        crate::harness::noetlctl(
+            "--gateway-url",
+            &gateway_url,
+            &["submit", "--wait", "--timeout", "60s", &file],
+        )
+    })
+    .await
+    .expect("noetlctl");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
 
     // An http fetch of a loopback server, published to the catalog first and run by name,
     // by the one worker allowed to reach loopback.
