@@ -163,14 +163,14 @@ pub fn translate(document: &Value) -> Result<Playbook, Error> {
     }
     let step_names = step_names(workflow)?;
     let mut steps = Vec::with_capacity(workflow.len());
+    // Per step, where each of its arcs is written in the document.
+    let mut arc_paths = Vec::with_capacity(workflow.len());
     for (i, step) in workflow.iter().enumerate() {
-        steps.push(translate_step(
-            step,
-            &format!("workflow[{i}]"),
-            &step_names,
-        )?);
+        let (step, paths) = translate_step(step, &format!("workflow[{i}]"), &step_names)?;
+        steps.push(step);
+        arc_paths.push(paths);
     }
-    join_shared_targets(&mut steps)?;
+    join_shared_targets(&mut steps, &mut arc_paths)?;
     check_reached(&steps)?;
     let playbook = Playbook {
         name: name.to_owned(),
@@ -179,7 +179,7 @@ pub fn translate(document: &Value) -> Result<Playbook, Error> {
     };
     playbook
         .validate()
-        .map_err(|e| error(noetl_path(&e.path), e.message))?;
+        .map_err(|e| error(noetl_path(&e.path, &arc_paths), e.message))?;
     Ok(playbook)
 }
 
@@ -207,11 +207,12 @@ fn step_names(workflow: &[Value]) -> Result<HashMap<String, usize>, Error> {
     Ok(names)
 }
 
+/// The step, and where each of its arcs is written.
 fn translate_step(
     value: &Value,
     path: &str,
     step_names: &HashMap<String, usize>,
-) -> Result<Step, Error> {
+) -> Result<(Step, Vec<String>), Error> {
     let step = fields(value, path, &["step", "desc", "tool", "next"])?;
     let name = text(&step["step"], &format!("{path}.step"))?.to_owned();
     let (action, with) = match step.get("tool") {
@@ -219,11 +220,14 @@ fn translate_step(
         None => ("noop".to_owned(), Map::new()),
         Some(tool) => tool::translate(tool, &format!("{path}.tool"), step_names)?,
     };
-    let next = match step.get("next") {
-        None => None,
-        Some(next) => Some(translate_next(next, &format!("{path}.next"), step_names)?),
+    let (next, arc_paths) = match step.get("next") {
+        None => (None, Vec::new()),
+        Some(next) => {
+            let (next, paths) = translate_next(next, &format!("{path}.next"), step_names)?;
+            (Some(next), paths)
+        }
     };
-    Ok(Step {
+    let step = Step {
         name,
         action,
         with,
@@ -232,7 +236,8 @@ fn translate_step(
         retry: None,
         timeout: None,
         next,
-    })
+    };
+    Ok((step, arc_paths))
 }
 
 /// `next`: a list of arcs `{step, when}` (NoETL's default, exclusive: the first arc whose
@@ -241,7 +246,7 @@ fn translate_next(
     value: &Value,
     path: &str,
     step_names: &HashMap<String, usize>,
-) -> Result<Next, Error> {
+) -> Result<(Next, Vec<String>), Error> {
     let (mode, arcs, arcs_path) = match value {
         Value::Array(arcs) => (Mode::Exclusive, arcs, path.to_owned()),
         Value::Object(_) => {
@@ -271,8 +276,10 @@ fn translate_next(
         _ => return Err(error(path, "must be a list of arcs or {spec, arcs}")),
     };
     let mut translated = Vec::with_capacity(arcs.len());
+    let mut paths = Vec::with_capacity(arcs.len());
     for (j, arc) in arcs.iter().enumerate() {
         let at = format!("{arcs_path}[{j}]");
+        paths.push(at.clone());
         let arc = fields(arc, &at, &["step", "when"])?;
         let step = text(
             arc.get("step").unwrap_or(&Value::Null),
@@ -294,62 +301,70 @@ fn translate_next(
             when,
         });
     }
-    Ok(Next {
+    let next = Next {
         mode,
         arcs: translated,
-    })
+    };
+    Ok((next, paths))
 }
 
 /// A step that several arcs lead to (an `end` most often) is a join in our model: each of those
 /// arcs becomes a `needs`. That says the same only for an arc that is always taken when its
 /// source succeeds: unconditional, in an inclusive `next` or one with a single arc.
-fn join_shared_targets(steps: &mut [Step]) -> Result<(), Error> {
-    let mut arcs_into: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
-    for (i, step) in steps.iter().enumerate() {
-        for (j, arc) in step.next.iter().flat_map(|next| &next.arcs).enumerate() {
-            arcs_into.entry(arc.step.clone()).or_default().push((i, j));
-        }
-    }
+fn join_shared_targets(steps: &mut [Step], arc_paths: &mut [Vec<String>]) -> Result<(), Error> {
+    // The arcs into each step, `(source, arc)`, by target, in the order they are written.
+    let mut arcs_into: Vec<Vec<(usize, usize)>> = vec![Vec::new(); steps.len()];
     let index: HashMap<String, usize> = steps
         .iter()
         .enumerate()
         .map(|(i, step)| (step.name.clone(), i))
         .collect();
-    for (target, arcs) in arcs_into.into_iter().filter(|(_, arcs)| arcs.len() > 1) {
-        let Some(&t) = index.get(&target) else {
-            continue;
-        };
-        for &(i, j) in &arcs {
-            let next = steps[i]
-                .next
-                .as_ref()
-                .map(|next| (next.mode, next.arcs.len(), next.arcs[j].when.is_some()));
-            if let Some((mode, count, conditional)) = next {
-                if conditional || (mode == Mode::Exclusive && count > 1) {
-                    return Err(error(
-                        format!("workflow[{i}].next[{j}]"),
-                        format!(
-                            "not supported: {target:?} is reached by several arcs, which only \
-                             joins when each is always taken (no `when`, and an inclusive \
-                             `next` or a single arc)"
-                        ),
-                    ));
-                }
+    for (i, step) in steps.iter().enumerate() {
+        for (j, arc) in step.next.iter().flat_map(|next| &next.arcs).enumerate() {
+            if let Some(&t) = index.get(&arc.step) {
+                arcs_into[t].push((i, j));
             }
         }
-        for &(i, _) in &arcs {
+    }
+    for (t, arcs) in arcs_into
+        .iter()
+        .enumerate()
+        .filter(|(_, arcs)| arcs.len() > 1)
+    {
+        for &(i, j) in arcs {
+            let Some(next) = &steps[i].next else { continue };
+            if next.arcs[j].when.is_some() || (next.mode == Mode::Exclusive && next.arcs.len() > 1)
+            {
+                return Err(error(
+                    arc_paths[i][j].clone(),
+                    format!(
+                        "not supported: {:?} is reached by several arcs, which only joins when \
+                         each is always taken (no `when`, and an inclusive `next` or a single arc)",
+                        steps[t].name
+                    ),
+                ));
+            }
+        }
+    }
+    for (t, arcs) in arcs_into
+        .iter()
+        .enumerate()
+        .filter(|(_, arcs)| arcs.len() > 1)
+    {
+        let target = steps[t].name.clone();
+        for &(i, _) in arcs {
             let source = steps[i].name.clone();
             if let Some(next) = steps[i].next.as_mut() {
+                let mut kept = next.arcs.iter().map(|arc| arc.step != target);
+                arc_paths[i].retain(|_| kept.next().unwrap_or(true));
                 next.arcs.retain(|arc| arc.step != target);
+                if next.arcs.is_empty() {
+                    steps[i].next = None;
+                }
             }
-            if steps[i]
-                .next
-                .as_ref()
-                .is_some_and(|next| next.arcs.is_empty())
-            {
-                steps[i].next = None;
+            if !steps[t].needs.contains(&source) {
+                steps[t].needs.push(source);
             }
-            steps[t].needs.push(source);
         }
     }
     Ok(())
@@ -378,16 +393,29 @@ fn check_reached(steps: &[Step]) -> Result<(), Error> {
 }
 
 /// A path in our model (`steps[2].with.url`, `steps[0].next.arcs[1].when`) as the NoETL
-/// document writes it (`workflow[2].tool.url`, `workflow[0].next[1].when`).
-fn noetl_path(path: &str) -> String {
-    let Some(rest) = path.strip_prefix("steps") else {
+/// document writes it (`workflow[2].tool.url`, `workflow[0].next[1].when`), given where each
+/// step's arcs are written.
+fn noetl_path(path: &str, arc_paths: &[Vec<String>]) -> String {
+    let Some(rest) = path.strip_prefix("steps[") else {
         return path.replacen("name", "metadata.name", 1);
     };
-    format!("workflow{rest}")
-        .replace(".with.", ".tool.")
-        .replace(".action", ".tool.kind")
-        .replace(".name", ".step")
-        .replace(".next.arcs", ".next")
+    let Some((i, rest)) = rest.split_once(']') else {
+        return "workflow".to_owned();
+    };
+    let step = format!("workflow[{i}]");
+    if let Some(arc) = rest.strip_prefix(".next.arcs[") {
+        let arc = arc.split_once(']').and_then(|(j, tail)| {
+            let paths = arc_paths.get(i.parse::<usize>().ok()?)?;
+            Some(format!("{}{tail}", paths.get(j.parse::<usize>().ok()?)?))
+        });
+        return arc.unwrap_or_else(|| format!("{step}.next"));
+    }
+    let rest = rest
+        .replacen(".with", ".tool", 1)
+        .replacen(".action", ".tool.kind", 1)
+        .replacen(".name", ".step", 1)
+        .replacen(".next.arcs", ".next", 1);
+    format!("{step}{rest}")
 }
 
 #[cfg(test)]

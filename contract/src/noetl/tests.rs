@@ -178,3 +178,25 @@ fn our_own_checks_name_the_noetl_path() {
     assert_eq!(error.path, "workflow[0].next[0].when");
     assert!(is_noetl(&doc(json!([]))) && !is_noetl(&json!({"name": "x", "steps": []})));
 }
+
+#[test]
+fn arcs_are_named_as_written_in_either_form() {
+    let error = refused(&doc(json!([
+        {"step": "start", "next": {"spec": {"mode": "inclusive"}, "arcs": [
+            {"step": "a"}, {"step": "b", "when": "{{ nope( }}"}
+        ]}},
+        {"step": "a"},
+        {"step": "b"}
+    ])));
+    assert_eq!(error.path, "workflow[0].next.arcs[1].when");
+    // After a join took the arc into `end` away, the arcs left keep their own paths.
+    let error = refused(&doc(json!([
+        {"step": "start", "next": {"spec": {"mode": "inclusive"}, "arcs": [
+            {"step": "end"}, {"step": "a"}, {"step": "b", "when": "{{ 1 + }}"}
+        ]}},
+        {"step": "a", "next": [{"step": "end"}]},
+        {"step": "b"},
+        {"step": "end"}
+    ])));
+    assert_eq!(error.path, "workflow[0].next.arcs[2].when");
+}
