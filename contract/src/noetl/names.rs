@@ -93,8 +93,11 @@ pub(super) fn rewrite(
 /// `close` included (the rest of the text when it never closes: the syntax check reports it).
 fn split_tag<'a>(text: &'a str, close: &str) -> (&'a str, &'a str) {
     let mut quote = None;
+    let mut escaped = false;
     for (i, c) in text.char_indices() {
         match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
             Some(q) if c == q => quote = None,
             Some(_) => {}
             None if c == '\'' || c == '"' => quote = Some(c),
@@ -103,6 +106,21 @@ fn split_tag<'a>(text: &'a str, close: &str) -> (&'a str, &'a str) {
         }
     }
     (text, "")
+}
+
+/// Where the string literal opened at `start` ends (after its closing quote), skipping
+/// escaped characters; the end of the tag when it never closes.
+fn literal_end(chars: &[char], start: usize) -> usize {
+    let quote = chars[start];
+    let mut i = start + 1;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 2,
+            c if c == quote => return i + 1,
+            _ => i += 1,
+        }
+    }
+    chars.len()
 }
 
 fn rewrite_tag(tag: &str, path: &str, steps: &HashMap<String, usize>) -> Result<String, Error> {
@@ -114,11 +132,8 @@ fn rewrite_tag(tag: &str, path: &str, steps: &HashMap<String, usize>) -> Result<
     while i < chars.len() {
         let c = chars[i];
         if c == '\'' || c == '"' {
-            let end = chars[i + 1..]
-                .iter()
-                .position(|&d| d == c)
-                .map_or(chars.len(), |p| i + 2 + p);
-            out.extend(&chars[i..end.min(chars.len())]);
+            let end = literal_end(&chars, i).min(chars.len());
+            out.extend(&chars[i..end]);
             i = end;
             last_sign = Some(c);
             continue;

@@ -200,3 +200,40 @@ fn arcs_are_named_as_written_in_either_form() {
     ])));
     assert_eq!(error.path, "workflow[0].next.arcs[2].when");
 }
+
+#[test]
+fn string_literals_are_left_alone_escapes_included() {
+    let steps = [("start".to_owned(), 0)].into_iter().collect();
+    let rewritten = names::rewrite(
+        r#"{{ 'it\'s start' ~ start ~ "workload \" }}" ~ workload.a }} start {{ 'x"#,
+        "p",
+        &steps,
+    )
+    .expect("mapped");
+    assert_eq!(
+        rewritten,
+        r#"{{ 'it\'s start' ~ steps.start.result ~ "workload \" }}" ~ input.a }} start {{ 'x"#
+    );
+}
+
+#[test]
+fn odd_shapes_are_errors_never_panics() {
+    let odd = [
+        json!(null),
+        json!([]),
+        json!({"apiVersion": 2}),
+        doc(json!("steps")),
+        doc(json!([1, "two", null])),
+        doc(json!([{"step": 7}])),
+        doc(json!([{"step": "start", "tool": "noop"}])),
+        doc(json!([{"step": "start", "tool": {"kind": 1}}])),
+        doc(json!([{"step": "start", "next": "end"}])),
+        doc(json!([{"step": "start", "next": [{"step": "start", "when": 3}]}])),
+        doc(json!([{"step": "start", "next": {"spec": {"mode": "all"}, "arcs": []}}])),
+        doc(json!([{"step": "start", "tool": {"kind": "fail", "message": "{{ 'é }}"}}])),
+        doc(json!([{"step": "stärt"}])),
+    ];
+    for document in odd {
+        assert!(translate(&document).is_err(), "{document}");
+    }
+}
