@@ -25,6 +25,7 @@ pub mod command;
 pub mod engine;
 pub mod id;
 pub mod message;
+pub mod noetl;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod playbook;

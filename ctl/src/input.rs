@@ -216,15 +216,20 @@ pub fn submit_body(parts: SubmitParts) -> Result<Value, Error> {
     Ok(Value::Object(body))
 }
 
-/// A document with `playbook` is a submit body; one with `steps` is a playbook.
+/// A document with `playbook` is a submit body; one with `steps` is a playbook, and so is a
+/// NoETL playbook (with `apiVersion`), which the gateway translates.
 fn body_of_document(document: Value) -> Result<Map<String, Value>, Error> {
+    let is_playbook = noetl_contract::noetl::is_noetl(&document);
     let Value::Object(map) = document else {
         return Err(Error::Input(
             "the file must hold an object: a playbook (with `steps`) or a submit body (with `playbook`)"
                 .to_owned(),
         ));
     };
-    match (map.contains_key("playbook"), map.contains_key("steps")) {
+    match (
+        map.contains_key("playbook"),
+        is_playbook || map.contains_key("steps"),
+    ) {
         (true, false) => Ok(map),
         (false, true) => {
             let mut body = Map::new();
@@ -267,6 +272,7 @@ fn merge_into(
 pub fn playbook_document(document: Value) -> Result<Value, Error> {
     match &document {
         Value::Object(map) if map.contains_key("steps") => Ok(document),
+        _ if noetl_contract::noetl::is_noetl(&document) => Ok(document),
         Value::Object(map) if map.contains_key("playbook") => Err(Error::Input(
             "this is a submit body; push only its `playbook`".to_owned(),
         )),
@@ -308,6 +314,19 @@ mod tests {
             let parsed = parse_document("f", path.map(Path::new), text).expect(text);
             assert_eq!(parsed, expected, "{path:?}");
         }
+    }
+
+    #[test]
+    fn a_noetl_playbook_is_sent_as_the_playbook() {
+        let noetl = json!({"apiVersion": "noetl.io/v2", "kind": "Playbook", "workflow": []});
+        let body = submit_body(SubmitParts {
+            document: Some(noetl.clone()),
+            catalog: None,
+            input: None,
+            labels: Vec::new(),
+        })
+        .expect("a playbook");
+        assert_eq!(body, json!({ "playbook": noetl }));
     }
 
     #[test]
@@ -479,5 +498,6 @@ mod tests {
         assert!(playbook_document(json!({"name": "p", "steps": []})).is_ok());
         assert!(playbook_document(json!({"playbook": {"name": "p", "steps": []}})).is_err());
         assert!(playbook_document(json!("p")).is_err());
+        assert!(playbook_document(json!({"apiVersion": "noetl.io/v2"})).is_ok());
     }
 }

@@ -6,7 +6,8 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use noetl_contract::{ExecutionId, Route};
+use noetl_contract::playbook::Playbook;
+use noetl_contract::{noetl, ExecutionId, Route};
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 
@@ -42,32 +43,111 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let format = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(format_of)
-            .ok_or_else(|| {
-                Problem::new(
-                    Code::UnsupportedMediaType,
-                    "send the body as `Content-Type: application/json` or `application/yaml`",
-                )
-            })?;
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(Code::PayloadTooLarge, rejection.body_text())
-                } else {
-                    Problem::new(Code::InvalidRequest, rejection.body_text())
-                }
-            })?;
-        match format {
-            Format::Json => parse_json(&bytes),
-            Format::Yaml => parse_yaml(&bytes),
-        }
-        .map(ApiBody)
+        let (format, bytes) = read(request, state).await?;
+        parse(format, &bytes).map(ApiBody)
     }
+}
+
+/// The body's format (415 unless JSON or YAML) and bytes (413 over the limit).
+async fn read<S: Send + Sync>(request: Request, state: &S) -> Result<(Format, Bytes), Problem> {
+    let format = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(format_of)
+        .ok_or_else(|| {
+            Problem::new(
+                Code::UnsupportedMediaType,
+                "send the body as `Content-Type: application/json` or `application/yaml`",
+            )
+        })?;
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(Code::PayloadTooLarge, rejection.body_text())
+            } else {
+                Problem::new(Code::InvalidRequest, rejection.body_text())
+            }
+        })?;
+    Ok((format, bytes))
+}
+
+fn parse<T: DeserializeOwned>(format: Format, bytes: &[u8]) -> Result<T, Problem> {
+    match format {
+        Format::Json => parse_json(bytes),
+        Format::Yaml => parse_yaml(bytes),
+    }
+}
+
+/// A body that carries a playbook: read as [`ApiBody`] does, except that a NoETL playbook
+/// (wiki/playbooks.md, "NoETL playbooks"), as the whole body or in the body's
+/// [`CarriesPlaybook::FIELD`], is translated into ours first. Its errors are 400
+/// `invalid_playbook` naming the place in the NoETL document.
+#[derive(Debug)]
+pub struct PlaybookBody<T>(pub T);
+
+/// A body [`PlaybookBody`] reads.
+pub trait CarriesPlaybook: DeserializeOwned {
+    /// The field that may hold a playbook, when the body is more than one.
+    const FIELD: Option<&'static str>;
+    /// The body that a whole-body NoETL playbook stands for.
+    fn from_playbook(playbook: Playbook) -> Self;
+}
+
+impl CarriesPlaybook for Playbook {
+    const FIELD: Option<&'static str> = None;
+
+    fn from_playbook(playbook: Playbook) -> Self {
+        playbook
+    }
+}
+
+impl<S: Send + Sync, T: CarriesPlaybook> FromRequest<S> for PlaybookBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let (format, bytes) = read(request, state).await?;
+        // Ours has no `apiVersion` (an unknown field in it is refused anyway), so only a body
+        // that names one is read twice.
+        if !bytes.windows(10).any(|window| window == b"apiVersion") {
+            return parse(format, &bytes).map(PlaybookBody);
+        }
+        let mut body: serde_json::Value = parse(format, &bytes)?;
+        if noetl::is_noetl(&body) {
+            return Ok(PlaybookBody(T::from_playbook(translate(&body, "")?)));
+        }
+        let Some(field) = T::FIELD else {
+            return parse(format, &bytes).map(PlaybookBody);
+        };
+        match body.get_mut(field) {
+            Some(inner) if noetl::is_noetl(inner) => {
+                let playbook = translate(inner, &format!("{field}."))?;
+                *inner = serde_json::to_value(playbook)
+                    .map_err(|_| Problem::new(Code::Internal, "could not encode the playbook"))?;
+                serde_path_to_error::deserialize(body)
+                    .map(PlaybookBody)
+                    .map_err(|e| shape_error(e.path().to_string(), e.into_inner()))
+            }
+            _ => parse(format, &bytes).map(PlaybookBody),
+        }
+    }
+}
+
+/// A NoETL playbook as ours; an error names its place, after `prefix`.
+fn translate(document: &serde_json::Value, prefix: &str) -> Result<Playbook, Problem> {
+    noetl::translate(document)
+        .map_err(|e| Problem::new(Code::InvalidPlaybook, format!("{prefix}{e}")))
+}
+
+/// A body whose shape does not match, naming the field.
+fn shape_error(path: String, error: impl std::fmt::Display) -> Problem {
+    let at = if path == "." {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
+    Problem::new(Code::InvalidRequest, format!("{at}{error}"))
 }
 
 fn parse_yaml<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
@@ -80,15 +160,8 @@ fn parse_yaml<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             ),
         )
     })?;
-    serde_path_to_error::deserialize(yaml_serde::Deserializer::from_slice(bytes)).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!("{path}: ")
-        };
-        Problem::new(Code::InvalidRequest, format!("{at}{}", e.into_inner()))
-    })
+    serde_path_to_error::deserialize(yaml_serde::Deserializer::from_slice(bytes))
+        .map_err(|e| shape_error(e.path().to_string(), e.into_inner()))
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
@@ -97,14 +170,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data => {
-                let at = if path == "." {
-                    String::new()
-                } else {
-                    format!("{path}: ")
-                };
-                Problem::new(Code::InvalidRequest, format!("{at}{inner}"))
-            }
+            serde_json::error::Category::Data => shape_error(path, inner),
             _ => Problem::new(Code::InvalidJson, inner.to_string()),
         }
     })?;

@@ -15,6 +15,7 @@ mod execution;
 mod faults;
 mod fencing;
 mod limits;
+mod noetl;
 mod observability;
 mod payload;
 mod permissions;

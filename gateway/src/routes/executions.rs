@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
-use crate::extract::{ApiBody, ExecutionRequest, IdPath};
+use crate::extract::{CarriesPlaybook, ExecutionRequest, IdPath, PlaybookBody};
 use crate::problem::{Code, Problem};
 use crate::state::AppState;
 
@@ -34,6 +34,24 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(value_type = noetl_contract::openapi::LabelsSchema)]
     pub labels: Labels,
+}
+
+impl CarriesPlaybook for SubmitRequest {
+    const FIELD: Option<&'static str> = Some("playbook");
+
+    /// A NoETL playbook sent as the whole body: run with its `workload` as the input.
+    fn from_playbook(playbook: Playbook) -> Self {
+        Self {
+            playbook: PlaybookSpec {
+                name: playbook.name,
+                version: None,
+                input: playbook.input,
+                steps: Some(playbook.steps),
+            },
+            input: None,
+            labels: Labels::default(),
+        }
+    }
 }
 
 /// An inline playbook (with `steps`), or a reference to the catalog: `name` and an optional
@@ -71,6 +89,38 @@ pub enum SubmitOk {
 pub enum PlaybookSource {
     Inline(Playbook),
     Reference(CatalogReference),
+    Noetl(NoetlPlaybook),
+}
+
+/// A playbook in NoETL's format, translated into ours on arrival (wiki/playbooks.md, "NoETL
+/// playbooks"): only the subset that maps onto our model; any other construct is a 400
+/// `invalid_playbook` naming its path (`workflow[2].loop`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct NoetlPlaybook {
+    /// `noetl.io/v2`.
+    #[schema(pattern = "^noetl\\.io/v2$")]
+    api_version: String,
+    /// `Playbook`.
+    #[schema(pattern = "^Playbook$")]
+    kind: String,
+    /// `name` (the playbook's name), optional `path` and `description`.
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// The playbook's default input, `workload.<key>` in templates.
+    workload: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Steps `{step, desc, tool: {kind, …}, next}`; `start` begins, every other step is
+    /// reached by an arc.
+    workflow: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The body of a submit: a request, or a NoETL playbook alone (run with its `workload`).
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum SubmitBody {
+    Request(SubmitRequest),
+    Noetl(NoetlPlaybook),
 }
 
 /// A playbook in the catalog, by the name it was published under.
@@ -180,10 +230,12 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
     request_body(
         description = "The playbook (inline or a catalog reference), the input and labels. \
             Sent as JSON (`application/json`, or any `application/*+json`) or as YAML \
-            (`application/yaml`, `application/x-yaml`, `text/yaml`), with the same shape.",
+            (`application/yaml`, `application/x-yaml`, `text/yaml`), with the same shape. A NoETL \
+            playbook (`apiVersion: noetl.io/v2`, `kind: Playbook`) may be the `playbook`, or the \
+            whole body (then it runs with its `workload` as the input).",
         content(
-            (SubmitRequest = "application/json"),
-            (SubmitRequest = "application/yaml"),
+            (SubmitBody = "application/json"),
+            (SubmitBody = "application/yaml"),
         ),
     ),
     responses(
@@ -211,7 +263,7 @@ pub async fn submit(
     Extension(principal): Extension<Principal>,
     params: Result<Query<SubmitParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    ApiBody(request): ApiBody<SubmitRequest>,
+    PlaybookBody(request): PlaybookBody<SubmitRequest>,
 ) -> Result<Response, Problem> {
     let Query(params) = params.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
     let idempotency_key = idempotency_key(&headers)?;

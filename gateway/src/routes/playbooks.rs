@@ -17,10 +17,19 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
-use crate::extract::ApiBody;
+use crate::extract::PlaybookBody;
 use crate::problem::{Code, Problem};
 use crate::routes::executions::playbook_not_found;
 use crate::state::AppState;
+
+/// The body of a publish: our playbook, or NoETL's.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum PublishBody {
+    Ours(Playbook),
+    Noetl(crate::routes::executions::NoetlPlaybook),
+}
 
 /// The version a publish stored.
 #[derive(Debug, Serialize, ToSchema)]
@@ -97,15 +106,16 @@ impl From<CatalogEntry> for PlaybookVersion {
         `catalog_max_versions` versions or `catalog_max_bytes` bytes.",
     request_body(
         description = "The playbook, as JSON (`application/json`, or any `application/*+json`) \
-            or YAML (`application/yaml`, `application/x-yaml`, `text/yaml`).",
-        content((Playbook = "application/json"), (Playbook = "application/yaml")),
+            or YAML (`application/yaml`, `application/x-yaml`, `text/yaml`); or a NoETL playbook \
+            (`apiVersion: noetl.io/v2`), translated into ours and stored as such.",
+        content((PublishBody = "application/json"), (PublishBody = "application/yaml")),
     ),
     responses((status = 201, description = "Stored as a new version.", body = Published)),
 )]
 pub async fn publish(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    ApiBody(playbook): ApiBody<Playbook>,
+    PlaybookBody(playbook): PlaybookBody<Playbook>,
 ) -> Result<(StatusCode, Json<Published>), Problem> {
     playbook
         .validate()
