@@ -45,12 +45,6 @@ impl Cluster {
                 ("NOETL_NATS_URL", nats.url().to_owned()),
                 ("NOETL_SHARDS", dsns),
                 ("NOETL_LISTEN", format!("127.0.0.1:{server_port}")),
-                // The submit phases outrun the worker, leaving very many executions of one
-                // tenant in flight: no quota.
-                (
-                    "NOETL_TENANT_MAX_EXECUTIONS_IN_FLIGHT",
-                    i64::MAX.to_string(),
-                ),
             ],
         );
         let gateway_process = crate::spawn(

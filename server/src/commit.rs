@@ -31,7 +31,7 @@ impl Committer {
         shard: ShardId,
         pool: PgPool,
         relay: Relay,
-        quota: u64,
+        quota: Option<u64>,
         max_batch: usize,
         parallel: usize,
         tracker: &TaskTracker,
@@ -60,7 +60,7 @@ async fn commit_batch(
     shard: ShardId,
     held: &mut persistence::Held,
     relay: &Relay,
-    quota: u64,
+    quota: Option<u64>,
     batch: Vec<NewExecution>,
 ) -> Vec<Outcome> {
     let shard_label = shard.to_string();
@@ -159,7 +159,7 @@ type OneByOne = (
 async fn insert_one_by_one(
     shard: ShardId,
     held: &mut persistence::Held,
-    quota: u64,
+    quota: Option<u64>,
     rows: Vec<NewExecution>,
 ) -> OneByOne {
     let mut kept = Vec::with_capacity(rows.len());
@@ -192,14 +192,15 @@ async fn insert_one_by_one(
 /// Refuses the submits of `over_quota` (executions of `rows`) for their tenant's quota.
 fn refuse_over_quota(
     shard: ShardId,
-    quota: u64,
+    quota: Option<u64>,
     rows: &[NewExecution],
     over_quota: Vec<ExecutionId>,
     refusals: &mut HashMap<ExecutionId, WireError>,
 ) {
-    if over_quota.is_empty() {
+    // Only a quota refuses an execution.
+    let Some(quota) = quota.filter(|_| !over_quota.is_empty()) else {
         return;
-    }
+    };
     metrics::counter!("noetl_server_submits_total", "shard" => shard.to_string(), "outcome" => "over_quota")
         .increment(over_quota.len() as u64);
     let tenants: HashMap<ExecutionId, &str> = rows
@@ -272,7 +273,7 @@ mod tests {
             execution(2, r#"{"x": "\u0000"}"#),
             execution(3, "{}"),
         ];
-        let outcomes = commit_batch(ShardId::new(0), &mut held, &relay, 10, batch).await;
+        let outcomes = commit_batch(ShardId::new(0), &mut held, &relay, Some(10), batch).await;
         assert!(
             outcomes[0].as_ref().is_ok_and(|c| c.created),
             "{outcomes:?}"
@@ -288,6 +289,43 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(stored, 2);
+    }
+
+    /// Without a quota the counter rows are never written; a server started with one counts
+    /// each tenant's executions again from what is stored, and holds the tenant to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_quota_nothing_is_counted_and_a_quota_set_later_counts_what_is_stored() {
+        let shard = TestShard::start(2).await;
+        let mut held = persistence::Held::new(shard.pool.clone());
+        let (relay, _feed) = Relay::new(ShardId::new(0));
+        let zero = ShardId::new(0);
+        let batch = vec![of("a", 1), of("a", 2), of("b", 3)];
+        let outcomes = commit_batch(zero, &mut held, &relay, None, batch).await;
+        assert!(
+            outcomes.iter().all(|o| created(o) == Some(true)),
+            "{outcomes:?}"
+        );
+        let counted: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM tenant_admitted) + (SELECT count(*) FROM tenant_finished)",
+        )
+        .fetch_one(&shard.pool)
+        .await
+        .expect("count");
+        assert_eq!(counted, 0, "no quota: the counter rows are not touched");
+
+        persistence::recount_tenant_executions(&shard.pool)
+            .await
+            .expect("recount");
+        let outcomes = commit_batch(
+            zero,
+            &mut held,
+            &relay,
+            Some(2),
+            vec![of("a", 4), of("b", 5)],
+        )
+        .await;
+        assert!(over_quota(&outcomes[0]), "a has 2 in flight: {outcomes:?}");
+        assert_eq!(created(&outcomes[1]), Some(true), "b has 1: {outcomes:?}");
     }
 
     fn of(tenant: &str, id: i64) -> NewExecution {
@@ -314,7 +352,7 @@ mod tests {
         let (relay, _feed) = Relay::new(ShardId::new(0));
         let zero = ShardId::new(0);
         let batch = vec![of("a", 1), of("a", 2), of("a", 3), of("b", 4)];
-        let outcomes = commit_batch(zero, &mut held, &relay, 2, batch).await;
+        let outcomes = commit_batch(zero, &mut held, &relay, Some(2), batch).await;
         assert_eq!(created(&outcomes[0]), Some(true), "{outcomes:?}");
         assert_eq!(created(&outcomes[1]), Some(true), "{outcomes:?}");
         assert!(over_quota(&outcomes[2]), "{outcomes:?}");
@@ -332,7 +370,7 @@ mod tests {
             ..of("a", 7)
         };
         let batch = vec![of("a", 1), of("a", 5), of("b", 6), done];
-        let outcomes = commit_batch(zero, &mut held, &relay, 2, batch).await;
+        let outcomes = commit_batch(zero, &mut held, &relay, Some(2), batch).await;
         assert_eq!(created(&outcomes[0]), Some(false), "{outcomes:?}");
         assert!(over_quota(&outcomes[1]), "{outcomes:?}");
         assert_eq!(created(&outcomes[2]), Some(true), "{outcomes:?}");
@@ -362,7 +400,14 @@ mod tests {
             .await
             .expect("save");
         tx.commit().await.expect("commit");
-        let outcomes = commit_batch(zero, &mut held, &relay, 2, vec![of("a", 8), of("a", 9)]).await;
+        let outcomes = commit_batch(
+            zero,
+            &mut held,
+            &relay,
+            Some(2),
+            vec![of("a", 8), of("a", 9)],
+        )
+        .await;
         assert_eq!(created(&outcomes[0]), Some(true), "{outcomes:?}");
         assert!(over_quota(&outcomes[1]), "{outcomes:?}");
         let stored: Vec<i64> =
@@ -395,7 +440,14 @@ mod tests {
         let batch = tokio::spawn(async move {
             let mut held = persistence::Held::new(pool);
             let (relay, _feed) = Relay::new(ShardId::new(0));
-            commit_batch(ShardId::new(0), &mut held, &relay, 10, vec![of("a", 1)]).await
+            commit_batch(
+                ShardId::new(0),
+                &mut held,
+                &relay,
+                Some(10),
+                vec![of("a", 1)],
+            )
+            .await
         });
         // The batch admitted it (its snapshot does not show the other insert) and waits for it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

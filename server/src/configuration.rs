@@ -60,7 +60,8 @@ pub struct Settings {
     /// readable in one reply under NATS `max_payload`.
     pub execution_results_max_bytes: usize,
     /// Executions of one tenant not yet finished in one shard; a new submit over it is refused
-    /// with `tenant_quota_exceeded` (429).
+    /// with `tenant_quota_exceeded` (429). 0 (the default): no quota, and the per-tenant
+    /// counter rows are neither written nor read.
     pub tenant_max_executions_in_flight: u64,
     /// Grace of a new cluster's topology (only read by the server that creates it): how far in
     /// the future a shard-count change activates, and how long a gateway mints on an
@@ -105,7 +106,7 @@ impl Default for Settings {
             max_step_timeout_ms: MAX_TIMEOUT_MS,
             step_result_max_bytes: 256 * 1024,
             execution_results_max_bytes: 512 * 1024,
-            tenant_max_executions_in_flight: 100_000,
+            tenant_max_executions_in_flight: 0,
             topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
             template_fuel: template::DEFAULT_FUEL,
             template_max_bytes: template::DEFAULT_MAX_BYTES,
@@ -141,6 +142,11 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// `tenant_max_executions_in_flight`, when a quota is set.
+    pub fn tenant_quota(&self) -> Option<u64> {
+        Some(self.tenant_max_executions_in_flight).filter(|&quota| quota > 0)
+    }
+
     pub fn from_settings(settings: Settings, only: Option<Vec<u32>>) -> anyhow::Result<Self> {
         let raw = settings
             .shards
@@ -178,10 +184,6 @@ impl ServerConfig {
             (
                 "execution_results_max_bytes",
                 settings.execution_results_max_bytes,
-            ),
-            (
-                "tenant_max_executions_in_flight",
-                usize::try_from(settings.tenant_max_executions_in_flight).unwrap_or(usize::MAX),
             ),
             ("step_lease_ms", settings.step_lease_ms as usize),
             ("dispatch_lease_ms", settings.dispatch_lease_ms as usize),

@@ -120,13 +120,19 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             relaxed: persistence::relaxed_pool(dsn, RELAXED_CONNECTIONS)?,
             reports: persistence::generic_pool(dsn, connections)?,
         };
+        if config.tenant_quota().is_some() {
+            persistence::recount_tenant_executions(&pool).await?;
+        }
         let (relay, feed) = relay::Relay::new(shard);
         let orchestrator = orchestrate::Orchestrator::new(
             shard,
             pools.clone(),
             config.leases,
             config.rendering,
-            config.execution_results_max_bytes,
+            orchestrate::ExecutionLimits {
+                results_max_bytes: config.execution_results_max_bytes,
+                tenant_quota: config.tenant_quota().is_some(),
+            },
             relay.clone(),
             orchestrate::Batching {
                 tracker: &committers,
@@ -162,7 +168,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             shard,
             persistence::generic_pool(dsn, connections)?,
             relay,
-            config.tenant_max_executions_in_flight,
+            config.tenant_quota(),
             config.max_batch,
             config.committers_per_shard,
             &committers,

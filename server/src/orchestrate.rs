@@ -91,8 +91,8 @@ struct Inner {
     leases: Leases,
     /// What rendering a step's `with` may cost.
     rendering: Rendering,
-    /// `execution_results_max_bytes`: the step results of one execution together.
-    results_max_bytes: usize,
+    /// What one execution may hold, and whether finished executions are counted per tenant.
+    limits: ExecutionLimits,
     /// Told after every commit that queued commands.
     relay: Relay,
 }
@@ -120,15 +120,24 @@ struct Applying {
     due_now: bool,
 }
 
+/// The server's settings that bound one execution, and the tenant quota's bookkeeping.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutionLimits {
+    /// `execution_results_max_bytes`: the step results of one execution together.
+    pub results_max_bytes: usize,
+    /// Whether `tenant_max_executions_in_flight` is set, so ending an execution counts it in
+    /// its tenant's `tenant_finished` row (off: that row is never touched).
+    pub tenant_quota: bool,
+}
+
 impl Orchestrator {
-    /// An orchestrator whose report batches run as described by `batching`; the step results
-    /// of one execution together may take `results_max_bytes`.
+    /// An orchestrator whose report batches run as described by `batching`, within `limits`.
     pub fn new(
         shard: ShardId,
         pools: Pools,
         leases: Leases,
         rendering: Rendering,
-        results_max_bytes: usize,
+        limits: ExecutionLimits,
         relay: Relay,
         batching: Batching<'_>,
     ) -> Self {
@@ -144,7 +153,7 @@ impl Orchestrator {
             relaxed,
             leases,
             rendering,
-            results_max_bytes,
+            limits,
             relay,
         });
         let reports = Inner::batches(
@@ -519,7 +528,11 @@ impl Inner {
                 _ => None,
             };
             let mut event = event.clone();
-            let charge = results::charge(&mut event, work.results_bytes, self.results_max_bytes);
+            let charge = results::charge(
+                &mut event,
+                work.results_bytes,
+                self.limits.results_max_bytes,
+            );
             let decision = render::decide(&mut work.state, event, &self.rendering).await;
             if !decision.applied {
                 outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
@@ -563,7 +576,7 @@ impl Inner {
         let changes: Vec<persistence::ExecutionChange> = working
             .into_iter()
             .filter(|(_, work)| work.changed)
-            .map(|(id, work)| work.into_change(id))
+            .map(|(id, work)| work.into_change(id, self.limits.tenant_quota))
             .collect();
         let outbox_ids = persistence::save_changes(tx, &changes).await?;
         let (handoffs, due_now) = relay::handoffs(

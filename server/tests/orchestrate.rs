@@ -10,7 +10,7 @@ use noetl_contract::shards::ShardMap;
 use noetl_contract::status::StepStatus;
 use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::{ExecutionId, ShardId};
-use noetl_server::orchestrate::{Applied, Batching, Leases, Orchestrator};
+use noetl_server::orchestrate::{Applied, Batching, ExecutionLimits, Leases, Orchestrator};
 use noetl_server::persistence::{self, Beat, BeatAnswer, Pools};
 use noetl_server::relay::Relay;
 use noetl_server::render::Rendering;
@@ -54,7 +54,10 @@ impl Shard {
                 max_timeout_ms: 86_400_000,
             },
             Rendering::default(),
-            512 * 1024,
+            ExecutionLimits {
+                results_max_bytes: 512 * 1024,
+                tenant_quota: false,
+            },
             relay,
             Batching {
                 tracker: &tracker,
@@ -80,7 +83,7 @@ impl Shard {
             rows.push(self.orchestrator.prepare(&submit).await.expect("prepared"));
         }
         let mut connection = self.pool.acquire().await.expect("connection");
-        persistence::insert_executions(&mut connection, &rows, u64::MAX)
+        persistence::insert_executions(&mut connection, &rows, None)
             .await
             .expect("insert");
     }

@@ -107,7 +107,7 @@ async fn concurrent_submits_are_committed_in_groups() {
     let shard = ShardId::new(77);
     let tracker = TaskTracker::new();
     let (relay, _feed) = noetl_server::relay::Relay::new(shard);
-    let committer = Committer::spawn(shard, pool.clone(), relay, 1_000, 100, 1, &tracker);
+    let committer = Committer::spawn(shard, pool.clone(), relay, Some(1_000), 100, 1, &tracker);
 
     let commits = (1..=500).map(|n| committer.commit(new_execution(n)));
     let outcomes = futures::future::join_all(commits).await;

@@ -63,8 +63,14 @@ impl Working {
         })
     }
 
-    pub(super) fn into_change(self, execution_id: ExecutionId) -> persistence::ExecutionChange {
-        let finished = self.was_running && self.state.status.is_terminal();
+    /// What to write; an execution it ended counts in its tenant's finished executions when
+    /// `tenant_quota` is on.
+    pub(super) fn into_change(
+        self,
+        execution_id: ExecutionId,
+        tenant_quota: bool,
+    ) -> persistence::ExecutionChange {
+        let finished = tenant_quota && self.was_running && self.state.status.is_terminal();
         persistence::ExecutionChange {
             execution_id,
             status: self.state.status,

@@ -33,8 +33,8 @@ pub use probe::can_write;
 pub use reads::{backlog, events_page, get_execution, list_executions, shard_counts, visible};
 pub use rows::to_json;
 pub use writes::{
-    insert_executions, lock_executions, save_changes, Committed, ExecutionChange, Inserted,
-    LockedExecution, NewExecution, StepRow,
+    insert_executions, lock_executions, recount_tenant_executions, save_changes, Committed,
+    ExecutionChange, Inserted, LockedExecution, NewExecution, StepRow,
 };
 
 /// Failures the server branches on.

@@ -84,11 +84,13 @@ pub struct Inserted {
 /// untouched and reported with `created: false`. A tenant's new executions are admitted, in the
 /// order of `rows`, while its executions not yet finished in the shard stay within
 /// `max_in_flight` (`tenant_admitted` minus `tenant_finished`, the counter row locked by the
-/// statement); the others are [`Inserted::over_quota`]. `rows` must not repeat an id.
+/// statement); the others are [`Inserted::over_quota`]. Without a quota (`None`) the counter
+/// rows are not touched: one row per tenant written by every batch costs the shard's database
+/// far more than the rest of the statement. `rows` must not repeat an id.
 pub async fn insert_executions(
     connection: &mut PgConnection,
     rows: &[NewExecution],
-    max_in_flight: u64,
+    max_in_flight: Option<u64>,
 ) -> Result<Inserted, Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.execution_id.get()).collect();
     let mut columns = ChangeColumns::default();
@@ -120,7 +122,7 @@ pub async fn insert_executions(
                 .collect::<Vec<_>>(),
         )
         .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
-        .bind(i64::try_from(max_in_flight).unwrap_or(i64::MAX))
+        .bind(max_in_flight.map(|quota| i64::try_from(quota).unwrap_or(i64::MAX)))
         .bind(tokens)
         .fetch_all(&mut *connection)
         .await?;
@@ -170,6 +172,29 @@ pub async fn insert_executions(
 /// Gives back the quota of executions a batch admitted but did not store: an id another
 /// replica stored between the statement's snapshot and its insert. Counted as finished, so the
 /// tenant's count of executions in flight stays exact.
+/// Counts each tenant's executions again from the `executions` table, as the server starts
+/// with a quota set: the counters are kept only while a quota is, so they may lag behind the
+/// executions stored and ended without one.
+pub async fn recount_tenant_executions(pool: &sqlx::PgPool) -> Result<(), Error> {
+    sqlx::query(
+        "WITH counts AS (
+             SELECT tenant, count(*) AS executions,
+                    count(*) FILTER (WHERE status NOT IN ('pending', 'running')) AS finished
+             FROM executions GROUP BY tenant
+         ), admitted AS (
+             INSERT INTO tenant_admitted AS q (tenant, executions)
+             SELECT tenant, executions FROM counts ORDER BY tenant
+             ON CONFLICT (tenant) DO UPDATE SET executions = EXCLUDED.executions
+         )
+         INSERT INTO tenant_finished AS f (tenant, executions)
+         SELECT tenant, finished FROM counts ORDER BY tenant
+         ON CONFLICT (tenant) DO UPDATE SET executions = EXCLUDED.executions",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 async fn settle_admitted(
     connection: &mut PgConnection,
     rows: &[NewExecution],
@@ -230,6 +255,7 @@ const INSERT_EXECUTIONS: &str = "WITH input AS (
          -- Locks each tenant's counter (in tenant order) and admits what fits under $27.
          INSERT INTO tenant_admitted AS q (tenant, executions, last_batch)
          SELECT tenant, least(count(rank), $27), least(count(rank), $27) FROM fresh
+         WHERE $27::bigint IS NOT NULL
          GROUP BY tenant HAVING count(rank) > 0 ORDER BY tenant
          ON CONFLICT (tenant) DO UPDATE SET
              executions = q.executions + least(EXCLUDED.executions, greatest(0, $27
@@ -246,7 +272,7 @@ const INSERT_EXECUTIONS: &str = "WITH input AS (
          SELECT i.execution_id, i.playbook_name, i.playbook::jsonb, i.input::jsonb,
                 i.labels::jsonb, i.status, i.last_event_seq, i.playbook_version, i.tenant
          FROM input i JOIN fresh f USING (execution_id) LEFT JOIN quota q ON q.tenant = f.tenant
-         WHERE f.rank IS NULL OR f.rank <= q.admitted
+         WHERE f.rank IS NULL OR $27::bigint IS NULL OR f.rank <= q.admitted
          ON CONFLICT (execution_id) DO NOTHING
          RETURNING execution_id, status, created_at
      ), new_steps AS (

@@ -79,7 +79,7 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
         ShardId::new(0),
         pool.clone(),
         relay,
-        1_000,
+        Some(1_000),
         10,
         1,
         &shard.tracker,
