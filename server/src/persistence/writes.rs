@@ -98,7 +98,11 @@ pub async fn insert_executions(
         columns.push(row.execution_id, 0, &row.steps, &row.events, &row.outbox);
     }
     let tokens = std::mem::take(&mut columns.step_tokens);
-    let statement = sqlx::query(INSERT_EXECUTIONS);
+    let statement = sqlx::query(if max_in_flight.is_some() {
+        INSERT_EXECUTIONS_WITHIN_QUOTA
+    } else {
+        INSERT_EXECUTIONS
+    });
     let returned = columns
         .bind(statement)
         .bind(&ids)
@@ -234,48 +238,22 @@ async fn settle_admitted(
     Ok(())
 }
 
-/// The statement of [`insert_executions`]: `$1` to `$17` are the [`ChangeColumns`], `$18` to
-/// `$26` the executions, `$27` the quota, `$28` the steps' attempt tokens. Returns a row per execution stored now, and a row per
-/// tenant with new executions that stay in flight (`tenant`, and how many were `admitted`).
-const INSERT_EXECUTIONS: &str = "WITH input AS (
+// The parts both statements of [`insert_executions`] share: the executions as rows, and the
+// steps, first events and first commands of those stored now.
+macro_rules! input_executions {
+    () => {
+        "WITH input AS (
          SELECT * FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::text[],
                               $22::text[], $23::text[], $24::bigint[], $25::int[],
                               $26::text[]) WITH ORDINALITY
              AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
                   playbook_version, tenant, ord)
-     ), fresh AS (
-         -- Not stored yet; those that stay in flight numbered per tenant, in the batch's order.
-         SELECT i.execution_id, i.tenant,
-                CASE WHEN i.status IN ('pending', 'running') THEN row_number() OVER (
-                    PARTITION BY i.tenant, i.status IN ('pending', 'running') ORDER BY i.ord)
-                END AS rank
-         FROM input i
-         WHERE NOT EXISTS (SELECT 1 FROM executions x WHERE x.execution_id = i.execution_id)
-     ), quota AS (
-         -- Locks each tenant's counter (in tenant order) and admits what fits under $27.
-         INSERT INTO tenant_admitted AS q (tenant, executions, last_batch)
-         SELECT tenant, least(count(rank), $27), least(count(rank), $27) FROM fresh
-         WHERE $27::bigint IS NOT NULL
-         GROUP BY tenant HAVING count(rank) > 0 ORDER BY tenant
-         ON CONFLICT (tenant) DO UPDATE SET
-             executions = q.executions + least(EXCLUDED.executions, greatest(0, $27
-                 - q.executions + coalesce((SELECT f.executions FROM tenant_finished f
-                                            WHERE f.tenant = q.tenant), 0))),
-             last_batch = least(EXCLUDED.executions, greatest(0, $27
-                 - q.executions + coalesce((SELECT f.executions FROM tenant_finished f
-                                            WHERE f.tenant = q.tenant), 0)))
-         RETURNING q.tenant, q.last_batch AS admitted
-     ), inserted AS (
-         INSERT INTO executions
-             (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
-              playbook_version, tenant)
-         SELECT i.execution_id, i.playbook_name, i.playbook::jsonb, i.input::jsonb,
-                i.labels::jsonb, i.status, i.last_event_seq, i.playbook_version, i.tenant
-         FROM input i JOIN fresh f USING (execution_id) LEFT JOIN quota q ON q.tenant = f.tenant
-         WHERE f.rank IS NULL OR $27::bigint IS NULL OR f.rank <= q.admitted
-         ON CONFLICT (execution_id) DO NOTHING
-         RETURNING execution_id, status, created_at
-     ), new_steps AS (
+     "
+    };
+}
+macro_rules! stored_rows {
+    () => {
+        "), new_steps AS (
          INSERT INTO execution_steps
              (execution_id, step_index, name, status, attempt, lease_expires_at, error,
               finished_at, attempt_token)
@@ -303,14 +281,81 @@ const INSERT_EXECUTIONS: &str = "WITH input AS (
          WHERE o.execution_id IN (SELECT execution_id FROM inserted)
          RETURNING id, execution_id
      )
-     SELECT i.execution_id, i.status, i.created_at, c.outbox_ids,
+"
+    };
+}
+
+/// The statement of [`insert_executions`] without a quota: `$1` to `$17` are the
+/// [`ChangeColumns`], `$18` to `$26` the executions, `$28` the steps' attempt tokens (`$27`,
+/// the quota, is bound and unused). Returns a row per execution stored now.
+const INSERT_EXECUTIONS: &str = concat!(
+    input_executions!(),
+    "), inserted AS (
+         INSERT INTO executions
+             (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+              playbook_version, tenant)
+         SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb,
+                status, last_event_seq, playbook_version, tenant
+         FROM input
+         ON CONFLICT (execution_id) DO NOTHING
+         RETURNING execution_id, status, created_at
+     ",
+    stored_rows!(),
+    "     SELECT i.execution_id, i.status, i.created_at, c.outbox_ids,
+            NULL::text AS tenant, NULL::bigint AS admitted
+     FROM inserted i LEFT JOIN (
+         SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands
+         GROUP BY execution_id
+     ) c USING (execution_id)"
+);
+
+/// The statement of [`insert_executions`] with a quota (`$27`): as [`INSERT_EXECUTIONS`], and a
+/// row per tenant with new executions that stay in flight (`tenant`, and how many were
+/// `admitted`).
+const INSERT_EXECUTIONS_WITHIN_QUOTA: &str = concat!(
+    input_executions!(),
+    "), fresh AS (
+         -- Not stored yet; those that stay in flight numbered per tenant, in the batch's order.
+         SELECT i.execution_id, i.tenant,
+                CASE WHEN i.status IN ('pending', 'running') THEN row_number() OVER (
+                    PARTITION BY i.tenant, i.status IN ('pending', 'running') ORDER BY i.ord)
+                END AS rank
+         FROM input i
+         WHERE NOT EXISTS (SELECT 1 FROM executions x WHERE x.execution_id = i.execution_id)
+     ), quota AS (
+         -- Locks each tenant's counter (in tenant order) and admits what fits under $27.
+         INSERT INTO tenant_admitted AS q (tenant, executions, last_batch)
+         SELECT tenant, least(count(rank), $27), least(count(rank), $27) FROM fresh
+         GROUP BY tenant HAVING count(rank) > 0 ORDER BY tenant
+         ON CONFLICT (tenant) DO UPDATE SET
+             executions = q.executions + least(EXCLUDED.executions, greatest(0, $27
+                 - q.executions + coalesce((SELECT f.executions FROM tenant_finished f
+                                            WHERE f.tenant = q.tenant), 0))),
+             last_batch = least(EXCLUDED.executions, greatest(0, $27
+                 - q.executions + coalesce((SELECT f.executions FROM tenant_finished f
+                                            WHERE f.tenant = q.tenant), 0)))
+         RETURNING q.tenant, q.last_batch AS admitted
+     ), inserted AS (
+         INSERT INTO executions
+             (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
+              playbook_version, tenant)
+         SELECT i.execution_id, i.playbook_name, i.playbook::jsonb, i.input::jsonb,
+                i.labels::jsonb, i.status, i.last_event_seq, i.playbook_version, i.tenant
+         FROM input i JOIN fresh f USING (execution_id) LEFT JOIN quota q ON q.tenant = f.tenant
+         WHERE f.rank IS NULL OR f.rank <= q.admitted
+         ON CONFLICT (execution_id) DO NOTHING
+         RETURNING execution_id, status, created_at
+     ",
+    stored_rows!(),
+    "     SELECT i.execution_id, i.status, i.created_at, c.outbox_ids,
             NULL::text AS tenant, NULL::bigint AS admitted
      FROM inserted i LEFT JOIN (
          SELECT execution_id, array_agg(id) AS outbox_ids FROM new_commands
          GROUP BY execution_id
      ) c USING (execution_id)
      UNION ALL
-     SELECT NULL, NULL, NULL, NULL, tenant, admitted FROM quota";
+     SELECT NULL, NULL, NULL, NULL, tenant, admitted FROM quota"
+);
 
 fn committed_from_row(row: &PgRow, created: bool) -> Result<Committed, Error> {
     let outbox_ids: Option<Vec<i64>> = if created {
