@@ -7,6 +7,7 @@
 //! lifecycle (fencing, retries, skips, exactly one terminal state) is tested without NATS or
 //! PostgreSQL.
 
+mod context;
 mod routing;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use crate::template::Budget;
 
 // The statuses the engine moves, reachable from here too.
 pub use crate::status::StepStatus;
+pub use context::{CTX_TOO_LARGE, MAX_CTX_BYTES, MAX_EVENT_VALUE_BYTES};
 pub use routing::CONDITION_FAILED;
 use routing::{dispatch_ready, skip_unreachable};
 
@@ -58,6 +60,8 @@ pub struct ExecutionState {
     pub input: Value,
     pub status: ExecutionStatus,
     pub steps: Vec<StepState>,
+    /// The execution's variables, written by the steps' `set`, read by templates as `ctx`.
+    pub ctx: serde_json::Map<String, Value>,
     /// What rendering one step's `with` may cost (a setting of the server).
     pub budget: Budget,
 }
@@ -75,19 +79,20 @@ impl ExecutionState {
             input: Value::Object(merged),
             status: ExecutionStatus::Pending,
             steps,
+            ctx: serde_json::Map::new(),
             budget: Budget::default(),
         }
     }
 
-    /// Whether any step renders a template or an arc has a condition, so deciding may cost a
-    /// render's budget.
+    /// Whether any step renders a template, sets a variable, or an arc has a condition, so
+    /// deciding may cost a render's budget.
     pub fn renders_templates(&self) -> bool {
         self.playbook.has_conditions()
             || self
                 .playbook
                 .steps
                 .iter()
-                .any(|step| crate::template::has_templates(&step.with))
+                .any(|step| crate::template::has_templates(&step.with) || !step.set.is_empty())
     }
 
     fn is_terminal(&self) -> bool {
@@ -116,7 +121,7 @@ impl ExecutionState {
         self.indexes().find(|&i| self.spec(i).name == name)
     }
 
-    /// `{input, steps: {<name>: {result}}}` for templates: only steps that succeeded.
+    /// `{input, ctx, steps: {<name>: {result}}}` for templates: only steps that succeeded.
     fn template_context(&self) -> Value {
         let steps: serde_json::Map<String, Value> = self
             .playbook
@@ -131,7 +136,7 @@ impl ExecutionState {
                 )
             })
             .collect();
-        json!({"input": self.input, "steps": steps})
+        json!({"input": self.input, "ctx": self.ctx, "steps": steps})
     }
 }
 
@@ -195,6 +200,8 @@ pub struct Decision {
     /// The first step whose `with` went over its budget or rendered what cannot be stored
     /// (the step is failed with it; at submit, the submit is refused with it).
     pub refused: Option<Refusal>,
+    /// Whether a step's `set` wrote into the execution's `ctx` (to be stored).
+    pub ctx_changed: bool,
 }
 
 /// A step's render refused with a code ([`crate::template::RenderError::code`]).

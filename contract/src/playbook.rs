@@ -6,6 +6,7 @@
 //!
 //! - `duration`: [`Millis`], the durations a playbook writes with a unit.
 //! - `next`: [`Next`], the conditional arcs a step leads to when it succeeds.
+//! - `set`: the checks of a step's `set`, the values it writes into the execution's `ctx`.
 //! - `schema` (feature `openapi`): the OpenAPI schemas of actions, labels and durations, whose
 //!   wire form is not what their Rust type says.
 
@@ -13,6 +14,7 @@ mod duration;
 mod next;
 #[cfg(feature = "openapi")]
 mod schema;
+mod set;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,6 +24,7 @@ pub use duration::Millis;
 pub use next::{Mode, Next, NextArc, MAX_ARCS};
 #[cfg(feature = "openapi")]
 pub use schema::{ActionSchema, LabelsSchema};
+pub use set::{MAX_CTX_NAME_LEN, MAX_SET_NAMES};
 
 /// Labels attached to an execution: small string pairs for selection.
 pub type Labels = BTreeMap<String, String>;
@@ -93,6 +96,11 @@ pub struct Step {
     /// "Branches"); the targets run after it and are skipped when their arc is not taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Next>,
+    /// Values written into the execution's context when the step succeeds, read by later
+    /// templates as `ctx.<name>`: templates over `{input, steps, ctx, result}`, `result` being
+    /// this step's (wiki/playbooks.md, "Execution variables"). At most 32 names.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub set: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +326,7 @@ impl Playbook {
                 check_at_most(format!("steps[{i}].timeout"), timeout.0, MAX_TIMEOUT_MS)?;
             }
             check_action_durations(i, step)?;
+            set::check(i, step)?;
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(step.needs.len());
             for (j, need) in step.needs.iter().enumerate() {
                 let path = format!("steps[{i}].needs[{j}]");

@@ -300,3 +300,24 @@ fn a_playbook_without_arcs_serialises_as_before() {
         json!({"name": "demo", "steps": [{"name": "a", "action": "noop"}]})
     );
 }
+
+#[test]
+fn set_names_and_templates_are_checked_naming_the_path() {
+    let names: serde_json::Map<String, serde_json::Value> = (0..=MAX_SET_NAMES)
+        .map(|i| (format!("v{i}"), json!("x")))
+        .collect();
+    let cases = [
+        (json!({"1st": "x"}), "steps[0].set.1st"),
+        (json!({"a.b": "x"}), "steps[0].set.a.b"),
+        (json!({"ok": "{{ result. }}"}), "steps[0].set.ok"),
+        (json!({"ok": ["{% if %}"]}), "steps[0].set.ok[0]"),
+        (serde_json::Value::Object(names), "steps[0].set"),
+    ];
+    for (set, path) in cases {
+        let e = rejection(json!([{"name": "a", "action": "noop", "set": set}]));
+        assert_eq!(e.path, path, "{e}");
+    }
+    let fine = playbook(json!([{"name": "a", "action": "noop",
+        "set": {"_token": "{{ result.t }}", "n": 3}}]));
+    assert_eq!(fine.validate(), Ok(()));
+}

@@ -9,6 +9,7 @@ mod bad_input;
 mod branches;
 mod catalog;
 mod connections;
+mod context;
 mod crash;
 mod egress;
 mod execution;
