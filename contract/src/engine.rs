@@ -8,6 +8,7 @@
 //! PostgreSQL.
 
 mod context;
+mod policy;
 mod routing;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ use crate::template::Budget;
 // The statuses the engine moves, reachable from here too.
 pub use crate::status::StepStatus;
 pub use context::{CTX_TOO_LARGE, MAX_CTX_BYTES, MAX_EVENT_VALUE_BYTES};
+pub use policy::GOTO_BUDGET_EXCEEDED;
 pub use routing::CONDITION_FAILED;
 use routing::{dispatch_ready, skip_unreachable};
 
@@ -62,6 +64,8 @@ pub struct ExecutionState {
     pub steps: Vec<StepState>,
     /// The execution's variables, written by the steps' `set`, read by templates as `ctx`.
     pub ctx: serde_json::Map<String, Value>,
+    /// The `goto`s of `on_error` rules taken so far (at most the playbook's `max_gotos`).
+    pub gotos: u32,
     /// What rendering one step's `with` may cost (a setting of the server).
     pub budget: Budget,
 }
@@ -80,6 +84,7 @@ impl ExecutionState {
             status: ExecutionStatus::Pending,
             steps,
             ctx: serde_json::Map::new(),
+            gotos: 0,
             budget: Budget::default(),
         }
     }
@@ -342,8 +347,9 @@ fn step_payload(state: &ExecutionState, step: StepIndex, extra: Value) -> Value 
     payload
 }
 
-/// A failed attempt: retry within the budget (with exponential backoff), else fail the step
-/// and skip everything that can no longer run.
+/// A failed attempt: the step's `on_error` rules decide ([`policy`]); by default, and on
+/// `retry`, retry within the budget (with exponential backoff), else fail the step and skip
+/// everything that can no longer run.
 fn fail_attempt(
     state: &mut ExecutionState,
     step: StepIndex,
@@ -351,11 +357,21 @@ fn fail_attempt(
     max_attempts: u32,
     decision: &mut Decision,
 ) {
-    let retry = state.spec(step).retry;
     let attempt = state.step(step).attempt;
     decision.changed(step);
-    if attempt.get() < max_attempts {
-        let backoff = retry.map_or(0, |r| r.backoff.0);
+    let retries = match policy::choose(state, step, &error) {
+        Err(message) => return fail_step(state, step, message, decision),
+        Ok(policy::Policy::Fail) => false,
+        Ok(policy::Policy::Retry) => true,
+        Ok(policy::Policy::Continue) => {
+            return policy::continue_after(state, step, error, decision)
+        }
+        Ok(policy::Policy::Goto(target)) => {
+            return policy::goto(state, step, target, error, decision)
+        }
+    };
+    if retries && attempt.get() < max_attempts {
+        let backoff = state.spec(step).retry.map_or(0, |r| r.backoff.0);
         // Attempts in flight count from 1: the first retry waits `backoff`.
         let doublings = attempt.get().saturating_sub(1).min(20);
         let delay_ms = backoff
@@ -372,9 +388,15 @@ fn fail_attempt(
         dispatch(state, step, attempt.next(), delay_ms, decision);
         return;
     }
+    fail_step(state, step, error, decision);
+}
+
+/// Fails the step with `error`, and skips everything that can no longer run.
+fn fail_step(state: &mut ExecutionState, step: StepIndex, error: String, decision: &mut Decision) {
     let s = state.step_mut(step);
     s.status = StepStatus::Failed;
     s.error = Some(error.clone());
+    decision.changed(step);
     decision.record(
         "step_failed",
         step_payload(state, step, json!({"error": error})),

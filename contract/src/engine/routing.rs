@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{context, dispatch, step_payload, Decision, ExecutionState, StepStatus};
 use crate::playbook::{Mode, Playbook};
-use crate::step::{Attempt, StepIndex};
+use crate::step::StepIndex;
 use crate::template::{Conditions, RenderError};
 
 /// The step error code of a `when` that fails to evaluate.
@@ -213,7 +213,9 @@ pub(super) fn dispatch_ready(state: &mut ExecutionState, decision: &mut Decision
         })
         .collect();
     for step in ready {
-        dispatch(state, step, Attempt::FIRST, 0, decision);
+        // A step run again after a `goto` goes on numbering its attempts.
+        let attempt = state.step(step).attempt.next();
+        dispatch(state, step, attempt, 0, decision);
     }
 }
 

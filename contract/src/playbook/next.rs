@@ -72,12 +72,15 @@ impl Playbook {
         sources
     }
 
-    /// Whether any arc has a condition, so deciding may evaluate a template.
+    /// Whether any arc or `on_error` rule has a condition, so deciding may evaluate a template.
     pub fn has_conditions(&self) -> bool {
-        self.steps
-            .iter()
-            .flat_map(|step| step.next.iter().flat_map(|next| &next.arcs))
-            .any(|arc| arc.when.is_some())
+        self.steps.iter().any(|step| {
+            step.next
+                .iter()
+                .flat_map(|next| &next.arcs)
+                .any(|arc| arc.when.is_some())
+                || step.on_error.iter().any(|rule| rule.when.is_some())
+        })
     }
 }
 

@@ -13,6 +13,7 @@ mod context;
 mod crash;
 mod egress;
 mod execution;
+mod failure_policy;
 mod faults;
 mod fencing;
 mod limits;

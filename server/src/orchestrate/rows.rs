@@ -53,6 +53,7 @@ impl Working {
                 status: locked.status,
                 steps: locked.steps,
                 ctx: locked.ctx,
+                gotos: u32::try_from(locked.gotos).unwrap_or(0),
                 budget,
             },
             last_event_seq: locked.last_event_seq,
@@ -78,6 +79,7 @@ impl Working {
             outbox: self.outbox,
             results_bytes: self.results_bytes,
             ctx: self.ctx_changed.then(|| to_json(&self.state.ctx)),
+            gotos: i32::try_from(self.state.gotos).unwrap_or(i32::MAX),
             finished_tenant: finished.then_some(self.tenant),
         }
     }

@@ -403,6 +403,8 @@ pub struct LockedExecution {
     pub results_bytes: i64,
     /// Its variables (`ctx`).
     pub ctx: serde_json::Map<String, serde_json::Value>,
+    /// The gotos it took.
+    pub gotos: i32,
     /// The token of the attempt that owns each step, in step order.
     pub tokens: Vec<Option<AttemptToken>>,
 }
@@ -417,7 +419,7 @@ pub async fn lock_executions(
     let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let locked = sqlx::query(
         "SELECT execution_id, status, playbook, input, last_event_seq, tenant, results_bytes,
-                ctx FROM executions WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
+                ctx, gotos FROM executions WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
     )
     .bind(&raw)
     .fetch_all(&mut **tx)
@@ -463,6 +465,7 @@ pub async fn lock_executions(
                 ctx: row
                     .try_get::<sqlx::types::Json<_>, _>("ctx")
                     .map(|json| json.0)?,
+                gotos: row.try_get("gotos")?,
                 tokens,
             })
         })
@@ -484,6 +487,8 @@ pub struct ExecutionChange {
     pub results_bytes: i64,
     /// Its variables' JSON, when these changes wrote them.
     pub ctx: Option<String>,
+    /// The gotos it took, these changes included.
+    pub gotos: i32,
     /// Its tenant, when these changes finished it (it leaves the tenant's executions in flight).
     pub finished_tenant: Option<String>,
 }
@@ -540,9 +545,10 @@ pub async fn save_changes(
          ), changed_executions AS (
              UPDATE executions AS x SET status = u.status, last_event_seq = u.last_event_seq,
                     results_bytes = u.results_bytes, ctx = coalesce(u.ctx::jsonb, x.ctx),
-                    updated_at = now()
-             FROM UNNEST($18::bigint[], $19::text[], $20::bigint[], $21::bigint[], $24::text[])
-                 AS u(execution_id, status, last_event_seq, results_bytes, ctx)
+                    gotos = u.gotos, updated_at = now()
+             FROM UNNEST($18::bigint[], $19::text[], $20::bigint[], $21::bigint[], $24::text[],
+                         $25::int[])
+                 AS u(execution_id, status, last_event_seq, results_bytes, ctx, gotos)
              WHERE x.execution_id = u.execution_id
          ), finished AS (
              INSERT INTO tenant_finished AS f (tenant, executions)
@@ -561,6 +567,7 @@ pub async fn save_changes(
     let tokens = std::mem::take(&mut columns.step_tokens);
     let results_bytes: Vec<i64> = changes.iter().map(|c| c.results_bytes).collect();
     let ctx: Vec<Option<&str>> = changes.iter().map(|c| c.ctx.as_deref()).collect();
+    let gotos: Vec<i32> = changes.iter().map(|c| c.gotos).collect();
     let finished: Vec<&str> = changes
         .iter()
         .filter_map(|c| c.finished_tenant.as_deref())
@@ -574,6 +581,7 @@ pub async fn save_changes(
         .bind(finished)
         .bind(tokens)
         .bind(ctx)
+        .bind(gotos)
         .fetch_all(&mut **tx)
         .await?
         .iter()
