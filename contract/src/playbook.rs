@@ -84,7 +84,7 @@ pub struct Step {
     pub name: String,
     #[cfg_attr(feature = "openapi", schema(value_type = ActionSchema))]
     pub action: String,
-    /// Action arguments; strings are templates over `{input, steps.<name>.result}`.
+    /// Action arguments; strings are templates over `{input, ctx, steps.<name>.result}`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub with: serde_json::Map<String, serde_json::Value>,
     /// Names of the steps that must succeed before this one runs.

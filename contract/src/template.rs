@@ -1,4 +1,4 @@
-//! Step argument templates (minijinja) over `{input, steps.<name>.result}`.
+//! Step argument templates (minijinja) over `{input, ctx, steps.<name>.result}`.
 //!
 //! Every string inside a step's `with` is a template. A string that is exactly one expression
 //! (`"{{ steps.a.result.items }}"`) keeps the expression's JSON type; any other string renders

@@ -46,7 +46,7 @@ pub enum Mode {
 pub struct NextArc {
     /// The step this arc leads to.
     pub step: String,
-    /// A template expression over `{input, steps.<name>.result}` (with or without `{{ }}`);
+    /// A template expression over `{input, ctx, steps.<name>.result}` (with or without `{{ }}`);
     /// the arc is taken when it is true. An arc without one is always taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
