@@ -2,7 +2,8 @@
 //! `set` writes `ctx` when it succeeds, a later step's `with` and an arc's `when` read it (in a
 //! later transaction, so from what was stored), each write is a `ctx_set` event, a `set` that
 //! would take `ctx` over its bound fails its step with `ctx_too_large`, and a bad `set` is
-//! refused at submit naming its path; against real processes.
+//! refused at submit naming its path, and `ctx` outlives a restart of the server; against real
+//! processes.
 
 use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
@@ -139,5 +140,37 @@ async fn a_bad_set_is_refused_naming_its_path() {
         let detail = problem["detail"].as_str().unwrap_or_default();
         assert!(detail.starts_with(&format!("{path}:")), "{path}: {problem}");
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctx_survives_a_restart_of_the_server() {
+    let mut cluster = Cluster::builder().server_process().start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let body = json!({"playbook": {"name": "ctx-restart", "steps": [
+        {"name": "login", "action": "noop", "set": {"token": "{{ input.user }}-t"}},
+        {"name": "wait", "action": "sleep", "needs": ["login"], "with": {"ms": 3000}},
+        {"name": "call", "action": "noop", "needs": ["wait"],
+         "with": {"auth": "Bearer {{ ctx.token }}"}}
+    ]}, "input": {"user": "bo"}});
+    let id = cluster.submit(&body).await;
+    // Once `login` succeeded, its `set` is stored: the server that wrote it goes away.
+    cluster
+        .wait_for_execution(id, "login to succeed", |body| {
+            body["steps"][0]["status"] == "succeeded"
+        })
+        .await;
+    cluster.kill_server();
+    cluster.restart_server();
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["ctx"], json!({"token": "bo-t"}));
+    let events = cluster.events(id).await;
+    let call = events
+        .iter()
+        .find(|e| e["kind"] == "step_dispatched" && e["payload"]["step"] == "call")
+        .expect("call dispatched");
+    assert_eq!(call["payload"]["with"], json!({"auth": "Bearer bo-t"}));
+    worker.stop().await;
     cluster.stop().await;
 }
