@@ -7,6 +7,8 @@
 //! lifecycle (fencing, retries, skips, exactly one terminal state) is tested without NATS or
 //! PostgreSQL.
 
+mod context;
+mod policy;
 mod routing;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,8 @@ use crate::template::Budget;
 
 // The statuses the engine moves, reachable from here too.
 pub use crate::status::StepStatus;
+pub use context::{CTX_TOO_LARGE, MAX_CTX_BYTES, MAX_EVENT_VALUE_BYTES};
+pub use policy::GOTO_BUDGET_EXCEEDED;
 pub use routing::CONDITION_FAILED;
 use routing::{dispatch_ready, skip_unreachable};
 
@@ -58,6 +62,10 @@ pub struct ExecutionState {
     pub input: Value,
     pub status: ExecutionStatus,
     pub steps: Vec<StepState>,
+    /// The execution's variables, written by the steps' `set`, read by templates as `ctx`.
+    pub ctx: serde_json::Map<String, Value>,
+    /// The `goto`s of `on_error` rules taken so far (at most the playbook's `max_gotos`).
+    pub gotos: u32,
     /// What rendering one step's `with` may cost (a setting of the server).
     pub budget: Budget,
 }
@@ -75,19 +83,21 @@ impl ExecutionState {
             input: Value::Object(merged),
             status: ExecutionStatus::Pending,
             steps,
+            ctx: serde_json::Map::new(),
+            gotos: 0,
             budget: Budget::default(),
         }
     }
 
-    /// Whether any step renders a template or an arc has a condition, so deciding may cost a
-    /// render's budget.
+    /// Whether any step renders a template, sets a variable, or an arc has a condition, so
+    /// deciding may cost a render's budget.
     pub fn renders_templates(&self) -> bool {
         self.playbook.has_conditions()
             || self
                 .playbook
                 .steps
                 .iter()
-                .any(|step| crate::template::has_templates(&step.with))
+                .any(|step| crate::template::has_templates(&step.with) || !step.set.is_empty())
     }
 
     fn is_terminal(&self) -> bool {
@@ -116,7 +126,7 @@ impl ExecutionState {
         self.indexes().find(|&i| self.spec(i).name == name)
     }
 
-    /// `{input, steps: {<name>: {result}}}` for templates: only steps that succeeded.
+    /// `{input, ctx, steps: {<name>: {result}}}` for templates: only steps that succeeded.
     fn template_context(&self) -> Value {
         let steps: serde_json::Map<String, Value> = self
             .playbook
@@ -131,7 +141,7 @@ impl ExecutionState {
                 )
             })
             .collect();
-        json!({"input": self.input, "steps": steps})
+        json!({"input": self.input, "ctx": self.ctx, "steps": steps})
     }
 }
 
@@ -195,6 +205,8 @@ pub struct Decision {
     /// The first step whose `with` went over its budget or rendered what cannot be stored
     /// (the step is failed with it; at submit, the submit is refused with it).
     pub refused: Option<Refusal>,
+    /// Whether a step's `set` wrote into the execution's `ctx` (to be stored).
+    pub ctx_changed: bool,
 }
 
 /// A step's render refused with a code ([`crate::template::RenderError::code`]).
@@ -335,8 +347,9 @@ fn step_payload(state: &ExecutionState, step: StepIndex, extra: Value) -> Value 
     payload
 }
 
-/// A failed attempt: retry within the budget (with exponential backoff), else fail the step
-/// and skip everything that can no longer run.
+/// A failed attempt: the step's `on_error` rules decide ([`policy`]); by default, and on
+/// `retry`, retry within the budget (with exponential backoff), else fail the step and skip
+/// everything that can no longer run.
 fn fail_attempt(
     state: &mut ExecutionState,
     step: StepIndex,
@@ -344,11 +357,21 @@ fn fail_attempt(
     max_attempts: u32,
     decision: &mut Decision,
 ) {
-    let retry = state.spec(step).retry;
     let attempt = state.step(step).attempt;
     decision.changed(step);
-    if attempt.get() < max_attempts {
-        let backoff = retry.map_or(0, |r| r.backoff.0);
+    let retries = match policy::choose(state, step, &error) {
+        Err(message) => return fail_step(state, step, message, decision),
+        Ok(policy::Policy::Fail) => false,
+        Ok(policy::Policy::Retry) => true,
+        Ok(policy::Policy::Continue) => {
+            return policy::continue_after(state, step, error, decision)
+        }
+        Ok(policy::Policy::Goto(target)) => {
+            return policy::goto(state, step, target, error, decision)
+        }
+    };
+    if retries && attempt.get() < max_attempts {
+        let backoff = state.spec(step).retry.map_or(0, |r| r.backoff.0);
         // Attempts in flight count from 1: the first retry waits `backoff`.
         let doublings = attempt.get().saturating_sub(1).min(20);
         let delay_ms = backoff
@@ -365,9 +388,15 @@ fn fail_attempt(
         dispatch(state, step, attempt.next(), delay_ms, decision);
         return;
     }
+    fail_step(state, step, error, decision);
+}
+
+/// Fails the step with `error`, and skips everything that can no longer run.
+fn fail_step(state: &mut ExecutionState, step: StepIndex, error: String, decision: &mut Decision) {
     let s = state.step_mut(step);
     s.status = StepStatus::Failed;
     s.error = Some(error.clone());
+    decision.changed(step);
     decision.record(
         "step_failed",
         step_payload(state, step, json!({"error": error})),

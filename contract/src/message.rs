@@ -78,6 +78,9 @@ pub struct ExecutionView {
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
     pub steps: Vec<StepView>,
+    /// The execution's variables, written by its steps' `set` (absent while none is).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub ctx: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One step of an execution: its state, current attempt, result and timings.

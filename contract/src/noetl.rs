@@ -176,6 +176,7 @@ pub fn translate(document: &Value) -> Result<Playbook, Error> {
         name: name.to_owned(),
         input,
         steps,
+        max_gotos: None,
     };
     playbook
         .validate()
@@ -236,6 +237,8 @@ fn translate_step(
         retry: None,
         timeout: None,
         next,
+        set: serde_json::Map::new(),
+        on_error: Vec::new(),
     };
     Ok((step, arc_paths))
 }

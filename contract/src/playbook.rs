@@ -6,13 +6,17 @@
 //!
 //! - `duration`: [`Millis`], the durations a playbook writes with a unit.
 //! - `next`: [`Next`], the conditional arcs a step leads to when it succeeds.
+//! - `on_error`: [`OnError`], the failure policy of a step, and the execution's goto budget.
+//! - `set`: the checks of a step's `set`, the values it writes into the execution's `ctx`.
 //! - `schema` (feature `openapi`): the OpenAPI schemas of actions, labels and durations, whose
 //!   wire form is not what their Rust type says.
 
 mod duration;
 mod next;
+mod on_error;
 #[cfg(feature = "openapi")]
 mod schema;
+mod set;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,8 +24,10 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Millis;
 pub use next::{Mode, Next, NextArc, MAX_ARCS};
+pub use on_error::{OnError, Then, DEFAULT_MAX_GOTOS, MAX_GOTOS, MAX_ON_ERROR_RULES};
 #[cfg(feature = "openapi")]
 pub use schema::{ActionSchema, LabelsSchema};
+pub use set::{MAX_CTX_NAME_LEN, MAX_SET_NAMES};
 
 /// Labels attached to an execution: small string pairs for selection.
 pub type Labels = BTreeMap<String, String>;
@@ -64,6 +70,10 @@ pub struct Playbook {
     /// 1 to 1,000 steps; their `needs` form a DAG.
     #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 1000))]
     pub steps: Vec<Step>,
+    /// How many `goto`s of the steps' `on_error` one execution may take: 0 to 100, default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100))]
+    pub max_gotos: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +85,7 @@ pub struct Step {
     pub name: String,
     #[cfg_attr(feature = "openapi", schema(value_type = ActionSchema))]
     pub action: String,
-    /// Action arguments; strings are templates over `{input, steps.<name>.result}`.
+    /// Action arguments; strings are templates over `{input, ctx, steps.<name>.result}`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub with: serde_json::Map<String, serde_json::Value>,
     /// Names of the steps that must succeed before this one runs.
@@ -94,6 +104,16 @@ pub struct Step {
     /// "Branches"); the targets run after it and are skipped when their arc is not taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Next>,
+    /// Values written into the execution's context when the step succeeds, read by later
+    /// templates as `ctx.<name>`: templates over `{input, steps, ctx, result}`, `result` being
+    /// this step's (wiki/playbooks.md, "Execution variables"). At most 32 names.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub set: serde_json::Map<String, serde_json::Value>,
+    /// What a failed attempt leads to: rules `{when, then}` tried in order (wiki/playbooks.md,
+    /// "Failure policy"); at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
+    pub on_error: Vec<OnError>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +338,7 @@ impl Playbook {
                 }
             }
             check_step_durations(i, step, MAX_TIMEOUT_MS, "one day")?;
+            set::check(i, step)?;
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(step.needs.len());
             for (j, need) in step.needs.iter().enumerate() {
                 let path = format!("steps[{i}].needs[{j}]");
@@ -337,6 +358,7 @@ impl Playbook {
             }
         }
         next::check(self, &index_of)?;
+        on_error::check(self, &index_of)?;
         self.check_acyclic(&index_of)
     }
 

@@ -1,4 +1,4 @@
-//! Step argument templates (minijinja) over `{input, steps.<name>.result}`.
+//! Step argument templates (minijinja) over `{input, ctx, steps.<name>.result}`.
 //!
 //! Every string inside a step's `with` is a template. A string that is exactly one expression
 //! (`"{{ steps.a.result.items }}"`) keeps the expression's JSON type; any other string renders
@@ -308,9 +308,14 @@ fn loops_over_parts_of_the_context(tag: &str) -> bool {
 /// Checks the syntax of every template in `with`, and that it uses only what templates may;
 /// the error names the field (`with.url`).
 pub fn check(with: &Map<String, Value>) -> Result<(), (String, String)> {
+    check_fields("with", with)
+}
+
+/// [`check`] for the fields of another part of a step (`set`), named from `root`.
+pub fn check_fields(root: &str, fields: &Map<String, Value>) -> Result<(), (String, String)> {
     let env = environment(DEFAULT_MAX_BYTES);
     let mut failure = None;
-    visit(&Value::Object(with.clone()), "with", &mut |path, text| {
+    visit(&Value::Object(fields.clone()), root, &mut |path, text| {
         if failure.is_some() || !is_template(text) {
             return;
         }
@@ -353,7 +358,17 @@ pub fn render(
     context: &Value,
     budget: &Budget,
 ) -> Result<Value, RenderError> {
-    Run::new(context, budget).value(&Value::Object(with.clone()), "with")
+    render_fields("with", with, context, budget)
+}
+
+/// [`render`] for the fields of another part of a step (`set`), named from `root`.
+pub fn render_fields(
+    root: &str,
+    fields: &Map<String, Value>,
+    context: &Value,
+    budget: &Budget,
+) -> Result<Value, RenderError> {
+    Run::new(context, budget).value(&Value::Object(fields.clone()), root)
 }
 
 /// One step's render: what is left of its budget.

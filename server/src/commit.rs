@@ -394,6 +394,8 @@ mod tests {
             events: Vec::new(),
             outbox: Vec::new(),
             results_bytes: 10,
+            ctx: Some(r#"{"k":1}"#.to_owned()),
+            gotos: 2,
             finished_tenant: Some("a".to_owned()),
         };
         persistence::save_changes(&mut tx, &[change])
@@ -416,12 +418,13 @@ mod tests {
                 .await
                 .expect("ids");
         assert_eq!(stored, [1, 2, 4, 6, 7, 8]);
-        let bytes: i64 =
-            sqlx::query_scalar("SELECT results_bytes FROM executions WHERE execution_id = 1")
-                .fetch_one(&shard.pool)
-                .await
-                .expect("bytes");
-        assert_eq!(bytes, 10);
+        let (bytes, ctx, gotos): (i64, serde_json::Value, i32) = sqlx::query_as(
+            "SELECT results_bytes, ctx, gotos FROM executions WHERE execution_id = 1",
+        )
+        .fetch_one(&shard.pool)
+        .await
+        .expect("bytes");
+        assert_eq!((bytes, ctx, gotos), (10, serde_json::json!({"k": 1}), 2));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -564,6 +564,7 @@ impl Inner {
                 finished: decision.finished,
             });
             work.changed = true;
+            work.ctx_changed |= decision.ctx_changed;
             work.events.extend(event_rows(&decision));
             work.outbox.extend(self.leases.outbox_rows(
                 self.shard,

@@ -9,9 +9,9 @@
 
 use serde_json::{json, Value};
 
-use super::{dispatch, step_payload, Decision, ExecutionState, StepStatus};
+use super::{context, dispatch, step_payload, Decision, ExecutionState, StepStatus};
 use crate::playbook::{Mode, Playbook};
-use crate::step::{Attempt, StepIndex};
+use crate::step::StepIndex;
 use crate::template::{Conditions, RenderError};
 
 /// The step error code of a `when` that fails to evaluate.
@@ -77,9 +77,9 @@ impl Graph {
     }
 }
 
-/// A step that ended well: its arcs are decided (a condition that fails fails the step, without
-/// a retry: it would judge the same result), then what can no longer run is skipped and what
-/// became ready is dispatched.
+/// A step that ended well: its `set` is written into `ctx`, its arcs are decided (a `set` or a
+/// condition that fails fails the step, without a retry: it would judge the same result), then
+/// what can no longer run is skipped and what became ready is dispatched.
 pub(super) fn succeed(
     state: &mut ExecutionState,
     step: StepIndex,
@@ -91,19 +91,27 @@ pub(super) fn succeed(
     s.result = Some(result.clone());
     s.error = None;
     decision.changed(step);
-    match taken_arcs(state, step) {
+    let written = context::set(state, step);
+    let routed = match &written {
+        Ok(_) => taken_arcs(state, step).map_err(|error| {
+            let code = error.code().unwrap_or(CONDITION_FAILED);
+            format!("{code}: {}", error.message())
+        }),
+        Err(message) => Err(message.clone()),
+    };
+    match routed {
         Ok(taken) => {
             decision.record(
                 "step_succeeded",
                 step_payload(state, step, json!({"result": result})),
             );
+            context::record(state, step, written.ok().flatten(), decision);
             if let Some(taken) = taken {
                 route(state, step, &taken, decision);
             }
         }
-        Err(error) => {
-            let code = error.code().unwrap_or(CONDITION_FAILED);
-            let message = format!("{code}: {}", error.message());
+        Err(message) => {
+            context::undo(state, written.ok().flatten());
             let s = state.step_mut(step);
             s.status = StepStatus::Failed;
             s.error = Some(message.clone());
@@ -205,7 +213,9 @@ pub(super) fn dispatch_ready(state: &mut ExecutionState, decision: &mut Decision
         })
         .collect();
     for step in ready {
-        dispatch(state, step, Attempt::FIRST, 0, decision);
+        // A step run again after a `goto` goes on numbering its attempts.
+        let attempt = state.step(step).attempt.next();
+        dispatch(state, step, attempt, 0, decision);
     }
 }
 

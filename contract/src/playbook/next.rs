@@ -46,7 +46,7 @@ pub enum Mode {
 pub struct NextArc {
     /// The step this arc leads to.
     pub step: String,
-    /// A template expression over `{input, steps.<name>.result}` (with or without `{{ }}`);
+    /// A template expression over `{input, ctx, steps.<name>.result}` (with or without `{{ }}`);
     /// the arc is taken when it is true. An arc without one is always taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
@@ -72,12 +72,15 @@ impl Playbook {
         sources
     }
 
-    /// Whether any arc has a condition, so deciding may evaluate a template.
+    /// Whether any arc or `on_error` rule has a condition, so deciding may evaluate a template.
     pub fn has_conditions(&self) -> bool {
-        self.steps
-            .iter()
-            .flat_map(|step| step.next.iter().flat_map(|next| &next.arcs))
-            .any(|arc| arc.when.is_some())
+        self.steps.iter().any(|step| {
+            step.next
+                .iter()
+                .flat_map(|next| &next.arcs)
+                .any(|arc| arc.when.is_some())
+                || step.on_error.iter().any(|rule| rule.when.is_some())
+        })
     }
 }
 

@@ -349,3 +349,66 @@ fn a_playbook_without_arcs_serialises_as_before() {
         json!({"name": "demo", "steps": [{"name": "a", "action": "noop"}]})
     );
 }
+
+#[test]
+fn set_names_and_templates_are_checked_naming_the_path() {
+    let names: serde_json::Map<String, serde_json::Value> = (0..=MAX_SET_NAMES)
+        .map(|i| (format!("v{i}"), json!("x")))
+        .collect();
+    let cases = [
+        (json!({"1st": "x"}), "steps[0].set.1st"),
+        (json!({"a.b": "x"}), "steps[0].set.a.b"),
+        (json!({"ok": "{{ result. }}"}), "steps[0].set.ok"),
+        (json!({"ok": ["{% if %}"]}), "steps[0].set.ok[0]"),
+        (serde_json::Value::Object(names), "steps[0].set"),
+    ];
+    for (set, path) in cases {
+        let e = rejection(json!([{"name": "a", "action": "noop", "set": set}]));
+        assert_eq!(e.path, path, "{e}");
+    }
+    let fine = playbook(json!([{"name": "a", "action": "noop",
+        "set": {"_token": "{{ result.t }}", "n": 3}}]));
+    assert_eq!(fine.validate(), Ok(()));
+}
+
+#[test]
+fn on_error_rules_and_max_gotos_are_checked_naming_the_path() {
+    let steps = |rules: serde_json::Value| {
+        json!([
+            {"name": "a", "action": "noop"},
+            {"name": "b", "action": "noop", "needs": ["a"], "on_error": rules},
+            {"name": "c", "action": "noop"}
+        ])
+    };
+    let too_many: Vec<serde_json::Value> = (0..=MAX_ON_ERROR_RULES)
+        .map(|_| json!({"then": "fail"}))
+        .collect();
+    let cases = [
+        (json!([{"then": "explode"}]), "steps[1].on_error[0].then"),
+        (
+            json!([{"then": "goto:nowhere"}]),
+            "steps[1].on_error[0].then",
+        ),
+        (
+            json!([{"then": "fail"}, {"then": "goto:c"}]),
+            "steps[1].on_error[1].then",
+        ),
+        (
+            json!([{"when": "error ~", "then": "retry"}]),
+            "steps[1].on_error[0].when",
+        ),
+        (json!(too_many), "steps[1].on_error"),
+    ];
+    for (rules, path) in cases {
+        let e = rejection(steps(rules));
+        assert_eq!(e.path, path, "{e}");
+    }
+    // A goto leads back to the step itself or a step before it.
+    for then in ["goto:a", "goto: b", "continue", "retry"] {
+        let fine = playbook(steps(json!([{"when": "attempt < 3", "then": then}])));
+        assert_eq!(fine.validate(), Ok(()), "{then}");
+    }
+    let mut over = playbook(steps(json!([{"then": "goto:a"}])));
+    over.max_gotos = Some(MAX_GOTOS + 1);
+    assert_eq!(over.validate().expect_err("refused").path, "max_gotos");
+}

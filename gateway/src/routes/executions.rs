@@ -47,6 +47,7 @@ impl CarriesPlaybook for SubmitRequest {
                 version: None,
                 input: playbook.input,
                 steps: Some(playbook.steps),
+                max_gotos: playbook.max_gotos,
             },
             input: None,
             labels: Labels::default(),
@@ -67,6 +68,8 @@ pub struct PlaybookSpec {
     pub input: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub steps: Option<Vec<Step>>,
+    #[serde(default)]
+    pub max_gotos: Option<u32>,
 }
 
 /// The 200 answers of a submit: a replay of an earlier request with the same `Idempotency-Key`,
@@ -355,6 +358,7 @@ async fn resolve(
                     name: spec.name,
                     input: spec.input,
                     steps,
+                    max_gotos: spec.max_gotos,
                 },
                 None,
             ))
@@ -364,6 +368,12 @@ async fn resolve(
                 return Err(Problem::new(
                     Code::InvalidRequest,
                     "playbook.input: a catalog reference takes no input; give the execution's input at the top level",
+                ));
+            }
+            if spec.max_gotos.is_some() {
+                return Err(Problem::new(
+                    Code::InvalidRequest,
+                    "playbook.max_gotos: a catalog reference takes no max_gotos; the catalog's playbook sets it",
                 ));
             }
             let entry = state

@@ -30,6 +30,8 @@ pub(super) struct Working {
     pub(super) outbox: Vec<OutboxRow>,
     /// The bytes of its step results together.
     pub(super) results_bytes: i64,
+    /// Whether a decision wrote its `ctx` (to be stored).
+    pub(super) ctx_changed: bool,
     tenant: String,
     /// Whether it was unfinished when locked (in its tenant's executions in flight).
     was_running: bool,
@@ -50,6 +52,8 @@ impl Working {
                 input: locked.input,
                 status: locked.status,
                 steps: locked.steps,
+                ctx: locked.ctx,
+                gotos: u32::try_from(locked.gotos).unwrap_or(0),
                 budget,
             },
             last_event_seq: locked.last_event_seq,
@@ -59,6 +63,7 @@ impl Working {
             events: Vec::new(),
             outbox: Vec::new(),
             results_bytes: locked.results_bytes,
+            ctx_changed: false,
             tenant: locked.tenant,
         })
     }
@@ -79,6 +84,8 @@ impl Working {
             events: self.events,
             outbox: self.outbox,
             results_bytes: self.results_bytes,
+            ctx: self.ctx_changed.then(|| to_json(&self.state.ctx)),
+            gotos: i32::try_from(self.state.gotos).unwrap_or(i32::MAX),
             finished_tenant: finished.then_some(self.tenant),
         }
     }

@@ -119,12 +119,13 @@ pub async fn get_execution(
 ) -> Result<Option<ExecutionView>, Error> {
     let statement = tenants_execution!(
         "execution_id, status, playbook_name, playbook_version, input, labels, created_at, \
-         updated_at"
+         updated_at, ctx"
     );
     let Some(row) = tenants_execution(pool, statement, id, tenant).await? else {
         return Ok(None);
     };
     let sqlx::types::Json(labels): sqlx::types::Json<Labels> = row.try_get("labels")?;
+    let sqlx::types::Json(ctx) = row.try_get("ctx")?;
     let step_rows = sqlx::query(
         "SELECT name, status, attempt, result, error, started_at, finished_at
          FROM execution_steps WHERE execution_id = $1 ORDER BY step_index",
@@ -144,6 +145,7 @@ pub async fn get_execution(
         created_at: timestamp(&row, "created_at")?,
         updated_at: timestamp(&row, "updated_at")?,
         steps,
+        ctx,
     }))
 }
 

@@ -472,6 +472,10 @@ pub struct LockedExecution {
     pub tenant: String,
     /// The bytes of its step results together (their JSON).
     pub results_bytes: i64,
+    /// Its variables (`ctx`).
+    pub ctx: serde_json::Map<String, serde_json::Value>,
+    /// The gotos it took.
+    pub gotos: i32,
     /// The token of the attempt that owns each step, in step order.
     pub tokens: Vec<Option<AttemptToken>>,
 }
@@ -485,8 +489,8 @@ pub async fn lock_executions(
 ) -> Result<Vec<LockedExecution>, Error> {
     let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let locked = sqlx::query(
-        "SELECT execution_id, status, playbook, input, last_event_seq, tenant, results_bytes
-         FROM executions WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
+        "SELECT execution_id, status, playbook, input, last_event_seq, tenant, results_bytes,
+                ctx, gotos FROM executions WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
     )
     .bind(&raw)
     .fetch_all(&mut **tx)
@@ -529,6 +533,10 @@ pub async fn lock_executions(
                 steps,
                 tenant: row.try_get("tenant")?,
                 results_bytes: row.try_get("results_bytes")?,
+                ctx: row
+                    .try_get::<sqlx::types::Json<_>, _>("ctx")
+                    .map(|json| json.0)?,
+                gotos: row.try_get("gotos")?,
                 tokens,
             })
         })
@@ -548,6 +556,10 @@ pub struct ExecutionChange {
     pub outbox: Vec<OutboxRow>,
     /// The bytes of its step results together, these changes included.
     pub results_bytes: i64,
+    /// Its variables' JSON, when these changes wrote them.
+    pub ctx: Option<String>,
+    /// The gotos it took, these changes included.
+    pub gotos: i32,
     /// Its tenant, when these changes finished it (it leaves the tenant's executions in flight).
     pub finished_tenant: Option<String>,
 }
@@ -603,9 +615,11 @@ pub async fn save_changes(
              RETURNING id, execution_id
          ), changed_executions AS (
              UPDATE executions AS x SET status = u.status, last_event_seq = u.last_event_seq,
-                    results_bytes = u.results_bytes, updated_at = now()
-             FROM UNNEST($18::bigint[], $19::text[], $20::bigint[], $21::bigint[])
-                 AS u(execution_id, status, last_event_seq, results_bytes)
+                    results_bytes = u.results_bytes, ctx = coalesce(u.ctx::jsonb, x.ctx),
+                    gotos = u.gotos, updated_at = now()
+             FROM UNNEST($18::bigint[], $19::text[], $20::bigint[], $21::bigint[], $24::text[],
+                         $25::int[])
+                 AS u(execution_id, status, last_event_seq, results_bytes, ctx, gotos)
              WHERE x.execution_id = u.execution_id
          ), finished AS (
              INSERT INTO tenant_finished AS f (tenant, executions)
@@ -623,6 +637,8 @@ pub async fn save_changes(
         .collect();
     let tokens = std::mem::take(&mut columns.step_tokens);
     let results_bytes: Vec<i64> = changes.iter().map(|c| c.results_bytes).collect();
+    let ctx: Vec<Option<&str>> = changes.iter().map(|c| c.ctx.as_deref()).collect();
+    let gotos: Vec<i32> = changes.iter().map(|c| c.gotos).collect();
     let finished: Vec<&str> = changes
         .iter()
         .filter_map(|c| c.finished_tenant.as_deref())
@@ -635,6 +651,8 @@ pub async fn save_changes(
         .bind(results_bytes)
         .bind(finished)
         .bind(tokens)
+        .bind(ctx)
+        .bind(gotos)
         .fetch_all(&mut **tx)
         .await?
         .iter()
