@@ -27,6 +27,7 @@ use crate::render::{self, Rendering};
 mod results;
 mod rows;
 
+pub use results::ExecutionLimits;
 use rows::{event_rows, millis, new_tokens, Working};
 
 /// How long attempts may stay silent before they are presumed lost.
@@ -118,16 +119,6 @@ struct Applying {
     outcomes: Vec<Outcome>,
     handoffs: Vec<Handoff>,
     due_now: bool,
-}
-
-/// The server's settings that bound one execution, and the tenant quota's bookkeeping.
-#[derive(Debug, Clone, Copy)]
-pub struct ExecutionLimits {
-    /// `execution_results_max_bytes`: the step results of one execution together.
-    pub results_max_bytes: usize,
-    /// Whether `tenant_max_executions_in_flight` is set, so ending an execution counts it in
-    /// its tenant's `tenant_finished` row (off: that row is never touched).
-    pub tenant_quota: bool,
 }
 
 impl Orchestrator {

@@ -67,6 +67,16 @@ impl io::Write for Counter {
     }
 }
 
+/// The server's settings that bound one execution, and the tenant quota's bookkeeping.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutionLimits {
+    /// `execution_results_max_bytes`: the step results of one execution together.
+    pub results_max_bytes: usize,
+    /// Whether `tenant_max_executions_in_flight` is set, so ending an execution counts it in
+    /// its tenant's `tenant_finished` row (off: that row is never touched).
+    pub tenant_quota: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use noetl_contract::step::{Attempt, StepIndex};
