@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Context;
 use serde::Serialize;
 
 /// The bounds every row is checked against.
@@ -177,10 +176,7 @@ impl Report {
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::write(dir.join("results.md"), self.markdown())
-            .context("failed to write results.md")?;
-        let json = serde_json::to_vec_pretty(self).context("failed to encode the results")?;
-        std::fs::write(dir.join("results.json"), json).context("failed to write results.json")
+        noetl_chaos::write_results(dir, self.markdown(), self)
     }
 }
 
