@@ -91,6 +91,7 @@ async fn nothing_over_max_payload_is_sent_and_the_connection_stays() {
         timeout_ms: 1_000,
         lease_ms: 1_000,
         token: None,
+        item: None,
     };
     let refused = noetl_bus::commands::publish(&client, "default", &command).await;
     assert!(

@@ -33,12 +33,21 @@ pub struct StepCommand {
     /// queued before tokens existed (their steps admit reports without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<AttemptToken>,
+    /// The loop item this attempt runs (its position in the list), for a loop step; absent
+    /// for any other step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
 }
 
 impl StepCommand {
-    /// JetStream de-duplication id: one per attempt of a step.
+    /// JetStream de-duplication id: one per attempt of a step (and of a loop item, whose
+    /// attempts take numbers of their step's counter).
     pub fn message_id(&self) -> String {
-        format!("{}:{}:{}", self.execution_id, self.step_index, self.attempt)
+        let base = format!("{}:{}:{}", self.execution_id, self.step_index, self.attempt);
+        match self.item {
+            Some(item) => format!("{base}:{item}"),
+            None => base,
+        }
     }
 }
 
@@ -148,6 +157,10 @@ pub struct StepReport {
     /// The command's [`StepCommand::token`]: a report without the attempt's token is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<AttemptToken>,
+    /// The loop item this attempt runs (its position in the list), for a loop step; absent
+    /// for any other step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
 }
 
 /// The shard's answer to a report.
@@ -183,6 +196,10 @@ pub struct Heartbeat {
     /// The command's [`StepCommand::token`]: a beat without the attempt's token is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<AttemptToken>,
+    /// The loop item this attempt runs (its position in the list), for a loop step; absent
+    /// for any other step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
 }
 
 /// The shard's answer to a heartbeat.
@@ -270,8 +287,13 @@ mod tests {
             finished_at_ms: 2,
             worker: "w1".into(),
             token: None,
+            item: None,
         };
         let value = serde_json::to_value(&report).expect("serialize");
+        assert!(
+            value.get("item").is_none(),
+            "absent for a step without a loop"
+        );
         assert_eq!(value["outcome"], "failed");
         assert_eq!(value["error"], "boom");
         assert_eq!(value["execution_id"], "7");
@@ -296,7 +318,13 @@ mod tests {
             timeout_ms: 1_000,
             lease_ms: 10_000,
             token: None,
+            item: None,
         };
+        let item = StepCommand {
+            item: Some(4),
+            ..command.clone()
+        };
+        assert_eq!(item.message_id(), "9:3:1:4");
         let retry = StepCommand {
             attempt: Attempt::new(2),
             ..command.clone()

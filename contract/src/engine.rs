@@ -8,8 +8,11 @@
 //! PostgreSQL.
 
 mod context;
+mod loops;
 mod policy;
 mod routing;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,6 +26,7 @@ use crate::template::Budget;
 // The statuses the engine moves, reachable from here too.
 pub use crate::status::StepStatus;
 pub use context::{CTX_TOO_LARGE, MAX_CTX_BYTES, MAX_EVENT_VALUE_BYTES};
+pub use loops::{ItemState, LoopProgress, DEFAULT_MAX_LOOP_ITEMS, LOOP_NOT_A_LIST, LOOP_TOO_LARGE};
 pub use policy::GOTO_BUDGET_EXCEEDED;
 pub use routing::CONDITION_FAILED;
 use routing::{dispatch_ready, skip_unreachable};
@@ -35,6 +39,9 @@ pub struct StepState {
     pub attempt: Attempt,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// A loop step's counters, once its loop started.
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
+    pub loop_: Option<LoopProgress>,
 }
 
 impl StepState {
@@ -44,6 +51,7 @@ impl StepState {
             attempt: Attempt::NONE,
             result: None,
             error: None,
+            loop_: None,
         }
     }
 }
@@ -68,6 +76,11 @@ pub struct ExecutionState {
     pub gotos: u32,
     /// What rendering one step's `with` may cost (a setting of the server).
     pub budget: Budget,
+    /// The items of loops this decision may touch, by step and position: those the events name
+    /// and the next ones to dispatch, as the server loaded them (all of a loop it starts).
+    pub items: BTreeMap<(StepIndex, u32), ItemState>,
+    /// The most items one loop may have (the server's `max_loop_items`).
+    pub max_loop_items: u32,
 }
 
 impl ExecutionState {
@@ -86,6 +99,8 @@ impl ExecutionState {
             ctx: serde_json::Map::new(),
             gotos: 0,
             budget: Budget::default(),
+            items: BTreeMap::new(),
+            max_loop_items: DEFAULT_MAX_LOOP_ITEMS,
         }
     }
 
@@ -93,11 +108,11 @@ impl ExecutionState {
     /// deciding may cost a render's budget.
     pub fn renders_templates(&self) -> bool {
         self.playbook.has_conditions()
-            || self
-                .playbook
-                .steps
-                .iter()
-                .any(|step| crate::template::has_templates(&step.with) || !step.set.is_empty())
+            || self.playbook.steps.iter().any(|step| {
+                crate::template::has_templates(&step.with)
+                    || !step.set.is_empty()
+                    || step.loop_.is_some()
+            })
     }
 
     fn is_terminal(&self) -> bool {
@@ -171,6 +186,12 @@ pub enum Event {
     },
     /// Someone asked to cancel the execution.
     Cancel,
+    /// `event` (`Started`, `Finished`, `LeaseExpired` or `Undeliverable`) happened to item
+    /// `item` of its step's loop.
+    Item { item: u32, event: Box<Event> },
+    /// Every item of loop `step` ended, and `result` is their results in item order (the
+    /// server's answer to [`Decision::collect`]).
+    LoopCollected { step: StepIndex, result: Value },
 }
 
 /// Send one attempt of a step to the workers, after `delay_ms`.
@@ -181,6 +202,8 @@ pub struct Dispatch {
     /// The step's `with`, rendered.
     pub with: Value,
     pub delay_ms: u64,
+    /// The loop item it runs, for a loop step.
+    pub item: Option<u32>,
 }
 
 /// One entry for the execution's event log.
@@ -207,6 +230,13 @@ pub struct Decision {
     pub refused: Option<Refusal>,
     /// Whether a step's `set` wrote into the execution's `ctx` (to be stored).
     pub ctx_changed: bool,
+    /// Loop items whose state changed (in [`ExecutionState::items`]), to be written back.
+    pub items: Vec<(StepIndex, u32)>,
+    /// Loops started by this decision: their items are new, with their values (any stored
+    /// before, from a previous run of the step, are replaced).
+    pub loops_started: Vec<StepIndex>,
+    /// Loops whose items all ended: the server answers with [`Event::LoopCollected`].
+    pub collect: Vec<StepIndex>,
 }
 
 /// A step's render refused with a code ([`crate::template::RenderError::code`]).
@@ -226,6 +256,12 @@ impl Decision {
     fn changed(&mut self, step: StepIndex) {
         if !self.changed.contains(&step) {
             self.changed.push(step);
+        }
+    }
+
+    fn item_changed(&mut self, step: StepIndex, item: u32) {
+        if !self.items.contains(&(step, item)) {
+            self.items.push((step, item));
         }
     }
 }
@@ -315,6 +351,16 @@ pub fn decide(state: &mut ExecutionState, event: Event) -> Decision {
             decision.applied = true;
             return decision;
         }
+        Event::Item { item, event } => {
+            if !loops::apply(state, item, *event, &mut decision) {
+                return decision;
+            }
+        }
+        Event::LoopCollected { step, result } => {
+            if !loops::collected(state, step, result, &mut decision) {
+                return decision;
+            }
+        }
     }
     decision.applied = true;
     finish_if_done(state, &mut decision);
@@ -328,12 +374,14 @@ fn max_attempts(state: &ExecutionState, step: StepIndex) -> u32 {
     state.spec(step).retry.map_or(1, |r| r.max_attempts)
 }
 
-/// Whether a report is for the attempt that currently owns the step (fencing).
+/// Whether a report is for the attempt that currently owns the step (fencing). A loop step's
+/// attempts belong to its items: a report without an item is never current for it.
 fn is_current(state: &ExecutionState, step: StepIndex, attempt: Attempt) -> bool {
     state
         .steps
         .get(step.index())
-        .is_some_and(|s| s.attempt == attempt && s.status.is_in_flight())
+        .is_some_and(|s| s.attempt == attempt && s.status.is_in_flight() && s.loop_.is_none())
+        && state.spec(step).loop_.is_none()
 }
 
 fn step_payload(state: &ExecutionState, step: StepIndex, extra: Value) -> Value {
@@ -371,12 +419,7 @@ fn fail_attempt(
         }
     };
     if retries && attempt.get() < max_attempts {
-        let backoff = state.spec(step).retry.map_or(0, |r| r.backoff.0);
-        // Attempts in flight count from 1: the first retry waits `backoff`.
-        let doublings = attempt.get().saturating_sub(1).min(20);
-        let delay_ms = backoff
-            .saturating_mul(1u64 << doublings)
-            .min(crate::playbook::MAX_RETRY_DELAY_MS);
+        let delay_ms = retry_delay_ms(state, step, attempt.get());
         decision.record(
             "step_attempt_failed",
             step_payload(
@@ -389,6 +432,17 @@ fn fail_attempt(
         return;
     }
     fail_step(state, step, error, decision);
+}
+
+/// The wait before the retry that follows `tries` attempts of `step`: its `retry.backoff`,
+/// doubled on each further attempt, up to a day. (Attempts count from 1: the first retry waits
+/// `backoff`.)
+fn retry_delay_ms(state: &ExecutionState, step: StepIndex, tries: u32) -> u64 {
+    let backoff = state.spec(step).retry.map_or(0, |r| r.backoff.0);
+    let doublings = tries.saturating_sub(1).min(20);
+    backoff
+        .saturating_mul(1u64 << doublings)
+        .min(crate::playbook::MAX_RETRY_DELAY_MS)
 }
 
 /// Fails the step with `error`, and skips everything that can no longer run.
@@ -405,7 +459,7 @@ fn fail_step(state: &mut ExecutionState, step: StepIndex, error: String, decisio
 }
 
 /// Renders and dispatches one attempt; a template that does not render fails the step at once
-/// (retrying cannot fix it).
+/// (retrying cannot fix it). A loop step starts its loop instead ([`loops`]).
 fn dispatch(
     state: &mut ExecutionState,
     step: StepIndex,
@@ -413,6 +467,10 @@ fn dispatch(
     delay_ms: u64,
     decision: &mut Decision,
 ) {
+    if state.spec(step).loop_.is_some() {
+        // Its items take the next numbers of its attempt counter.
+        return loops::start(state, step, decision);
+    }
     state.step_mut(step).attempt = attempt;
     decision.changed(step);
     let rendered = crate::template::render(
@@ -433,27 +491,38 @@ fn dispatch(
                 attempt,
                 with,
                 delay_ms,
+                item: None,
             });
         }
-        Err(error) => {
-            if let (Some(code), None) = (error.code(), &decision.refused) {
-                decision.refused = Some(Refusal {
-                    step: state.spec(step).name.clone(),
-                    code,
-                    message: error.message().to_owned(),
-                });
-            }
-            let s = state.step_mut(step);
-            s.status = StepStatus::Failed;
-            s.error = Some(error.to_string());
-            let error = s.error.clone();
-            decision.record(
-                "step_failed",
-                step_payload(state, step, json!({"error": error})),
-            );
-            skip_unreachable(state, decision);
-        }
+        Err(error) => fail_render(state, step, &error, decision),
     }
+}
+
+/// A step whose template did not render fails with its error (the decision's refusal when it
+/// has a code).
+fn fail_render(
+    state: &mut ExecutionState,
+    step: StepIndex,
+    error: &crate::template::RenderError,
+    decision: &mut Decision,
+) {
+    if let (Some(code), None) = (error.code(), &decision.refused) {
+        decision.refused = Some(Refusal {
+            step: state.spec(step).name.clone(),
+            code,
+            message: error.message().to_owned(),
+        });
+    }
+    let s = state.step_mut(step);
+    s.status = StepStatus::Failed;
+    s.error = Some(error.to_string());
+    let error = s.error.clone();
+    decision.changed(step);
+    decision.record(
+        "step_failed",
+        step_payload(state, step, json!({"error": error})),
+    );
+    skip_unreachable(state, decision);
 }
 
 /// Ends the execution once no step can make progress: succeeded when every step succeeded or

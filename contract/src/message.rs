@@ -104,6 +104,10 @@ pub struct StepView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub finished_at: Option<String>,
+    /// A loop step's progress once its loop started: items in all, dispatched so far
+    /// (`next`), succeeded, failed, and in flight.
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
+    pub loop_: Option<crate::engine::LoopProgress>,
 }
 
 /// Which events to read: those after `after_seq`, at most `limit`.
@@ -163,6 +167,9 @@ pub enum WireErrorCode {
     /// A first step's `with` rendered a value PostgreSQL cannot store (U+0000); nothing was
     /// stored.
     UnstorableValue,
+    /// A first step's `loop.in` rendered more items than the shard's `max_loop_items` (the
+    /// message names the step and the count); nothing was stored.
+    LoopTooLarge,
     /// The submit's tenant has `tenant_max_executions_in_flight` executions not yet finished in
     /// the shard (the message names the quota); nothing was stored.
     TenantQuotaExceeded,

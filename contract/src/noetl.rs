@@ -239,6 +239,7 @@ fn translate_step(
         next,
         set: serde_json::Map::new(),
         on_error: Vec::new(),
+        loop_: None,
     };
     Ok((step, arc_paths))
 }

@@ -7,11 +7,13 @@
 //! - `duration`: [`Millis`], the durations a playbook writes with a unit.
 //! - `next`: [`Next`], the conditional arcs a step leads to when it succeeds.
 //! - `on_error`: [`OnError`], the failure policy of a step, and the execution's goto budget.
+//! - `loop_`: [`Loop`], a step run once per item of a list.
 //! - `set`: the checks of a step's `set`, the values it writes into the execution's `ctx`.
 //! - `schema` (feature `openapi`): the OpenAPI schemas of actions, labels and durations, whose
 //!   wire form is not what their Rust type says.
 
 mod duration;
+mod loop_;
 mod next;
 mod on_error;
 #[cfg(feature = "openapi")]
@@ -23,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use duration::Millis;
+pub use loop_::{Loop, LoopMode, DEFAULT_LOOP_IN_FLIGHT, MAX_LOOP_IN_FLIGHT};
 pub use next::{Mode, Next, NextArc, MAX_ARCS};
 pub use on_error::{OnError, Then, DEFAULT_MAX_GOTOS, MAX_GOTOS, MAX_ON_ERROR_RULES};
 #[cfg(feature = "openapi")]
@@ -114,6 +117,10 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     pub on_error: Vec<OnError>,
+    /// Runs the action once per item of a list (wiki/playbooks.md, "Loops"); the step's result
+    /// is the list of the items' results, in item order.
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
+    pub loop_: Option<Loop>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +232,9 @@ pub struct PlannedStep {
     /// The arcs it leads to when it succeeds, as the playbook writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Next>,
+    /// Its loop (`in`, `iterator`, `mode`, `max_in_flight`), as the playbook writes it.
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
+    pub loop_: Option<Loop>,
 }
 
 impl Playbook {
@@ -269,6 +279,7 @@ impl Playbook {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
                     level: level?,
                     next: step.next.clone(),
+                    loop_: step.loop_.clone(),
                 })
             })
             .collect();
@@ -339,6 +350,7 @@ impl Playbook {
             }
             check_step_durations(i, step, MAX_TIMEOUT_MS, "one day")?;
             set::check(i, step)?;
+            loop_::check(i, step)?;
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(step.needs.len());
             for (j, need) in step.needs.iter().enumerate() {
                 let path = format!("steps[{i}].needs[{j}]");

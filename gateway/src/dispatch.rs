@@ -201,6 +201,7 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
                 Problem::new(Code::TemplateBudgetExceeded, remote.message)
             }
             WireErrorCode::UnstorableValue => Problem::new(Code::UnstorableValue, remote.message),
+            WireErrorCode::LoopTooLarge => Problem::new(Code::LoopTooLarge, remote.message),
             WireErrorCode::TenantQuotaExceeded => {
                 Problem::new(Code::TenantQuotaExceeded, remote.message).with_retry_after(1)
             }

@@ -129,6 +129,7 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
             InvalidPlaybook,
             TemplateBudgetExceeded,
             UnstorableValue,
+            LoopTooLarge,
             PoolForbidden,
             PlaybookNotFound,
             ExecutionRetired,

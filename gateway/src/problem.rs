@@ -19,6 +19,7 @@ pub enum Code {
     YamlExpansionLimit,
     TemplateBudgetExceeded,
     UnstorableValue,
+    LoopTooLarge,
     InvalidExecutionId,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -51,13 +52,14 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 33] = [
+    pub const ALL: [Code; 34] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
         Code::YamlExpansionLimit,
         Code::TemplateBudgetExceeded,
         Code::UnstorableValue,
+        Code::LoopTooLarge,
         Code::InvalidExecutionId,
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
@@ -96,6 +98,7 @@ impl Code {
             | Code::YamlExpansionLimit
             | Code::TemplateBudgetExceeded
             | Code::UnstorableValue
+            | Code::LoopTooLarge
             | Code::InvalidExecutionId => StatusCode::BAD_REQUEST,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -134,6 +137,7 @@ impl Code {
             Code::YamlExpansionLimit => "YAML expands too far",
             Code::TemplateBudgetExceeded => "Template over its budget",
             Code::UnstorableValue => "Value cannot be stored",
+            Code::LoopTooLarge => "Loop over too many items",
             Code::InvalidExecutionId => "Invalid execution id",
             Code::PayloadTooLarge => "Body too large",
             Code::UnsupportedMediaType => "Unsupported media type",
@@ -197,6 +201,11 @@ impl Code {
                 "a first step's `with` rendered a string holding the NUL character (U+0000), \
                  which the shard database cannot store; `detail` names the step and the field; \
                  nothing was stored (a later step fails with this code instead)"
+            }
+            Code::LoopTooLarge => {
+                "a first step's `loop.in` rendered more items than the server's `max_loop_items` \
+                 (10,000 by default, wiki/limits.md); `detail` names the step and the count; \
+                 nothing was stored (a later loop step fails with this code instead)"
             }
             Code::InvalidExecutionId => {
                 "the `{id}` in the path is not an execution id: plain decimal digits of a \

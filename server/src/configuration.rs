@@ -17,6 +17,8 @@ use crate::access::Access;
 use crate::orchestrate::Leases;
 use crate::render::Rendering;
 
+/// The largest `max_loop_items`: a loop's items are written in one statement when it starts.
+const MAX_LOOP_ITEMS_LIMIT: u32 = 1_000_000;
 /// The flags of `noetl-server` besides `--config`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -59,6 +61,9 @@ pub struct Settings {
     /// would take them over fails its step with `result_too_large`, so the execution stays
     /// readable in one reply under NATS `max_payload`.
     pub execution_results_max_bytes: usize,
+    /// Items of one loop: a `loop.in` that renders a longer list fails its step with
+    /// `loop_too_large` (a submit whose first steps do is refused with it). 1 to 1,000,000.
+    pub max_loop_items: u32,
     /// Executions of one tenant not yet finished in one shard; a new submit over it is refused
     /// with `tenant_quota_exceeded` (429). 0 (the default): no quota, and the per-tenant
     /// counter rows are neither written nor read.
@@ -106,6 +111,7 @@ impl Default for Settings {
             max_step_timeout_ms: MAX_TIMEOUT_MS,
             step_result_max_bytes: 256 * 1024,
             execution_results_max_bytes: 512 * 1024,
+            max_loop_items: noetl_contract::engine::DEFAULT_MAX_LOOP_ITEMS,
             tenant_max_executions_in_flight: 0,
             topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
             template_fuel: template::DEFAULT_FUEL,
@@ -134,6 +140,7 @@ pub struct ServerConfig {
     pub leases: Leases,
     pub step_result_max_bytes: usize,
     pub execution_results_max_bytes: usize,
+    pub max_loop_items: u32,
     pub tenant_max_executions_in_flight: u64,
     pub rendering: Rendering,
     pub topology_grace_ms: i64,
@@ -185,6 +192,7 @@ impl ServerConfig {
                 "execution_results_max_bytes",
                 settings.execution_results_max_bytes,
             ),
+            ("max_loop_items", settings.max_loop_items as usize),
             ("step_lease_ms", settings.step_lease_ms as usize),
             ("dispatch_lease_ms", settings.dispatch_lease_ms as usize),
             (
@@ -203,6 +211,9 @@ impl ServerConfig {
             if value == 0 {
                 bail!("{name} must be at least 1");
             }
+        }
+        if settings.max_loop_items > MAX_LOOP_ITEMS_LIMIT {
+            bail!("max_loop_items must be at most {MAX_LOOP_ITEMS_LIMIT}");
         }
         if settings.template_max_depth > template::MAX_DEPTH_LIMIT {
             bail!(
@@ -239,6 +250,7 @@ impl ServerConfig {
             },
             step_result_max_bytes: settings.step_result_max_bytes,
             execution_results_max_bytes: settings.execution_results_max_bytes,
+            max_loop_items: settings.max_loop_items,
             tenant_max_executions_in_flight: settings.tenant_max_executions_in_flight,
             rendering: Rendering {
                 budget: template::Budget {

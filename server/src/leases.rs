@@ -26,17 +26,32 @@ pub async fn run(orchestrator: Orchestrator, cancel: CancellationToken) {
         if scan % SAMPLE_EVERY_SCANS == 0 {
             sample_backlog(&orchestrator).await;
         }
-        let expired = match persistence::expired_leases(orchestrator.pool(), SCAN_LIMIT).await {
+        let pool = orchestrator.pool();
+        let scanned = async {
+            let mut expired: Vec<_> = persistence::expired_leases(pool, SCAN_LIMIT)
+                .await?
+                .into_iter()
+                .map(|(id, step, attempt)| (id, step, attempt, None))
+                .collect();
+            let items = persistence::expired_item_leases(pool, SCAN_LIMIT).await?;
+            expired.extend(
+                items
+                    .into_iter()
+                    .map(|(id, step, attempt, item)| (id, step, attempt, Some(item))),
+            );
+            Ok::<_, persistence::Error>(expired)
+        };
+        let expired = match scanned.await {
             Ok(expired) => expired,
             Err(e) => {
                 tracing::warn!(%shard, error = %e, "lease scan failed");
                 continue;
             }
         };
-        for (id, step, attempt) in expired {
-            match orchestrator.expire(id, step, attempt).await {
+        for (id, step, attempt, item) in expired {
+            match orchestrator.expire(id, step, attempt, item).await {
                 Ok(crate::orchestrate::Applied::Changed(_)) => {
-                    tracing::info!(%shard, execution_id = %id, step = step.get(), attempt = attempt.get(), "lease expired");
+                    tracing::info!(%shard, execution_id = %id, step = step.get(), attempt = attempt.get(), ?item, "lease expired");
                     metrics::counter!("noetl_server_lease_expiries_total", "shard" => shard.to_string())
                         .increment(1);
                 }

@@ -131,6 +131,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             config.rendering,
             orchestrate::ExecutionLimits {
                 results_max_bytes: config.execution_results_max_bytes,
+                max_loop_items: config.max_loop_items,
                 tenant_quota: config.tenant_quota().is_some(),
             },
             relay.clone(),

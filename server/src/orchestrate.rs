@@ -24,9 +24,12 @@ use crate::persistence::{self, to_json, Beat, BeatAnswer, Held, NewExecution, Po
 use crate::relay::{self, Handoff, Relay};
 use crate::render::{self, Rendering};
 
+mod guard;
+mod loops;
 mod results;
 mod rows;
 
+use guard::{Checked, Guard};
 pub use results::ExecutionLimits;
 use rows::{event_rows, millis, new_tokens, Working};
 
@@ -186,10 +189,12 @@ impl Orchestrator {
     /// (nothing is stored; the other submits of the batch are not concerned).
     pub async fn prepare(&self, command: &SubmitCommand) -> Result<NewExecution, WireError> {
         let mut state = ExecutionState::new(command.playbook.clone(), command.input.clone());
+        state.max_loop_items = self.inner.limits.max_loop_items;
         let decision = render::decide(&mut state, Event::Created, &self.inner.rendering).await;
         if let Some(refusal) = decision.refused {
             let code = match refusal.code {
                 template::UNSTORABLE => WireErrorCode::UnstorableValue,
+                noetl_contract::engine::LOOP_TOO_LARGE => WireErrorCode::LoopTooLarge,
                 _ => WireErrorCode::TemplateBudgetExceeded,
             };
             return Err(WireError {
@@ -220,6 +225,14 @@ impl Orchestrator {
                 &decision,
                 &tokens,
             ),
+            loops: rows::loop_changes(
+                command.execution_id,
+                &state,
+                rows::Written::of(&decision),
+                |(step, k)| tokens.get(&(step, Some(k))).copied(),
+                |_| true,
+                &self.inner.leases,
+            ),
         })
     }
 
@@ -232,17 +245,22 @@ impl Orchestrator {
         self.inner.apply(id, event, Guard::None).await
     }
 
-    /// Expires an attempt's lease, unless a heartbeat extended it since it was found expired.
+    /// Expires an attempt's lease (of a step, or of its loop `item`), unless a heartbeat
+    /// extended it since it was found expired.
     pub async fn expire(
         &self,
         id: ExecutionId,
         step: StepIndex,
         attempt: Attempt,
+        item: Option<u32>,
     ) -> Result<Applied, persistence::Error> {
-        let event = Event::LeaseExpired { step, attempt };
-        self.inner
-            .apply(id, event, Guard::LeaseExpired { step, attempt })
-            .await
+        let event = of_item(item, Event::LeaseExpired { step, attempt });
+        let guard = Guard::LeaseExpired {
+            step,
+            attempt,
+            item,
+        };
+        self.inner.apply(id, event, guard).await
     }
 
     /// Fails the step of a command too large to publish and moves its outbox row to the dead
@@ -253,11 +271,14 @@ impl Orchestrator {
         undeliverable: persistence::Undeliverable,
     ) -> Result<Applied, persistence::Error> {
         let (step, attempt, error) = (command.step_index, command.attempt, undeliverable.reason());
-        let event = Event::Undeliverable {
-            step,
-            attempt,
-            error,
-        };
+        let event = of_item(
+            command.item,
+            Event::Undeliverable {
+                step,
+                attempt,
+                error,
+            },
+        );
         let guard = Guard::DeadLetter(undeliverable);
         self.inner.apply(command.execution_id, event, guard).await
     }
@@ -287,7 +308,7 @@ impl Orchestrator {
     /// result, and its `started_at` from the report.
     pub async fn heartbeat(&self, beat: Beat) -> Result<BeatAnswer, persistence::Error> {
         let inner = &self.inner;
-        let (id, step, attempt) = (beat.execution_id, beat.step, beat.attempt);
+        let (id, step, attempt, item) = (beat.execution_id, beat.step, beat.attempt, beat.item);
         let owned =
             self.beats
                 .submit(beat)
@@ -297,7 +318,7 @@ impl Orchestrator {
                 )))?;
         match owned {
             BeatAnswer::Owns(StepStatus::Dispatched) if !beat.starting => {
-                let started = Event::Started { step, attempt };
+                let started = of_item(item, Event::Started { step, attempt });
                 let mut tx = inner.relaxed.begin().await?;
                 let applying = inner
                     .apply_in(&mut tx, &[(id, started, Guard::None)])
@@ -313,40 +334,6 @@ impl Orchestrator {
                 ))
             }
             owned => Ok(owned),
-        }
-    }
-}
-
-/// A condition checked under the execution's lock before an event is applied.
-#[derive(Debug, Clone, Copy)]
-enum Guard {
-    None,
-    /// The attempt's lease is still expired (no heartbeat extended it meanwhile).
-    LeaseExpired {
-        step: StepIndex,
-        attempt: Attempt,
-    },
-    /// The command's outbox row is still there, and is moved to the dead letters.
-    DeadLetter(persistence::Undeliverable),
-    /// A worker's report: if it names the attempt that owns the step, `sent` is its token.
-    /// (A report of another attempt is left to the engine, which finds it stale.)
-    Token {
-        step: StepIndex,
-        attempt: Attempt,
-        sent: Option<AttemptToken>,
-    },
-}
-
-impl Guard {
-    /// The guard of a worker's report: its `Finished` event and the token it carried.
-    fn report(event: &Event, sent: Option<AttemptToken>) -> Self {
-        match *event {
-            Event::Finished { step, attempt, .. } => Guard::Token {
-                step,
-                attempt,
-                sent,
-            },
-            _ => Guard::None,
         }
     }
 }
@@ -401,7 +388,11 @@ impl Inner {
                 tracing::warn!(shard = %self.shard, error = %e, beats = beats.len(), "heartbeat batch failed; writing one by one");
                 let mut owned = Vec::with_capacity(beats.len());
                 for beat in beats {
-                    let one = persistence::beat_attempts(&self.relaxed, &[beat], lease_ms).await;
+                    let one = async {
+                        let mut connection = self.relaxed.acquire().await?;
+                        persistence::beat_attempts(&mut connection, &[beat], lease_ms).await
+                    }
+                    .await;
                     owned.push(one.map(|mut t| t.pop().unwrap_or(BeatAnswer::Lost)));
                 }
                 owned
@@ -471,43 +462,26 @@ impl Inner {
         let mut working = BTreeMap::new();
         for locked in persistence::lock_executions(tx, &ids).await? {
             let id = locked.execution_id;
-            working.insert(id, Working::new(locked, self.rendering.budget)?);
+            let work = Working::new(locked, self.rendering.budget, self.limits.max_loop_items)?;
+            working.insert(id, work);
         }
+        loops::load(tx, &mut working, items).await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for (id, event, guard) in items {
             let Some(work) = working.get_mut(id) else {
                 outcomes.push(Outcome::unchanged(Applied::NotFound));
                 continue;
             };
-            let holds = match guard {
-                Guard::None => true,
-                Guard::Token {
-                    step,
-                    attempt,
-                    sent,
-                } => {
-                    let owner = work.state.steps.get(step.index()).map(|s| s.attempt);
-                    if owner == Some(*attempt)
-                        && !AttemptToken::admits(
-                            work.tokens.get(step.index()).and_then(Option::as_ref),
-                            sent.as_ref(),
-                        )
-                    {
-                        outcomes.push(Outcome::unchanged(Applied::Refused));
-                        continue;
-                    }
-                    true
+            match guard.check(tx, *id, work).await? {
+                Checked::Holds => {}
+                Checked::Refused => {
+                    outcomes.push(Outcome::unchanged(Applied::Refused));
+                    continue;
                 }
-                Guard::LeaseExpired { step, attempt } => {
-                    persistence::lease_expired(tx, *id, *step, *attempt).await?
+                Checked::Stale => {
+                    outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
+                    continue;
                 }
-                Guard::DeadLetter(undeliverable) => {
-                    persistence::dead_letter(tx, undeliverable).await?
-                }
-            };
-            if !holds {
-                outcomes.push(Outcome::unchanged(Applied::Stale(work.state.status)));
-                continue;
             }
             // A report brings its attempt's start, for a step no heartbeat recorded as started.
             let reported_start = match event {
@@ -535,35 +509,26 @@ impl Inner {
                 metrics::counter!("noetl_server_results_too_large_total", "shard" => self.shard.to_string(), "limit" => results::LIMIT)
                     .increment(1);
             }
-            let tokens = new_tokens(&decision);
-            for &i in &decision.changed {
-                let mut row = self.leases.step_row(&work.state, &decision, &tokens, i);
-                // A step this decision did not dispatch keeps its attempt's token.
-                match (row.token, work.tokens.get_mut(i.index())) {
-                    (Some(new), Some(owned)) => *owned = Some(new),
-                    (None, Some(owned)) => row.token = *owned,
-                    (_, None) => {}
-                }
-                row.started_at_ms = reported_start
-                    .filter(|(step, _)| *step == i)
-                    .map(|(_, at)| at)
-                    .or_else(|| work.steps.get(&i).and_then(|r| r.started_at_ms));
-                work.steps.insert(i, row);
+            let mut finished = decision.finished;
+            let mut collect = decision.collect.clone();
+            work.absorb(*id, self.shard, &self.leases, &decision, reported_start);
+            // Loops whose items all ended: their result, assembled once, succeeds them.
+            while let Some(step) = collect.pop() {
+                let result = loops::result(tx, *id, work, &self.leases, step).await?;
+                let event = Event::LoopCollected { step, result };
+                let decision = render::decide(&mut work.state, event, &self.rendering).await;
+                finished = finished.or(decision.finished);
+                collect.extend(decision.collect.iter().copied());
+                work.absorb(*id, self.shard, &self.leases, &decision, None);
             }
             outcomes.push(Outcome {
                 applied: Applied::Changed(work.state.status),
-                finished: decision.finished,
+                finished,
             });
-            work.changed = true;
-            work.ctx_changed |= decision.ctx_changed;
-            work.events.extend(event_rows(&decision));
-            work.outbox.extend(self.leases.outbox_rows(
-                self.shard,
-                *id,
-                &work.state,
-                &decision,
-                &tokens,
-            ));
+        }
+        let mut loop_changes = Vec::new();
+        for (id, work) in &mut working {
+            loop_changes.push(work.take_loops(*id, &self.leases));
         }
         let changes: Vec<persistence::ExecutionChange> = working
             .into_iter()
@@ -571,6 +536,9 @@ impl Inner {
             .map(|(id, work)| work.into_change(id, self.limits.tenant_quota))
             .collect();
         let outbox_ids = persistence::save_changes(tx, &changes).await?;
+        for change in &loop_changes {
+            persistence::save_loops(tx, change).await?;
+        }
         let (handoffs, due_now) = relay::handoffs(
             changes.into_iter().map(|c| (c.execution_id, c.outbox)),
             outbox_ids.into_iter().collect(),
@@ -595,5 +563,16 @@ impl Inner {
                 .increment(1);
         }
         outcomes
+    }
+}
+
+/// `event` as an event of loop `item`, when it names one.
+fn of_item(item: Option<u32>, event: Event) -> Event {
+    match item {
+        Some(item) => Event::Item {
+            item,
+            event: Box::new(event),
+        },
+        None => event,
     }
 }

@@ -375,11 +375,18 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
         StepOutcome::Failed { .. } => "failed",
     };
     let run_seconds = (report.finished_at_ms - report.started_at_ms).max(0) as f64 / 1_000.0;
-    let event = Event::Finished {
+    let finished = Event::Finished {
         step: report.step_index,
         attempt: report.attempt,
         outcome: report.outcome,
         started_at_ms: report.started_at_ms,
+    };
+    let event = match report.item {
+        Some(item) => Event::Item {
+            item,
+            event: Box::new(finished),
+        },
+        None => finished,
     };
     let step = report.step_index;
     match shard.orchestrator.report(id, event, report.token).await {
@@ -409,6 +416,7 @@ async fn heartbeat(shard: &Shard, message: &Message) -> Result<HeartbeatAck, Wir
         starting: beat.starting,
         started_at_ms: beat.started_at_ms,
         token: beat.token,
+        item: beat.item,
     };
     match shard.orchestrator.heartbeat(beat).await {
         Ok(BeatAnswer::Owns(_)) => Ok(HeartbeatAck::Continue),

@@ -56,6 +56,7 @@ impl Shard {
             Rendering::default(),
             ExecutionLimits {
                 results_max_bytes: 512 * 1024,
+                max_loop_items: 10_000,
                 tenant_quota: false,
             },
             relay,
@@ -356,6 +357,7 @@ async fn heartbeats_written_together_keep_their_own_answers() {
             starting,
             started_at_ms,
             token: tokens[&id],
+            item: None,
         })
     };
     let (checks, beats, ahead, reports) = tokio::join!(

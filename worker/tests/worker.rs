@@ -94,6 +94,7 @@ fn command(id: i64, attempt: u32, action: &str, with: Value) -> StepCommand {
         timeout_ms: 60_000,
         lease_ms: 3_000,
         token: Some(AttemptToken::from_bytes([id as u8; 16])),
+        item: None,
     }
 }
 

@@ -122,6 +122,7 @@ pub(super) fn goto(
         let s = state.step_mut(i);
         s.status = StepStatus::Pending;
         s.result = None;
+        s.loop_ = None;
         s.error = None;
         decision.changed(i);
         decision.record(

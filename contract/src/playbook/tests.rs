@@ -412,3 +412,44 @@ fn on_error_rules_and_max_gotos_are_checked_naming_the_path() {
     over.max_gotos = Some(MAX_GOTOS + 1);
     assert_eq!(over.validate().expect_err("refused").path, "max_gotos");
 }
+
+#[test]
+fn loops_are_checked_where_they_are_written() {
+    let step = |looped: serde_json::Value| json!([{"name": "a", "action": "noop", "loop": looped}]);
+    let valid = playbook(step(json!({"in": "{{ input.xs }}", "iterator": "x"})));
+    valid.validate().expect("a loop with defaults");
+    assert_eq!(
+        valid.steps[0].loop_.as_ref().map(Loop::in_flight),
+        Some(DEFAULT_LOOP_IN_FLIGHT)
+    );
+    assert_eq!(
+        valid.plan()[0].loop_,
+        valid.steps[0].loop_,
+        "a dry run shows the loop"
+    );
+    for (looped, path) in [
+        (
+            json!({"in": "{{ xs }}", "iterator": "input"}),
+            "steps[0].loop.iterator",
+        ),
+        (
+            json!({"in": "{{ xs }}", "iterator": "1x"}),
+            "steps[0].loop.iterator",
+        ),
+        (
+            json!({"in": "{{ xs }}", "iterator": "x", "max_in_flight": 0}),
+            "steps[0].loop.max_in_flight",
+        ),
+        (
+            json!({"in": "{{ xs }}", "iterator": "x", "max_in_flight": 1001}),
+            "steps[0].loop.max_in_flight",
+        ),
+        (
+            json!({"in": "{{ xs }}", "iterator": "x", "mode": "sequential", "max_in_flight": 2}),
+            "steps[0].loop.max_in_flight",
+        ),
+        (json!({"in": "{{ xs ", "iterator": "x"}), "steps[0].loop.in"),
+    ] {
+        assert_eq!(rejection(step(looped.clone())).path, path, "{looped}");
+    }
+}

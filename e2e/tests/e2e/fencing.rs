@@ -62,6 +62,7 @@ async fn results_and_heartbeats_without_the_attempts_token_are_refused() {
             finished_at_ms: noetl_bus::unix_now_ms(),
             worker: "stolen".to_owned(),
             token,
+            item: None,
         };
         let ack: ReportAck = noetl_bus::request(&client, ask(ShardRequest::Result), &forged, WAIT)
             .await
@@ -76,6 +77,7 @@ async fn results_and_heartbeats_without_the_attempts_token_are_refused() {
                 starting,
                 started_at_ms: (!starting).then(noetl_bus::unix_now_ms),
                 token,
+                item: None,
             };
             let ack: HeartbeatAck =
                 noetl_bus::request(&client, ask(ShardRequest::Heartbeat), &beat, WAIT)

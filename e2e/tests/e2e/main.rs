@@ -17,6 +17,7 @@ mod failure_policy;
 mod faults;
 mod fencing;
 mod limits;
+mod loops;
 mod noetl;
 mod observability;
 mod payload;

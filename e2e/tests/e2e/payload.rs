@@ -359,6 +359,7 @@ async fn a_report_over_step_result_max_bytes_sent_over_nats_is_stored_as_result_
         worker: "stolen".to_owned(),
         // A worker that received the command: it knows the attempt's token.
         token: cluster.attempt_token(id, 0).await,
+        item: None,
     };
     let shard = noetl_contract::shard_of(id, cluster.shard_count);
     let client = crate::harness::connect(cluster.nats.url()).await;

@@ -72,6 +72,8 @@ impl io::Write for Counter {
 pub struct ExecutionLimits {
     /// `execution_results_max_bytes`: the step results of one execution together.
     pub results_max_bytes: usize,
+    /// `max_loop_items`: the items of one loop.
+    pub max_loop_items: u32,
     /// Whether `tenant_max_executions_in_flight` is set, so ending an execution counts it in
     /// its tenant's `tenant_finished` row (off: that row is never touched).
     pub tenant_quota: bool,

@@ -2,7 +2,7 @@
 //! queues in the outbox, with every stored delay and lease clamped to what PostgreSQL can hold,
 //! and the secret token of each attempt it dispatches, in both the step's row and its command.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{Decision, ExecutionState};
@@ -13,7 +13,10 @@ use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 
 use super::Leases;
-use crate::persistence::{self, to_json, OutboxRow, StepRow};
+use crate::persistence::{self, to_json, ItemRow, LoopChanges, OutboxRow, StepRow};
+
+/// The token of each attempt a decision dispatched, by step and loop item.
+pub(super) type Tokens = BTreeMap<(StepIndex, Option<u32>), AttemptToken>;
 
 /// One locked execution while a batch's events are applied to it.
 pub(super) struct Working {
@@ -32,6 +35,14 @@ pub(super) struct Working {
     pub(super) results_bytes: i64,
     /// Whether a decision wrote its `ctx` (to be stored).
     pub(super) ctx_changed: bool,
+    /// The token of each loaded loop item's current attempt, as dispatches replace them.
+    pub(super) item_tokens: BTreeMap<(StepIndex, u32), Option<AttemptToken>>,
+    /// Loop items changed since they were last written.
+    pub(super) items_changed: BTreeSet<(StepIndex, u32)>,
+    /// Loops (re)started since the items were last written.
+    pub(super) restarted: Vec<StepIndex>,
+    /// The delay of each item dispatch since the items were last written (its lease's start).
+    item_delays: BTreeMap<(StepIndex, u32), u64>,
     tenant: String,
     /// Whether it was unfinished when locked (in its tenant's executions in flight).
     was_running: bool,
@@ -42,6 +53,7 @@ impl Working {
     pub(super) fn new(
         locked: persistence::LockedExecution,
         budget: template::Budget,
+        max_loop_items: u32,
     ) -> Result<Self, persistence::Error> {
         let playbook: Playbook = serde_json::from_value(locked.playbook)
             .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
@@ -55,6 +67,8 @@ impl Working {
                 ctx: locked.ctx,
                 gotos: u32::try_from(locked.gotos).unwrap_or(0),
                 budget,
+                items: BTreeMap::new(),
+                max_loop_items,
             },
             last_event_seq: locked.last_event_seq,
             changed: false,
@@ -64,6 +78,10 @@ impl Working {
             outbox: Vec::new(),
             results_bytes: locked.results_bytes,
             ctx_changed: false,
+            item_tokens: BTreeMap::new(),
+            items_changed: BTreeSet::new(),
+            restarted: Vec::new(),
+            item_delays: BTreeMap::new(),
             tenant: locked.tenant,
         })
     }
@@ -91,12 +109,150 @@ impl Working {
     }
 }
 
+impl Working {
+    /// Takes what `decision` changed into the execution `id` of `shard`, to be written.
+    pub(super) fn absorb(
+        &mut self,
+        id: ExecutionId,
+        shard: ShardId,
+        leases: &Leases,
+        decision: &Decision,
+        reported_start: Option<(StepIndex, i64)>,
+    ) {
+        let tokens = new_tokens(decision);
+        for &i in &decision.changed {
+            let mut row = leases.step_row(&self.state, decision, &tokens, i);
+            // A step this decision did not dispatch keeps its attempt's token.
+            match (row.token, self.tokens.get_mut(i.index())) {
+                (Some(new), Some(owned)) => *owned = Some(new),
+                (None, Some(owned)) => row.token = *owned,
+                (_, None) => {}
+            }
+            row.started_at_ms = reported_start
+                .filter(|(step, _)| *step == i)
+                .map(|(_, at)| at)
+                .or_else(|| self.steps.get(&i).and_then(|r| r.started_at_ms));
+            self.steps.insert(i, row);
+        }
+        self.note_loops(decision, &tokens);
+        self.changed = true;
+        self.ctx_changed |= decision.ctx_changed;
+        self.events.extend(event_rows(decision));
+        self.outbox
+            .extend(leases.outbox_rows(shard, id, &self.state, decision, &tokens));
+    }
+
+    /// Notes what `decision` changed in loops, and the tokens of the items it dispatched.
+    fn note_loops(&mut self, decision: &Decision, tokens: &Tokens) {
+        let written = Written::of(decision);
+        self.items_changed.extend(written.items);
+        self.restarted.extend(written.restarted);
+        self.item_delays.extend(written.delays);
+        for (&(step, item), &token) in tokens {
+            if let Some(item) = item {
+                self.item_tokens.insert((step, item), Some(token));
+            }
+        }
+    }
+
+    /// The loop changes not written yet, which it forgets (the progress of the loop steps it
+    /// changed included).
+    pub(super) fn take_loops(&mut self, id: ExecutionId, leases: &Leases) -> LoopChanges {
+        let written = Written {
+            restarted: std::mem::take(&mut self.restarted),
+            items: std::mem::take(&mut self.items_changed),
+            delays: std::mem::take(&mut self.item_delays),
+        };
+        let steps = &self.steps;
+        let tokens = &self.item_tokens;
+        loop_changes(
+            id,
+            &self.state,
+            written,
+            |key| tokens.get(&key).copied().flatten(),
+            |i| steps.contains_key(&i),
+            leases,
+        )
+    }
+}
+
+/// What to write of the loops: the loops (re)started, the items changed, and the delay of each
+/// item dispatched.
+pub(super) struct Written {
+    pub(super) restarted: Vec<StepIndex>,
+    pub(super) items: BTreeSet<(StepIndex, u32)>,
+    pub(super) delays: BTreeMap<(StepIndex, u32), u64>,
+}
+
+impl Written {
+    /// What one decision changed in the loops.
+    pub(super) fn of(decision: &Decision) -> Self {
+        Self {
+            restarted: decision.loops_started.clone(),
+            items: decision.items.iter().copied().collect(),
+            delays: decision
+                .dispatches
+                .iter()
+                .filter_map(|d| Some(((d.step, d.item?), d.delay_ms)))
+                .collect(),
+        }
+    }
+}
+
+/// The rows of `written` for execution `id` in `state`, with each item's token (`token_of`),
+/// and the progress of the loop steps `changed` says were.
+pub(super) fn loop_changes(
+    id: ExecutionId,
+    state: &ExecutionState,
+    written: Written,
+    token_of: impl Fn((StepIndex, u32)) -> Option<AttemptToken>,
+    changed: impl Fn(StepIndex) -> bool,
+    leases: &Leases,
+) -> LoopChanges {
+    let Written {
+        restarted,
+        items,
+        delays,
+    } = written;
+    let fresh: BTreeSet<StepIndex> = restarted.iter().copied().collect();
+    let items = items
+        .into_iter()
+        .filter_map(|(step, k)| {
+            let item = state.items.get(&(step, k))?;
+            Some(ItemRow {
+                key: (id, step, k),
+                status: item.status,
+                attempt: item.attempt,
+                tries: item.tries,
+                token: token_of((step, k)),
+                value: fresh.contains(&step).then(|| to_json(&item.value)),
+                result: item.result.as_ref().map(to_json),
+                error: item.error.clone(),
+                lease_ms: leases
+                    .item_lease_ms(item.status, delays.get(&(step, k)).copied().unwrap_or(0)),
+            })
+        })
+        .collect();
+    let progress = state
+        .steps
+        .iter()
+        .zip(StepIndex::all(state.steps.len()))
+        .filter(|&(_, i)| changed(i))
+        .filter_map(|(s, i)| s.loop_.map(|p| (id, i, to_json(&p))))
+        .collect();
+    LoopChanges {
+        restarted: restarted.into_iter().map(|step| (id, step)).collect(),
+        items,
+        progress,
+    }
+}
+
 /// A fresh secret for each attempt `decision` dispatches.
-pub(super) fn new_tokens(decision: &Decision) -> BTreeMap<StepIndex, AttemptToken> {
+pub(super) fn new_tokens(decision: &Decision) -> Tokens {
     decision
         .dispatches
         .iter()
-        .map(|dispatch| (dispatch.step, new_token()))
+        .map(|dispatch| ((dispatch.step, dispatch.item), new_token()))
         .collect()
 }
 
@@ -116,11 +272,13 @@ impl Leases {
         &self,
         state: &ExecutionState,
         decision: &Decision,
-        tokens: &BTreeMap<StepIndex, AttemptToken>,
+        tokens: &Tokens,
         index: StepIndex,
     ) -> StepRow {
         let step = &state.steps[index.index()];
         let lease_ms = match step.status {
+            // A loop's leases are its items'.
+            _ if step.loop_.is_some() => None,
             StepStatus::Dispatched => {
                 let delay = decision
                     .dispatches
@@ -141,7 +299,17 @@ impl Leases {
             error: step.error.clone(),
             lease_ms,
             started_at_ms: None,
-            token: tokens.get(&index).copied(),
+            token: tokens.get(&(index, None)).copied(),
+        }
+    }
+
+    /// The lease of a loop item in `status` after a decision, dispatched after `delay_ms`:
+    /// as a step's.
+    fn item_lease_ms(&self, status: StepStatus, delay_ms: u64) -> Option<i64> {
+        match status {
+            StepStatus::Dispatched => Some(millis(delay_ms.saturating_add(self.dispatch_lease_ms))),
+            StepStatus::Running => Some(millis(self.step_lease_ms)),
+            _ => None,
         }
     }
 
@@ -159,7 +327,7 @@ impl Leases {
         id: ExecutionId,
         state: &ExecutionState,
         decision: &Decision,
-        tokens: &BTreeMap<StepIndex, AttemptToken>,
+        tokens: &Tokens,
     ) -> Vec<OutboxRow> {
         decision
             .dispatches
@@ -176,7 +344,8 @@ impl Leases {
                     with: dispatch.with.clone(),
                     timeout_ms: self.timeout_ms(step.timeout),
                     lease_ms: self.step_lease_ms,
-                    token: tokens.get(&dispatch.step).copied(),
+                    token: tokens.get(&(dispatch.step, dispatch.item)).copied(),
+                    item: dispatch.item,
                 };
                 OutboxRow {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),

@@ -1,12 +1,13 @@
-//! Leases of attempts in flight: heartbeats that extend them (many per statement), the check
-//! under the execution's lock that one is still expired, and the scan for those that ran out.
+//! Leases of attempts in flight (of steps and of loop items): heartbeats that extend them (many
+//! per statement), the check under the execution's lock that one is still expired, and the scan
+//! for those that ran out.
 
 use std::collections::HashMap;
 
 use noetl_contract::status::StepStatus;
 use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
 use noetl_contract::ExecutionId;
-use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
 
 use super::rows::{self, integer};
 use super::Error;
@@ -23,6 +24,8 @@ pub struct Beat {
     pub started_at_ms: Option<i64>,
     /// The attempt's token, as the worker sent it.
     pub token: Option<AttemptToken>,
+    /// The loop item the attempt runs, for a loop step.
+    pub item: Option<u32>,
 }
 
 /// What a heartbeat found.
@@ -79,10 +82,41 @@ const BEAT_ATTEMPTS: &str = "WITH b AS (
 /// its attempt's token extends the attempt's lease and notes when it started. Returns what
 /// each beat found. Meant for the relaxed pool.
 pub async fn beat_attempts(
+    connection: &mut sqlx::PgConnection,
+    beats: &[Beat],
+    lease_ms: i64,
+) -> Result<Vec<BeatAnswer>, Error> {
+    if beats.iter().all(|b| b.item.is_none()) {
+        return beat_steps(connection, beats, lease_ms).await;
+    }
+    // Items and steps, in two statements of one transaction.
+    let mut tx = sqlx::Connection::begin(connection).await?;
+    let (items, steps): (Vec<&Beat>, Vec<&Beat>) = beats.iter().partition(|b| b.item.is_some());
+    let steps: Vec<Beat> = steps.into_iter().copied().collect();
+    let mut step_answers = beat_steps(&mut *tx, &steps, lease_ms).await?.into_iter();
+    let mut item_answers = beat_items(&mut *tx, &items, lease_ms).await?.into_iter();
+    tx.commit().await?;
+    Ok(beats
+        .iter()
+        .map(|b| {
+            let next = match b.item {
+                Some(_) => item_answers.next(),
+                None => step_answers.next(),
+            };
+            next.unwrap_or(BeatAnswer::Lost)
+        })
+        .collect())
+}
+
+/// [`beat_attempts`] for beats of steps (not of loop items).
+async fn beat_steps(
     executor: impl PgExecutor<'_>,
     beats: &[Beat],
     lease_ms: i64,
 ) -> Result<Vec<BeatAnswer>, Error> {
+    if beats.is_empty() {
+        return Ok(Vec::new());
+    }
     // Rows are taken in (execution, step) order, as report transactions write them, so two
     // batches do not wait for each other crosswise.
     let mut order: Vec<&Beat> = beats.iter().collect();
@@ -179,6 +213,142 @@ pub async fn expired_leases(
     .collect()
 }
 
+/// Items are in flight only while their loop step runs: a failed or cancelled loop's items
+/// neither heartbeat nor expire.
+const ITEM_OF_A_RUNNING_LOOP: &str = "EXISTS (SELECT 1 FROM execution_steps AS s
+    WHERE s.execution_id = l.execution_id AND s.step_index = l.step_index
+      AND s.status = 'running')";
+
+/// Heartbeats of loop items, as [`super::beat_attempts`] for steps: every item has a token.
+async fn beat_items(
+    executor: impl PgExecutor<'_>,
+    beats: &[&Beat],
+    lease_ms: i64,
+) -> Result<Vec<BeatAnswer>, Error> {
+    let statement = format!(
+        "WITH b AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::int[], $4::int[], $5::bool[],
+                                  $6::bytea[])
+                 AS b(execution_id, step_index, item, attempt, starting, token)
+         ), found AS (
+             SELECT l.execution_id, l.step_index, l.item, l.status, b.starting,
+                    coalesce(sha256(l.attempt_token) = sha256(b.token), false) AS admitted
+             FROM b JOIN loop_items AS l USING (execution_id, step_index, item)
+             WHERE l.attempt = b.attempt AND l.status IN ('dispatched', 'running')
+               AND {ITEM_OF_A_RUNNING_LOOP}
+         ), touched AS (
+             UPDATE loop_items AS l SET lease_expires_at = now() + $7 * interval '1 millisecond'
+             FROM found AS f
+             WHERE NOT f.starting AND f.admitted AND l.execution_id = f.execution_id
+               AND l.step_index = f.step_index AND l.item = f.item
+         )
+         SELECT execution_id, step_index, item, status, admitted FROM found"
+    );
+    let found = sqlx::query(&statement)
+        .bind(
+            beats
+                .iter()
+                .map(|b| b.execution_id.get())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            beats
+                .iter()
+                .map(|b| integer(b.step.get()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            beats
+                .iter()
+                .map(|b| integer(b.item.unwrap_or(u32::MAX)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            beats
+                .iter()
+                .map(|b| integer(b.attempt.get()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(beats.iter().map(|b| b.starting).collect::<Vec<_>>())
+        .bind(
+            beats
+                .iter()
+                .map(|b| b.token.map(|t| t.expose().to_vec()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(lease_ms)
+        .fetch_all(executor)
+        .await?;
+    let mut owned = std::collections::HashMap::new();
+    for row in &found {
+        let item: i32 = row.try_get("item")?;
+        let key = (rows::execution_id(row)?, rows::step_index(row)?, item);
+        let admitted: bool = row.try_get("admitted")?;
+        owned.insert(key, (rows::step_status(row)?, admitted));
+    }
+    Ok(beats
+        .iter()
+        .map(|b| {
+            let key = (b.execution_id, b.step, integer(b.item.unwrap_or(u32::MAX)));
+            match owned.get(&key) {
+                None => BeatAnswer::Lost,
+                Some((status, true)) => BeatAnswer::Owns(*status),
+                Some((_, false)) => BeatAnswer::Refused,
+            }
+        })
+        .collect())
+}
+
+/// Whether the item's lease is still expired, locking its row for the rest of `tx` (call it
+/// with the execution already locked).
+pub async fn item_lease_expired(
+    tx: &mut Transaction<'_, Postgres>,
+    key: super::ItemKey,
+    attempt: Attempt,
+) -> Result<bool, Error> {
+    let expired: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM loop_items
+         WHERE execution_id = $1 AND step_index = $2 AND item = $3 AND attempt = $4
+           AND status IN ('dispatched', 'running') AND lease_expires_at < now()
+         FOR UPDATE",
+    )
+    .bind(key.0.get())
+    .bind(integer(key.1.get()))
+    .bind(integer(key.2))
+    .bind(integer(attempt.get()))
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(expired.is_some())
+}
+
+/// Items of running loops whose lease has run out: `(execution, step, attempt, item)`.
+pub async fn expired_item_leases(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(ExecutionId, StepIndex, Attempt, u32)>, Error> {
+    let statement = format!(
+        "SELECT execution_id, step_index, attempt, item FROM loop_items AS l
+         WHERE status IN ('dispatched', 'running') AND lease_expires_at < now()
+           AND {ITEM_OF_A_RUNNING_LOOP}
+         ORDER BY lease_expires_at LIMIT $1"
+    );
+    sqlx::query(&statement)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let item: i32 = row.try_get("item")?;
+            Ok((
+                rows::execution_id(row)?,
+                rows::step_index(row)?,
+                rows::attempt(row)?,
+                u32::try_from(item).map_err(|_| Error::Malformed(format!("item {item}")))?,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,8 +392,9 @@ mod tests {
         assert!(!plan.contains("in_flight_leases"), "{plan}");
 
         drop(connection);
+        let mut connection = relaxed.acquire().await.expect("connection");
         let touched = beat_attempts(
-            &relaxed,
+            &mut connection,
             &[Beat {
                 execution_id: ExecutionId::new(10_001).expect("valid id"),
                 step: StepIndex::new(0),
@@ -231,6 +402,7 @@ mod tests {
                 starting: false,
                 started_at_ms: None,
                 token: None,
+                item: None,
             }],
             1_000,
         )

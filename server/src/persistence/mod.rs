@@ -5,6 +5,7 @@
 //!   and the connection a task holds ([`Held`]).
 //! - `identity`: migrations, the shard a database belongs to, the topology epochs it recorded.
 //! - `writes`: committing new executions, locking running ones, writing the engine's changes.
+//! - `items`: the items of loops, their heartbeats and leases.
 //! - `leases`: heartbeats, the lease check under the lock, the scan for expired leases.
 //! - `outbox`: the commands waiting for JetStream, and when a new one becomes due.
 //! - `reads`: executions, event pages, listings and counts for the shard's readers.
@@ -12,6 +13,7 @@
 //! - `rows`: typed columns in and out (a value out of range is [`Error::Malformed`]).
 
 mod identity;
+mod items;
 mod leases;
 mod outbox;
 mod pools;
@@ -23,7 +25,11 @@ pub(crate) mod testing;
 mod writes;
 
 pub use identity::{claim_shard, migrate, record_epochs, recorded_epochs};
-pub use leases::{beat_attempts, expired_leases, lease_expired, Beat, BeatAnswer};
+pub use items::{load_items, loop_result, save_loops, ItemKey, ItemRow, LoadedItem, LoopChanges};
+pub use leases::{
+    beat_attempts, expired_item_leases, expired_leases, item_lease_expired, lease_expired, Beat,
+    BeatAnswer,
+};
 pub use outbox::{
     dead_letter, delete_commands, hands_off, next_command_due_in_ms, take_due_commands, OutboxRow,
     PendingCommand, Undeliverable, HANDOFF_GRACE,

@@ -127,7 +127,7 @@ pub async fn get_execution(
     let sqlx::types::Json(labels): sqlx::types::Json<Labels> = row.try_get("labels")?;
     let sqlx::types::Json(ctx) = row.try_get("ctx")?;
     let step_rows = sqlx::query(
-        "SELECT name, status, attempt, result, error, started_at, finished_at
+        "SELECT name, status, attempt, result, error, started_at, finished_at, loop_progress
          FROM execution_steps WHERE execution_id = $1 ORDER BY step_index",
     )
     .bind(id.get())
@@ -158,6 +158,9 @@ fn step_view(step: &PgRow) -> Result<StepView, Error> {
         error: step.try_get("error")?,
         started_at: rows::timestamp_or_null(step, "started_at")?,
         finished_at: rows::timestamp_or_null(step, "finished_at")?,
+        loop_: step
+            .try_get::<Option<sqlx::types::Json<_>>, _>("loop_progress")?
+            .map(|json| json.0),
     })
 }
 

@@ -65,6 +65,7 @@ pub fn outbox_row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
             timeout_ms: 1_000,
             lease_ms: 1_000,
             token: None,
+            item: None,
         },
         delay_ms,
     }

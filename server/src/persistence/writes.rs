@@ -40,6 +40,8 @@ pub struct NewExecution {
     /// `(kind, payload)`, numbered from 1.
     pub events: Vec<(String, String)>,
     pub outbox: Vec<OutboxRow>,
+    /// The loops its first steps started: their items and counters.
+    pub loops: super::LoopChanges,
 }
 
 /// A step's state to write.
@@ -95,6 +97,31 @@ pub struct Inserted {
 /// rows are not touched: one row per tenant written by every batch costs the shard's database
 /// far more than the rest of the statement. `rows` must not repeat an id.
 pub async fn insert_executions(
+    connection: &mut PgConnection,
+    rows: &[NewExecution],
+    max_in_flight: Option<u64>,
+) -> Result<Inserted, Error> {
+    if rows.iter().all(|r| r.loops.is_empty()) {
+        return insert_rows(connection, rows, max_in_flight).await;
+    }
+    // The items of the loops the new executions started go in with them, atomically.
+    let mut tx = sqlx::Connection::begin(connection).await?;
+    let inserted = insert_rows(&mut tx, rows, max_in_flight).await?;
+    let created: HashSet<ExecutionId> = inserted
+        .committed
+        .iter()
+        .filter(|c| c.created)
+        .map(|c| c.execution_id)
+        .collect();
+    for row in rows.iter().filter(|r| created.contains(&r.execution_id)) {
+        super::save_loops(&mut tx, &row.loops).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// [`insert_executions`], without their loops.
+async fn insert_rows(
     connection: &mut PgConnection,
     rows: &[NewExecution],
     max_in_flight: Option<u64>,
@@ -326,7 +353,8 @@ pub async fn lock_executions(
     // locking statement, the steps would come from the snapshot taken before the wait, and a
     // report queued behind another for the same step would record its result twice.)
     let step_rows = sqlx::query(
-        "SELECT execution_id, status, attempt, result, error, attempt_token FROM execution_steps
+        "SELECT execution_id, status, attempt, result, error, attempt_token, loop_progress
+         FROM execution_steps
          WHERE execution_id = ANY($1) ORDER BY execution_id, step_index",
     )
     .bind(&raw)
@@ -345,6 +373,9 @@ pub async fn lock_executions(
                     attempt: rows::attempt(step)?,
                     result: step.try_get("result")?,
                     error: step.try_get("error")?,
+                    loop_: step
+                        .try_get::<Option<sqlx::types::Json<_>>, _>("loop_progress")?
+                        .map(|json| json.0),
                 });
             }
             Ok(LockedExecution {

@@ -94,6 +94,7 @@ impl Runner {
             starting: true,
             started_at_ms: None,
             token: command.token,
+            item: command.item,
         };
         if has_effects
             && self.heartbeat(command, &check, interval).await == Some(HeartbeatAck::Stop)
@@ -159,6 +160,7 @@ impl Runner {
             finished_at_ms: noetl_bus::unix_now_ms(),
             worker: self.worker.clone(),
             token: command.token,
+            item: command.item,
         };
         // The attempt keeps its lease while its result waits for an answer: a report that lands
         // on a server that cannot answer (paused, cut off from its database) is retried, and

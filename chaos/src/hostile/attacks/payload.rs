@@ -207,6 +207,7 @@ pub async fn forged_report(ctx: Arc<Ctx>) -> anyhow::Result<Outcome> {
             started_at_ms: now,
             finished_at_ms: now,
             worker: "stolen".to_owned(),
+            item: None,
         };
         let ack: ReportAck = noetl_bus::request(
             &ctx.nats,

@@ -1,0 +1,233 @@
+//! Loops through the API (wiki/playbooks.md, "Loops"): a parallel loop never has more than
+//! `max_in_flight` items in flight and its result is in item order, a sequential loop runs one
+//! item at a time, a list over `max_loop_items` is refused (at submit) or fails its step (later),
+//! and a loop resumes after its server is killed without running recorded items again; against
+//! real NATS, PostgreSQL and processes.
+//!
+//! How many items are in flight is read from the event log, in its order (the order of the
+//! decisions): an item is in flight from its `item_dispatched` to its `item_succeeded`,
+//! `item_failed` or `item_attempt_failed`.
+
+use std::collections::HashMap;
+
+use noetl_contract::ExecutionId;
+use serde_json::{json, Value};
+
+use crate::harness::{assert_problem, eventually, Cluster, Worker, DEADLINE};
+
+fn is_terminal(body: &Value) -> bool {
+    matches!(
+        body["status"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
+}
+
+/// A playbook whose step `each` sleeps `{{ it }}` ms for each item of `input.items`.
+fn looping(looped: Value, items: &[u64]) -> Value {
+    json!({
+        "playbook": {"name": "loops", "steps": [
+            {"name": "each", "action": "sleep", "with": {"ms": "{{ it }}"}, "loop": looped},
+            {"name": "after", "action": "noop", "needs": ["each"]}
+        ]},
+        "input": {"items": items}
+    })
+}
+
+/// The most items in flight at once, and the dispatches of each item, from the event log.
+fn in_flight(events: &[Value]) -> (usize, HashMap<u64, usize>) {
+    let (mut now, mut most) = (0usize, 0usize);
+    let mut dispatches: HashMap<u64, usize> = HashMap::new();
+    for event in events {
+        let item = event["payload"]["item"].as_u64();
+        match event["kind"].as_str() {
+            Some("item_dispatched") => {
+                now += 1;
+                most = most.max(now);
+                *dispatches.entry(item.expect("an item")).or_default() += 1;
+            }
+            Some("item_succeeded" | "item_failed" | "item_attempt_failed") => {
+                now = now.checked_sub(1).expect("an item ends after its dispatch");
+            }
+            _ => {}
+        }
+    }
+    (most, dispatches)
+}
+
+fn step<'a>(execution: &'a Value, name: &str) -> &'a Value {
+    execution["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {execution}"))
+}
+
+async fn ended(cluster: &Cluster, id: ExecutionId) -> Value {
+    cluster
+        .wait_for_execution(id, "the execution to end", is_terminal)
+        .await
+}
+
+/// `(k * 7) % 13`: small sleeps, different enough from one item to the next that a result out
+/// of item order shows.
+fn sleeps(count: u64) -> Vec<u64> {
+    (0..count).map(|k| (k * 7) % 13).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_loop_of_1000_items_keeps_50_in_flight_and_its_result_is_in_item_order() {
+    let cluster = Cluster::builder().shards(2).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let items = sleeps(1_000);
+    let id = cluster
+        .submit(&looping(
+            json!({"in": "{{ input.items }}", "iterator": "it", "max_in_flight": 50}),
+            &items,
+        ))
+        .await;
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
+    let each = step(&done, "each");
+    let expected: Vec<Value> = items.iter().map(|ms| json!({"slept_ms": ms})).collect();
+    assert_eq!(each["result"], Value::Array(expected));
+    assert_eq!(
+        each["loop"],
+        json!({"total": 1000, "next": 1000, "succeeded": 1000, "failed": 0, "in_flight": 0})
+    );
+    assert_eq!(step(&done, "after")["status"], "succeeded");
+
+    let events = cluster.events(id).await;
+    let (most, dispatches) = in_flight(&events);
+    // The loop starts with 50 dispatched at once, and never goes over.
+    assert_eq!(most, 50);
+    assert_eq!(dispatches.len(), 1_000);
+    assert!(
+        dispatches.values().all(|&n| n == 1),
+        "one dispatch per item"
+    );
+    let started: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "loop_started")
+        .collect();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0]["payload"]["items"], 1000);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "loop_succeeded")
+            .count(),
+        1
+    );
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_loop_runs_one_item_at_a_time() {
+    let cluster = Cluster::builder().shards(1).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let items = sleeps(12);
+    let id = cluster
+        .submit(&looping(
+            json!({"in": "{{ input.items }}", "iterator": "it", "mode": "sequential"}),
+            &items,
+        ))
+        .await;
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
+    let (most, dispatches) = in_flight(&cluster.events(id).await);
+    assert_eq!(most, 1);
+    assert_eq!(dispatches.len(), 12);
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_over_10001_items_is_refused_at_submit_and_fails_later_with_loop_too_large() {
+    let cluster = Cluster::builder().shards(1).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let items = vec![0; 10_001];
+    let looped = json!({"in": "{{ input.items }}", "iterator": "it"});
+    let (status, body) = cluster
+        .post_json("/api/v1/executions", &looping(looped.clone(), &items))
+        .await;
+    assert_problem(status, &body, 400, "loop_too_large");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("10001 items"),
+        "{body}"
+    );
+
+    // A loop that starts after another step fails with the code instead.
+    let later = json!({
+        "playbook": {"name": "loops", "steps": [
+            {"name": "first", "action": "noop"},
+            {"name": "each", "action": "noop", "needs": ["first"], "loop": looped}
+        ]},
+        "input": {"items": items}
+    });
+    let id = cluster.submit(&later).await;
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "failed");
+    let each = step(&done, "each");
+    assert_eq!(each["status"], "failed");
+    assert!(
+        each["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("loop_too_large"),
+        "{each}"
+    );
+    // At the limit, a loop runs.
+    let id = cluster.submit(&looping(looped, &[0; 200])).await;
+    assert_eq!(ended(&cluster, id).await["status"], "succeeded");
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_resumes_after_its_server_is_killed_without_running_recorded_items_again() {
+    let mut cluster = Cluster::builder().shards(1).server_process().start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let items = vec![150; 40];
+    let id = cluster
+        .submit(&looping(
+            json!({"in": "{{ input.items }}", "iterator": "it", "max_in_flight": 4}),
+            &items,
+        ))
+        .await;
+    let recorded = eventually("items recorded before the kill", DEADLINE, || async {
+        let events = cluster.events(id).await;
+        let done: Vec<u64> = events
+            .iter()
+            .filter(|e| e["kind"] == "item_succeeded")
+            .filter_map(|e| e["payload"]["item"].as_u64())
+            .collect();
+        if done.len() >= 8 {
+            Ok(done)
+        } else {
+            Err(format!("{} items recorded", done.len()))
+        }
+    })
+    .await;
+    cluster.kill_server();
+    cluster.restart_server();
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
+    assert_eq!(
+        step(&done, "each")["result"].as_array().map(Vec::len),
+        Some(40)
+    );
+    let (most, dispatches) = in_flight(&cluster.events(id).await);
+    assert!(most <= 4, "{most} in flight");
+    assert_eq!(dispatches.len(), 40);
+    for item in recorded {
+        assert_eq!(
+            dispatches[&item], 1,
+            "item {item} was recorded, and dispatched again"
+        );
+    }
+    worker.stop().await;
+    cluster.stop().await;
+}
