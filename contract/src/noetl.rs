@@ -2,7 +2,7 @@
 //! [`Playbook`] at the edge (wiki/playbooks.md, "NoETL playbooks"): one model inside.
 //!
 //! Only the subset that maps onto our constructs is accepted; every other construct (a
-//! `loop`, `case`, `vars`, a tool we do not have, an unknown key …) is refused with the path
+//! `case`, `vars`, a tool we do not have, an unknown key …) is refused with the path
 //! it sits at in the NoETL document (`workflow[2].loop`), never dropped. IO-free.
 //!
 //! - `tool`: a step's `tool` to our action and its `with`.
@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::playbook::{Mode, Next, NextArc, Playbook, Step};
+use crate::playbook::{Loop, LoopMode, Mode, Next, NextArc, Playbook, Step};
 
 /// The `apiVersion` of the documents we translate.
 pub const API_VERSION: &str = "noetl.io/v2";
@@ -23,8 +23,7 @@ pub const API_VERSION: &str = "noetl.io/v2";
 pub const START: &str = "start";
 
 /// Keys NoETL defines that we refuse, with why; any other key is refused as unknown.
-const UNSUPPORTED: [(&str, &str); 12] = [
-    ("loop", "loops are not supported yet (issue 28, item 2)"),
+const UNSUPPORTED: [(&str, &str); 11] = [
     (
         "case",
         "`case` blocks are not supported: route with `next` arcs and their `when`",
@@ -214,7 +213,7 @@ fn translate_step(
     path: &str,
     step_names: &HashMap<String, usize>,
 ) -> Result<(Step, Vec<String>), Error> {
-    let step = fields(value, path, &["step", "desc", "tool", "next"])?;
+    let step = fields(value, path, &["step", "desc", "tool", "next", "loop"])?;
     let name = text(&step["step"], &format!("{path}.step"))?.to_owned();
     let (action, with) = match step.get("tool") {
         // A step without a tool (`start`, `end`, a router) does nothing: a `noop`.
@@ -239,9 +238,45 @@ fn translate_step(
         next,
         set: serde_json::Map::new(),
         on_error: Vec::new(),
-        loop_: None,
+        loop_: match step.get("loop") {
+            None => None,
+            Some(looped) => Some(translate_loop(looped, &format!("{path}.loop"), step_names)?),
+        },
     };
     Ok((step, arc_paths))
+}
+
+/// `loop: {in, iterator, mode}` as ours; NoETL's `mode` is `sequential` (its default) or
+/// `parallel`, which runs our default `max_in_flight` items at once.
+fn translate_loop(
+    value: &Value,
+    path: &str,
+    step_names: &HashMap<String, usize>,
+) -> Result<Loop, Error> {
+    let looped = fields(value, path, &["in", "iterator", "mode"])?;
+    let items_path = format!("{path}.in");
+    let items = text(looped.get("in").unwrap_or(&Value::Null), &items_path)?;
+    let iterator_path = format!("{path}.iterator");
+    let iterator = text(
+        looped.get("iterator").unwrap_or(&Value::Null),
+        &iterator_path,
+    )?;
+    let mode = match looped.get("mode").and_then(Value::as_str) {
+        None | Some("sequential") => LoopMode::Sequential,
+        Some("parallel") => LoopMode::Parallel,
+        Some(_) => {
+            return Err(error(
+                format!("{path}.mode"),
+                "must be \"sequential\" or \"parallel\"",
+            ))
+        }
+    };
+    Ok(Loop {
+        items: names::rewrite(items, &items_path, step_names)?,
+        iterator: iterator.to_owned(),
+        mode,
+        max_in_flight: None,
+    })
 }
 
 /// `next`: a list of arcs `{step, when}` (NoETL's default, exclusive: the first arc whose

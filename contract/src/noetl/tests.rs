@@ -88,10 +88,6 @@ fn a_step_reached_by_several_unconditional_arcs_becomes_a_join() {
 #[test]
 fn every_unsupported_construct_is_refused_where_it_is() {
     let cases = [
-        (
-            json!({"step": "start", "loop": {"in": "{{ workload.items }}", "iterator": "x"}}),
-            "workflow[0].loop",
-        ),
         (json!({"step": "start", "case": []}), "workflow[0].case"),
         (json!({"step": "start", "vars": {}}), "workflow[0].vars"),
         (json!({"step": "start", "set": {}}), "workflow[0].set"),
@@ -235,5 +231,51 @@ fn odd_shapes_are_errors_never_panics() {
     ];
     for document in odd {
         assert!(translate(&document).is_err(), "{document}");
+    }
+}
+
+#[test]
+fn a_loop_maps_onto_ours_with_its_names_translated() {
+    let playbook = translate(&doc(json!([
+        {"step": "start", "next": [{"step": "each"}]},
+        {"step": "each", "tool": {"kind": "sleep", "ms": "{{ item }}"},
+         "loop": {"in": "{{ workload.items }}", "iterator": "item", "mode": "parallel"},
+         "next": [{"step": "end"}]},
+        {"step": "end"}
+    ])))
+    .expect("translated");
+    let looped = playbook.steps[1].loop_.clone().expect("a loop");
+    assert_eq!(looped.items, "{{ input.items }}");
+    assert_eq!(looped.iterator, "item");
+    assert_eq!(looped.mode, crate::playbook::LoopMode::Parallel);
+    let sequential = translate(&doc(json!([
+        {"step": "start", "loop": {"in": "{{ workload.items }}", "iterator": "item"}}
+    ])))
+    .expect("translated");
+    assert_eq!(
+        sequential.steps[0].loop_.as_ref().map(|l| l.in_flight()),
+        Some(1),
+        "NoETL's default mode is sequential"
+    );
+    for (looped, path) in [
+        (
+            json!({"in": "{{ workload.items }}", "iterator": "x", "mode": "async"}),
+            "workflow[0].loop.mode",
+        ),
+        (
+            json!({"in": "{{ workload.items }}", "iterator": "x", "max": 2}),
+            "workflow[0].loop.max",
+        ),
+        (
+            json!({"in": "{{ workload.items }}", "iterator": "input"}),
+            "workflow[0].loop.iterator",
+        ),
+        (
+            json!({"in": "{{ vars.items }}", "iterator": "x"}),
+            "workflow[0].loop.in",
+        ),
+    ] {
+        let error = refused(&doc(json!([{"step": "start", "loop": looped}])));
+        assert_eq!(error.path, path, "{error}");
     }
 }

@@ -171,6 +171,18 @@ async fn every_noetl_example_runs_to_its_expected_end() {
         ["start=succeeded", "report=skipped", "skip_report=succeeded"]
     );
 
+    // A loop: the items' results in item order, read by the next step.
+    let id = submit_yaml(&cluster, &example_text("loop.yaml")).await;
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["steps"][1]["result"],
+        json!([{"slept_ms": 4}, {"slept_ms": 4}, {"slept_ms": 5}]),
+        "{done}"
+    );
+    assert_eq!(done["steps"][1]["loop"]["succeeded"], 3, "{done}");
+    assert_eq!(done["steps"][2]["result"], json!({"slept_ms": 13}), "{done}");
+
     // `noetlctl submit --wait` takes such a file as a playbook.
     let gateway_url = cluster.base_url.clone();
     let file = format!(
@@ -238,9 +250,9 @@ async fn every_unsupported_construct_is_a_400_naming_it() {
     let cases = [
         (
             with_start(
-                json!({"loop": {"in": "{{ workload.items }}", "iterator": "item", "mode": "parallel"}}),
+                json!({"loop": {"in": "{{ workload.items }}", "iterator": "item", "mode": "async"}}),
             ),
-            "workflow[0].loop",
+            "workflow[0].loop.mode",
         ),
         (
             with_start(json!({"case": [{"when": "{{ true }}", "then": {}}]})),
