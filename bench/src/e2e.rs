@@ -31,7 +31,13 @@ pub enum Kind {
     Chain5,
     /// Ten independent steps, then one that needs all ten.
     FanOut10,
+    /// One loop step over 1,000 items, 64 in flight: run once per worker setting
+    /// ([`LOOP_1000_ITEMS`] items count as steps).
+    Loop1000,
 }
+
+/// The items of [`Kind::Loop1000`].
+pub const LOOP_1000_ITEMS: usize = 1_000;
 
 impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Single, Kind::Chain5, Kind::FanOut10];
@@ -41,6 +47,7 @@ impl Kind {
             Kind::Single => "noop-1",
             Kind::Chain5 => "chain-5",
             Kind::FanOut10 => "fan-out-10",
+            Kind::Loop1000 => "loop-1000",
         }
     }
 
@@ -49,11 +56,19 @@ impl Kind {
             Kind::Single => 1,
             Kind::Chain5 => 5,
             Kind::FanOut10 => 11,
+            Kind::Loop1000 => LOOP_1000_ITEMS,
         }
     }
 
     fn playbook(self, name: &str) -> serde_json::Value {
         let step = |name: String, needs: Vec<String>| serde_json::json!({"name": name, "action": "noop", "needs": needs});
+        if self == Kind::Loop1000 {
+            let looped = serde_json::json!({"in": "{{ input.items }}", "iterator": "item", "max_in_flight": 64});
+            return serde_json::json!({
+                "playbook": {"name": name, "steps": [{"name": "each", "action": "noop", "loop": looped}]},
+                "input": {"items": vec![0; LOOP_1000_ITEMS]}
+            });
+        }
         let steps: Vec<serde_json::Value> = match self {
             Kind::Single => vec![step("s0".into(), vec![])],
             Kind::Chain5 => (0..5)
@@ -73,6 +88,7 @@ impl Kind {
                     (0..10).map(|i| format!("s{i}")).collect(),
                 )])
                 .collect(),
+            Kind::Loop1000 => Vec::new(),
         };
         serde_json::json!({"playbook": {"name": name, "steps": steps}})
     }

@@ -430,6 +430,7 @@ async fn main() -> anyhow::Result<()> {
                     e2e::Kind::Single => args.e2e_executions,
                     e2e::Kind::Chain5 => args.e2e_executions / 5,
                     e2e::Kind::FanOut10 => args.e2e_executions / 10,
+                    e2e::Kind::Loop1000 => 1,
                 }
                 .max(1);
                 for &concurrency in &args.concurrency {
@@ -438,6 +439,11 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
             }
+            // One execution: the time its 1,000 items take (e2e p50), not a rate.
+            let kind = e2e::Kind::Loop1000;
+            results
+                .e2e
+                .push(e2e::run(&cluster, &http, kind, 1, workers, 1).await?);
         }
         if index == 0 {
             results.peers = Some(match &peers_installed {

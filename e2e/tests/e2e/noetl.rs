@@ -181,7 +181,11 @@ async fn every_noetl_example_runs_to_its_expected_end() {
         "{done}"
     );
     assert_eq!(done["steps"][1]["loop"]["succeeded"], 3, "{done}");
-    assert_eq!(done["steps"][2]["result"], json!({"slept_ms": 13}), "{done}");
+    assert_eq!(
+        done["steps"][2]["result"],
+        json!({"slept_ms": 13}),
+        "{done}"
+    );
 
     // `noetlctl submit --wait` takes such a file as a playbook.
     let gateway_url = cluster.base_url.clone();
