@@ -231,3 +231,54 @@ async fn a_loop_resumes_after_its_server_is_killed_without_running_recorded_item
     worker.stop().await;
     cluster.stop().await;
 }
+
+/// What a 10,000-item loop writes, measured by its shard database: the WAL it generates and the
+/// size of its items' table, per item. Both stay flat per item: an item's result is one row,
+/// and the step's counters a fixed-size update, where rewriting a growing list of results per
+/// item would write `n / 2` entries per item on average (here 5,000, over 30 KB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_of_10000_items_writes_a_bounded_amount_per_item() {
+    const ITEMS: usize = 10_000;
+    let cluster = Cluster::builder().shards(1).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let pool = cluster.pool(0).await;
+    let wal = || async {
+        sqlx::query_scalar::<_, i64>("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
+            .fetch_one(&pool)
+            .await
+            .expect("the WAL position")
+    };
+    let before = wal().await;
+    let body = json!({
+        "playbook": {"name": "loops", "steps": [
+            {"name": "each", "action": "noop",
+             "loop": {"in": "{{ input.items }}", "iterator": "it", "max_in_flight": 64}}
+        ]},
+        "input": {"items": vec![0; ITEMS]}
+    });
+    let id = cluster.submit(&body).await;
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(
+        step(&done, "each")["result"].as_array().map(Vec::len),
+        Some(ITEMS)
+    );
+    let wal_per_item = (wal().await - before) / ITEMS as i64;
+    let table_per_item: i64 =
+        sqlx::query_scalar("SELECT pg_total_relation_size('loop_items') / $1::bigint")
+            .bind(ITEMS as i64)
+            .fetch_one(&pool)
+            .await
+            .expect("the table's size");
+    eprintln!("a {ITEMS}-item loop: {wal_per_item} bytes of WAL and {table_per_item} bytes of loop_items per item");
+    assert!(
+        wal_per_item < 8 * 1024,
+        "{wal_per_item} bytes of WAL per item"
+    );
+    assert!(
+        table_per_item < 1024,
+        "{table_per_item} bytes of loop_items per item"
+    );
+    worker.stop().await;
+    cluster.stop().await;
+}
