@@ -332,7 +332,7 @@ fn execution_input_overrides_playbook_defaults() {
 fn arbitrary_event() -> impl Strategy<Value = Event> {
     let step = 0u32..4;
     let attempt = 1u32..4;
-    prop_oneof![
+    let base = prop_oneof![
         Just(Event::Created),
         Just(Event::Cancel),
         (step.clone(), attempt.clone()).prop_map(|(step, attempt)| started(step, attempt)),
@@ -351,7 +351,27 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             }
         }),
         (step, attempt).prop_map(|(step, attempt)| expired(step, attempt)),
+    ];
+    // The same events for an item of the loop (step `c` when it loops), and any of the above.
+    prop_oneof![
+        base.clone(),
+        (0u32..3, base).prop_map(|(item, event)| Event::Item {
+            item,
+            event: Box::new(event)
+        }),
     ]
+}
+
+/// The diamond with `c` looping over three items, two in flight.
+fn looping_diamond() -> ExecutionState {
+    let mut state = diamond();
+    state.playbook.steps[2].loop_ = Some(
+        serde_json::from_value(
+            json!({"in": "{{ [1, 2, 3] }}", "iterator": "it", "max_in_flight": 2}),
+        )
+        .expect("a loop"),
+    );
+    state
 }
 
 proptest! {
@@ -359,24 +379,44 @@ proptest! {
     fn an_execution_ends_at_most_once_and_nothing_applies_after(
         events in proptest::collection::vec(arbitrary_event(), 0..60),
         retries in 1u32..4,
+        looped in any::<bool>(),
     ) {
-        let mut state = diamond();
+        let mut state = if looped { looping_diamond() } else { diamond() };
         for step in &mut state.playbook.steps {
             step.retry = Some(crate::playbook::Retry { max_attempts: retries, backoff: crate::playbook::Millis(0) });
         }
         let mut endings = 0;
         for event in events {
             let was_terminal = state.is_terminal();
-            let decision = decide(&mut state, event);
-            if was_terminal {
-                prop_assert!(!decision.applied);
+            let mut decisions = vec![decide(&mut state, event)];
+            // The server's answer to a loop whose items all ended.
+            if let Some(&step) = decisions[0].collect.first() {
+                let result = Value::Array(
+                    state.items.range((step, 0)..=(step, u32::MAX))
+                        .map(|(_, item)| item.result.clone().unwrap_or(Value::Null))
+                        .collect(),
+                );
+                decisions.push(decide(&mut state, Event::LoopCollected { step, result }));
             }
-            if decision.finished.is_some() {
-                endings += 1;
-            }
-            for d in &decision.dispatches {
-                prop_assert!(d.attempt >= Attempt::FIRST && d.attempt.get() <= retries.max(LOST_ATTEMPTS));
-                prop_assert_eq!(state.step(d.step).status, StepStatus::Dispatched);
+            for decision in &decisions {
+                if was_terminal {
+                    prop_assert!(!decision.applied);
+                }
+                if decision.finished.is_some() {
+                    endings += 1;
+                }
+                for d in &decision.dispatches {
+                    match d.item {
+                        None => {
+                            prop_assert!(d.attempt >= Attempt::FIRST && d.attempt.get() <= retries.max(LOST_ATTEMPTS));
+                            prop_assert_eq!(state.step(d.step).status, StepStatus::Dispatched);
+                        }
+                        Some(k) => {
+                            let item = &state.items[&(d.step, k)];
+                            prop_assert!(item.tries >= 1 && item.tries <= retries.max(LOST_ATTEMPTS));
+                        }
+                    }
+                }
             }
             if state.is_terminal() {
                 prop_assert!(state.steps.iter().all(|s| s.status.is_terminal()));
@@ -384,4 +424,13 @@ proptest! {
         }
         prop_assert!(endings <= 1);
     }
+}
+
+#[test]
+fn the_looping_diamond_dispatches_its_items_once_a_succeeded() {
+    let mut state = looping_diamond();
+    decide(&mut state, Event::Created);
+    let d = decide(&mut state, ok(0, 1, json!({"n": 1})));
+    let items: Vec<_> = d.dispatches.iter().filter_map(|d| d.item).collect();
+    assert_eq!(items, vec![0, 1], "{d:?}");
 }
