@@ -9,7 +9,11 @@
 //! `item_failed` or `item_attempt_failed`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex, TOKEN_BYTES};
+use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
 
@@ -278,6 +282,93 @@ async fn a_loop_of_10000_items_writes_a_bounded_amount_per_item() {
     assert!(
         table_per_item < 1024,
         "{table_per_item} bytes of loop_items per item"
+    );
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+/// A stolen worker credential forges a result and heartbeats for a loop item without the item
+/// attempt's token, and with a wrong one: none is recorded, each is answered as stale (`stop`);
+/// a result for the loop step without an item is stale too. Then a real worker runs the loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_reports_without_the_items_token_are_refused() {
+    let cluster = Cluster::builder().shards(1).start().await;
+    // No worker yet: the items wait, dispatched.
+    let id = cluster
+        .submit(&looping(
+            json!({"in": "{{ input.items }}", "iterator": "it"}),
+            &[1, 2],
+        ))
+        .await;
+    let stored: Vec<u8> = sqlx::query_scalar(
+        "SELECT attempt_token FROM loop_items WHERE execution_id = $1 AND item = 0",
+    )
+    .bind(id.get())
+    .fetch_one(&cluster.pool(0).await)
+    .await
+    .expect("item 0 was dispatched with a token");
+    let mut flipped = AttemptToken::from_slice(&stored)
+        .expect("16 bytes")
+        .expose()
+        .to_owned();
+    flipped[TOKEN_BYTES - 1] ^= 1;
+    let wrong = AttemptToken::from_bytes(flipped);
+    let client = crate::harness::connect(cluster.nats.url()).await;
+    let ask = |kind| subject::shard_request(kind, noetl_contract::ShardId::new(0), id);
+    const WAIT: Duration = Duration::from_secs(5);
+    for (token, item) in [(None, Some(0)), (Some(wrong), Some(0)), (None, None)] {
+        let forged = StepReport {
+            execution_id: id,
+            step_index: StepIndex::new(0),
+            attempt: Attempt::FIRST,
+            outcome: StepOutcome::Succeeded {
+                result: json!({"forged": true}),
+            },
+            started_at_ms: noetl_bus::unix_now_ms(),
+            finished_at_ms: noetl_bus::unix_now_ms(),
+            worker: "stolen".to_owned(),
+            token,
+            item,
+        };
+        let ack: ReportAck = noetl_bus::request(&client, ask(ShardRequest::Result), &forged, WAIT)
+            .await
+            .expect("the shard answers");
+        assert_eq!(ack, ReportAck::Stale, "a forged result is not recorded");
+        let beat = Heartbeat {
+            execution_id: id,
+            step_index: StepIndex::new(0),
+            attempt: Attempt::FIRST,
+            worker: "stolen".to_owned(),
+            starting: false,
+            started_at_ms: Some(noetl_bus::unix_now_ms()),
+            token,
+            item,
+        };
+        let ack: HeartbeatAck =
+            noetl_bus::request(&client, ask(ShardRequest::Heartbeat), &beat, WAIT)
+                .await
+                .expect("the shard answers");
+        assert_eq!(
+            ack,
+            HeartbeatAck::Stop,
+            "a forged heartbeat is told to stop"
+        );
+    }
+    let kinds: Vec<Value> = cluster
+        .events(id)
+        .await
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert!(!kinds.contains(&json!("item_started")), "{kinds:?}");
+    assert!(!kinds.contains(&json!("item_succeeded")), "{kinds:?}");
+
+    let worker = Worker::start(cluster.nats.url());
+    let done = ended(&cluster, id).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
+    assert_eq!(
+        step(&done, "each")["result"],
+        json!([{"slept_ms": 1}, {"slept_ms": 2}])
     );
     worker.stop().await;
     cluster.stop().await;

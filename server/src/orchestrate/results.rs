@@ -18,14 +18,20 @@ pub(super) struct Charge {
 
 /// Charges `event` to an execution whose results take `stored` bytes: a successful result that
 /// would take them over `max_bytes` is replaced with the `result_too_large` failure, which adds
-/// nothing.
+/// nothing. A loop item's result is charged as it is recorded (the loop's list, assembled from
+/// them, is not charged again).
 pub(super) fn charge(event: &mut Event, stored: i64, max_bytes: usize) -> Charge {
     const NOTHING: Charge = Charge {
         bytes: 0,
         capped: false,
     };
-    let Event::Finished { outcome, .. } = event else {
-        return NOTHING;
+    let outcome = match event {
+        Event::Finished { outcome, .. } => outcome,
+        Event::Item { event, .. } => match event.as_mut() {
+            Event::Finished { outcome, .. } => outcome,
+            _ => return NOTHING,
+        },
+        _ => return NOTHING,
     };
     let StepOutcome::Succeeded { result } = outcome else {
         return NOTHING;
@@ -142,5 +148,29 @@ mod tests {
         };
         assert_eq!(charge(&mut failed, 5, 10).bytes, 0);
         assert_eq!(charge(&mut Event::Cancel, 50, 10).bytes, 0);
+    }
+
+    #[test]
+    fn a_loop_items_result_is_charged_and_capped_like_a_steps() {
+        let item = |result| Event::Item {
+            item: 3,
+            event: Box::new(finished(result)),
+        };
+        assert_eq!(charge(&mut item(json!("abc")), 5, 10).bytes, 5);
+        let mut over = item(json!("abcd"));
+        assert!(charge(&mut over, 5, 10).capped);
+        let Event::Item { event, .. } = &over else {
+            panic!("{over:?}");
+        };
+        assert!(
+            matches!(
+                event.as_ref(),
+                Event::Finished {
+                    outcome: StepOutcome::Failed { .. },
+                    ..
+                }
+            ),
+            "{over:?}"
+        );
     }
 }
