@@ -225,7 +225,11 @@ fn dispatch_item(
             false
         }
         // Every attempt of the item would render the same: it fails for good.
-        Err(error) => end_item_failed(state, step, k, error.to_string(), decision),
+        Err(error) => {
+            let error = error.to_string();
+            let policy = policy::choose(state, step, &error);
+            end_item_failed(state, step, k, error, policy, decision)
+        }
     }
 }
 
@@ -334,10 +338,8 @@ fn fail_item_attempt(
 ) {
     decision.item_changed(step, k);
     let tries = state.items.get(&(step, k)).map_or(u32::MAX, |i| i.tries);
-    let retries = matches!(
-        policy::choose(state, step, &error),
-        Ok(policy::Policy::Retry)
-    );
+    let policy = policy::choose(state, step, &error);
+    let retries = matches!(policy, Ok(policy::Policy::Retry));
     if retries && tries < budget {
         let delay_ms = retry_delay_ms(state, step, tries);
         decision.record(
@@ -354,25 +356,25 @@ fn fail_item_attempt(
         }
         return;
     }
-    if end_item_failed(state, step, k, error, decision) {
+    if end_item_failed(state, step, k, error, policy, decision) {
         advance(state, step, decision);
     }
 }
 
-/// Item `k` failed for good: the step's `on_error` decides what the loop does. `true`: the
-/// loop goes on (`continue`), and the caller advances it.
+/// Item `k` failed for good: `policy`, what the step's `on_error` chose for `error`, decides
+/// what the loop does. `true`: the loop goes on (`continue`), and the caller advances it.
 fn end_item_failed(
     state: &mut ExecutionState,
     step: StepIndex,
     k: u32,
     error: String,
+    policy: Result<policy::Policy, String>,
     decision: &mut Decision,
 ) -> bool {
     decision.record(
         "item_failed",
         item_payload(state, step, k, json!({"error": error})),
     );
-    let policy = policy::choose(state, step, &error);
     let result = json!({ "error": error });
     end_item(
         state,
