@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
 use noetl_contract::message::{ListQuery, WireErrorCode};
-use noetl_contract::step::{Attempt, AttemptToken, StepIndex, TOKEN_BYTES};
+use noetl_contract::step::{Attempt, AttemptToken, TOKEN_BYTES};
 use noetl_contract::subject::{self, ShardRequest};
 use serde_json::{json, Value};
 
-use crate::harness::{assert_problem, Cluster, Token, Worker};
+use crate::harness::{assert_forgery_refused, assert_problem, forged, Cluster, Token, Worker};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -49,45 +48,10 @@ async fn results_and_heartbeats_without_the_attempts_token_are_refused() {
 
     let shard = noetl_contract::shard_of(id, cluster.shard_count);
     let client = crate::harness::connect(cluster.nats.url()).await;
-    let ask = |kind| subject::shard_request(kind, shard, id);
     for token in [None, Some(wrong)] {
-        let forged = StepReport {
-            execution_id: id,
-            step_index: StepIndex::new(0),
-            attempt: Attempt::FIRST,
-            outcome: StepOutcome::Succeeded {
-                result: json!({"forged": true}),
-            },
-            started_at_ms: noetl_bus::unix_now_ms(),
-            finished_at_ms: noetl_bus::unix_now_ms(),
-            worker: "stolen".to_owned(),
-            token,
-            item: None,
-        };
-        let ack: ReportAck = noetl_bus::request(&client, ask(ShardRequest::Result), &forged, WAIT)
-            .await
-            .expect("the shard answers");
-        assert_eq!(ack, ReportAck::Stale, "a forged result is not recorded");
         for starting in [true, false] {
-            let beat = Heartbeat {
-                execution_id: id,
-                step_index: StepIndex::new(0),
-                attempt: Attempt::FIRST,
-                worker: "stolen".to_owned(),
-                starting,
-                started_at_ms: (!starting).then(noetl_bus::unix_now_ms),
-                token,
-                item: None,
-            };
-            let ack: HeartbeatAck =
-                noetl_bus::request(&client, ask(ShardRequest::Heartbeat), &beat, WAIT)
-                    .await
-                    .expect("the shard answers");
-            assert_eq!(
-                ack,
-                HeartbeatAck::Stop,
-                "a forged heartbeat is told to stop"
-            );
+            let (report, beat) = forged(id, Attempt::FIRST, token, None, starting);
+            assert_forgery_refused(&client, shard, &report, &beat).await;
         }
     }
     let (status, execution) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
@@ -99,12 +63,7 @@ async fn results_and_heartbeats_without_the_attempts_token_are_refused() {
         step["started_at"].is_null(),
         "no forged beat started it: {execution}"
     );
-    let kinds: Vec<Value> = cluster
-        .events(id)
-        .await
-        .iter()
-        .map(|e| e["kind"].clone())
-        .collect();
+    let kinds = cluster.event_kinds(id).await;
     assert!(!kinds.contains(&json!("step_started")), "{kinds:?}");
     let hex = serde_json::to_value(real).expect("hex");
     let hex = hex.as_str().expect("a string");

@@ -9,15 +9,14 @@
 //! `item_failed` or `item_attempt_failed`.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
-use noetl_contract::step::{Attempt, AttemptToken, StepIndex, TOKEN_BYTES};
-use noetl_contract::subject::{self, ShardRequest};
-use noetl_contract::ExecutionId;
+use noetl_contract::step::{Attempt, AttemptToken, TOKEN_BYTES};
+use noetl_contract::{ExecutionId, ShardId};
 use serde_json::{json, Value};
 
-use crate::harness::{assert_problem, eventually, Cluster, Worker, DEADLINE};
+use crate::harness::{
+    assert_forgery_refused, assert_problem, eventually, forged, Cluster, Worker, DEADLINE,
+};
 
 fn is_terminal(body: &Value) -> bool {
     matches!(
@@ -314,52 +313,11 @@ async fn item_reports_without_the_items_token_are_refused() {
     flipped[TOKEN_BYTES - 1] ^= 1;
     let wrong = AttemptToken::from_bytes(flipped);
     let client = crate::harness::connect(cluster.nats.url()).await;
-    let ask = |kind| subject::shard_request(kind, noetl_contract::ShardId::new(0), id);
-    const WAIT: Duration = Duration::from_secs(5);
     for (token, item) in [(None, Some(0)), (Some(wrong), Some(0)), (None, None)] {
-        let forged = StepReport {
-            execution_id: id,
-            step_index: StepIndex::new(0),
-            attempt: Attempt::FIRST,
-            outcome: StepOutcome::Succeeded {
-                result: json!({"forged": true}),
-            },
-            started_at_ms: noetl_bus::unix_now_ms(),
-            finished_at_ms: noetl_bus::unix_now_ms(),
-            worker: "stolen".to_owned(),
-            token,
-            item,
-        };
-        let ack: ReportAck = noetl_bus::request(&client, ask(ShardRequest::Result), &forged, WAIT)
-            .await
-            .expect("the shard answers");
-        assert_eq!(ack, ReportAck::Stale, "a forged result is not recorded");
-        let beat = Heartbeat {
-            execution_id: id,
-            step_index: StepIndex::new(0),
-            attempt: Attempt::FIRST,
-            worker: "stolen".to_owned(),
-            starting: false,
-            started_at_ms: Some(noetl_bus::unix_now_ms()),
-            token,
-            item,
-        };
-        let ack: HeartbeatAck =
-            noetl_bus::request(&client, ask(ShardRequest::Heartbeat), &beat, WAIT)
-                .await
-                .expect("the shard answers");
-        assert_eq!(
-            ack,
-            HeartbeatAck::Stop,
-            "a forged heartbeat is told to stop"
-        );
+        let (report, beat) = forged(id, Attempt::FIRST, token, item, false);
+        assert_forgery_refused(&client, ShardId::new(0), &report, &beat).await;
     }
-    let kinds: Vec<Value> = cluster
-        .events(id)
-        .await
-        .iter()
-        .map(|e| e["kind"].clone())
-        .collect();
+    let kinds = cluster.event_kinds(id).await;
     assert!(!kinds.contains(&json!("item_started")), "{kinds:?}");
     assert!(!kinds.contains(&json!("item_succeeded")), "{kinds:?}");
 

@@ -120,6 +120,12 @@ impl Api {
         }
     }
 
+    /// The kind of every event of an execution, in order.
+    pub async fn event_kinds(&self, id: ExecutionId) -> Vec<Value> {
+        let events = self.events(id).await;
+        events.iter().map(|e| e["kind"].clone()).collect()
+    }
+
     /// Polls `/readyz` until `done(status, body)` holds, or panics after [`DEADLINE`].
     pub async fn wait_readyz(&self, what: &str, done: impl Fn(u16, &Value) -> bool) {
         eventually(what, DEADLINE, || async {

@@ -8,7 +8,11 @@ mod process;
 
 use std::time::Duration;
 
+use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
+use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
+use noetl_contract::subject::{self, ShardRequest};
 use noetl_contract::ExecutionId;
+use noetl_contract::ShardId;
 use serde_json::{json, Value};
 
 pub use api::Api;
@@ -97,6 +101,66 @@ pub async fn connect(nats_url: &str) -> noetl_bus::Client {
     })
     .await
     .expect("connect to NATS")
+}
+
+/// What a client holding a stolen worker credential sends for step 0 of `id`, attempt `attempt`
+/// (of loop `item`), with `token`: a successful result, and a heartbeat (`starting` or not).
+pub fn forged(
+    id: ExecutionId,
+    attempt: Attempt,
+    token: Option<AttemptToken>,
+    item: Option<u32>,
+    starting: bool,
+) -> (StepReport, Heartbeat) {
+    let now = noetl_bus::unix_now_ms();
+    let report = StepReport {
+        execution_id: id,
+        step_index: StepIndex::new(0),
+        attempt,
+        outcome: StepOutcome::Succeeded {
+            result: json!({"forged": true}),
+        },
+        started_at_ms: now,
+        finished_at_ms: now,
+        worker: "stolen".to_owned(),
+        token,
+        item,
+    };
+    let beat = Heartbeat {
+        execution_id: id,
+        step_index: StepIndex::new(0),
+        attempt,
+        worker: "stolen".to_owned(),
+        starting,
+        started_at_ms: (!starting).then_some(now),
+        token,
+        item,
+    };
+    (report, beat)
+}
+
+/// Sends `report` and `beat` ([`forged`]) to the shard of their execution, asserting that it
+/// records neither: the report is answered `stale`, the heartbeat `stop`.
+pub async fn assert_forgery_refused(
+    client: &noetl_bus::Client,
+    shard: ShardId,
+    report: &StepReport,
+    beat: &Heartbeat,
+) {
+    let wait = Duration::from_secs(5);
+    let ask = |kind| subject::shard_request(kind, shard, report.execution_id);
+    let ack: ReportAck = noetl_bus::request(client, ask(ShardRequest::Result), report, wait)
+        .await
+        .expect("the shard answers");
+    assert_eq!(ack, ReportAck::Stale, "a forged result is not recorded");
+    let ack: HeartbeatAck = noetl_bus::request(client, ask(ShardRequest::Heartbeat), beat, wait)
+        .await
+        .expect("the shard answers");
+    assert_eq!(
+        ack,
+        HeartbeatAck::Stop,
+        "a forged heartbeat is told to stop"
+    );
 }
 
 pub fn hello_request() -> Value {
