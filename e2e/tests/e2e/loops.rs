@@ -331,3 +331,49 @@ async fn item_reports_without_the_items_token_are_refused() {
     worker.stop().await;
     cluster.stop().await;
 }
+
+/// Cancelling an execution whose loop items run stops them: the worker, all of whose slots the
+/// items take, learns it at its next heartbeat and frees them, so another execution runs (its
+/// items would sleep 2 minutes, past the wait); no item of the cancelled loop ends, and the
+/// loop shows no place freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_loop_stops_its_items() {
+    let cluster = Cluster::builder().shards(1).start().await;
+    let worker = Worker::start_with(cluster.nats.url(), |settings| settings.concurrency = 3);
+    let id = cluster
+        .submit(&looping(
+            json!({"in": "{{ input.items }}", "iterator": "it", "max_in_flight": 3}),
+            &[120_000; 5],
+        ))
+        .await;
+    eventually("three items running", DEADLINE, || async {
+        let started = cluster
+            .event_kinds(id)
+            .await
+            .iter()
+            .filter(|k| *k == "item_started")
+            .count();
+        if started == 3 {
+            Ok(())
+        } else {
+            Err(format!("{started} items started"))
+        }
+    })
+    .await;
+    let (status, cancelled) = cluster
+        .post_json(&format!("/api/v1/executions/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!((status, &cancelled["status"]), (200, &json!("cancelled")));
+    assert_eq!(step(&cancelled, "each")["status"], "cancelled");
+
+    let other = cluster
+        .submit(&json!({"playbook": {"name": "after", "steps": [{"name": "s", "action": "noop"}]}}))
+        .await;
+    cluster.wait_for_success(other).await;
+    let kinds = cluster.event_kinds(id).await;
+    assert!(!kinds.contains(&json!("item_succeeded")), "{kinds:?}");
+    assert!(!kinds.contains(&json!("item_failed")), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "item_dispatched").count(), 3);
+    worker.stop().await;
+    cluster.stop().await;
+}
