@@ -386,6 +386,23 @@ mod tests {
     }
 
     #[test]
+    fn max_loop_items_defaults_to_10000_and_is_bounded() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert_eq!(config.max_loop_items, 10_000);
+        for (items, refused) in [(0, "at least 1"), (1_000_001, "at most 1000000")] {
+            let bad = Settings {
+                max_loop_items: items,
+                ..settings(Some(TWO))
+            };
+            let error = ServerConfig::from_settings(bad, None).expect_err("out of bounds");
+            assert_eq!(
+                error.to_string(),
+                format!("max_loop_items must be {refused}")
+            );
+        }
+    }
+
+    #[test]
     fn template_budgets_are_read_and_bounded() {
         let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
         assert_eq!(config.rendering.budget, template::Budget::default());
