@@ -129,12 +129,17 @@ async fn a_sequential_loop_runs_one_item_at_a_time() {
     let cluster = Cluster::builder().shards(1).start().await;
     let worker = Worker::start(cluster.nats.url());
     let items = sleeps(12);
-    let id = cluster
-        .submit(&looping(
-            json!({"in": "{{ input.items }}", "iterator": "it", "mode": "sequential"}),
-            &items,
-        ))
+    let looped = json!({"in": "{{ input.items }}", "iterator": "it", "mode": "sequential"});
+    // A dry run shows the loop as written.
+    let (status, plan) = cluster
+        .post_json(
+            "/api/v1/executions?dry_run=true",
+            &looping(looped.clone(), &items),
+        )
         .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["plan"][0]["loop"], looped, "{plan}");
+    let id = cluster.submit(&looping(looped, &items)).await;
     let done = ended(&cluster, id).await;
     assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
     let (most, dispatches) = in_flight(&cluster.events(id).await);
