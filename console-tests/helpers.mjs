@@ -1,0 +1,119 @@
+// Shared by the console's browser tests (scripts/console-tests.sh starts the cluster and sets
+// CONSOLE_URL, TOKEN_A, TOKEN_B, CLUSTER_ENV and REPO_ROOT).
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+export const BASE = process.env.CONSOLE_URL;
+export const TOKEN_A = process.env.TOKEN_A;
+export const TOKEN_B = process.env.TOKEN_B;
+export const REPO_ROOT = process.env.REPO_ROOT;
+assert.ok(BASE && TOKEN_A && TOKEN_B && REPO_ROOT, "run through scripts/console-tests.sh");
+
+const CLUSTER_ENV = Object.fromEntries(
+  process.env.CLUSTER_ENV.split(" ").map((pair) => pair.split("=", 2)),
+);
+export const STATE_DIR = CLUSTER_ENV.STATE_DIR;
+
+/// Runs scripts/cluster.sh with the test cluster's settings.
+export function cluster(args, extra = {}) {
+  return execFileSync(path.join(REPO_ROOT, "scripts/cluster.sh"), args, {
+    env: { ...process.env, ...CLUSTER_ENV, ...extra },
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+}
+
+/// Stops one component the cluster started (its pid file names it), and waits for it to exit.
+export async function stopComponent(component) {
+  const pid = Number(readFileSync(path.join(STATE_DIR, `${component}.pid`), "utf8").trim());
+  process.kill(pid, "SIGTERM");
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/// Calls the API with a token; returns the parsed JSON (throws unless 2xx).
+export async function api(token, method, route, body) {
+  const response = await fetch(`${BASE}/api/v1${route}`, {
+    method,
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { "content-type": "application/json" }),
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  assert.ok(response.ok, `${method} ${route}: ${response.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+/// A fresh headless chromium (Debian's). Playwright starts it with a new temporary profile
+/// (its own --user-data-dir), deleted when the browser closes.
+export async function launch() {
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  return { browser, close: () => browser.close() };
+}
+
+/// A page that records console errors, page errors and dialogs (none may happen: a dialog
+/// would be a script the console did not ship), logged in with `token`.
+export async function loggedIn(browser, token) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const trouble = [];
+  page.on("console", (message) => {
+    if (message.type() === "error") trouble.push(`console error: ${message.text()} (${message.location().url})`);
+  });
+  page.on("pageerror", (error) => trouble.push(`page error: ${error.message}`));
+  page.on("dialog", async (dialog) => {
+    trouble.push(`dialog: ${dialog.type()} ${dialog.message()}`);
+    await dialog.dismiss();
+  });
+  await page.goto(`${BASE}/ui/executions`);
+  assert.match(page.url(), /\/ui\/login$/, "a page without a session sends to the login form");
+  await page.getByLabel("API token").fill(token);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForURL(/\/ui\/executions$/);
+  return { context, page, trouble };
+}
+
+/// Publishes a playbook to the catalog of `token`'s tenant.
+export function publish(token, playbook) {
+  return api(token, "POST", "/playbooks", playbook);
+}
+
+/// Runs version 1 of a catalog playbook through the console's run form; returns the new
+/// execution's id (the page is then on the execution's page).
+export async function runFromCatalog(page, name, input = "{}") {
+  await page.goto(`${BASE}/ui/catalog`);
+  await page.getByRole("link", { name, exact: true }).click();
+  await page.getByLabel("Input (a JSON object)").fill(input);
+  await page.getByRole("button", { name: "Run" }).click();
+  await page.waitForURL(/\/ui\/executions\/\d+$/);
+  return page.url().split("/").pop();
+}
+
+/// The data-status of every node of the DAG, by step name.
+export function dagStatuses(page) {
+  return page.$$eval("svg.dag [data-step]", (nodes) =>
+    Object.fromEntries(nodes.map((node) => [node.dataset.step, node.dataset.status])),
+  );
+}

@@ -1,0 +1,71 @@
+// Log in, run a catalog playbook from its form, and watch its DAG turn succeeded without a
+// reload. The worker is stopped while the page first renders, so the steps are certainly not
+// finished then; it is started again once the page has shown them unfinished.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import {
+  BASE, TOKEN_A, cluster, dagStatuses, launch, loggedIn, publish, runFromCatalog, stopComponent,
+} from "./helpers.mjs";
+
+let chromium;
+before(async () => {
+  chromium = await launch();
+});
+after(async () => {
+  await chromium.close();
+});
+
+test("log in, run from the catalog, the DAG turns succeeded live", async () => {
+  await publish(TOKEN_A, {
+    name: "console-diamond",
+    steps: [
+      { name: "a", action: "noop" },
+      { name: "b", action: "sleep", with: { ms: 100 }, needs: ["a"] },
+      { name: "c", action: "noop", with: { who: "{{ input.who }}" }, needs: ["a"] },
+      { name: "d", action: "noop", needs: ["b", "c"] },
+    ],
+  });
+  const { context, page, trouble } = await loggedIn(chromium.browser, TOKEN_A);
+
+  // The session cookie: HttpOnly, SameSite=Strict, scoped to /ui, and not the token.
+  const cookies = await context.cookies(`${BASE}/ui/executions`);
+  const session = cookies.find((cookie) => cookie.name === "noetl_session");
+  assert.ok(session, "a session cookie is set");
+  assert.equal(session.httpOnly, true);
+  assert.equal(session.sameSite, "Strict");
+  assert.equal(session.path, "/ui");
+  assert.ok(!session.value.includes(TOKEN_A), "the cookie is not the token");
+
+  await stopComponent("worker");
+  const id = await runFromCatalog(page, "console-diamond", '{"who": "console"}');
+  assert.ok(!page.url().includes(TOKEN_A), "the token is never in a URL");
+  await page.evaluate(() => { window.notReloaded = true; });
+  const first = await dagStatuses(page);
+  assert.deepEqual(Object.keys(first).sort(), ["a", "b", "c", "d"]);
+  assert.ok(Object.values(first).every((status) => status !== "succeeded"), JSON.stringify(first));
+  assert.equal(await page.locator("svg.dag .edge").count(), 4, "a→b, a→c, b→d, c→d");
+
+  cluster(["up"]); // starts the worker again (everything else still runs)
+  await page.waitForFunction(
+    () => {
+      const nodes = [...document.querySelectorAll("svg.dag [data-step]")];
+      return nodes.length === 4 && nodes.every((node) => node.dataset.status === "succeeded");
+    },
+    null,
+    { timeout: 60_000 },
+  );
+  await page.locator("#exec-status .badge", { hasText: "succeeded" }).waitFor();
+  assert.equal(await page.evaluate(() => window.notReloaded), true, "no reload happened");
+  // Once the stream ended, the steps table shows the results.
+  await page.locator("#steps tr[data-step='c'] pre", { hasText: "console" }).first().waitFor();
+  const timeline = await page.locator("#timeline li").allTextContents();
+  assert.ok(timeline.some((entry) => entry.includes("execution_succeeded")), timeline.join("\n"));
+
+  const execution = await (await fetch(`${BASE}/api/v1/executions/${id}`, {
+    headers: { authorization: `Bearer ${TOKEN_A}` },
+  })).json();
+  assert.equal(execution.status, "succeeded");
+  assert.deepEqual(trouble, []);
+  await context.close();
+});
