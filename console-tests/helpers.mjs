@@ -3,8 +3,14 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import path from "node:path";
 import { chromium } from "playwright-core";
+
+const AXE_SOURCE = readFileSync(
+  createRequire(import.meta.url).resolve("axe-core/axe.min.js"),
+  "utf8",
+);
 
 export const BASE = process.env.CONSOLE_URL;
 export const TOKEN_A = process.env.TOKEN_A;
@@ -116,4 +122,14 @@ export function dagStatuses(page) {
   return page.$$eval("svg.dag [data-step]", (nodes) =>
     Object.fromEntries(nodes.map((node) => [node.dataset.step, node.dataset.status])),
   );
+}
+
+/// Runs axe-core on the page; returns its serious and critical violations, described.
+export async function seriousViolations(page) {
+  // Evaluated through the DevTools protocol: the console's CSP rightly refuses an injected tag.
+  await page.evaluate(AXE_SOURCE);
+  const results = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  return results.violations
+    .filter((violation) => ["serious", "critical"].includes(violation.impact))
+    .map((violation) => `${violation.id} (${violation.impact}): ${violation.nodes.map((n) => n.target.join(" ")).join(", ")}`);
 }

@@ -147,7 +147,7 @@ fn playbook_page(
                 button type="submit" { "Run" }
             }
             h2 { "Source" }
-            pre.json #source { (pretty(&shown.playbook)) }
+            pre.json #source tabindex="0" { (pretty(&shown.playbook)) }
         },
     )
 }

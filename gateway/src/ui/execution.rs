@@ -116,20 +116,20 @@ fn render(
                 }
                 @if !terminal { (cancel_form(session, view)) }
                 h2 { "Input" }
-                pre.json { (pretty(&view.input)) }
+                pre.json tabindex="0" { (pretty(&view.input)) }
                 @if !view.ctx.is_empty() {
                     h2 { "Variables" }
-                    pre.json { (pretty(&view.ctx)) }
+                    pre.json tabindex="0" { (pretty(&view.ctx)) }
                 }
                 h2 #dag-heading { "DAG" }
                 @if playbook.is_none() {
                     p.note { "An inline playbook's arcs are not kept by the API: its steps are drawn without them." }
                 }
-                div.dag-frame { (dag::render(&view.steps, playbook)) }
+                div.dag-frame tabindex="0" { (dag::render(&view.steps, playbook)) }
                 h2 { "Steps" }
                 (steps_table(&view.steps, &arguments))
                 h2 { "Event timeline" }
-                ol #timeline {
+                ol #timeline tabindex="0" {
                     @for event in log { (timeline_entry(event)) }
                 }
             }
@@ -178,10 +178,10 @@ fn steps_table(steps: &[StepView], arguments: &HashMap<&str, &serde_json::Value>
                         th scope="row" { (step.name) }
                         td.st { (step.status.as_str()) }
                         td { (step.attempt) }
-                        td { @if let Some(with) = arguments.get(step.name.as_str()) { pre.json { (pretty(with)) } } }
+                        td { @if let Some(with) = arguments.get(step.name.as_str()) { pre.json tabindex="0" { (pretty(with)) } } }
                         td {
-                            @if let Some(error) = &step.error { pre.error { (error) } }
-                            @if let Some(result) = &step.result { pre.json { (pretty(result)) } }
+                            @if let Some(error) = &step.error { pre.error tabindex="0" { (error) } }
+                            @if let Some(result) = &step.result { pre.json tabindex="0" { (pretty(result)) } }
                         }
                         td { (step.started_at.as_deref().unwrap_or("")) }
                         td { (step.finished_at.as_deref().unwrap_or("")) }
