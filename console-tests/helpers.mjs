@@ -5,6 +5,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 
 const AXE_SOURCE = readFileSync(
@@ -79,6 +80,19 @@ export async function launch() {
   return { browser, close: () => browser.close() };
 }
 
+/// One browser for the test file that calls it (at its top level): launched before its first
+/// test, closed after its last. Its `browser` is set once launched.
+export function sharedChromium() {
+  const shared = {};
+  before(async () => {
+    Object.assign(shared, await launch());
+  });
+  after(async () => {
+    await shared.close();
+  });
+  return shared;
+}
+
 /// A page that records console errors, page errors and dialogs (none may happen: a dialog
 /// would be a script the console did not ship), logged in with `token`.
 export async function loggedIn(browser, token) {
@@ -132,4 +146,22 @@ export async function seriousViolations(page) {
   return results.violations
     .filter((violation) => ["serious", "critical"].includes(violation.impact))
     .map((violation) => `${violation.id} (${violation.impact}): ${violation.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+}
+
+/// With CONSOLE_SCREENSHOTS=1, saves the page as wiki/img/console-<name>.png (committed; the
+/// README shows the execution page).
+export async function screenshot(page, name) {
+  if (process.env.CONSOLE_SCREENSHOTS !== "1") return;
+  await page.screenshot({ path: path.join(REPO_ROOT, "wiki", "img", `console-${name}.png`) });
+}
+
+/// Waits until an execution has ended (the API says so), for at most `seconds`.
+export async function ended(token, id, seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const execution = await api(token, "GET", `/executions/${id}`);
+    if (["succeeded", "failed", "cancelled"].includes(execution.status)) return execution;
+    assert.ok(Date.now() < deadline, `execution ${id} still ${execution.status} after ${seconds} s`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
 }

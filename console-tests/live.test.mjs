@@ -2,19 +2,14 @@
 // reload. The worker is stopped while the page first renders, so the steps are certainly not
 // finished then; it is started again once the page has shown them unfinished.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import {
-  BASE, TOKEN_A, cluster, dagStatuses, launch, loggedIn, publish, runFromCatalog, stopComponent,
+  BASE, TOKEN_A, cluster, dagStatuses, loggedIn, publish, runFromCatalog, screenshot,
+  sharedChromium, stopComponent,
 } from "./helpers.mjs";
 
-let chromium;
-before(async () => {
-  chromium = await launch();
-});
-after(async () => {
-  await chromium.close();
-});
+const chromium = sharedChromium();
 
 test("log in, run from the catalog, the DAG turns succeeded live", async () => {
   await publish(TOKEN_A, {
@@ -44,7 +39,9 @@ test("log in, run from the catalog, the DAG turns succeeded live", async () => {
   const first = await dagStatuses(page);
   assert.deepEqual(Object.keys(first).sort(), ["a", "b", "c", "d"]);
   assert.ok(Object.values(first).every((status) => status !== "succeeded"), JSON.stringify(first));
-  assert.equal(await page.locator("svg.dag .edge").count(), 4, "a→b, a→c, b→d, c→d");
+  // Drawn as siblings: an SVG element left unclosed in HTML would swallow the next ones.
+  assert.equal(await page.locator("svg.dag g.edges > path.edge").count(), 4, "a→b, a→c, b→d, c→d");
+  assert.deepEqual(await page.locator("svg.dag g.node > text").allTextContents(), ["a", "b", "c", "d"]);
 
   cluster(["up"]); // starts the worker again (everything else still runs)
   await page.waitForFunction(
@@ -56,6 +53,8 @@ test("log in, run from the catalog, the DAG turns succeeded live", async () => {
     { timeout: 60_000 },
   );
   await page.locator("#exec-status .badge", { hasText: "succeeded" }).waitFor();
+  // The overview is swapped for the final one: nothing left to cancel.
+  await page.locator("details.cancel").waitFor({ state: "detached" });
   assert.equal(await page.evaluate(() => window.notReloaded), true, "no reload happened");
   // Once the stream ended, the steps table shows the results.
   await page.locator("#steps tr[data-step='c'] pre", { hasText: "console" }).first().waitFor();
@@ -66,6 +65,11 @@ test("log in, run from the catalog, the DAG turns succeeded live", async () => {
     headers: { authorization: `Bearer ${TOKEN_A}` },
   })).json();
   assert.equal(execution.status, "succeeded");
+  await screenshot(page, "execution");
+  await page.goto(`${BASE}/ui/executions`);
+  await screenshot(page, "executions");
+  await page.goto(`${BASE}/ui/catalog/console-diamond`);
+  await screenshot(page, "catalog");
   assert.deepEqual(trouble, []);
   await context.close();
 });

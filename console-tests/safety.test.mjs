@@ -1,19 +1,14 @@
 // Cancel from the page, hostile strings shown as text, tenants kept apart, and axe-core on every
 // page.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import {
-  BASE, TOKEN_A, TOKEN_B, api, launch, loggedIn, publish, runFromCatalog, seriousViolations,
+  BASE, TOKEN_A, TOKEN_B, api, loggedIn, publish, runFromCatalog, screenshot,
+  seriousViolations, sharedChromium,
 } from "./helpers.mjs";
 
-let chromium;
-before(async () => {
-  chromium = await launch();
-});
-after(async () => {
-  await chromium.close();
-});
+const chromium = sharedChromium();
 
 const SCRIPT = "<script>alert('xss-script')</script>";
 const IMG = '"><img src=x onerror=alert(\'xss-img\')>';
@@ -54,6 +49,7 @@ test("hostile labels, input, arguments, variables and errors are shown as text",
   await page.waitForURL(/\/ui\/executions\/\d+$/);
   await page.locator("#exec-status .badge", { hasText: "failed" }).waitFor({ timeout: 60_000 });
   await page.locator("#steps tr[data-step='boom'] pre.error").waitFor();
+  await screenshot(page, "hostile");
   for (const where of [page.url(), `${BASE}/ui/executions`]) {
     await page.goto(where);
     const text = await page.locator("main").innerText();
@@ -112,6 +108,7 @@ test("axe-core finds no serious or critical violation on any page", async () => 
   await context.close();
   const login = await chromium.browser.newPage();
   await login.goto(`${BASE}/ui/login`);
+  await screenshot(login, "login");
   const loginViolations = await seriousViolations(login);
   if (loginViolations.length) found["/ui/login"] = loginViolations;
   await login.close();

@@ -104,13 +104,15 @@ fn label(name: &str) -> String {
 pub fn render(steps: &[StepView], playbook: Option<&Playbook>) -> Markup {
     let edges = playbook.map(|p| edges(steps, p)).unwrap_or_default();
     let (at, width, height) = layout(&depths(steps.len(), &edges));
+    // Every SVG element is closed explicitly (`{}`): inside HTML, `<path>` or `<rect>` without
+    // `/>` would swallow its next siblings as children, and they would not be drawn.
     html! {
         svg.dag role="img" aria-labelledby="dag-title" xmlns="http://www.w3.org/2000/svg"
             width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } {
             title #dag-title { "The steps of this execution and the arcs between them (" (steps.len()) " steps)" }
             defs {
                 marker #arrow viewBox="0 0 8 8" refX="8" refY="4" markerWidth="8" markerHeight="8" orient="auto" {
-                    path d="M0,0 L8,4 L0,8 z";
+                    path d="M0,0 L8,4 L0,8 z" {}
                 }
             }
             g.edges {
@@ -119,7 +121,7 @@ pub fn render(steps: &[StepView], playbook: Option<&Playbook>) -> Markup {
                     @let (sx, sy, tx, ty) = (x1 + NODE_W / 2, y1 + NODE_H, x2 + NODE_W / 2, y2);
                     @let mid = (sy + ty) / 2;
                     path.edge marker-end="url(#arrow)"
-                        d={ "M" (sx) "," (sy) " C" (sx) "," (mid) " " (tx) "," (mid) " " (tx) "," (ty) };
+                        d={ "M" (sx) "," (sy) " C" (sx) "," (mid) " " (tx) "," (mid) " " (tx) "," (ty) } {}
                 }
             }
             g.nodes {
@@ -127,7 +129,7 @@ pub fn render(steps: &[StepView], playbook: Option<&Playbook>) -> Markup {
                     @let (x, y) = at[i];
                     g.node id={ "step-" (i) } data-step=(step.name) data-status=(step.status.as_str()) {
                         title { (step.name) }
-                        rect x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6";
+                        rect x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6" {}
                         text x=(x + 10) y=(y + NODE_H / 2 + 5) { (label(&step.name)) }
                     }
                 }
@@ -146,6 +148,29 @@ mod tests {
         let depth = depths(5, &[(0, 1), (1, 3), (0, 2), (2, 3), (2, 4)]);
         assert_eq!(depth, vec![0, 1, 1, 2, 2]);
         assert_eq!(depths(2, &[(0, 1), (1, 0)]), vec![0, 0]);
+    }
+
+    #[test]
+    fn every_svg_element_is_closed_so_siblings_stay_siblings() {
+        let steps: Vec<StepView> = ["a", "b"]
+            .iter()
+            .map(|name| {
+                serde_json::from_value(
+                    serde_json::json!({"name": name, "status": "pending", "attempt": 0}),
+                )
+                .expect("a step view")
+            })
+            .collect();
+        let playbook: Playbook = serde_json::from_value(serde_json::json!({"name": "p", "steps": [
+            {"name": "a", "action": "noop"}, {"name": "b", "action": "noop", "needs": ["a"]}]}))
+        .expect("a playbook");
+        let svg = render(&steps, Some(&playbook)).into_string();
+        assert_eq!(svg.matches("</rect><text").count(), 2, "{svg}");
+        assert_eq!(
+            svg.matches("</path>").count(),
+            2,
+            "the arrow and one arc: {svg}"
+        );
     }
 
     #[test]

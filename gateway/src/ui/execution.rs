@@ -25,20 +25,13 @@ use super::login::CsrfForm;
 use super::session::Session;
 use crate::extract::ExecutionRequest;
 use crate::problem::Problem;
-use crate::routes::events::{self, PageParams};
+use crate::routes::events;
 use crate::routes::executions;
 use crate::routes::playbooks::rfc3339;
 
-/// Events shown by the first render; the stream brings the rest.
+/// Events shown by the first render (fewer when they do not fit in one shard reply); the
+/// stream brings the rest.
 const EVENTS_SHOWN: u32 = 1_000;
-
-fn again(request: &ExecutionRequest) -> ExecutionRequest {
-    ExecutionRequest {
-        state: Arc::clone(&request.state),
-        tenant: request.tenant.clone(),
-        id: request.id,
-    }
-}
 
 pub async fn show(
     request: ExecutionRequest,
@@ -46,12 +39,8 @@ pub async fn show(
 ) -> Result<Markup, UiError> {
     // The log is read before the execution, so the stream (from the log's last entry on)
     // brings every change the execution's step states do not show yet.
-    let params = PageParams {
-        after_seq: 0,
-        limit: Some(EVENTS_SHOWN),
-    };
-    let log = events::page(again(&request), Ok(Query(params))).await?.0;
     let route = request.route()?;
+    let (log, _) = events::read_fitting(&request, route, 0, EVENTS_SHOWN).await?;
     let state = Arc::clone(&request.state);
     let tenant = request.tenant.clone();
     let view = executions::get(request).await?.0.execution;
@@ -95,26 +84,28 @@ fn render(
         html! {
             div #execution data-stream=[stream] {
                 h1 { "Execution " (id) }
-                dl.summary {
-                    dt { "Status" } dd #exec-status aria-live="polite" { (badge(view.status.as_str())) }
-                    dt { "Playbook" } dd.playbook {
-                        (view.playbook_name)
-                        @if let Some(version) = view.playbook_version {
-                            " " a href={ "/ui/catalog/" (view.playbook_name) "?version=" (version) } { "version " (version) }
+                div #overview {
+                    dl.summary {
+                        dt { "Status" } dd #exec-status aria-live="polite" { (badge(view.status.as_str())) }
+                        dt { "Playbook" } dd.playbook {
+                            (view.playbook_name)
+                            @if let Some(version) = view.playbook_version {
+                                " " a href={ "/ui/catalog/" (view.playbook_name) "?version=" (version) } { "version " (version) }
+                            }
                         }
+                        dt { "Shard" } dd #exec-shard { (route.shard) }
+                        dt { "Routed with" } dd { "epoch " (route.epoch) ", " (route.shard_count) " shards" }
+                        dt { "Id decoded" } dd {
+                            "minted " (rfc3339(id.unix_ms())) ", node " (id.node().get()) ", sequence " (id.sequence())
+                        }
+                        dt { "Labels" } dd.labels {
+                            @for (key, value) in &view.labels { span.label { (key) "=" (value) } }
+                        }
+                        dt { "Created" } dd { (view.created_at) }
+                        dt { "Updated" } dd { (view.updated_at) }
                     }
-                    dt { "Shard" } dd #exec-shard { (route.shard) }
-                    dt { "Routed with" } dd { "epoch " (route.epoch) ", " (route.shard_count) " shards" }
-                    dt { "Id decoded" } dd {
-                        "minted " (rfc3339(id.unix_ms())) ", node " (id.node().get()) ", sequence " (id.sequence())
-                    }
-                    dt { "Labels" } dd.labels {
-                        @for (key, value) in &view.labels { span.label { (key) "=" (value) } }
-                    }
-                    dt { "Created" } dd { (view.created_at) }
-                    dt { "Updated" } dd { (view.updated_at) }
+                    @if !terminal { (cancel_form(session, view)) }
                 }
-                @if !terminal { (cancel_form(session, view)) }
                 h2 { "Input" }
                 pre.json tabindex="0" { (pretty(&view.input)) }
                 @if !view.ctx.is_empty() {

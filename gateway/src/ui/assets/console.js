@@ -98,8 +98,9 @@
       source.close();
       setBadge(status, String(message.data));
       root.dataset.ended = String(message.data);
-      // Results, errors and timings of the finished steps, without reloading the page.
-      swapFromServer(["steps"]).catch(function () { /* the live states stay */ });
+      // The final overview (no more cancel) and the results, errors and timings of the
+      // finished steps, without reloading the page.
+      swapFromServer(["overview", "steps"]).catch(function () { /* the live states stay */ });
     });
     source.addEventListener("error", function (message) {
       // A named `error` event ends the stream; a lost connection is retried by the browser.
