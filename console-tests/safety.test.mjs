@@ -1,10 +1,12 @@
 // Cancel from the page, hostile strings shown as text, tenants kept apart, and axe-core on every
 // page.
 import assert from "node:assert/strict";
+import { readFileSync, readdirSync } from "node:fs";
+import path from "node:path";
 import { test } from "node:test";
 
 import {
-  BASE, TOKEN_A, TOKEN_B, api, loggedIn, publish, runFromCatalog, screenshot,
+  BASE, STATE_DIR, TOKEN_A, TOKEN_B, api, loggedIn, publish, runFromCatalog, screenshot,
   seriousViolations, sharedChromium,
 } from "./helpers.mjs";
 
@@ -95,7 +97,7 @@ test("axe-core finds no serious or critical violation on any page", async () => 
     "/ui/executions",
     `/ui/executions/${listing.executions[0].execution_id}`,
     "/ui/catalog",
-    "/ui/catalog/console-diamond",
+    "/ui/catalog/console-long",
     "/ui/topology",
     `/ui/topology?id=${listing.executions[0].execution_id}`,
   ];
@@ -113,4 +115,63 @@ test("axe-core finds no serious or critical violation on any page", async () => 
   if (loginViolations.length) found["/ui/login"] = loginViolations;
   await login.close();
   assert.deepEqual(found, {});
+});
+
+test("forms need the session's CSRF token and the console's own pages; headers and logs", async () => {
+  const { context, page, trouble } = await loggedIn(chromium.browser, TOKEN_A);
+  const running = await api(TOKEN_A, "POST", "/executions", {
+    playbook: { name: "console-long" },
+  });
+  const cancel = `${BASE}/ui/executions/${running.execution_id}/cancel`;
+  // The session cookie goes along (page.request shares the context's cookies).
+  const forged = await page.request.post(cancel, { form: { csrf: "0".repeat(64) } });
+  assert.equal(forged.status(), 403, "a wrong CSRF token");
+  const missing = await page.request.post(cancel, { form: {} });
+  assert.ok([400, 403, 422].includes(missing.status()), `no CSRF token: ${missing.status()}`);
+  await page.goto(`${BASE}/ui/executions/${running.execution_id}`);
+  const csrf = await page.locator("form.logout input[name='csrf']").getAttribute("value");
+  const foreign = await page.request.post(cancel, {
+    form: { csrf },
+    headers: { "sec-fetch-site": "cross-site" },
+  });
+  assert.equal(foreign.status(), 403, "a form another site sent");
+  const untouched = await api(TOKEN_A, "GET", `/executions/${running.execution_id}`);
+  assert.notEqual(untouched.status, "cancelled", "no refused form cancelled it");
+  const ok = await page.request.post(cancel, { form: { csrf }, maxRedirects: 0 });
+  assert.equal(ok.status(), 303, "the session's own token cancels");
+
+  // Every console response carries the CSP; the hashed assets are cached for good.
+  const html = await page.request.get(`${BASE}/ui/executions`);
+  assert.equal(
+    html.headers()["content-security-policy"],
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+      "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+  );
+  assert.equal(html.headers()["cache-control"], "no-store");
+  const script = await page.locator("script").getAttribute("src");
+  assert.match(script, /^\/ui\/assets\/console\.[0-9a-f]{12}\.js$/);
+  const asset = await page.request.get(`${BASE}${script}`);
+  assert.match(asset.headers()["cache-control"], /immutable/);
+  assert.ok(asset.headers()["content-security-policy"]);
+
+  // A wrong token does not log in; logging out ends the session.
+  const wrong = await chromium.browser.newPage();
+  await wrong.goto(`${BASE}/ui/login`);
+  await wrong.getByLabel("API token").fill("ntl_not_a_token");
+  await wrong.getByRole("button", { name: "Log in" }).click();
+  await wrong.getByText("That token is not valid.").waitFor();
+  assert.equal((await wrong.context().cookies(`${BASE}/ui/executions`)).length, 0);
+  await wrong.close();
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.waitForURL(/\/ui\/login$/);
+  await page.goto(`${BASE}/ui/executions`);
+  assert.match(page.url(), /\/ui\/login$/, "the session is gone");
+
+  // The token is in no log line of the cluster (the login is logged by the token's name).
+  const logs = readdirSync(path.join(STATE_DIR, "logs"))
+    .map((file) => readFileSync(path.join(STATE_DIR, "logs", file), "utf8"));
+  assert.ok(logs.some((log) => log.includes("console login")), "the login is logged");
+  assert.ok(!logs.some((log) => log.includes(TOKEN_A) || log.includes(TOKEN_B)), "no token in a log");
+  assert.ok(trouble.every((entry) => entry.includes("403")), trouble.join("\n"));
+  await context.close();
 });

@@ -117,7 +117,10 @@ impl Sessions {
     pub(super) fn open(&self, principal: Principal, now: Instant) -> String {
         let id = random_hex();
         let mut entries = self.entries();
-        entries.retain(|_, entry| entry.expires > now);
+        // Expired sessions are dropped when they are looked up, or here once the cap is reached.
+        if entries.len() >= MAX_SESSIONS {
+            entries.retain(|_, entry| entry.expires > now);
+        }
         if entries.len() >= MAX_SESSIONS {
             if let Some(oldest) = entries
                 .iter()
