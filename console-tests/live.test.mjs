@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  BASE, TOKEN_A, cluster, dagStatuses, loggedIn, publish, runFromCatalog, screenshot,
+  BASE, TOKEN_A, api, cluster, dagStatuses, loggedIn, publish, runFromCatalog, screenshot,
   sharedChromium, stopComponent,
 } from "./helpers.mjs";
 
@@ -70,6 +70,37 @@ test("log in, run from the catalog, the DAG turns succeeded live", async () => {
   await screenshot(page, "executions");
   await page.goto(`${BASE}/ui/catalog/console-diamond`);
   await screenshot(page, "catalog");
+  assert.deepEqual(trouble, []);
+  await context.close();
+});
+
+test("the listing refreshes itself, one listing request at a time", async () => {
+  const { context, page, trouble } = await loggedIn(chromium.browser, TOKEN_A);
+  let open = 0;
+  let mostAtOnce = 0;
+  let asked = 0;
+  const listing = (request) => new URL(request.url()).pathname === "/ui/executions";
+  page.on("request", (request) => {
+    if (!listing(request)) return;
+    asked += 1;
+    open += 1;
+    mostAtOnce = Math.max(mostAtOnce, open);
+  });
+  const done = (request) => {
+    if (listing(request)) open -= 1;
+  };
+  page.on("requestfinished", done);
+  page.on("requestfailed", done);
+  await page.evaluate(() => { window.notReloaded = true; });
+  const before = asked;
+  const { execution_id: id } = await api(TOKEN_A, "POST", "/executions", {
+    playbook: { name: "console-diamond" },
+    labels: { fresh: "yes" },
+  });
+  await page.locator(`[data-execution="${id}"]`).waitFor({ timeout: 30_000 });
+  assert.equal(await page.evaluate(() => window.notReloaded), true, "no reload happened");
+  assert.ok(asked > before, "the page asked for the listing again");
+  assert.equal(mostAtOnce, 1, "never two listing requests at once");
   assert.deepEqual(trouble, []);
   await context.close();
 });

@@ -106,21 +106,31 @@ pub async fn list(
 fn filter_form(filters: &Filters) -> Markup {
     html! {
         form.filters method="get" action="/ui/executions" {
-            label for="f-status" { "Status" }
-            select #f-status name="status" {
-                option value="" { "any" }
-                @for status in ExecutionStatus::ALL {
-                    option value=(status.as_str()) selected[filters.status == status.as_str()] { (status.as_str()) }
+            div.field {
+                label for="f-status" { "Status" }
+                select #f-status name="status" {
+                    option value="" { "any" }
+                    @for status in ExecutionStatus::ALL {
+                        option value=(status.as_str()) selected[filters.status == status.as_str()] { (status.as_str()) }
+                    }
                 }
             }
-            label for="f-playbook" { "Playbook" }
-            input #f-playbook name="playbook" value=(filters.playbook);
-            label for="f-labels" { "Labels (key=value,…)" }
-            input #f-labels name="labels" value=(filters.labels);
-            label for="f-after" { "Created after (RFC 3339)" }
-            input #f-after name="created_after" value=(filters.created_after) placeholder="2026-01-01T00:00:00Z";
-            label for="f-before" { "Created before (RFC 3339)" }
-            input #f-before name="created_before" value=(filters.created_before) placeholder="2026-12-31T00:00:00Z";
+            div.field {
+                label for="f-playbook" { "Playbook" }
+                input #f-playbook name="playbook" value=(filters.playbook);
+            }
+            div.field {
+                label for="f-labels" { "Labels (key=value,…)" }
+                input #f-labels name="labels" value=(filters.labels);
+            }
+            div.field {
+                label for="f-after" { "Created after (RFC 3339)" }
+                input #f-after name="created_after" value=(filters.created_after) placeholder="2026-01-01T00:00:00Z";
+            }
+            div.field {
+                label for="f-before" { "Created before (RFC 3339)" }
+                input #f-before name="created_before" value=(filters.created_before) placeholder="2026-12-31T00:00:00Z";
+            }
             button type="submit" { "Filter" }
         }
     }
