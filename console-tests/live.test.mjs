@@ -104,3 +104,28 @@ test("the listing refreshes itself, one listing request at a time", async () => 
   assert.deepEqual(trouble, []);
   await context.close();
 });
+
+test("the catalog shows every version and its source; a bad input is refused in the form", async () => {
+  await publish(TOKEN_A, {
+    name: "console-versions",
+    steps: [{ name: "first", action: "noop" }],
+  });
+  await publish(TOKEN_A, {
+    name: "console-versions",
+    steps: [{ name: "second", action: "noop" }],
+  });
+  const { context, page, trouble } = await loggedIn(chromium.browser, TOKEN_A);
+  await page.goto(`${BASE}/ui/catalog/console-versions`);
+  assert.match(await page.locator("nav.versions").innerText(), /Versions: 2 1/);
+  assert.match(await page.locator("#source").innerText(), /"second"/);
+  await page.getByRole("link", { name: "1", exact: true }).click();
+  await page.waitForURL(/\?version=1$/);
+  assert.match(await page.locator("#source").innerText(), /"first"/);
+
+  await page.getByLabel("Input (a JSON object)").fill("[1, 2");
+  await page.getByRole("button", { name: "Run" }).click();
+  assert.match(await page.getByRole("alert").innerText(), /input:/);
+  assert.equal(await page.getByLabel("Input (a JSON object)").inputValue(), "[1, 2", "the input is kept");
+  assert.ok(trouble.every((entry) => entry.includes("400")), trouble.join("\n"));
+  await context.close();
+});
