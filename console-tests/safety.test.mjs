@@ -175,3 +175,26 @@ test("forms need the session's CSRF token and the console's own pages; headers a
   assert.ok(trouble.every((entry) => entry.includes("403")), trouble.join("\n"));
   await context.close();
 });
+
+test("the keyboard reaches the skip link, the links and cancel with its confirmation", async () => {
+  const { context, page, trouble } = await loggedIn(chromium.browser, TOKEN_A);
+  const running = await api(TOKEN_A, "POST", "/executions", { playbook: { name: "console-long" } });
+  await page.goto(`${BASE}/ui/executions/${running.execution_id}`);
+  const focused = () => page.evaluate(() => document.activeElement.textContent.trim());
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(), "Skip to content");
+  await page.keyboard.press("Enter");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "main");
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(), "version 1", "the first link of the page: its playbook");
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(), "Cancel this execution…");
+  await page.keyboard.press("Enter");
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(), "Confirm: cancel execution");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(new RegExp(`/ui/executions/${running.execution_id}$`));
+  await page.locator("#exec-status .badge", { hasText: "cancelled" }).waitFor({ timeout: 30_000 });
+  assert.deepEqual(trouble, []);
+  await context.close();
+});
