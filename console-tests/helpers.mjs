@@ -49,13 +49,20 @@ export async function stopComponent(component) {
 
 /// Calls the API with a token; returns the parsed JSON (throws unless 2xx).
 export async function api(token, method, route, body) {
-  const response = await fetch(`${BASE}/api/v1${route}`, {
-    method,
-    headers: {
-      authorization: `Bearer ${token}`,
-      ...(body === undefined ? {} : { "content-type": "application/json" }),
-    },
-    body: body === undefined ? undefined : JSON.stringify(body),
+  const send = () =>
+    fetch(`${BASE}/api/v1${route}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  // A kept-alive connection the gateway closed while idle (after `header_read_timeout_ms`) can
+  // fail the next request as it is sent; a GET is asked again once on a new connection.
+  const response = await send().catch((error) => {
+    if (method !== "GET") throw error;
+    return send();
   });
   const text = await response.text();
   assert.ok(response.ok, `${method} ${route}: ${response.status} ${text}`);

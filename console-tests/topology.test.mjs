@@ -9,8 +9,15 @@ const chromium = sharedChromium();
 
 test("reshard 2 → 4: the topology page shows two epochs, then a stopped shard makes the listing partial", async () => {
   const { context, page, trouble } = await loggedIn(chromium.browser, TOKEN_A);
+  // A running execution of this tenant counts on its shard.
+  const { execution_id: running } = await api(TOKEN_A, "POST", "/executions", {
+    playbook: { name: "console-long" },
+  });
+  const { shard } = await api(TOKEN_A, "GET", `/route/${running}`);
   await page.goto(`${BASE}/ui/topology`);
   assert.equal(await page.locator("#epochs li").count(), 1);
+  const counted = await page.locator(`#shards tr[data-shard='${shard}'] td.running`).innerText();
+  assert.ok(Number(counted) >= 1, `shard ${shard} runs ${counted} of this tenant's executions`);
 
   cluster(["reshard"], { SHARDS: "4" });
   const topology = await api(TOKEN_A, "GET", "/topology");
@@ -40,7 +47,7 @@ test("reshard 2 → 4: the topology page shows two epochs, then a stopped shard 
   assert.match(await partial.innerText(), /Partial listing: shard 3 did not answer/);
   assert.deepEqual(await page.locator("#partial .missing-shard").allTextContents(), ["3"]);
   await page.goto(`${BASE}/ui/topology`);
-  assert.match(await page.locator("#shards tr[data-shard='3']").innerText(), /not answering/);
+  assert.match(await page.locator("#shards tr[data-shard='3']").innerText(), /not answering\s+unknown/);
   assert.deepEqual(trouble, []);
   await context.close();
 });

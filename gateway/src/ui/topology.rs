@@ -1,12 +1,14 @@
 //! `GET /ui/topology`: the epochs as a timeline (when each shard count took effect), each shard's
-//! state and whether its server answers, and a "where does this id go" box (`?id=`).
+//! state, whether its server answers and how many of the caller's executions run there, and a
+//! "where does this id go" box (`?id=`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use maud::{html, Markup};
-use noetl_contract::ExecutionId;
+use noetl_contract::message::{ExecutionStatus, Labels, ListQuery};
+use noetl_contract::{ExecutionId, ShardId};
 use serde::Deserialize;
 
 use super::layout::{badge, page, UiError};
@@ -16,6 +18,24 @@ use crate::routes::topology::{self, TopologyResponse};
 use crate::state::AppState;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Running executions counted per shard; more show as "100 or more".
+const RUNNING_COUNTED: u32 = 100;
+
+/// How many of `tenant`'s executions run on `shard` (up to [`RUNNING_COUNTED`] + 1); `None`
+/// when the shard does not answer.
+async fn running(state: &AppState, tenant: &str, shard: ShardId) -> Option<usize> {
+    let query = ListQuery {
+        below: None,
+        from: None,
+        limit: RUNNING_COUNTED + 1,
+        status: Some(ExecutionStatus::Running),
+        labels: Labels::default(),
+        playbook: None,
+        tenant: Some(tenant.to_owned()),
+    };
+    let page = state.dispatcher.list(shard, &query).await?;
+    Some(page.executions.len())
+}
 
 #[derive(Debug, Default, Deserialize)]
 pub struct IdQuery {
@@ -24,15 +44,26 @@ pub struct IdQuery {
 }
 
 pub async fn show(
-    Caller { state, session, .. }: Caller,
+    Caller {
+        state,
+        session,
+        principal,
+    }: Caller,
     query: Result<Query<IdQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Markup, UiError> {
     let Query(query) = query.unwrap_or_default();
     let view = topology::show(State(Arc::clone(&state))).await?.0;
-    let ready = futures::future::join_all(
-        view.shards
-            .iter()
-            .map(|shard| state.dispatcher.ping(shard.shard, PING_TIMEOUT)),
+    let (ready, running) = futures::future::join(
+        futures::future::join_all(
+            view.shards
+                .iter()
+                .map(|shard| state.dispatcher.ping(shard.shard, PING_TIMEOUT)),
+        ),
+        futures::future::join_all(
+            view.shards
+                .iter()
+                .map(|shard| running(&state, &principal.tenant, shard.shard)),
+        ),
     )
     .await;
     let asked = query.id.trim();
@@ -45,14 +76,24 @@ pub async fn show(
             (epochs(&view))
             h2 { "Shards" }
             table #shards {
-                caption { "Every shard's state now, and whether its server answers" }
-                thead { tr { th scope="col" { "Shard" } th scope="col" { "State" } th scope="col" { "Server" } } }
+                caption { "Every shard's state now, whether its server answers, and how many of your executions run there" }
+                thead { tr {
+                    th scope="col" { "Shard" } th scope="col" { "State" } th scope="col" { "Server" }
+                    th scope="col" { "Your running executions" }
+                } }
                 tbody {
-                    @for (shard, ok) in view.shards.iter().zip(&ready) {
+                    @for ((shard, ok), running) in view.shards.iter().zip(&ready).zip(&running) {
                         tr data-shard=(shard.shard) {
                             td { (shard.shard) }
                             td { (badge(&format!("{:?}", shard.state).to_lowercase())) }
                             td { @if *ok { "ready" } @else { strong { "not answering" } } }
+                            td.running {
+                                @match running {
+                                    Some(n) if *n > RUNNING_COUNTED as usize => { (RUNNING_COUNTED) " or more" }
+                                    Some(n) => (n),
+                                    None => "unknown",
+                                }
+                            }
                         }
                     }
                 }
