@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::follow;
 use crate::http::{Error, Gateway};
 use crate::input::{self, CatalogRef, Label, Source, SubmitParts};
-use crate::render::{self, print_json, VALUE_CHARS};
+use crate::render::{self, print_json, StepNotes, VALUE_CHARS};
 use crate::table::{self, Table};
 
 /// Events asked for per page.
@@ -302,9 +302,23 @@ fn render_dry_run(dry: &DryRun) -> String {
     out
 }
 
+/// The execution, and for people the reasons of its skipped steps from its event log.
 pub async fn get(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8, Error> {
     let (raw, execution) = follow::fetch(gateway, id).await?;
-    render::answer(&raw, json, || print!("{}", render::execution(&execution)));
+    let notes = if !json && render::wants_events(&execution.steps) {
+        let (events, _) = event_log(gateway, id).await?;
+        let events = events
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<Vec<EventView>, _>>()
+            .map_err(|e| Error::Unexpected(e.to_string()))?;
+        StepNotes::from_events(&events)
+    } else {
+        StepNotes::default()
+    };
+    render::answer(&raw, json, || {
+        print!("{}", render::execution(&execution, &notes))
+    });
     Ok(0)
 }
 
@@ -313,7 +327,9 @@ pub async fn cancel(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8
     let url = gateway.url(&["executions", &id_text, "cancel"], &[])?;
     let (raw, execution): (Value, ExecutionView) =
         gateway.json(gateway.request(Method::POST, url)).await?;
-    render::answer(&raw, json, || print!("{}", render::execution(&execution)));
+    render::answer(&raw, json, || {
+        print!("{}", render::execution(&execution, &StepNotes::default()))
+    });
     if matches!(
         execution.status,
         ExecutionStatus::Succeeded | ExecutionStatus::Failed
@@ -328,27 +344,7 @@ pub async fn cancel(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8
 
 pub async fn events(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8, Error> {
     let id_text = id.to_string();
-    let mut after_seq = 0;
-    let mut events = Vec::new();
-    let status = loop {
-        let query = [
-            ("after_seq", after_seq.to_string()),
-            ("limit", EVENTS_PAGE.to_string()),
-        ];
-        let (_, page): (Value, EventsPage) = gateway
-            .get(&["executions", &id_text, "events"], &query)
-            .await?;
-        events.extend(page.events);
-        match page.next_after_seq {
-            Some(next) if next > after_seq => after_seq = next,
-            Some(next) => {
-                return Err(Error::Unexpected(format!(
-                    "the event log went back from seq {after_seq} to {next}"
-                )))
-            }
-            None => break page.status,
-        }
-    };
+    let (events, status) = event_log(gateway, id).await?;
     if json {
         print_json(&serde_json::json!({
             "execution_id": id_text,
@@ -375,6 +371,36 @@ pub async fn events(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8
         status.as_str()
     );
     Ok(0)
+}
+
+/// Every event of execution `id`, page after page, and its status when the last was read.
+async fn event_log(
+    gateway: &Gateway,
+    id: ExecutionId,
+) -> Result<(Vec<Value>, ExecutionStatus), Error> {
+    let id_text = id.to_string();
+    let mut after_seq = 0;
+    let mut events = Vec::new();
+    let status = loop {
+        let query = [
+            ("after_seq", after_seq.to_string()),
+            ("limit", EVENTS_PAGE.to_string()),
+        ];
+        let (_, page): (Value, EventsPage) = gateway
+            .get(&["executions", &id_text, "events"], &query)
+            .await?;
+        events.extend(page.events);
+        match page.next_after_seq {
+            Some(next) if next > after_seq => after_seq = next,
+            Some(next) => {
+                return Err(Error::Unexpected(format!(
+                    "the event log went back from seq {after_seq} to {next}"
+                )))
+            }
+            None => break page.status,
+        }
+    };
+    Ok((events, status))
 }
 
 pub async fn list(gateway: &Gateway, args: ListArgs) -> Result<u8, Error> {
