@@ -1,7 +1,7 @@
 //! The plan of a dry run (`submit --dry-run`): each step's level, action, pool, needs and
 //! branches, as the gateway planned it without storing anything.
 
-use noetl_contract::playbook::{Mode, Next, PlannedStep};
+use noetl_contract::playbook::{Mode, PlannedStep};
 use noetl_contract::{ExecutionId, ShardId};
 use serde::Deserialize;
 use serde_json::Value;
@@ -66,7 +66,7 @@ fn render_dry_run(dry: &DryRun) -> String {
         dry.playbook_name,
         dry.plan.len()
     ));
-    let mut table = Table::new(["LEVEL", "STEP", "ACTION", "POOL", "NEEDS", "NEXT"]);
+    let mut table = Table::new(["LEVEL", "STEP", "ACTION", "POOL", "NEEDS", "DETAIL"]);
     for step in &dry.plan {
         table.row([
             step.level.to_string(),
@@ -78,32 +78,56 @@ fn render_dry_run(dry: &DryRun) -> String {
             } else {
                 step.needs.join(", ")
             },
-            next(step.next.as_ref()),
+            detail(step),
         ]);
     }
     out.push_str(&table.render());
     out
 }
 
-/// A step's branches as the plan shows them: its mode, then each arc's target and condition
-/// (`exclusive: big when input.n > 10, small`), or `-`.
-fn next(next: Option<&Next>) -> String {
-    let Some(next) = next else {
+/// What a step does beyond its action, as the plan shows it: its branches (`next exclusive:
+/// big when input.n > 10, small`), the variables it sets (`set ctx.total`) and its failure
+/// policy (`on_error: when … then retry, then fail`), or `-`.
+fn detail(step: &PlannedStep) -> String {
+    let mut parts = Vec::new();
+    if let Some(next) = &step.next {
+        let mode = match next.mode {
+            Mode::Exclusive => "exclusive",
+            Mode::Inclusive => "inclusive",
+        };
+        let arcs: Vec<String> = next
+            .arcs
+            .iter()
+            .map(|arc| conditional(arc.when.as_deref(), &arc.step))
+            .collect();
+        parts.push(format!("next {mode}: {}", arcs.join(", ")));
+    }
+    if !step.set.is_empty() {
+        let names: Vec<String> = step.set.iter().map(|n| format!("ctx.{n}")).collect();
+        parts.push(format!("set {}", names.join(", ")));
+    }
+    if !step.on_error.is_empty() {
+        let rules: Vec<String> = step
+            .on_error
+            .iter()
+            .map(|rule| conditional(rule.when.as_deref(), &format!("then {}", rule.then)))
+            .collect();
+        parts.push(format!("on_error: {}", rules.join(", ")));
+    }
+    if parts.is_empty() {
         return "-".to_owned();
-    };
-    let mode = match next.mode {
-        Mode::Exclusive => "exclusive",
-        Mode::Inclusive => "inclusive",
-    };
-    let arcs: Vec<String> = next
-        .arcs
-        .iter()
-        .map(|arc| match &arc.when {
-            Some(when) => format!("{} when {}", arc.step, single_line(when)),
-            None => arc.step.clone(),
-        })
-        .collect();
-    table::truncate(&format!("{mode}: {}", arcs.join(", ")), VALUE_CHARS)
+    }
+    table::truncate(&parts.join("; "), 2 * VALUE_CHARS)
+}
+
+/// `what`, after its condition when it has one: `when <condition> <what>` for a rule, `<what>
+/// when <condition>` for an arc's target.
+fn conditional(when: Option<&str>, what: &str) -> String {
+    match when {
+        Some(when) if what.starts_with("then ") => format!("when {} {what}", single_line(when)),
+        Some(when) => format!("{what} when {}", single_line(when)),
+        None => what.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -121,18 +145,22 @@ mod tests {
                 {"name": "a", "action": "noop", "needs": [], "pool": "default", "level": 0,
                  "next": {"mode": "exclusive", "arcs": [
                      {"step": "b", "when": "{{ input.n > 10 }}"}, {"step": "c"}]}},
-                {"name": "d", "action": "noop", "needs": ["b", "c"], "pool": "gpu", "level": 2}
+                {"name": "d", "action": "noop", "needs": ["b", "c"], "pool": "gpu", "level": 2,
+                 "set": ["total"],
+                 "on_error": [{"when": "{{ attempt < 3 }}", "then": "retry"}, {"then": "goto:a"}]},
+                {"name": "e", "action": "noop", "needs": ["d"], "pool": "default", "level": 3}
             ]
         }))
         .expect("the documented shape");
         assert_eq!(
             render_dry_run(&dry),
             "dry run: valid; execution 42 would go to shard 1 (epoch 2); nothing was persisted\n\
-             playbook diamond version 3: 2 step(s)\n\
+             playbook diamond version 3: 3 step(s)\n\
              \n\
-             LEVEL  STEP  ACTION  POOL     NEEDS  NEXT\n\
-             0      a     noop    default  -      exclusive: b when {{ input.n > 10 }}, c\n\
-             2      d     noop    gpu      b, c   -\n"
+             LEVEL  STEP  ACTION  POOL     NEEDS  DETAIL\n\
+             0      a     noop    default  -      next exclusive: b when {{ input.n > 10 }}, c\n\
+             2      d     noop    gpu      b, c   set ctx.total; on_error: when {{ attempt < 3 }} then retry, then goto:a\n\
+             3      e     noop    default  d      -\n"
         );
     }
 
