@@ -23,7 +23,7 @@ HOSTILE_ARGS ?=
 
 CLUSTER := scripts/cluster.sh
 
-.PHONY: help up infra reshard down status env logs clean-state deps build lint check-docs test schemathesis validate-deploy bench chaos chaos-short hostile bench-quick
+.PHONY: help up infra reshard down status env logs clean-state deps build lint check-docs test schemathesis console-tests validate-deploy bench chaos chaos-short hostile bench-quick
 
 help: ## list the targets and settings
 	@echo "usage: make <target> [SETTING=value ...]"
@@ -91,6 +91,7 @@ test: lint check-docs deps build ## lint, docs, then the whole test suite (nexte
 		echo "cargo-nextest not installed; cargo test --workspace"; cargo test --workspace; \
 	fi
 	@$(MAKE) --no-print-directory schemathesis
+	@$(MAKE) --no-print-directory console-tests
 	@$(MAKE) --no-print-directory validate-deploy
 	@$(MAKE) --no-print-directory bench-quick
 	@$(MAKE) --no-print-directory hostile
@@ -98,6 +99,11 @@ test: lint check-docs deps build ## lint, docs, then the whole test suite (nexte
 
 schemathesis: deps ## fuzz the HTTP API against its OpenAPI document, then run the README's curl session (own cluster, free ports)
 	scripts/schemathesis.sh
+
+# Installs chromium, node and npm with apt when missing, and playwright-core and axe-core with npm ci
+# (console-tests/package-lock.json); uses the debug binaries `make build` made.
+console-tests: deps ## the web console in headless chromium (playwright-core, axe-core) against its own cluster (free ports)
+	scripts/console-tests.sh
 
 # Offline: no Docker engine or Kubernetes cluster needed (installs kubectl, shellcheck, python3-venv if
 # missing). wiki/operations.md's local commands run against a throw-away local cluster (scripts/cluster.sh,
@@ -133,7 +139,7 @@ chaos-short: ## fault injection under load, short (< 5 min, CI): every fault onc
 
 # One cluster of real processes (debug binaries, free ports); tenant A attacks while tenant B runs
 # a steady load. wiki/limits.md, "The hostile-input suite".
-hostile: ## hostile input under another tenant's load (< 3 min, CI): a row per attack, outcome, B's errors and p99, restarts, RSS
+hostile: ## hostile input under another tenant's load (about 3 min, CI): a row per attack, outcome, B's errors and p99, restarts, RSS
 	scripts/ensure-deps.sh
 	cargo build --workspace --bins
 	target/debug/noetl-hostile $(HOSTILE_ARGS)

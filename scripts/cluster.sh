@@ -880,6 +880,7 @@ cmd_up() {
 	cat <<-EOF
 		  gateway       $GATEWAY_URL  (API under /api/v1; /healthz, /readyz, /metrics)
 		  dev token     $(dev_token)  (tenant dev, every scope: -H "authorization: Bearer \$NOETL_TOKEN" after eval "\$(make -s env)")
+		  console       $GATEWAY_URL/ui  (log in with the dev token; wiki/console.md)
 		  server        $SERVER_URL  (/healthz, /readyz, /metrics), serving every shard database
 		  worker        $WORKER_URL  (/healthz, /readyz, /metrics), pool default, no shell
 		  topology      $(bin_dir)/noetlctl topology show  (make reshard SHARDS=N changes the shard count)

@@ -2,7 +2,8 @@
 # Makes sure the programs the local cluster and the test suite start are installed:
 # nats-server, the PostgreSQL server binaries and curl; with --bench also what the benchmark's
 # peers need (redis-server, node and npm, python3 with venv); with --chaos also iproute2 (`ip netns`,
-# for the chaos runner's partitions).
+# for the chaos runner's partitions); with --console also chromium, node and npm (the console's browser
+# tests, scripts/console-tests.sh).
 # Whatever is missing is installed with apt-get (through sudo when not root); when everything is
 # present apt is not touched at all.
 #
@@ -61,6 +62,11 @@ missing_packages() {
 	if [[ ${ENSURE_CHAOS_DEPS:-} == 1 ]]; then
 		command -v ip >/dev/null || echo iproute2
 	fi
+	if [[ ${ENSURE_CONSOLE_DEPS:-} == 1 ]]; then
+		[[ -x /usr/bin/chromium ]] || echo chromium
+		command -v node >/dev/null || echo nodejs
+		command -v npm >/dev/null || echo npm
+	fi
 }
 
 install_packages() {
@@ -104,10 +110,16 @@ main() {
 	if [[ ${1:-} == --chaos ]]; then
 		ENSURE_CHAOS_DEPS=1
 	fi
+	if [[ ${1:-} == --console ]]; then
+		ENSURE_CONSOLE_DEPS=1
+	fi
 	ensure_deps
 	printf 'nats-server: %s (%s)\n' "$(find_nats_server)" "$(nats-server --version 2>&1)"
 	printf 'postgresql:  %s\n' "$(find_pg_bindir)"
 	printf 'curl:        %s\n' "$(command -v curl)"
+	if [[ ${ENSURE_CONSOLE_DEPS:-} == 1 ]]; then
+		printf 'chromium:    %s\n' "$(/usr/bin/chromium --version 2>/dev/null)"
+	fi
 	if [[ ${ENSURE_BENCH_DEPS:-} == 1 ]]; then
 		printf 'redis:       %s\n' "$(command -v redis-server)"
 		printf 'node:        %s (%s)\n' "$(command -v node)" "$(node --version)"

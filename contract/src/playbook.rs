@@ -232,6 +232,12 @@ pub struct PlannedStep {
     /// The arcs it leads to when it succeeds, as the playbook writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Next>,
+    /// The execution variables its `set` writes (`ctx.<name>`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// Its failure policy, as the playbook writes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_error: Vec<OnError>,
     /// Its loop (`in`, `iterator`, `mode`, `max_in_flight`), as the playbook writes it.
     #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
     pub loop_: Option<Loop>,
@@ -279,6 +285,8 @@ impl Playbook {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
                     level: level?,
                     next: step.next.clone(),
+                    set: step.set.keys().cloned().collect(),
+                    on_error: step.on_error.clone(),
                     loop_: step.loop_.clone(),
                 })
             })

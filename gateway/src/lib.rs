@@ -12,6 +12,7 @@
 //! - [`openapi`]: the OpenAPI document of the API, generated from the code.
 //! - [`dispatch`]: the only module that talks to NATS.
 //! - [`state`]: the topology view and the id generator.
+//! - [`ui`]: the web console at `/ui`, over the handlers of [`routes`].
 
 pub mod auth;
 pub mod configuration;
@@ -23,6 +24,7 @@ pub mod problem;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod ui;
 pub mod yaml;
 
 use std::net::SocketAddr;
@@ -127,6 +129,9 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 fn router(state: Arc<AppState>, metrics: PrometheusHandle, config: &GatewayConfig) -> Router {
     let auth = config.auth.clone();
+    // One rate per tenant, whether it calls the API or uses the console.
+    let rate = limits::RateLimit::new(config.rate);
+    let console = ui::router(state.clone(), auth.clone(), rate.clone());
     let api = Router::new()
         .route(
             "/executions",
@@ -149,10 +154,7 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, config: &GatewayConfi
         .route("/topology", get(routes::topology::show))
         .route("/openapi.json", get(openapi::serve))
         // The later layer runs first: authentication names the tenant the rate is counted for.
-        .route_layer(middleware::from_fn_with_state(
-            limits::RateLimit::new(config.rate),
-            limits::per_tenant,
-        ))
+        .route_layer(middleware::from_fn_with_state(rate, limits::per_tenant))
         .route_layer(middleware::from_fn_with_state(auth.clone(), auth::guard));
     Router::new()
         .nest("/api/v1", api)
@@ -169,6 +171,7 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, config: &GatewayConfi
                 )
                 .route_layer(middleware::from_fn_with_state(auth, auth::guard)),
         )
+        .merge(console)
         .fallback(|| async {
             Problem::new(
                 Code::RouteNotFound,

@@ -371,6 +371,11 @@ impl Problem {
     pub fn code(&self) -> Code {
         self.code
     }
+
+    /// What went wrong with this request, for people.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 impl IntoResponse for Problem {

@@ -93,7 +93,7 @@ pub async fn page(
 /// The events after `after_seq`, at most `limit` and as many as fit in one shard reply: a page
 /// over NATS `max_payload` (413 `payload_too_large`) is asked for again with half the limit,
 /// down to one event. Returns the page and the limit it was read with.
-async fn read_fitting(
+pub async fn read_fitting(
     request: &ExecutionRequest,
     route: Route,
     after_seq: i64,

@@ -72,7 +72,8 @@ pub struct CatalogList {
     pub playbooks: Vec<CatalogItem>,
 }
 
-fn rfc3339(unix_ms: i64) -> String {
+/// Unix milliseconds as RFC 3339.
+pub fn rfc3339(unix_ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
         .ok()
         .and_then(|t| {
