@@ -81,7 +81,12 @@ pub struct Orchestrator {
 
 /// A worker's report: the execution, its `Finished` event, the token it carried, and the child
 /// it comes from when it is a child's return.
-type Report = (ExecutionId, Event, Option<AttemptToken>, Option<ExecutionId>);
+type Report = (
+    ExecutionId,
+    Event,
+    Option<AttemptToken>,
+    Option<ExecutionId>,
+);
 
 /// A heartbeat's answer from the database.
 type Owned = Result<BeatAnswer, persistence::Error>;
@@ -320,7 +325,10 @@ impl Orchestrator {
         event: Event,
         token: Option<AttemptToken>,
     ) -> Option<Applied> {
-        self.reports.submit((id, event, token, None)).await.flatten()
+        self.reports
+            .submit((id, event, token, None))
+            .await
+            .flatten()
     }
 
     /// [`Orchestrator::report`] for a child's return: from `child`, which must be the child the

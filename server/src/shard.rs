@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use noetl_bus::{Client, Message};
-use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
 use noetl_contract::child::ParentLink;
+use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
 use noetl_contract::engine::Event;
 use noetl_contract::message::{
     EventPage, EventsQuery, ExecutionList, ExecutionQuery, ExecutionView, ListQuery, PingReply,
@@ -415,7 +415,11 @@ async fn record(
     let step = report.step_index;
     let orchestrator = &shard.orchestrator;
     let applied = match child {
-        Some(child) => orchestrator.child_returned(id, event, report.token, child).await,
+        Some(child) => {
+            orchestrator
+                .child_returned(id, event, report.token, child)
+                .await
+        }
         None => orchestrator.report(id, event, report.token).await,
     };
     match applied {

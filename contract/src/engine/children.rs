@@ -80,8 +80,9 @@ pub fn in_flight(state: &ExecutionState) -> Vec<StepIndex> {
 }
 
 /// What an ended child execution reports to its parent's step: success with
-/// `{execution_id, status, steps: {<name>: <result>}}` (the results of the steps that
-/// succeeded), or a failure naming the child, its status and its first failed step.
+/// `{execution_id, status, steps: {<name>: <result>}, ctx}` (the results of the steps that
+/// succeeded, and its variables when it set any), or a failure naming the child, its status
+/// and its first failed step.
 pub fn outcome(child: ExecutionId, state: &ExecutionState) -> StepOutcome {
     let steps = || state.playbook.steps.iter().zip(&state.steps);
     if state.status == ExecutionStatus::Succeeded {
@@ -89,13 +90,15 @@ pub fn outcome(child: ExecutionId, state: &ExecutionState) -> StepOutcome {
             .filter(|(_, s)| s.status == StepStatus::Succeeded)
             .map(|(spec, s)| (spec.name.clone(), s.result.clone().unwrap_or(Value::Null)))
             .collect();
-        return StepOutcome::Succeeded {
-            result: json!({
-                "execution_id": child,
-                "status": state.status,
-                "steps": results,
-            }),
-        };
+        let mut result = json!({
+            "execution_id": child,
+            "status": state.status,
+            "steps": results,
+        });
+        if !state.ctx.is_empty() {
+            result["ctx"] = Value::Object(state.ctx.clone());
+        }
+        return StepOutcome::Succeeded { result };
     }
     let failed = steps()
         .find(|(_, s)| s.status == StepStatus::Failed)

@@ -20,7 +20,10 @@ pub const MAX_NESTING: u32 = 16;
 pub enum ChildPlaybook {
     Inline(Box<Playbook>),
     /// A catalog playbook of the parent's tenant, resolved by the gateway at submit.
-    Catalog { name: String, version: Option<u32> },
+    Catalog {
+        name: String,
+        version: Option<u32>,
+    },
 }
 
 impl Step {
@@ -82,7 +85,10 @@ fn parse(value: &Value) -> Result<ChildPlaybook, String> {
 }
 
 fn reference(fields: &Map<String, Value>) -> Result<ChildPlaybook, String> {
-    if let Some(key) = fields.keys().find(|k| !matches!(k.as_str(), "name" | "version")) {
+    if let Some(key) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "name" | "version"))
+    {
         return Err(format!(
             "unknown field {key:?}: a catalog reference is {{name, version}}, an inline playbook has `steps`"
         ));
@@ -107,15 +113,24 @@ fn reference(fields: &Map<String, Value>) -> Result<ChildPlaybook, String> {
 /// Checks the `playbook` step `i`, at nesting `depth` (0 for the submitted playbook's steps).
 pub(super) fn check(i: usize, step: &Step, depth: u32) -> Result<(), Error> {
     let at = |field: &str| format!("steps[{i}].{field}");
-    for (field, set) in [("pool", step.pool.is_some()), ("timeout", step.timeout.is_some())] {
+    for (field, set) in [
+        ("pool", step.pool.is_some()),
+        ("timeout", step.timeout.is_some()),
+    ] {
         if set {
             return Err(error(
                 at(field),
-                format!("a playbook step runs no worker: its child's steps set their own `{field}`"),
+                format!(
+                    "a playbook step runs no worker: its child's steps set their own `{field}`"
+                ),
             ));
         }
     }
-    if let Some(key) = step.with.keys().find(|k| !matches!(k.as_str(), "playbook" | "input")) {
+    if let Some(key) = step
+        .with
+        .keys()
+        .find(|k| !matches!(k.as_str(), "playbook" | "input"))
+    {
         return Err(error(
             at(&format!("with.{key}")),
             "unknown field: a playbook step takes `playbook` and `input`",

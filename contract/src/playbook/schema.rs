@@ -11,7 +11,9 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
-use super::{Millis, BUILTIN_ACTIONS, PLAYBOOK_ACTION, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
+use super::{
+    Millis, BUILTIN_ACTIONS, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN, PLAYBOOK_ACTION,
+};
 
 /// `ToSchema` for a type whose schema's name in the document is not the type's.
 macro_rules! named {

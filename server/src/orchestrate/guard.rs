@@ -68,4 +68,3 @@ impl Guard {
             && child.is_none_or(|child| work.child_ids.get(i).copied().flatten() == Some(child))
     }
 }
-

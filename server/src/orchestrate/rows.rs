@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use noetl_contract::command::StepCommand;
 use noetl_contract::child::ParentLink;
+use noetl_contract::command::StepCommand;
 use noetl_contract::engine::children::Nesting;
 use noetl_contract::engine::{Decision, ExecutionState};
 use noetl_contract::playbook::{Millis, Playbook, DEFAULT_POOL};

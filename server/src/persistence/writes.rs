@@ -337,9 +337,9 @@ pub async fn lock_executions(
         children::PARENT_COLUMNS
     );
     let locked = sqlx::query(&statement)
-    .bind(&raw)
-    .fetch_all(&mut **tx)
-    .await?;
+        .bind(&raw)
+        .fetch_all(&mut **tx)
+        .await?;
     if locked.is_empty() {
         return Ok(Vec::new());
     }

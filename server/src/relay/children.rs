@@ -42,12 +42,14 @@ pub(super) async fn deliver(
     let Some(topology) = topology.borrow().clone() else {
         return Delivered::Retry;
     };
-    let to = |kind: ShardRequest, id: ExecutionId| shard_request(kind, topology.route(id).shard, id);
+    let to =
+        |kind: ShardRequest, id: ExecutionId| shard_request(kind, topology.route(id).shard, id);
     match message {
         Outgoing::Step(_) => Delivered::Retry,
         Outgoing::Start(start) => {
             let subject = to(ShardRequest::Child, start.submit.execution_id);
-            let sent = noetl_bus::request::<_, SubmitReceipt>(client, subject, &start, ANSWER_WITHIN);
+            let sent =
+                noetl_bus::request::<_, SubmitReceipt>(client, subject, &start, ANSWER_WITHIN);
             match sent.await {
                 Ok(_) => Delivered::Done,
                 Err(noetl_bus::Error::Remote(error)) if permanent(&error) => {
@@ -59,7 +61,8 @@ pub(super) async fn deliver(
         Outgoing::Return(returned) => {
             let parent = returned.report.execution_id;
             let subject = to(ShardRequest::Return, parent);
-            let sent = noetl_bus::request::<_, ReportAck>(client, subject, &returned, ANSWER_WITHIN);
+            let sent =
+                noetl_bus::request::<_, ReportAck>(client, subject, &returned, ANSWER_WITHIN);
             settled("a child's return", parent, sent.await.map(drop))
         }
         Outgoing::Cancel(cancel) => {
@@ -67,7 +70,8 @@ pub(super) async fn deliver(
             let query = ExecutionQuery {
                 tenant: Some(cancel.tenant.clone()),
             };
-            let sent = noetl_bus::request::<_, ExecutionView>(client, subject, &query, ANSWER_WITHIN);
+            let sent =
+                noetl_bus::request::<_, ExecutionView>(client, subject, &query, ANSWER_WITHIN);
             settled("a child's cancel", cancel.child_id, sent.await.map(drop))
         }
     }

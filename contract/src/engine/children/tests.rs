@@ -43,17 +43,31 @@ fn inline_children_validate_recursively_and_keep_their_own_templates() {
             {"name": "x", "action": "noop", "needs": ["nope"]}
         ]}}}
     ]));
-    let e = broken.validate().expect_err("unknown need inside the child");
+    let e = broken
+        .validate()
+        .expect_err("unknown need inside the child");
     assert_eq!(e.path, "steps[0].with.playbook.steps[0].needs[0]");
 }
 
 #[test]
 fn playbook_steps_refuse_workers_fields_unknown_keys_and_bad_references() {
     let cases = [
-        (json!({"playbook": {"name": "p"}, "pool": "x"}), "steps[0].with.pool"),
-        (json!({"input": 3, "playbook": {"name": "p"}}), "steps[0].with.input"),
-        (json!({"playbook": {"name": "p", "tag": 1}}), "steps[0].with.playbook"),
-        (json!({"playbook": {"name": "p", "version": 0}}), "steps[0].with.playbook"),
+        (
+            json!({"playbook": {"name": "p"}, "pool": "x"}),
+            "steps[0].with.pool",
+        ),
+        (
+            json!({"input": 3, "playbook": {"name": "p"}}),
+            "steps[0].with.input",
+        ),
+        (
+            json!({"playbook": {"name": "p", "tag": 1}}),
+            "steps[0].with.playbook",
+        ),
+        (
+            json!({"playbook": {"name": "p", "version": 0}}),
+            "steps[0].with.playbook",
+        ),
         (json!({"input": {}}), "steps[0].with.playbook"),
     ];
     for (with, path) in cases {
