@@ -156,3 +156,134 @@ async fn nesting_deeper_than_max_child_depth_is_refused_with_its_code() {
     assert_problem(status, &body, 400, "nesting_too_deep");
     cluster.stop().await;
 }
+
+/// The id a step's `child_id` names, once it has one.
+async fn child_of(cluster: &Cluster, id: ExecutionId, step: &str) -> ExecutionId {
+    let body = cluster
+        .wait_for_execution(id, "the step to start its child", |body| {
+            body["steps"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["name"] == step && s["child_id"].is_string())
+            })
+        })
+        .await;
+    let steps = body["steps"].as_array().expect("steps");
+    let step = steps.iter().find(|s| s["name"] == step).expect("the step");
+    step["child_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a child id")
+}
+
+async fn running(cluster: &Cluster, id: ExecutionId, step: &str) {
+    cluster
+        .wait_for_execution(id, "the step to run", |body| {
+            body["steps"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["name"] == step && s["status"] == "running")
+            })
+        })
+        .await;
+}
+
+/// A playbook whose step `run` runs `inner` as a child.
+fn runs(name: &str, inner: Value) -> Value {
+    json!({"name": name, "steps": [
+        {"name": "run", "action": "playbook", "with": {"playbook": inner}}
+    ]})
+}
+
+fn sleeper(ms: u64) -> Value {
+    json!({"name": "sleeper", "steps": [{"name": "nap", "action": "sleep", "with": {"ms": ms}}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parent_cancels_its_running_grandchild() {
+    let cluster = Cluster::builder().shards(2).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let tree = runs("top", runs("middle", sleeper(600_000)));
+    let parent = cluster.submit(&json!({"playbook": tree})).await;
+    let child = child_of(&cluster, parent, "run").await;
+    let grandchild = child_of(&cluster, child, "run").await;
+    running(&cluster, grandchild, "nap").await;
+
+    let (status, body) = cluster
+        .post_json(&format!("/api/v1/executions/{parent}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for id in [parent, child, grandchild] {
+        let done = ended(&cluster, id).await;
+        assert_eq!(done["status"], "cancelled", "{done}");
+        assert_eq!(terminal_events(&cluster.events(id).await), 1, "{id}");
+    }
+    let (_, grandchild_view) = cluster
+        .get_json(&format!("/api/v1/executions/{grandchild}"))
+        .await;
+    assert_eq!(grandchild_view["root_id"], json!(parent.to_string()));
+    assert_eq!(grandchild_view["parent_id"], json!(child.to_string()));
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+/// The shard an execution is stored on, by its view.
+async fn shard_of(cluster: &Cluster, id: ExecutionId) -> u32 {
+    let (status, body) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["shard"].as_u64().expect("a shard") as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hand_back_survives_both_servers_killed_and_nats_down() {
+    let mut cluster = Cluster::builder().shards(2).server_process().start().await;
+    cluster.kill_server();
+    let servers = [
+        cluster.start_server_serving(&[0]),
+        cluster.start_server_serving(&[1]),
+    ];
+    cluster.wait_ready("a server for each shard").await;
+    let worker = Worker::start(cluster.nats.url());
+
+    // A parent whose child is on the other shard (each try is even odds).
+    let body = json!({"playbook": runs("parent", sleeper(1_500))});
+    let (parent, child, parent_shard) = loop {
+        let parent = cluster.submit(&body).await;
+        let child = child_of(&cluster, parent, "run").await;
+        let (p, c) = (
+            shard_of(&cluster, parent).await,
+            shard_of(&cluster, child).await,
+        );
+        if p != c {
+            break (parent, child, p);
+        }
+        ended(&cluster, parent).await;
+    };
+    running(&cluster, child, "nap").await;
+    // The parent's server dies: the child ends, and its return waits in the child's outbox.
+    cluster.kill_server_at(servers[parent_shard as usize]);
+    let done = ended(&cluster, child).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // Then the child's server dies with the return unsent, and NATS goes down.
+    cluster.kill_server_at(servers[1 - parent_shard as usize]);
+    cluster.nats.kill();
+    cluster.start_server_serving(&[0]);
+    cluster.start_server_serving(&[1]);
+    cluster.nats.restart();
+    cluster.wait_ready("both servers back").await;
+
+    let finished = ended(&cluster, parent).await;
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    let step = &finished["steps"][0];
+    assert_eq!(step["child_id"], json!(child.to_string()), "{finished}");
+    assert_eq!(step["result"]["status"], "succeeded", "{finished}");
+    assert_eq!(terminal_events(&cluster.events(parent).await), 1);
+    assert_eq!(terminal_events(&cluster.events(child).await), 1);
+    let succeeded = cluster
+        .events(parent)
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "step_succeeded")
+        .count();
+    assert_eq!(succeeded, 1, "the return was applied once");
+    worker.stop().await;
+    cluster.stop().await;
+}
