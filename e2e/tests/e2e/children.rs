@@ -8,7 +8,7 @@
 use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_problem, id_of, Cluster, Worker};
+use crate::harness::{assert_problem, id_of, Cluster, Token, Worker};
 
 fn is_terminal(body: &Value) -> bool {
     matches!(
@@ -284,6 +284,40 @@ async fn the_hand_back_survives_both_servers_killed_and_nats_down() {
         .filter(|e| e["kind"] == "step_succeeded")
         .count();
     assert_eq!(succeeded, 1, "the return was applied once");
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_child_resolves_in_the_parents_tenant_and_inherits_it() {
+    const TOKENS: [Token; 2] = [
+        Token::new("a", "tenant-a", &["submit", "read", "admin"], "token-a"),
+        Token::new("b", "tenant-b", &["submit", "read", "admin"], "token-b"),
+    ];
+    let cluster = Cluster::builder().shards(2).tokens(&TOKENS).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let (a, b) = (cluster.with_token("token-a"), cluster.with_token("token-b"));
+    let (status, published) = a.post_json("/api/v1/playbooks", &sleeper(1)).await;
+    assert_eq!(status, 201, "{published}");
+
+    let parent = json!({"playbook": runs("parent", json!({"name": "sleeper"}))});
+    let (status, body) = b.post_json("/api/v1/executions", &parent).await;
+    assert_problem(status, &body, 404, "playbook_not_found");
+
+    let id = a.submit(&parent).await;
+    let done = a
+        .wait_for_execution(id, "the parent to end", is_terminal)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let child = done["steps"][0]["child_id"].as_str().expect("a child");
+    let (status, view) = a.get_json(&format!("/api/v1/executions/{child}")).await;
+    assert_eq!(
+        (status, &view["playbook_name"]),
+        (200, &json!("sleeper")),
+        "{view}"
+    );
+    let (status, _) = b.get_json(&format!("/api/v1/executions/{child}")).await;
+    assert_eq!(status, 404, "another tenant does not see the child");
     worker.stop().await;
     cluster.stop().await;
 }
