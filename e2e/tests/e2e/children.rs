@@ -225,10 +225,12 @@ async fn cancelling_a_parent_cancels_its_running_grandchild() {
     cluster.stop().await;
 }
 
-/// The shard an execution is stored on, by its view.
+/// The shard an execution is stored on, by its view, once it is (a child is committed after
+/// its parent's step names it).
 async fn shard_of(cluster: &Cluster, id: ExecutionId) -> u32 {
-    let (status, body) = cluster.get_json(&format!("/api/v1/executions/{id}")).await;
-    assert_eq!(status, 200, "{body}");
+    let body = cluster
+        .wait_for_execution(id, "the execution to be committed", |_| true)
+        .await;
     body["shard"].as_u64().expect("a shard") as u32
 }
 
