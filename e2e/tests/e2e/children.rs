@@ -10,19 +10,6 @@ use serde_json::{json, Value};
 
 use crate::harness::{assert_problem, id_of, Cluster, Token, Worker};
 
-fn is_terminal(body: &Value) -> bool {
-    matches!(
-        body["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
-
-async fn ended(cluster: &Cluster, id: ExecutionId) -> Value {
-    cluster
-        .wait_for_execution(id, "the execution to end", is_terminal)
-        .await
-}
-
 /// A parent that runs `children` children, each of one step echoing its input, then a step
 /// reading the first child's result.
 fn parent(children: usize) -> Value {
@@ -108,7 +95,7 @@ async fn a_parent_completes_after_its_children_on_other_shards_with_their_result
     }
     let mut elsewhere = 0;
     for &id in &parents {
-        let done = ended(&cluster, id).await;
+        let done = cluster.wait_for_end(id).await;
         elsewhere += check_family(&cluster, &done).await;
         let after = done["steps"]
             .as_array()
@@ -212,7 +199,7 @@ async fn cancelling_a_parent_cancels_its_running_grandchild() {
         .await;
     assert_eq!(status, 200, "{body}");
     for id in [parent, child, grandchild] {
-        let done = ended(&cluster, id).await;
+        let done = cluster.wait_for_end(id).await;
         assert_eq!(done["status"], "cancelled", "{done}");
         assert_eq!(terminal_events(&cluster.events(id).await), 1, "{id}");
     }
@@ -257,12 +244,12 @@ async fn the_hand_back_survives_both_servers_killed_and_nats_down() {
         if p != c {
             break (parent, child, p);
         }
-        ended(&cluster, parent).await;
+        cluster.wait_for_end(parent).await;
     };
     running(&cluster, child, "nap").await;
     // The parent's server dies: the child ends, and its return waits in the child's outbox.
     cluster.kill_server_at(servers[parent_shard as usize]);
-    let done = ended(&cluster, child).await;
+    let done = cluster.wait_for_end(child).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     // Then the child's server dies with the return unsent, and NATS goes down.
     cluster.kill_server_at(servers[1 - parent_shard as usize]);
@@ -272,7 +259,7 @@ async fn the_hand_back_survives_both_servers_killed_and_nats_down() {
     cluster.nats.restart();
     cluster.wait_ready("both servers back").await;
 
-    let finished = ended(&cluster, parent).await;
+    let finished = cluster.wait_for_end(parent).await;
     assert_eq!(finished["status"], "succeeded", "{finished}");
     let step = &finished["steps"][0];
     assert_eq!(step["child_id"], json!(child.to_string()), "{finished}");
@@ -307,9 +294,7 @@ async fn a_catalog_child_resolves_in_the_parents_tenant_and_inherits_it() {
     assert_problem(status, &body, 404, "playbook_not_found");
 
     let id = a.submit(&parent).await;
-    let done = a
-        .wait_for_execution(id, "the parent to end", is_terminal)
-        .await;
+    let done = a.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let child = done["steps"][0]["child_id"].as_str().expect("a child");
     let (status, view) = a.get_json(&format!("/api/v1/executions/{child}")).await;
@@ -320,6 +305,45 @@ async fn a_catalog_child_resolves_in_the_parents_tenant_and_inherits_it() {
     );
     let (status, _) = b.get_json(&format!("/api/v1/executions/{child}")).await;
     assert_eq!(status, 404, "another tenant does not see the child");
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_return_changes_nothing_and_the_real_one_applies_once() {
+    use noetl_contract::child::ChildReturn;
+    use noetl_contract::command::ReportAck;
+    use noetl_contract::subject::{shard_request, ShardRequest};
+
+    let cluster = Cluster::builder().shards(2).start().await;
+    let worker = Worker::start(cluster.nats.url());
+    let parent = cluster
+        .submit(&json!({"playbook": runs("parent", sleeper(1_500))}))
+        .await;
+    let child = child_of(&cluster, parent, "run").await;
+    running(&cluster, child, "nap").await;
+    let token = cluster.attempt_token(parent, 0).await.expect("a token");
+
+    let shard = noetl_contract::shard_of(parent, cluster.shard_count);
+    let client = crate::harness::connect(cluster.nats.url()).await;
+    let subject = shard_request(ShardRequest::Return, shard, parent);
+    let another: ExecutionId = (child.get() + 1).to_string().parse().expect("an id");
+    // Without the token, and with it but from another child than the step started.
+    for (from, token) in [(child, None), (another, Some(token))] {
+        let forged = ChildReturn {
+            child_id: from,
+            report: crate::harness::forged_report(parent, token),
+        };
+        let wait = std::time::Duration::from_secs(5);
+        let ack: ReportAck = noetl_bus::request(&client, subject.clone(), &forged, wait)
+            .await
+            .expect("the shard answers");
+        assert_eq!(ack, ReportAck::Stale, "a forged return is not recorded");
+    }
+    let done = cluster.wait_for_end(parent).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["steps"][0]["result"]["status"], "succeeded", "{done}");
+    assert!(done["steps"][0]["result"]["forged"].is_null(), "{done}");
     worker.stop().await;
     cluster.stop().await;
 }

@@ -51,19 +51,11 @@ impl Children {
 
     /// A new execution id, as a gateway mints one: under the leased node id.
     fn mint(&self) -> Result<ExecutionId, persistence::Error> {
-        let node = self.lease.current().ok_or(persistence::Error::Unavailable(
-            "the server holds no node-id lease, so it cannot start a child execution",
-        ))?;
-        let mut ids = self
-            .ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let generator = match ids.as_mut() {
-            Some(generator) if generator.node() == node => generator,
-            _ => ids.insert(IdGenerator::new(node)),
-        };
-        generator
-            .next_id(noetl_bus::unix_now_ms())
+        self.lease
+            .next_id(&self.ids, noetl_bus::unix_now_ms())
+            .ok_or(persistence::Error::Unavailable(
+                "the server holds no node-id lease, so it cannot start a child execution",
+            ))?
             .map_err(|_| persistence::Error::Unavailable("the clock went back; retry"))
     }
 
