@@ -138,3 +138,23 @@ pub fn example(name: &str) -> Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// A report of the first attempt of step 0 of `id` claiming success with `{"forged": true}`,
+/// from a worker calling itself `stolen`, with `token`: what a stolen credential could send.
+pub fn forged_report(
+    id: ExecutionId,
+    token: Option<noetl_contract::step::AttemptToken>,
+) -> noetl_contract::command::StepReport {
+    noetl_contract::command::StepReport {
+        execution_id: id,
+        step_index: noetl_contract::step::StepIndex::new(0),
+        attempt: noetl_contract::step::Attempt::FIRST,
+        outcome: noetl_contract::command::StepOutcome::Succeeded {
+            result: serde_json::json!({"forged": true}),
+        },
+        started_at_ms: noetl_bus::unix_now_ms(),
+        finished_at_ms: noetl_bus::unix_now_ms(),
+        worker: "stolen".to_owned(),
+        token,
+    }
+}
