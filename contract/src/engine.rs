@@ -7,6 +7,7 @@
 //! lifecycle (fencing, retries, skips, exactly one terminal state) is tested without NATS or
 //! PostgreSQL.
 
+pub mod children;
 mod context;
 mod loops;
 mod policy;
@@ -81,6 +82,8 @@ pub struct ExecutionState {
     pub items: BTreeMap<(StepIndex, u32), ItemState>,
     /// The most items one loop may have (the server's `max_loop_items`).
     pub max_loop_items: u32,
+    /// Its depth among executions started by `playbook` steps, and how deep a child may be.
+    pub nesting: children::Nesting,
 }
 
 impl ExecutionState {
@@ -101,6 +104,7 @@ impl ExecutionState {
             budget: Budget::default(),
             items: BTreeMap::new(),
             max_loop_items: DEFAULT_MAX_LOOP_ITEMS,
+            nesting: children::Nesting::default(),
         }
     }
 
@@ -473,11 +477,17 @@ fn dispatch(
     }
     state.step_mut(step).attempt = attempt;
     decision.changed(step);
-    let rendered = crate::template::render(
-        &state.spec(step).with,
-        &state.template_context(),
-        &state.budget,
-    );
+    let spec = state.spec(step);
+    if spec.is_child() {
+        if let Err(error) = state.nesting.admits_child() {
+            return fail_step(state, step, error, decision);
+        }
+    }
+    let rendered = if spec.is_child() {
+        children::render(&spec.with, &state.template_context(), &state.budget)
+    } else {
+        crate::template::render(&spec.with, &state.template_context(), &state.budget)
+    };
     match rendered {
         Ok(with) => {
             state.step_mut(step).status = StepStatus::Dispatched;

@@ -81,6 +81,16 @@ pub struct ExecutionView {
     /// The execution's variables, written by its steps' `set` (absent while none is).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub ctx: serde_json::Map<String, serde_json::Value>,
+    /// The execution whose `playbook` step started it (absent for a submitted execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<ExecutionId>,
+    /// The submitted execution its tree started from (absent for a submitted execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<ExecutionId>,
+    /// The child executions its `playbook` steps started (each step's current attempt's), in
+    /// step order; each step names its own as `child_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ExecutionId>,
 }
 
 /// One step of an execution: its state, current attempt, result and timings.
@@ -108,6 +118,9 @@ pub struct StepView {
     /// (`next`), succeeded, failed, and in flight.
     #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
     pub loop_: Option<crate::engine::LoopProgress>,
+    /// The child execution its current attempt started (a `playbook` step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_id: Option<ExecutionId>,
 }
 
 /// Which events to read: those after `after_seq`, at most `limit`.
@@ -179,6 +192,9 @@ pub enum WireErrorCode {
     /// The playbook is invalid, or a step may run longer than the shard's
     /// `max_step_timeout_ms` (the message names the field and the bound); nothing was stored.
     InvalidPlaybook,
+    /// The playbook's `playbook` steps nest deeper than the shard's `max_child_depth`; nothing
+    /// was stored.
+    NestingTooDeep,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +252,10 @@ pub struct ListQuery {
     /// Only this tenant's executions; required, as in [`ExecutionQuery`].
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Only the executions of this tree: the execution itself and every child it started,
+    /// at any depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<ExecutionId>,
 }
 
 /// An execution in a listing, without its steps.

@@ -12,6 +12,7 @@
 //! - `schema` (feature `openapi`): the OpenAPI schemas of actions, labels and durations, whose
 //!   wire form is not what their Rust type says.
 
+mod child;
 mod duration;
 mod loop_;
 mod next;
@@ -24,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+pub use child::{ChildPlaybook, MAX_NESTING, PLAYBOOK_ACTION};
 pub use duration::Millis;
 pub use loop_::{Loop, LoopMode, DEFAULT_LOOP_IN_FLIGHT, MAX_LOOP_IN_FLIGHT};
 pub use next::{Mode, Next, NextArc, MAX_ARCS};
@@ -295,9 +297,14 @@ impl Playbook {
         planned
     }
 
-    /// Checks names, actions, references, retry bounds, arcs, and that `needs` and arcs
-    /// together form a DAG.
+    /// Checks names, actions, references, retry bounds, arcs, that `needs` and arcs
+    /// together form a DAG, and the playbooks its `playbook` steps run.
     pub fn validate(&self) -> Result<(), Error> {
+        self.validate_at(0)
+    }
+
+    /// [`Playbook::validate`] for a playbook nested `depth` levels deep in another.
+    fn validate_at(&self, depth: u32) -> Result<(), Error> {
         check_name("name", &self.name)?;
         if self.steps.is_empty() {
             return Err(error("steps", "a playbook needs at least one step"));
@@ -322,11 +329,13 @@ impl Playbook {
             }
         }
         for (i, step) in self.steps.iter().enumerate() {
-            if !BUILTIN_ACTIONS.contains(&step.action.as_str()) {
+            if step.is_child() {
+                child::check(i, step, depth)?;
+            } else if !BUILTIN_ACTIONS.contains(&step.action.as_str()) {
                 return Err(error(
                     format!("steps[{i}].action"),
                     format!(
-                        "unknown action {:?} (known: {})",
+                        "unknown action {:?} (known: {}, {PLAYBOOK_ACTION})",
                         step.action,
                         BUILTIN_ACTIONS.join(", ")
                     ),
@@ -348,7 +357,9 @@ impl Playbook {
                     MAX_BACKOFF_MS,
                 )?;
             }
-            if let Err((field, message)) = crate::template::check(&step.with) {
+            if let (false, Err((field, message))) =
+                (step.is_child(), crate::template::check(&step.with))
+            {
                 return Err(error(format!("steps[{i}].{field}"), message));
             }
             if let Some(timeout) = step.timeout {

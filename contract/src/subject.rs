@@ -39,16 +39,24 @@ pub enum ShardRequest {
     Cancel,
     /// A page of an execution's event log (body: `EventsQuery`, reply: `EventPage`).
     Events,
+    /// Start a child execution (server to server; body: [`crate::child::ChildStart`], reply:
+    /// `SubmitReceipt`).
+    Child,
+    /// A child's end, for its parent (server to server; body: [`crate::child::ChildReturn`],
+    /// reply: `ReportAck`).
+    Return,
 }
 
 impl ShardRequest {
-    pub const ALL: [ShardRequest; 6] = [
+    pub const ALL: [ShardRequest; 8] = [
         ShardRequest::Submit,
         ShardRequest::Get,
         ShardRequest::Result,
         ShardRequest::Heartbeat,
         ShardRequest::Cancel,
         ShardRequest::Events,
+        ShardRequest::Child,
+        ShardRequest::Return,
     ];
 
     fn token(self) -> &'static str {
@@ -59,6 +67,8 @@ impl ShardRequest {
             ShardRequest::Heartbeat => "heartbeat",
             ShardRequest::Cancel => "cancel",
             ShardRequest::Events => "events",
+            ShardRequest::Child => "child",
+            ShardRequest::Return => "return",
         }
     }
 }

@@ -259,6 +259,7 @@ mod tests {
             events: vec![("execution_created".to_owned(), "{}".to_owned())],
             outbox: Vec::new(),
             loops: Default::default(),
+            parent: None,
         }
     }
 

@@ -10,28 +10,29 @@ use std::future::Future;
 use std::sync::Arc;
 
 use noetl_contract::command::StepCommand;
-use noetl_contract::engine::{Event, ExecutionState};
-use noetl_contract::message::{SubmitCommand, WireError, WireErrorCode};
+use noetl_contract::engine::{Decision, Event};
 use noetl_contract::status::{ExecutionStatus, StepStatus};
 use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
-use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
-use crate::persistence::{self, to_json, Beat, BeatAnswer, Held, NewExecution, Pools};
+use crate::persistence::{self, Beat, BeatAnswer, Held, Pools};
 use crate::relay::{self, Handoff, Relay};
 use crate::render::{self, Rendering};
 
+mod children;
 mod guard;
 mod loops;
+mod prepare;
 mod results;
 mod rows;
 
+pub use children::Children;
 use guard::{Checked, Guard};
 pub use results::ExecutionLimits;
-use rows::{event_rows, millis, new_tokens, Working};
+use rows::{millis, new_tokens, Working};
 
 /// How long attempts may stay silent before they are presumed lost.
 #[derive(Debug, Clone, Copy)]
@@ -76,8 +77,14 @@ pub struct Orchestrator {
     beats: Batcher<Beat, Owned>,
 }
 
-/// A worker's report: the execution, its `Finished` event, and the token it carried.
-type Report = (ExecutionId, Event, Option<AttemptToken>);
+/// A worker's report: the execution, its `Finished` event, the token it carried, and the child
+/// it comes from when it is a child's return.
+type Report = (
+    ExecutionId,
+    Event,
+    Option<AttemptToken>,
+    Option<ExecutionId>,
+);
 
 /// A heartbeat's answer from the database.
 type Owned = Result<BeatAnswer, persistence::Error>;
@@ -99,6 +106,8 @@ struct Inner {
     limits: ExecutionLimits,
     /// Told after every commit that queued commands.
     relay: Relay,
+    /// Mints the ids of the children it starts (one for every shard of the process).
+    children: Arc<Children>,
 }
 
 /// What one applied event led to, for the caller to act on after the commit.
@@ -125,7 +134,9 @@ struct Applying {
 }
 
 impl Orchestrator {
-    /// An orchestrator whose report batches run as described by `batching`, within `limits`.
+    /// An orchestrator whose report batches run as described by `batching`, within `limits`,
+    /// starting children with the ids `children` mints.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shard: ShardId,
         pools: Pools,
@@ -133,6 +144,7 @@ impl Orchestrator {
         rendering: Rendering,
         limits: ExecutionLimits,
         relay: Relay,
+        children: Arc<Children>,
         batching: Batching<'_>,
     ) -> Self {
         let Pools {
@@ -149,6 +161,7 @@ impl Orchestrator {
             rendering,
             limits,
             relay,
+            children,
         });
         let reports = Inner::batches(
             &inner,
@@ -181,59 +194,6 @@ impl Orchestrator {
 
     pub fn leases(&self) -> Leases {
         self.inner.leases
-    }
-
-    /// Starts a submitted execution in memory: its steps, first events and first commands,
-    /// ready to be committed with the execution row. A first step whose `with` goes over its
-    /// budget, or renders what cannot be stored, refuses the submit with that step's reason
-    /// (nothing is stored; the other submits of the batch are not concerned).
-    pub async fn prepare(&self, command: &SubmitCommand) -> Result<NewExecution, WireError> {
-        let mut state = ExecutionState::new(command.playbook.clone(), command.input.clone());
-        state.max_loop_items = self.inner.limits.max_loop_items;
-        let decision = render::decide(&mut state, Event::Created, &self.inner.rendering).await;
-        if let Some(refusal) = decision.refused {
-            let code = match refusal.code {
-                template::UNSTORABLE => WireErrorCode::UnstorableValue,
-                noetl_contract::engine::LOOP_TOO_LARGE => WireErrorCode::LoopTooLarge,
-                _ => WireErrorCode::TemplateBudgetExceeded,
-            };
-            return Err(WireError {
-                code,
-                message: format!("step {:?}: {}", refusal.step, refusal.message),
-            });
-        }
-        let mut events = vec![("execution_created".to_owned(), "{}".to_owned())];
-        events.extend(event_rows(&decision));
-        let tokens = new_tokens(&decision);
-        Ok(NewExecution {
-            execution_id: command.execution_id,
-            playbook_name: command.playbook.name.clone(),
-            playbook_version: command.playbook_version,
-            tenant: command.tenant.clone(),
-            playbook: to_json(&command.playbook),
-            input: to_json(&state.input),
-            labels: to_json(&command.labels),
-            status: state.status,
-            steps: StepIndex::all(state.steps.len())
-                .map(|i| self.inner.leases.step_row(&state, &decision, &tokens, i))
-                .collect(),
-            events,
-            outbox: self.inner.leases.outbox_rows(
-                self.inner.shard,
-                command.execution_id,
-                &state,
-                &decision,
-                &tokens,
-            ),
-            loops: rows::loop_changes(
-                command.execution_id,
-                &state,
-                rows::Written::of(&decision),
-                |(step, k)| tokens.get(&(step, Some(k))).copied(),
-                |_| true,
-                &self.inner.leases,
-            ),
-        })
     }
 
     /// Applies `event` to execution `id` in a transaction of its own.
@@ -292,7 +252,25 @@ impl Orchestrator {
         event: Event,
         token: Option<AttemptToken>,
     ) -> Option<Applied> {
-        self.reports.submit((id, event, token)).await.flatten()
+        self.reports
+            .submit((id, event, token, None))
+            .await
+            .flatten()
+    }
+
+    /// [`Orchestrator::report`] for a child's return: from `child`, which must be the child the
+    /// attempt started.
+    pub async fn child_returned(
+        &self,
+        id: ExecutionId,
+        event: Event,
+        token: Option<AttemptToken>,
+        child: ExecutionId,
+    ) -> Option<Applied> {
+        self.reports
+            .submit((id, event, token, Some(child)))
+            .await
+            .flatten()
     }
 
     /// A heartbeat. A `starting` check only reads whether the attempt still owns its step;
@@ -413,7 +391,9 @@ impl Inner {
             .record(items.len() as f64);
         let guarded: Vec<_> = items
             .iter()
-            .map(|(id, event, token)| (*id, event.clone(), Guard::report(event, *token)))
+            .map(|(id, event, token, child)| {
+                (*id, event.clone(), Guard::report(event, *token, *child))
+            })
             .collect();
         let batched = async {
             let mut tx = held.connection().await?.begin().await?;
@@ -431,8 +411,8 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, reports = items.len(), "report batch failed; applying one by one");
                 let mut applied = Vec::with_capacity(items.len());
-                for (id, event, token) in items {
-                    let guard = Guard::report(&event, token);
+                for (id, event, token, child) in items {
+                    let guard = Guard::report(&event, token, child);
                     match self.apply(id, event, guard).await {
                         Ok(a) => applied.push(Some(a)),
                         Err(e) => {
@@ -462,7 +442,12 @@ impl Inner {
         let mut working = BTreeMap::new();
         for locked in persistence::lock_executions(tx, &ids).await? {
             let id = locked.execution_id;
-            let work = Working::new(locked, self.rendering.budget, self.limits.max_loop_items)?;
+            let work = Working::new(
+                locked,
+                self.rendering.budget,
+                self.limits.max_loop_items,
+                self.children.max_depth,
+            )?;
             working.insert(id, work);
         }
         loops::load(tx, &mut working, items).await?;
@@ -492,6 +477,11 @@ impl Inner {
                 } => Some((*step, *started_at_ms)),
                 _ => None,
             };
+            // The steps whose child runs, to cancel with their execution.
+            let running = match event {
+                Event::Cancel => noetl_contract::engine::children::in_flight(&work.state),
+                _ => Vec::new(),
+            };
             let mut event = event.clone();
             let charge = results::charge(
                 &mut event,
@@ -511,7 +501,8 @@ impl Inner {
             }
             let mut finished = decision.finished;
             let mut collect = decision.collect.clone();
-            work.absorb(*id, self.shard, &self.leases, &decision, reported_start);
+            self.absorb(tx, *id, work, &decision, &running, reported_start)
+                .await?;
             // Loops whose items all ended: their result, assembled once, succeeds them.
             while let Some(step) = collect.pop() {
                 let result = loops::result(tx, *id, work, &self.leases, step).await?;
@@ -519,7 +510,7 @@ impl Inner {
                 let decision = render::decide(&mut work.state, event, &self.rendering).await;
                 finished = finished.or(decision.finished);
                 collect.extend(decision.collect.iter().copied());
-                work.absorb(*id, self.shard, &self.leases, &decision, None);
+                self.absorb(tx, *id, work, &decision, &[], None).await?;
             }
             outcomes.push(Outcome {
                 applied: Applied::Changed(work.state.status),
@@ -548,6 +539,33 @@ impl Inner {
             handoffs,
             due_now,
         })
+    }
+
+    /// Takes what `decision` changed into `work` (execution `id`), with the messages of the
+    /// child protocol it makes (`running`: the steps whose child ran before a cancel).
+    async fn absorb(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        id: ExecutionId,
+        work: &mut Working,
+        decision: &Decision,
+        running: &[StepIndex],
+        reported_start: Option<(StepIndex, i64)>,
+    ) -> Result<(), persistence::Error> {
+        let tokens = new_tokens(decision);
+        let messages = self
+            .children
+            .messages(tx, work, id, decision, &tokens, running)
+            .await?;
+        work.absorb(
+            (id, self.shard),
+            &self.leases,
+            decision,
+            &tokens,
+            reported_start,
+        );
+        work.outbox.extend(messages);
+        Ok(())
     }
 
     /// Hands the committed commands to the relay; returns the outcomes.

@@ -85,6 +85,7 @@ fn new_execution(raw_id: i64) -> NewExecution {
         events: vec![("execution_created".to_owned(), "{}".to_owned())],
         outbox: Vec::new(),
         loops: Default::default(),
+        parent: None,
     }
 }
 

@@ -104,8 +104,8 @@ fn every_unsupported_construct_is_refused_where_it_is() {
             "workflow[0].tool.kind",
         ),
         (
-            json!({"step": "start", "tool": {"kind": "playbook", "path": "x"}}),
-            "workflow[0].tool.kind",
+            json!({"step": "start", "tool": {"kind": "playbook", "path": "x", "return_step": "end"}}),
+            "workflow[0].tool.return_step",
         ),
         (
             json!({"step": "start", "tool": {"kind": "http", "url": "x", "params": {}}}),
@@ -278,4 +278,28 @@ fn a_loop_maps_onto_ours_with_its_names_translated() {
         let error = refused(&doc(json!([{"step": "start", "loop": looped}])));
         assert_eq!(error.path, path, "{error}");
     }
+}
+
+#[test]
+fn a_playbook_tool_becomes_a_child_of_a_catalog_playbook() {
+    let playbook = translate(&doc(json!([
+        {"step": "start", "tool": {"kind": "playbook", "path": "load.one", "version": 2,
+                                   "payload": {"n": "{{ workload.size }}"}}}
+    ])))
+    .expect("valid");
+    let step = &playbook.steps[0];
+    assert_eq!(step.action, "playbook");
+    assert_eq!(
+        serde_json::Value::Object(step.with.clone()),
+        json!({"playbook": {"name": "load.one", "version": 2}, "input": {"n": "{{ input.size }}"}})
+    );
+    let slashed = refused(&doc(json!([
+        {"step": "start", "tool": {"kind": "playbook", "path": "examples/child"}}
+    ])));
+    assert_eq!(slashed.path, "workflow[0].tool.path", "{slashed}");
+    let looped = refused(&doc(json!([
+        {"step": "start", "tool": {"kind": "playbook", "path": "load.one"},
+         "loop": {"in": "{{ workload.items }}", "iterator": "x"}}
+    ])));
+    assert_eq!(looped.path, "workflow[0].loop", "{looped}");
 }

@@ -64,6 +64,13 @@ pub(super) fn check(i: usize, step: &Step) -> Result<(), Error> {
     let Some(looped) = &step.loop_ else {
         return Ok(());
     };
+    if step.is_child() {
+        // Each item would start a child, and a child's return names no item.
+        return Err(error(
+            format!("steps[{i}].loop"),
+            "a `playbook` step cannot loop: loop inside its child playbook instead",
+        ));
+    }
     let at = |field: &str| format!("steps[{i}].loop.{field}");
     let name = &looped.iterator;
     let valid = name

@@ -471,4 +471,11 @@ fn loops_are_checked_where_they_are_written() {
     ] {
         assert_eq!(rejection(step(looped.clone())).path, path, "{looped}");
     }
+    // A `playbook` step cannot loop: each item would start a child whose return names no item.
+    let child = json!([{"name": "a", "action": "playbook",
+        "with": {"playbook": {"name": "c", "steps": [{"name": "s", "action": "noop"}]}},
+        "loop": {"in": "{{ input.xs }}", "iterator": "x"}}]);
+    let refused = rejection(child);
+    assert_eq!(refused.path, "steps[0].loop", "{refused}");
+    assert!(refused.to_string().contains("playbook"), "{refused}");
 }

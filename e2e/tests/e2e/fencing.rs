@@ -193,6 +193,7 @@ async fn a_shard_request_without_a_tenant_is_refused() {
         labels: Default::default(),
         playbook: None,
         tenant: None,
+        root_id: None,
     };
     refused(noetl_bus::request(&client, subject::shard_list(shard), &list, WAIT).await);
     // Not cancelled by the refused cancel, and still read through the gateway.

@@ -1,5 +1,6 @@
 //! The conditions checked under an execution's lock before an event is applied: a report's
-//! token, a lease still expired, a dead letter's outbox row still there.
+//! token (and a child's return's child), a lease still expired, a dead letter's outbox row
+//! still there.
 
 use noetl_contract::engine::Event;
 use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
@@ -24,12 +25,14 @@ pub(super) enum Guard {
     DeadLetter(persistence::Undeliverable),
     /// A worker's report: if it names the attempt that owns the step (or its loop item),
     /// `sent` is its token. (A report of another attempt is left to the engine, which finds
-    /// it stale.)
+    /// it stale.) A child's return also names the `child`, which must be the one the attempt
+    /// started.
     Token {
         step: StepIndex,
         attempt: Attempt,
         item: Option<u32>,
         sent: Option<AttemptToken>,
+        child: Option<ExecutionId>,
     },
 }
 
@@ -38,32 +41,39 @@ pub(super) enum Checked {
     Holds,
     /// Nothing to do: the event is stale.
     Stale,
-    /// The report names the owning attempt without its token.
+    /// The report names the owning attempt without its token (or from another child).
     Refused,
 }
 
 impl Guard {
-    /// The guard of a worker's report: its `Finished` event (of a step or a loop item) and the
-    /// token it carried.
-    pub(super) fn report(event: &Event, sent: Option<AttemptToken>) -> Self {
+    /// The guard of a worker's report (or a child's return, from `child`): its `Finished`
+    /// event (of a step or a loop item) and the token it carried.
+    pub(super) fn report(
+        event: &Event,
+        sent: Option<AttemptToken>,
+        child: Option<ExecutionId>,
+    ) -> Self {
         match event {
             Event::Finished { step, attempt, .. } => Guard::Token {
                 step: *step,
                 attempt: *attempt,
                 item: None,
                 sent,
+                child,
             },
-            Event::Item { item, event } => match Guard::report(event, sent) {
+            Event::Item { item, event } => match Guard::report(event, sent, child) {
                 Guard::Token {
                     step,
                     attempt,
                     sent,
+                    child,
                     ..
                 } => Guard::Token {
                     step,
                     attempt,
                     item: Some(*item),
                     sent,
+                    child,
                 },
                 other => other,
             },
@@ -85,18 +95,23 @@ impl Guard {
                 attempt,
                 item,
                 sent,
+                child,
             } => {
-                let (owner, token) = match item {
+                let (owner, token, started) = match item {
                     None => (
                         work.state.steps.get(step.index()).map(|s| s.attempt),
                         work.tokens.get(step.index()).and_then(Option::as_ref),
+                        work.child_ids.get(step.index()).copied().flatten(),
                     ),
                     Some(k) => (
                         work.state.items.get(&(step, k)).map(|i| i.attempt),
                         work.item_tokens.get(&(step, k)).and_then(Option::as_ref),
+                        None,
                     ),
                 };
-                if owner == Some(attempt) && !AttemptToken::admits(token, sent.as_ref()) {
+                let admitted = AttemptToken::admits(token, sent.as_ref())
+                    && child.is_none_or(|child| started == Some(child));
+                if owner == Some(attempt) && !admitted {
                     return Ok(Checked::Refused);
                 }
                 true

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use noetl_contract::child::ParentLink;
 use noetl_contract::command::StepCommand;
+use noetl_contract::engine::children::Nesting;
 use noetl_contract::engine::{Decision, ExecutionState};
 use noetl_contract::playbook::{Millis, Playbook, DEFAULT_POOL};
 use noetl_contract::status::StepStatus;
@@ -13,7 +15,7 @@ use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 
 use super::Leases;
-use crate::persistence::{self, to_json, ItemRow, LoopChanges, OutboxRow, StepRow};
+use crate::persistence::{self, to_json, ItemRow, LoopChanges, OutboxRow, Outgoing, StepRow};
 
 /// The token of each attempt a decision dispatched, by step and loop item.
 pub(super) type Tokens = BTreeMap<(StepIndex, Option<u32>), AttemptToken>;
@@ -43,17 +45,23 @@ pub(super) struct Working {
     pub(super) restarted: Vec<StepIndex>,
     /// The delay of each item dispatch since the items were last written (its lease's start).
     item_delays: BTreeMap<(StepIndex, u32), u64>,
-    tenant: String,
+    /// The child each step's current attempt started, as read and as this batch starts more.
+    pub(super) child_ids: Vec<Option<ExecutionId>>,
+    /// The step that started it, when it is a child.
+    pub(super) parent: Option<ParentLink>,
+    pub(super) tenant: String,
     /// Whether it was unfinished when locked (in its tenant's executions in flight).
     was_running: bool,
 }
 
 impl Working {
-    /// The execution `locked`, its templates rendered within `budget`.
+    /// The execution `locked`, its templates rendered within `budget`, its children no deeper
+    /// than `max_depth`.
     pub(super) fn new(
         locked: persistence::LockedExecution,
         budget: template::Budget,
         max_loop_items: u32,
+        max_depth: u32,
     ) -> Result<Self, persistence::Error> {
         let playbook: Playbook = serde_json::from_value(locked.playbook)
             .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
@@ -69,6 +77,10 @@ impl Working {
                 budget,
                 items: BTreeMap::new(),
                 max_loop_items,
+                nesting: Nesting {
+                    depth: locked.depth,
+                    max_depth,
+                },
             },
             last_event_seq: locked.last_event_seq,
             changed: false,
@@ -82,6 +94,8 @@ impl Working {
             items_changed: BTreeSet::new(),
             restarted: Vec::new(),
             item_delays: BTreeMap::new(),
+            child_ids: locked.child_ids,
+            parent: locked.parent,
             tenant: locked.tenant,
         })
     }
@@ -110,18 +124,18 @@ impl Working {
 }
 
 impl Working {
-    /// Takes what `decision` changed into the execution `id` of `shard`, to be written.
+    /// Takes what `decision` changed into the execution `id` of `shard`, to be written, with
+    /// the tokens of the attempts it dispatched ([`new_tokens`]).
     pub(super) fn absorb(
         &mut self,
-        id: ExecutionId,
-        shard: ShardId,
+        (id, shard): (ExecutionId, ShardId),
         leases: &Leases,
         decision: &Decision,
+        tokens: &Tokens,
         reported_start: Option<(StepIndex, i64)>,
     ) {
-        let tokens = new_tokens(decision);
         for &i in &decision.changed {
-            let mut row = leases.step_row(&self.state, decision, &tokens, i);
+            let mut row = leases.step_row(&self.state, decision, tokens, i);
             // A step this decision did not dispatch keeps its attempt's token.
             match (row.token, self.tokens.get_mut(i.index())) {
                 (Some(new), Some(owned)) => *owned = Some(new),
@@ -132,14 +146,15 @@ impl Working {
                 .filter(|(step, _)| *step == i)
                 .map(|(_, at)| at)
                 .or_else(|| self.steps.get(&i).and_then(|r| r.started_at_ms));
+            row.child_id = self.child_ids.get(i.index()).copied().flatten();
             self.steps.insert(i, row);
         }
-        self.note_loops(decision, &tokens);
+        self.note_loops(decision, tokens);
         self.changed = true;
         self.ctx_changed |= decision.ctx_changed;
         self.events.extend(event_rows(decision));
         self.outbox
-            .extend(leases.outbox_rows(shard, id, &self.state, decision, &tokens));
+            .extend(leases.outbox_rows(shard, id, &self.state, decision, tokens));
     }
 
     /// Notes what `decision` changed in loops, and the tokens of the items it dispatched.
@@ -276,9 +291,12 @@ impl Leases {
         index: StepIndex,
     ) -> StepRow {
         let step = &state.steps[index.index()];
+        // A `playbook` step runs no worker: its child's end ends it, however long it takes.
+        let leased = !state.playbook.steps[index.index()].is_child();
         let lease_ms = match step.status {
             // A loop's leases are its items'.
             _ if step.loop_.is_some() => None,
+            _ if !leased => None,
             StepStatus::Dispatched => {
                 let delay = decision
                     .dispatches
@@ -300,6 +318,7 @@ impl Leases {
             lease_ms,
             started_at_ms: None,
             token: tokens.get(&(index, None)).copied(),
+            child_id: None,
         }
     }
 
@@ -332,6 +351,7 @@ impl Leases {
         decision
             .dispatches
             .iter()
+            .filter(|dispatch| !state.playbook.steps[dispatch.step.index()].is_child())
             .map(|dispatch| {
                 let step = &state.playbook.steps[dispatch.step.index()];
                 let command = StepCommand {
@@ -349,7 +369,7 @@ impl Leases {
                 };
                 OutboxRow {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
-                    command,
+                    command: Outgoing::Step(command),
                     delay_ms: millis(dispatch.delay_ms),
                 }
             })

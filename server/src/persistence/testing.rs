@@ -54,7 +54,7 @@ pub async fn explained(connection: &mut PgConnection, explain: &str) -> String {
 pub fn outbox_row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
     OutboxRow {
         pool: "default".to_owned(),
-        command: StepCommand {
+        command: super::Outgoing::Step(StepCommand {
             execution_id: ExecutionId::new(execution).expect("valid id"),
             shard: ShardId::new(0),
             step_index: StepIndex::new(step),
@@ -66,7 +66,7 @@ pub fn outbox_row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
             lease_ms: 1_000,
             token: None,
             item: None,
-        },
+        }),
         delay_ms,
     }
 }
