@@ -194,6 +194,33 @@ async fn a_loop_over_10001_items_is_refused_at_submit_and_fails_later_with_loop_
     cluster.stop().await;
 }
 
+/// A `playbook` step with a `loop` is refused at submit, naming the loop: each item would start
+/// a child whose return names no item. Nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playbook_step_cannot_loop() {
+    let cluster = Cluster::builder().shards(1).start().await;
+    let submit = json!({
+        "playbook": {"name": "looping-children", "steps": [
+            {"name": "each", "action": "playbook",
+             "with": {"playbook": {"name": "one", "steps": [{"name": "s", "action": "noop"}]}},
+             "loop": {"in": "{{ input.items }}", "iterator": "it"}}
+        ]},
+        "input": {"items": [1, 2]}
+    });
+    let (status, body) = cluster.post_json("/api/v1/executions", &submit).await;
+    assert_problem(status, &body, 400, "invalid_playbook");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("playbook.steps[0].loop"), "{body}");
+    let (status, listed) = cluster.get_json("/api/v1/executions").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed["executions"],
+        json!([]),
+        "nothing is stored: {listed}"
+    );
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_resumes_after_its_server_is_killed_without_running_recorded_items_again() {
     let mut cluster = Cluster::builder().shards(1).server_process().start().await;
