@@ -39,16 +39,20 @@ pub enum ShardRequest {
     Cancel,
     /// A page of an execution's event log (body: `EventsQuery`, reply: `EventPage`).
     Events,
+    /// Delete a terminal execution from every table of its shard (body: `ExecutionQuery`,
+    /// reply: `null`; `not_terminal` while it runs).
+    Delete,
 }
 
 impl ShardRequest {
-    pub const ALL: [ShardRequest; 6] = [
+    pub const ALL: [ShardRequest; 7] = [
         ShardRequest::Submit,
         ShardRequest::Get,
         ShardRequest::Result,
         ShardRequest::Heartbeat,
         ShardRequest::Cancel,
         ShardRequest::Events,
+        ShardRequest::Delete,
     ];
 
     fn token(self) -> &'static str {
@@ -59,6 +63,7 @@ impl ShardRequest {
             ShardRequest::Heartbeat => "heartbeat",
             ShardRequest::Cancel => "cancel",
             ShardRequest::Events => "events",
+            ShardRequest::Delete => "delete",
         }
     }
 }

@@ -198,7 +198,7 @@ impl Orchestrator {
             });
         }
         let mut events = vec![("execution_created".to_owned(), "{}".to_owned())];
-        events.extend(event_rows(&decision));
+        events.extend(event_rows(&decision, &self.inner.rendering.secret_headers));
         let tokens = new_tokens(&decision);
         Ok(NewExecution {
             execution_id: command.execution_id,
@@ -556,7 +556,8 @@ impl Inner {
             });
             work.changed = true;
             work.ctx_changed |= decision.ctx_changed;
-            work.events.extend(event_rows(&decision));
+            work.events
+                .extend(event_rows(&decision, &self.rendering.secret_headers));
             work.outbox.extend(self.leases.outbox_rows(
                 self.shard,
                 *id,

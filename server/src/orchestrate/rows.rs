@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use noetl_contract::command::StepCommand;
 use noetl_contract::engine::{Decision, ExecutionState};
 use noetl_contract::playbook::{Millis, Playbook, DEFAULT_POOL};
+use noetl_contract::redact::SecretHeaders;
 use noetl_contract::status::StepStatus;
 use noetl_contract::step::{AttemptToken, StepIndex, TOKEN_BYTES};
 use noetl_contract::template;
@@ -188,11 +189,19 @@ impl Leases {
     }
 }
 
-pub(super) fn event_rows(decision: &Decision) -> Vec<(String, String)> {
+/// The decision's events as stored, with the values of secret headers redacted.
+pub(super) fn event_rows(decision: &Decision, secrets: &SecretHeaders) -> Vec<(String, String)> {
     decision
         .records
         .iter()
-        .map(|r| (r.kind.to_owned(), to_json(&r.payload)))
+        .map(|r| {
+            if r.kind != "step_dispatched" {
+                return (r.kind.to_owned(), to_json(&r.payload));
+            }
+            let mut payload = r.payload.clone();
+            secrets.redact(&mut payload);
+            (r.kind.to_owned(), to_json(&payload))
+        })
         .collect()
 }
 
