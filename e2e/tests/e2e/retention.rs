@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::harness::{
-    assert_problem, eventually, hello_request, Api, Cluster, Token, Worker, DEADLINE,
+    assert_problem, describe, eventually, hello_request, noetlctl, Api, Cluster, Token, Worker,
+    DEADLINE,
 };
 
 /// Every table of a shard that holds rows of an execution.
@@ -59,6 +60,21 @@ async fn listed(api: &Api) -> Vec<String> {
 
 async fn delete(api: &Api, path: &str) -> (u16, Value) {
     Api::answer(api.request(Method::DELETE, path)).await
+}
+
+/// Runs `noetlctl --token token-a {args}` against `cluster`'s gateway, off the runtime's
+/// threads; its exit code and output.
+async fn ctl(cluster: &Cluster, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["--token".to_owned(), "token-a".to_owned()];
+    all.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let url = cluster.base_url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        noetlctl("--gateway-url", &url, &args)
+    })
+    .await
+    .expect("noetlctl");
+    (output.status.code(), describe(&output))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,9 +200,13 @@ async fn delete_refuses_running_and_foreign_executions_and_forgets_a_finished_on
     assert_eq!(status, 200, "{body}");
     a.wait_for_execution(running, "the cancel", |e| e["status"] == "cancelled")
         .await;
-    let (status, body) = delete(&a, &format!("/api/v1/executions/{running}")).await;
-    assert_eq!(status, 204, "{body}");
+    let running = running.to_string();
+    let (code, output) = ctl(&cluster, &["delete", &running]).await;
+    assert_eq!(code, Some(0), "{output}");
     assert!(listed(&a).await.is_empty());
+    let (code, output) = ctl(&cluster, &["delete", &running]).await;
+    assert_ne!(code, Some(0), "{output}");
+    assert!(output.contains("execution_not_found"), "{output}");
     worker.stop().await;
     cluster.stop().await;
 }
@@ -240,10 +260,10 @@ async fn catalog_versions_can_be_deleted_and_only_the_newest_are_kept() {
     let (_, listing) = a.get_json("/api/v1/playbooks").await;
     assert_eq!(listing["playbooks"][0]["latest_version"], 4, "{listing}");
 
-    for v in [2, 4] {
-        let (status, body) = delete(&a, &version(v)).await;
-        assert_eq!(status, 204, "{body}");
-    }
+    let (status, body) = delete(&a, &version(2)).await;
+    assert_eq!(status, 204, "{body}");
+    let (code, output) = ctl(&cluster, &["playbook", "delete", "kept", "4"]).await;
+    assert_eq!(code, Some(0), "{output}");
     let (status, body) = a.get_json("/api/v1/playbooks/kept").await;
     assert_problem(status, &body, 404, "playbook_not_found");
     let (_, listing) = a.get_json("/api/v1/playbooks").await;
