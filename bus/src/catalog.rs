@@ -291,7 +291,13 @@ pub async fn publish(
         // Someone moved the pointer meanwhile: look again.
     }
     if quota.keep_versions > 0 {
-        retention::keep_last(client, &store, tenant, name, quota.keep_versions).await?;
+        let named = retention::Named {
+            client,
+            store: &store,
+            tenant,
+            name,
+        };
+        named.keep_last(quota.keep_versions).await?;
     }
     Ok(Ok(entry))
 }

@@ -464,6 +464,61 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_30_days_unless_set_per_tenant_and_never_zero() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert_eq!(
+            config.retention.default,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert!(config.retention.tenants.is_empty());
+        assert!(config.rendering.secret_headers.is_secret("x-api-key"));
+        let joined =
+            serde_json::json!({"tenant_retention_ms": "a=1000, b=5", "secret_headers": "X-Token"});
+        let tuned = Settings {
+            shards: Some(TWO.to_owned()),
+            ..Settings::deserialize(joined).expect("a joined table")
+        };
+        let config = ServerConfig::from_settings(tuned, None).expect("valid");
+        assert_eq!(
+            config.retention.tenants,
+            [
+                ("a".to_owned(), Duration::from_millis(1000)),
+                ("b".to_owned(), Duration::from_millis(5))
+            ]
+            .into()
+        );
+        let headers = &config.rendering.secret_headers;
+        assert!(headers.is_secret("x-token") && headers.is_secret("Cookie"));
+        assert!(!headers.is_secret("x-api-key"));
+        for (raw, named) in [
+            (
+                serde_json::json!({"tenant_retention_ms": "a"}),
+                "name=milliseconds",
+            ),
+            (
+                serde_json::json!({"tenant_retention_ms": "a=x"}),
+                "milliseconds",
+            ),
+        ] {
+            let error = Settings::deserialize(raw).expect_err(named);
+            assert!(error.to_string().contains(named), "{error}");
+        }
+        for bad in [
+            Settings {
+                tenant_retention_ms: [("a".to_owned(), 0)].into(),
+                ..settings(Some(TWO))
+            },
+            Settings {
+                retention_ms: 0,
+                ..settings(Some(TWO))
+            },
+        ] {
+            let error = ServerConfig::from_settings(bad, None).expect_err("zero");
+            assert!(error.to_string().contains("retention_ms"), "{error}");
+        }
+    }
+
+    #[test]
     fn template_budgets_are_read_and_bounded() {
         let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
         assert_eq!(config.rendering.budget, template::Budget::default());

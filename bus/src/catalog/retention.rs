@@ -10,21 +10,12 @@ use super::{
 };
 use crate::{Client, Error};
 
-/// The versions of `name` stored in `tenant`'s catalog (not deleted), ascending.
-async fn versions(
-    client: &Client,
-    store: &kv::Store,
-    tenant: &str,
-    name: &str,
-) -> Result<Vec<u32>, Error> {
-    let prefix = format!("{}pb.{}.", tenant_prefix(tenant), super::hex(name));
-    let mut versions: Vec<u32> = last_values(client, store, &prefix)
-        .await?
-        .into_iter()
-        .filter_map(|(version, _)| version.parse().ok())
-        .collect();
-    versions.sort_unstable();
-    Ok(versions)
+/// One playbook name of one tenant's catalog.
+pub(super) struct Named<'a> {
+    pub client: &'a Client,
+    pub store: &'a kv::Store,
+    pub tenant: &'a str,
+    pub name: &'a str,
 }
 
 /// Deletes `version` of `tenant`'s playbook `name`; `false` when there was no such version
@@ -36,43 +27,100 @@ pub async fn delete_version(
     version: u32,
 ) -> Result<bool, Error> {
     let store = super::bucket(client).await?;
-    delete(client, &store, tenant, name, version).await
+    let named = Named {
+        client,
+        store: &store,
+        tenant,
+        name,
+    };
+    named.delete(version).await
 }
 
-async fn delete(
-    client: &Client,
-    store: &kv::Store,
-    tenant: &str,
-    name: &str,
-    version: u32,
-) -> Result<bool, Error> {
-    let key = version_key(tenant, name, version);
-    let found = store
-        .entry(&key)
-        .await
-        .map_err(|e| Error::Transport(format!("reading the catalog: {e}")))?;
-    let Some(found) = found.filter(|e| e.operation == kv::Operation::Put) else {
-        return Ok(false);
-    };
-    if let Err(e) = store
-        .delete_expect_revision(&key, Some(found.revision))
-        .await
-    {
-        // A version is written once, so a changed key was deleted by someone else meanwhile.
-        let still = store.get(&key).await.ok().flatten();
-        if still.is_none() {
-            return Ok(false);
-        }
-        return Err(Error::Transport(format!("deleting a version: {e}")));
+impl Named<'_> {
+    /// The versions stored (not deleted), ascending.
+    async fn versions(&self) -> Result<Vec<u32>, Error> {
+        let prefix = format!(
+            "{}pb.{}.",
+            tenant_prefix(self.tenant),
+            super::hex(self.name)
+        );
+        let mut versions: Vec<u32> = last_values(self.client, self.store, &prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(version, _)| version.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
     }
-    release(
-        store,
-        tenant,
-        u64::try_from(found.value.len()).unwrap_or(u64::MAX),
-    )
-    .await?;
-    repoint(client, store, tenant, name, version).await?;
-    Ok(true)
+
+    async fn delete(&self, version: u32) -> Result<bool, Error> {
+        let key = version_key(self.tenant, self.name, version);
+        let found = self
+            .store
+            .entry(&key)
+            .await
+            .map_err(|e| Error::Transport(format!("reading the catalog: {e}")))?;
+        let Some(found) = found.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(false);
+        };
+        if let Err(e) = self
+            .store
+            .delete_expect_revision(&key, Some(found.revision))
+            .await
+        {
+            // A version is written once, so a changed key was deleted by someone else.
+            if self.store.get(&key).await.ok().flatten().is_none() {
+                return Ok(false);
+            }
+            return Err(Error::Transport(format!("deleting a version: {e}")));
+        }
+        let bytes = u64::try_from(found.value.len()).unwrap_or(u64::MAX);
+        release(self.store, self.tenant, bytes).await?;
+        self.repoint(version).await?;
+        Ok(true)
+    }
+
+    /// After `deleted` went: if the `latest` pointer named it, points it at the newest version
+    /// left (0 when none is), keeping the highest number ever published.
+    async fn repoint(&self, deleted: u32) -> Result<(), Error> {
+        let key = latest_key(self.tenant, self.name);
+        loop {
+            let Some((current, revision)) = latest(self.store, self.tenant, self.name).await?
+            else {
+                return Ok(());
+            };
+            if current.version != deleted {
+                return Ok(());
+            }
+            let newest = self.versions().await?.pop();
+            let updated_at_ms = match newest {
+                Some(version) => super::get_in(self.store, self.tenant, self.name, version)
+                    .await?
+                    .map_or(current.updated_at_ms, |e| e.created_at_ms),
+                None => current.updated_at_ms,
+            };
+            let pointer = encode(&Latest {
+                version: newest.unwrap_or(0),
+                updated_at_ms,
+                highest: current.highest.max(current.version),
+            })?;
+            if compare_and_set(self.store, &key, pointer, Some(revision)).await? {
+                return Ok(());
+            }
+            // A publish moved the pointer meanwhile: look again.
+        }
+    }
+
+    /// Deletes the oldest versions past the newest `keep`.
+    pub(super) async fn keep_last(&self, keep: u32) -> Result<(), Error> {
+        let versions = self.versions().await?;
+        let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+        let excess = versions.len().saturating_sub(keep);
+        for &version in &versions[..excess] {
+            self.delete(version).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Gives back the quota of one deleted version of `bytes`.
@@ -90,57 +138,4 @@ async fn release(store: &kv::Store, tenant: &str, bytes: u64) -> Result<(), Erro
             return Ok(());
         }
     }
-}
-
-/// After `deleted` went: if the `latest` pointer named it, points it at the newest version
-/// left (0 when none is), keeping the highest number ever published.
-async fn repoint(
-    client: &Client,
-    store: &kv::Store,
-    tenant: &str,
-    name: &str,
-    deleted: u32,
-) -> Result<(), Error> {
-    let key = latest_key(tenant, name);
-    loop {
-        let Some((current, revision)) = latest(store, tenant, name).await? else {
-            return Ok(());
-        };
-        if current.version != deleted {
-            return Ok(());
-        }
-        let newest = versions(client, store, tenant, name).await?.pop();
-        let updated_at_ms = match newest {
-            Some(version) => super::get_in(store, tenant, name, version)
-                .await?
-                .map_or(current.updated_at_ms, |e| e.created_at_ms),
-            None => current.updated_at_ms,
-        };
-        let pointer = encode(&Latest {
-            version: newest.unwrap_or(0),
-            updated_at_ms,
-            highest: current.highest.max(current.version),
-        })?;
-        if compare_and_set(store, &key, pointer, Some(revision)).await? {
-            return Ok(());
-        }
-        // A publish moved the pointer meanwhile: look again.
-    }
-}
-
-/// Deletes the oldest versions of `name` past the newest `keep`.
-pub(super) async fn keep_last(
-    client: &Client,
-    store: &kv::Store,
-    tenant: &str,
-    name: &str,
-    keep: u32,
-) -> Result<(), Error> {
-    let versions = versions(client, store, tenant, name).await?;
-    let keep = usize::try_from(keep).unwrap_or(usize::MAX);
-    let excess = versions.len().saturating_sub(keep);
-    for &version in &versions[..excess] {
-        delete(client, store, tenant, name, version).await?;
-    }
-    Ok(())
 }

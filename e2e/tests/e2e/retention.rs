@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::harness::{
-    assert_problem, describe, eventually, hello_request, noetlctl, Api, Cluster, Token, Worker,
-    DEADLINE,
+    assert_problem, describe, eventually, hello_request, noetlctl, serve_loopback, Api, Cluster,
+    Token, Worker, DEADLINE,
 };
 
 /// Every table of a shard that holds rows of an execution.
@@ -286,12 +286,7 @@ async fn serve_checking_secrets() -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("an address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    serve_loopback(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
