@@ -127,3 +127,126 @@ pub async fn purge_batch(
     tx.commit().await?;
     Ok(purged)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persistence::testing::{execute, explained, TestShard};
+
+    const HOUR: Duration = Duration::from_secs(3_600);
+
+    /// Rows of execution `id` in every table the purge deletes from.
+    async fn rows(pool: &PgPool, id: i64) -> i64 {
+        sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM executions WHERE execution_id = $1)
+                  + (SELECT count(*) FROM execution_steps WHERE execution_id = $1)
+                  + (SELECT count(*) FROM execution_events WHERE execution_id = $1)
+                  + (SELECT count(*) FROM outbox WHERE execution_id = $1)
+                  + (SELECT count(*) FROM outbox_dead_letters WHERE execution_id = $1)",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+    }
+
+    /// Executions 1 to 5 (1, 2: old and finished; 3: old and running; 4: finished now; 5: old,
+    /// finished, of tenant `b`), each with a row in every table.
+    async fn seed(pool: &PgPool) {
+        execute(
+            pool,
+            "INSERT INTO executions (execution_id, status, playbook_name, playbook, tenant,
+                                     updated_at)
+             VALUES (1, 'succeeded', 'p', '{}', 'a', now() - interval '2 hours'),
+                    (2, 'failed', 'p', '{}', 'a', now() - interval '2 hours'),
+                    (3, 'running', 'p', '{}', 'a', now() - interval '2 hours'),
+                    (4, 'succeeded', 'p', '{}', 'a', now()),
+                    (5, 'cancelled', 'p', '{}', 'b', now() - interval '2 hours');
+             INSERT INTO execution_steps (execution_id, step_index, name)
+             SELECT id, 0, 's' FROM generate_series(1, 5) id;
+             INSERT INTO execution_events (execution_id, seq, kind)
+             SELECT id, 1, 'execution_created' FROM generate_series(1, 5) id;
+             INSERT INTO outbox (execution_id, pool, command)
+             SELECT id, 'default', '{}' FROM generate_series(1, 5) id;
+             INSERT INTO outbox_dead_letters (id, execution_id, pool, command, reason, size_bytes,
+                                              max_payload, created_at)
+             SELECT id, id, 'default', '{}', 'too_large', 1, 1, now() FROM generate_series(1, 5) id",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_purges_old_finished_executions_everywhere_and_skips_what_another_holds() {
+        let TestShard { pool, .. } = &TestShard::start(3).await;
+        seed(pool).await;
+        // Another replica's batch holds execution 2.
+        let mut other = pool.begin().await.expect("transaction");
+        execute(
+            &mut *other,
+            "SELECT 1 FROM executions WHERE execution_id = 2 FOR UPDATE",
+        )
+        .await;
+        let others = ["b".to_owned()];
+        let purged = purge_batch(pool, Tenants::AllBut(&others), HOUR, 10).await;
+        assert_eq!(purged.expect("purged"), 1);
+        assert_eq!(rows(pool, 1).await, 0);
+        for kept in 2..=5 {
+            assert_eq!(rows(pool, kept).await, 5, "execution {kept}");
+        }
+        other.commit().await.expect("commit");
+        let purged = purge_batch(pool, Tenants::AllBut(&others), HOUR, 10).await;
+        assert_eq!(purged.expect("purged"), 1);
+        assert_eq!(rows(pool, 2).await, 0);
+        let purged = purge_batch(pool, Tenants::One("b"), HOUR, 10).await;
+        assert_eq!(purged.expect("purged"), 1);
+        // The running one and the young one stay, however many passes run.
+        let purged = purge_batch(pool, Tenants::AllBut(&[]), HOUR, 10).await;
+        assert_eq!(purged.expect("purged"), 0);
+        assert_eq!((rows(pool, 3).await, rows(pool, 4).await), (5, 5));
+    }
+
+    #[tokio::test]
+    async fn a_delete_takes_only_a_finished_execution_of_its_tenant() {
+        let TestShard { pool, .. } = &TestShard::start(2).await;
+        seed(pool).await;
+        let id = |n| ExecutionId::new(n).expect("valid id");
+        let running = delete_execution(pool, id(3), "a").await.expect("answered");
+        assert_eq!(running, Deleted::NotTerminal(ExecutionStatus::Running));
+        let foreign = delete_execution(pool, id(4), "b").await.expect("answered");
+        assert_eq!(foreign, Deleted::NotFound);
+        assert_eq!((rows(pool, 3).await, rows(pool, 4).await), (5, 5));
+        let gone = delete_execution(pool, id(4), "a").await.expect("answered");
+        assert_eq!(gone, Deleted::Gone);
+        assert_eq!(rows(pool, 4).await, 0);
+        let again = delete_execution(pool, id(4), "a").await.expect("answered");
+        assert_eq!(again, Deleted::NotFound);
+    }
+
+    /// Finding the oldest finished executions goes by the partial index, not through every
+    /// execution of the shard.
+    #[tokio::test]
+    async fn the_oldest_are_found_through_the_partial_index() {
+        let TestShard { pool, .. } = &TestShard::start(1).await;
+        execute(
+            pool,
+            "INSERT INTO executions (execution_id, status, playbook_name, playbook, updated_at)
+             SELECT id, CASE WHEN id % 100 = 0 THEN 'succeeded' ELSE 'running' END, 'p', '{}',
+                    now() - id * interval '1 second'
+             FROM generate_series(1, 20000) id;
+             ANALYZE executions",
+        )
+        .await;
+        let mut connection = pool.acquire().await.expect("connection");
+        execute(
+            &mut *connection,
+            &format!("PREPARE doomed(bigint, text[], bigint) AS {SELECT_OF_OTHERS}"),
+        )
+        .await;
+        let plan = explained(
+            &mut connection,
+            "EXPLAIN (FORMAT TEXT) EXECUTE doomed(60000, '{}', 500)",
+        )
+        .await;
+        assert!(plan.contains("executions_finished_by_time"), "{plan}");
+    }
+}
