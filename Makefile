@@ -139,7 +139,7 @@ chaos-short: ## fault injection under load, short (< 5 min, CI): every fault onc
 
 # One cluster of real processes (debug binaries, free ports); tenant A attacks while tenant B runs
 # a steady load. wiki/limits.md, "The hostile-input suite".
-hostile: ## hostile input under another tenant's load (< 3 min, CI): a row per attack, outcome, B's errors and p99, restarts, RSS
+hostile: ## hostile input under another tenant's load (about 3 min, CI): a row per attack, outcome, B's errors and p99, restarts, RSS
 	scripts/ensure-deps.sh
 	cargo build --workspace --bins
 	target/debug/noetl-hostile $(HOSTILE_ARGS)

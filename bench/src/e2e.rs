@@ -7,7 +7,7 @@
 //! transaction, `pg_xact_commit_timestamp` of its first event row, to the first step's
 //! `started_at`, when the worker started its action, by the worker's clock: handoff to the
 //! relay, JetStream, worker pull, and for an action with effects the starting check; `noop`
-//! has none).
+//! has none). For `child-1` the dispatch latency is the child's ([`children::dispatch`]).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +18,7 @@ use hdrhistogram::Histogram;
 use noetl_contract::message::DEFAULT_TENANT;
 use serde::Serialize;
 
+use crate::children;
 use crate::cluster::Cluster;
 use crate::procs::{self, ProcessCost};
 use crate::Percentiles;
@@ -31,16 +32,20 @@ pub enum Kind {
     Chain5,
     /// Ten independent steps, then one that needs all ten.
     FanOut10,
+    /// One `playbook` step whose child (a playbook of one step) runs on the shard its id
+    /// routes to: the other one half the time with two shards.
+    Child1,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Single, Kind::Chain5, Kind::FanOut10];
+    pub const ALL: [Kind; 4] = [Kind::Single, Kind::Chain5, Kind::FanOut10, Kind::Child1];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Single => "noop-1",
             Kind::Chain5 => "chain-5",
             Kind::FanOut10 => "fan-out-10",
+            Kind::Child1 => "child-1",
         }
     }
 
@@ -49,6 +54,7 @@ impl Kind {
             Kind::Single => 1,
             Kind::Chain5 => 5,
             Kind::FanOut10 => 11,
+            Kind::Child1 => 1,
         }
     }
 
@@ -73,6 +79,11 @@ impl Kind {
                     (0..10).map(|i| format!("s{i}")).collect(),
                 )])
                 .collect(),
+            Kind::Child1 => vec![
+                serde_json::json!({"name": "s0", "action": "playbook", "with": {
+                    "playbook": {"name": children::child_name(name), "steps": [step("s0".into(), vec![])]}
+                }}),
+            ],
         };
         serde_json::json!({"playbook": {"name": name, "steps": steps}})
     }
@@ -228,6 +239,11 @@ pub async fn run(
             }
             last_end = last_end.max(ended);
         }
+    }
+    if kind == Kind::Child1 {
+        // The parent's step has no worker: what counts is how soon its child's first step
+        // starts after the parent's submit committed the child's start.
+        dispatch = children::dispatch(cluster, &name).await?;
     }
     let seconds = (last_end - started_unix).max(1e-3);
     Ok(Scenario {

@@ -17,6 +17,7 @@
 //! Figures are only comparable within one run: read the ratios, not the absolutes.
 
 mod baselines;
+mod children;
 mod cluster;
 mod e2e;
 mod growth;
@@ -430,6 +431,7 @@ async fn main() -> anyhow::Result<()> {
                     e2e::Kind::Single => args.e2e_executions,
                     e2e::Kind::Chain5 => args.e2e_executions / 5,
                     e2e::Kind::FanOut10 => args.e2e_executions / 10,
+                    e2e::Kind::Child1 => args.e2e_executions / 10,
                 }
                 .max(1);
                 for &concurrency in &args.concurrency {

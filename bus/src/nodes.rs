@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use noetl_contract::subject::{node_lease_key, NODES_BUCKET};
-use noetl_contract::NodeId;
+use noetl_contract::{ExecutionId, IdGenerator, NodeId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,24 @@ impl NodeLease {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         held.filter(|h| Instant::now() < h.valid_until)
             .map(|h| h.node)
+    }
+
+    /// The next id of `ids` at `now_unix_ms`, under the node id this lease holds (`ids` is reset
+    /// for a new node id); `None` while no lease is held.
+    pub fn next_id(
+        &self,
+        ids: &Mutex<Option<IdGenerator>>,
+        now_unix_ms: i64,
+    ) -> Option<Result<ExecutionId, noetl_contract::id::Error>> {
+        let node = self.current()?;
+        let mut ids = ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generator = match ids.as_mut() {
+            Some(generator) if generator.node() == node => generator,
+            _ => ids.insert(IdGenerator::new(node)),
+        };
+        Some(generator.next_id(now_unix_ms))
     }
 
     fn set(&self, held: Option<Held>) {

@@ -7,6 +7,7 @@
 //! lifecycle (fencing, retries, skips, exactly one terminal state) is tested without NATS or
 //! PostgreSQL.
 
+pub mod children;
 mod context;
 mod policy;
 mod routing;
@@ -68,6 +69,8 @@ pub struct ExecutionState {
     pub gotos: u32,
     /// What rendering one step's `with` may cost (a setting of the server).
     pub budget: Budget,
+    /// Its depth among executions started by `playbook` steps, and how deep a child may be.
+    pub nesting: children::Nesting,
 }
 
 impl ExecutionState {
@@ -86,6 +89,7 @@ impl ExecutionState {
             ctx: serde_json::Map::new(),
             gotos: 0,
             budget: Budget::default(),
+            nesting: children::Nesting::default(),
         }
     }
 
@@ -415,11 +419,17 @@ fn dispatch(
 ) {
     state.step_mut(step).attempt = attempt;
     decision.changed(step);
-    let rendered = crate::template::render(
-        &state.spec(step).with,
-        &state.template_context(),
-        &state.budget,
-    );
+    let spec = state.spec(step);
+    if spec.is_child() {
+        if let Err(error) = state.nesting.admits_child() {
+            return fail_step(state, step, error, decision);
+        }
+    }
+    let rendered = if spec.is_child() {
+        children::render(&spec.with, &state.template_context(), &state.budget)
+    } else {
+        crate::template::render(&spec.with, &state.template_context(), &state.budget)
+    };
     match rendered {
         Ok(with) => {
             state.step_mut(step).status = StepStatus::Dispatched;

@@ -21,6 +21,7 @@
 //! `playbook` names `template`; `message`, `command` and `engine` name those; `openapi` sits on
 //! top.
 
+pub mod child;
 pub mod command;
 pub mod engine;
 pub mod id;

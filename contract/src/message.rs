@@ -81,6 +81,16 @@ pub struct ExecutionView {
     /// The execution's variables, written by its steps' `set` (absent while none is).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub ctx: serde_json::Map<String, serde_json::Value>,
+    /// The execution whose `playbook` step started it (absent for a submitted execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<ExecutionId>,
+    /// The submitted execution its tree started from (absent for a submitted execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<ExecutionId>,
+    /// The child executions its `playbook` steps started (each step's current attempt's), in
+    /// step order; each step names its own as `child_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ExecutionId>,
 }
 
 /// One step of an execution: its state, current attempt, result and timings.
@@ -104,6 +114,9 @@ pub struct StepView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub finished_at: Option<String>,
+    /// The child execution its current attempt started (a `playbook` step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_id: Option<ExecutionId>,
 }
 
 /// Which events to read: those after `after_seq`, at most `limit`.
@@ -175,6 +188,9 @@ pub enum WireErrorCode {
     /// A delete named an execution that has not finished (the message names its status);
     /// nothing was deleted.
     NotTerminal,
+    /// The playbook's `playbook` steps nest deeper than the shard's `max_child_depth`; nothing
+    /// was stored.
+    NestingTooDeep,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +248,10 @@ pub struct ListQuery {
     /// Only this tenant's executions; required, as in [`ExecutionQuery`].
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Only the executions of this tree: the execution itself and every child it started,
+    /// at any depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<ExecutionId>,
 }
 
 /// An execution in a listing, without its steps.

@@ -11,6 +11,7 @@
 //! - `schema` (feature `openapi`): the OpenAPI schemas of actions, labels and durations, whose
 //!   wire form is not what their Rust type says.
 
+mod child;
 mod duration;
 mod next;
 mod on_error;
@@ -22,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+pub use child::{ChildPlaybook, MAX_NESTING, PLAYBOOK_ACTION};
 pub use duration::Millis;
 pub use next::{Mode, Next, NextArc, MAX_ARCS};
 pub use on_error::{OnError, Then, DEFAULT_MAX_GOTOS, MAX_GOTOS, MAX_ON_ERROR_RULES};
@@ -225,6 +227,12 @@ pub struct PlannedStep {
     /// The arcs it leads to when it succeeds, as the playbook writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Next>,
+    /// The execution variables its `set` writes (`ctx.<name>`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// Its failure policy, as the playbook writes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_error: Vec<OnError>,
 }
 
 impl Playbook {
@@ -269,6 +277,8 @@ impl Playbook {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
                     level: level?,
                     next: step.next.clone(),
+                    set: step.set.keys().cloned().collect(),
+                    on_error: step.on_error.clone(),
                 })
             })
             .collect();
@@ -276,9 +286,14 @@ impl Playbook {
         planned
     }
 
-    /// Checks names, actions, references, retry bounds, arcs, and that `needs` and arcs
-    /// together form a DAG.
+    /// Checks names, actions, references, retry bounds, arcs, that `needs` and arcs
+    /// together form a DAG, and the playbooks its `playbook` steps run.
     pub fn validate(&self) -> Result<(), Error> {
+        self.validate_at(0)
+    }
+
+    /// [`Playbook::validate`] for a playbook nested `depth` levels deep in another.
+    fn validate_at(&self, depth: u32) -> Result<(), Error> {
         check_name("name", &self.name)?;
         if self.steps.is_empty() {
             return Err(error("steps", "a playbook needs at least one step"));
@@ -303,11 +318,13 @@ impl Playbook {
             }
         }
         for (i, step) in self.steps.iter().enumerate() {
-            if !BUILTIN_ACTIONS.contains(&step.action.as_str()) {
+            if step.is_child() {
+                child::check(i, step, depth)?;
+            } else if !BUILTIN_ACTIONS.contains(&step.action.as_str()) {
                 return Err(error(
                     format!("steps[{i}].action"),
                     format!(
-                        "unknown action {:?} (known: {})",
+                        "unknown action {:?} (known: {}, {PLAYBOOK_ACTION})",
                         step.action,
                         BUILTIN_ACTIONS.join(", ")
                     ),
@@ -329,7 +346,9 @@ impl Playbook {
                     MAX_BACKOFF_MS,
                 )?;
             }
-            if let Err((field, message)) = crate::template::check(&step.with) {
+            if let (false, Err((field, message))) =
+                (step.is_child(), crate::template::check(&step.with))
+            {
                 return Err(error(format!("steps[{i}].{field}"), message));
             }
             if let Some(timeout) = step.timeout {

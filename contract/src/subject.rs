@@ -42,10 +42,16 @@ pub enum ShardRequest {
     /// Delete a terminal execution from every table of its shard (body: `ExecutionQuery`,
     /// reply: `null`; `not_terminal` while it runs).
     Delete,
+    /// Start a child execution (server to server; body: [`crate::child::ChildStart`], reply:
+    /// `SubmitReceipt`).
+    Child,
+    /// A child's end, for its parent (server to server; body: [`crate::child::ChildReturn`],
+    /// reply: `ReportAck`).
+    Return,
 }
 
 impl ShardRequest {
-    pub const ALL: [ShardRequest; 7] = [
+    pub const ALL: [ShardRequest; 9] = [
         ShardRequest::Submit,
         ShardRequest::Get,
         ShardRequest::Result,
@@ -53,6 +59,8 @@ impl ShardRequest {
         ShardRequest::Cancel,
         ShardRequest::Events,
         ShardRequest::Delete,
+        ShardRequest::Child,
+        ShardRequest::Return,
     ];
 
     fn token(self) -> &'static str {
@@ -64,6 +72,8 @@ impl ShardRequest {
             ShardRequest::Cancel => "cancel",
             ShardRequest::Events => "events",
             ShardRequest::Delete => "delete",
+            ShardRequest::Child => "child",
+            ShardRequest::Return => "return",
         }
     }
 }

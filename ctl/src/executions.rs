@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use noetl_contract::message::{EventView, ExecutionStatus, ExecutionSummary, ExecutionView};
-use noetl_contract::playbook::{Millis, PlannedStep};
+use noetl_contract::playbook::Millis;
 use noetl_contract::{ExecutionId, ShardId};
 use reqwest::Method;
 use serde::Deserialize;
@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 use crate::follow;
 use crate::http::{Error, Gateway};
 use crate::input::{self, CatalogRef, Label, Source, SubmitParts};
-use crate::render::{self, print_json, VALUE_CHARS};
+use crate::plan;
+use crate::render::{self, print_json, StepNotes, VALUE_CHARS};
 use crate::table::{self, Table};
 
 /// Events asked for per page.
@@ -131,22 +132,6 @@ pub struct Submitted {
     pub status: ExecutionStatus,
 }
 
-/// `200` of `POST /executions?dry_run=true`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DryRun {
-    pub dry_run: bool,
-    pub execution_id: ExecutionId,
-    pub shard: ShardId,
-    #[serde(default)]
-    pub epoch: Option<u64>,
-    #[serde(default)]
-    pub playbook_name: String,
-    #[serde(default)]
-    pub playbook_version: Option<u32>,
-    #[serde(default)]
-    pub plan: Vec<PlannedStep>,
-}
-
 /// `GET /executions/{id}/events`.
 #[derive(Debug, Clone, Deserialize)]
 struct EventsPage {
@@ -215,7 +200,7 @@ pub async fn submit(gateway: &Gateway, args: SubmitArgs) -> Result<u8, Error> {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
     let (raw, answer): (Value, Value) = gateway.read(response).await?;
     if args.dry_run {
-        return print_dry_run(raw, answer, args.json);
+        return plan::print_dry_run(raw, answer, args.json);
     }
     let submitted: Submitted =
         serde_json::from_value(answer).map_err(|e| Error::Unexpected(e.to_string()))?;
@@ -245,66 +230,23 @@ pub async fn submit(gateway: &Gateway, args: SubmitArgs) -> Result<u8, Error> {
     follow::wait(gateway, submitted.execution_id, timeout, args.json).await
 }
 
-fn print_dry_run(raw: Value, answer: Value, json: bool) -> Result<u8, Error> {
-    // A gateway without dry runs ignores the parameter and submits for real: say so loudly.
-    if answer.get("dry_run").and_then(Value::as_bool) != Some(true) {
-        let id = answer
-            .get("execution_id")
-            .and_then(Value::as_str)
-            .unwrap_or("(unknown)");
-        return Err(Error::Unexpected(format!(
-            "this gateway does not support dry runs: it submitted execution {id} for real (cancel it with `noetlctl cancel {id}`)"
-        )));
-    }
-    if json {
-        print_json(&raw);
-        return Ok(0);
-    }
-    let dry: DryRun =
-        serde_json::from_value(answer).map_err(|e| Error::Unexpected(e.to_string()))?;
-    print!("{}", render_dry_run(&dry));
-    Ok(0)
-}
-
-fn render_dry_run(dry: &DryRun) -> String {
-    let epoch = dry
-        .epoch
-        .map(|e| format!(" (epoch {e})"))
-        .unwrap_or_default();
-    let mut out = format!(
-        "dry run: valid; execution {} would go to shard {}{epoch}; nothing was persisted\n",
-        dry.execution_id, dry.shard
-    );
-    let version = dry
-        .playbook_version
-        .map(|v| format!(" version {v}"))
-        .unwrap_or_default();
-    out.push_str(&format!(
-        "playbook {}{version}: {} step(s)\n\n",
-        dry.playbook_name,
-        dry.plan.len()
-    ));
-    let mut table = Table::new(["LEVEL", "STEP", "ACTION", "POOL", "NEEDS"]);
-    for step in &dry.plan {
-        table.row([
-            step.level.to_string(),
-            step.name.clone(),
-            step.action.clone(),
-            step.pool.clone(),
-            if step.needs.is_empty() {
-                "-".to_owned()
-            } else {
-                step.needs.join(", ")
-            },
-        ]);
-    }
-    out.push_str(&table.render());
-    out
-}
-
+/// The execution, and for people the reasons of its skipped steps from its event log.
 pub async fn get(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8, Error> {
     let (raw, execution) = follow::fetch(gateway, id).await?;
-    render::answer(&raw, json, || print!("{}", render::execution(&execution)));
+    let notes = if !json && render::wants_events(&execution.steps) {
+        let (events, _) = event_log(gateway, id).await?;
+        let events = events
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<Vec<EventView>, _>>()
+            .map_err(|e| Error::Unexpected(e.to_string()))?;
+        StepNotes::from_events(&events)
+    } else {
+        StepNotes::default()
+    };
+    render::answer(&raw, json, || {
+        print!("{}", render::execution(&execution, &notes))
+    });
     Ok(0)
 }
 
@@ -313,7 +255,9 @@ pub async fn cancel(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8
     let url = gateway.url(&["executions", &id_text, "cancel"], &[])?;
     let (raw, execution): (Value, ExecutionView) =
         gateway.json(gateway.request(Method::POST, url)).await?;
-    render::answer(&raw, json, || print!("{}", render::execution(&execution)));
+    render::answer(&raw, json, || {
+        print!("{}", render::execution(&execution, &StepNotes::default()))
+    });
     if matches!(
         execution.status,
         ExecutionStatus::Succeeded | ExecutionStatus::Failed
@@ -336,27 +280,7 @@ pub async fn delete(gateway: &Gateway, id: ExecutionId) -> Result<u8, Error> {
 
 pub async fn events(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8, Error> {
     let id_text = id.to_string();
-    let mut after_seq = 0;
-    let mut events = Vec::new();
-    let status = loop {
-        let query = [
-            ("after_seq", after_seq.to_string()),
-            ("limit", EVENTS_PAGE.to_string()),
-        ];
-        let (_, page): (Value, EventsPage) = gateway
-            .get(&["executions", &id_text, "events"], &query)
-            .await?;
-        events.extend(page.events);
-        match page.next_after_seq {
-            Some(next) if next > after_seq => after_seq = next,
-            Some(next) => {
-                return Err(Error::Unexpected(format!(
-                    "the event log went back from seq {after_seq} to {next}"
-                )))
-            }
-            None => break page.status,
-        }
-    };
+    let (events, status) = event_log(gateway, id).await?;
     if json {
         print_json(&serde_json::json!({
             "execution_id": id_text,
@@ -383,6 +307,36 @@ pub async fn events(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8
         status.as_str()
     );
     Ok(0)
+}
+
+/// Every event of execution `id`, page after page, and its status when the last was read.
+async fn event_log(
+    gateway: &Gateway,
+    id: ExecutionId,
+) -> Result<(Vec<Value>, ExecutionStatus), Error> {
+    let id_text = id.to_string();
+    let mut after_seq = 0;
+    let mut events = Vec::new();
+    let status = loop {
+        let query = [
+            ("after_seq", after_seq.to_string()),
+            ("limit", EVENTS_PAGE.to_string()),
+        ];
+        let (_, page): (Value, EventsPage) = gateway
+            .get(&["executions", &id_text, "events"], &query)
+            .await?;
+        events.extend(page.events);
+        match page.next_after_seq {
+            Some(next) if next > after_seq => after_seq = next,
+            Some(next) => {
+                return Err(Error::Unexpected(format!(
+                    "the event log went back from seq {after_seq} to {next}"
+                )))
+            }
+            None => break page.status,
+        }
+    };
+    Ok((events, status))
 }
 
 pub async fn list(gateway: &Gateway, args: ListArgs) -> Result<u8, Error> {
@@ -543,38 +497,5 @@ mod tests {
             "partial result: shard(s) 1, 3 did not answer, so their executions are missing"
         );
         assert!(partial_warning(&BTreeSet::new()).contains("some shards"));
-    }
-
-    #[test]
-    fn a_dry_run_prints_the_plan_by_level() {
-        let dry: DryRun = serde_json::from_value(json!({
-            "dry_run": true, "execution_id": "42", "shard": 1, "epoch": 2,
-            "playbook_name": "diamond", "playbook_version": 3,
-            "plan": [
-                {"name": "a", "action": "noop", "needs": [], "pool": "default", "level": 0},
-                {"name": "d", "action": "noop", "needs": ["b", "c"], "pool": "gpu", "level": 2}
-            ]
-        }))
-        .expect("the documented shape");
-        assert_eq!(
-            render_dry_run(&dry),
-            "dry run: valid; execution 42 would go to shard 1 (epoch 2); nothing was persisted\n\
-             playbook diamond version 3: 2 step(s)\n\
-             \n\
-             LEVEL  STEP  ACTION  POOL     NEEDS\n\
-             0      a     noop    default  -\n\
-             2      d     noop    gpu      b, c\n"
-        );
-    }
-
-    #[test]
-    fn a_real_submit_answered_to_a_dry_run_is_an_error() {
-        let answer = json!({"execution_id": "42", "shard": 1, "status": "running"});
-        match print_dry_run(answer.clone(), answer, false) {
-            Err(Error::Unexpected(message)) => {
-                assert!(message.contains("submitted execution 42"), "{message}")
-            }
-            other => panic!("expected an error, got {other:?}"),
-        }
     }
 }

@@ -121,7 +121,10 @@ fn print_final(raw: &Value, execution: &ExecutionView, json: bool) {
             execution.execution_id,
             execution.status.as_str()
         );
-        print!("{}", render::steps(&execution.steps));
+        print!(
+            "{}",
+            render::steps(&execution.steps, &render::StepNotes::default())
+        );
     });
 }
 

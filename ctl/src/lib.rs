@@ -5,8 +5,8 @@
 //! - [`exit`]: the exit codes.
 //! - [`http`]: the gateway client: URLs, the bearer token, problem documents → exit codes.
 //! - [`input`]: reading playbook and submit-body files (JSON or YAML), labels, `--input`.
-//! - [`executions`]: submit (and dry run), get, events, list, cancel, route, with their
-//!   arguments.
+//! - [`executions`]: submit, get, events, list, cancel, route, with their arguments.
+//! - [`plan`]: a dry run's plan.
 //! - [`follow`]: `submit --wait` (polling, progress bar) and `watch` (the live event stream).
 //! - [`render`]: how executions, steps and events print.
 //! - [`sse`]: the Server-Sent Events parser `watch` reads the stream with.
@@ -28,6 +28,7 @@ pub mod exit;
 pub mod follow;
 pub mod http;
 pub mod input;
+pub mod plan;
 pub mod playbooks;
 pub mod render;
 pub mod sse;

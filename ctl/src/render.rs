@@ -1,6 +1,8 @@
 //! How executions, their steps and their events print: the field list and step table of
 //! `get`, `cancel` and `submit --wait`, the one-line events of `watch`, and pretty JSON.
 
+use std::collections::BTreeMap;
+
 use noetl_contract::engine::StepStatus;
 use noetl_contract::message::{EventView, ExecutionView, StepView};
 use serde_json::Value;
@@ -28,8 +30,41 @@ pub fn answer(raw: &Value, json: bool, text: impl FnOnce()) {
     }
 }
 
-/// The execution's fields, then a table of its steps.
-pub fn execution(execution: &ExecutionView) -> String {
+/// What the steps table says of a step beyond its view, by step name: facts gathered elsewhere,
+/// such as the event log's reason for a skip. Each kind of fact adds a constructor here, and
+/// [`detail`] says where it goes in the step's `DETAIL` cell.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepNotes {
+    skipped: BTreeMap<String, String>,
+}
+
+impl StepNotes {
+    /// The reason of each `step_skipped` of `events` (`not_taken after route`, ...).
+    pub fn from_events(events: &[EventView]) -> Self {
+        let skipped = events
+            .iter()
+            .filter(|e| e.kind == "step_skipped")
+            .filter_map(|e| {
+                let step = e.payload["step"].as_str()?;
+                let reason = e.payload["reason"].as_str().unwrap_or("skipped");
+                let because = match e.payload["because"].as_str() {
+                    Some(because) => format!(" after {because}"),
+                    None => String::new(),
+                };
+                Some((step.to_owned(), format!("{reason}{because}")))
+            })
+            .collect();
+        Self { skipped }
+    }
+}
+
+/// Whether the steps table would say more with the event log ([`StepNotes::from_events`]).
+pub fn wants_events(steps: &[StepView]) -> bool {
+    steps.iter().any(|s| s.status == StepStatus::Skipped)
+}
+
+/// The execution's fields, then a table of its steps with `notes`.
+pub fn execution(execution: &ExecutionView, notes: &StepNotes) -> String {
     let version = match execution.playbook_version {
         Some(v) => format!(" (version {v})"),
         None => String::new(),
@@ -49,29 +84,39 @@ pub fn execution(execution: &ExecutionView) -> String {
     field("created", execution.created_at.clone());
     field("updated", execution.updated_at.clone());
     out.push('\n');
-    out.push_str(&steps(&execution.steps));
+    out.push_str(&steps(&execution.steps, notes));
     out
 }
 
-/// A table of steps: name, status, attempt, time taken, and the result or the error.
-pub fn steps(steps: &[StepView]) -> String {
-    let mut table = Table::new(["STEP", "STATUS", "ATTEMPT", "TIME", "RESULT / ERROR"]);
+/// A table of steps: name, status, attempt, time taken, and its [`detail`].
+pub fn steps(steps: &[StepView], notes: &StepNotes) -> String {
+    let mut table = Table::new(["STEP", "STATUS", "ATTEMPT", "TIME", "DETAIL"]);
     for step in steps {
-        let outcome = match (&step.error, &step.result) {
-            (Some(error), _) => format!("error: {}", table::truncate(error, VALUE_CHARS)),
-            (None, Some(result)) => table::compact(result, VALUE_CHARS),
-            (None, None) => "-".to_owned(),
-        };
         table.row([
             step.name.clone(),
             step.status.as_str().to_owned(),
             step.attempt.to_string(),
             took(step.started_at.as_deref(), step.finished_at.as_deref())
                 .unwrap_or_else(|| "-".to_owned()),
-            outcome,
+            detail(step, notes),
         ]);
     }
     table.render()
+}
+
+/// What a step's row says beyond its status: its error, why it was skipped (from `notes`), its
+/// result, or `-`.
+fn detail(step: &StepView, notes: &StepNotes) -> String {
+    if let Some(error) = &step.error {
+        return format!("error: {}", table::truncate(error, VALUE_CHARS));
+    }
+    if let Some(reason) = notes.skipped.get(&step.name) {
+        return format!("skipped: {}", table::truncate(reason, VALUE_CHARS));
+    }
+    match &step.result {
+        Some(result) => table::compact(result, VALUE_CHARS),
+        None => "-".to_owned(),
+    }
 }
 
 /// `1.25s` between two RFC 3339 times, if both parse.
@@ -134,7 +179,7 @@ mod tests {
     #[test]
     fn an_execution_prints_its_fields_and_a_step_table() {
         assert_eq!(
-            execution(&failed_execution()),
+            execution(&failed_execution(), &StepNotes::default()),
             "execution  320816801799737344\n\
              status     failed\n\
              shard      1\n\
@@ -144,10 +189,54 @@ mod tests {
              created    2026-11-23T10:00:00Z\n\
              updated    2026-11-23T10:00:02Z\n\
              \n\
-             STEP  STATUS     ATTEMPT  TIME   RESULT / ERROR\n\
+             STEP  STATUS     ATTEMPT  TIME   DETAIL\n\
              a     succeeded  1        1.25s  {\"ok\":true}\n\
              b     failed     3        -      error: boom at line 2\n\
              c     skipped    0        -      -\n"
+        );
+    }
+
+    #[test]
+    fn a_skipped_step_says_why_from_the_event_log() {
+        let view = failed_execution();
+        assert!(wants_events(&view.steps));
+        let event = |seq: i64, kind: &str, payload: Value| EventView {
+            seq,
+            kind: kind.into(),
+            payload,
+            created_at: "2026-11-23T10:00:02Z".into(),
+        };
+        let events = [
+            event(
+                1,
+                "step_failed",
+                json!({"step": "b", "attempt": 3, "error": "boom"}),
+            ),
+            event(
+                2,
+                "step_skipped",
+                json!({"step": "c", "attempt": 0, "reason": "dependency_failed", "because": "b"}),
+            ),
+            event(
+                3,
+                "step_skipped",
+                json!({"attempt": 0, "reason": "not_taken"}),
+            ),
+        ];
+        let notes = StepNotes::from_events(&events);
+        let table = steps(&view.steps, &notes);
+        assert!(
+            table
+                .ends_with("c     skipped    0        -      skipped: dependency_failed after b\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("error: boom at line 2"),
+            "an error stays: {table}"
+        );
+        assert!(
+            !wants_events(&view.steps[..2]),
+            "no skipped step, no event log"
         );
     }
 
@@ -159,7 +248,7 @@ mod tests {
         }))
         .expect("no playbook_version");
         assert_eq!(view.playbook_version, None);
-        assert!(execution(&view).contains("playbook   p\n"));
+        assert!(execution(&view, &StepNotes::default()).contains("playbook   p\n"));
     }
 
     #[test]

@@ -235,6 +235,7 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
             }
             WireErrorCode::PoolForbidden => Problem::new(Code::PoolForbidden, remote.message),
             WireErrorCode::InvalidPlaybook => Problem::new(Code::InvalidPlaybook, remote.message),
+            WireErrorCode::NestingTooDeep => Problem::new(Code::NestingTooDeep, remote.message),
             WireErrorCode::ShardUnavailable => Problem::new(
                 Code::ShardUnavailable,
                 format!("shard {shard}: {}", remote.message),

@@ -16,6 +16,7 @@ pub enum Code {
     InvalidJson,
     InvalidRequest,
     InvalidPlaybook,
+    NestingTooDeep,
     YamlExpansionLimit,
     TemplateBudgetExceeded,
     UnstorableValue,
@@ -52,10 +53,11 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 34] = [
+    pub const ALL: [Code; 35] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
+        Code::NestingTooDeep,
         Code::YamlExpansionLimit,
         Code::TemplateBudgetExceeded,
         Code::UnstorableValue,
@@ -95,6 +97,7 @@ impl Code {
             Code::InvalidJson
             | Code::InvalidRequest
             | Code::InvalidPlaybook
+            | Code::NestingTooDeep
             | Code::YamlExpansionLimit
             | Code::TemplateBudgetExceeded
             | Code::UnstorableValue
@@ -133,6 +136,7 @@ impl Code {
             Code::InvalidJson => "Body is not valid JSON",
             Code::InvalidRequest => "Request does not match the API",
             Code::InvalidPlaybook => "Playbook is invalid",
+            Code::NestingTooDeep => "Sub-playbooks nest too deep",
             Code::YamlExpansionLimit => "YAML expands too far",
             Code::TemplateBudgetExceeded => "Template over its budget",
             Code::UnstorableValue => "Value cannot be stored",
@@ -177,6 +181,11 @@ impl Code {
                  unknown field, a wrong type, a YAML body that does not parse, invalid labels, a \
                  malformed `Idempotency-Key`; `detail` names the field (e.g. \
                  `playbook.steps[0].needs`)"
+            }
+            Code::NestingTooDeep => {
+                "the playbook's `playbook` steps run inline playbooks nested deeper than the \
+                 cluster's `max_child_depth` (default 4); a `playbook` step of an execution at \
+                 that depth also fails with this code in its step error"
             }
             Code::InvalidPlaybook => {
                 "the playbook is malformed: bad or duplicate names, an unknown action, unknown or \

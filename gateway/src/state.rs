@@ -58,25 +58,16 @@ impl AppState {
     pub fn mint(&self) -> Result<(ExecutionId, Route), Problem> {
         // Refuse before minting, so no id is spent that cannot be routed.
         let topology = self.topology.current().ok_or_else(topology_unavailable)?;
-        let node = self.lease.current().ok_or_else(|| {
-            Problem::new(
-                Code::NodeLeaseUnavailable,
-                "the gateway holds no node-id lease (its node id is held by another gateway, or NATS is unreachable); retry, or use another gateway",
-            )
-        })?;
-        let id = {
-            let mut ids = self
-                .ids
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let generator = match ids.as_mut() {
-                Some(generator) if generator.node() == node => generator,
-                _ => ids.insert(IdGenerator::new(node)),
-            };
-            generator
-                .next_id(noetl_bus::unix_now_ms())
-                .map_err(|e| Problem::new(Code::ClockBehind, e.to_string()))?
-        };
+        let id = self
+            .lease
+            .next_id(&self.ids, noetl_bus::unix_now_ms())
+            .ok_or_else(|| {
+                Problem::new(
+                    Code::NodeLeaseUnavailable,
+                    "the gateway holds no node-id lease (its node id is held by another gateway, or NATS is unreachable); retry, or use another gateway",
+                )
+            })?
+            .map_err(|e| Problem::new(Code::ClockBehind, e.to_string()))?;
         if !self.fresh_for(&topology, id.unix_ms()) {
             metrics::counter!("noetl_gateway_stale_topology_refusals_total").increment(1);
             return Err(Problem::new(

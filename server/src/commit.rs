@@ -258,6 +258,7 @@ mod tests {
             steps: Vec::new(),
             events: vec![("execution_created".to_owned(), "{}".to_owned())],
             outbox: Vec::new(),
+            parent: None,
         }
     }
 

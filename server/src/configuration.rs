@@ -62,6 +62,10 @@ pub struct Settings {
     /// would take them over fails its step with `result_too_large`, so the execution stays
     /// readable in one reply under NATS `max_payload`.
     pub execution_results_max_bytes: usize,
+    /// How deep child executions (`playbook` steps) may nest: a submit whose inline playbooks
+    /// nest deeper is refused with `nesting_too_deep` (400), and a `playbook` step of an
+    /// execution already this deep fails with it. 0 to 16 (0: no children).
+    pub max_child_depth: u32,
     /// Executions of one tenant not yet finished in one shard; a new submit over it is refused
     /// with `tenant_quota_exceeded` (429). 0 (the default): no quota, and the per-tenant
     /// counter rows are neither written nor read.
@@ -126,6 +130,7 @@ impl Default for Settings {
             step_result_max_bytes: 256 * 1024,
             execution_results_max_bytes: 512 * 1024,
             tenant_max_executions_in_flight: 0,
+            max_child_depth: noetl_contract::engine::children::DEFAULT_MAX_CHILD_DEPTH,
             topology_grace_ms: noetl_contract::topology::DEFAULT_GRACE_MS,
             template_fuel: template::DEFAULT_FUEL,
             template_max_bytes: template::DEFAULT_MAX_BYTES,
@@ -191,6 +196,7 @@ pub struct ServerConfig {
     pub step_result_max_bytes: usize,
     pub execution_results_max_bytes: usize,
     pub tenant_max_executions_in_flight: u64,
+    pub max_child_depth: u32,
     pub rendering: Rendering,
     pub topology_grace_ms: i64,
     /// `pool_tenants` and `shell_tenants`.
@@ -274,6 +280,12 @@ impl ServerConfig {
                 template::MAX_DEPTH_LIMIT
             );
         }
+        if settings.max_child_depth > noetl_contract::playbook::MAX_NESTING {
+            bail!(
+                "max_child_depth must be at most {}",
+                noetl_contract::playbook::MAX_NESTING
+            );
+        }
         if settings.max_step_timeout_ms > MAX_TIMEOUT_MS {
             bail!("max_step_timeout_ms must be at most {MAX_TIMEOUT_MS} (one day)");
         }
@@ -310,6 +322,7 @@ impl ServerConfig {
             step_result_max_bytes: settings.step_result_max_bytes,
             execution_results_max_bytes: settings.execution_results_max_bytes,
             tenant_max_executions_in_flight: settings.tenant_max_executions_in_flight,
+            max_child_depth: settings.max_child_depth,
             rendering: Rendering {
                 budget: template::Budget {
                     fuel: settings.template_fuel,

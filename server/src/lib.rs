@@ -39,6 +39,8 @@ use tokio_util::task::TaskTracker;
 pub use configuration::ServerConfig;
 
 const START_RETRY: Duration = Duration::from_secs(1);
+/// How long the server's node-id lease lives unrenewed (the gateways' default).
+const NODE_LEASE_TTL: Duration = Duration::from_secs(15);
 /// Connections per shard for heartbeats and the relay's deletes of handed-off commands (single
 /// statements that do not wait for the WAL).
 const RELAXED_CONNECTIONS: u32 = 5;
@@ -107,6 +109,15 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
     if !raised.is_empty() {
         tracing::info!(streams = ?raised, "raised the replicas of JetStream streams to nats_replicas");
     }
+    // One node-id lease for the whole process, and one generator under it for all its shards,
+    // so the children it starts never share an id with anyone's.
+    let holder = format!("noetl-server {} pid {}", config.listen, std::process::id());
+    let node_leases = noetl_bus::nodes::NodeLeases {
+        choice: noetl_bus::nodes::NodeChoice::Any,
+        ttl: NODE_LEASE_TTL,
+    };
+    let lease = noetl_bus::nodes::hold(client.clone(), node_leases, holder, cancel.child_token());
+    let children = Arc::new(orchestrate::Children::new(lease, config.max_child_depth));
     let committers = TaskTracker::new();
     let background = TaskTracker::new();
     let mut shards = Vec::with_capacity(pools.len());
@@ -136,6 +147,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
                 tenant_quota: config.tenant_quota().is_some(),
             },
             relay.clone(),
+            children.clone(),
             orchestrate::Batching {
                 tracker: &committers,
                 max_batch: config.max_batch,
@@ -143,9 +155,15 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             },
         );
         let dead_letters = orchestrator.clone();
-        let dead_letter = move |command, undeliverable| {
+        let dead_letter = move |dead: relay::Dead| {
             let orchestrator = dead_letters.clone();
             async move {
+                let (command, undeliverable) = match dead {
+                    relay::Dead::TooLarge(command, undeliverable) => (command, undeliverable),
+                    relay::Dead::Refused(start, error) => {
+                        return orchestrator.refuse_child(&start, &error).await;
+                    }
+                };
                 match orchestrator.dead_letter(&command, undeliverable).await {
                     Ok(orchestrate::Applied::Changed(_)) => {
                         metrics::counter!("noetl_server_commands_dead_lettered_total", "shard" => shard.to_string())
@@ -155,12 +173,13 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
                     // The row stays in the outbox; the next pass tries again.
                     Err(e) => tracing::warn!(%shard, error = %e, "dead-lettering a command failed"),
                 }
+                true
             }
         };
         background.spawn(relay::run(
             shard,
             pools,
-            client.clone(),
+            (client.clone(), accepted.topology.clone()),
             feed,
             dead_letter,
             cancel.clone(),
@@ -190,6 +209,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             topology: accepted.topology.clone(),
             step_result_max_bytes: config.step_result_max_bytes,
             access: config.access.clone(),
+            max_child_depth: config.max_child_depth,
         });
         shards.push(tokio::spawn(shard::serve(
             state,

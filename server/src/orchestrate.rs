@@ -10,23 +10,26 @@ use std::future::Future;
 use std::sync::Arc;
 
 use noetl_contract::command::StepCommand;
-use noetl_contract::engine::{Event, ExecutionState};
-use noetl_contract::message::{SubmitCommand, WireError, WireErrorCode};
+use noetl_contract::engine::Event;
 use noetl_contract::status::{ExecutionStatus, StepStatus};
 use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
-use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batcher;
-use crate::persistence::{self, to_json, Beat, BeatAnswer, Held, NewExecution, Pools};
+use crate::persistence::{self, Beat, BeatAnswer, Held, Pools};
 use crate::relay::{self, Handoff, Relay};
 use crate::render::{self, Rendering};
 
+mod children;
+mod guard;
+mod prepare;
 mod results;
 mod rows;
 
+pub use children::Children;
+use guard::Guard;
 pub use results::ExecutionLimits;
 use rows::{event_rows, millis, new_tokens, Working};
 
@@ -73,8 +76,14 @@ pub struct Orchestrator {
     beats: Batcher<Beat, Owned>,
 }
 
-/// A worker's report: the execution, its `Finished` event, and the token it carried.
-type Report = (ExecutionId, Event, Option<AttemptToken>);
+/// A worker's report: the execution, its `Finished` event, the token it carried, and the child
+/// it comes from when it is a child's return.
+type Report = (
+    ExecutionId,
+    Event,
+    Option<AttemptToken>,
+    Option<ExecutionId>,
+);
 
 /// A heartbeat's answer from the database.
 type Owned = Result<BeatAnswer, persistence::Error>;
@@ -96,6 +105,8 @@ struct Inner {
     limits: ExecutionLimits,
     /// Told after every commit that queued commands.
     relay: Relay,
+    /// Mints the ids of the children it starts (one for every shard of the process).
+    children: Arc<Children>,
 }
 
 /// What one applied event led to, for the caller to act on after the commit.
@@ -122,7 +133,9 @@ struct Applying {
 }
 
 impl Orchestrator {
-    /// An orchestrator whose report batches run as described by `batching`, within `limits`.
+    /// An orchestrator whose report batches run as described by `batching`, within `limits`,
+    /// starting children with the ids `children` mints.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shard: ShardId,
         pools: Pools,
@@ -130,6 +143,7 @@ impl Orchestrator {
         rendering: Rendering,
         limits: ExecutionLimits,
         relay: Relay,
+        children: Arc<Children>,
         batching: Batching<'_>,
     ) -> Self {
         let Pools {
@@ -146,6 +160,7 @@ impl Orchestrator {
             rendering,
             limits,
             relay,
+            children,
         });
         let reports = Inner::batches(
             &inner,
@@ -178,49 +193,6 @@ impl Orchestrator {
 
     pub fn leases(&self) -> Leases {
         self.inner.leases
-    }
-
-    /// Starts a submitted execution in memory: its steps, first events and first commands,
-    /// ready to be committed with the execution row. A first step whose `with` goes over its
-    /// budget, or renders what cannot be stored, refuses the submit with that step's reason
-    /// (nothing is stored; the other submits of the batch are not concerned).
-    pub async fn prepare(&self, command: &SubmitCommand) -> Result<NewExecution, WireError> {
-        let mut state = ExecutionState::new(command.playbook.clone(), command.input.clone());
-        let decision = render::decide(&mut state, Event::Created, &self.inner.rendering).await;
-        if let Some(refusal) = decision.refused {
-            let code = match refusal.code {
-                template::UNSTORABLE => WireErrorCode::UnstorableValue,
-                _ => WireErrorCode::TemplateBudgetExceeded,
-            };
-            return Err(WireError {
-                code,
-                message: format!("step {:?}: {}", refusal.step, refusal.message),
-            });
-        }
-        let mut events = vec![("execution_created".to_owned(), "{}".to_owned())];
-        events.extend(event_rows(&decision, &self.inner.rendering.secret_headers));
-        let tokens = new_tokens(&decision);
-        Ok(NewExecution {
-            execution_id: command.execution_id,
-            playbook_name: command.playbook.name.clone(),
-            playbook_version: command.playbook_version,
-            tenant: command.tenant.clone(),
-            playbook: to_json(&command.playbook),
-            input: to_json(&state.input),
-            labels: to_json(&command.labels),
-            status: state.status,
-            steps: StepIndex::all(state.steps.len())
-                .map(|i| self.inner.leases.step_row(&state, &decision, &tokens, i))
-                .collect(),
-            events,
-            outbox: self.inner.leases.outbox_rows(
-                self.inner.shard,
-                command.execution_id,
-                &state,
-                &decision,
-                &tokens,
-            ),
-        })
     }
 
     /// Applies `event` to execution `id` in a transaction of its own.
@@ -271,7 +243,25 @@ impl Orchestrator {
         event: Event,
         token: Option<AttemptToken>,
     ) -> Option<Applied> {
-        self.reports.submit((id, event, token)).await.flatten()
+        self.reports
+            .submit((id, event, token, None))
+            .await
+            .flatten()
+    }
+
+    /// [`Orchestrator::report`] for a child's return: from `child`, which must be the child the
+    /// attempt started.
+    pub async fn child_returned(
+        &self,
+        id: ExecutionId,
+        event: Event,
+        token: Option<AttemptToken>,
+        child: ExecutionId,
+    ) -> Option<Applied> {
+        self.reports
+            .submit((id, event, token, Some(child)))
+            .await
+            .flatten()
     }
 
     /// A heartbeat. A `starting` check only reads whether the attempt still owns its step;
@@ -313,40 +303,6 @@ impl Orchestrator {
                 ))
             }
             owned => Ok(owned),
-        }
-    }
-}
-
-/// A condition checked under the execution's lock before an event is applied.
-#[derive(Debug, Clone, Copy)]
-enum Guard {
-    None,
-    /// The attempt's lease is still expired (no heartbeat extended it meanwhile).
-    LeaseExpired {
-        step: StepIndex,
-        attempt: Attempt,
-    },
-    /// The command's outbox row is still there, and is moved to the dead letters.
-    DeadLetter(persistence::Undeliverable),
-    /// A worker's report: if it names the attempt that owns the step, `sent` is its token.
-    /// (A report of another attempt is left to the engine, which finds it stale.)
-    Token {
-        step: StepIndex,
-        attempt: Attempt,
-        sent: Option<AttemptToken>,
-    },
-}
-
-impl Guard {
-    /// The guard of a worker's report: its `Finished` event and the token it carried.
-    fn report(event: &Event, sent: Option<AttemptToken>) -> Self {
-        match *event {
-            Event::Finished { step, attempt, .. } => Guard::Token {
-                step,
-                attempt,
-                sent,
-            },
-            _ => Guard::None,
         }
     }
 }
@@ -422,7 +378,9 @@ impl Inner {
             .record(items.len() as f64);
         let guarded: Vec<_> = items
             .iter()
-            .map(|(id, event, token)| (*id, event.clone(), Guard::report(event, *token)))
+            .map(|(id, event, token, child)| {
+                (*id, event.clone(), Guard::report(event, *token, *child))
+            })
             .collect();
         let batched = async {
             let mut tx = held.connection().await?.begin().await?;
@@ -440,8 +398,8 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, reports = items.len(), "report batch failed; applying one by one");
                 let mut applied = Vec::with_capacity(items.len());
-                for (id, event, token) in items {
-                    let guard = Guard::report(&event, token);
+                for (id, event, token, child) in items {
+                    let guard = Guard::report(&event, token, child);
                     match self.apply(id, event, guard).await {
                         Ok(a) => applied.push(Some(a)),
                         Err(e) => {
@@ -471,7 +429,8 @@ impl Inner {
         let mut working = BTreeMap::new();
         for locked in persistence::lock_executions(tx, &ids).await? {
             let id = locked.execution_id;
-            working.insert(id, Working::new(locked, self.rendering.budget)?);
+            let max_depth = self.children.max_depth;
+            working.insert(id, Working::new(locked, self.rendering.budget, max_depth)?);
         }
         let mut outcomes = Vec::with_capacity(items.len());
         for (id, event, guard) in items {
@@ -481,18 +440,8 @@ impl Inner {
             };
             let holds = match guard {
                 Guard::None => true,
-                Guard::Token {
-                    step,
-                    attempt,
-                    sent,
-                } => {
-                    let owner = work.state.steps.get(step.index()).map(|s| s.attempt);
-                    if owner == Some(*attempt)
-                        && !AttemptToken::admits(
-                            work.tokens.get(step.index()).and_then(Option::as_ref),
-                            sent.as_ref(),
-                        )
-                    {
+                Guard::Token { .. } => {
+                    if !guard.admits(work) {
                         outcomes.push(Outcome::unchanged(Applied::Refused));
                         continue;
                     }
@@ -518,6 +467,11 @@ impl Inner {
                 } => Some((*step, *started_at_ms)),
                 _ => None,
             };
+            // The steps whose child runs, to cancel with their execution.
+            let running = match event {
+                Event::Cancel => noetl_contract::engine::children::in_flight(&work.state),
+                _ => Vec::new(),
+            };
             let mut event = event.clone();
             let charge = results::charge(
                 &mut event,
@@ -536,6 +490,10 @@ impl Inner {
                     .increment(1);
             }
             let tokens = new_tokens(&decision);
+            let messages = self
+                .children
+                .messages(tx, work, *id, &decision, &tokens, &running)
+                .await?;
             for &i in &decision.changed {
                 let mut row = self.leases.step_row(&work.state, &decision, &tokens, i);
                 // A step this decision did not dispatch keeps its attempt's token.
@@ -548,6 +506,7 @@ impl Inner {
                     .filter(|(step, _)| *step == i)
                     .map(|(_, at)| at)
                     .or_else(|| work.steps.get(&i).and_then(|r| r.started_at_ms));
+                row.child_id = work.child_ids.get(i.index()).copied().flatten();
                 work.steps.insert(i, row);
             }
             outcomes.push(Outcome {
@@ -565,6 +524,7 @@ impl Inner {
                 &decision,
                 &tokens,
             ));
+            work.outbox.extend(messages);
         }
         let changes: Vec<persistence::ExecutionChange> = working
             .into_iter()

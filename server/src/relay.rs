@@ -21,14 +21,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use noetl_bus::Client;
+use noetl_contract::child::ChildStart;
 use noetl_contract::command::StepCommand;
-use noetl_contract::{ExecutionId, ShardId};
+use noetl_contract::message::WireError;
+use noetl_contract::{ExecutionId, ShardId, Topology};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::persistence::{self, hands_off, OutboxRow, Pools, Undeliverable};
+use crate::persistence::{self, hands_off, OutboxRow, Outgoing, Pools, Undeliverable};
+
+mod children;
+
+/// What the relay can never deliver, for its dead-letter callback.
+#[derive(Debug)]
+pub enum Dead {
+    /// A step's command over NATS `max_payload`.
+    TooLarge(StepCommand, Undeliverable),
+    /// A child's start its shard refuses, and always will (the message says why).
+    Refused(Box<ChildStart>, WireError),
+}
 
 const BATCH: i64 = 512;
 /// Longest wait between passes when nothing wakes the relay (delayed retries, failed publishes).
@@ -128,23 +141,30 @@ impl Relay {
 /// anything else that is due. The rows of stored handoffs are deleted many at a time
 /// (`StoredRows`). A command that can never be published goes to `dead_letter`, which owns
 /// its row from then on.
+///
+/// The messages of the child protocol are not handed off: a pass sends them, routed with
+/// `topology` ([`children`]).
 pub async fn run<D, F>(
     shard: ShardId,
     pools: Pools,
-    client: Client,
+    (client, topology): (Client, watch::Receiver<Option<Topology>>),
     mut feed: Feed,
     dead_letter: D,
     cancel: CancellationToken,
 ) where
-    D: Fn(StepCommand, Undeliverable) -> F,
-    F: Future<Output = ()>,
+    D: Fn(Dead) -> F,
+    F: Future<Output = bool>,
 {
+    let nats = Nats {
+        client: &client,
+        topology: &topology,
+    };
     let label = shard.to_string();
     let Pools { pool, relaxed, .. } = pools;
     let mut stored = StoredRows::default();
     let mut deletes = persistence::Held::new(relaxed.clone());
     loop {
-        let full = match relay_once(&pool, &client, &label, &dead_letter).await {
+        let full = match relay_once(&pool, nats, &label, &dead_letter).await {
             Ok(published) => published == BATCH as usize,
             Err(e) => {
                 tracing::warn!(%shard, error = %e, "outbox relay pass failed");
@@ -243,10 +263,11 @@ impl StoredRows {
 /// stored, to delete. The others stay for a pass after their grace.
 async fn publish_handoffs(client: &Client, shard: &str, handoffs: Vec<Handoff>) -> Vec<i64> {
     let publishes = handoffs.iter().map(|handoff| async move {
+        // Only step commands are handed off ([`hands_off`]).
         let commands = handoff
             .commands
             .iter()
-            .map(|row| publish(client, &row.pool, &row.command));
+            .filter_map(|row| Some(publish(client, &row.pool, row.command.step()?)));
         let stored = futures::future::join_all(commands).await;
         // A command too large to publish waits for a pass, which dead-letters it.
         let stored = stored.iter().filter(|p| **p == Published::Stored).count();
@@ -308,26 +329,53 @@ fn count_published(shard: &str, stored: usize, failed: usize) {
 /// otherwise it rolls back and only the stored rows are deleted, so the failed ones (and only
 /// they) are published again on a later pass. The rows of commands too large to publish are
 /// handed to `dead_letter` once the transaction is over.
+/// How the relay reaches NATS: the client, and the topology messages to shards are routed with.
+#[derive(Clone, Copy)]
+struct Nats<'a> {
+    client: &'a Client,
+    topology: &'a watch::Receiver<Option<Topology>>,
+}
+
+/// A child's start its shard refused is handed to `dead_letter` before the transaction that
+/// took its row commits (the parent's step fails; should the server die first, the start is
+/// sent again, refused again, and the step, no longer in flight for that attempt, stays as it
+/// is), and its row is deleted with the others.
 async fn relay_once<D, F>(
     pool: &PgPool,
-    client: &Client,
+    nats: Nats<'_>,
     shard: &str,
     dead_letter: &D,
 ) -> Result<usize, persistence::Error>
 where
-    D: Fn(StepCommand, Undeliverable) -> F,
-    F: Future<Output = ()>,
+    D: Fn(Dead) -> F,
+    F: Future<Output = bool>,
 {
+    let client = nats.client;
     let mut tx = persistence::begin_generic(pool).await?;
     let due = persistence::take_due_commands(&mut tx, BATCH).await?;
     if due.is_empty() {
         return Ok(0);
     }
     let publishes = due.iter().map(|row| async move {
-        match serde_json::from_value::<StepCommand>(row.command.clone()) {
-            Ok(command) => {
+        match Outgoing::decode(&row.pool, row.command.clone()) {
+            Ok(Outgoing::Step(command)) => {
                 let published = publish(client, &row.pool, &command).await;
                 (row.id, published, Some(command))
+            }
+            Ok(message) => {
+                let published = match children::deliver(client, nats.topology, message).await {
+                    children::Delivered::Done => Published::Stored,
+                    children::Delivered::Retry => Published::Failed,
+                    children::Delivered::Refused(start, error) => {
+                        tracing::warn!(execution_id = %start.submit.execution_id, error = %error.message, "a child's shard refused its start; failing its parent's step");
+                        if dead_letter(Dead::Refused(start, error)).await {
+                            Published::Stored
+                        } else {
+                            Published::Failed
+                        }
+                    }
+                };
+                (row.id, published, None)
             }
             Err(e) => {
                 // Only this server writes the outbox, so this is a bug; dropping the row is the
@@ -362,7 +410,7 @@ where
                 max_payload,
             };
             tracing::warn!(execution_id = %command.execution_id, step = %command.step, size, max_payload, "a command is over NATS max_payload; dead-lettering it");
-            dead_letter(command, undeliverable).await;
+            dead_letter(Dead::TooLarge(command, undeliverable)).await;
         }
     }
     Ok(stored.len())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use noetl_bus::{Client, Message};
+use noetl_contract::child::ParentLink;
 use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
 use noetl_contract::engine::Event;
 use noetl_contract::message::{
@@ -21,6 +22,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
+
+mod children;
 
 use crate::access::Access;
 use crate::commit::Committer;
@@ -40,6 +43,8 @@ pub struct Shard {
     pub step_result_max_bytes: usize,
     /// Which tenants' steps may target which pools, and run `shell`.
     pub access: Access,
+    /// How deep children may nest (`max_child_depth`).
+    pub max_child_depth: u32,
 }
 
 /// Largest page of events one request returns.
@@ -153,6 +158,12 @@ async fn handle(shard: &Shard, request: Request, message: Message) {
             ShardRequest::Cancel => answer(shard, &message, cancel(shard, &message).await).await,
             ShardRequest::Events => answer(shard, &message, events(shard, &message).await).await,
             ShardRequest::Delete => answer(shard, &message, delete(shard, &message).await).await,
+            ShardRequest::Child => {
+                answer(shard, &message, children::start(shard, &message).await).await
+            }
+            ShardRequest::Return => {
+                answer(shard, &message, children::returned(shard, &message).await).await
+            }
         },
         Request::Ping => {
             let ping = PingReply {
@@ -255,6 +266,15 @@ fn routed_id(shard: &Shard, message: &Message) -> Result<ExecutionId, WireError>
 async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireError> {
     let id = routed_id(shard, message)?;
     let command: SubmitCommand = body(message, id, |c: &SubmitCommand| c.execution_id)?;
+    admit(shard, &command, None).await
+}
+
+/// Validates a new execution (a submit, or a child's start with its `parent`), and commits it.
+async fn admit(
+    shard: &Shard,
+    command: &SubmitCommand,
+    parent: Option<&ParentLink>,
+) -> Result<SubmitReceipt, WireError> {
     let max_step_timeout_ms = shard.orchestrator.leases().max_timeout_ms;
     command
         .playbook
@@ -269,7 +289,8 @@ async fn submit(shard: &Shard, message: &Message) -> Result<SubmitReceipt, WireE
         .access
         .check(&command.tenant, &command.playbook)
         .map_err(|refusal| wire_error(WireErrorCode::PoolForbidden, refusal))?;
-    let row = shard.orchestrator.prepare(&command).await?;
+    children::check_nesting(shard, command, parent)?;
+    let row = shard.orchestrator.prepare_child(command, parent).await?;
     let committed = shard.committer.commit(row).await?;
     Ok(SubmitReceipt {
         execution_id: committed.execution_id,
@@ -359,7 +380,17 @@ fn body<T: serde::de::DeserializeOwned>(
 
 async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError> {
     let id = routed_id(shard, message)?;
-    let mut report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
+    let report: StepReport = body(message, id, |r: &StepReport| r.execution_id)?;
+    record(shard, id, report, None).await
+}
+
+/// Applies a worker's report, or the return of `child`, to execution `id`.
+async fn record(
+    shard: &Shard,
+    id: ExecutionId,
+    mut report: StepReport,
+    child: Option<ExecutionId>,
+) -> Result<ReportAck, WireError> {
     if report.outcome.scrub_nul() {
         tracing::debug!(execution_id = %id, step = report.step_index.get(), "replaced NUL characters in a result");
     }
@@ -383,7 +414,16 @@ async fn report(shard: &Shard, message: &Message) -> Result<ReportAck, WireError
         started_at_ms: report.started_at_ms,
     };
     let step = report.step_index;
-    match shard.orchestrator.report(id, event, report.token).await {
+    let orchestrator = &shard.orchestrator;
+    let applied = match child {
+        Some(child) => {
+            orchestrator
+                .child_returned(id, event, report.token, child)
+                .await
+        }
+        None => orchestrator.report(id, event, report.token).await,
+    };
+    match applied {
         Some(Applied::Changed(_)) => {
             metrics::histogram!("noetl_server_step_seconds", "shard" => shard.id.to_string(), "outcome" => outcome_label)
                 .record(run_seconds);

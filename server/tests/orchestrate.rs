@@ -59,6 +59,10 @@ impl Shard {
                 tenant_quota: false,
             },
             relay,
+            std::sync::Arc::new(noetl_server::orchestrate::Children::new(
+                noetl_bus::nodes::NodeLease::default(),
+                4,
+            )),
             Batching {
                 tracker: &tracker,
                 max_batch: 100,

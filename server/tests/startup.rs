@@ -84,6 +84,7 @@ fn new_execution(raw_id: i64) -> NewExecution {
         steps: Vec::new(),
         events: vec![("execution_created".to_owned(), "{}".to_owned())],
         outbox: Vec::new(),
+        parent: None,
     }
 }
 

@@ -135,6 +135,11 @@ impl Postgres {
         self.port
     }
 
+    /// The server's log (in its data directory, which goes when it is dropped).
+    pub fn log_path(&self) -> PathBuf {
+        self.data.join("postgres.log")
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/<database>`
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)

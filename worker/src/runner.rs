@@ -48,6 +48,15 @@ use crate::configuration::WorkerConfig;
 /// How long one pull waits for commands: short, so an idle pool soon gives its permits back
 /// to the others, and a draining worker soon stops pulling.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long after [`PULL_EXPIRES`] a pull waits for NATS to say it is over (its `408` status)
+/// before the worker ends it and pulls again. Now and then nats-server (2.9) sends no end to an
+/// expired pull of a pool with steady traffic; left to the client library, such a pull lasts
+/// 5 s more (async-nats ends it at `expires` + 5 s), and every command stored for the pool
+/// meanwhile waits: the hostile-input suite saw tenant B's steps start 5 s after their commands
+/// were stored. An expired pull gets no more commands (where the suite's runs ended such pulls
+/// here, none of B's steps waited for a redelivery), so ending it half a second late loses
+/// nothing.
+const PULL_END_GRACE: Duration = Duration::from_millis(500);
 /// Most commands asked for in one pull.
 const MAX_PULL: usize = 256;
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -182,12 +191,20 @@ async fn pull(
     }
     let batch = commands::pull(consumer, held.len(), PULL_EXPIRES).await?;
     tokio::pin!(batch);
+    let over = tokio::time::sleep(PULL_EXPIRES + PULL_END_GRACE);
+    tokio::pin!(over);
     let mut draining = false;
     loop {
         let next = tokio::select! {
             () = cancel.cancelled(), if !draining => {
                 draining = true;
                 continue;
+            }
+            () = &mut over => {
+                tracing::warn!(%pool, "the pull's end never came from NATS; pulling again");
+                metrics::counter!("noetl_worker_pulls_unended_total", "pool" => pool.to_string())
+                    .increment(1);
+                None
             }
             next = batch.next() => next,
         };

@@ -6,16 +6,22 @@
 //! See `wiki/limits.md`, "The hostile-input suite".
 //!
 //! - [`attacks`]: the rows.
-//! - [`load`]: tenant B's steady load and its latencies.
+//! - [`load`]: tenant B's steady load and its latencies, with where each execution's time went
+//!   (its timestamps, and [`tap`]'s: when its command was published, its report sent).
+//! - [`window`]: the windows B's load is measured in, and [`probe`], the control probe that
+//!   tells a stall of the host from one of the processes under test.
 //! - [`watch`]: resident memory and liveness of the processes.
 //! - [`web`]: the local HTTP target of the `http` steps.
 //! - [`report`]: the table, printed and written as markdown and JSON.
 
 mod attacks;
 mod load;
+mod probe;
 mod report;
+mod tap;
 mod watch;
 mod web;
+mod window;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,10 +32,13 @@ use clap::Parser;
 use noetl_chaos::cluster::{Cluster, Spec, Timing};
 use noetl_chaos::now_ms;
 
-use crate::attacks::{Attack, Ctx, GatewayBounds, Outcome, TOKEN_A, TOKEN_B};
-use crate::load::{quantile, Steady};
+use crate::attacks::{Attack, Ctx, GatewayBounds, TOKEN_A, TOKEN_B};
+use crate::load::Steady;
+use crate::probe::Probe;
 use crate::report::{Bounds, Report, Row};
+use crate::tap::Tap;
 use crate::watch::{Memory, Watched};
+use crate::window::{millis, Span};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,9 +52,14 @@ struct Args {
     /// B's load alone before the attacks, measured for its baseline p99 (seconds).
     #[arg(long, default_value_t = 5)]
     baseline_secs: u64,
-    /// Shortest window of B's load measured per attack (seconds); longer if the attack is.
+    /// Shortest window of B's load measured per attack (seconds); longer if the attack is, or
+    /// until B submitted `--min-samples` executions in it.
     #[arg(long, default_value_t = 3)]
     window_secs: u64,
+    /// B's executions every window (the baseline's too) holds at least: 100, so that the p99
+    /// of a window is its second slowest, not its slowest.
+    #[arg(long, default_value_t = 100)]
+    min_samples: usize,
     /// B's p99 in an attack's window may be at most this many times its baseline…
     #[arg(long, default_value_t = 5.0)]
     p99_factor: f64,
@@ -87,8 +101,6 @@ const BOUNDS: GatewayBounds = GatewayBounds {
     sse_streams_per_tenant: 8,
 };
 const MAX_SSE_STREAMS: usize = 64;
-/// Longest an attack may take before its row fails.
-const ATTACK_DEADLINE: Duration = Duration::from_secs(90);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -144,7 +156,15 @@ fn spec(dir: &Path) -> anyhow::Result<Spec> {
             dispatch_lease_ms: 30_000,
             ack_wait_ms: 10_000,
         },
-        nats_args: vec!["-c".to_owned(), nats_config.to_string_lossy().into_owned()],
+        nats_args: vec![
+            "-c".to_owned(),
+            nats_config.to_string_lossy().into_owned(),
+            "-l".to_owned(),
+            dir.join("logs")
+                .join("nats.log")
+                .to_string_lossy()
+                .into_owned(),
+        ],
         server_env: env(&[
             (
                 "NOETL_STEP_RESULT_MAX_BYTES",
@@ -221,6 +241,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await
     .context("failed to connect to NATS")?;
+    // B's steps run in the pool `default`.
+    let tap = Arc::new(Tap::start(&nats, "default", cluster.shard_count).await?);
     let ctx = Arc::new(Ctx {
         http: http.clone(),
         gateway: cluster.gateway_url.clone(),
@@ -233,13 +255,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tenant_max_executions_in_flight: TENANT_MAX_EXECUTIONS_IN_FLIGHT,
         bounds: BOUNDS,
     });
+    let probe = Probe::start(dir.join("probe"));
 
-    let load = Steady::start(http, &cluster.gateway_url, TOKEN_B, args.rate);
+    let load = Steady::start(http, &cluster.gateway_url, TOKEN_B, args.rate, tap);
     warm_up(&load).await?;
     let start = Instant::now();
-    // Measurement, not synchronisation: B's load alone for a fixed window.
-    tokio::time::sleep(Duration::from_secs(args.baseline_secs)).await;
-    let baseline_end = Instant::now();
+    let span = |secs: u64| Span {
+        at_least: Duration::from_secs(secs),
+        samples: args.min_samples,
+    };
+    // B's load alone; measured once more if the host stalled meanwhile, as its p99 is the bound.
+    let mut baseline = window::measure(
+        &load,
+        &probe,
+        start,
+        window::close(&load, start, span(args.baseline_secs)).await,
+    )
+    .await;
+    let mut baseline_remeasured = None;
+    if let Some(stall) = &baseline.host_stall {
+        baseline_remeasured = Some(first_window(
+            baseline.executions,
+            baseline.p99_ms,
+            baseline.slowest.as_deref(),
+            stall,
+        ));
+        let from = Instant::now();
+        let to = window::close(&load, from, span(args.baseline_secs)).await;
+        baseline = window::measure(&load, &probe, from, to).await;
+    }
 
     let attacks: Vec<&Attack> = attacks::ALL
         .iter()
@@ -249,91 +293,66 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .is_none_or(|only| a.name.contains(only))
         })
         .collect();
-    let mut windows = Vec::new();
-    for attack in attacks {
-        let from = Instant::now();
-        let outcome = match tokio::time::timeout(ATTACK_DEADLINE, (attack.run)(ctx.clone())).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => Outcome {
-                ok: false,
-                seen: format!("error: {e:#}"),
-            },
-            Err(_) => Outcome {
-                ok: false,
-                seen: format!("no outcome after {ATTACK_DEADLINE:?}"),
-            },
-        };
-        // The rest of the window is measurement of B's load.
-        let until = from + Duration::from_secs(args.window_secs);
-        tokio::time::sleep_until(until.into()).await;
-        let to = Instant::now();
-        let mut restarts = memory.gone();
-        for (watched, pid) in memory.watched().iter().zip(pids(&cluster)) {
-            if pid != Some(watched.pid) {
-                restarts.push(format!("{} (pid {pid:?})", watched.name));
-            }
-        }
-        eprintln!(
-            "[{:>5.1}s] {:<55} {} {}",
-            start.elapsed().as_secs_f64(),
-            attack.name,
-            if outcome.ok { "ok:" } else { "UNEXPECTED:" },
-            outcome.seen
-        );
-        windows.push((attack, outcome, from, to, restarts));
-    }
-    load.stop().await;
-
-    let measure = |from: Instant, to: Instant| {
-        let samples = load.between(from, to);
-        let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
-        let errors: Vec<String> = samples.iter().filter_map(|s| s.error.clone()).collect();
-        (
-            samples.len(),
-            errors,
-            millis(quantile(&mut latencies, 0.99)),
-        )
+    let measured = Measuring {
+        ctx: &ctx,
+        load: &load,
+        probe: &probe,
+        memory: &memory,
+        cluster: &cluster,
+        span: span(args.window_secs),
+        start,
     };
-    let (baseline_executions, baseline_errors, baseline_p99_ms) = measure(start, baseline_end);
-    let rows = windows
-        .into_iter()
-        .map(|(attack, outcome, from, to, restarts)| {
-            let (b_executions, errors, b_p99_ms) = measure(from, to);
-            Row {
-                finding: attack.finding.to_owned(),
-                attack: attack.name.to_owned(),
-                expected: attack.expected.to_owned(),
-                seen: outcome.seen,
-                outcome_ok: outcome.ok,
-                b_executions,
-                b_errors: errors.len(),
-                b_error_examples: errors.into_iter().take(3).collect(),
-                b_p99_ms,
-                restarts,
-                peak_rss_mib: memory.peak_mib(from, to),
-                window_ms: millis(to - from),
-            }
-        })
-        .collect();
-    let report = Report {
+    let mut rows = Vec::new();
+    for attack in &attacks {
+        rows.push(measured.row(attack).await);
+    }
+    let mut report = Report {
         bounds: Bounds {
             p99_factor: args.p99_factor,
             p99_floor_ms: args.p99_floor_ms,
             rss_mib: args.rss_bound_mib,
+            min_samples: args.min_samples,
         },
         rate: args.rate,
-        baseline_executions,
-        baseline_errors: baseline_errors.len(),
-        baseline_p99_ms,
+        baseline_executions: baseline.executions,
+        baseline_errors: baseline.errors.len(),
+        baseline_p99_ms: baseline.p99_ms,
+        baseline_remeasured,
         processes: memory.watched().iter().map(|w| w.name.clone()).collect(),
-        lifetime_peak_mib: memory.lifetime_peak_mib(),
+        lifetime_peak_mib: Vec::new(),
         rows,
         not_covered: attacks::NOT_COVERED
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
     };
+    // A row that failed on B's p99 alone while the host stalled gets one more window.
+    for (i, attack) in attacks.iter().enumerate() {
+        if let Some(stall) = report.rows[i].host_stall.clone() {
+            if report.may_remeasure(&report.rows[i]) {
+                let row = &report.rows[i];
+                let first = format!(
+                    "{} (the second window's result counts)",
+                    first_window(
+                        row.b_executions,
+                        row.b_p99_ms,
+                        row.b_slowest.as_deref(),
+                        &stall
+                    )
+                );
+                let mut again = measured.row(attack).await;
+                again.remeasured = Some(first);
+                report.rows[i] = again;
+            }
+        }
+    }
+    load.stop().await;
+    std::fs::write(dir.join("samples.csv"), load.csv(start))
+        .context("failed to write samples.csv")?;
+    report.lifetime_peak_mib = memory.lifetime_peak_mib();
     drop(memory);
+    drop(probe);
+    keep_logs(&cluster, &dir);
     drop(cluster);
     // The copies of the binaries are 100 MB and say nothing the logs do not.
     let _ = std::fs::remove_dir_all(dir.join("bin"));
@@ -346,6 +365,69 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// What a row's window needs besides its attack.
+struct Measuring<'a> {
+    ctx: &'a Arc<Ctx>,
+    load: &'a Steady,
+    probe: &'a Probe,
+    memory: &'a Memory,
+    cluster: &'a Cluster,
+    span: Span,
+    start: Instant,
+}
+
+impl Measuring<'_> {
+    /// Runs `attack` in a window of its own and measures it: its row.
+    async fn row(&self, attack: &Attack) -> Row {
+        let (outcome, from, to) = window::attack(self.ctx, attack, self.load, self.span).await;
+        let mut restarts = self.memory.gone();
+        for (watched, pid) in self.memory.watched().iter().zip(pids(self.cluster)) {
+            if pid != Some(watched.pid) {
+                restarts.push(format!("{} (pid {pid:?})", watched.name));
+            }
+        }
+        eprintln!(
+            "[{:>5.1}s] {:<55} {} {}",
+            self.start.elapsed().as_secs_f64(),
+            attack.name,
+            if outcome.ok { "ok:" } else { "UNEXPECTED:" },
+            outcome.seen
+        );
+        let b = window::measure(self.load, self.probe, from, to).await;
+        Row {
+            finding: attack.finding.to_owned(),
+            attack: attack.name.to_owned(),
+            expected: attack.expected.to_owned(),
+            seen: outcome.seen,
+            outcome_ok: outcome.ok,
+            b_executions: b.executions,
+            b_errors: b.errors.len(),
+            b_error_examples: b.errors.into_iter().take(3).collect(),
+            b_p99_ms: b.p99_ms,
+            b_slowest: b.slowest,
+            host_stall: b.host_stall,
+            remeasured: None,
+            restarts,
+            peak_rss_mib: self.memory.peak_mib(from, to),
+            window_ms: millis(to - from),
+        }
+    }
+}
+
+/// What a window measured before it was measured again.
+fn first_window(executions: usize, p99_ms: u64, slowest: Option<&str>, stall: &str) -> String {
+    format!(
+        "first window: {executions} executions, p99 {p99_ms} ms, slowest {}, during a stall of \
+         the host ({stall} by the probe)",
+        slowest.unwrap_or("-")
+    )
+}
+
+/// Copies PostgreSQL's log beside the processes' logs (its data directory goes with it).
+fn keep_logs(cluster: &Cluster, dir: &Path) {
+    let _ = std::fs::copy(cluster.pg.log_path(), dir.join("logs").join("postgres.log"));
 }
 
 /// The pids of gateway, server, worker and nats-server, as the cluster knows them now.
@@ -370,8 +452,4 @@ async fn warm_up(load: &Steady) -> anyhow::Result<()> {
         tokio::time::sleep(load::POLL).await;
     }
     Ok(())
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -108,8 +108,8 @@ fn every_unsupported_construct_is_refused_where_it_is() {
             "workflow[0].tool.kind",
         ),
         (
-            json!({"step": "start", "tool": {"kind": "playbook", "path": "x"}}),
-            "workflow[0].tool.kind",
+            json!({"step": "start", "tool": {"kind": "playbook", "path": "x", "return_step": "end"}}),
+            "workflow[0].tool.return_step",
         ),
         (
             json!({"step": "start", "tool": {"kind": "http", "url": "x", "params": {}}}),
@@ -236,4 +236,23 @@ fn odd_shapes_are_errors_never_panics() {
     for document in odd {
         assert!(translate(&document).is_err(), "{document}");
     }
+}
+
+#[test]
+fn a_playbook_tool_becomes_a_child_of_a_catalog_playbook() {
+    let playbook = translate(&doc(json!([
+        {"step": "start", "tool": {"kind": "playbook", "path": "load.one", "version": 2,
+                                   "payload": {"n": "{{ workload.size }}"}}}
+    ])))
+    .expect("valid");
+    let step = &playbook.steps[0];
+    assert_eq!(step.action, "playbook");
+    assert_eq!(
+        serde_json::Value::Object(step.with.clone()),
+        json!({"playbook": {"name": "load.one", "version": 2}, "input": {"n": "{{ input.size }}"}})
+    );
+    let slashed = refused(&doc(json!([
+        {"step": "start", "tool": {"kind": "playbook", "path": "examples/child"}}
+    ])));
+    assert_eq!(slashed.path, "workflow[0].tool.path", "{slashed}");
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::{error, fields, names, Error};
+use crate::playbook::PLAYBOOK_ACTION;
 
 /// Per kind we run: the arguments it takes, with the name our action gives each.
 const KINDS: [(&str, &[(&str, &str)]); 5] = [
@@ -33,14 +34,13 @@ const KINDS: [(&str, &[(&str, &str)]); 5] = [
 ];
 
 /// NoETL tool kinds that have no counterpart here.
-const MISSING: [&str; 14] = [
+const MISSING: [&str; 13] = [
     "python",
     "postgres",
     "duckdb",
     "snowflake",
     "mssql",
     "mysql",
-    "playbook",
     "workbook",
     "secrets",
     "transfer",
@@ -67,8 +67,12 @@ pub(super) fn translate(
         .get("kind")
         .and_then(Value::as_str)
         .ok_or_else(|| error(&kind_path, "every tool needs a kind"))?;
+    if kind == PLAYBOOK_ACTION {
+        return child(tool, path, step_names);
+    }
     let Some((action, arguments)) = KINDS.iter().find(|(name, _)| *name == kind) else {
-        let known: Vec<&str> = KINDS.iter().map(|(name, _)| *name).collect();
+        let mut known: Vec<&str> = KINDS.iter().map(|(name, _)| *name).collect();
+        known.push(PLAYBOOK_ACTION);
         let why = if MISSING.contains(&kind) {
             "this tool does not exist here"
         } else {
@@ -135,4 +139,54 @@ fn rewrite_value(
         ),
         other => other.clone(),
     })
+}
+
+/// A `playbook` tool (a sub-playbook): `path` names a playbook of the caller's catalog (one of
+/// our names: letters, digits, `_`, `-`, `.`), `version` one of its versions, and `payload` (or
+/// `args`) the child's input. Ours always waits for the child and ends with it, without polling,
+/// so NoETL's `return_step`, `timeout` and `poll_interval` are refused, as are `catalog_id` and
+/// `parent_execution_id`.
+fn child(
+    tool: &Value,
+    path: &str,
+    step_names: &HashMap<String, usize>,
+) -> Result<(String, Map<String, Value>), Error> {
+    let given = fields(tool, path, &["kind", "path", "version", "payload", "args"])?;
+    let name = given.get("path").and_then(Value::as_str).ok_or_else(|| {
+        error(
+            format!("{path}.path"),
+            "a playbook tool needs the `path` of a catalog playbook",
+        )
+    })?;
+    if !crate::playbook::is_valid_name(name) {
+        return Err(error(
+            format!("{path}.path"),
+            format!("{name:?}: not supported: a catalog name here is letters, digits, '_', '-' and '.' (no '/')"),
+        ));
+    }
+    let mut reference = Map::new();
+    reference.insert("name".to_owned(), Value::String(name.to_owned()));
+    if let Some(version) = given.get("version") {
+        reference.insert("version".to_owned(), version.clone());
+    }
+    let mut with = Map::new();
+    with.insert("playbook".to_owned(), Value::Object(reference));
+    let inputs: Vec<&str> = ["payload", "args"]
+        .into_iter()
+        .filter(|key| given.contains_key(*key))
+        .collect();
+    if inputs.len() > 1 {
+        return Err(error(
+            format!("{path}.args"),
+            "gives the input a second time (also `payload`)",
+        ));
+    }
+    if let Some(key) = inputs.first() {
+        let at = format!("{path}.{key}");
+        with.insert(
+            "input".to_owned(),
+            rewrite_value(&given[*key], &at, step_names)?,
+        );
+    }
+    Ok((PLAYBOOK_ACTION.to_owned(), with))
 }

@@ -11,7 +11,9 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
-use super::{Millis, BUILTIN_ACTIONS, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
+use super::{
+    Millis, BUILTIN_ACTIONS, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN, PLAYBOOK_ACTION,
+};
 
 /// `ToSchema` for a type whose schema's name in the document is not the type's.
 macro_rules! named {
@@ -96,9 +98,10 @@ impl PartialSchema for ActionSchema {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .enum_values(Some(BUILTIN_ACTIONS))
+            .enum_values(Some(BUILTIN_ACTIONS.into_iter().chain([PLAYBOOK_ACTION])))
             .description(Some(
-                "What a step does: one of the actions built into the worker.",
+                "What a step does: one of the actions built into the worker, or `playbook`, \
+                 which runs `with.playbook` as a child execution.",
             ))
             .into()
     }

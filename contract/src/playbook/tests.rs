@@ -342,6 +342,25 @@ fn an_arc_orders_its_target_after_its_source_in_the_plan() {
 }
 
 #[test]
+fn the_plan_shows_what_a_step_sets_and_its_failure_policy() {
+    let p = playbook(json!([
+        {"name": "a", "action": "noop", "set": {"total": "{{ result.n }}", "seen": "{{ true }}"},
+         "on_error": [{"when": "{{ attempt < 3 }}", "then": "retry"}, {"then": "continue"}]},
+        {"name": "b", "action": "noop", "needs": ["a"]}
+    ]));
+    assert_eq!(p.validate(), Ok(()));
+    let plan = p.plan();
+    assert_eq!(plan[0].set, ["seen", "total"], "by name");
+    assert_eq!(plan[0].on_error, p.steps[0].on_error);
+    assert_eq!(plan[0].on_error.len(), 2);
+    let quiet = serde_json::to_value(&plan[1]).expect("serialises");
+    assert!(
+        quiet.get("set").is_none() && quiet.get("on_error").is_none(),
+        "absent when empty: {quiet}"
+    );
+}
+
+#[test]
 fn a_playbook_without_arcs_serialises_as_before() {
     let p = playbook(json!([{"name": "a", "action": "noop"}]));
     assert_eq!(

@@ -447,6 +447,22 @@ async fn noetlctl_submit_wait_exits_by_how_the_execution_ended() {
     .expect("write the playbook");
     let failing = failing.path().to_str().expect("utf-8 path");
     submit_and_wait(gateway, &[failing], 6).await;
+    // `get` says why `b` was skipped, from the event log.
+    let listed = noetlctl(gateway, &["list", "--json"]).await;
+    let body: Value = serde_json::from_slice(&listed.stdout).expect("list --json prints JSON");
+    let doomed = body["executions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["playbook_name"] == "doomed"))
+        .and_then(|e| e["execution_id"].as_str())
+        .unwrap_or_else(|| panic!("the failed execution is listed: {body}"))
+        .to_owned();
+    let got = noetlctl(gateway, &["get", &doomed]).await;
+    assert_eq!(got.status.code(), Some(0), "{}", describe(&got));
+    assert!(
+        stdout(&got).contains("skipped: dependency_failed after a"),
+        "{}",
+        describe(&got)
+    );
 
     // The YAML example goes through the catalog and runs by name.
     let nightly = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/nightly.yaml");

@@ -3,23 +3,9 @@
 //! matching arc and runs their join once, a bad `when` is refused at submit, and one that fails
 //! at run time fails its step; against real processes.
 
-use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
 
 use crate::harness::{assert_problem, example, Cluster, Worker};
-
-fn is_terminal(body: &Value) -> bool {
-    matches!(
-        body["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
-
-async fn ended(cluster: &Cluster, id: ExecutionId) -> Value {
-    cluster
-        .wait_for_execution(id, "the execution to end", is_terminal)
-        .await
-}
 
 fn statuses(execution: &Value) -> Vec<(String, String)> {
     execution["steps"]
@@ -69,7 +55,7 @@ async fn branches_take_their_arcs_skip_the_others_and_join_once() {
     let worker = Worker::start(cluster.nats.url());
 
     let id = cluster.submit(&exclusive()).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         statuses(&done),
@@ -101,7 +87,7 @@ async fn branches_take_their_arcs_skip_the_others_and_join_once() {
     let mut inclusive = example("branches.json");
     inclusive["input"] = json!({"size": 500});
     let id = cluster.submit(&inclusive).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(
         statuses(&done)
@@ -123,7 +109,7 @@ async fn branches_take_their_arcs_skip_the_others_and_join_once() {
 
     // As written (size 50): the arc to `large` is not taken, the join runs on the others.
     let id = cluster.submit(&example("branches.json")).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         statuses(&done),
@@ -144,7 +130,7 @@ async fn branches_take_their_arcs_skip_the_others_and_join_once() {
     let mut broken = exclusive();
     broken["playbook"]["steps"][0]["next"]["arcs"][0]["when"] = json!("input.missing.deeper");
     let id = cluster.submit(&broken).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "failed", "{done}");
     let route = &done["steps"][0];
     assert!(

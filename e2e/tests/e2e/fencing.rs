@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck, StepOutcome, StepReport};
+use noetl_contract::command::{Heartbeat, HeartbeatAck, ReportAck};
 use noetl_contract::message::{ListQuery, WireErrorCode};
 use noetl_contract::step::{Attempt, AttemptToken, StepIndex, TOKEN_BYTES};
 use noetl_contract::subject::{self, ShardRequest};
@@ -51,18 +51,7 @@ async fn results_and_heartbeats_without_the_attempts_token_are_refused() {
     let client = crate::harness::connect(cluster.nats.url()).await;
     let ask = |kind| subject::shard_request(kind, shard, id);
     for token in [None, Some(wrong)] {
-        let forged = StepReport {
-            execution_id: id,
-            step_index: StepIndex::new(0),
-            attempt: Attempt::FIRST,
-            outcome: StepOutcome::Succeeded {
-                result: json!({"forged": true}),
-            },
-            started_at_ms: noetl_bus::unix_now_ms(),
-            finished_at_ms: noetl_bus::unix_now_ms(),
-            worker: "stolen".to_owned(),
-            token,
-        };
+        let forged = crate::harness::forged_report(id, token);
         let ack: ReportAck = noetl_bus::request(&client, ask(ShardRequest::Result), &forged, WAIT)
             .await
             .expect("the shard answers");
@@ -232,6 +221,7 @@ async fn a_shard_request_without_a_tenant_is_refused() {
         labels: Default::default(),
         playbook: None,
         tenant: None,
+        root_id: None,
     };
     refused(noetl_bus::request(&client, subject::shard_list(shard), &list, WAIT).await);
     // Not cancelled by the refused cancel, and still read through the gateway.

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod branches;
 mod catalog;
+mod children;
 mod connections;
 mod context;
 mod crash;

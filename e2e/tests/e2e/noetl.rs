@@ -244,8 +244,8 @@ async fn every_unsupported_construct_is_a_400_naming_it() {
         (with_start(json!({"vars": {"a": 1}})), "workflow[0].vars"),
         (with_start(json!({"set": {"a": 1}})), "workflow[0].set"),
         (
-            with_start(json!({"tool": {"kind": "playbook", "path": "child"}})),
-            "workflow[0].tool.kind",
+            with_start(json!({"tool": {"kind": "playbook", "path": "child", "poll_interval": 1}})),
+            "workflow[0].tool.poll_interval",
         ),
         (
             with_start(json!({"tool": {"kind": "postgres", "query": "select 1"}})),

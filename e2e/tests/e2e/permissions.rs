@@ -134,4 +134,13 @@ async fn the_binaries_work_as_their_nats_users() {
         Some(2),
         "{listed}"
     );
+    // A child execution: the server leases a node id of its own, starts the child on its
+    // shard and hands its end back (the child and return subjects are the servers' alone).
+    let parent = json!({"playbook": {"name": "parent", "steps": [
+        {"name": "c", "action": "playbook", "with": {"playbook": playbook}}
+    ]}});
+    let (status, body) = gateway.post_json("/api/v1/executions", &parent).await;
+    assert_eq!(status, 201, "{body}");
+    let done = gateway.wait_for_success(id_of(&body)).await;
+    assert_eq!(done["steps"][0]["result"]["status"], "succeeded", "{done}");
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
+use super::children::{self, playbook_not_found};
 use crate::auth::Principal;
 use crate::extract::{CarriesPlaybook, ExecutionRequest, IdPath, PlaybookBody};
 use crate::problem::{Code, Problem};
@@ -270,10 +271,12 @@ pub async fn submit(
 ) -> Result<Response, Problem> {
     let Query(params) = params.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
     let idempotency_key = idempotency_key(&headers)?;
-    let (playbook, playbook_version) = resolve(&state, &principal.tenant, request.playbook).await?;
+    let (mut playbook, playbook_version) =
+        resolve(&state, &principal.tenant, request.playbook).await?;
     playbook
         .validate()
         .map_err(|e| Problem::new(Code::InvalidPlaybook, format!("playbook.{e}")))?;
+    children::resolve(&state, &principal.tenant, &mut playbook, 0).await?;
     validate_labels(&request.labels)
         .map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
     let input = serde_json::Value::Object(request.input.unwrap_or_default());
@@ -384,17 +387,6 @@ async fn resolve(
             Ok((entry.playbook, Some(entry.version)))
         }
     }
-}
-
-pub fn playbook_not_found(name: &str, version: Option<u32>) -> Problem {
-    let what = match version {
-        Some(version) => format!("version {version} of playbook {name:?}"),
-        None => format!("playbook {name:?}"),
-    };
-    Problem::new(
-        Code::PlaybookNotFound,
-        format!("the catalog has no {what}; publish it with POST /api/v1/playbooks, or send the playbook inline with its steps"),
-    )
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {

@@ -43,6 +43,10 @@ pub struct ListParams {
     pub labels: Option<String>,
     /// Playbook name.
     pub playbook: Option<String>,
+    /// Only the tree of this execution: it and every child execution it started, at any
+    /// depth (a decimal id).
+    #[param(value_type = Option<String>, pattern = "^[0-9]{1,19}$")]
+    pub root_id: Option<String>,
     /// RFC 3339; executions created at or after it (by the time in their id).
     #[param(format = DateTime)]
     pub created_after: Option<String>,
@@ -152,6 +156,14 @@ impl ListParams {
                 .unwrap_or_default(),
             playbook: self.playbook.clone(),
             tenant: None,
+            root_id: self
+                .root_id
+                .as_deref()
+                .map(|raw| {
+                    raw.parse::<ExecutionId>()
+                        .map_err(|_| invalid(format!("root_id: {raw:?} is not an execution id")))
+                })
+                .transpose()?,
         })
     }
 }
@@ -259,6 +271,7 @@ mod tests {
             status: Some("running".to_owned()),
             labels: None,
             playbook: None,
+            root_id: None,
             created_after: Some("2025-01-01T00:00:00Z".to_owned()),
             created_before: Some("2025-01-02T00:00:00Z".to_owned()),
         };

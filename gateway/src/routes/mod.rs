@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod children;
 pub mod events;
 pub mod executions;
 pub mod health;

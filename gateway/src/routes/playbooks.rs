@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use crate::auth::Principal;
 use crate::extract::PlaybookBody;
 use crate::problem::{Code, Problem};
-use crate::routes::executions::playbook_not_found;
+use crate::routes::children::playbook_not_found;
 use crate::state::AppState;
 
 /// The body of a publish: our playbook, or NoETL's.

@@ -86,7 +86,7 @@ async fn version(
             .catalog_get(tenant, name, version)
             .await?
             .map(PlaybookVersion::from)
-            .ok_or_else(|| crate::routes::executions::playbook_not_found(name, version))
+            .ok_or_else(|| crate::routes::children::playbook_not_found(name, version))
     };
     let latest = get(None).await?;
     match version {

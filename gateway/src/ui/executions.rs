@@ -30,6 +30,8 @@ pub struct Filters {
     #[serde(default)]
     created_before: String,
     #[serde(default)]
+    root_id: String,
+    #[serde(default)]
     cursor: String,
 }
 
@@ -47,6 +49,7 @@ impl Filters {
             playbook: given(&self.playbook),
             created_after: given(&self.created_after),
             created_before: given(&self.created_before),
+            root_id: given(&self.root_id),
         }
     }
 
@@ -58,6 +61,7 @@ impl Filters {
             ("labels", &self.labels),
             ("created_after", &self.created_after),
             ("created_before", &self.created_before),
+            ("root_id", &self.root_id),
         ];
         let mut query: Vec<String> = pairs
             .iter()
@@ -130,6 +134,10 @@ fn filter_form(filters: &Filters) -> Markup {
             div.field {
                 label for="f-before" { "Created before (RFC 3339)" }
                 input #f-before name="created_before" value=(filters.created_before) placeholder="2026-12-31T00:00:00Z";
+            }
+            div.field {
+                label for="f-root" { "Root execution (its whole tree)" }
+                input #f-root name="root_id" value=(filters.root_id);
             }
             button type="submit" { "Filter" }
         }

@@ -32,6 +32,7 @@ async fn running(state: &AppState, tenant: &str, shard: ShardId) -> Option<usize
         labels: Labels::default(),
         playbook: None,
         tenant: Some(tenant.to_owned()),
+        root_id: None,
     };
     let page = state.dispatcher.list(shard, &query).await?;
     Some(page.executions.len())

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use noetl_contract::child::ParentLink;
 use noetl_contract::command::StepCommand;
+use noetl_contract::engine::children::Nesting;
 use noetl_contract::engine::{Decision, ExecutionState};
 use noetl_contract::playbook::{Millis, Playbook, DEFAULT_POOL};
 use noetl_contract::redact::SecretHeaders;
@@ -14,7 +16,7 @@ use noetl_contract::template;
 use noetl_contract::{ExecutionId, ShardId};
 
 use super::Leases;
-use crate::persistence::{self, to_json, OutboxRow, StepRow};
+use crate::persistence::{self, to_json, OutboxRow, Outgoing, StepRow};
 
 /// One locked execution while a batch's events are applied to it.
 pub(super) struct Working {
@@ -33,16 +35,22 @@ pub(super) struct Working {
     pub(super) results_bytes: i64,
     /// Whether a decision wrote its `ctx` (to be stored).
     pub(super) ctx_changed: bool,
-    tenant: String,
+    /// The child each step's current attempt started, as read and as this batch starts more.
+    pub(super) child_ids: Vec<Option<ExecutionId>>,
+    /// The step that started it, when it is a child.
+    pub(super) parent: Option<ParentLink>,
+    pub(super) tenant: String,
     /// Whether it was unfinished when locked (in its tenant's executions in flight).
     was_running: bool,
 }
 
 impl Working {
-    /// The execution `locked`, its templates rendered within `budget`.
+    /// The execution `locked`, its templates rendered within `budget`, its children no deeper
+    /// than `max_depth`.
     pub(super) fn new(
         locked: persistence::LockedExecution,
         budget: template::Budget,
+        max_depth: u32,
     ) -> Result<Self, persistence::Error> {
         let playbook: Playbook = serde_json::from_value(locked.playbook)
             .map_err(|e| persistence::Error::Malformed(format!("stored playbook: {e}")))?;
@@ -56,6 +64,10 @@ impl Working {
                 ctx: locked.ctx,
                 gotos: u32::try_from(locked.gotos).unwrap_or(0),
                 budget,
+                nesting: Nesting {
+                    depth: locked.depth,
+                    max_depth,
+                },
             },
             last_event_seq: locked.last_event_seq,
             changed: false,
@@ -65,6 +77,8 @@ impl Working {
             outbox: Vec::new(),
             results_bytes: locked.results_bytes,
             ctx_changed: false,
+            child_ids: locked.child_ids,
+            parent: locked.parent,
             tenant: locked.tenant,
         })
     }
@@ -121,7 +135,10 @@ impl Leases {
         index: StepIndex,
     ) -> StepRow {
         let step = &state.steps[index.index()];
+        // A `playbook` step runs no worker: its child's end ends it, however long it takes.
+        let leased = !state.playbook.steps[index.index()].is_child();
         let lease_ms = match step.status {
+            _ if !leased => None,
             StepStatus::Dispatched => {
                 let delay = decision
                     .dispatches
@@ -143,6 +160,7 @@ impl Leases {
             lease_ms,
             started_at_ms: None,
             token: tokens.get(&index).copied(),
+            child_id: None,
         }
     }
 
@@ -165,6 +183,7 @@ impl Leases {
         decision
             .dispatches
             .iter()
+            .filter(|dispatch| !state.playbook.steps[dispatch.step.index()].is_child())
             .map(|dispatch| {
                 let step = &state.playbook.steps[dispatch.step.index()];
                 let command = StepCommand {
@@ -181,7 +200,7 @@ impl Leases {
                 };
                 OutboxRow {
                     pool: step.pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_owned()),
-                    command,
+                    command: Outgoing::Step(command),
                     delay_ms: millis(dispatch.delay_ms),
                 }
             })

@@ -27,8 +27,8 @@ mod writes;
 pub use identity::{claim_shard, migrate, record_epochs, recorded_epochs};
 pub use leases::{beat_attempts, expired_leases, lease_expired, Beat, BeatAnswer};
 pub use outbox::{
-    dead_letter, delete_commands, hands_off, next_command_due_in_ms, take_due_commands, OutboxRow,
-    PendingCommand, Undeliverable, HANDOFF_GRACE,
+    dead_letter, delete_commands, hands_off, next_command_due_in_ms, take_due_commands,
+    withdraw_start, OutboxRow, Outgoing, PendingCommand, Undeliverable, HANDOFF_GRACE,
 };
 pub use pools::{begin_generic, generic_pool, pool, relaxed_pool, Held, Pools};
 pub use probe::can_write;

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use noetl_contract::child::{ChildCancel, ChildReturn, ChildStart};
 use noetl_contract::command::StepCommand;
+use noetl_contract::ExecutionId;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 use super::Error;
@@ -12,10 +14,90 @@ use super::Error;
 /// A command to put in the outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
+    /// The worker pool of a step command; for the messages to other shards, a name no pool can
+    /// have ([`Outgoing::pool`]).
     pub pool: String,
-    pub command: StepCommand,
+    pub command: Outgoing,
     /// Backoff before it may run (a retry's); 0 when it may run at once.
     pub delay_ms: i64,
+}
+
+/// What an outbox row sends: a step's command to the workers over JetStream, or a message of
+/// the child protocol to another shard's server over NATS request/reply.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum Outgoing {
+    Step(StepCommand),
+    Start(ChildStart),
+    Return(ChildReturn),
+    Cancel(ChildCancel),
+}
+
+/// The `pool` of the rows of the child protocol: `@` is in no pool name.
+const START: &str = "@child";
+const RETURN: &str = "@return";
+const CANCEL: &str = "@cancel";
+
+impl Outgoing {
+    /// The `pool` column of a message of the child protocol (a step command's is its pool).
+    pub fn pool(&self) -> Option<&'static str> {
+        match self {
+            Outgoing::Step(_) => None,
+            Outgoing::Start(_) => Some(START),
+            Outgoing::Return(_) => Some(RETURN),
+            Outgoing::Cancel(_) => Some(CANCEL),
+        }
+    }
+
+    /// Reads a row back by its `pool`.
+    pub fn decode(pool: &str, command: serde_json::Value) -> Result<Self, serde_json::Error> {
+        Ok(match pool {
+            START => Outgoing::Start(serde_json::from_value(command)?),
+            RETURN => Outgoing::Return(serde_json::from_value(command)?),
+            CANCEL => Outgoing::Cancel(serde_json::from_value(command)?),
+            _ => Outgoing::Step(serde_json::from_value(command)?),
+        })
+    }
+
+    /// The step command, if it is one.
+    pub fn step(&self) -> Option<&StepCommand> {
+        match self {
+            Outgoing::Step(command) => Some(command),
+            _ => None,
+        }
+    }
+}
+
+impl OutboxRow {
+    /// A message of the child protocol, due at once.
+    pub fn message(command: Outgoing) -> Self {
+        Self {
+            pool: command.pool().unwrap_or_default().to_owned(),
+            command,
+            delay_ms: 0,
+        }
+    }
+}
+
+/// Withdraws the start of child `child` of execution `parent` if it is still in the outbox,
+/// within `tx` (which holds the parent's lock): `true` when it was, so the child never starts.
+/// A relay pass that took the row holds it until the child's shard answered, so this waits for
+/// that pass and then finds the row gone (the child exists: it must be cancelled).
+pub async fn withdraw_start(
+    tx: &mut Transaction<'_, Postgres>,
+    parent: ExecutionId,
+    child: ExecutionId,
+) -> Result<bool, Error> {
+    let withdrawn = sqlx::query(
+        "DELETE FROM outbox WHERE execution_id = $1 AND pool = $2
+           AND command -> 'submit' ->> 'execution_id' = $3",
+    )
+    .bind(parent.get())
+    .bind(START)
+    .bind(child.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(withdrawn.rows_affected() > 0)
 }
 
 /// How long after its commit a handed-off command becomes due for a pass of the relay: far
@@ -26,7 +108,10 @@ pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
 /// Whether an execution's new commands are handed off: all of them or none, and only when none
 /// is delayed (a retry's backoff), since a delayed one must wait for a pass anyway.
 pub fn hands_off(commands: &[OutboxRow]) -> bool {
-    !commands.is_empty() && commands.iter().all(|c| c.delay_ms == 0)
+    !commands.is_empty()
+        && commands
+            .iter()
+            .all(|c| c.delay_ms == 0 && c.command.step().is_some())
 }
 
 /// When the outbox row of `command`, among `commands` of one execution, becomes due, in

@@ -119,7 +119,7 @@ pub async fn get_execution(
 ) -> Result<Option<ExecutionView>, Error> {
     let statement = tenants_execution!(
         "execution_id, status, playbook_name, playbook_version, input, labels, created_at, \
-         updated_at, ctx"
+         updated_at, ctx, parent_id, root_id"
     );
     let Some(row) = tenants_execution(pool, statement, id, tenant).await? else {
         return Ok(None);
@@ -127,13 +127,18 @@ pub async fn get_execution(
     let sqlx::types::Json(labels): sqlx::types::Json<Labels> = row.try_get("labels")?;
     let sqlx::types::Json(ctx) = row.try_get("ctx")?;
     let step_rows = sqlx::query(
-        "SELECT name, status, attempt, result, error, started_at, finished_at
+        "SELECT name, status, attempt, result, error, started_at, finished_at, child_id
          FROM execution_steps WHERE execution_id = $1 ORDER BY step_index",
     )
     .bind(id.get())
     .fetch_all(pool)
     .await?;
-    let steps = step_rows.iter().map(step_view).collect::<Result<_, _>>()?;
+    let steps: Vec<StepView> = step_rows.iter().map(step_view).collect::<Result<_, _>>()?;
+    let id_or_null = |column: &str| -> Result<Option<ExecutionId>, Error> {
+        row.try_get::<Option<i64>, _>(column)?
+            .map(|raw| ExecutionId::new(raw).map_err(|e| Error::Malformed(e.to_string())))
+            .transpose()
+    };
     Ok(Some(ExecutionView {
         execution_id: rows::execution_id(&row)?,
         shard,
@@ -144,8 +149,11 @@ pub async fn get_execution(
         labels,
         created_at: timestamp(&row, "created_at")?,
         updated_at: timestamp(&row, "updated_at")?,
+        children: steps.iter().filter_map(|s| s.child_id).collect(),
         steps,
         ctx,
+        parent_id: id_or_null("parent_id")?,
+        root_id: id_or_null("root_id")?,
     }))
 }
 
@@ -158,6 +166,10 @@ fn step_view(step: &PgRow) -> Result<StepView, Error> {
         error: step.try_get("error")?,
         started_at: rows::timestamp_or_null(step, "started_at")?,
         finished_at: rows::timestamp_or_null(step, "finished_at")?,
+        child_id: step
+            .try_get::<Option<i64>, _>("child_id")?
+            .map(|raw| ExecutionId::new(raw).map_err(|e| Error::Malformed(e.to_string())))
+            .transpose()?,
     })
 }
 
@@ -183,6 +195,7 @@ pub async fn list_executions(
            AND ($3::text IS NULL OR status = $3)
            AND ($4::jsonb IS NULL OR labels @> $4::jsonb)
            AND ($5::text IS NULL OR playbook_name = $5)
+           AND ($8::bigint IS NULL OR root_id = $8 OR execution_id = $8)
            AND tenant = $7
          ORDER BY execution_id DESC
          LIMIT $6",
@@ -194,6 +207,7 @@ pub async fn list_executions(
     .bind(query.playbook.as_deref())
     .bind(i64::from(query.limit))
     .bind(tenant)
+    .bind(query.root_id.map(ExecutionId::get))
     .fetch_all(pool)
     .await?;
     found

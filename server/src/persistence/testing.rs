@@ -54,7 +54,7 @@ pub async fn explained(connection: &mut PgConnection, explain: &str) -> String {
 pub fn outbox_row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
     OutboxRow {
         pool: "default".to_owned(),
-        command: StepCommand {
+        command: super::Outgoing::Step(StepCommand {
             execution_id: ExecutionId::new(execution).expect("valid id"),
             shard: ShardId::new(0),
             step_index: StepIndex::new(step),
@@ -65,7 +65,7 @@ pub fn outbox_row(execution: i64, step: u32, delay_ms: i64) -> OutboxRow {
             timeout_ms: 1_000,
             lease_ms: 1_000,
             token: None,
-        },
+        }),
         delay_ms,
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use noetl_contract::child::ParentLink;
 use noetl_contract::engine::StepState;
 use noetl_contract::status::{ExecutionStatus, StepStatus};
 use noetl_contract::step::{Attempt, AttemptToken, StepIndex};
@@ -13,6 +14,7 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
+mod children;
 mod quota;
 mod statements;
 
@@ -40,6 +42,8 @@ pub struct NewExecution {
     /// `(kind, payload)`, numbered from 1.
     pub events: Vec<(String, String)>,
     pub outbox: Vec<OutboxRow>,
+    /// The step that started it, when it is a child execution.
+    pub parent: Option<ParentLink>,
 }
 
 /// A step's state to write.
@@ -61,6 +65,8 @@ pub struct StepRow {
     /// The secret of the attempt that owns the step (`None`: never dispatched, or stored
     /// before tokens existed).
     pub token: Option<AttemptToken>,
+    /// The child execution its current attempt started (a `playbook` step).
+    pub child_id: Option<ExecutionId>,
 }
 
 /// The outcome of committing one execution.
@@ -105,6 +111,8 @@ pub async fn insert_executions(
         columns.push(row.execution_id, 0, &row.steps, &row.events, &row.outbox);
     }
     let tokens = std::mem::take(&mut columns.step_tokens);
+    let child_ids = std::mem::take(&mut columns.step_child_ids);
+    let parents: Vec<Option<&ParentLink>> = rows.iter().map(|r| r.parent.as_ref()).collect();
     let statement = sqlx::query(if max_in_flight.is_some() {
         INSERT_EXECUTIONS_WITHIN_QUOTA
     } else {
@@ -134,7 +142,8 @@ pub async fn insert_executions(
         )
         .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
         .bind(max_in_flight.map(|quota| i64::try_from(quota).unwrap_or(i64::MAX)))
-        .bind(tokens)
+        .bind(tokens);
+    let returned = children::bind(returned, &parents, child_ids)
         .fetch_all(&mut *connection)
         .await?;
     let mut committed = Vec::with_capacity(rows.len());
@@ -218,6 +227,8 @@ struct ChangeColumns<'a> {
     outbox_delays: Vec<i64>,
     /// Bound by each statement at its own position, after its other parameters.
     step_tokens: Vec<Option<Vec<u8>>>,
+    /// As `step_tokens`.
+    step_child_ids: Vec<Option<i64>>,
 }
 
 impl<'a> ChangeColumns<'a> {
@@ -243,6 +254,8 @@ impl<'a> ChangeColumns<'a> {
             self.step_started_at_ms.push(step.started_at_ms);
             self.step_tokens
                 .push(step.token.map(|token| token.expose().to_vec()));
+            self.step_child_ids
+                .push(step.child_id.map(ExecutionId::get));
         }
         for (seq, (kind, payload)) in (after_seq + 1..).zip(events) {
             self.event_ids.push(id);
@@ -301,6 +314,12 @@ pub struct LockedExecution {
     pub gotos: i32,
     /// The token of the attempt that owns each step, in step order.
     pub tokens: Vec<Option<AttemptToken>>,
+    /// The child execution each step's current attempt started, in step order.
+    pub child_ids: Vec<Option<ExecutionId>>,
+    /// The step that started it, when it is a child execution.
+    pub parent: Option<ParentLink>,
+    /// Its depth among children (0 for a submitted execution).
+    pub depth: u32,
 }
 
 /// Locks the rows of the executions `ids` (those that exist) for the rest of `tx`, in id order
@@ -311,13 +330,16 @@ pub async fn lock_executions(
     ids: &[ExecutionId],
 ) -> Result<Vec<LockedExecution>, Error> {
     let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-    let locked = sqlx::query(
+    let statement = format!(
         "SELECT execution_id, status, playbook, input, last_event_seq, tenant, results_bytes,
-                ctx, gotos FROM executions WHERE execution_id = ANY($1) ORDER BY execution_id FOR UPDATE",
-    )
-    .bind(&raw)
-    .fetch_all(&mut **tx)
-    .await?;
+                ctx, gotos, {} FROM executions WHERE execution_id = ANY($1)
+         ORDER BY execution_id FOR UPDATE",
+        children::PARENT_COLUMNS
+    );
+    let locked = sqlx::query(&statement)
+        .bind(&raw)
+        .fetch_all(&mut **tx)
+        .await?;
     if locked.is_empty() {
         return Ok(Vec::new());
     }
@@ -326,7 +348,8 @@ pub async fn lock_executions(
     // locking statement, the steps would come from the snapshot taken before the wait, and a
     // report queued behind another for the same step would record its result twice.)
     let step_rows = sqlx::query(
-        "SELECT execution_id, status, attempt, result, error, attempt_token FROM execution_steps
+        "SELECT execution_id, status, attempt, result, error, attempt_token, child_id
+         FROM execution_steps
          WHERE execution_id = ANY($1) ORDER BY execution_id, step_index",
     )
     .bind(&raw)
@@ -337,9 +360,10 @@ pub async fn lock_executions(
         .iter()
         .map(|row| {
             let id = rows::execution_id(row)?;
-            let (mut steps, mut tokens) = (Vec::new(), Vec::new());
+            let (mut steps, mut tokens, mut child_ids) = (Vec::new(), Vec::new(), Vec::new());
             while let Some(step) = step_rows.next_if(|s| rows::execution_id(s).ok() == Some(id)) {
                 tokens.push(rows::attempt_token(step)?);
+                child_ids.push(children::child_id(step)?);
                 steps.push(StepState {
                     status: rows::step_status(step)?,
                     attempt: rows::attempt(step)?,
@@ -347,6 +371,7 @@ pub async fn lock_executions(
                     error: step.try_get("error")?,
                 });
             }
+            let (parent, depth) = children::parent_link(row)?;
             Ok(LockedExecution {
                 execution_id: id,
                 status: rows::status(row)?,
@@ -361,6 +386,9 @@ pub async fn lock_executions(
                     .map(|json| json.0)?,
                 gotos: row.try_get("gotos")?,
                 tokens,
+                child_ids,
+                parent,
+                depth,
             })
         })
         .collect()
@@ -410,7 +438,7 @@ pub async fn save_changes(
         "WITH changed_steps AS (
              UPDATE execution_steps AS s SET
                  status = u.status, attempt = u.attempt, result = u.result::jsonb, error = u.error,
-                 attempt_token = u.token,
+                 attempt_token = u.token, child_id = coalesce(u.child_id, s.child_id),
                  lease_expires_at = now() + u.lease_ms * interval '1 millisecond',
                  started_at = CASE WHEN u.status = 'running' THEN coalesce(s.started_at, now())
                                    WHEN u.status = 'dispatched' THEN NULL
@@ -420,9 +448,9 @@ pub async fn save_changes(
                                     THEN now() END,
                  updated_at = now()
              FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[], $23::bytea[])
+                         $7::text[], $8::bigint[], $9::bigint[], $23::bytea[], $26::bigint[])
                  AS u(execution_id, step_index, name, status, attempt, result, error, lease_ms,
-                      started_ms, token)
+                      started_ms, token, child_id)
              WHERE s.execution_id = u.execution_id AND s.step_index = u.step_index
          ), new_events AS (
              INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -459,6 +487,7 @@ pub async fn save_changes(
         .map(|c| c.last_event_seq + c.events.len() as i64)
         .collect();
     let tokens = std::mem::take(&mut columns.step_tokens);
+    let child_ids = std::mem::take(&mut columns.step_child_ids);
     let results_bytes: Vec<i64> = changes.iter().map(|c| c.results_bytes).collect();
     let ctx: Vec<Option<&str>> = changes.iter().map(|c| c.ctx.as_deref()).collect();
     let gotos: Vec<i32> = changes.iter().map(|c| c.gotos).collect();
@@ -476,6 +505,7 @@ pub async fn save_changes(
         .bind(tokens)
         .bind(ctx)
         .bind(gotos)
+        .bind(child_ids)
         .fetch_all(&mut **tx)
         .await?
         .iter()

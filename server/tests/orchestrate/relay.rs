@@ -115,9 +115,9 @@ async fn handed_off_commands_are_published_and_missed_handoffs_are_relayed() {
     let relaying = tokio::spawn(relay::run(
         ShardId::new(0),
         shard.pools.clone(),
-        client.clone(),
+        (client.clone(), tokio::sync::watch::channel(None).1),
         feed,
-        |_, _| async { panic!("no command here is over max_payload") },
+        |_| async { panic!("no command here is over max_payload") },
         cancel.clone(),
     ));
     let consumer = noetl_bus::commands::pool_consumer(&client, "default", Duration::from_secs(60))

@@ -93,6 +93,17 @@ impl Api {
         .await
     }
 
+    /// Polls an execution until it has ended (succeeded, failed or cancelled).
+    pub async fn wait_for_end(&self, id: ExecutionId) -> Value {
+        self.wait_for_execution(id, "the execution to end", |body| {
+            matches!(
+                body["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await
+    }
+
     /// Polls an execution until it has succeeded.
     pub async fn wait_for_success(&self, id: ExecutionId) -> Value {
         self.wait_for_execution(id, "the execution to succeed", |body| {

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::process::spawn_server;
+use super::process::{spawn_server, spawn_server_serving};
 use super::{connect, Api, Token};
 
 /// The settings of the tests' servers, with the ops endpoint on `listen`.
@@ -391,6 +391,24 @@ impl Cluster {
     /// SIGKILLs the server process (of a cluster built with `server_process`).
     pub fn kill_server(&mut self) {
         match self.servers.first_mut() {
+            Some(Server::Process(process)) => process.kill(),
+            _ => panic!("only a server process can be killed"),
+        }
+    }
+
+    /// Starts a server process serving only `serve` (of a cluster built with `server_process`,
+    /// whose first server was killed); returns its index for [`Cluster::kill_server_at`].
+    pub fn start_server_serving(&mut self, serve: &[u32]) -> usize {
+        let ops = format!("127.0.0.1:{}", free_port());
+        let list: Vec<String> = serve.iter().map(u32::to_string).collect();
+        let process = spawn_server_serving(self.nats.url(), &self.shards, &ops, &list.join(","));
+        self.servers.push(Server::Process(process));
+        self.servers.len() - 1
+    }
+
+    /// SIGKILLs the server process at `index`.
+    pub fn kill_server_at(&mut self, index: usize) {
+        match self.servers.get_mut(index) {
             Some(Server::Process(process)) => process.kill(),
             _ => panic!("only a server process can be killed"),
         }

@@ -148,3 +148,23 @@ pub async fn serve_loopback(app: axum::Router) -> String {
     tokio::spawn(async move { axum::serve(listener, app).await });
     base
 }
+
+/// A report of the first attempt of step 0 of `id` claiming success with `{"forged": true}`,
+/// from a worker calling itself `stolen`, with `token`: what a stolen credential could send.
+pub fn forged_report(
+    id: ExecutionId,
+    token: Option<noetl_contract::step::AttemptToken>,
+) -> noetl_contract::command::StepReport {
+    noetl_contract::command::StepReport {
+        execution_id: id,
+        step_index: noetl_contract::step::StepIndex::new(0),
+        attempt: noetl_contract::step::Attempt::FIRST,
+        outcome: noetl_contract::command::StepOutcome::Succeeded {
+            result: serde_json::json!({"forged": true}),
+        },
+        started_at_ms: noetl_bus::unix_now_ms(),
+        finished_at_ms: noetl_bus::unix_now_ms(),
+        worker: "stolen".to_owned(),
+        token,
+    }
+}

@@ -19,11 +19,22 @@ pub fn binary(binary: &str, nats_url: &str, listen: &str) -> Command {
 /// The server binary as a process of its own (so a test can SIGKILL it), with the same short
 /// step lease as in-process servers.
 pub fn spawn_server(nats_url: &str, shards: &str, listen: &str) -> Process {
+    Process::spawn(server_command(nats_url, shards, listen))
+}
+
+/// [`spawn_server`] serving only `serve` (comma-separated shard numbers).
+pub fn spawn_server_serving(nats_url: &str, shards: &str, listen: &str, serve: &str) -> Process {
+    let mut command = server_command(nats_url, shards, listen);
+    command.args(["--shards", serve]);
+    Process::spawn(command)
+}
+
+fn server_command(nats_url: &str, shards: &str, listen: &str) -> Command {
     let mut command = binary("noetl-server", nats_url, listen);
     command
         .env("NOETL_SHARDS", shards)
         .env("NOETL_STEP_LEASE_MS", "2000");
-    Process::spawn(command)
+    command
 }
 
 /// Runs the `noetlctl` binary with `flag` (`--nats-url` or `--gateway-url`) set to `url`.

@@ -7,7 +7,8 @@ macro_rules! insert_into_executions {
     () => {
         "         INSERT INTO executions
              (execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
-              playbook_version, tenant)
+              playbook_version, tenant, parent_id, root_id, depth, parent_step, parent_attempt,
+              parent_token)
 "
     };
 }
@@ -16,9 +17,11 @@ macro_rules! input_executions {
         "WITH input AS (
          SELECT * FROM UNNEST($18::bigint[], $19::text[], $20::text[], $21::text[],
                               $22::text[], $23::text[], $24::bigint[], $25::int[],
-                              $26::text[]) WITH ORDINALITY
+                              $26::text[], $29::bigint[], $30::bigint[], $31::int[],
+                              $32::int[], $33::int[], $34::bytea[]) WITH ORDINALITY
              AS t(execution_id, playbook_name, playbook, input, labels, status, last_event_seq,
-                  playbook_version, tenant, ord)
+                  playbook_version, tenant, parent_id, root_id, depth, parent_step,
+                  parent_attempt, parent_token, ord)
      "
     };
 }
@@ -29,15 +32,15 @@ macro_rules! stored_rows {
      ), new_steps AS (
          INSERT INTO execution_steps
              (execution_id, step_index, name, status, attempt, lease_expires_at, error,
-              finished_at, attempt_token)
+              finished_at, attempt_token, child_id)
          SELECT s.execution_id, s.step_index, s.name, s.status, s.attempt,
                 now() + s.lease_ms * interval '1 millisecond', s.error,
                 CASE WHEN s.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
-                     THEN now() END, s.token
+                     THEN now() END, s.token, s.child_id
          FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                     $7::text[], $8::bigint[], $9::bigint[], $28::bytea[])
+                     $7::text[], $8::bigint[], $9::bigint[], $28::bytea[], $35::bigint[])
              AS s(execution_id, step_index, name, status, attempt, result, error, lease_ms,
-                  started_ms, token)
+                  started_ms, token, child_id)
          WHERE s.execution_id IN (SELECT execution_id FROM inserted)
      ), new_events AS (
          INSERT INTO execution_events (execution_id, seq, kind, payload)
@@ -65,14 +68,16 @@ macro_rules! stored_rows {
 
 /// The statement of [`super::insert_executions`] without a quota: `$1` to `$17` are the
 /// `ChangeColumns`, `$18` to `$26` the executions, `$28` the steps' attempt tokens (`$27`,
-/// the quota, is bound and unused). Returns a row per execution stored now.
+/// the quota, is bound and unused), `$29` to `$34` the executions' parent links (parent, root,
+/// depth, step, attempt, token), `$35` the steps' child ids. Returns a row per execution stored now.
 pub(super) const INSERT_EXECUTIONS: &str = concat!(
     input_executions!(),
     "), inserted AS (
 ",
     insert_into_executions!(),
     "         SELECT execution_id, playbook_name, playbook::jsonb, input::jsonb, labels::jsonb,
-                status, last_event_seq, playbook_version, tenant
+                status, last_event_seq, playbook_version, tenant, parent_id, root_id, depth,
+                parent_step, parent_attempt, parent_token
          FROM input
 ",
     stored_rows!(),
@@ -108,7 +113,8 @@ pub(super) const INSERT_EXECUTIONS_WITHIN_QUOTA: &str = concat!(
 ",
     insert_into_executions!(),
     "         SELECT i.execution_id, i.playbook_name, i.playbook::jsonb, i.input::jsonb,
-                i.labels::jsonb, i.status, i.last_event_seq, i.playbook_version, i.tenant
+                i.labels::jsonb, i.status, i.last_event_seq, i.playbook_version, i.tenant,
+                i.parent_id, i.root_id, i.depth, i.parent_step, i.parent_attempt, i.parent_token
          FROM input i JOIN fresh f USING (execution_id) LEFT JOIN quota q ON q.tenant = f.tenant
          WHERE f.rank IS NULL OR f.rank <= q.admitted
 ",
