@@ -10,6 +10,11 @@
 //! is stored, so racing publishers cannot pass the quota together; a publish that fails after
 //! that still counts.
 //!
+//! A version can be deleted ([`delete_version`]), and a publish drops the oldest versions past
+//! the quota's `keep_versions`; either gives back its quota. The `latest` pointer then names
+//! the newest version left (0 when none is) and keeps the highest number ever published, so a
+//! number is never handed out twice.
+//!
 //! Keys of the single namespace before tenants (`pb.{name}.{version}`, `latest.{name}`) are
 //! left in the bucket and never read: see wiki/limits.md for how to move them.
 
@@ -23,6 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{unix_now_ms, Client, Error};
 
+mod retention;
+
+pub use retention::delete_version;
+
 /// The most a tenant's catalog may hold; publishing past either is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
@@ -30,6 +39,8 @@ pub struct Quota {
     pub max_versions: u64,
     /// Bytes of all its stored versions together.
     pub max_bytes: u64,
+    /// Versions of one playbook kept: a publish deletes the oldest past it (0: all are kept).
+    pub keep_versions: u32,
 }
 
 /// A publish that would take the tenant's catalog over its [`Quota`].
@@ -101,8 +112,19 @@ fn usage_key(tenant: &str) -> String {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Latest {
+    /// The newest version stored; 0 once every version was deleted.
     version: u32,
     updated_at_ms: i64,
+    /// The highest version ever published (absent before deletion existed: `version`).
+    #[serde(default)]
+    highest: u32,
+}
+
+impl Latest {
+    /// The number the next publish takes.
+    fn next(&self) -> u32 {
+        self.version.max(self.highest).saturating_add(1)
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, Error> {
@@ -220,7 +242,7 @@ pub async fn publish(
     let name = &playbook.name;
     let mut version = latest(&store, tenant, name)
         .await?
-        .map_or(1, |(l, _)| l.version.saturating_add(1));
+        .map_or(1, |(l, _)| l.next());
     let mut entry = CatalogEntry {
         name: name.clone(),
         version,
@@ -254,19 +276,30 @@ pub async fn publish(
     let pointer = encode(&Latest {
         version,
         updated_at_ms: entry.created_at_ms,
+        highest: version,
     })?;
     let key = latest_key(tenant, name);
     loop {
         let revision = match latest(&store, tenant, name).await? {
-            Some((current, _)) if current.version >= version => return Ok(Ok(entry)),
+            Some((current, _)) if current.version >= version => break,
             Some((_, revision)) => Some(revision),
             None => None,
         };
         if compare_and_set(&store, &key, pointer.clone(), revision).await? {
-            return Ok(Ok(entry));
+            break;
         }
         // Someone moved the pointer meanwhile: look again.
     }
+    if quota.keep_versions > 0 {
+        let named = retention::Named {
+            client,
+            store: &store,
+            tenant,
+            name,
+        };
+        named.keep_last(quota.keep_versions).await?;
+    }
+    Ok(Ok(entry))
 }
 
 /// A version of `tenant`'s playbook, or its newest when `version` is `None`.
@@ -280,10 +313,20 @@ pub async fn get(
     let version = match version {
         Some(version) => version,
         None => match latest(&store, tenant, name).await? {
-            Some((latest, _)) => latest.version,
-            None => return Ok(None),
+            Some((latest, _)) if latest.version > 0 => latest.version,
+            _ => return Ok(None),
         },
     };
+    get_in(&store, tenant, name, version).await
+}
+
+/// Version `version` of `tenant`'s playbook `name` in `store`.
+async fn get_in(
+    store: &kv::Store,
+    tenant: &str,
+    name: &str,
+    version: u32,
+) -> Result<Option<CatalogEntry>, Error> {
     let key = version_key(tenant, name, version);
     match store
         .get(&key)
@@ -295,13 +338,17 @@ pub async fn get(
     }
 }
 
-/// Every playbook name of `tenant` with its newest version, by name. Reads only the tenant's
-/// `latest` pointers (a consumer filtered to them), never another tenant's keys.
-pub async fn list(client: &Client, tenant: &str) -> Result<Vec<CatalogSummary>, Error> {
+/// The last value of every key under `prefix` that has one (not deleted), as (the rest of the
+/// key after `prefix`, value): an ordered consumer filtered to those keys, so nothing outside
+/// them is read.
+async fn last_values(
+    client: &Client,
+    store: &kv::Store,
+    prefix: &str,
+) -> Result<Vec<(String, Bytes)>, Error> {
     use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
     let failed = |e: &dyn std::fmt::Display| Error::Transport(format!("listing the catalog: {e}"));
-    let store = bucket(client).await?;
-    let prefix = format!("{}{}", store.prefix, latest_prefix(tenant));
+    let prefix = format!("{}{prefix}", store.prefix);
     let consumer = store
         .stream
         .create_consumer(OrderedConfig {
@@ -315,24 +362,37 @@ pub async fn list(client: &Client, tenant: &str) -> Result<Vec<CatalogSummary>, 
         .map_err(|e| failed(&e))?;
     let mut pending = consumer.cached_info().num_pending;
     let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-    let mut summaries = Vec::new();
+    let mut values = Vec::new();
     while pending > 0 {
         let Some(message) = messages.next().await else {
             break;
         };
         let message = message.map_err(|e| failed(&e))?;
         pending = message.info().map_err(|e| failed(&e))?.pending;
-        let Some(name) = message
-            .subject
-            .strip_prefix(prefix.as_str())
-            .and_then(unhex)
-        else {
+        let Some(rest) = message.subject.strip_prefix(prefix.as_str()) else {
             continue;
         };
         if message.payload.is_empty() {
             continue; // a delete marker
         }
-        let latest: Latest = crate::decode(&message.subject, &message.payload)?;
+        values.push((rest.to_owned(), message.payload.clone()));
+    }
+    Ok(values)
+}
+
+/// Every playbook name of `tenant` with its newest version, by name. Reads only the tenant's
+/// `latest` pointers (a consumer filtered to them), never another tenant's keys.
+pub async fn list(client: &Client, tenant: &str) -> Result<Vec<CatalogSummary>, Error> {
+    let store = bucket(client).await?;
+    let mut summaries = Vec::new();
+    for (name, payload) in last_values(client, &store, &latest_prefix(tenant)).await? {
+        let Some(name) = unhex(&name) else {
+            continue;
+        };
+        let latest: Latest = crate::decode(&name, &payload)?;
+        if latest.version == 0 {
+            continue; // every version was deleted
+        }
         summaries.push(CatalogSummary {
             name,
             latest_version: latest.version,

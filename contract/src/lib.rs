@@ -30,6 +30,7 @@ pub mod noetl;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod playbook;
+pub mod redact;
 pub mod routing;
 pub mod shards;
 pub mod status;

@@ -192,6 +192,9 @@ pub enum WireErrorCode {
     /// The playbook is invalid, or a step may run longer than the shard's
     /// `max_step_timeout_ms` (the message names the field and the bound); nothing was stored.
     InvalidPlaybook,
+    /// A delete named an execution that has not finished (the message names its status);
+    /// nothing was deleted.
+    NotTerminal,
     /// The playbook's `playbook` steps nest deeper than the shard's `max_child_depth`; nothing
     /// was stored.
     NestingTooDeep,

@@ -39,6 +39,9 @@ pub enum ShardRequest {
     Cancel,
     /// A page of an execution's event log (body: `EventsQuery`, reply: `EventPage`).
     Events,
+    /// Delete a terminal execution from every table of its shard (body: `ExecutionQuery`,
+    /// reply: `null`; `not_terminal` while it runs).
+    Delete,
     /// Start a child execution (server to server; body: [`crate::child::ChildStart`], reply:
     /// `SubmitReceipt`).
     Child,
@@ -48,13 +51,14 @@ pub enum ShardRequest {
 }
 
 impl ShardRequest {
-    pub const ALL: [ShardRequest; 8] = [
+    pub const ALL: [ShardRequest; 9] = [
         ShardRequest::Submit,
         ShardRequest::Get,
         ShardRequest::Result,
         ShardRequest::Heartbeat,
         ShardRequest::Cancel,
         ShardRequest::Events,
+        ShardRequest::Delete,
         ShardRequest::Child,
         ShardRequest::Return,
     ];
@@ -67,6 +71,7 @@ impl ShardRequest {
             ShardRequest::Heartbeat => "heartbeat",
             ShardRequest::Cancel => "cancel",
             ShardRequest::Events => "events",
+            ShardRequest::Delete => "delete",
             ShardRequest::Child => "child",
             ShardRequest::Return => "return",
         }

@@ -117,6 +117,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a finished execution with its steps and events (refused while it runs: cancel it
+    /// first).
+    Delete { id: ExecutionId },
     /// Which shard and topology epoch an execution id belongs to, and what the id encodes.
     Route {
         id: ExecutionId,
@@ -190,6 +193,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Cancel { id, json } => {
             async { executions::cancel(&gateway()?, id, json).await }.await
         }
+        Command::Delete { id } => async { executions::delete(&gateway()?, id).await }.await,
         Command::Route { id, json } => {
             async { executions::route(&gateway()?, id, json).await }.await
         }

@@ -270,6 +270,14 @@ pub async fn cancel(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8
     Ok(0)
 }
 
+/// `DELETE /executions/{id}`: the answer has no body.
+pub async fn delete(gateway: &Gateway, id: ExecutionId) -> Result<u8, Error> {
+    let url = gateway.url(&["executions", &id.to_string()], &[])?;
+    gateway.send(gateway.request(Method::DELETE, url)).await?;
+    eprintln!("deleted execution {id}");
+    Ok(0)
+}
+
 pub async fn events(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8, Error> {
     let id_text = id.to_string();
     let (events, status) = event_log(gateway, id).await?;

@@ -1,5 +1,6 @@
 //! The playbook catalog: `playbook push` registers a file as the next version of its name,
-//! `playbook list` shows every name and its latest version, `playbook get` prints one version.
+//! `playbook list` shows every name and its latest version, `playbook get` prints one version,
+//! `playbook delete` deletes one.
 
 use clap::Subcommand;
 use reqwest::Method;
@@ -35,6 +36,12 @@ pub enum PlaybookCommand {
         /// Print the gateway's whole answer (name, version, created_at, playbook).
         #[arg(long)]
         json: bool,
+    },
+    /// Delete one version of a playbook from the catalog (needs the `admin` scope).
+    Delete {
+        name: String,
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        version: u64,
     },
 }
 
@@ -86,6 +93,12 @@ pub async fn run(gateway: &Gateway, command: PlaybookCommand) -> Result<u8, Erro
                     registered.name, registered.version, registered.created_at
                 );
             });
+        }
+        PlaybookCommand::Delete { name, version } => {
+            let version = version.to_string();
+            let url = gateway.url(&["playbooks", &name, "versions", &version], &[])?;
+            gateway.send(gateway.request(Method::DELETE, url)).await?;
+            eprintln!("deleted playbook {name} version {version}");
         }
         PlaybookCommand::List { json } => {
             let (raw, catalog): (Value, Catalog) = gateway.get(&["playbooks"], &[]).await?;

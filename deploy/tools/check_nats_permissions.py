@@ -48,6 +48,7 @@ PUBLISH = [
     ("noetl.v1.shard.1.get." + ID, "gateway"),
     ("noetl.v1.shard.1.events." + ID, "gateway"),
     ("noetl.v1.shard.1.cancel." + ID, "gateway"),
+    ("noetl.v1.shard.1.delete." + ID, "gateway"),
     ("noetl.v1.shard.3.list", "gateway operator"),
     ("noetl.v1.shard.3.ping", "gateway operator"),
     ("noetl.v1.shard.0.stats", "gateway operator"),

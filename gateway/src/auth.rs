@@ -34,11 +34,11 @@ use crate::problem::{Code, Problem};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// Submit and cancel executions.
+    /// Submit, cancel and delete executions.
     Submit,
     /// Read executions, their events, listings, the catalog, routes and the topology.
     Read,
-    /// Publish playbooks to the catalog.
+    /// Publish playbooks to the catalog, and delete their versions.
     Admin,
 }
 
@@ -202,15 +202,18 @@ enum Need {
 }
 
 impl Auth {
-    /// What a route needs: reads need `read`; submits and cancels `submit`; publishing a
-    /// playbook `admin`; `/healthz`, `/readyz` and `/metrics` a token only with `protect_ops`.
+    /// What a route needs: reads need `read`; submits, cancels and deleting an execution
+    /// `submit`; publishing a playbook or deleting a version `admin`; `/healthz`, `/readyz` and `/metrics` a token only with `protect_ops`.
     fn need(&self, method: &Method, path: &str) -> Need {
         match (method, path) {
             (_, "/api/v1/openapi.json") => Need::Nothing,
             (_, "/healthz" | "/readyz" | "/metrics") if self.protect_ops => Need::Token,
             (_, "/healthz" | "/readyz" | "/metrics") => Need::Nothing,
             (&Method::POST, "/api/v1/playbooks") => Need::Scope(Scope::Admin),
-            (&Method::POST, _) => Need::Scope(Scope::Submit),
+            (&Method::DELETE, "/api/v1/playbooks/{name}/versions/{version}") => {
+                Need::Scope(Scope::Admin)
+            }
+            (&Method::POST | &Method::DELETE, _) => Need::Scope(Scope::Submit),
             _ => Need::Scope(Scope::Read),
         }
     }
@@ -327,6 +330,12 @@ mod tests {
             (Method::GET, "/api/v1/executions/{id}", read),
             (Method::POST, "/api/v1/executions", submit),
             (Method::POST, "/api/v1/executions/{id}/cancel", submit),
+            (Method::DELETE, "/api/v1/executions/{id}", submit),
+            (
+                Method::DELETE,
+                "/api/v1/playbooks/{name}/versions/{version}",
+                Need::Scope(Scope::Admin),
+            ),
             (Method::POST, "/api/v1/playbooks", Need::Scope(Scope::Admin)),
             (Method::GET, "/api/v1/openapi.json", Need::Nothing),
             (Method::GET, "/metrics", Need::Nothing),

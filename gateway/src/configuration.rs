@@ -60,6 +60,9 @@ pub struct Settings {
     /// Bytes a tenant's catalog may hold, all its stored versions together (409
     /// `catalog_quota_exceeded` past it).
     pub catalog_max_bytes: u64,
+    /// Versions of one playbook a tenant's catalog keeps: publishing one more deletes the
+    /// oldest past it. 0 (the default): every version is kept, up to the quota.
+    pub catalog_keep_versions: u32,
     /// TOML file of bearer tokens (name, tenant, scopes, SHA-256 digest); unset: the API is
     /// open and every caller is the tenant `default` with every scope.
     pub auth_tokens_file: Option<PathBuf>,
@@ -88,6 +91,7 @@ impl Default for Settings {
             max_sse_streams: 1_024,
             catalog_max_versions: 1_000,
             catalog_max_bytes: 64 * 1024 * 1024,
+            catalog_keep_versions: 0,
             auth_tokens_file: None,
             auth_protect_ops: false,
             common: CommonSettings::default(),
@@ -185,6 +189,7 @@ impl GatewayConfig {
             catalog_quota: Quota {
                 max_versions: settings.catalog_max_versions,
                 max_bytes: settings.catalog_max_bytes,
+                keep_versions: settings.catalog_keep_versions,
             },
             auth: match &settings.auth_tokens_file {
                 Some(path) => Auth::from_file(path, settings.auth_protect_ops)?,

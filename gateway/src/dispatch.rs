@@ -56,6 +56,19 @@ impl Dispatcher {
         self.ask(kind, route, id, &query).await
     }
 
+    /// Deletes the execution, if it belongs to `tenant` and has finished.
+    pub async fn delete(
+        &self,
+        route: Route,
+        id: ExecutionId,
+        tenant: String,
+    ) -> Result<(), Problem> {
+        let query = ExecutionQuery {
+            tenant: Some(tenant),
+        };
+        self.ask(ShardRequest::Delete, route, id, &query).await
+    }
+
     pub async fn events(
         &self,
         route: Route,
@@ -146,6 +159,21 @@ impl Dispatcher {
             })
     }
 
+    /// Deletes a version of `tenant`'s playbook; `false` when it has no such version.
+    pub async fn catalog_delete(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<bool, Problem> {
+        if !noetl_contract::playbook::is_valid_name(name) || version == 0 {
+            return Ok(false);
+        }
+        noetl_bus::catalog::delete_version(&self.client, tenant, name, version)
+            .await
+            .map_err(bus_unavailable)
+    }
+
     pub async fn catalog_list(&self, tenant: &str) -> Result<Vec<CatalogSummary>, Problem> {
         noetl_bus::catalog::list(&self.client, tenant)
             .await
@@ -192,6 +220,7 @@ fn to_problem(shard: ShardId, error: noetl_bus::Error) -> Problem {
     match error {
         Error::Remote(remote) => match remote.code {
             WireErrorCode::NotFound => Problem::new(Code::ExecutionNotFound, remote.message),
+            WireErrorCode::NotTerminal => Problem::new(Code::ExecutionNotTerminal, remote.message),
             WireErrorCode::TooLarge => Problem::new(
                 Code::PayloadTooLarge,
                 format!("shard {shard}'s reply: {}", remote.message),

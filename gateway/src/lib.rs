@@ -116,6 +116,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/playbooks/{name}"),
     ("GET", "/api/v1/playbooks/{name}/versions/{version}"),
     ("GET", "/api/v1/executions/{id}"),
+    ("DELETE", "/api/v1/executions/{id}"),
+    ("DELETE", "/api/v1/playbooks/{name}/versions/{version}"),
     ("POST", "/api/v1/executions/{id}/cancel"),
     ("GET", "/api/v1/executions/{id}/events"),
     ("GET", "/api/v1/executions/{id}/stream"),
@@ -144,9 +146,12 @@ fn router(state: Arc<AppState>, metrics: PrometheusHandle, config: &GatewayConfi
         .route("/playbooks/{name}", get(routes::playbooks::latest))
         .route(
             "/playbooks/{name}/versions/{version}",
-            get(routes::playbooks::version),
+            get(routes::playbooks::version).delete(routes::playbooks::delete),
         )
-        .route("/executions/{id}", get(routes::executions::get))
+        .route(
+            "/executions/{id}",
+            get(routes::executions::get).delete(routes::executions::delete),
+        )
         .route("/executions/{id}/cancel", post(routes::executions::cancel))
         .route("/executions/{id}/events", get(routes::events::page))
         .route("/executions/{id}/stream", get(routes::events::stream))

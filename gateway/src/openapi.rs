@@ -29,7 +29,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
     info(
         title = "noetl-dispatch gateway",
         description = "The HTTP API of noetl-dispatch: submit executions of playbook DAGs, follow \
-            and cancel them, list them across every shard, keep a catalog of playbooks, and see \
+            and cancel them, delete finished ones, list them across every shard, keep a catalog of playbooks, and see \
             the cluster topology.\n\n\
             Execution ids are snowflakes (64-bit, time-ordered) written as decimal strings.\n\n\
             Every error is a problem document (RFC 9457, `application/problem+json`) with a \
@@ -44,6 +44,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         routes::listing::list,
         executions::get,
         executions::cancel,
+        executions::delete,
         routes::events::page,
         routes::events::stream,
         routes::route::route,
@@ -52,6 +53,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         routes::playbooks::list,
         routes::playbooks::latest,
         routes::playbooks::version,
+        routes::playbooks::delete,
         routes::health::healthz,
         routes::health::readyz,
         metrics,
@@ -60,7 +62,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
     components(schemas(Problem, Code)),
     modifiers(&ProblemResponses),
     tags(
-        (name = "executions", description = "Submit, read, follow, cancel and list executions."),
+        (name = "executions", description = "Submit, read, follow, cancel, delete and list executions."),
         (name = "playbooks", description = "The playbook catalog: published, versioned playbooks."),
         (name = "cluster", description = "Topology and routing."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
@@ -151,6 +153,17 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
         ("get", "/api/v1/executions/{id}")
         | ("post", "/api/v1/executions/{id}/cancel")
         | ("get", "/api/v1/executions/{id}/events") => EXECUTION,
+        ("delete", "/api/v1/executions/{id}") => &[
+            InvalidExecutionId,
+            InvalidRequest,
+            ExecutionNotFound,
+            ExecutionNotTerminal,
+            ExecutionRetired,
+            TopologyUnavailable,
+            ShardUnavailable,
+            ShardOverloaded,
+            Internal,
+        ],
         ("get", "/api/v1/executions/{id}/stream") => &[
             InvalidExecutionId,
             InvalidRequest,
@@ -184,7 +197,7 @@ pub fn problems(method: &str, path: &str) -> Option<&'static [Code]> {
         ("get", "/api/v1/playbooks/{name}") => {
             &[InvalidRequest, PlaybookNotFound, BusUnavailable, Internal]
         }
-        ("get", "/api/v1/playbooks/{name}/versions/{version}") => {
+        ("get" | "delete", "/api/v1/playbooks/{name}/versions/{version}") => {
             &[InvalidRequest, PlaybookNotFound, BusUnavailable, Internal]
         }
         ("get", "/api/v1/openapi.json" | "/healthz" | "/readyz" | "/metrics") => &[Internal],

@@ -31,6 +31,7 @@ pub enum Code {
     PoolForbidden,
     ExecutionNotFound,
     PlaybookNotFound,
+    ExecutionNotTerminal,
     CatalogQuotaExceeded,
     TenantQuotaExceeded,
     IdempotencyKeyReused,
@@ -53,7 +54,7 @@ pub enum Code {
 impl Code {
     /// Every code, in the order the `Code` schema lists them (a test checks that it names every
     /// variant, in order).
-    pub const ALL: [Code; 35] = [
+    pub const ALL: [Code; 36] = [
         Code::InvalidJson,
         Code::InvalidRequest,
         Code::InvalidPlaybook,
@@ -72,6 +73,7 @@ impl Code {
         Code::PoolForbidden,
         Code::ExecutionNotFound,
         Code::PlaybookNotFound,
+        Code::ExecutionNotTerminal,
         Code::CatalogQuotaExceeded,
         Code::TenantQuotaExceeded,
         Code::IdempotencyKeyReused,
@@ -109,7 +111,7 @@ impl Code {
                 StatusCode::NOT_FOUND
             }
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Code::CatalogQuotaExceeded => StatusCode::CONFLICT,
+            Code::CatalogQuotaExceeded | Code::ExecutionNotTerminal => StatusCode::CONFLICT,
             Code::RateLimited | Code::StreamQuotaExceeded | Code::TenantQuotaExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -152,6 +154,7 @@ impl Code {
             Code::PoolForbidden => "Pool or action not open to the tenant",
             Code::ExecutionNotFound => "Execution not found",
             Code::PlaybookNotFound => "Playbook not found",
+            Code::ExecutionNotTerminal => "Execution not finished",
             Code::CatalogQuotaExceeded => "Catalog quota exceeded",
             Code::TenantQuotaExceeded => "Tenant quota exceeded",
             Code::IdempotencyKeyReused => "Idempotency key reused",
@@ -248,10 +251,15 @@ impl Code {
             Code::PlaybookNotFound => {
                 "the catalog has no playbook of that name, or not that version"
             }
+            Code::ExecutionNotTerminal => {
+                "only a finished execution (succeeded, failed or cancelled) can be deleted; this \
+                 one is pending or running: cancel it first (`POST …/cancel`), then delete it \
+                 once it has finished"
+            }
             Code::CatalogQuotaExceeded => {
                 "publishing would take the tenant's catalog over `catalog_max_versions` versions \
-                 or `catalog_max_bytes` bytes (all versions of all its playbooks count; none is \
-                 ever removed)"
+                 or `catalog_max_bytes` bytes (all versions of all its playbooks count until \
+                 deleted or dropped by `catalog_keep_versions`)"
             }
             Code::TenantQuotaExceeded => {
                 "the caller's tenant has `tenant_max_executions_in_flight` executions not yet \

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use noetl_bus::NatsConfig;
@@ -16,6 +17,8 @@ use serde::Deserialize;
 use crate::access::Access;
 use crate::orchestrate::Leases;
 use crate::render::Rendering;
+use crate::retention::Retention;
+use noetl_contract::redact::SecretHeaders;
 
 /// The largest `max_loop_items`: a loop's items are written in one statement when it starts.
 const MAX_LOOP_ITEMS_LIMIT: u32 = 1_000_000;
@@ -95,6 +98,22 @@ pub struct Settings {
     /// string.
     #[serde(deserialize_with = "noetl_service::settings::list")]
     pub shell_tenants: Vec<String>,
+    /// How long a terminal execution is kept (since it finished) before the purge deletes it
+    /// with its steps, events and leftovers. Default 30 days.
+    pub retention_ms: u64,
+    /// Per tenant, a retention of its own: a TOML table of milliseconds, or
+    /// `tenant=ms,tenant=ms`.
+    #[serde(deserialize_with = "table_of_ms")]
+    pub tenant_retention_ms: BTreeMap<String, u64>,
+    /// The pause between two passes of the retention purge.
+    pub retention_interval_ms: u64,
+    /// Executions the purge deletes per transaction.
+    pub retention_batch: u64,
+    /// Header names of an `http` step's `with.headers` whose values are shown as `<redacted>`
+    /// in the event log and step views, besides `Authorization`, `Proxy-Authorization` and
+    /// `Cookie` (a list or one comma-separated string; names compared without case).
+    #[serde(deserialize_with = "noetl_service::settings::list")]
+    pub secret_headers: Vec<String>,
     /// `nats_url`, the NATS credentials and `log_format`.
     #[serde(flatten)]
     pub common: CommonSettings,
@@ -125,8 +144,45 @@ impl Default for Settings {
             template_deadline_ms: crate::render::DEFAULT_DEADLINE_MS,
             pool_tenants: BTreeMap::new(),
             shell_tenants: vec![DEFAULT_TENANT.to_owned()],
+            retention_ms: DEFAULT_RETENTION_MS,
+            tenant_retention_ms: BTreeMap::new(),
+            retention_interval_ms: 60_000,
+            retention_batch: 500,
+            secret_headers: vec!["X-Api-Key".to_owned()],
             common: CommonSettings::default(),
         }
+    }
+}
+
+/// `retention_ms` by default: 30 days.
+pub const DEFAULT_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
+
+/// A table of milliseconds per name: a TOML table, or one string `name=ms,name=ms` (what an
+/// environment variable holds).
+fn table_of_ms<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Table {
+        Table(BTreeMap<String, u64>),
+        Joined(String),
+    }
+    match Table::deserialize(deserializer)? {
+        Table::Table(table) => Ok(table),
+        Table::Joined(joined) => joined
+            .split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(|part| {
+                let (name, ms) = part.split_once('=').ok_or_else(|| {
+                    serde::de::Error::custom(format!("{part:?} is not name=milliseconds"))
+                })?;
+                let ms = ms.trim().parse().map_err(|_| {
+                    serde::de::Error::custom(format!("{ms:?} is not a number of milliseconds"))
+                })?;
+                Ok((name.trim().to_owned(), ms))
+            })
+            .collect(),
     }
 }
 
@@ -152,6 +208,8 @@ pub struct ServerConfig {
     pub topology_grace_ms: i64,
     /// `pool_tenants` and `shell_tenants`.
     pub access: Access,
+    /// `retention_ms`, `tenant_retention_ms`, `retention_interval_ms`, `retention_batch`.
+    pub retention: Retention,
 }
 
 impl ServerConfig {
@@ -207,6 +265,12 @@ impl ServerConfig {
             ),
             ("max_step_timeout_ms", settings.max_step_timeout_ms as usize),
             ("template_fuel", settings.template_fuel as usize),
+            ("retention_ms", settings.retention_ms as usize),
+            (
+                "retention_interval_ms",
+                settings.retention_interval_ms as usize,
+            ),
+            ("retention_batch", settings.retention_batch as usize),
             ("template_max_bytes", settings.template_max_bytes),
             ("template_max_depth", settings.template_max_depth),
             (
@@ -245,6 +309,12 @@ impl ServerConfig {
             );
         }
         let access = access(&settings.pool_tenants, &settings.shell_tenants)?;
+        let retention = Retention {
+            default: Duration::from_millis(settings.retention_ms),
+            tenants: tenant_retention(&settings.tenant_retention_ms)?,
+            interval: Duration::from_millis(settings.retention_interval_ms),
+            batch: i64::try_from(settings.retention_batch).unwrap_or(i64::MAX),
+        };
         Ok(Self {
             nats: settings.common.nats("noetl-server"),
             shards,
@@ -272,11 +342,31 @@ impl ServerConfig {
                     max_depth: settings.template_max_depth,
                 },
                 deadline: std::time::Duration::from_millis(settings.template_deadline_ms),
+                secret_headers: SecretHeaders::new(&settings.secret_headers),
             },
             topology_grace_ms: settings.topology_grace_ms,
             access,
+            retention,
         })
     }
+}
+
+/// `tenant_retention_ms`, validated: no empty tenant, no retention of 0.
+fn tenant_retention(table: &BTreeMap<String, u64>) -> anyhow::Result<BTreeMap<String, Duration>> {
+    table
+        .iter()
+        .map(|(tenant, &ms)| {
+            anyhow::ensure!(
+                !tenant.is_empty(),
+                "tenant_retention_ms names an empty tenant"
+            );
+            anyhow::ensure!(
+                ms > 0,
+                "tenant_retention_ms for {tenant:?} must be at least 1"
+            );
+            Ok((tenant.clone(), Duration::from_millis(ms)))
+        })
+        .collect()
 }
 
 /// `pool_tenants` and `shell_tenants`, validated: pool names as in playbooks, tenant names
@@ -412,6 +502,61 @@ mod tests {
                 error.to_string(),
                 format!("max_loop_items must be {refused}")
             );
+        }
+    }
+
+    #[test]
+    fn retention_is_30_days_unless_set_per_tenant_and_never_zero() {
+        let config = ServerConfig::from_settings(settings(Some(TWO)), None).expect("valid");
+        assert_eq!(
+            config.retention.default,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert!(config.retention.tenants.is_empty());
+        assert!(config.rendering.secret_headers.is_secret("x-api-key"));
+        let joined =
+            serde_json::json!({"tenant_retention_ms": "a=1000, b=5", "secret_headers": "X-Token"});
+        let tuned = Settings {
+            shards: Some(TWO.to_owned()),
+            ..Settings::deserialize(joined).expect("a joined table")
+        };
+        let config = ServerConfig::from_settings(tuned, None).expect("valid");
+        assert_eq!(
+            config.retention.tenants,
+            [
+                ("a".to_owned(), Duration::from_millis(1000)),
+                ("b".to_owned(), Duration::from_millis(5))
+            ]
+            .into()
+        );
+        let headers = &config.rendering.secret_headers;
+        assert!(headers.is_secret("x-token") && headers.is_secret("Cookie"));
+        assert!(!headers.is_secret("x-api-key"));
+        for (raw, named) in [
+            (
+                serde_json::json!({"tenant_retention_ms": "a"}),
+                "name=milliseconds",
+            ),
+            (
+                serde_json::json!({"tenant_retention_ms": "a=x"}),
+                "milliseconds",
+            ),
+        ] {
+            let error = Settings::deserialize(raw).expect_err(named);
+            assert!(error.to_string().contains(named), "{error}");
+        }
+        for bad in [
+            Settings {
+                tenant_retention_ms: [("a".to_owned(), 0)].into(),
+                ..settings(Some(TWO))
+            },
+            Settings {
+                retention_ms: 0,
+                ..settings(Some(TWO))
+            },
+        ] {
+            let error = ServerConfig::from_settings(bad, None).expect_err("zero");
+            assert!(error.to_string().contains("retention_ms"), "{error}");
         }
     }
 

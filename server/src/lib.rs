@@ -7,6 +7,7 @@
 //! - [`orchestrate`]: applies the engine's decisions under the execution's row lock.
 //! - [`relay`]: publishes the outbox of commands to JetStream.
 //! - [`leases`]: re-dispatches attempts whose worker went silent.
+//! - [`retention`]: purges terminal executions past their tenant's retention.
 //! - [`shard`]: a shard's subscriptions and request handling (route check first).
 //! - [`topology`]: checks each topology document against the epochs the databases recorded.
 //! - [`http`]: the readiness check behind `/readyz` (served with `/healthz` and `/metrics`).
@@ -23,6 +24,7 @@ pub mod orchestrate;
 pub mod persistence;
 pub mod relay;
 pub mod render;
+pub mod retention;
 pub mod shard;
 pub mod topology;
 
@@ -139,7 +141,7 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             shard,
             pools.clone(),
             config.leases,
-            config.rendering,
+            config.rendering.clone(),
             orchestrate::ExecutionLimits {
                 results_max_bytes: config.execution_results_max_bytes,
                 max_loop_items: config.max_loop_items,
@@ -184,6 +186,12 @@ pub async fn run(config: ServerConfig, cancel: CancellationToken) -> anyhow::Res
             cancel.clone(),
         ));
         background.spawn(leases::run(orchestrator.clone(), cancel.clone()));
+        background.spawn(retention::run(
+            shard,
+            pool.clone(),
+            config.retention.clone(),
+            cancel.clone(),
+        ));
         let committer = commit::Committer::spawn(
             shard,
             persistence::generic_pool(dsn, connections)?,

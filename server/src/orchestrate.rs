@@ -563,6 +563,7 @@ impl Inner {
             decision,
             &tokens,
             reported_start,
+            &self.rendering.secret_headers,
         );
         work.outbox.extend(messages);
         Ok(())

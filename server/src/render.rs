@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use noetl_contract::engine::{self, Decision, Event, ExecutionState};
+use noetl_contract::redact::SecretHeaders;
 use noetl_contract::template::Budget;
 use tokio::sync::Semaphore;
 
@@ -25,11 +26,14 @@ fn renders() -> &'static Semaphore {
 pub const DEFAULT_DEADLINE_MS: u64 = 5_000;
 
 /// What rendering a step's `with` may cost on this server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Rendering {
     pub budget: Budget,
     /// A render still running after this is abandoned (see [`decide`]).
     pub deadline: Duration,
+    /// `secret_headers`: their values in a dispatched step's `with.headers` are logged as
+    /// `<redacted>` (the worker's command keeps them).
+    pub secret_headers: SecretHeaders,
 }
 
 impl Default for Rendering {
@@ -37,6 +41,7 @@ impl Default for Rendering {
         Self {
             budget: Budget::default(),
             deadline: Duration::from_millis(DEFAULT_DEADLINE_MS),
+            secret_headers: SecretHeaders::default(),
         }
     }
 }
@@ -126,6 +131,7 @@ mod tests {
                 ..Budget::default()
             },
             deadline: Duration::ZERO,
+            ..Rendering::default()
         };
         let decision = decide(&mut state, Event::Created, &rendering).await;
         let refused = decision.refused.expect("refused");

@@ -28,7 +28,7 @@ mod children;
 use crate::access::Access;
 use crate::commit::Committer;
 use crate::orchestrate::{Applied, Orchestrator};
-use crate::persistence::{self, Beat, BeatAnswer};
+use crate::persistence::{self, Beat, BeatAnswer, Deleted};
 
 /// Everything a request handler of one shard needs.
 #[derive(Debug)]
@@ -157,6 +157,7 @@ async fn handle(shard: &Shard, request: Request, message: Message) {
             }
             ShardRequest::Cancel => answer(shard, &message, cancel(shard, &message).await).await,
             ShardRequest::Events => answer(shard, &message, events(shard, &message).await).await,
+            ShardRequest::Delete => answer(shard, &message, delete(shard, &message).await).await,
             ShardRequest::Child => {
                 answer(shard, &message, children::start(shard, &message).await).await
             }
@@ -502,6 +503,26 @@ async fn cancel(shard: &Shard, message: &Message) -> Result<ExecutionView, WireE
         Err(e) => return Err(database_failed(shard, id, &e)),
     }
     read_view(shard, id, tenant).await
+}
+
+/// Deletes a terminal execution of the caller's tenant from every table of the shard.
+async fn delete(shard: &Shard, message: &Message) -> Result<(), WireError> {
+    let id = routed_id(shard, message)?;
+    let query = execution_query(message)?;
+    let tenant = tenant_of(query.tenant.as_deref())?;
+    match persistence::delete_execution(&shard.pool, id, tenant).await {
+        Ok(Deleted::Gone) => {
+            metrics::counter!("noetl_server_executions_deleted_total", "shard" => shard.id.to_string())
+                .increment(1);
+            Ok(())
+        }
+        Ok(Deleted::NotFound) => Err(not_found(id)),
+        Ok(Deleted::NotTerminal(status)) => Err(wire_error(
+            WireErrorCode::NotTerminal,
+            format!("execution {id} is {}; cancel it first", status.as_str()),
+        )),
+        Err(e) => Err(database_failed(shard, id, &e)),
+    }
 }
 
 async fn stats(shard: &Shard) -> Result<ShardStats, WireError> {

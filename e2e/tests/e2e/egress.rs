@@ -26,12 +26,7 @@ async fn serve() -> String {
                 )
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("an address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    crate::harness::serve_loopback(app).await
 }
 
 /// A loopback port nothing listens on.

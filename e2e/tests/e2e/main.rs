@@ -26,6 +26,7 @@ mod permissions;
 mod quotas;
 mod readiness;
 mod resharding;
+mod retention;
 mod submit;
 mod templates;
 mod topology;

@@ -73,12 +73,7 @@ async fn serve() -> String {
         "/status.json",
         axum::routing::get(|| async { axum::Json(json!({"healthy": true})) }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("an address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    crate::harness::serve_loopback(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

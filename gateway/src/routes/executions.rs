@@ -566,3 +566,27 @@ pub async fn get(request: ExecutionRequest) -> Result<Json<ExecutionResponse>, P
 pub async fn cancel(request: ExecutionRequest) -> Result<Json<ExecutionResponse>, Problem> {
     ExecutionResponse::ask(request, ShardRequest::Cancel).await
 }
+
+/// `DELETE /api/v1/executions/{id}`: a finished execution, from every table of its shard.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/executions/{id}",
+    tag = "executions",
+    operation_id = "delete_execution",
+    summary = "Delete an execution",
+    description = "Deletes a finished execution (succeeded, failed or cancelled) with its steps, \
+        events and leftovers from its shard; afterwards the id is answered with 404 like one \
+        that never existed, and listings no longer show it. An execution still pending or \
+        running is refused with 409 `execution_not_terminal`: cancel it first.",
+    params(IdPath),
+    responses((status = 204, description = "Deleted.")),
+)]
+pub async fn delete(request: ExecutionRequest) -> Result<StatusCode, Problem> {
+    let route = request.route()?;
+    request
+        .state
+        .dispatcher
+        .delete(route, request.id, request.tenant)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,6 +1,7 @@
 //! The playbook catalog: `POST /api/v1/playbooks` publishes the next version of a playbook,
 //! `GET /api/v1/playbooks` lists names with their newest version, and
-//! `GET /api/v1/playbooks/{name}[/versions/{version}]` returns one version. It is stored in a
+//! `GET /api/v1/playbooks/{name}[/versions/{version}]` returns one version, and
+//! `DELETE /api/v1/playbooks/{name}/versions/{version}` deletes one. It is stored in a
 //! NATS key-value bucket (`noetl_bus::catalog`), one namespace per tenant: a caller sees,
 //! reads and publishes only its own tenant's playbooks; another tenant's are answered like
 //! missing ones (404), and the same name in two tenants is two playbooks.
@@ -200,9 +201,24 @@ pub async fn latest(
 pub async fn version(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    path: Result<Path<(String, u32)>, axum::extract::rejection::PathRejection>,
+    path: Result<VersionPath, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<PlaybookVersion>, Problem> {
-    let Path((name, version)) = path.map_err(|e| {
+    let (name, version) = version_path(path)?;
+    let entry = state
+        .dispatcher
+        .catalog_get(&principal.tenant, &name, Some(version))
+        .await?
+        .ok_or_else(|| playbook_not_found(&name, Some(version)))?;
+    Ok(Json(entry.into()))
+}
+
+type VersionPath = Path<(String, u32)>;
+
+/// The name and version of `/playbooks/{name}/versions/{version}`.
+fn version_path(
+    path: Result<VersionPath, axum::extract::rejection::PathRejection>,
+) -> Result<(String, u32), Problem> {
+    let Path(pair) = path.map_err(|e| {
         Problem::new(
             Code::InvalidRequest,
             format!(
@@ -211,10 +227,39 @@ pub async fn version(
             ),
         )
     })?;
-    let entry = state
+    Ok(pair)
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/playbooks/{name}/versions/{version}",
+    tag = "playbooks",
+    operation_id = "delete_playbook_version",
+    summary = "Delete a version of a playbook",
+    description = "Deletes one version from the caller's tenant's catalog and gives back its \
+        quota; afterwards it is answered with 404. When it was the newest, the name's newest \
+        version becomes the one before it (a name whose versions are all deleted leaves the \
+        listing). A version number is never handed out again. Executions that ran it keep \
+        their copy of the playbook.",
+    params(
+        ("name" = String, Path, description = "The playbook's name.", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
+        ("version" = u32, Path, description = "The version number (from 1)."),
+    ),
+    responses((status = 204, description = "Deleted.")),
+)]
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    path: Result<VersionPath, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, Problem> {
+    let (name, version) = version_path(path)?;
+    if !state
         .dispatcher
-        .catalog_get(&principal.tenant, &name, Some(version))
+        .catalog_delete(&principal.tenant, &name, version)
         .await?
-        .ok_or_else(|| playbook_not_found(&name, Some(version)))?;
-    Ok(Json(entry.into()))
+    {
+        return Err(playbook_not_found(&name, Some(version)));
+    }
+    tracing::info!(tenant = %principal.tenant, %name, version, "playbook version deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

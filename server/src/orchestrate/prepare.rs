@@ -48,7 +48,7 @@ impl Orchestrator {
             });
         }
         let mut events = vec![("execution_created".to_owned(), "{}".to_owned())];
-        events.extend(event_rows(&decision));
+        events.extend(event_rows(&decision, &self.inner.rendering.secret_headers));
         let tokens = new_tokens(&decision);
         let family = children::Family {
             id: command.execution_id,

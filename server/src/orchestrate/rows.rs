@@ -9,6 +9,7 @@ use noetl_contract::command::StepCommand;
 use noetl_contract::engine::children::Nesting;
 use noetl_contract::engine::{Decision, ExecutionState};
 use noetl_contract::playbook::{Millis, Playbook, DEFAULT_POOL};
+use noetl_contract::redact::SecretHeaders;
 use noetl_contract::status::StepStatus;
 use noetl_contract::step::{AttemptToken, StepIndex, TOKEN_BYTES};
 use noetl_contract::template;
@@ -133,6 +134,7 @@ impl Working {
         decision: &Decision,
         tokens: &Tokens,
         reported_start: Option<(StepIndex, i64)>,
+        secrets: &SecretHeaders,
     ) {
         for &i in &decision.changed {
             let mut row = leases.step_row(&self.state, decision, tokens, i);
@@ -152,7 +154,7 @@ impl Working {
         self.note_loops(decision, tokens);
         self.changed = true;
         self.ctx_changed |= decision.ctx_changed;
-        self.events.extend(event_rows(decision));
+        self.events.extend(event_rows(decision, secrets));
         self.outbox
             .extend(leases.outbox_rows(shard, id, &self.state, decision, tokens));
     }
@@ -377,11 +379,19 @@ impl Leases {
     }
 }
 
-pub(super) fn event_rows(decision: &Decision) -> Vec<(String, String)> {
+/// The decision's events as stored, with the values of secret headers redacted.
+pub(super) fn event_rows(decision: &Decision, secrets: &SecretHeaders) -> Vec<(String, String)> {
     decision
         .records
         .iter()
-        .map(|r| (r.kind.to_owned(), to_json(&r.payload)))
+        .map(|r| {
+            if r.kind != "step_dispatched" {
+                return (r.kind.to_owned(), to_json(&r.payload));
+            }
+            let mut payload = r.payload.clone();
+            secrets.redact(&mut payload);
+            (r.kind.to_owned(), to_json(&payload))
+        })
         .collect()
 }
 

@@ -9,6 +9,7 @@
 //! - `leases`: heartbeats, the lease check under the lock, the scan for expired leases.
 //! - `outbox`: the commands waiting for JetStream, and when a new one becomes due.
 //! - `reads`: executions, event pages, listings and counts for the shard's readers.
+//! - `purge`: deleting a terminal execution, and the retention purge's batches.
 //! - `probe`: whether the database can take a write, for readiness.
 //! - `rows`: typed columns in and out (a value out of range is [`Error::Malformed`]).
 
@@ -18,6 +19,7 @@ mod leases;
 mod outbox;
 mod pools;
 mod probe;
+mod purge;
 mod reads;
 mod rows;
 #[cfg(test)]
@@ -36,6 +38,7 @@ pub use outbox::{
 };
 pub use pools::{begin_generic, generic_pool, pool, relaxed_pool, Held, Pools};
 pub use probe::can_write;
+pub use purge::{delete_execution, purge_batch, Deleted, Tenants};
 pub use reads::{backlog, events_page, get_execution, list_executions, shard_counts, visible};
 pub use rows::to_json;
 pub use writes::{
