@@ -185,14 +185,21 @@ fn sleeper(ms: u64) -> Value {
     json!({"name": "sleeper", "steps": [{"name": "nap", "action": "sleep", "with": {"ms": ms}}]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_parent_cancels_its_running_grandchild() {
+/// A two-shard cluster and a worker running `top` → `middle` → a sleeper of `ms`, and the ids
+/// of the three once the grandchild is started.
+async fn three_levels(ms: u64) -> (Cluster, Worker, [ExecutionId; 3]) {
     let cluster = Cluster::builder().shards(2).start().await;
     let worker = Worker::start(cluster.nats.url());
-    let tree = runs("top", runs("middle", sleeper(600_000)));
+    let tree = runs("top", runs("middle", sleeper(ms)));
     let parent = cluster.submit(&json!({"playbook": tree})).await;
     let child = child_of(&cluster, parent, "run").await;
     let grandchild = child_of(&cluster, child, "run").await;
+    (cluster, worker, [parent, child, grandchild])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parent_cancels_its_running_grandchild() {
+    let (cluster, worker, [parent, child, grandchild]) = three_levels(600_000).await;
     running(&cluster, grandchild, "nap").await;
 
     let (status, body) = cluster
@@ -215,14 +222,9 @@ async fn cancelling_a_parent_cancels_its_running_grandchild() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noetlctl_get_prints_the_tree_of_children_under_their_step_and_list_root_lists_it() {
-    let cluster = Cluster::builder().shards(2).start().await;
-    let worker = Worker::start(cluster.nats.url());
-    let tree = runs("top", runs("middle", sleeper(10)));
-    let parent = cluster.submit(&json!({"playbook": tree})).await;
+    let (cluster, worker, [parent, child, grandchild]) = three_levels(10).await;
     let done = cluster.wait_for_end(parent).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let child = child_of(&cluster, parent, "run").await;
-    let grandchild = child_of(&cluster, child, "run").await;
 
     let got = noetlctl(&cluster.base_url, &["get", &parent.to_string()]).await;
     assert_eq!(got.status.code(), Some(0), "{}", describe(&got));
