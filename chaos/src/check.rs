@@ -21,11 +21,13 @@ pub struct Duplicates {
     /// Idempotency keys with more than one execution in the databases, or given to the client
     /// with two different ids.
     pub key_twice: u64,
+    /// Parents with more than one child ([`crate::children::Family::duplicated`]).
+    pub children_twice: u64,
 }
 
 impl Duplicates {
     pub fn total(self) -> u64 {
-        self.terminal_twice + self.result_twice + self.key_twice
+        self.terminal_twice + self.result_twice + self.key_twice + self.children_twice
     }
 }
 

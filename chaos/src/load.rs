@@ -1,6 +1,8 @@
-//! The steady load: clients submitting a four-step diamond at a fixed rate, a quarter of them
-//! with an `Idempotency-Key` that they retry with the same body until they get an answer, and
-//! the client's own log of every execution id it was given (`201 Created`, or a replay).
+//! The steady load: clients submitting executions at a fixed rate, their playbooks taken in turn
+//! from [`SHAPES`] (a four-step diamond, and one in ten a parent whose middle step runs an inline
+//! sub-playbook), a quarter of them with an `Idempotency-Key` that they retry with the same body
+//! until they get an answer, and the client's own log of every execution id it was given
+//! (`201 Created`, or a replay).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,10 +22,38 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone, Serialize)]
 pub struct Ack {
     pub execution_id: ExecutionId,
+    pub shape: Shape,
     pub idempotency_key: Option<String>,
     pub status: u16,
     pub at_ms: i64,
 }
+
+/// A playbook of the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// `a` → (`b`, `c` sleeping) → `d`.
+    Diamond,
+    /// `a` → `kid` (a child running `a` → `b` sleeping) → `d`.
+    Parent,
+}
+
+/// The shapes a client submits in turn: a new shape (a loop) is one more entry.
+pub const SHAPES: &[Shape] = &[
+    Shape::Parent,
+    Shape::Diamond,
+    Shape::Diamond,
+    Shape::Diamond,
+    Shape::Diamond,
+    Shape::Diamond,
+    Shape::Diamond,
+    Shape::Diamond,
+    Shape::Diamond,
+    Shape::Diamond,
+];
+
+/// The `playbook` step of a [`Shape::Parent`], whose result names the child.
+pub const CHILD_STEP: &str = "kid";
 
 /// What the clients were told, kept in memory for the checks and appended to a JSON-lines file.
 #[derive(Debug)]
@@ -135,7 +165,8 @@ impl Load {
                         tick.tick().await;
                         n += 1;
                         let key = (n % 4 == 0).then(|| format!("{run}-{client}-{n}"));
-                        submit(&http, &url, key, &log).await;
+                        let shape = SHAPES[usize::try_from(n).unwrap_or_default() % SHAPES.len()];
+                        submit(&http, &url, shape, key, &log).await;
                     }
                 })
             })
@@ -151,26 +182,23 @@ impl Load {
     }
 }
 
-fn body(key: Option<&str>) -> Value {
-    let step = |name: &str, action: &str, needs: &[&str]| {
-        let mut step = json!({
-            "name": name,
-            "action": action,
-            "needs": needs,
-            "retry": {"max_attempts": 5, "backoff": "100ms"}
-        });
-        if action == "sleep" {
-            // Long enough that a fault finds executions in flight on every process.
-            step["with"] = json!({"ms": 1_000});
-        }
-        step
-    };
-    let mut labels = json!({"suite": "chaos"});
-    if let Some(key) = key {
-        labels[KEY_LABEL] = json!(key);
+fn step(name: &str, action: &str, needs: &[&str]) -> Value {
+    let mut step = json!({
+        "name": name,
+        "action": action,
+        "needs": needs,
+        "retry": {"max_attempts": 5, "backoff": "100ms"}
+    });
+    if action == "sleep" {
+        // Long enough that a fault finds executions in flight on every process.
+        step["with"] = json!({"ms": 1_000});
     }
-    json!({
-        "playbook": {
+    step
+}
+
+fn playbook(shape: Shape) -> Value {
+    match shape {
+        Shape::Diamond => json!({
             "name": "chaos-diamond",
             "steps": [
                 step("a", "noop", &[]),
@@ -178,7 +206,32 @@ fn body(key: Option<&str>) -> Value {
                 step("c", "sleep", &["a"]),
                 step("d", "noop", &["b", "c"]),
             ]
-        },
+        }),
+        // The `playbook` step has no retry: one child per parent, whose end is the step's.
+        Shape::Parent => json!({
+            "name": "chaos-parent",
+            "steps": [
+                step("a", "noop", &[]),
+                {"name": CHILD_STEP, "action": "playbook", "needs": ["a"], "with": {
+                    "playbook": {"name": "chaos-child", "steps": [
+                        step("a", "noop", &[]),
+                        step("b", "sleep", &["a"]),
+                    ]},
+                    "input": {}
+                }},
+                step("d", "noop", &[CHILD_STEP]),
+            ]
+        }),
+    }
+}
+
+fn body(shape: Shape, key: Option<&str>) -> Value {
+    let mut labels = json!({"suite": "chaos"});
+    if let Some(key) = key {
+        labels[KEY_LABEL] = json!(key);
+    }
+    json!({
+        "playbook": playbook(shape),
         "input": {},
         "labels": labels
     })
@@ -187,8 +240,14 @@ fn body(key: Option<&str>) -> Value {
 /// Attempts a keyed submit gets before the client gives up on its key.
 const KEY_ATTEMPTS: u32 = 40;
 
-async fn submit(http: &reqwest::Client, url: &str, key: Option<String>, log: &ClientLog) {
-    let body = body(key.as_deref());
+async fn submit(
+    http: &reqwest::Client,
+    url: &str,
+    shape: Shape,
+    key: Option<String>,
+    log: &ClientLog,
+) {
+    let body = body(shape, key.as_deref());
     let attempts = if key.is_some() { KEY_ATTEMPTS } else { 1 };
     for attempt in 0..attempts {
         if attempt > 0 {
@@ -212,6 +271,7 @@ async fn submit(http: &reqwest::Client, url: &str, key: Option<String>, log: &Cl
             (200 | 201, Some(execution_id)) => {
                 log.record(Ack {
                     execution_id,
+                    shape,
                     idempotency_key: key.clone(),
                     status,
                     at_ms: noetl_chaos::now_ms(),
@@ -232,6 +292,7 @@ mod tests {
     fn ack(id: i64, key: Option<&str>) -> Ack {
         Ack {
             execution_id: ExecutionId::new(id).expect("a valid id"),
+            shape: Shape::Diamond,
             idempotency_key: key.map(str::to_owned),
             status: 201,
             at_ms: 0,
@@ -254,7 +315,23 @@ mod tests {
 
     #[test]
     fn keyed_bodies_carry_their_key_as_a_label() {
-        assert_eq!(body(Some("k"))["labels"][KEY_LABEL], json!("k"));
-        assert!(body(None)["labels"].get(KEY_LABEL).is_none());
+        assert_eq!(
+            body(Shape::Diamond, Some("k"))["labels"][KEY_LABEL],
+            json!("k")
+        );
+        assert!(body(Shape::Parent, None)["labels"].get(KEY_LABEL).is_none());
+    }
+
+    #[test]
+    fn one_submit_in_ten_is_a_parent_whose_child_step_runs_an_inline_playbook() {
+        let parents = SHAPES.iter().filter(|s| **s == Shape::Parent).count();
+        assert_eq!((parents, SHAPES.len()), (1, 10));
+        let steps = &body(Shape::Parent, None)["playbook"]["steps"];
+        let kid = steps
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == CHILD_STEP))
+            .expect("the child step");
+        assert_eq!(kid["action"], json!("playbook"));
+        assert!(kid["with"]["playbook"]["steps"].is_array());
     }
 }

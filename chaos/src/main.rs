@@ -9,7 +9,7 @@
 //! - [`load`]: the clients and their log of what they were told.
 //! - [`capture`]: copies of commands and reports to publish again.
 //! - [`faults`]: injecting and healing each fault.
-//! - [`check`]: the invariants.
+//! - [`check`]: the invariants; [`children`]: those of the parents and their children.
 //! - [`report`]: the table, printed and written as markdown and JSON.
 //!
 //! Like `noetl-bench`, it talks to NATS directly (to capture and re-publish messages), beside
@@ -17,6 +17,7 @@
 
 mod capture;
 mod check;
+mod children;
 mod faults;
 mod load;
 mod report;
@@ -251,7 +252,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let acks = log.since(checked);
             let acks = &acks[..acked_at_heal.saturating_sub(checked).min(acks.len())];
             checked = acked_at_heal;
-            let (lost, failed) = check::lost(&cluster.pools, cluster.shard_count, acks).await?;
+            let (mut lost, failed) = check::lost(&cluster.pools, cluster.shard_count, acks).await?;
+            let family = children::check(&cluster.pools, cluster.shard_count, acks).await?;
+            lost.extend(family.lost);
             let duplicates = check::duplicates(&cluster.pools, log.keys_answered_twice()).await?;
             let misrouted = check::misrouted(&cluster.pools, cluster.shard_count).await?;
             let injection = Injection {
@@ -263,8 +266,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 executions: log.len() - acked_at_start,
                 lost: lost.len() as u64,
                 lost_ids: lost.iter().take(20).map(ToString::to_string).collect(),
-                duplicated: duplicates.total().saturating_sub(duplicates_before.total()),
-                misrouted: misrouted.saturating_sub(misrouted_before),
+                duplicated: duplicates.total().saturating_sub(duplicates_before.total())
+                    + family.duplicated,
+                misrouted: misrouted.saturating_sub(misrouted_before) + family.misrouted,
+                children: family.children,
+                mislinked: family.mislinked,
                 failed,
                 recovery_ms: recovery.map(duration_ms),
             };
@@ -283,8 +289,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("load stopped; waiting for every execution to end…");
     let drained = recover(&cluster, first_id_at(now_ms() + 1_000), Instant::now()).await;
     let all = log.since(0);
-    let (lost, failed) = check::lost(&cluster.pools, cluster.shard_count, &all).await?;
-    let duplicates = check::duplicates(&cluster.pools, log.keys_answered_twice()).await?;
+    let (mut lost, failed) = check::lost(&cluster.pools, cluster.shard_count, &all).await?;
+    let family = children::check(&cluster.pools, cluster.shard_count, &all).await?;
+    lost.extend(family.lost);
+    let mut duplicates = check::duplicates(&cluster.pools, log.keys_answered_twice()).await?;
+    duplicates.children_twice = family.duplicated;
     let misrouted = check::misrouted(&cluster.pools, cluster.shard_count).await?;
     let report = Report {
         mode,
@@ -299,7 +308,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         final_lost: lost.len() as u64,
         final_lost_ids: lost.iter().take(50).map(ToString::to_string).collect(),
         final_duplicates: duplicates,
-        final_misrouted: misrouted,
+        final_misrouted: misrouted + family.misrouted,
+        final_children: family.children,
+        final_mislinked: family.mislinked,
         final_drain_ms: drained.map(duration_ms),
         injections,
     };

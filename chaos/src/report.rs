@@ -24,6 +24,10 @@ pub struct Injection {
     pub lost_ids: Vec<String>,
     pub duplicated: u64,
     pub misrouted: u64,
+    /// Children of the parents submitted (`lost`, `duplicated` and `misrouted` count theirs).
+    pub children: u64,
+    /// Parents and children that do not name each other ([`crate::children::Family`]).
+    pub mislinked: u64,
     /// Of the executions checked, those that ended `failed` (terminal, not lost).
     pub failed: u64,
     /// Heal to backlog drained; `None`: not within the deadline.
@@ -33,13 +37,15 @@ pub struct Injection {
 impl Injection {
     pub fn summary(&self) -> String {
         format!(
-            "{} | in flight {} + submitted {} | lost {} duplicated {} misrouted {} failed {} | recovery {}",
+            "{} | in flight {} + submitted {} (+ {} children) | lost {} duplicated {} misrouted {} mislinked {} failed {} | recovery {}",
             self.detail,
             self.in_flight,
             self.executions,
+            self.children,
             self.lost,
             self.duplicated,
             self.misrouted,
+            self.mislinked,
             self.failed,
             seconds(self.recovery_ms)
         )
@@ -62,6 +68,8 @@ pub struct Report {
     pub final_lost_ids: Vec<String>,
     pub final_duplicates: Duplicates,
     pub final_misrouted: u64,
+    pub final_children: u64,
+    pub final_mislinked: u64,
     pub final_drain_ms: Option<u64>,
     pub injections: Vec<Injection>,
 }
@@ -78,9 +86,14 @@ impl Report {
         self.final_lost == 0
             && self.final_duplicates.total() == 0
             && self.final_misrouted == 0
+            && self.final_mislinked == 0
             && self.final_drain_ms.is_some()
             && self.injections.iter().all(|i| {
-                i.lost == 0 && i.duplicated == 0 && i.misrouted == 0 && i.recovery_ms.is_some()
+                i.lost == 0
+                    && i.duplicated == 0
+                    && i.misrouted == 0
+                    && i.mislinked == 0
+                    && i.recovery_ms.is_some()
             })
     }
 
@@ -92,14 +105,16 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "noetl-chaos {} run: {} shards, seed {}, {} s, {} executions acknowledged to clients ({} submits refused or timed out while faults lasted, {} executions ended failed)\n",
+            "noetl-chaos {} run: {} shards, seed {}, {} s, {} executions acknowledged to clients ({} submits refused or timed out while faults lasted, {} executions ended failed), and {} children of theirs ({} parent and child not naming each other)\n",
             self.mode,
             self.shards,
             self.seed,
             self.seconds,
             self.executions,
             self.refused_submits,
-            self.failed_executions
+            self.failed_executions,
+            self.final_children,
+            self.final_mislinked
         );
         let _ = writeln!(
             out,
@@ -153,7 +168,7 @@ impl Report {
             out,
             "\nresult: {}",
             if self.passed() {
-                "PASS: nothing lost, duplicated or misrouted; every execution terminal"
+                "PASS: nothing lost, duplicated or misrouted; every execution and child terminal"
             } else {
                 "FAIL"
             }
@@ -182,6 +197,8 @@ mod tests {
             lost_ids: Vec::new(),
             duplicated: 0,
             misrouted: 0,
+            children: 1,
+            mislinked: 0,
             failed: 0,
             recovery_ms,
         }
@@ -202,6 +219,8 @@ mod tests {
             final_lost_ids: Vec::new(),
             final_duplicates: Duplicates::default(),
             final_misrouted: 0,
+            final_children: 1,
+            final_mislinked: 0,
             final_drain_ms: Some(5),
             injections,
         }
@@ -215,6 +234,9 @@ mod tests {
         let mut duplicated = report(vec![injection(0, Some(1_000))]);
         duplicated.final_duplicates.terminal_twice = 1;
         assert!(!duplicated.passed());
+        let mut mislinked = report(vec![injection(0, Some(1_000))]);
+        mislinked.injections[0].mislinked = 1;
+        assert!(!mislinked.passed());
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct ListArgs {
     /// Only executions of this playbook.
     #[arg(long, value_name = "NAME")]
     pub playbook: Option<String>,
+    /// Only the executions of this tree: the root submitted and all its children, at any depth.
+    #[arg(long, value_name = "ID")]
+    pub root: Option<ExecutionId>,
     /// Only executions created at or after this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
     #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
     pub created_after: Option<String>,
@@ -230,10 +233,44 @@ pub async fn submit(gateway: &Gateway, args: SubmitArgs) -> Result<u8, Error> {
     follow::wait(gateway, submitted.execution_id, timeout, args.json).await
 }
 
-/// The execution, and for people the reasons of its skipped steps from its event log.
+/// How many levels of children `get` shows under a step.
+const CHILD_DEPTH: usize = 4;
+
+/// Adds the children of `execution`'s `playbook` steps to `notes`, depth first, at most
+/// [`CHILD_DEPTH`] levels down.
+async fn child_tree(
+    gateway: &Gateway,
+    execution: &ExecutionView,
+    notes: &mut StepNotes,
+) -> Result<(), Error> {
+    // (the top step, depth, the step that started it, the child), popped in step order.
+    let mut pending: Vec<(String, usize, String, ExecutionId)> = execution
+        .steps
+        .iter()
+        .rev()
+        .filter_map(|s| Some((s.name.clone(), 1, s.name.clone(), s.child_id?)))
+        .collect();
+    while let Some((top, depth, via, id)) = pending.pop() {
+        let (_, child) = follow::fetch(gateway, id).await?;
+        notes.add_child(&top, depth, &via, &child);
+        if depth < CHILD_DEPTH {
+            pending.extend(
+                child
+                    .steps
+                    .iter()
+                    .rev()
+                    .filter_map(|s| Some((top.clone(), depth + 1, s.name.clone(), s.child_id?))),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The execution, and for people the reasons of its skipped steps from its event log and the
+/// tree of its children.
 pub async fn get(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8, Error> {
     let (raw, execution) = follow::fetch(gateway, id).await?;
-    let notes = if !json && render::wants_events(&execution.steps) {
+    let mut notes = if !json && render::wants_events(&execution.steps) {
         let (events, _) = event_log(gateway, id).await?;
         let events = events
             .into_iter()
@@ -244,6 +281,9 @@ pub async fn get(gateway: &Gateway, id: ExecutionId, json: bool) -> Result<u8, E
     } else {
         StepNotes::default()
     };
+    if !json {
+        child_tree(gateway, &execution, &mut notes).await?;
+    }
     render::answer(&raw, json, || {
         print!("{}", render::execution(&execution, &notes))
     });
@@ -349,6 +389,9 @@ pub async fn list(gateway: &Gateway, args: ListArgs) -> Result<u8, Error> {
     }
     if let Some(playbook) = &args.playbook {
         filters.push(("playbook", playbook.clone()));
+    }
+    if let Some(root) = args.root {
+        filters.push(("root_id", root.to_string()));
     }
     if let Some(after) = &args.created_after {
         filters.push(("created_after", after.clone()));

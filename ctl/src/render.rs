@@ -36,6 +36,19 @@ pub fn answer(raw: &Value, json: bool, text: impl FnOnce()) {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StepNotes {
     skipped: BTreeMap<String, String>,
+    /// The tree of children under each `playbook` step, in depth-first order.
+    children: BTreeMap<String, Vec<ChildRow>>,
+}
+
+/// One child execution under a step of the table: how deep (1: the step's own child), started
+/// by which step of its parent, and as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChildRow {
+    depth: usize,
+    via: String,
+    id: String,
+    status: String,
+    playbook: String,
 }
 
 impl StepNotes {
@@ -54,7 +67,25 @@ impl StepNotes {
                 Some((step.to_owned(), format!("{reason}{because}")))
             })
             .collect();
-        Self { skipped }
+        Self {
+            skipped,
+            ..Self::default()
+        }
+    }
+
+    /// Adds `child` under the table's step `step`, `depth` levels down, started by its parent's
+    /// step `via`; children are added depth first, each after its parent.
+    pub fn add_child(&mut self, step: &str, depth: usize, via: &str, child: &ExecutionView) {
+        self.children
+            .entry(step.to_owned())
+            .or_default()
+            .push(ChildRow {
+                depth,
+                via: via.to_owned(),
+                id: child.execution_id.to_string(),
+                status: child.status.as_str().to_owned(),
+                playbook: child.playbook_name.clone(),
+            });
     }
 }
 
@@ -88,7 +119,8 @@ pub fn execution(execution: &ExecutionView, notes: &StepNotes) -> String {
     out
 }
 
-/// A table of steps: name, status, attempt, time taken, and its [`detail`].
+/// A table of steps: name, status, attempt, time taken, and its [`detail`]; under a `playbook`
+/// step, the tree of its children from `notes` (`└ <id>`, indented by depth).
 pub fn steps(steps: &[StepView], notes: &StepNotes) -> String {
     let mut table = Table::new(["STEP", "STATUS", "ATTEMPT", "TIME", "DETAIL"]);
     for step in steps {
@@ -100,6 +132,15 @@ pub fn steps(steps: &[StepView], notes: &StepNotes) -> String {
                 .unwrap_or_else(|| "-".to_owned()),
             detail(step, notes),
         ]);
+        for child in notes.children.get(&step.name).into_iter().flatten() {
+            table.row([
+                format!("{}└ {}", "  ".repeat(child.depth), child.id),
+                child.status.clone(),
+                "-".to_owned(),
+                "-".to_owned(),
+                format!("child of {}: {}", child.via, child.playbook),
+            ]);
+        }
     }
     table.render()
 }
@@ -238,6 +279,33 @@ mod tests {
             !wants_events(&view.steps[..2]),
             "no skipped step, no event log"
         );
+    }
+
+    fn child(id: &str, status: &str, name: &str) -> ExecutionView {
+        serde_json::from_value(json!({
+            "execution_id": id, "shard": 0, "status": status, "playbook_name": name,
+            "input": {}, "labels": {}, "created_at": "t", "updated_at": "t", "steps": []
+        }))
+        .expect("a child")
+    }
+
+    #[test]
+    fn children_print_as_a_tree_under_their_step() {
+        let view = failed_execution();
+        let mut notes = StepNotes::default();
+        notes.add_child("b", 1, "b", &child("11", "failed", "kid"));
+        notes.add_child("b", 2, "inner", &child("12", "running", "grandkid"));
+        let table = steps(&view.steps, &notes);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[2].starts_with("b "), "{table}");
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["└", "11", "failed", "-", "-", "child", "of", "b:", "kid"],
+            "{table}"
+        );
+        assert!(lines[4].starts_with("    └ 12  running"), "{table}");
+        assert!(lines[4].ends_with("child of inner: grandkid"), "{table}");
+        assert!(lines[5].starts_with("c "), "{table}");
     }
 
     #[test]

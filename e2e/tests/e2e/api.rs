@@ -403,7 +403,7 @@ async fn a_dry_run_shows_the_id_shard_and_plan_and_stores_nothing() {
 }
 
 /// Runs `noetlctl --gateway-url {gateway_url} {args}` off the runtime's threads.
-async fn noetlctl(gateway_url: &str, args: &[&str]) -> Output {
+pub(crate) async fn noetlctl(gateway_url: &str, args: &[&str]) -> Output {
     let gateway_url = gateway_url.to_owned();
     let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
     tokio::task::spawn_blocking(move || {

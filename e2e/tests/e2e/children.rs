@@ -8,7 +8,8 @@
 use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_problem, id_of, Cluster, Token, Worker};
+use crate::api::noetlctl;
+use crate::harness::{assert_problem, describe, id_of, stdout, Cluster, Token, Worker};
 
 /// A parent that runs `children` children, each of one step echoing its input, then a step
 /// reading the first child's result.
@@ -184,14 +185,21 @@ fn sleeper(ms: u64) -> Value {
     json!({"name": "sleeper", "steps": [{"name": "nap", "action": "sleep", "with": {"ms": ms}}]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_parent_cancels_its_running_grandchild() {
+/// A two-shard cluster and a worker running `top` → `middle` → a sleeper of `ms`, and the ids
+/// of the three once the grandchild is started.
+async fn three_levels(ms: u64) -> (Cluster, Worker, [ExecutionId; 3]) {
     let cluster = Cluster::builder().shards(2).start().await;
     let worker = Worker::start(cluster.nats.url());
-    let tree = runs("top", runs("middle", sleeper(600_000)));
+    let tree = runs("top", runs("middle", sleeper(ms)));
     let parent = cluster.submit(&json!({"playbook": tree})).await;
     let child = child_of(&cluster, parent, "run").await;
     let grandchild = child_of(&cluster, child, "run").await;
+    (cluster, worker, [parent, child, grandchild])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parent_cancels_its_running_grandchild() {
+    let (cluster, worker, [parent, child, grandchild]) = three_levels(600_000).await;
     running(&cluster, grandchild, "nap").await;
 
     let (status, body) = cluster
@@ -208,6 +216,64 @@ async fn cancelling_a_parent_cancels_its_running_grandchild() {
         .await;
     assert_eq!(grandchild_view["root_id"], json!(parent.to_string()));
     assert_eq!(grandchild_view["parent_id"], json!(child.to_string()));
+    worker.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noetlctl_get_prints_the_tree_of_children_under_their_step_and_list_root_lists_it() {
+    let (cluster, worker, [parent, child, grandchild]) = three_levels(10).await;
+    let done = cluster.wait_for_end(parent).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let got = noetlctl(&cluster.base_url, &["get", &parent.to_string()]).await;
+    assert_eq!(got.status.code(), Some(0), "{}", describe(&got));
+    let out = stdout(&got);
+    let lines: Vec<&str> = out.lines().collect();
+    let run = lines
+        .iter()
+        .position(|l| l.starts_with("run "))
+        .unwrap_or_else(|| panic!("the step row: {out}"));
+    let words = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (child, grandchild) = (child.to_string(), grandchild.to_string());
+    assert_eq!(
+        words(lines[run + 1]),
+        [
+            "└",
+            &child,
+            "succeeded",
+            "-",
+            "-",
+            "child",
+            "of",
+            "run:",
+            "middle"
+        ],
+        "{out}"
+    );
+    assert!(
+        lines[run + 2].starts_with(&format!("    └ {grandchild} ")),
+        "{out}"
+    );
+    assert!(lines[run + 2].ends_with("child of run: sleeper"), "{out}");
+
+    let root = parent.to_string();
+    let listed = noetlctl(&cluster.base_url, &["list", "--root", &root, "--json"]).await;
+    let page: Value = serde_json::from_slice(&listed.stdout).expect("list --json prints JSON");
+    let mut ids: Vec<&str> = page["executions"]
+        .as_array()
+        .expect("executions")
+        .iter()
+        .filter_map(|e| e["execution_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    let mut tree = vec![root.as_str(), child.as_str(), grandchild.as_str()];
+    tree.sort_unstable();
+    assert_eq!(ids, tree, "{page}");
     worker.stop().await;
     cluster.stop().await;
 }
