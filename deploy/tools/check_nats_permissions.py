@@ -47,7 +47,11 @@ PUBLISH = [
     ("noetl.v1.shard.0.submit." + ID, "gateway"),
     ("noetl.v1.shard.1.get." + ID, "gateway"),
     ("noetl.v1.shard.1.events." + ID, "gateway"),
-    ("noetl.v1.shard.1.cancel." + ID, "gateway"),
+    # A server cancels the children of a cancelled execution and starts and hands back
+    # children on other shards; only servers may start a child or hand one back.
+    ("noetl.v1.shard.1.cancel." + ID, "gateway server"),
+    ("noetl.v1.shard.1.child." + ID, "server"),
+    ("noetl.v1.shard.0.return." + ID, "server"),
     ("noetl.v1.shard.1.delete." + ID, "gateway"),
     ("noetl.v1.shard.3.list", "gateway operator"),
     ("noetl.v1.shard.3.ping", "gateway operator"),
@@ -55,12 +59,13 @@ PUBLISH = [
     ("noetl.v1.shard.0.result." + ID, "worker"),
     ("noetl.v1.shard.5.heartbeat." + ID, "worker"),
     ("noetl.v1.cmd.default.shard.0." + ID, "server"),
-    ("$KV.noetl_nodes.node.17", "gateway"),
+    # A server leases a node id of its own, for the ids of the children it starts.
+    ("$KV.noetl_nodes.node.17", "gateway server"),
     ("$KV.noetl_idempotency.abc", "gateway"),
     ("$KV.noetl_playbooks.nightly", "gateway"),
     ("$KV.noetl_topology.topology", "server operator"),
     ("$JS.API.DIRECT.GET.KV_noetl_topology.$KV.noetl_topology.topology", "gateway server operator"),
-    ("$JS.API.STREAM.CREATE.KV_noetl_nodes", "gateway operator"),
+    ("$JS.API.STREAM.CREATE.KV_noetl_nodes", "gateway server operator"),
     ("$JS.API.STREAM.CREATE.KV_noetl_topology", "server operator"),
     ("$JS.API.STREAM.CREATE.NOETL_COMMANDS", "server operator"),
     ("$JS.API.STREAM.UPDATE.NOETL_COMMANDS", "server operator"),
