@@ -23,11 +23,17 @@ pub struct Duplicates {
     pub key_twice: u64,
     /// Parents with more than one child ([`crate::children::Family::duplicated`]).
     pub children_twice: u64,
+    /// Loop items whose success was recorded twice ([`crate::loops::Loops::duplicated`]).
+    pub items_twice: u64,
 }
 
 impl Duplicates {
     pub fn total(self) -> u64 {
-        self.terminal_twice + self.result_twice + self.key_twice + self.children_twice
+        self.terminal_twice
+            + self.result_twice
+            + self.key_twice
+            + self.children_twice
+            + self.items_twice
     }
 }
 

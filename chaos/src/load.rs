@@ -1,6 +1,6 @@
 //! The steady load: clients submitting executions at a fixed rate, their playbooks taken in turn
-//! from [`SHAPES`] (a four-step diamond, and one in ten a parent whose middle step runs an inline
-//! sub-playbook), a quarter of them with an `Idempotency-Key` that they retry with the same body
+//! from [`SHAPES`] (a four-step diamond; one in ten a parent whose middle step runs an inline
+//! sub-playbook, and one in ten a loop of sleeping items), a quarter of them with an `Idempotency-Key` that they retry with the same body
 //! until they get an answer, and the client's own log of every execution id it was given
 //! (`201 Created`, or a replay).
 
@@ -36,12 +36,14 @@ pub enum Shape {
     Diamond,
     /// `a` → `kid` (a child running `a` → `b` sleeping) → `d`.
     Parent,
+    /// `a` → `each` (a loop of [`LOOP_ITEMS`] sleeping items, four at a time) → `d`.
+    Looped,
 }
 
-/// The shapes a client submits in turn: a new shape (a loop) is one more entry.
+/// The shapes a client submits in turn: a new shape is one more entry.
 pub const SHAPES: &[Shape] = &[
     Shape::Parent,
-    Shape::Diamond,
+    Shape::Looped,
     Shape::Diamond,
     Shape::Diamond,
     Shape::Diamond,
@@ -54,6 +56,9 @@ pub const SHAPES: &[Shape] = &[
 
 /// The `playbook` step of a [`Shape::Parent`], whose result names the child.
 pub const CHILD_STEP: &str = "kid";
+/// The loop step of a [`Shape::Looped`], and how many items it runs.
+pub const LOOP_STEP: &str = "each";
+pub const LOOP_ITEMS: usize = 8;
 
 /// What the clients were told, kept in memory for the checks and appended to a JSON-lines file.
 #[derive(Debug)]
@@ -222,6 +227,21 @@ fn playbook(shape: Shape) -> Value {
                 step("d", "noop", &[CHILD_STEP]),
             ]
         }),
+        Shape::Looped => {
+            let mut each = step(LOOP_STEP, "sleep", &["a"]);
+            each["with"] = json!({"ms": "{{ 100 + n * 25 }}"});
+            each["loop"] = json!({
+                "in": "{{ input.items }}",
+                "iterator": "n",
+                "mode": "parallel",
+                "max_in_flight": 4
+            });
+            json!({
+                "name": "chaos-loop",
+                "input": {"items": (0..LOOP_ITEMS).collect::<Vec<_>>()},
+                "steps": [step("a", "noop", &[]), each, step("d", "noop", &[LOOP_STEP])]
+            })
+        }
     }
 }
 
@@ -333,5 +353,25 @@ mod tests {
             .expect("the child step");
         assert_eq!(kid["action"], json!("playbook"));
         assert!(kid["with"]["playbook"]["steps"].is_array());
+    }
+
+    #[test]
+    fn one_submit_in_ten_is_a_valid_loop_over_its_items() {
+        let loops = SHAPES.iter().filter(|s| **s == Shape::Looped).count();
+        assert_eq!(loops, 1);
+        let body = body(Shape::Looped, None);
+        let playbook: noetl_contract::playbook::Playbook =
+            serde_json::from_value(body["playbook"].clone()).expect("a playbook");
+        playbook.validate().expect("valid");
+        let each = playbook
+            .steps
+            .iter()
+            .find(|s| s.name == LOOP_STEP)
+            .expect("the loop step");
+        assert!(each.loop_.is_some());
+        assert_eq!(
+            body["playbook"]["input"]["items"].as_array().map(Vec::len),
+            Some(LOOP_ITEMS)
+        );
     }
 }

@@ -20,6 +20,7 @@ mod check;
 mod children;
 mod faults;
 mod load;
+mod loops;
 mod report;
 
 use std::path::PathBuf;
@@ -255,6 +256,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (mut lost, failed) = check::lost(&cluster.pools, cluster.shard_count, acks).await?;
             let family = children::check(&cluster.pools, cluster.shard_count, acks).await?;
             lost.extend(family.lost);
+            let looped = loops::check(&cluster.pools, cluster.shard_count, acks).await?;
+            lost.extend(looped.lost);
             let duplicates = check::duplicates(&cluster.pools, log.keys_answered_twice()).await?;
             let misrouted = check::misrouted(&cluster.pools, cluster.shard_count).await?;
             let injection = Injection {
@@ -267,7 +270,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 lost: lost.len() as u64,
                 lost_ids: lost.iter().take(20).map(ToString::to_string).collect(),
                 duplicated: duplicates.total().saturating_sub(duplicates_before.total())
-                    + family.duplicated,
+                    + family.duplicated
+                    + looped.duplicated,
                 misrouted: misrouted.saturating_sub(misrouted_before) + family.misrouted,
                 children: family.children,
                 mislinked: family.mislinked,
@@ -292,8 +296,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (mut lost, failed) = check::lost(&cluster.pools, cluster.shard_count, &all).await?;
     let family = children::check(&cluster.pools, cluster.shard_count, &all).await?;
     lost.extend(family.lost);
+    let looped = loops::check(&cluster.pools, cluster.shard_count, &all).await?;
+    lost.extend(looped.lost);
     let mut duplicates = check::duplicates(&cluster.pools, log.keys_answered_twice()).await?;
     duplicates.children_twice = family.duplicated;
+    duplicates.items_twice = looped.duplicated;
     let misrouted = check::misrouted(&cluster.pools, cluster.shard_count).await?;
     let report = Report {
         mode,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use noetl_contract::engine::StepStatus;
+use noetl_contract::engine::{LoopProgress, StepStatus};
 use noetl_contract::message::{EventView, ExecutionView, StepView};
 use serde_json::Value;
 
@@ -148,16 +148,39 @@ pub fn steps(steps: &[StepView], notes: &StepNotes) -> String {
 /// What a step's row says beyond its status: its error, why it was skipped (from `notes`), its
 /// result, or `-`.
 fn detail(step: &StepView, notes: &StepNotes) -> String {
-    if let Some(error) = &step.error {
-        return format!("error: {}", table::truncate(error, VALUE_CHARS));
+    let said = if let Some(error) = &step.error {
+        format!("error: {}", table::truncate(error, VALUE_CHARS))
+    } else if let Some(reason) = notes.skipped.get(&step.name) {
+        format!("skipped: {}", table::truncate(reason, VALUE_CHARS))
+    } else {
+        match &step.result {
+            Some(result) => table::compact(result, VALUE_CHARS),
+            None => "-".to_owned(),
+        }
+    };
+    match &step.loop_ {
+        Some(progress) if said == "-" => loop_progress(progress),
+        Some(progress) => format!("{} · {said}", loop_progress(progress)),
+        None => said,
     }
-    if let Some(reason) = notes.skipped.get(&step.name) {
-        return format!("skipped: {}", table::truncate(reason, VALUE_CHARS));
+}
+
+/// A loop step's progress: `loop k/N` (items ended of the list), then what is running and what
+/// failed, if anything.
+fn loop_progress(progress: &LoopProgress) -> String {
+    let ended = progress.succeeded.saturating_add(progress.failed);
+    let mut out = format!("loop {ended}/{}", progress.total);
+    let mut more = Vec::new();
+    if progress.in_flight > 0 {
+        more.push(format!("{} running", progress.in_flight));
     }
-    match &step.result {
-        Some(result) => table::compact(result, VALUE_CHARS),
-        None => "-".to_owned(),
+    if progress.failed > 0 {
+        more.push(format!("{} failed", progress.failed));
     }
+    if !more.is_empty() {
+        out.push_str(&format!(" ({})", more.join(", ")));
+    }
+    out
 }
 
 /// `1.25s` between two RFC 3339 times, if both parse.
@@ -235,6 +258,28 @@ mod tests {
              b     failed     3        -      error: boom at line 2\n\
              c     skipped    0        -      -\n"
         );
+    }
+
+    #[test]
+    fn a_loop_step_shows_its_items_ended_of_the_list() {
+        let step = |progress: Value, result: Value| -> StepView {
+            serde_json::from_value(json!({"name": "each", "status": "running", "attempt": 7,
+                                          "loop": progress, "result": result}))
+            .expect("a loop step")
+        };
+        let running = step(
+            json!({"total": 8, "next": 6, "succeeded": 3, "failed": 1, "in_flight": 2}),
+            Value::Null,
+        );
+        assert_eq!(
+            detail(&running, &StepNotes::default()),
+            "loop 4/8 (2 running, 1 failed)"
+        );
+        let done = step(
+            json!({"total": 2, "next": 2, "succeeded": 2, "failed": 0, "in_flight": 0}),
+            json!([1, 2]),
+        );
+        assert_eq!(detail(&done, &StepNotes::default()), "loop 2/2 · [1,2]");
     }
 
     #[test]
