@@ -243,6 +243,40 @@ pub struct PlannedStep {
     /// Its loop (`in`, `iterator`, `mode`, `max_in_flight`), as the playbook writes it.
     #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
     pub loop_: Option<Loop>,
+    /// The playbook a `playbook` step runs as a child execution, with its own plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<PlannedChild>,
+}
+
+/// The child playbook of a `playbook` step, as a dry run shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlannedChild {
+    pub name: String,
+    /// The catalog version a reference names (the latest when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The child's own plan; empty for a catalog reference, resolved only when it is submitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(no_recursion))]
+    pub plan: Vec<PlannedStep>,
+}
+
+impl PlannedChild {
+    fn of(child: ChildPlaybook) -> Self {
+        match child {
+            ChildPlaybook::Inline(playbook) => Self {
+                name: playbook.name.clone(),
+                version: None,
+                plan: playbook.plan(),
+            },
+            ChildPlaybook::Catalog { name, version } => Self {
+                name,
+                version,
+                plan: Vec::new(),
+            },
+        }
+    }
 }
 
 impl Playbook {
@@ -290,6 +324,7 @@ impl Playbook {
                     set: step.set.keys().cloned().collect(),
                     on_error: step.on_error.clone(),
                     loop_: step.loop_.clone(),
+                    child: step.child_playbook().map(PlannedChild::of),
                 })
             })
             .collect();

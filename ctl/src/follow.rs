@@ -199,7 +199,16 @@ pub fn live_lines(steps: &[StepView], max: usize) -> String {
         } else {
             String::new()
         };
-        format!("  {:<width$}  {}{attempt}", step.name, step.status.as_str())
+        let looped = step
+            .loop_
+            .as_ref()
+            .map(|progress| format!("  {}", render::loop_progress(progress)))
+            .unwrap_or_default();
+        format!(
+            "  {:<width$}  {}{attempt}{looped}",
+            step.name,
+            step.status.as_str()
+        )
     };
     if steps.len() <= max {
         return steps.iter().map(line).collect::<Vec<_>>().join("\n");
@@ -372,6 +381,19 @@ mod tests {
         ] {
             assert_eq!(live_lines(&steps(states), max), expected);
         }
+    }
+
+    #[test]
+    fn the_live_list_shows_a_loops_progress() {
+        let mut list = steps(&[("each", "running", 1)]);
+        list[0].loop_ = serde_json::from_value(
+            serde_json::json!({"total": 10, "next": 5, "succeeded": 3, "failed": 0, "in_flight": 2}),
+        )
+        .expect("a loop's progress");
+        assert_eq!(
+            live_lines(&list, 8),
+            "  each  running  loop 3/10 (2 running)"
+        );
     }
 
     #[test]

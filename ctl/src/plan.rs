@@ -1,7 +1,7 @@
 //! The plan of a dry run (`submit --dry-run`): each step's level, action, pool, needs and
 //! branches, as the gateway planned it without storing anything.
 
-use noetl_contract::playbook::{Mode, PlannedStep};
+use noetl_contract::playbook::{LoopMode, Mode, PlannedStep};
 use noetl_contract::{ExecutionId, ShardId};
 use serde::Deserialize;
 use serde_json::Value;
@@ -114,6 +114,28 @@ fn detail(step: &PlannedStep) -> String {
             .collect();
         parts.push(format!("on_error: {}", rules.join(", ")));
     }
+    if let Some(looped) = &step.loop_ {
+        let how = match looped.mode {
+            LoopMode::Parallel => format!("parallel, {} at once", looped.in_flight()),
+            LoopMode::Sequential => "sequential".to_owned(),
+        };
+        parts.push(format!(
+            "loop {} over {} ({how})",
+            looped.iterator,
+            single_line(&looped.items)
+        ));
+    }
+    if let Some(child) = &step.child {
+        let version = child
+            .version
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default();
+        let steps = match child.plan.len() {
+            0 => String::new(),
+            n => format!(" ({n} step(s))"),
+        };
+        parts.push(format!("child {}{version}{steps}", child.name));
+    }
     if parts.is_empty() {
         return "-".to_owned();
     }
@@ -162,6 +184,35 @@ mod tests {
              2      d     noop    gpu      b, c   set ctx.total; on_error: when {{ attempt < 3 }} then retry, then goto:a\n\
              3      e     noop    default  d      -\n"
         );
+    }
+
+    #[test]
+    fn a_dry_run_shows_loops_and_children() {
+        let dry: DryRun = serde_json::from_value(json!({
+            "dry_run": true, "execution_id": "42", "shard": 0, "epoch": 1,
+            "playbook_name": "fan",
+            "plan": [
+                {"name": "each", "action": "noop", "needs": [], "pool": "default", "level": 0,
+                 "loop": {"in": "{{ input.files }}", "iterator": "f", "max_in_flight": 8}},
+                {"name": "one", "action": "noop", "needs": [], "pool": "default", "level": 0,
+                 "loop": {"in": "{{ input.files }}", "iterator": "f", "mode": "sequential"}},
+                {"name": "kid", "action": "playbook", "needs": ["each"], "pool": "default",
+                 "level": 1, "child": {"name": "inner", "plan": [
+                     {"name": "x", "action": "noop", "needs": [], "pool": "default", "level": 0}]}},
+                {"name": "ref", "action": "playbook", "needs": [], "pool": "default", "level": 0,
+                 "child": {"name": "nightly", "version": 2}}
+            ]
+        }))
+        .expect("the documented shape");
+        let table = render_dry_run(&dry);
+        for line in [
+            "loop f over {{ input.files }} (parallel, 8 at once)",
+            "loop f over {{ input.files }} (sequential)",
+            "child inner (1 step(s))",
+            "child nightly version 2",
+        ] {
+            assert!(table.contains(line), "{line:?} in {table}");
+        }
     }
 
     #[test]

@@ -167,7 +167,7 @@ fn detail(step: &StepView, notes: &StepNotes) -> String {
 
 /// A loop step's progress: `loop k/N` (items ended of the list), then what is running and what
 /// failed, if anything.
-fn loop_progress(progress: &LoopProgress) -> String {
+pub fn loop_progress(progress: &LoopProgress) -> String {
     let ended = progress.succeeded.saturating_add(progress.failed);
     let mut out = format!("loop {ended}/{}", progress.total);
     let mut more = Vec::new();

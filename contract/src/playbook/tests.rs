@@ -361,6 +361,33 @@ fn the_plan_shows_what_a_step_sets_and_its_failure_policy() {
 }
 
 #[test]
+fn the_plan_shows_a_child_playbook_with_its_own_plan() {
+    let p = playbook(json!([
+        {"name": "kid", "action": "playbook", "with": {"playbook": {"name": "inner", "steps": [
+            {"name": "x", "action": "noop"}, {"name": "y", "action": "noop", "needs": ["x"]}]}}},
+        {"name": "ref", "action": "playbook", "with": {"playbook": {"name": "nightly", "version": 2}}},
+        {"name": "plain", "action": "noop"}
+    ]));
+    assert_eq!(p.validate(), Ok(()));
+    let plan = p.plan();
+    let inner = plan[0].child.as_ref().expect("the inline child");
+    assert_eq!(inner.name, "inner");
+    let names: Vec<(&str, u32)> = inner
+        .plan
+        .iter()
+        .map(|s| (s.name.as_str(), s.level))
+        .collect();
+    assert_eq!(names, [("x", 0), ("y", 1)]);
+    let reference = plan[1].child.as_ref().expect("the catalog child");
+    assert_eq!(
+        (reference.name.as_str(), reference.version),
+        ("nightly", Some(2))
+    );
+    assert!(reference.plan.is_empty());
+    assert!(plan[2].child.is_none());
+}
+
+#[test]
 fn a_playbook_without_arcs_serialises_as_before() {
     let p = playbook(json!([{"name": "a", "action": "noop"}]));
     assert_eq!(

@@ -128,20 +128,32 @@ async fn a_parent_completes_after_its_children_on_other_shards_with_their_result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nesting_deeper_than_max_child_depth_is_refused_with_its_code() {
+async fn nesting_deeper_than_max_child_depth_is_refused_with_its_code_and_a_dry_run_shows_the_child(
+) {
     let cluster = Cluster::builder()
         .tune(|server, _| server.max_child_depth = 1)
         .start()
         .await;
     let leaf = json!({"name": "leaf", "steps": [{"name": "n", "action": "noop"}]});
     let middle = json!({"name": "middle", "steps": [
-        {"name": "run", "action": "playbook", "with": {"playbook": leaf}}
+        {"name": "run", "action": "playbook", "with": {"playbook": leaf.clone()}}
     ]});
     let deep = json!({"playbook": {"name": "top", "steps": [
         {"name": "run", "action": "playbook", "with": {"playbook": middle}}
     ]}});
     let (status, body) = cluster.post_json("/api/v1/executions", &deep).await;
     assert_problem(status, &body, 400, "nesting_too_deep");
+    // Within the limit, a dry run shows the child with its own plan.
+    let (status, dry) = cluster
+        .post_json(
+            "/api/v1/executions?dry_run=true",
+            &json!({"playbook": runs("top", leaf)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    let child = &dry["plan"][0]["child"];
+    assert_eq!(child["name"], "leaf", "{dry}");
+    assert_eq!(child["plan"][0]["name"], "n", "{dry}");
     cluster.stop().await;
 }
 
