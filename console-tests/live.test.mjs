@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  BASE, TOKEN_A, api, cluster, dagStatuses, loggedIn, publish, runFromCatalog, screenshot,
+  BASE, TOKEN_A, api, cluster, dagStatuses, ended, loggedIn, publish, runFromCatalog, screenshot,
   sharedChromium, stopComponent,
 } from "./helpers.mjs";
 
@@ -127,5 +127,36 @@ test("the catalog shows every version and its source; a bad input is refused in 
   assert.match(await page.getByRole("alert").innerText(), /input:/);
   assert.equal(await page.getByLabel("Input (a JSON object)").inputValue(), "[1, 2", "the input is kept");
   assert.ok(trouble.every((entry) => entry.includes("400")), trouble.join("\n"));
+  await context.close();
+});
+
+test("a loop shows its items as k/N, and parent and child link to each other", async () => {
+  const submitted = await api(TOKEN_A, "POST", "/executions", {
+    playbook: {
+      name: "console-tree",
+      input: { files: ["x", "y", "z"] },
+      steps: [
+        { name: "each", action: "noop", with: { f: "{{ f }}" },
+          loop: { in: "{{ input.files }}", iterator: "f", max_in_flight: 2 } },
+        { name: "kid", action: "playbook", needs: ["each"],
+          with: { playbook: { name: "console-leaf", steps: [{ name: "n", action: "noop" }] } } },
+      ],
+    },
+  });
+  const parent = submitted.execution_id;
+  const done = await ended(TOKEN_A, parent, 60);
+  assert.equal(done.status, "succeeded", JSON.stringify(done.steps));
+  const { context, page, trouble } = await loggedIn(chromium.browser, TOKEN_A);
+  await page.goto(`${BASE}/ui/executions/${parent}`);
+  assert.equal(await page.locator("#steps tr[data-step='each'] .loop").textContent(), "loop 3/3");
+  const child = done.steps.find((step) => step.name === "kid").child_id;
+  assert.ok(child, JSON.stringify(done.steps));
+  assert.equal(await page.locator("#exec-children a").allTextContents().then((t) => t.join(",")), child);
+  await page.locator("#steps tr[data-step='kid'] a.child").click();
+  await page.waitForURL(new RegExp(`/ui/executions/${child}$`));
+  assert.equal(await page.locator("#exec-parent").textContent(), parent);
+  await page.locator("#exec-parent").click();
+  await page.waitForURL(new RegExp(`/ui/executions/${parent}$`));
+  assert.deepEqual(trouble, []);
   await context.close();
 });

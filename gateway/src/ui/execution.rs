@@ -101,6 +101,17 @@ fn render(
                         dt { "Labels" } dd.labels {
                             @for (key, value) in &view.labels { span.label { (key) "=" (value) } }
                         }
+                        @if let Some(parent) = view.parent_id {
+                            dt { "Parent" } dd { a #exec-parent href={ "/ui/executions/" (parent) } { (parent) } }
+                        }
+                        @if let Some(root) = view.root_id.filter(|root| Some(*root) != view.parent_id) {
+                            dt { "Root" } dd { a href={ "/ui/executions/" (root) } { (root) } }
+                        }
+                        @if !view.children.is_empty() {
+                            dt { "Children" } dd #exec-children {
+                                @for child in &view.children { a href={ "/ui/executions/" (child) } { (child) } " " }
+                            }
+                        }
                         dt { "Created" } dd { (view.created_at) }
                         dt { "Updated" } dd { (view.updated_at) }
                     }
@@ -166,7 +177,15 @@ fn steps_table(steps: &[StepView], arguments: &HashMap<&str, &serde_json::Value>
             tbody {
                 @for step in steps {
                     tr data-step=(step.name) data-status=(step.status.as_str()) {
-                        th scope="row" { (step.name) }
+                        th scope="row" {
+                            (step.name)
+                            @if let Some(progress) = &step.loop_ {
+                                br; span.loop { "loop " (progress.succeeded.saturating_add(progress.failed)) "/" (progress.total) }
+                            }
+                            @if let Some(child) = step.child_id {
+                                br; a.child href={ "/ui/executions/" (child) } { "child " (child) }
+                            }
+                        }
                         td.st { (step.status.as_str()) }
                         td { (step.attempt) }
                         td { @if let Some(with) = arguments.get(step.name.as_str()) { pre.json tabindex="0" { (pretty(with)) } } }
