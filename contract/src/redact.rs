@@ -34,6 +34,16 @@ impl SecretHeaders {
         self.0.contains(&name.to_ascii_lowercase())
     }
 
+    /// Whether `payload.with.headers` (an event's payload) names a secret header, so that
+    /// [`SecretHeaders::redact`] would change it.
+    pub fn holds_secret(&self, payload: &Value) -> bool {
+        payload
+            .get("with")
+            .and_then(|with| with.get("headers"))
+            .and_then(Value::as_object)
+            .is_some_and(|headers| headers.keys().any(|name| self.is_secret(name)))
+    }
+
     /// Replaces the value of every secret header in `payload.with.headers` (an event's
     /// payload); answers whether it replaced any.
     pub fn redact(&self, payload: &mut Value) -> bool {
@@ -72,6 +82,7 @@ mod tests {
         let mut payload = json!({"step": "a", "with": {"url": "u", "headers": {
             "authorization": "Bearer s1", "COOKIE": "s2", "Proxy-Authorization": "s3",
             "x-token": "s4", "Accept": "text/plain"}}});
+        assert!(secrets.holds_secret(&payload));
         assert!(secrets.redact(&mut payload));
         assert_eq!(
             payload["with"]["headers"],
@@ -79,6 +90,7 @@ mod tests {
                    "Proxy-Authorization": REDACTED, "x-token": REDACTED, "Accept": "text/plain"})
         );
         let mut plain = json!({"with": {"headers": {"Accept": "x"}}});
+        assert!(!secrets.holds_secret(&plain));
         assert!(!secrets.redact(&mut plain));
         assert!(!secrets.redact(&mut json!({"with": {"ms": 1}})));
         assert!(SecretHeaders::default().is_secret("x-api-key"));

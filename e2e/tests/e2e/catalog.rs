@@ -44,13 +44,7 @@ async fn assert_catalog_full(api: &Api, playbook: &Value, setting: &str) {
 /// Submits `request` as `api`'s tenant and waits for the execution to end: its last view.
 async fn run_to_the_end(api: &Api, request: &Value) -> Value {
     let id = api.submit(request).await;
-    api.wait_for_execution(id, "the execution to end", |body| {
-        matches!(
-            body["status"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        )
-    })
-    .await
+    api.wait_for_end(id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

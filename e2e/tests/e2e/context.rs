@@ -5,21 +5,9 @@
 //! refused at submit naming its path, and `ctx` outlives a restart of the server; against real
 //! processes.
 
-use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
 
 use crate::harness::{assert_problem, Cluster, Worker};
-
-async fn ended(cluster: &Cluster, id: ExecutionId) -> Value {
-    cluster
-        .wait_for_execution(id, "the execution to end", |body| {
-            matches!(
-                body["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            )
-        })
-        .await
-}
 
 fn step<'a>(execution: &'a Value, name: &str) -> &'a Value {
     execution["steps"]
@@ -52,7 +40,7 @@ async fn a_step_sets_ctx_and_later_templates_read_it() {
     let worker = Worker::start(cluster.nats.url());
 
     let id = cluster.submit(&chain()).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(step(&done, "big")["status"], "succeeded", "{done}");
     assert_eq!(step(&done, "small")["status"], "skipped", "{done}");
@@ -95,7 +83,7 @@ async fn a_step_sets_ctx_and_later_templates_read_it() {
         {"name": "after", "action": "noop", "needs": ["huge"]}
     ]}});
     let id = cluster.submit(&big).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "failed", "{done}");
     let huge = step(&done, "huge");
     assert_eq!(huge["status"], "failed");
@@ -162,7 +150,7 @@ async fn ctx_survives_a_restart_of_the_server() {
         .await;
     cluster.kill_server();
     cluster.restart_server();
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["ctx"], json!({"token": "bo-t"}));
     let events = cluster.events(id).await;

@@ -3,21 +3,9 @@
 //! with the error as the step's result, rules are tried in order over `attempt`, and bad rules
 //! are refused at submit naming their path; against real processes.
 
-use noetl_contract::ExecutionId;
 use serde_json::{json, Value};
 
 use crate::harness::{assert_problem, Cluster, Worker};
-
-async fn ended(cluster: &Cluster, id: ExecutionId) -> Value {
-    cluster
-        .wait_for_execution(id, "the execution to end", |body| {
-            matches!(
-                body["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            )
-        })
-        .await
-}
 
 fn count(events: &[Value], kind: &str, step: &str) -> usize {
     events
@@ -45,7 +33,7 @@ async fn on_error_rules_goto_within_the_budget_continue_and_fail() {
     let worker = Worker::start(cluster.nats.url());
 
     let id = cluster.submit(&goto_loop()).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "failed", "{done}");
     let flaky = &done["steps"][1];
     assert!(
@@ -76,7 +64,7 @@ async fn on_error_rules_goto_within_the_budget_continue_and_fail() {
          "with": {"why": "{{ steps.optional.result.error }}"}}
     ]}});
     let id = cluster.submit(&body).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["steps"][0]["status"], "succeeded");
     assert_eq!(done["steps"][0]["result"], json!({"error": "not there"}));
@@ -95,7 +83,7 @@ async fn on_error_rules_goto_within_the_budget_continue_and_fail() {
          "on_error": [{"when": "attempt < 2", "then": "retry"}, {"then": "fail"}]}
     ]}});
     let id = cluster.submit(&body).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["steps"][0]["attempt"], 2, "{done}");
 

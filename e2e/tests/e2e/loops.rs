@@ -11,19 +11,12 @@
 use std::collections::HashMap;
 
 use noetl_contract::step::{Attempt, AttemptToken, TOKEN_BYTES};
-use noetl_contract::{ExecutionId, ShardId};
+use noetl_contract::ShardId;
 use serde_json::{json, Value};
 
 use crate::harness::{
     assert_forgery_refused, assert_problem, eventually, forged, Cluster, Worker, DEADLINE,
 };
-
-fn is_terminal(body: &Value) -> bool {
-    matches!(
-        body["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
 
 /// A playbook whose step `each` sleeps `{{ it }}` ms for each item of `input.items`.
 fn looping(looped: Value, items: &[u64]) -> Value {
@@ -64,12 +57,6 @@ fn step<'a>(execution: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {name} in {execution}"))
 }
 
-async fn ended(cluster: &Cluster, id: ExecutionId) -> Value {
-    cluster
-        .wait_for_execution(id, "the execution to end", is_terminal)
-        .await
-}
-
 /// `(k * 7) % 13`: small sleeps, different enough from one item to the next that a result out
 /// of item order shows.
 fn sleeps(count: u64) -> Vec<u64> {
@@ -87,7 +74,7 @@ async fn a_parallel_loop_of_1000_items_keeps_50_in_flight_and_its_result_is_in_i
             &items,
         ))
         .await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
     let each = step(&done, "each");
     let expected: Vec<Value> = items.iter().map(|ms| json!({"slept_ms": ms})).collect();
@@ -140,7 +127,7 @@ async fn a_sequential_loop_runs_one_item_at_a_time() {
     assert_eq!(status, 200, "{plan}");
     assert_eq!(plan["plan"][0]["loop"], looped, "{plan}");
     let id = cluster.submit(&looping(looped, &items)).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
     let (most, dispatches) = in_flight(&cluster.events(id).await);
     assert_eq!(most, 1);
@@ -176,7 +163,7 @@ async fn a_loop_over_10001_items_is_refused_at_submit_and_fails_later_with_loop_
         "input": {"items": items}
     });
     let id = cluster.submit(&later).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "failed");
     let each = step(&done, "each");
     assert_eq!(each["status"], "failed");
@@ -189,7 +176,7 @@ async fn a_loop_over_10001_items_is_refused_at_submit_and_fails_later_with_loop_
     );
     // At the limit, a loop runs.
     let id = cluster.submit(&looping(looped, &[0; 200])).await;
-    assert_eq!(ended(&cluster, id).await["status"], "succeeded");
+    assert_eq!(cluster.wait_for_end(id).await["status"], "succeeded");
     worker.stop().await;
     cluster.stop().await;
 }
@@ -248,7 +235,7 @@ async fn a_loop_resumes_after_its_server_is_killed_without_running_recorded_item
     .await;
     cluster.kill_server();
     cluster.restart_server();
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
     assert_eq!(
         step(&done, "each")["result"].as_array().map(Vec::len),
@@ -292,7 +279,7 @@ async fn a_loop_of_10000_items_writes_a_bounded_amount_per_item() {
         "input": {"items": vec![0; ITEMS]}
     });
     let id = cluster.submit(&body).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(
         step(&done, "each")["result"].as_array().map(Vec::len),
@@ -354,7 +341,7 @@ async fn item_reports_without_the_items_token_are_refused() {
     assert!(!kinds.contains(&json!("item_succeeded")), "{kinds:?}");
 
     let worker = Worker::start(cluster.nats.url());
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
     assert_eq!(
         step(&done, "each")["result"],

@@ -37,17 +37,6 @@ async fn submit_yaml(api: &Api, body: &str) -> ExecutionId {
     crate::harness::id_of(&receipt)
 }
 
-async fn ended(cluster: &Cluster, id: ExecutionId) -> Value {
-    cluster
-        .wait_for_execution(id, "the execution to end", |body| {
-            matches!(
-                body["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            )
-        })
-        .await
-}
-
 /// The steps of an execution, `name=status`.
 fn statuses(execution: &Value) -> Vec<String> {
     execution["steps"]
@@ -83,7 +72,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
 
     // The whole body, as YAML.
     let id = submit_yaml(&cluster, &example_text("chain.yaml")).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         statuses(&done),
@@ -99,7 +88,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
     let id = cluster
         .submit(&json!({"playbook": example_value("exclusive.yaml"), "input": {"amount": 5}}))
         .await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         statuses(&done),
@@ -111,7 +100,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
         ]
     );
     let id = submit_yaml(&cluster, &example_text("exclusive.yaml")).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(
         statuses(&done),
         [
@@ -124,7 +113,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
 
     // An inclusive fan-out joined once by `end`.
     let id = submit_yaml(&cluster, &example_text("fanout.yaml")).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         statuses(&done),
@@ -145,7 +134,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
 
     // A shell step behind a condition, both ways.
     let id = submit_yaml(&cluster, &example_text("guarded_shell.yaml")).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         statuses(&done),
@@ -160,7 +149,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
             &json!({"playbook": example_value("guarded_shell.yaml"), "input": {"report": false}}),
         )
         .await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(
         statuses(&done),
         ["start=succeeded", "report=skipped", "skip_report=succeeded"]
@@ -168,7 +157,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
 
     // A loop: the items' results in item order, read by the next step.
     let id = submit_yaml(&cluster, &example_text("loop.yaml")).await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         done["steps"][1]["result"],
@@ -217,7 +206,7 @@ async fn every_noetl_example_runs_to_its_expected_end() {
     let id = cluster
         .submit(&json!({"playbook": {"name": "noetl-fetch"}, "input": {"url": url}}))
         .await;
-    let done = ended(&cluster, id).await;
+    let done = cluster.wait_for_end(id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         statuses(&done),

@@ -385,7 +385,8 @@ pub(super) fn event_rows(decision: &Decision, secrets: &SecretHeaders) -> Vec<(S
         .records
         .iter()
         .map(|r| {
-            if r.kind != "step_dispatched" {
+            // Only a dispatch that names a secret header is copied to be redacted.
+            if r.kind != "step_dispatched" || !secrets.holds_secret(&r.payload) {
                 return (r.kind.to_owned(), to_json(&r.payload));
             }
             let mut payload = r.payload.clone();
